@@ -1,0 +1,1 @@
+//! Benchmarks for pageflow live in `benches/benches/`.

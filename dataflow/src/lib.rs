@@ -1,0 +1,24 @@
+//! # pageflow-dataflow
+//!
+//! pageflow's operator graph: it turns pageview beacons into user sessions, popular and trending
+//! rankings, and an article co-occurrence graph, incrementally, on `timely` dataflow. This crate does
+//! no I/O: sources hand it records through [`source::RecordSource`], and its outputs are streams that
+//! the binary connects to sinks.
+//!
+//! - [`event`]: the pageview, its validation and dead letters.
+//! - [`config`]: every parameter of `SEMANTICS.md`.
+//! - [`operators`]: one incremental operator per file, as extension traits on timely streams.
+//! - [`algorithms`]: compositions of operators; [`algorithms::graph`] is the whole job.
+//! - [`oracle`]: the same computation done in batch from scratch, the reference for tests.
+//! - [`features`]: the records emitted to the ML team.
+//!
+//! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
+
+pub mod config;
+pub mod event;
+pub mod features;
+pub mod ids;
+pub mod score;
+pub mod live;
+pub mod oracle;
+pub mod source;

@@ -1,0 +1,103 @@
+//! The seam between the dataflow and the outside world on the way in.
+//!
+//! A [`RecordSource`] is one *partition* (a file, a Kinesis shard, a synthetic stream): an ordered
+//! sequence of raw records with positions. The ingest operator polls it, validates the records and
+//! tracks the partition's watermark. Implementations live in `pageflow-connectors`; this crate only
+//! defines the contract, so it stays free of I/O.
+
+use crate::event::RawRecord;
+
+/// What a poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollStatus {
+    /// Records may have been appended; poll again soon.
+    Ready,
+    /// Nothing available right now (a live source that is caught up); poll again later.
+    Pending,
+    /// The partition has ended: nothing more will ever come (end of a file).
+    Finished,
+}
+
+/// A failure to read from a source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Whether trying again may help (throttling, a dropped connection) or not (a missing file).
+    pub retryable: bool,
+}
+
+/// One partition of input, read in order.
+pub trait RecordSource: Send {
+    /// The partition's stable name, e.g. `file:events.jsonl` (used in dead letters and metrics).
+    fn name(&self) -> &str;
+
+    /// Appends up to `max` records to `out` and says whether more may follow.
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError>;
+
+    /// Empty or whitespace-only lines skipped so far (files only: there is no record to dead-letter).
+    fn blank_lines(&self) -> u64 {
+        0
+    }
+
+    /// Whether only event time moves this partition's watermark (replays): idleness never applies.
+    fn is_replay(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Debug for dyn RecordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSource").field("name", &self.name()).finish()
+    }
+}
+
+/// A source over records held in memory: for tests and doc examples.
+#[derive(Debug)]
+pub struct VecSource {
+    name: String,
+    records: std::collections::VecDeque<RawRecord>,
+}
+
+impl VecSource {
+    /// A partition named `name` whose records are `lines`, positioned by 1-based line number.
+    pub fn from_lines<I, L>(name: &str, lines: I) -> Self
+    where
+        I: IntoIterator<Item = L>,
+        L: Into<Vec<u8>>,
+    {
+        let records = lines
+            .into_iter()
+            .enumerate()
+            .map(|(index, line)| RawRecord {
+                position: crate::event::SourcePosition {
+                    partition: name.to_string(),
+                    position: (index + 1).to_string(),
+                },
+                bytes: line.into(),
+            })
+            .collect();
+        VecSource { name: name.to_string(), records }
+    }
+}
+
+impl RecordSource for VecSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError> {
+        for _ in 0..max {
+            match self.records.pop_front() {
+                Some(record) => out.push(record),
+                None => return Ok(PollStatus::Finished),
+            }
+        }
+        Ok(if self.records.is_empty() { PollStatus::Finished } else { PollStatus::Ready })
+    }
+
+    fn is_replay(&self) -> bool {
+        true
+    }
+}

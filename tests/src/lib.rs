@@ -1,0 +1,1 @@
+//! Integration tests for pageflow live in `tests/tests/`.
