@@ -14,6 +14,7 @@
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
+pub mod algorithms;
 pub mod config;
 pub mod event;
 pub mod features;
@@ -22,3 +23,6 @@ pub mod score;
 pub mod live;
 pub mod oracle;
 pub mod source;
+pub mod operators;
+pub mod stats;
+pub mod time;

@@ -1,0 +1,123 @@
+//! The pageflow graph: every operator composed into the job.
+//!
+//! ```text
+//!  sources ─► ingest ─┬─► dead letters ───────────────────────────────────────────► dead-letter out
+//!  (validate, late)   ├─► raw valid records ──────────────────────────────────────► raw archive
+//!                     └─► events ─► deduplicate ─► accepted ─┬─► sessionize ─┬─► sessions ──┐
+//!                                                            │               └─► cooccurrences ─► pairs ─┐
+//!                                                            ├─► window stats (1 h) ─► rankings ────────┤
+//!                                                            ├─► window stats (24 h) ─► views ─► related ┤
+//!                                                            └─► event horizon ─► (rankings, related)    │
+//!                                                                                     features ◄────────┘
+//! ```
+//!
+//! Routing: events by `event_id` (dedup), then by `(portal, user_id)` (sessions, pairs), by
+//! `(portal, article_id)` (window statistics, related) and by `portal` (rankings). Any number of
+//! workers computes the same features.
+
+use std::sync::Arc;
+
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::config::SemanticsConfig;
+use crate::event::{DeadLetter, Event};
+use crate::features::Feature;
+use crate::operators::cooccurrence::Cooccurrences;
+use crate::operators::dedup::Deduplicate;
+use crate::operators::horizon::EventHorizon;
+use crate::operators::ingest::{IngestConfig, Ingested, RawValid, ingest};
+use crate::operators::rankings::{RankingSpec, Rankings};
+use crate::operators::related::{Related, RelatedSpec};
+use crate::operators::sessionize::{SessionUpdate, Sessionize};
+use crate::operators::window_stats::{WindowSpec, WindowStats};
+use crate::source::RecordSource;
+use crate::stats::JobStats;
+use crate::time::WatermarkBoard;
+
+/// Options of the graph that are not part of the semantics.
+#[derive(Clone, Debug, Default)]
+pub struct GraphOptions {
+    /// Emit every valid record's bytes for the `raw/` archive.
+    pub keep_raw: bool,
+}
+
+/// The graph's outputs on one worker.
+#[derive(Debug)]
+pub struct GraphOutputs<'scope> {
+    /// Final feature records: sessions, popular, trending, related.
+    pub features: StreamVec<'scope, u64, Feature>,
+    /// Records that were not counted, with reasons.
+    pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
+    /// Valid records as received (empty unless [`GraphOptions::keep_raw`]).
+    pub raw: StreamVec<'scope, u64, RawValid>,
+    /// The counted events (valid, on time, de-duplicated).
+    pub accepted: StreamVec<'scope, u64, Event>,
+}
+
+/// Builds the job on this worker, reading `sources`.
+pub fn build<'scope>(
+    scope: Scope<'scope, u64>,
+    sources: Vec<Box<dyn RecordSource>>,
+    board: Arc<WatermarkBoard>,
+    config: &SemanticsConfig,
+    options: &GraphOptions,
+    stats: Arc<JobStats>,
+) -> GraphOutputs<'scope> {
+    let slide = config.slide.ms();
+    let mut ingest_config = IngestConfig::new(config);
+    ingest_config.keep_raw = options.keep_raw;
+    let ingested = ingest(scope, sources, board, ingest_config, Arc::clone(&stats));
+    let (events, rest): (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, Result<DeadLetter, RawValid>>) = ingested.ok_err(|record| match record {
+        Ingested::Event(event) => Ok(event),
+        Ingested::DeadLetter(letter) => Err(Ok(letter)),
+        Ingested::Raw(raw) => Err(Err(raw)),
+    });
+    let (dead_letters, raw): (StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, RawValid>) =
+        rest.ok_err(|record| record);
+
+    let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats));
+    let horizon = accepted.clone().event_horizon(slide);
+
+    let updates = accepted.clone().sessionize(config.session_gap.ms(), Arc::clone(&stats));
+    let sessions = updates.clone().flat_map(|update| match update {
+        SessionUpdate::Closed(session) => Some(Feature::Session(session)),
+        SessionUpdate::Read(_) => None,
+    });
+    let pairs = updates.cooccurrences(config.cooc_recent);
+
+    let trending_windows = WindowSpec {
+        window: config.trending_window.ms(),
+        slide,
+        recent: Some(config.trending_recent.ms()),
+    };
+    let rankings = accepted.clone().window_stats(trending_windows).rankings(
+        horizon.clone(),
+        RankingSpec {
+            window: config.trending_window.ms(),
+            recent: config.trending_recent.ms(),
+            slide,
+            top_n: config.top_n,
+        },
+    );
+
+    let cooc_views = accepted
+        .clone()
+        .window_stats(WindowSpec { window: config.cooc_window.ms(), slide, recent: None });
+    let related = pairs.related(
+        cooc_views,
+        horizon,
+        RelatedSpec {
+            window: config.cooc_window.ms(),
+            slide,
+            top_n: config.top_n,
+            min_support: config.cooc_min_support,
+            interval: config.related_interval.ms(),
+        },
+    );
+
+    GraphOutputs { features: sessions.concat(rankings).concat(related), dead_letters, raw, accepted }
+}
+

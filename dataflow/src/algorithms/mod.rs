@@ -1,0 +1,4 @@
+//! Compositions of operators: the whole job's graph, and ways to run it.
+
+pub mod graph;
+pub mod replay;

@@ -1,0 +1,129 @@
+//! Running the graph over finite input to completion: `pageflow replay`, the tests, the benchmark.
+//!
+//! The sources are split among `workers` timely worker threads of this process. When every source
+//! has ended, the watermark jumps to +∞ ("End of a replay"), every operator flushes, and the
+//! outputs are gathered and put in canonical order (`docs/semantics-notes.md` N20), so the result is
+//! the same whatever the number of workers.
+
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::config::SemanticsConfig;
+use crate::event::DeadLetter;
+use crate::features::{Feature, sort_features};
+use crate::operators::ingest::RawValid;
+use crate::source::RecordSource;
+use crate::stats::{JobStats, StatsSnapshot};
+use crate::time::{Opinion, WatermarkBoard};
+
+use super::graph::{GraphOptions, build};
+
+/// Everything a finite run produced.
+#[derive(Debug, Default)]
+pub struct ReplayOutput {
+    /// Features in canonical order.
+    pub features: Vec<Feature>,
+    /// Dead letters in input order (by partition, then position).
+    pub dead_letters: Vec<DeadLetter>,
+    /// Valid records as received (when asked for), in no particular order.
+    pub raw: Vec<RawValid>,
+    /// Counters.
+    pub stats: StatsSnapshot,
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The worker threads could not be started or one of them failed.
+    #[error("the timely workers failed: {0}")]
+    Workers(String),
+    /// The configuration is invalid.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+}
+
+/// Runs the graph over `sources_by_worker` (one list of partitions per worker thread) to the end.
+pub fn replay(
+    config: &SemanticsConfig,
+    sources_by_worker: Vec<Vec<Box<dyn RecordSource>>>,
+    options: &GraphOptions,
+) -> Result<ReplayOutput, ReplayError> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(ReplayError::Config(problems));
+    }
+    let workers = sources_by_worker.len().max(1);
+    let opinions = (0..workers)
+        .map(|w| match sources_by_worker.get(w) {
+            Some(sources) if !sources.is_empty() => Opinion::Undefined,
+            _ => Opinion::Finished,
+        })
+        .collect();
+    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    let stats = Arc::new(JobStats::default());
+    let slots: Arc<Mutex<Vec<Option<Vec<Box<dyn RecordSource>>>>>> =
+        Arc::new(Mutex::new(sources_by_worker.into_iter().map(Some).collect()));
+    let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
+
+    let config = config.clone();
+    let options = options.clone();
+    let worker_stats = Arc::clone(&stats);
+    let sink = Arc::clone(&collected);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let sources = slots
+            .lock()
+            .map(|mut slots| slots.get_mut(index).and_then(Option::take).unwrap_or_default())
+            .unwrap_or_default();
+        let board = Arc::clone(&board);
+        let stats = Arc::clone(&worker_stats);
+        let sink = Arc::clone(&sink);
+        worker.dataflow::<u64, _, _>(|scope| {
+            let outputs = build(scope, sources, board, &config, &options, stats);
+            let features_sink = Arc::clone(&sink);
+            outputs.features.sink(Pipeline, "CollectFeatures", move |(input, _frontier)| {
+                input.for_each(|_cap, data| {
+                    if let Ok(mut out) = features_sink.lock() {
+                        out.features.append(data);
+                    }
+                });
+            });
+            let letters_sink = Arc::clone(&sink);
+            outputs.dead_letters.sink(Pipeline, "CollectDeadLetters", move |(input, _frontier)| {
+                input.for_each(|_cap, data| {
+                    if let Ok(mut out) = letters_sink.lock() {
+                        out.dead_letters.append(data);
+                    }
+                });
+            });
+            let raw_sink = Arc::clone(&sink);
+            outputs.raw.sink(Pipeline, "CollectRaw", move |(input, _frontier)| {
+                input.for_each(|_cap, data| {
+                    if let Ok(mut out) = raw_sink.lock() {
+                        out.raw.append(data);
+                    }
+                });
+            });
+        });
+    })
+    .map_err(ReplayError::Workers)?;
+    for result in guards.join() {
+        result.map_err(ReplayError::Workers)?;
+    }
+
+    let mut output = std::mem::take(&mut *collected.lock().map_err(|e| ReplayError::Workers(e.to_string()))?);
+    sort_features(&mut output.features);
+    output.dead_letters.sort_by(|a, b| position_key(a).cmp(&position_key(b)));
+    let mut snapshot = stats.snapshot();
+    snapshot.features = output.features.len() as u64;
+    output.stats = snapshot;
+    Ok(output)
+}
+
+/// Orders dead letters by partition, then numerically by position where positions are numbers.
+fn position_key(letter: &DeadLetter) -> (&str, usize, &str) {
+    let position = letter.position.position.as_str();
+    (letter.position.partition.as_str(), position.len(), position)
+}

@@ -1,0 +1,38 @@
+//! A capability an operator holds while it owes output: the earliest time it may still emit at.
+
+use timely::dataflow::operators::{Capability, InputCapability};
+
+/// The single capability a stateful operator keeps while it has state that may produce output.
+#[derive(Debug, Default)]
+pub struct HeldCapability {
+    cap: Option<Capability<u64>>,
+}
+
+impl HeldCapability {
+    /// Keeps the earlier of the held capability and the one a message arrived with.
+    pub fn hold(&mut self, input: &InputCapability<u64>) {
+        let Some(&time) = input.least() else { return };
+        if self.cap.as_ref().is_none_or(|held| time < *held.time()) {
+            self.cap = input.retain_least(0);
+        }
+    }
+
+    /// The held capability, if any.
+    pub fn get(&self) -> Option<&Capability<u64>> {
+        self.cap.as_ref()
+    }
+
+    /// Moves the held capability forward to `time` (never backwards).
+    pub fn downgrade(&mut self, time: u64) {
+        if let Some(cap) = self.cap.as_mut() {
+            if time > *cap.time() {
+                cap.downgrade(&time);
+            }
+        }
+    }
+
+    /// Gives the capability up: the operator owes nothing more.
+    pub fn release(&mut self) {
+        self.cap = None;
+    }
+}

@@ -1,0 +1,260 @@
+//! Ingest: the source operator that turns raw records into events, dead letters and raw archive
+//! records, and that owns event time.
+//!
+//! Each worker polls the partitions it was given, in order. For every record, in arrival order:
+//! 1. [`validate`](crate::event::validate) it; an invalid record becomes a dead letter;
+//! 2. judge it against the job watermark *before* counting it into its partition: below the
+//!    watermark it is `late` and becomes a dead letter;
+//! 3. count it into its partition's watermark (`max ts − max_out_of_orderness`) and emit it.
+//!
+//! Duplicates are decided later, by the [`deduplicate`](super::dedup) operator, because a retried
+//! beacon may arrive through another partition.
+//!
+//! The operator holds its capability at the tick of the job watermark (see
+//! [`crate::time::WatermarkBoard`]): every event it emits is on time, so its timestamp is at or after
+//! the capability. All records of one batch travel at the capability's time, in arrival order, so
+//! operators downstream see each partition's records in order (they use `ts` from the data and
+//! finality from the frontier, `docs/semantics-notes.md` N7).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::event::{DeadLetter, Event, RawRecord, Reason, validate};
+use crate::source::{PollStatus, RecordSource};
+use crate::stats::JobStats;
+use crate::time::{Opinion, PartitionClock, Watermark, WatermarkBoard, combine};
+
+/// What ingest emits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ingested {
+    /// A valid, on-time event (possibly a duplicate, decided downstream).
+    Event(Event),
+    /// A record that will not be counted, with its reason.
+    DeadLetter(DeadLetter),
+    /// A valid record's bytes as received, for the `raw/` archive (only when asked for).
+    Raw(RawValid),
+}
+
+/// A valid record as received, with what the archive needs to place it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawValid {
+    /// The record's portal.
+    pub portal: String,
+    /// The record's event time.
+    pub ts: u64,
+    /// The record's bytes, without the line break.
+    pub bytes: Vec<u8>,
+}
+
+/// How ingest behaves.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// See [`crate::config::SemanticsConfig::max_out_of_orderness`].
+    pub max_out_of_orderness: u64,
+    /// See [`crate::config::SemanticsConfig::idle_timeout`].
+    pub idle_timeout: u64,
+    /// The tick of the dataflow's timestamps.
+    pub slide: u64,
+    /// Emit [`Ingested::Raw`] for every valid record.
+    pub keep_raw: bool,
+    /// Records polled from one partition per activation.
+    pub batch: usize,
+    /// How long to wait before polling again when every partition is caught up.
+    pub poll_interval: Duration,
+}
+
+impl IngestConfig {
+    /// Settings for the given semantics.
+    pub fn new(semantics: &crate::config::SemanticsConfig) -> Self {
+        IngestConfig {
+            max_out_of_orderness: semantics.max_out_of_orderness.ms(),
+            idle_timeout: semantics.idle_timeout.ms(),
+            slide: semantics.slide.ms(),
+            keep_raw: false,
+            batch: 4096,
+            poll_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+struct Partition {
+    source: Box<dyn RecordSource>,
+    clock: PartitionClock,
+    /// Processing time of the last record or of the start, for idleness.
+    last_activity: Instant,
+    blank_lines_reported: u64,
+}
+
+impl Partition {
+    fn opinion(&self, config: &IngestConfig, now: Instant) -> Opinion {
+        if self.clock.finished {
+            Opinion::Finished
+        } else if !self.source.is_replay()
+            && now.duration_since(self.last_activity) >= Duration::from_millis(config.idle_timeout)
+        {
+            Opinion::Idle
+        } else {
+            match self.clock.watermark(config.max_out_of_orderness) {
+                None => Opinion::Undefined,
+                Some(wm) => Opinion::At(wm),
+            }
+        }
+    }
+}
+
+/// Reads `sources` on this worker and emits what they contain, in arrival order.
+///
+/// `board` must have been created with one opinion per worker (workers that own no partition
+/// `Finished`), and `worker` is this worker's index on it.
+pub fn ingest<'scope>(
+    scope: Scope<'scope, u64>,
+    sources: Vec<Box<dyn RecordSource>>,
+    board: Arc<WatermarkBoard>,
+    config: IngestConfig,
+    stats: Arc<JobStats>,
+) -> StreamVec<'scope, u64, Ingested> {
+    let worker = scope.index();
+    source(scope, "Ingest", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let start = Instant::now();
+        let mut partitions: Vec<Partition> = sources
+            .into_iter()
+            .map(|source| Partition {
+                source,
+                clock: PartitionClock::default(),
+                last_activity: start,
+                blank_lines_reported: 0,
+            })
+            .collect();
+        let mut capability = Some(capability);
+        let mut job_watermark = Watermark::MinusInfinity;
+        let mut buffer: Vec<RawRecord> = Vec::new();
+        let mut out: Vec<Ingested> = Vec::new();
+
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            let now = Instant::now();
+            let others = board.others(worker);
+            let mut more_ready = false;
+
+            for index in 0..partitions.len() {
+                if partitions[index].clock.finished {
+                    continue;
+                }
+                buffer.clear();
+                let status = match partitions[index].source.poll(config.batch, &mut buffer) {
+                    Ok(status) => status,
+                    Err(error) => {
+                        // The source decides about retries; a failure here just means "nothing now".
+                        tracing::warn!(
+                            partition = partitions[index].source.name(),
+                            retryable = error.retryable,
+                            "reading the partition failed: {error}"
+                        );
+                        PollStatus::Pending
+                    }
+                };
+                let blank = partitions[index].source.blank_lines();
+                stats
+                    .blank_lines
+                    .fetch_add(blank - partitions[index].blank_lines_reported, Ordering::Relaxed);
+                partitions[index].blank_lines_reported = blank;
+                if !buffer.is_empty() {
+                    partitions[index].last_activity = now;
+                }
+                stats.records_in.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+
+                for record in buffer.drain(..) {
+                    let view = match validate(&record.bytes) {
+                        Ok(view) => view,
+                        Err(invalid) => {
+                            stats.dead_letter(invalid.reason);
+                            out.push(Ingested::DeadLetter(DeadLetter::new(
+                                invalid.reason,
+                                invalid.detail,
+                                record.position,
+                                &record.bytes,
+                            )));
+                            continue;
+                        }
+                    };
+                    stats.valid.fetch_add(1, Ordering::Relaxed);
+                    // The job watermark before this record is counted (SEMANTICS: judged first).
+                    let local = combine(partitions.iter().map(|p| p.opinion(&config, now)));
+                    job_watermark = job_watermark.max(to_watermark(combine([local, others]), job_watermark));
+                    if job_watermark.is_late(view.ts) {
+                        stats.dead_letter(Reason::Late);
+                        let detail = format!(
+                            "event time ts={} is below the job watermark {}: it arrived more than max_out_of_orderness after newer events; raise max_out_of_orderness if such delays are normal",
+                            view.ts,
+                            job_watermark.ms().unwrap_or_default()
+                        );
+                        let mut letter = DeadLetter::new(Reason::Late, detail, record.position, &record.bytes);
+                        letter.portal = Some(view.portal.to_string());
+                        letter.ts = Some(view.ts);
+                        out.push(Ingested::DeadLetter(letter));
+                    } else {
+                        out.push(Ingested::Event(Event::from(&view)));
+                    }
+                    partitions[index].clock.observe(view.ts);
+                    if config.keep_raw {
+                        let (portal, ts) = (view.portal.to_string(), view.ts);
+                        out.push(Ingested::Raw(RawValid { portal, ts, bytes: record.bytes }));
+                    }
+                }
+                match status {
+                    PollStatus::Ready => more_ready = true,
+                    PollStatus::Pending => {}
+                    PollStatus::Finished => partitions[index].clock.finished = true,
+                }
+            }
+
+            if !out.is_empty() {
+                output.session(&*cap).give_iterator(out.drain(..));
+            }
+
+            let local = combine(partitions.iter().map(|p| p.opinion(&config, Instant::now())));
+            let published = board.publish(worker, local);
+            job_watermark = job_watermark.max(published);
+            if let Watermark::At(wm) = job_watermark {
+                stats.watermark_ms.fetch_max(wm, Ordering::Relaxed);
+            }
+            match job_watermark {
+                Watermark::PlusInfinity => {
+                    capability = None;
+                    return;
+                }
+                Watermark::At(wm) => {
+                    let tick = wm - wm % config.slide;
+                    if tick > *cap.time() {
+                        cap.downgrade(&tick);
+                    }
+                }
+                Watermark::MinusInfinity => {}
+            }
+            if matches!(local, Opinion::Finished) && partitions.iter().all(|p| p.clock.finished) {
+                // Nothing more will come from here; other workers' capabilities hold the frontier.
+                capability = None;
+            } else if more_ready {
+                activator.activate();
+            } else {
+                activator.activate_after(config.poll_interval);
+            }
+        }
+    })
+}
+
+fn to_watermark(opinion: Opinion, current: Watermark) -> Watermark {
+    match opinion {
+        Opinion::Undefined => Watermark::MinusInfinity,
+        Opinion::At(wm) => Watermark::At(wm),
+        Opinion::Idle => current,
+        Opinion::Finished => Watermark::PlusInfinity,
+    }
+}
+

@@ -1,0 +1,93 @@
+//! Counters the dataflow keeps as it runs, shared with the binary's metrics and replay summary.
+//!
+//! Plain relaxed atomics: operators add to them on their hot paths without coordination, and readers
+//! take a consistent-enough snapshot with [`JobStats::snapshot`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::event::Reason;
+
+/// Live counters of one job (all workers of a process add to the same instance).
+#[derive(Debug, Default)]
+pub struct JobStats {
+    /// Records read from sources (blank lines excluded).
+    pub records_in: AtomicU64,
+    /// Empty or whitespace-only lines skipped.
+    pub blank_lines: AtomicU64,
+    /// Records that passed validation (late and duplicate ones included).
+    pub valid: AtomicU64,
+    /// Valid, on-time events that were not duplicates.
+    pub accepted: AtomicU64,
+    /// Duplicate beacons dropped.
+    pub duplicates: AtomicU64,
+    /// Dead letters by reason, indexed like [`Reason::ALL`].
+    pub dead_letters: [AtomicU64; 9],
+    /// The job watermark in ms (0 until there is one).
+    pub watermark_ms: AtomicU64,
+    /// Sessions currently open.
+    pub open_sessions: AtomicU64,
+    /// Feature records emitted.
+    pub features: AtomicU64,
+}
+
+/// A point-in-time copy of [`JobStats`], as written to `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Records read (blank lines excluded).
+    pub records: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Valid records (late and duplicates included).
+    pub valid: u64,
+    /// Invalid records by reason code (late excluded).
+    pub invalid: BTreeMap<String, u64>,
+    /// Late events.
+    pub late: u64,
+    /// Duplicate beacons.
+    pub duplicates: u64,
+    /// Counted events.
+    pub accepted: u64,
+    /// Feature records emitted.
+    pub features: u64,
+}
+
+impl JobStats {
+    /// Counts one dead letter.
+    pub fn dead_letter(&self, reason: Reason) {
+        if let Some(index) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.dead_letters[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Dead letters so far for `reason`.
+    pub fn dead_letters_for(&self, reason: Reason) -> u64 {
+        Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |index| self.dead_letters[index].load(Ordering::Relaxed))
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let invalid = Reason::ALL
+            .iter()
+            .filter(|reason| **reason != Reason::Late)
+            .map(|reason| (reason.code().to_string(), self.dead_letters_for(*reason)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        StatsSnapshot {
+            records: load(&self.records_in),
+            blank_lines: load(&self.blank_lines),
+            valid: load(&self.valid),
+            invalid,
+            late: self.dead_letters_for(Reason::Late),
+            duplicates: load(&self.duplicates),
+            accepted: load(&self.accepted),
+            features: load(&self.features),
+        }
+    }
+}

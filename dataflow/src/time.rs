@@ -1,0 +1,196 @@
+//! Event time: per-partition watermarks, idleness, and the job watermark.
+//!
+//! Every partition (file, shard, synthetic stream) keeps the largest `ts` of its valid records; its
+//! watermark trails that by `max_out_of_orderness`. The job watermark is the minimum over partitions
+//! that are neither idle nor finished. A partition with no valid record yet has no watermark, and
+//! while such a partition is active the job watermark is −∞ (nothing is late, `docs/semantics-notes.md`
+//! N6). A finished partition (end of file) never holds the watermark back again (N8); when every
+//! partition has finished the watermark is +∞.
+//!
+//! Workers of one process share a [`WatermarkBoard`]: each publishes the opinion of its own
+//! partitions and reads everyone's minimum. Holding capabilities at that shared minimum, rather than
+//! at each worker's own watermark, is what lets a worker accept an event that is on time for the job
+//! even though it is behind the worker's own partitions.
+
+use std::sync::Mutex;
+
+/// What a set of partitions says about the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Opinion {
+    /// Some active partition has no watermark yet: the watermark is −∞.
+    Undefined,
+    /// The minimum watermark of the active partitions.
+    At(u64),
+    /// Every partition is idle (live sources): no opinion, the watermark holds where it is.
+    Idle,
+    /// Every partition has ended: no further records, the watermark may go to +∞.
+    Finished,
+}
+
+/// The job watermark as seen by one worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watermark {
+    /// No watermark yet: nothing is late.
+    MinusInfinity,
+    /// Every record with `ts` below this has been seen.
+    At(u64),
+    /// Input has ended.
+    PlusInfinity,
+}
+
+impl Watermark {
+    /// Whether an event with this `ts` is late.
+    pub fn is_late(self, ts: u64) -> bool {
+        match self {
+            Watermark::MinusInfinity => false,
+            Watermark::At(wm) => ts < wm,
+            Watermark::PlusInfinity => true,
+        }
+    }
+
+    /// The watermark in milliseconds, if finite.
+    pub fn ms(self) -> Option<u64> {
+        match self {
+            Watermark::At(wm) => Some(wm),
+            _ => None,
+        }
+    }
+}
+
+/// One partition's event-time state.
+#[derive(Clone, Debug, Default)]
+pub struct PartitionClock {
+    /// Largest `ts` of the valid records seen (duplicates included).
+    pub max_ts: Option<u64>,
+    /// Processing time (ms) of the last record seen, for idleness.
+    pub last_record_at: Option<u64>,
+    /// The partition has ended.
+    pub finished: bool,
+}
+
+impl PartitionClock {
+    /// This partition's watermark: `max_ts − max_out_of_orderness`, saturating at 0.
+    pub fn watermark(&self, max_out_of_orderness: u64) -> Option<u64> {
+        self.max_ts.map(|max| max.saturating_sub(max_out_of_orderness))
+    }
+
+    /// Counts a valid record into the partition.
+    pub fn observe(&mut self, ts: u64) {
+        self.max_ts = Some(self.max_ts.map_or(ts, |max| max.max(ts)));
+    }
+}
+
+/// Combines the opinions of several partitions or workers.
+pub fn combine(opinions: impl IntoIterator<Item = Opinion>) -> Opinion {
+    let mut result = Opinion::Finished;
+    for opinion in opinions {
+        result = match (result, opinion) {
+            (Opinion::Undefined, _) | (_, Opinion::Undefined) => Opinion::Undefined,
+            (Opinion::At(a), Opinion::At(b)) => Opinion::At(a.min(b)),
+            (Opinion::At(a), _) | (_, Opinion::At(a)) => Opinion::At(a),
+            (Opinion::Idle, _) | (_, Opinion::Idle) => Opinion::Idle,
+            (Opinion::Finished, Opinion::Finished) => Opinion::Finished,
+        };
+    }
+    result
+}
+
+/// The opinions of the workers of one process, and the job watermark they imply.
+#[derive(Debug)]
+pub struct WatermarkBoard {
+    state: Mutex<BoardState>,
+}
+
+#[derive(Debug)]
+struct BoardState {
+    opinions: Vec<Opinion>,
+    watermark: Watermark,
+}
+
+impl WatermarkBoard {
+    /// A board for `workers` workers, each starting undefined.
+    pub fn new(workers: usize) -> Self {
+        WatermarkBoard {
+            state: Mutex::new(BoardState {
+                opinions: vec![Opinion::Undefined; workers],
+                watermark: Watermark::MinusInfinity,
+            }),
+        }
+    }
+
+    /// A board whose workers start with the given opinions: workers that own no partition start
+    /// `Finished`, so they never hold back a watermark they know nothing about.
+    pub fn with_opinions(opinions: Vec<Opinion>) -> Self {
+        WatermarkBoard {
+            state: Mutex::new(BoardState { opinions, watermark: Watermark::MinusInfinity }),
+        }
+    }
+
+    /// The combined opinion of every worker but `worker`.
+    pub fn others(&self, worker: usize) -> Opinion {
+        let state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        combine(
+            state
+                .opinions
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != worker)
+                .map(|(_, opinion)| *opinion),
+        )
+    }
+
+    /// Publishes `worker`'s opinion and returns the job watermark (never moving backwards).
+    pub fn publish(&self, worker: usize, opinion: Opinion) -> Watermark {
+        // A poisoned lock only means another worker panicked; the data is still consistent.
+        let mut state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(slot) = state.opinions.get_mut(worker) {
+            *slot = opinion;
+        }
+        let proposed = match combine(state.opinions.iter().copied()) {
+            Opinion::Undefined => Watermark::MinusInfinity,
+            Opinion::At(wm) => Watermark::At(wm),
+            Opinion::Idle => state.watermark,
+            Opinion::Finished => Watermark::PlusInfinity,
+        };
+        state.watermark = state.watermark.max(proposed);
+        state.watermark
+    }
+
+    /// The current job watermark.
+    pub fn watermark(&self) -> Watermark {
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner()).watermark
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undefined_dominates_and_finished_is_neutral() {
+        assert_eq!(combine([Opinion::At(5), Opinion::Undefined]), Opinion::Undefined);
+        assert_eq!(combine([Opinion::At(5), Opinion::Finished, Opinion::At(3)]), Opinion::At(3));
+        assert_eq!(combine([Opinion::Idle, Opinion::At(7)]), Opinion::At(7));
+        assert_eq!(combine([Opinion::Idle, Opinion::Finished]), Opinion::Idle);
+        assert_eq!(combine([]), Opinion::Finished);
+    }
+
+    #[test]
+    fn board_is_monotone_and_holds_when_idle() {
+        let board = WatermarkBoard::new(2);
+        assert_eq!(board.publish(0, Opinion::At(10)), Watermark::MinusInfinity);
+        assert_eq!(board.publish(1, Opinion::At(20)), Watermark::At(10));
+        assert_eq!(board.publish(0, Opinion::Idle), Watermark::At(20));
+        assert_eq!(board.publish(1, Opinion::Idle), Watermark::At(20));
+        assert_eq!(board.publish(1, Opinion::At(5)), Watermark::At(20), "never moves back");
+        board.publish(0, Opinion::Finished);
+        assert_eq!(board.publish(1, Opinion::Finished), Watermark::PlusInfinity);
+    }
+
+    #[test]
+    fn lateness_is_strictly_below_the_watermark() {
+        assert!(!Watermark::MinusInfinity.is_late(0));
+        assert!(Watermark::At(10).is_late(9));
+        assert!(!Watermark::At(10).is_late(10));
+    }
+}
