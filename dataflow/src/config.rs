@@ -62,7 +62,12 @@ impl Millis {
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms != 0 && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -165,6 +170,7 @@ impl SemanticsConfig {
         multiple("trending_window", self.trending_window, &mut problems);
         multiple("trending_recent", self.trending_recent, &mut problems);
         multiple("cooc_window", self.cooc_window, &mut problems);
+        multiple("related_interval", self.related_interval, &mut problems);
         if self.trending_recent >= self.trending_window {
             problems.push(format!(
                 "`trending_recent` ({}) must be shorter than `trending_window` ({}): the score compares the recent part with the rest",
@@ -178,10 +184,16 @@ impl SemanticsConfig {
             problems.push("`dedup_window` must be positive, e.g. `10m`".to_string());
         }
         if self.top_n == 0 || self.top_n > MAX_TOP_N {
-            problems.push(format!("`top_n` must be between 1 and {MAX_TOP_N}, not {}", self.top_n));
+            problems.push(format!(
+                "`top_n` must be between 1 and {MAX_TOP_N}, not {}",
+                self.top_n
+            ));
         }
         if self.cooc_recent == 0 || self.cooc_recent > 100 {
-            problems.push(format!("`cooc_recent` must be between 1 and 100, not {}", self.cooc_recent));
+            problems.push(format!(
+                "`cooc_recent` must be between 1 and 100, not {}",
+                self.cooc_recent
+            ));
         }
         if self.cooc_min_support == 0 {
             problems.push("`cooc_min_support` must be at least 1".to_string());

@@ -143,7 +143,13 @@ impl SessionFeature {
 
 impl RankingFeature {
     /// A ranking record for `portal` and the window ending at `window_end`.
-    pub fn new(kind: RankingKind, portal: &str, window_start: u64, window_end: u64, items: Vec<RankedItem>) -> Feature {
+    pub fn new(
+        kind: RankingKind,
+        portal: &str,
+        window_start: u64,
+        window_end: u64,
+        items: Vec<RankedItem>,
+    ) -> Feature {
         let feature = RankingFeature {
             feature_id: stable_id(&["feature", kind.name(), portal, &window_end.to_string()]),
             portal: portal.to_string(),
@@ -160,9 +166,21 @@ impl RankingFeature {
 
 impl RelatedFeature {
     /// A related record for `article_id` in `portal` at the window ending at `window_end`.
-    pub fn new(portal: &str, article_id: &str, window_start: u64, window_end: u64, items: Vec<RelatedItem>) -> Feature {
+    pub fn new(
+        portal: &str,
+        article_id: &str,
+        window_start: u64,
+        window_end: u64,
+        items: Vec<RelatedItem>,
+    ) -> Feature {
         Feature::Related(RelatedFeature {
-            feature_id: stable_id(&["feature", "related", portal, article_id, &window_end.to_string()]),
+            feature_id: stable_id(&[
+                "feature",
+                "related",
+                portal,
+                article_id,
+                &window_end.to_string(),
+            ]),
             portal: portal.to_string(),
             article_id: article_id.to_string(),
             window_start,
@@ -247,10 +265,18 @@ mod tests {
             "g1",
             0,
             60_000,
-            vec![RankedItem { article_id: "a".into(), views: 2, engaged_views: 1, score: 2.0 }],
+            vec![RankedItem {
+                article_id: "a".into(),
+                views: 2,
+                engaged_views: 1,
+                score: 2.0,
+            }],
         );
         let json = feature.to_json();
-        assert!(json.starts_with(r#"{"type":"popular","feature_id":""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"type":"popular","feature_id":""#),
+            "{json}"
+        );
         assert!(json.ends_with(r#""portal":"g1","window_start":0,"window_end":60000,"items":[{"article_id":"a","views":2,"engaged_views":1,"score":2.0}]}"#), "{json}");
         let back: Feature = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, feature);

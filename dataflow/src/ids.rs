@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn ids_are_stable_and_length_prefixed() {
         // Pinned: if this changes, every feature_id and session_id ever emitted changes.
-        assert_eq!(stable_id(&["session", "g1", "u1", "0"]), stable_id(&["session", "g1", "u1", "0"]));
+        assert_eq!(
+            stable_id(&["session", "g1", "u1", "0"]),
+            stable_id(&["session", "g1", "u1", "0"])
+        );
         assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
         assert_eq!(stable_id(&["x"]).len(), 16);
         assert_eq!(hash_str("g1"), xxhash_rust::xxh3::xxh3_64(b"g1"));

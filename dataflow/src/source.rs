@@ -49,7 +49,9 @@ pub trait RecordSource: Send {
 
 impl std::fmt::Debug for dyn RecordSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordSource").field("name", &self.name()).finish()
+        f.debug_struct("RecordSource")
+            .field("name", &self.name())
+            .finish()
     }
 }
 
@@ -78,7 +80,10 @@ impl VecSource {
                 bytes: line.into(),
             })
             .collect();
-        VecSource { name: name.to_string(), records }
+        VecSource {
+            name: name.to_string(),
+            records,
+        }
     }
 }
 
@@ -94,7 +99,11 @@ impl RecordSource for VecSource {
                 None => return Ok(PollStatus::Finished),
             }
         }
-        Ok(if self.records.is_empty() { PollStatus::Finished } else { PollStatus::Ready })
+        Ok(if self.records.is_empty() {
+            PollStatus::Finished
+        } else {
+            PollStatus::Ready
+        })
     }
 
     fn is_replay(&self) -> bool {

@@ -71,7 +71,8 @@ pub struct PartitionClock {
 impl PartitionClock {
     /// This partition's watermark: `max_ts − max_out_of_orderness`, saturating at 0.
     pub fn watermark(&self, max_out_of_orderness: u64) -> Option<u64> {
-        self.max_ts.map(|max| max.saturating_sub(max_out_of_orderness))
+        self.max_ts
+            .map(|max| max.saturating_sub(max_out_of_orderness))
     }
 
     /// Counts a valid record into the partition.
@@ -122,13 +123,19 @@ impl WatermarkBoard {
     /// `Finished`, so they never hold back a watermark they know nothing about.
     pub fn with_opinions(opinions: Vec<Opinion>) -> Self {
         WatermarkBoard {
-            state: Mutex::new(BoardState { opinions, watermark: Watermark::MinusInfinity }),
+            state: Mutex::new(BoardState {
+                opinions,
+                watermark: Watermark::MinusInfinity,
+            }),
         }
     }
 
     /// The combined opinion of every worker but `worker`.
     pub fn others(&self, worker: usize) -> Opinion {
-        let state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         combine(
             state
                 .opinions
@@ -142,7 +149,10 @@ impl WatermarkBoard {
     /// Publishes `worker`'s opinion and returns the job watermark (never moving backwards).
     pub fn publish(&self, worker: usize, opinion: Opinion) -> Watermark {
         // A poisoned lock only means another worker panicked; the data is still consistent.
-        let mut state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(slot) = state.opinions.get_mut(worker) {
             *slot = opinion;
         }
@@ -158,7 +168,10 @@ impl WatermarkBoard {
 
     /// The current job watermark.
     pub fn watermark(&self) -> Watermark {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner()).watermark
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .watermark
     }
 }
 
@@ -168,8 +181,14 @@ mod tests {
 
     #[test]
     fn undefined_dominates_and_finished_is_neutral() {
-        assert_eq!(combine([Opinion::At(5), Opinion::Undefined]), Opinion::Undefined);
-        assert_eq!(combine([Opinion::At(5), Opinion::Finished, Opinion::At(3)]), Opinion::At(3));
+        assert_eq!(
+            combine([Opinion::At(5), Opinion::Undefined]),
+            Opinion::Undefined
+        );
+        assert_eq!(
+            combine([Opinion::At(5), Opinion::Finished, Opinion::At(3)]),
+            Opinion::At(3)
+        );
         assert_eq!(combine([Opinion::Idle, Opinion::At(7)]), Opinion::At(7));
         assert_eq!(combine([Opinion::Idle, Opinion::Finished]), Opinion::Idle);
         assert_eq!(combine([]), Opinion::Finished);
@@ -182,7 +201,11 @@ mod tests {
         assert_eq!(board.publish(1, Opinion::At(20)), Watermark::At(10));
         assert_eq!(board.publish(0, Opinion::Idle), Watermark::At(20));
         assert_eq!(board.publish(1, Opinion::Idle), Watermark::At(20));
-        assert_eq!(board.publish(1, Opinion::At(5)), Watermark::At(20), "never moves back");
+        assert_eq!(
+            board.publish(1, Opinion::At(5)),
+            Watermark::At(20),
+            "never moves back"
+        );
         board.publish(0, Opinion::Finished);
         assert_eq!(board.publish(1, Opinion::Finished), Watermark::PlusInfinity);
     }

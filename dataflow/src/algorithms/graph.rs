@@ -17,9 +17,9 @@
 
 use std::sync::Arc;
 
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Concat;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::config::SemanticsConfig;
@@ -70,18 +70,25 @@ pub fn build<'scope>(
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
     let ingested = ingest(scope, sources, board, ingest_config, Arc::clone(&stats));
-    let (events, rest): (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, Result<DeadLetter, RawValid>>) = ingested.ok_err(|record| match record {
+    let (events, rest): (
+        StreamVec<'scope, u64, Event>,
+        StreamVec<'scope, u64, Result<DeadLetter, RawValid>>,
+    ) = ingested.ok_err(|record| match record {
         Ingested::Event(event) => Ok(event),
         Ingested::DeadLetter(letter) => Err(Ok(letter)),
         Ingested::Raw(raw) => Err(Err(raw)),
     });
-    let (dead_letters, raw): (StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, RawValid>) =
-        rest.ok_err(|record| record);
+    let (dead_letters, raw): (
+        StreamVec<'scope, u64, DeadLetter>,
+        StreamVec<'scope, u64, RawValid>,
+    ) = rest.ok_err(|record| record);
 
     let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats));
     let horizon = accepted.clone().event_horizon(slide);
 
-    let updates = accepted.clone().sessionize(config.session_gap.ms(), Arc::clone(&stats));
+    let updates = accepted
+        .clone()
+        .sessionize(config.session_gap.ms(), Arc::clone(&stats));
     let sessions = updates.clone().flat_map(|update| match update {
         SessionUpdate::Closed(session) => Some(Feature::Session(session)),
         SessionUpdate::Read(_) => None,
@@ -103,9 +110,11 @@ pub fn build<'scope>(
         },
     );
 
-    let cooc_views = accepted
-        .clone()
-        .window_stats(WindowSpec { window: config.cooc_window.ms(), slide, recent: None });
+    let cooc_views = accepted.clone().window_stats(WindowSpec {
+        window: config.cooc_window.ms(),
+        slide,
+        recent: None,
+    });
     let related = pairs.related(
         cooc_views,
         horizon,
@@ -118,6 +127,10 @@ pub fn build<'scope>(
         },
     );
 
-    GraphOutputs { features: sessions.concat(rankings).concat(related), dead_letters, raw, accepted }
+    GraphOutputs {
+        features: sessions.concat(rankings).concat(related),
+        dead_letters,
+        raw,
+        accepted,
+    }
 }
-

@@ -63,8 +63,9 @@ pub fn replay(
         .collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
     let stats = Arc::new(JobStats::default());
-    let slots: Arc<Mutex<Vec<Option<Vec<Box<dyn RecordSource>>>>>> =
-        Arc::new(Mutex::new(sources_by_worker.into_iter().map(Some).collect()));
+    let slots: Arc<Mutex<Vec<Option<Vec<Box<dyn RecordSource>>>>>> = Arc::new(Mutex::new(
+        sources_by_worker.into_iter().map(Some).collect(),
+    ));
     let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
 
     let config = config.clone();
@@ -75,7 +76,12 @@ pub fn replay(
         let index = worker.index();
         let sources = slots
             .lock()
-            .map(|mut slots| slots.get_mut(index).and_then(Option::take).unwrap_or_default())
+            .map(|mut slots| {
+                slots
+                    .get_mut(index)
+                    .and_then(Option::take)
+                    .unwrap_or_default()
+            })
             .unwrap_or_default();
         let board = Arc::clone(&board);
         let stats = Arc::clone(&worker_stats);
@@ -83,29 +89,35 @@ pub fn replay(
         worker.dataflow::<u64, _, _>(|scope| {
             let outputs = build(scope, sources, board, &config, &options, stats);
             let features_sink = Arc::clone(&sink);
-            outputs.features.sink(Pipeline, "CollectFeatures", move |(input, _frontier)| {
-                input.for_each(|_cap, data| {
-                    if let Ok(mut out) = features_sink.lock() {
-                        out.features.append(data);
-                    }
+            outputs
+                .features
+                .sink(Pipeline, "CollectFeatures", move |(input, _frontier)| {
+                    input.for_each(|_cap, data| {
+                        if let Ok(mut out) = features_sink.lock() {
+                            out.features.append(data);
+                        }
+                    });
                 });
-            });
             let letters_sink = Arc::clone(&sink);
-            outputs.dead_letters.sink(Pipeline, "CollectDeadLetters", move |(input, _frontier)| {
-                input.for_each(|_cap, data| {
-                    if let Ok(mut out) = letters_sink.lock() {
-                        out.dead_letters.append(data);
-                    }
+            outputs
+                .dead_letters
+                .sink(Pipeline, "CollectDeadLetters", move |(input, _frontier)| {
+                    input.for_each(|_cap, data| {
+                        if let Ok(mut out) = letters_sink.lock() {
+                            out.dead_letters.append(data);
+                        }
+                    });
                 });
-            });
             let raw_sink = Arc::clone(&sink);
-            outputs.raw.sink(Pipeline, "CollectRaw", move |(input, _frontier)| {
-                input.for_each(|_cap, data| {
-                    if let Ok(mut out) = raw_sink.lock() {
-                        out.raw.append(data);
-                    }
+            outputs
+                .raw
+                .sink(Pipeline, "CollectRaw", move |(input, _frontier)| {
+                    input.for_each(|_cap, data| {
+                        if let Ok(mut out) = raw_sink.lock() {
+                            out.raw.append(data);
+                        }
+                    });
                 });
-            });
         });
     })
     .map_err(ReplayError::Workers)?;
@@ -113,9 +125,15 @@ pub fn replay(
         result.map_err(ReplayError::Workers)?;
     }
 
-    let mut output = std::mem::take(&mut *collected.lock().map_err(|e| ReplayError::Workers(e.to_string()))?);
+    let mut output = std::mem::take(
+        &mut *collected
+            .lock()
+            .map_err(|e| ReplayError::Workers(e.to_string()))?,
+    );
     sort_features(&mut output.features);
-    output.dead_letters.sort_by(|a, b| position_key(a).cmp(&position_key(b)));
+    output
+        .dead_letters
+        .sort_by(|a, b| position_key(a).cmp(&position_key(b)));
     let mut snapshot = stats.snapshot();
     snapshot.features = output.features.len() as u64;
     output.stats = snapshot;

@@ -25,9 +25,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use super::sessionize::{SessionUpdate, UserKey};
 
@@ -58,7 +58,13 @@ impl RecentArticles {
 
     /// Records a read: on a first read, calls `pair(smaller, larger)` with each remembered article;
     /// then makes `article` the most recent, remembering at most `keep` articles.
-    pub fn read(&mut self, article: &str, first_read: bool, keep: usize, mut pair: impl FnMut(&str, &str)) {
+    pub fn read(
+        &mut self,
+        article: &str,
+        first_read: bool,
+        keep: usize,
+        mut pair: impl FnMut(&str, &str),
+    ) {
         if first_read {
             for other in &self.recent {
                 if other.as_str() < article {

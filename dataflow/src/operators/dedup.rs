@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::event::Event;
 use crate::ids::hash_str;
@@ -39,8 +39,14 @@ impl DedupState {
                 return false;
             }
         }
-        self.accepted.entry(event_id.to_string()).or_default().push(ts);
-        self.expiries.entry(ts.saturating_add(window)).or_default().push(event_id.to_string());
+        self.accepted
+            .entry(event_id.to_string())
+            .or_default()
+            .push(ts);
+        self.expiries
+            .entry(ts.saturating_add(window))
+            .or_default()
+            .push(event_id.to_string());
         true
     }
 
@@ -92,7 +98,9 @@ impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
                     if dropped > 0 {
                         stats.duplicates.fetch_add(dropped, Ordering::Relaxed);
                     }
-                    stats.accepted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    stats
+                        .accepted
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     output.session(&cap).give_container(data);
                 });
                 match frontier.frontier().first() {
@@ -113,8 +121,14 @@ mod tests {
         let mut state = DedupState::default();
         assert!(state.accept("e1", 1_000, 600_000));
         assert!(!state.accept("e1", 500_000, 600_000), "within the window");
-        assert!(state.accept("e1", 700_000, 600_000), "600 s away is not a duplicate");
-        assert!(!state.accept("e1", 1_200_000, 600_000), "near the second accepted one");
+        assert!(
+            state.accept("e1", 700_000, 600_000),
+            "600 s away is not a duplicate"
+        );
+        assert!(
+            !state.accept("e1", 1_200_000, 600_000),
+            "near the second accepted one"
+        );
         state.expire(601_000, 600_000);
         assert_eq!(state.len(), 1, "the first ts is forgotten, the second kept");
         state.expire(1_300_000, 600_000);

@@ -5,10 +5,10 @@
 //! that emit per window therefore need `L = tick(max ts) + slide` over *all* events, not just their
 //! own. Each worker emits its running maximum when it grows, broadcast to every worker.
 
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::StreamVec;
 
 use crate::event::Event;
 
@@ -24,7 +24,10 @@ impl<'scope> EventHorizon<'scope> for StreamVec<'scope, u64, Event> {
             let mut horizon = 0u64;
             move |input, output| {
                 input.for_each(|cap, data| {
-                    let max = data.iter().map(|event| event.ts - event.ts % slide + slide).max();
+                    let max = data
+                        .iter()
+                        .map(|event| event.ts - event.ts % slide + slide)
+                        .max();
                     if let Some(max) = max.filter(|max| *max > horizon) {
                         horizon = max;
                         output.session(&cap).give(horizon);

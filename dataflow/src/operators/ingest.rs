@@ -137,7 +137,9 @@ pub fn ingest<'scope>(
         let mut out: Vec<Ingested> = Vec::new();
 
         move |output| {
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             let now = Instant::now();
             let others = board.others(worker);
             let mut more_ready = false;
@@ -160,14 +162,17 @@ pub fn ingest<'scope>(
                     }
                 };
                 let blank = partitions[index].source.blank_lines();
-                stats
-                    .blank_lines
-                    .fetch_add(blank - partitions[index].blank_lines_reported, Ordering::Relaxed);
+                stats.blank_lines.fetch_add(
+                    blank - partitions[index].blank_lines_reported,
+                    Ordering::Relaxed,
+                );
                 partitions[index].blank_lines_reported = blank;
                 if !buffer.is_empty() {
                     partitions[index].last_activity = now;
                 }
-                stats.records_in.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+                stats
+                    .records_in
+                    .fetch_add(buffer.len() as u64, Ordering::Relaxed);
 
                 for record in buffer.drain(..) {
                     let view = match validate(&record.bytes) {
@@ -186,7 +191,8 @@ pub fn ingest<'scope>(
                     stats.valid.fetch_add(1, Ordering::Relaxed);
                     // The job watermark before this record is counted (SEMANTICS: judged first).
                     let local = combine(partitions.iter().map(|p| p.opinion(&config, now)));
-                    job_watermark = job_watermark.max(to_watermark(combine([local, others]), job_watermark));
+                    job_watermark =
+                        job_watermark.max(to_watermark(combine([local, others]), job_watermark));
                     if job_watermark.is_late(view.ts) {
                         stats.dead_letter(Reason::Late);
                         let detail = format!(
@@ -194,7 +200,8 @@ pub fn ingest<'scope>(
                             view.ts,
                             job_watermark.ms().unwrap_or_default()
                         );
-                        let mut letter = DeadLetter::new(Reason::Late, detail, record.position, &record.bytes);
+                        let mut letter =
+                            DeadLetter::new(Reason::Late, detail, record.position, &record.bytes);
                         letter.portal = Some(view.portal.to_string());
                         letter.ts = Some(view.ts);
                         out.push(Ingested::DeadLetter(letter));
@@ -204,7 +211,11 @@ pub fn ingest<'scope>(
                     partitions[index].clock.observe(view.ts);
                     if config.keep_raw {
                         let (portal, ts) = (view.portal.to_string(), view.ts);
-                        out.push(Ingested::Raw(RawValid { portal, ts, bytes: record.bytes }));
+                        out.push(Ingested::Raw(RawValid {
+                            portal,
+                            ts,
+                            bytes: record.bytes,
+                        }));
                     }
                 }
                 match status {
@@ -218,7 +229,11 @@ pub fn ingest<'scope>(
                 output.session(&*cap).give_iterator(out.drain(..));
             }
 
-            let local = combine(partitions.iter().map(|p| p.opinion(&config, Instant::now())));
+            let local = combine(
+                partitions
+                    .iter()
+                    .map(|p| p.opinion(&config, Instant::now())),
+            );
             let published = board.publish(worker, local);
             job_watermark = job_watermark.max(published);
             if let Watermark::At(wm) = job_watermark {
@@ -257,4 +272,3 @@ fn to_watermark(opinion: Opinion, current: Watermark) -> Watermark {
         Opinion::Finished => Watermark::PlusInfinity,
     }
 }
-

@@ -9,9 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::features::{Feature, RankedItem, RankingFeature, RankingKind};
 use crate::ids::hash_str;
@@ -50,7 +50,8 @@ impl PortalRankings {
             self.stats.remove(&article);
             return;
         }
-        self.popular.upsert(article.clone(), Descending(stats.views));
+        self.popular
+            .upsert(article.clone(), Descending(stats.views));
         let score = trending_score(
             stats.recent_users,
             stats.recent_engaged_users,
@@ -59,14 +60,20 @@ impl PortalRankings {
             spec.window,
         );
         if score > 0.0 {
-            self.trending.upsert(article.clone(), Descending(OrderedScore(score)));
+            self.trending
+                .upsert(article.clone(), Descending(OrderedScore(score)));
         } else {
             self.trending.remove(&article);
         }
         self.stats.insert(article, stats);
     }
 
-    fn items<R>(&self, ranking: &TopN<String, R>, n: usize, score: impl Fn(&R) -> f64) -> Vec<RankedItem>
+    fn items<R>(
+        &self,
+        ranking: &TopN<String, R>,
+        n: usize,
+        score: impl Fn(&R) -> f64,
+    ) -> Vec<RankedItem>
     where
         R: Ord + Clone,
     {
@@ -100,7 +107,13 @@ pub struct RankingsState {
 impl RankingsState {
     /// Empty state.
     pub fn new(spec: RankingSpec) -> Self {
-        RankingsState { spec, portals: BTreeMap::new(), stash: BTreeMap::new(), emitted_until: None, horizon: 0 }
+        RankingsState {
+            spec,
+            portals: BTreeMap::new(),
+            stash: BTreeMap::new(),
+            emitted_until: None,
+            horizon: 0,
+        }
     }
 
     /// Queues a change for its window.
@@ -120,7 +133,12 @@ impl RankingsState {
 
     /// Emits every final window `T ≤ limit`, in order.
     pub fn advance(&mut self, limit: u64, out: &mut Vec<Feature>) {
-        let RankingSpec { window, slide, top_n, .. } = self.spec;
+        let RankingSpec {
+            window,
+            slide,
+            top_n,
+            ..
+        } = self.spec;
         loop {
             let next_stashed = self.stash.keys().next().copied();
             let next = match (self.emitted_until, self.portals.is_empty()) {
@@ -139,13 +157,26 @@ impl RankingsState {
                 let portal = self.portals.entry(stats.portal.clone()).or_default();
                 portal.apply(stats, &self.spec);
             }
-            self.portals.retain(|_, rankings| !rankings.popular.is_empty());
+            self.portals
+                .retain(|_, rankings| !rankings.popular.is_empty());
             for (portal, rankings) in &self.portals {
                 let start = next.saturating_sub(window);
                 let popular = rankings.items(&rankings.popular, top_n, |rank| rank.0 as f64);
                 let trending = rankings.items(&rankings.trending, top_n, |rank| rank.0.0);
-                out.push(RankingFeature::new(RankingKind::Popular, portal, start, next, popular));
-                out.push(RankingFeature::new(RankingKind::Trending, portal, start, next, trending));
+                out.push(RankingFeature::new(
+                    RankingKind::Popular,
+                    portal,
+                    start,
+                    next,
+                    popular,
+                ));
+                out.push(RankingFeature::new(
+                    RankingKind::Trending,
+                    portal,
+                    start,
+                    next,
+                    trending,
+                ));
             }
             self.emitted_until = Some(next);
         }
@@ -155,43 +186,62 @@ impl RankingsState {
 /// Ranks articles per portal at each final window.
 pub trait Rankings<'scope> {
     /// `popular` and `trending` features, each at time `window_end − slide`.
-    fn rankings(self, horizon: StreamVec<'scope, u64, u64>, spec: RankingSpec) -> StreamVec<'scope, u64, Feature>;
+    fn rankings(
+        self,
+        horizon: StreamVec<'scope, u64, u64>,
+        spec: RankingSpec,
+    ) -> StreamVec<'scope, u64, Feature>;
 }
 
 impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
-    fn rankings(self, horizon: StreamVec<'scope, u64, u64>, spec: RankingSpec) -> StreamVec<'scope, u64, Feature> {
+    fn rankings(
+        self,
+        horizon: StreamVec<'scope, u64, u64>,
+        spec: RankingSpec,
+    ) -> StreamVec<'scope, u64, Feature> {
         let route = Exchange::new(|stats: &ArticleWindowStats| hash_str(&stats.portal));
         let horizon_route = timely::dataflow::channels::pact::Pipeline;
-        self.binary_frontier(horizon, route, horizon_route, "Rankings", move |_capability, _info| {
-            let mut state = RankingsState::new(spec);
-            let mut held = HeldCapability::default();
-            let mut out = Vec::new();
-            move |(stats, stats_frontier), (horizon, horizon_frontier), output| {
-                stats.for_each(|cap, data| {
-                    held.hold(&cap);
-                    for change in data.drain(..) {
-                        state.insert(change);
-                    }
-                });
-                horizon.for_each(|_cap, data| {
-                    for value in data.drain(..) {
-                        state.observe_horizon(value);
-                    }
-                });
-                let frontier = [stats_frontier.frontier().first(), horizon_frontier.frontier().first()]
+        self.binary_frontier(
+            horizon,
+            route,
+            horizon_route,
+            "Rankings",
+            move |_capability, _info| {
+                let mut state = RankingsState::new(spec);
+                let mut held = HeldCapability::default();
+                let mut out = Vec::new();
+                move |(stats, stats_frontier), (horizon, horizon_frontier), output| {
+                    stats.for_each(|cap, data| {
+                        held.hold(&cap);
+                        for change in data.drain(..) {
+                            state.insert(change);
+                        }
+                    });
+                    horizon.for_each(|_cap, data| {
+                        for value in data.drain(..) {
+                            state.observe_horizon(value);
+                        }
+                    });
+                    let frontier = [
+                        stats_frontier.frontier().first(),
+                        horizon_frontier.frontier().first(),
+                    ]
                     .into_iter()
                     .flatten()
                     .min()
                     .copied();
-                let limit = frontier.unwrap_or(state.horizon);
-                state.advance(limit, &mut out);
-                emit_by_window(&held, &mut out, spec.slide, output);
-                match frontier {
-                    Some(time) if !state.is_idle() => held.downgrade(time),
-                    _ => held.release(),
+                    // Windows past the last event's are never final (N9); see `related` for why this
+                    // only ever binds at the end of input.
+                    let limit = frontier.unwrap_or(u64::MAX).min(state.horizon);
+                    state.advance(limit, &mut out);
+                    emit_by_window(&held, &mut out, spec.slide, output);
+                    match frontier {
+                        Some(time) if !state.is_idle() => held.downgrade(time),
+                        _ => held.release(),
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -213,7 +263,9 @@ pub(crate) fn emit_by_window(
             by_time.entry(time).or_default().push(feature);
         }
         for (time, features) in by_time {
-            output.session(&cap.delayed(&time)).give_iterator(features.into_iter());
+            output
+                .session(&cap.delayed(&time))
+                .give_iterator(features.into_iter());
         }
     }
     out.clear();

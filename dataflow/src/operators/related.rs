@@ -20,11 +20,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::Concat;
-use timely::dataflow::StreamVec;
 
 use crate::features::{Feature, RelatedFeature, RelatedItem};
 use crate::score::related_score;
@@ -133,7 +133,10 @@ impl RelatedState {
         if *count == 1 {
             let enter = tick + slide;
             for time in [enter, enter + window] {
-                self.visits.entry(time).or_default().push((key.clone(), pair.partner.clone()));
+                self.visits
+                    .entry(time)
+                    .or_default()
+                    .push((key.clone(), pair.partner.clone()));
             }
         }
     }
@@ -141,7 +144,11 @@ impl RelatedState {
     /// Applies a side input.
     pub fn insert_side(&mut self, side: RelatedSideInput) {
         match side {
-            RelatedSideInput::Views(stats) => self.views_stash.entry(stats.window_end).or_default().push(stats),
+            RelatedSideInput::Views(stats) => self
+                .views_stash
+                .entry(stats.window_end)
+                .or_default()
+                .push(stats),
             RelatedSideInput::Horizon(horizon) => self.horizon = self.horizon.max(horizon),
         }
     }
@@ -157,11 +164,15 @@ impl RelatedState {
     }
 
     fn next_window(&self) -> Option<u64> {
-        [self.visits.keys().next(), self.wakeups.keys().next(), self.views_stash.keys().next()]
-            .into_iter()
-            .flatten()
-            .min()
-            .copied()
+        [
+            self.visits.keys().next(),
+            self.wakeups.keys().next(),
+            self.views_stash.keys().next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied()
     }
 
     /// Processes every window `T ≤ limit` at which something changes, in order.
@@ -182,7 +193,13 @@ impl RelatedState {
         for key in keys {
             let article = &self.articles[key];
             if article.current != article.last_emitted {
-                out.push(RelatedFeature::new(&key.0, &key.1, start, last_window, article.current.clone()));
+                out.push(RelatedFeature::new(
+                    &key.0,
+                    &key.1,
+                    start,
+                    last_window,
+                    article.current.clone(),
+                ));
             }
         }
         self.articles.clear();
@@ -194,7 +211,12 @@ impl RelatedState {
     }
 
     fn process(&mut self, window_end: u64, out: &mut Vec<Feature>) {
-        let RelatedSpec { window, slide, min_support, .. } = self.spec;
+        let RelatedSpec {
+            window,
+            slide,
+            min_support,
+            ..
+        } = self.spec;
         let mut dirty: BTreeSet<ArticleKey> = BTreeSet::new();
 
         for stats in self.views_stash.remove(&window_end).unwrap_or_default() {
@@ -214,14 +236,22 @@ impl RelatedState {
 
         let window_start = window_end.saturating_sub(window);
         for (key, partner) in self.visits.remove(&window_end).unwrap_or_default() {
-            let Some(article) = self.articles.get_mut(&key) else { continue };
-            let Some(pair) = article.partners.get_mut(&partner) else { continue };
+            let Some(article) = self.articles.get_mut(&key) else {
+                continue;
+            };
+            let Some(pair) = article.partners.get_mut(&partner) else {
+                continue;
+            };
             let was_qualified = pair.count >= min_support;
             if let Some(count) = pair.pending.remove(&(window_end - slide)) {
                 pair.count += count;
                 pair.entered.push_back((window_end - slide, count));
             }
-            while pair.entered.front().is_some_and(|(tick, _)| *tick < window_start) {
+            while pair
+                .entered
+                .front()
+                .is_some_and(|(tick, _)| *tick < window_start)
+            {
                 if let Some((_, count)) = pair.entered.pop_front() {
                     pair.count -= count;
                 }
@@ -229,7 +259,10 @@ impl RelatedState {
             let qualified = pair.count >= min_support;
             let partner_key = (key.0.clone(), partner.clone());
             if qualified && !was_qualified {
-                self.qualified_by_partner.entry(partner_key).or_default().insert(key.1.clone());
+                self.qualified_by_partner
+                    .entry(partner_key)
+                    .or_default()
+                    .insert(key.1.clone());
             } else if was_qualified && !qualified {
                 if let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
                     set.remove(&key.1);
@@ -248,28 +281,47 @@ impl RelatedState {
 
         for key in dirty {
             let current = self.compute(&key);
-            let Some(article) = self.articles.get_mut(&key) else { continue };
+            let Some(article) = self.articles.get_mut(&key) else {
+                continue;
+            };
             article.current = current;
             if article.current != article.last_emitted {
-                let due = article.last_emitted_at.map_or(window_end, |at| at + self.spec.interval);
+                let due = article
+                    .last_emitted_at
+                    .map_or(window_end, |at| at + self.spec.interval);
                 if window_end >= due {
-                    out.push(RelatedFeature::new(&key.0, &key.1, window_start, window_end, article.current.clone()));
+                    out.push(RelatedFeature::new(
+                        &key.0,
+                        &key.1,
+                        window_start,
+                        window_end,
+                        article.current.clone(),
+                    ));
                     article.last_emitted = article.current.clone();
                     article.last_emitted_at = Some(window_end);
                 } else {
                     self.wakeups.entry(due).or_default().push(key.clone());
                 }
             }
-            if article.partners.is_empty() && article.current.is_empty() && article.last_emitted.is_empty() {
+            if article.partners.is_empty()
+                && article.current.is_empty()
+                && article.last_emitted.is_empty()
+            {
                 self.articles.remove(&key);
             }
         }
     }
 
     fn compute(&self, key: &ArticleKey) -> Vec<RelatedItem> {
-        let RelatedSpec { top_n, min_support, .. } = self.spec;
-        let Some(article) = self.articles.get(key) else { return Vec::new() };
-        let Some(&views_a) = self.views.get(key) else { return Vec::new() };
+        let RelatedSpec {
+            top_n, min_support, ..
+        } = self.spec;
+        let Some(article) = self.articles.get(key) else {
+            return Vec::new();
+        };
+        let Some(&views_a) = self.views.get(key) else {
+            return Vec::new();
+        };
         let mut items: Vec<RelatedItem> = article
             .partners
             .iter()
@@ -283,7 +335,11 @@ impl RelatedState {
                 })
             })
             .collect();
-        items.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| x.article_id.cmp(&y.article_id)));
+        items.sort_by(|x, y| {
+            y.score
+                .total_cmp(&x.score)
+                .then_with(|| x.article_id.cmp(&y.article_id))
+        });
         items.truncate(top_n);
         items
     }
@@ -308,52 +364,83 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
         spec: RelatedSpec,
     ) -> StreamVec<'scope, u64, Feature> {
         let directed = self.flat_map(|pair: ArticlePair| {
-            let ArticlePair { portal, article_a, article_b, ts } = pair;
+            let ArticlePair {
+                portal,
+                article_a,
+                article_b,
+                ts,
+            } = pair;
             [
-                DirectedPair { portal: portal.clone(), article_id: article_a.clone(), partner: article_b.clone(), ts },
-                DirectedPair { portal, article_id: article_b, partner: article_a, ts },
+                DirectedPair {
+                    portal: portal.clone(),
+                    article_id: article_a.clone(),
+                    partner: article_b.clone(),
+                    ts,
+                },
+                DirectedPair {
+                    portal,
+                    article_id: article_b,
+                    partner: article_a,
+                    ts,
+                },
             ]
         });
         let side = views
             .broadcast()
             .map(RelatedSideInput::Views)
             .concat(horizon.map(RelatedSideInput::Horizon));
-        let route = Exchange::new(|pair: &DirectedPair| article_route(&pair.portal, &pair.article_id));
-        directed.binary_frontier(side, route, Pipeline, "Related", move |_capability, _info| {
-            let mut state = RelatedState::new(spec);
-            let mut held = HeldCapability::default();
-            let mut out = Vec::new();
-            move |(pairs, pairs_frontier), (side, side_frontier), output| {
-                pairs.for_each(|cap, data| {
-                    held.hold(&cap);
-                    for pair in data.drain(..) {
-                        state.insert_pair(pair);
-                    }
-                });
-                side.for_each(|cap, data| {
-                    held.hold(&cap);
-                    for input in data.drain(..) {
-                        state.insert_side(input);
-                    }
-                });
-                let frontier = [pairs_frontier.frontier().first(), side_frontier.frontier().first()]
+        let route =
+            Exchange::new(|pair: &DirectedPair| article_route(&pair.portal, &pair.article_id));
+        directed.binary_frontier(
+            side,
+            route,
+            Pipeline,
+            "Related",
+            move |_capability, _info| {
+                let mut state = RelatedState::new(spec);
+                let mut held = HeldCapability::default();
+                let mut out = Vec::new();
+                move |(pairs, pairs_frontier), (side, side_frontier), output| {
+                    pairs.for_each(|cap, data| {
+                        held.hold(&cap);
+                        for pair in data.drain(..) {
+                            state.insert_pair(pair);
+                        }
+                    });
+                    side.for_each(|cap, data| {
+                        held.hold(&cap);
+                        for input in data.drain(..) {
+                            state.insert_side(input);
+                        }
+                    });
+                    let frontier = [
+                        pairs_frontier.frontier().first(),
+                        side_frontier.frontier().first(),
+                    ]
                     .into_iter()
                     .flatten()
                     .min()
                     .copied();
-                match frontier {
-                    Some(limit) => state.advance(limit, &mut out),
-                    None => {
-                        let last = state.horizon();
-                        state.finish(last, &mut out);
+                    match frontier {
+                        // At the end of input, upstream flushes reach past the last event's window at
+                        // finite times; those windows are never final (N9). Live, the frontier never
+                        // passes the horizon, since the watermark trails the newest event.
+                        Some(limit) => {
+                            let limit = limit.min(state.horizon());
+                            state.advance(limit, &mut out);
+                        }
+                        None => {
+                            let last = state.horizon();
+                            state.finish(last, &mut out);
+                        }
+                    }
+                    emit_by_window(&held, &mut out, spec.slide, output);
+                    match frontier {
+                        Some(time) if !state.is_idle() => held.downgrade(time),
+                        _ => held.release(),
                     }
                 }
-                emit_by_window(&held, &mut out, spec.slide, output);
-                match frontier {
-                    Some(time) if !state.is_idle() => held.downgrade(time),
-                    _ => held.release(),
-                }
-            }
-        })
+            },
+        )
     }
 }

@@ -37,9 +37,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::event::Event;
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
@@ -133,7 +133,10 @@ pub struct SessionizeState {
 impl SessionizeState {
     /// Empty state for the given gap.
     pub fn new(session_gap: u64) -> Self {
-        SessionizeState { session_gap, ..Default::default() }
+        SessionizeState {
+            session_gap,
+            ..Default::default()
+        }
     }
 
     /// Users with pending reads or an open session.
@@ -148,10 +151,27 @@ impl SessionizeState {
 
     /// Adds an on-time, de-duplicated event.
     pub fn insert(&mut self, event: Event) {
-        let Event { event_id, portal, user_id, article_id, ts, dwell_ms, scroll_pct, clicks } = event;
+        let Event {
+            event_id,
+            portal,
+            user_id,
+            article_id,
+            ts,
+            dwell_ms,
+            scroll_pct,
+            clicks,
+        } = event;
         let key = (portal, user_id);
         let user = self.users.entry(key.clone()).or_default();
-        user.pending.insert((ts, event_id), PendingRead { article_id, dwell_ms, scroll_pct, clicks });
+        user.pending.insert(
+            (ts, event_id),
+            PendingRead {
+                article_id,
+                dwell_ms,
+                scroll_pct,
+                clicks,
+            },
+        );
         // The read is final once the frontier passes ts, i.e. reaches ts + 1.
         let due = ts.saturating_add(1);
         if user.scheduled.is_none_or(|scheduled| due < scheduled) {
@@ -167,22 +187,31 @@ impl SessionizeState {
             if *due > frontier {
                 break;
             }
-            let Some(Reverse((due, key))) = self.due.pop() else { break };
-            let Some(user) = self.users.get_mut(&key) else { continue };
+            let Some(Reverse((due, key))) = self.due.pop() else {
+                break;
+            };
+            let Some(user) = self.users.get_mut(&key) else {
+                continue;
+            };
             if user.scheduled != Some(due) {
                 continue; // superseded by an earlier entry for the same user
             }
             user.scheduled = None;
             let open_before = usize::from(user.open.is_some());
             advance_user(&key, user, frontier, gap, out);
-            self.open_sessions = self.open_sessions + usize::from(user.open.is_some()) - open_before;
+            self.open_sessions =
+                self.open_sessions + usize::from(user.open.is_some()) - open_before;
             let next_due = user
                 .pending
                 .keys()
                 .next()
                 .map(|(ts, _)| ts.saturating_add(1))
                 .into_iter()
-                .chain(user.open.as_ref().map(|s| s.last_ts.saturating_add(gap).saturating_add(1)))
+                .chain(
+                    user.open
+                        .as_ref()
+                        .map(|s| s.last_ts.saturating_add(gap).saturating_add(1)),
+                )
                 .min();
             match next_due {
                 Some(next) => {
@@ -198,13 +227,22 @@ impl SessionizeState {
 }
 
 /// Finalizes one user's reads below `frontier`.
-fn advance_user(key: &UserKey, user: &mut UserSessions, frontier: u64, gap: u64, out: &mut Vec<SessionUpdate>) {
+fn advance_user(
+    key: &UserKey,
+    user: &mut UserSessions,
+    frontier: u64,
+    gap: u64,
+    out: &mut Vec<SessionUpdate>,
+) {
     while let Some(entry) = user.pending.first_entry() {
         if entry.key().0 >= frontier {
             break;
         }
         let ((ts, _event_id), read) = entry.remove_entry();
-        let continues = user.open.as_ref().is_some_and(|session| ts - session.last_ts <= gap);
+        let continues = user
+            .open
+            .as_ref()
+            .is_some_and(|session| ts - session.last_ts <= gap);
         if !continues {
             if let Some(session) = user.open.take() {
                 out.push(SessionUpdate::Closed(close(key, session)));
@@ -239,7 +277,11 @@ fn advance_user(key: &UserKey, user: &mut UserSessions, frontier: u64, gap: u64,
         }));
     }
     // Closed once the watermark is past last_ts + gap: no later event can join the session.
-    if user.open.as_ref().is_some_and(|session| session.last_ts.saturating_add(gap) < frontier) {
+    if user
+        .open
+        .as_ref()
+        .is_some_and(|session| session.last_ts.saturating_add(gap) < frontier)
+    {
         if let Some(session) = user.open.take() {
             out.push(SessionUpdate::Closed(close(key, session)));
         }
@@ -267,11 +309,19 @@ fn close(key: &UserKey, session: OpenSession) -> SessionFeature {
 /// Splits each user's events into sessions.
 pub trait Sessionize<'scope> {
     /// Finalized reads and closed sessions, routed by `(portal, user_id)`.
-    fn sessionize(self, session_gap: u64, stats: Arc<JobStats>) -> StreamVec<'scope, u64, SessionUpdate>;
+    fn sessionize(
+        self,
+        session_gap: u64,
+        stats: Arc<JobStats>,
+    ) -> StreamVec<'scope, u64, SessionUpdate>;
 }
 
 impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Event> {
-    fn sessionize(self, session_gap: u64, stats: Arc<JobStats>) -> StreamVec<'scope, u64, SessionUpdate> {
+    fn sessionize(
+        self,
+        session_gap: u64,
+        stats: Arc<JobStats>,
+    ) -> StreamVec<'scope, u64, SessionUpdate> {
         let route = Exchange::new(|event: &Event| user_route(&event.portal, &event.user_id));
         self.unary_frontier(route, "Sessionize", move |_capability, _info| {
             let mut state = SessionizeState::new(session_gap);
@@ -302,9 +352,13 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Event> {
                 if open != reported_open {
                     // Keep the gauge exact across workers by adding this worker's change.
                     if open > reported_open {
-                        stats.open_sessions.fetch_add(open - reported_open, Ordering::Relaxed);
+                        stats
+                            .open_sessions
+                            .fetch_add(open - reported_open, Ordering::Relaxed);
                     } else {
-                        stats.open_sessions.fetch_sub(reported_open - open, Ordering::Relaxed);
+                        stats
+                            .open_sessions
+                            .fetch_sub(reported_open - open, Ordering::Relaxed);
                     }
                     reported_open = open;
                 }

@@ -69,7 +69,10 @@ pub struct TopN<K, R> {
 
 impl<K, R> Default for TopN<K, R> {
     fn default() -> Self {
-        TopN { order: BTreeSet::new(), ranks: HashMap::new() }
+        TopN {
+            order: BTreeSet::new(),
+            ranks: HashMap::new(),
+        }
     }
 }
 

@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::event::Event;
 use crate::ids::{hash_str, stable_hash};
@@ -138,7 +138,11 @@ pub struct WindowStatsState {
 impl WindowStatsState {
     /// Empty state for windows of this shape.
     pub fn new(spec: WindowSpec) -> Self {
-        WindowStatsState { spec, articles: HashMap::new(), visits: BTreeMap::new() }
+        WindowStatsState {
+            spec,
+            articles: HashMap::new(),
+            visits: BTreeMap::new(),
+        }
     }
 
     /// Articles with state.
@@ -153,7 +157,11 @@ impl WindowStatsState {
 
     /// Counts an event into its bucket. It must not be final yet (its window not visited).
     pub fn insert(&mut self, event: &Event) {
-        let WindowSpec { window, slide, recent } = self.spec;
+        let WindowSpec {
+            window,
+            slide,
+            recent,
+        } = self.spec;
         let tick = event.ts - event.ts % slide;
         let key = (event.portal.clone(), event.article_id.clone());
         let article = self.articles.entry(key.clone()).or_default();
@@ -198,8 +206,14 @@ impl WindowStatsState {
     }
 
     fn visit(&mut self, key: ArticleKey, window_end: u64, out: &mut Vec<ArticleWindowStats>) {
-        let WindowSpec { window, slide, recent } = self.spec;
-        let Some(article) = self.articles.get_mut(&key) else { return };
+        let WindowSpec {
+            window,
+            slide,
+            recent,
+        } = self.spec;
+        let Some(article) = self.articles.get_mut(&key) else {
+            return;
+        };
         if article.visited == window_end {
             return;
         }
@@ -208,13 +222,17 @@ impl WindowStatsState {
         if let Some(bucket) = article.pending.remove(&entering) {
             article.views += bucket.views;
             article.engaged += bucket.engaged;
-            article.entered.push_back((entering, bucket.views, bucket.engaged));
+            article
+                .entered
+                .push_back((entering, bucket.views, bucket.engaged));
             if recent.is_some() {
                 for &(user, engaged) in &bucket.users {
                     article.count_user(user, engaged, 1);
                 }
                 article.recent_views += bucket.views;
-                article.recent.push_back((entering, bucket.views, bucket.users));
+                article
+                    .recent
+                    .push_back((entering, bucket.views, bucket.users));
             }
         }
         let window_start = window_end.saturating_sub(window);
@@ -228,7 +246,11 @@ impl WindowStatsState {
         }
         if let Some(recent) = recent {
             let recent_start = window_end.saturating_sub(recent);
-            while article.recent.front().is_some_and(|(tick, _, _)| *tick < recent_start) {
+            while article
+                .recent
+                .front()
+                .is_some_and(|(tick, _, _)| *tick < recent_start)
+            {
                 if let Some((_, views, users)) = article.recent.pop_front() {
                     article.recent_views -= views;
                     for (user, engaged) in users {
@@ -295,7 +317,9 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
                             .position(|s| s.window_end != window_end)
                             .map_or(out.len(), |offset| start + offset);
                         let time = window_end - spec.slide;
-                        output.session(&cap.delayed(&time)).give_iterator(out[start..end].iter().cloned());
+                        output
+                            .session(&cap.delayed(&time))
+                            .give_iterator(out[start..end].iter().cloned());
                         start = end;
                     }
                 }
@@ -328,7 +352,11 @@ mod tests {
 
     #[test]
     fn counts_enter_and_leave_and_recent_users_are_distinct() {
-        let spec = WindowSpec { window: 3_000, slide: 1_000, recent: Some(1_000) };
+        let spec = WindowSpec {
+            window: 3_000,
+            slide: 1_000,
+            recent: Some(1_000),
+        };
         let mut state = WindowStatsState::new(spec);
         state.insert(&event("u1", "a", 100, true));
         state.insert(&event("u1", "a", 200, false));
@@ -337,9 +365,25 @@ mod tests {
         state.advance(u64::MAX, &mut out);
         let at = |t: u64| out.iter().find(|s| s.window_end == t).cloned();
         let w1 = at(1_000).unwrap_or_else(|| panic!("window 1000 reported: {out:?}"));
-        assert_eq!((w1.views, w1.engaged_views, w1.recent_users, w1.recent_engaged_users), (2, 1, 1, 1));
+        assert_eq!(
+            (
+                w1.views,
+                w1.engaged_views,
+                w1.recent_users,
+                w1.recent_engaged_users
+            ),
+            (2, 1, 1, 1)
+        );
         let w2 = at(2_000).unwrap_or_else(|| panic!("window 2000 reported"));
-        assert_eq!((w2.views, w2.older_views, w2.recent_users, w2.recent_engaged_users), (3, 2, 1, 0));
+        assert_eq!(
+            (
+                w2.views,
+                w2.older_views,
+                w2.recent_users,
+                w2.recent_engaged_users
+            ),
+            (3, 2, 1, 0)
+        );
         let w4 = at(4_000).unwrap_or_else(|| panic!("window 4000 reported"));
         assert_eq!(w4.views, 1, "the first bucket left at 4000");
         let w5 = at(5_000).unwrap_or_else(|| panic!("window 5000 reported"));

@@ -1,0 +1,297 @@
+//! The job's configuration: a TOML file, then `PAGEFLOW__SECTION__KEY=value` environment overrides,
+//! validated as a whole at start-up so that every problem is reported at once.
+//!
+//! ```toml
+//! [semantics]            # what is computed: every default of SEMANTICS.md (see its docs)
+//! session_gap = "30m"
+//!
+//! [source]               # where pageviews come from
+//! kind = "synthetic"     # or "files"
+//! events_per_second = 2000
+//!
+//! [sinks]
+//! dir = "./pageflow-data"
+//!
+//! [serve]
+//! listen = "127.0.0.1:8080"
+//!
+//! [runtime]
+//! workers = 2
+//! ```
+//!
+//! An override such as `PAGEFLOW__SEMANTICS__TOP_N=20` sets `semantics.top_n`; values are read as
+//! TOML (`20`, `true`, `"10m"`), and anything that does not parse as TOML is taken as a string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pageflow_dataflow::config::SemanticsConfig;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "PAGEFLOW__";
+
+/// Everything `pageflow run` needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobConfig {
+    /// What the job computes.
+    pub semantics: SemanticsConfig,
+    /// Where pageviews come from.
+    pub source: SourceConfig,
+    /// Where results go.
+    pub sinks: SinksConfig,
+    /// The HTTP serving layer.
+    pub serve: ServeConfig,
+    /// Threads and processes.
+    pub runtime: RuntimeConfig,
+}
+
+/// Which source feeds the job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Built-in synthetic news traffic (the embedded default).
+    #[default]
+    Synthetic,
+    /// JSON-lines files, one partition each.
+    Files,
+}
+
+/// The source section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `synthetic` or `files`.
+    pub kind: SourceKind,
+    /// Synthetic: total events per second of wall-clock time, over all partitions.
+    pub events_per_second: f64,
+    /// Synthetic: the random seed (the same seed gives the same traffic).
+    pub seed: u64,
+    /// Synthetic: the portals to simulate.
+    pub portals: Vec<String>,
+    /// Synthetic: independent generator partitions (spread over the workers).
+    pub partitions: usize,
+    /// Files: the JSON-lines files to read, one partition each.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Synthetic,
+            events_per_second: 2_000.0,
+            seed: 42,
+            portals: vec!["g1".into(), "ge".into(), "gshow".into()],
+            partitions: 2,
+            paths: Vec::new(),
+        }
+    }
+}
+
+/// The sinks section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinksConfig {
+    /// The local directory for features, dead letters and the archive.
+    pub dir: PathBuf,
+    /// Also write the layered archive (`raw/`, `processed/`, `dead-letter/`).
+    pub archive: bool,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig { dir: PathBuf::from("./pageflow-data"), archive: true }
+    }
+}
+
+/// The serving section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// The address to listen on.
+    pub listen: String,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { enabled: true, listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// The runtime section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Timely worker threads in this process.
+    pub workers: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { workers: 2 }
+    }
+}
+
+/// Loads the configuration from an optional file and the environment, and validates all of it.
+///
+/// On failure, returns every problem found, each naming the key and what to do.
+pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<JobConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut table = match file {
+        None => toml::Table::new(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Err(error) => {
+                return Err(vec![format!(
+                    "cannot read the config file {}: {error}; check the path given to --config",
+                    path.display()
+                )]);
+            }
+            Ok(text) => match text.parse::<toml::Table>() {
+                Ok(table) => table,
+                Err(error) => {
+                    return Err(vec![format!("{} is not valid TOML: {error}", path.display())]);
+                }
+            },
+        },
+    };
+    for (name, value) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if let Err(problem) = set_path(&mut table, &keys, parse_env_value(&value)) {
+            problems.push(format!("{name}: {problem}"));
+        }
+    }
+
+    // Each section is read on its own so that a mistake in one does not hide those in the others.
+    let mut config = JobConfig::default();
+    macro_rules! section {
+        ($name:literal, $field:ident) => {
+            if let Some(value) = table.remove($name) {
+                match value.try_into() {
+                    Ok(section) => config.$field = section,
+                    Err(error) => problems.push(format!("[{}]: {}", $name, error.to_string().trim())),
+                }
+            }
+        };
+    }
+    section!("semantics", semantics);
+    section!("source", source);
+    section!("sinks", sinks);
+    section!("serve", serve);
+    section!("runtime", runtime);
+    for unknown in table.keys() {
+        problems.push(format!(
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime"
+        ));
+    }
+    problems.extend(config.validate());
+    if problems.is_empty() { Ok(config) } else { Err(problems) }
+}
+
+impl JobConfig {
+    /// Checks the values (not the syntax) and returns every problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self.semantics.validate().into_iter().map(|p| format!("[semantics] {p}")).collect();
+        if self.runtime.workers == 0 || self.runtime.workers > 256 {
+            problems.push(format!("[runtime] `workers` must be between 1 and 256, not {}", self.runtime.workers));
+        }
+        if self.serve.enabled && self.serve.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "[serve] `listen` = `{}` is not an address: write e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
+                self.serve.listen
+            ));
+        }
+        match self.source.kind {
+            SourceKind::Synthetic => {
+                if !(self.source.events_per_second > 0.0 && self.source.events_per_second.is_finite()) {
+                    problems.push("[source] `events_per_second` must be a positive number".to_string());
+                }
+                if self.source.portals.is_empty() {
+                    problems.push("[source] `portals` must list at least one portal".to_string());
+                }
+                if self.source.partitions == 0 {
+                    problems.push("[source] `partitions` must be at least 1".to_string());
+                }
+            }
+            SourceKind::Files => {
+                if self.source.paths.is_empty() {
+                    problems.push("[source] kind = \"files\" needs `paths`, the JSON-lines files to read".to_string());
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn parse_env_value(text: &str) -> toml::Value {
+    // `key = <text>` parses for numbers, booleans, quoted strings, arrays; anything else is a string.
+    format!("value = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("no key after the PAGEFLOW__ prefix".to_string()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("`{first}` is a value, not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(load(None, Vec::new()), Ok(JobConfig::default()));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_durations_parse() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pageflow.toml");
+        std::fs::write(&path, "[semantics]\ntop_n = 7\nsession_gap = \"20m\"\n[runtime]\nworkers = 3\n")?;
+        let env = vec![
+            ("PAGEFLOW__SEMANTICS__TOP_N".to_string(), "9".to_string()),
+            ("PAGEFLOW__SERVE__LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = load(Some(&path), env).map_err(|p| p.join("\n"))?;
+        assert_eq!(config.semantics.top_n, 9);
+        assert_eq!(config.semantics.session_gap.ms(), 20 * 60_000);
+        assert_eq!(config.runtime.workers, 3);
+        assert_eq!(config.serve.listen, "127.0.0.1:9999");
+        Ok(())
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let env = vec![
+            ("PAGEFLOW__SEMANTICS__TOP_N".to_string(), "0".to_string()),
+            ("PAGEFLOW__SEMANTICS__SLIDE".to_string(), "\"7 parsecs\"".to_string()),
+            ("PAGEFLOW__RUNTIME__WORKERS".to_string(), "0".to_string()),
+            ("PAGEFLOW__SERVE__LISTEN".to_string(), "not-an-address".to_string()),
+            ("PAGEFLOW__NOPE__X".to_string(), "1".to_string()),
+        ];
+        let problems = load(None, env).err().unwrap_or_default();
+        assert!(problems.iter().any(|p| p.contains("[semantics]") && p.contains("parsecs")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("workers")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("listen")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("[nope]")), "{problems:#?}");
+    }
+}

@@ -1,0 +1,475 @@
+//! The live state the HTTP side serves: the latest rankings and related lists the dataflow pushed.
+//!
+//! The dataflow calls [`ServingState::apply`] with every [`LiveUpdate`]; request handlers read. No
+//! request recomputes anything: each stored value is an immutable `Arc` snapshot, built before any
+//! lock is taken, so a writer holds a lock only to swap one pointer and a reader only to clone one.
+//! Each map sits behind its own `std::sync::RwLock` (no `arc-swap`).
+//!
+//! Per `(portal, kind)` two rankings are kept:
+//! - the last **final** one (its window is complete: the watermark has passed its end), and
+//! - the latest **provisional** one (the window still filling, a live preview).
+//!
+//! [`ServingState::ranking`] answers with the provisional one when its window ends later than the
+//! final one's, else with the final one, and says which. Updates that arrive out of order (an older
+//! window than the one held) are ignored, so the answer never goes back in time.
+//!
+//! Related lists are kept per `(portal, article)`, the latest window wins. They are always final
+//! (computed on final windows); their `watermark` is their `window_end`, the event time they are
+//! complete up to (a list is only re-emitted when it changes, so later windows may not be reflected).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
+use pageflow_dataflow::live::LiveUpdate;
+
+/// One ranking of one portal, as pushed by the dataflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranking {
+    /// Popular or trending.
+    pub kind: RankingKind,
+    /// The site.
+    pub portal: String,
+    /// Inclusive start of the window (`window_end − trending_window`).
+    pub window_start: u64,
+    /// Exclusive end of the window.
+    pub window_end: u64,
+    /// The ranking is complete up to this event time.
+    pub watermark: u64,
+    /// Whether the window is final.
+    pub is_final: bool,
+    /// Best first.
+    pub items: Vec<RankedItem>,
+}
+
+/// The related list of one article, as pushed by the dataflow (always final).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Related {
+    /// The site.
+    pub portal: String,
+    /// The article whose partners are listed.
+    pub article_id: String,
+    /// Exclusive end of the co-occurrence window the list was computed on.
+    pub window_end: u64,
+    /// Best first; empty when the article no longer has related articles.
+    pub items: Vec<RelatedItem>,
+}
+
+impl Related {
+    /// The event time the list is complete up to: its `window_end`.
+    pub fn watermark(&self) -> u64 {
+        self.window_end
+    }
+}
+
+/// The final and provisional rankings of one `(portal, kind)`.
+#[derive(Clone, Debug, Default)]
+struct RankingSlot {
+    final_: Option<Arc<Ranking>>,
+    provisional: Option<Arc<Ranking>>,
+}
+
+impl RankingSlot {
+    /// The ranking to serve: the provisional one if its window ends later, else the final one.
+    fn current(&self) -> Option<Arc<Ranking>> {
+        match (&self.final_, &self.provisional) {
+            (Some(f), Some(p)) if p.window_end > f.window_end => Some(Arc::clone(p)),
+            (Some(f), _) => Some(Arc::clone(f)),
+            (None, Some(p)) => Some(Arc::clone(p)),
+            (None, None) => None,
+        }
+    }
+
+    /// Stores `ranking` unless it is older than what is held.
+    fn store(&mut self, ranking: Arc<Ranking>) {
+        if ranking.is_final {
+            if self
+                .final_
+                .as_ref()
+                .is_some_and(|f| f.window_end > ranking.window_end)
+            {
+                return;
+            }
+            // A provisional ranking of a window that is now final (or older) is obsolete.
+            if self
+                .provisional
+                .as_ref()
+                .is_some_and(|p| p.window_end <= ranking.window_end)
+            {
+                self.provisional = None;
+            }
+            self.final_ = Some(ranking);
+        } else {
+            if self
+                .final_
+                .as_ref()
+                .is_some_and(|f| f.window_end >= ranking.window_end)
+            {
+                return;
+            }
+            if self.provisional.as_ref().is_some_and(|p| {
+                (p.window_end, p.watermark) > (ranking.window_end, ranking.watermark)
+            }) {
+                return;
+            }
+            self.provisional = Some(ranking);
+        }
+    }
+}
+
+/// The latest live rankings and related lists; shared as `Arc<ServingState>` between the dataflow
+/// (writer) and the HTTP handlers (readers).
+#[derive(Debug)]
+pub struct ServingState {
+    /// Length of the popular/trending window, to derive `window_start`.
+    trending_window_ms: u64,
+    rankings: RwLock<HashMap<(String, RankingKind), RankingSlot>>,
+    /// portal → article → latest related list.
+    related: RwLock<HashMap<String, HashMap<String, Arc<Related>>>>,
+}
+
+impl Default for ServingState {
+    /// An empty state for the default `trending_window`.
+    fn default() -> Self {
+        Self::new(SemanticsConfig::default().trending_window.ms())
+    }
+}
+
+impl ServingState {
+    /// An empty state; `trending_window_ms` is the configured `trending_window` (rankings are
+    /// pushed with their window end only, the start is `window_end − trending_window_ms`).
+    pub fn new(trending_window_ms: u64) -> Self {
+        ServingState {
+            trending_window_ms,
+            rankings: RwLock::new(HashMap::new()),
+            related: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// An empty state for the windows of `config`.
+    pub fn for_config(config: &SemanticsConfig) -> Self {
+        Self::new(config.trending_window.ms())
+    }
+
+    /// Takes in one update from the dataflow. Out-of-order updates (an older window than the one
+    /// held) are ignored.
+    pub fn apply(&self, update: LiveUpdate) {
+        match update {
+            LiveUpdate::Ranking {
+                kind,
+                portal,
+                window_end,
+                watermark,
+                is_final,
+                items,
+            } => {
+                let ranking = Arc::new(Ranking {
+                    kind,
+                    window_start: window_end.saturating_sub(self.trending_window_ms),
+                    portal,
+                    window_end,
+                    watermark,
+                    is_final,
+                    items,
+                });
+                let key = (ranking.portal.clone(), kind);
+                write(&self.rankings).entry(key).or_default().store(ranking);
+            }
+            LiveUpdate::Related {
+                portal,
+                article_id,
+                window_end,
+                items,
+            } => {
+                let related = Arc::new(Related {
+                    portal,
+                    article_id,
+                    window_end,
+                    items,
+                });
+                let mut map = write(&self.related);
+                let articles = map.entry(related.portal.clone()).or_default();
+                match articles.get_mut(&related.article_id) {
+                    Some(held) if held.window_end > related.window_end => {}
+                    Some(held) => *held = related,
+                    None => {
+                        articles.insert(related.article_id.clone(), related);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ranking to serve for `(portal, kind)`: the latest provisional one when its window ends
+    /// after the last final one, else the last final one. `None` before any was pushed.
+    pub fn ranking(&self, portal: &str, kind: RankingKind) -> Option<Arc<Ranking>> {
+        // The key is owned; building it costs one small allocation per request, outside the lock.
+        let key = (portal.to_string(), kind);
+        read(&self.rankings)
+            .get(&key)
+            .and_then(RankingSlot::current)
+    }
+
+    /// The last final ranking of `(portal, kind)`, if any.
+    pub fn final_ranking(&self, portal: &str, kind: RankingKind) -> Option<Arc<Ranking>> {
+        let key = (portal.to_string(), kind);
+        read(&self.rankings)
+            .get(&key)
+            .and_then(|slot| slot.final_.clone())
+    }
+
+    /// The latest related list of `article_id` in `portal`, if any was pushed.
+    pub fn related(&self, portal: &str, article_id: &str) -> Option<Arc<Related>> {
+        read(&self.related)
+            .get(portal)
+            .and_then(|articles| articles.get(article_id))
+            .cloned()
+    }
+
+    /// Whether anything (a ranking or a related list) was pushed for `portal`.
+    pub fn knows_portal(&self, portal: &str) -> bool {
+        if read(&self.related).contains_key(portal) {
+            return true;
+        }
+        read(&self.rankings)
+            .keys()
+            .any(|(p, _)| p.as_str() == portal)
+    }
+
+    /// The portals with at least one ranking, sorted.
+    pub fn portals(&self) -> Vec<String> {
+        let set: BTreeSet<String> = read(&self.rankings)
+            .keys()
+            .map(|(portal, _)| portal.clone())
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+/// A read guard; a panic in another holder does not leave the maps inconsistent (every write is a
+/// single insert), so a poisoned lock is used as is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A write guard, see [`read`].
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A ranking update with one item per article id, scores descending.
+    pub(crate) fn ranking(
+        kind: RankingKind,
+        portal: &str,
+        window_end: u64,
+        watermark: u64,
+        is_final: bool,
+        articles: &[&str],
+    ) -> LiveUpdate {
+        let n = articles.len() as u64;
+        LiveUpdate::Ranking {
+            kind,
+            portal: portal.to_string(),
+            window_end,
+            watermark,
+            is_final,
+            items: articles
+                .iter()
+                .enumerate()
+                .map(|(i, a)| RankedItem {
+                    article_id: (*a).to_string(),
+                    views: n - i as u64,
+                    engaged_views: 0,
+                    score: (n - i as u64) as f64,
+                })
+                .collect(),
+        }
+    }
+
+    /// A related update.
+    pub(crate) fn related(
+        portal: &str,
+        article_id: &str,
+        window_end: u64,
+        partners: &[&str],
+    ) -> LiveUpdate {
+        LiveUpdate::Related {
+            portal: portal.to_string(),
+            article_id: article_id.to_string(),
+            window_end,
+            items: partners
+                .iter()
+                .map(|b| RelatedItem {
+                    article_id: (*b).to_string(),
+                    cooc: 2,
+                    score: 0.5,
+                })
+                .collect(),
+        }
+    }
+
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn final_then_newer_provisional_then_final() {
+        let state = ServingState::new(60 * MIN);
+        assert!(state.ranking("g1", RankingKind::Popular).is_none());
+        state.apply(ranking(
+            RankingKind::Popular,
+            "g1",
+            120 * MIN,
+            120 * MIN,
+            true,
+            &["a"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Popular)
+            .unwrap_or_else(|| panic!());
+        assert!(r.is_final);
+        assert_eq!((r.window_start, r.window_end), (60 * MIN, 120 * MIN));
+
+        state.apply(ranking(
+            RankingKind::Popular,
+            "g1",
+            121 * MIN,
+            120 * MIN + 30_000,
+            false,
+            &["b"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Popular)
+            .unwrap_or_else(|| panic!());
+        assert!(!r.is_final);
+        assert_eq!(r.watermark, 120 * MIN + 30_000);
+        assert_eq!(r.items[0].article_id, "b");
+        // The final one is still there.
+        let f = state
+            .final_ranking("g1", RankingKind::Popular)
+            .unwrap_or_else(|| panic!());
+        assert_eq!(f.window_end, 120 * MIN);
+
+        state.apply(ranking(
+            RankingKind::Popular,
+            "g1",
+            121 * MIN,
+            121 * MIN,
+            true,
+            &["c"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Popular)
+            .unwrap_or_else(|| panic!());
+        assert!(r.is_final);
+        assert_eq!(r.items[0].article_id, "c");
+        // Trending is separate.
+        assert!(state.ranking("g1", RankingKind::Trending).is_none());
+    }
+
+    #[test]
+    fn stale_updates_are_ignored() {
+        let state = ServingState::new(60 * MIN);
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            10 * MIN,
+            10 * MIN,
+            true,
+            &["new"],
+        ));
+        // An older final, and a provisional for a window already final: both ignored.
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            9 * MIN,
+            9 * MIN,
+            true,
+            &["old"],
+        ));
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            10 * MIN,
+            10 * MIN - 1,
+            false,
+            &["old"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Trending)
+            .unwrap_or_else(|| panic!());
+        assert_eq!(r.items[0].article_id, "new");
+        assert!(r.is_final);
+        // Provisional: a later watermark of the same window replaces, an earlier one does not.
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            11 * MIN,
+            10 * MIN + 2,
+            false,
+            &["p2"],
+        ));
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            11 * MIN,
+            10 * MIN + 1,
+            false,
+            &["p1"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Trending)
+            .unwrap_or_else(|| panic!());
+        assert_eq!(r.items[0].article_id, "p2");
+        state.apply(ranking(
+            RankingKind::Trending,
+            "g1",
+            11 * MIN,
+            10 * MIN + 3,
+            false,
+            &["p3"],
+        ));
+        let r = state
+            .ranking("g1", RankingKind::Trending)
+            .unwrap_or_else(|| panic!());
+        assert_eq!(r.items[0].article_id, "p3");
+    }
+
+    #[test]
+    fn provisional_only_and_window_start_saturates() {
+        let state = ServingState::new(60 * MIN);
+        state.apply(ranking(RankingKind::Popular, "g2", MIN, 0, false, &["a"]));
+        let r = state
+            .ranking("g2", RankingKind::Popular)
+            .unwrap_or_else(|| panic!());
+        assert!(!r.is_final);
+        assert_eq!(r.window_start, 0);
+    }
+
+    #[test]
+    fn related_latest_wins_and_portals() {
+        let state = ServingState::default();
+        state.apply(related("g1", "a", 2 * MIN, &["b", "c"]));
+        state.apply(related("g1", "a", MIN, &["old"]));
+        let r = state.related("g1", "a").unwrap_or_else(|| panic!());
+        assert_eq!(r.items.len(), 2);
+        assert_eq!(r.watermark(), 2 * MIN);
+        state.apply(related("g1", "a", 3 * MIN, &[]));
+        let r = state.related("g1", "a").unwrap_or_else(|| panic!());
+        assert!(r.items.is_empty());
+        assert!(state.related("g2", "a").is_none());
+        assert!(state.related("g1", "b").is_none());
+
+        assert!(state.portals().is_empty());
+        assert!(state.knows_portal("g1"));
+        state.apply(ranking(RankingKind::Trending, "zeta", MIN, MIN, true, &[]));
+        state.apply(ranking(RankingKind::Popular, "alpha", MIN, MIN, true, &[]));
+        state.apply(ranking(RankingKind::Trending, "alpha", MIN, MIN, true, &[]));
+        assert_eq!(state.portals(), ["alpha", "zeta"]);
+        assert!(state.knows_portal("zeta"));
+        assert!(!state.knows_portal("nope"));
+    }
+}
