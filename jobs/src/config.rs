@@ -101,7 +101,10 @@ pub struct SinksConfig {
 
 impl Default for SinksConfig {
     fn default() -> Self {
-        SinksConfig { dir: PathBuf::from("./pageflow-data"), archive: true }
+        SinksConfig {
+            dir: PathBuf::from("./pageflow-data"),
+            archive: true,
+        }
     }
 }
 
@@ -117,7 +120,10 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { enabled: true, listen: "127.0.0.1:8080".into() }
+        ServeConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -138,7 +144,10 @@ impl Default for RuntimeConfig {
 /// Loads the configuration from an optional file and the environment, and validates all of it.
 ///
 /// On failure, returns every problem found, each naming the key and what to do.
-pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<JobConfig, Vec<String>> {
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<JobConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut table = match file {
         None => toml::Table::new(),
@@ -152,13 +161,18 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
             Ok(text) => match text.parse::<toml::Table>() {
                 Ok(table) => table,
                 Err(error) => {
-                    return Err(vec![format!("{} is not valid TOML: {error}", path.display())]);
+                    return Err(vec![format!(
+                        "{} is not valid TOML: {error}",
+                        path.display()
+                    )]);
                 }
             },
         },
     };
     for (name, value) in env {
-        let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         if let Err(problem) = set_path(&mut table, &keys, parse_env_value(&value)) {
             problems.push(format!("{name}: {problem}"));
@@ -172,7 +186,9 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
             if let Some(value) = table.remove($name) {
                 match value.try_into() {
                     Ok(section) => config.$field = section,
-                    Err(error) => problems.push(format!("[{}]: {}", $name, error.to_string().trim())),
+                    Err(error) => {
+                        problems.push(format!("[{}]: {}", $name, error.to_string().trim()))
+                    }
                 }
             }
         };
@@ -188,15 +204,27 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
         ));
     }
     problems.extend(config.validate());
-    if problems.is_empty() { Ok(config) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
 }
 
 impl JobConfig {
     /// Checks the values (not the syntax) and returns every problem.
     pub fn validate(&self) -> Vec<String> {
-        let mut problems: Vec<String> = self.semantics.validate().into_iter().map(|p| format!("[semantics] {p}")).collect();
+        let mut problems: Vec<String> = self
+            .semantics
+            .validate()
+            .into_iter()
+            .map(|p| format!("[semantics] {p}"))
+            .collect();
         if self.runtime.workers == 0 || self.runtime.workers > 256 {
-            problems.push(format!("[runtime] `workers` must be between 1 and 256, not {}", self.runtime.workers));
+            problems.push(format!(
+                "[runtime] `workers` must be between 1 and 256, not {}",
+                self.runtime.workers
+            ));
         }
         if self.serve.enabled && self.serve.listen.parse::<SocketAddr>().is_err() {
             problems.push(format!(
@@ -206,8 +234,11 @@ impl JobConfig {
         }
         match self.source.kind {
             SourceKind::Synthetic => {
-                if !(self.source.events_per_second > 0.0 && self.source.events_per_second.is_finite()) {
-                    problems.push("[source] `events_per_second` must be a positive number".to_string());
+                if !(self.source.events_per_second > 0.0
+                    && self.source.events_per_second.is_finite())
+                {
+                    problems
+                        .push("[source] `events_per_second` must be a positive number".to_string());
                 }
                 if self.source.portals.is_empty() {
                     problems.push("[source] `portals` must list at least one portal".to_string());
@@ -218,7 +249,10 @@ impl JobConfig {
             }
             SourceKind::Files => {
                 if self.source.paths.is_empty() {
-                    problems.push("[source] kind = \"files\" needs `paths`, the JSON-lines files to read".to_string());
+                    problems.push(
+                        "[source] kind = \"files\" needs `paths`, the JSON-lines files to read"
+                            .to_string(),
+                    );
                 }
             }
         }
@@ -243,7 +277,9 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
             Ok(())
         }
         [first, rest @ ..] => {
-            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(inner) => set_path(inner, rest, value),
                 _ => Err(format!("`{first}` is a value, not a section")),
@@ -262,13 +298,20 @@ mod tests {
     }
 
     #[test]
-    fn environment_overrides_the_file_and_durations_parse() -> Result<(), Box<dyn std::error::Error>> {
+    fn environment_overrides_the_file_and_durations_parse() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("pageflow.toml");
-        std::fs::write(&path, "[semantics]\ntop_n = 7\nsession_gap = \"20m\"\n[runtime]\nworkers = 3\n")?;
+        std::fs::write(
+            &path,
+            "[semantics]\ntop_n = 7\nsession_gap = \"20m\"\n[runtime]\nworkers = 3\n",
+        )?;
         let env = vec![
             ("PAGEFLOW__SEMANTICS__TOP_N".to_string(), "9".to_string()),
-            ("PAGEFLOW__SERVE__LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            (
+                "PAGEFLOW__SERVE__LISTEN".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let config = load(Some(&path), env).map_err(|p| p.join("\n"))?;
@@ -283,15 +326,35 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let env = vec![
             ("PAGEFLOW__SEMANTICS__TOP_N".to_string(), "0".to_string()),
-            ("PAGEFLOW__SEMANTICS__SLIDE".to_string(), "\"7 parsecs\"".to_string()),
+            (
+                "PAGEFLOW__SEMANTICS__SLIDE".to_string(),
+                "\"7 parsecs\"".to_string(),
+            ),
             ("PAGEFLOW__RUNTIME__WORKERS".to_string(), "0".to_string()),
-            ("PAGEFLOW__SERVE__LISTEN".to_string(), "not-an-address".to_string()),
+            (
+                "PAGEFLOW__SERVE__LISTEN".to_string(),
+                "not-an-address".to_string(),
+            ),
             ("PAGEFLOW__NOPE__X".to_string(), "1".to_string()),
         ];
         let problems = load(None, env).err().unwrap_or_default();
-        assert!(problems.iter().any(|p| p.contains("[semantics]") && p.contains("parsecs")), "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("workers")), "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("listen")), "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("[nope]")), "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("[semantics]") && p.contains("parsecs")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("workers")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("listen")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("[nope]")),
+            "{problems:#?}"
+        );
     }
 }

@@ -1,1 +1,137 @@
-fn main() {}
+//! The `pageflow` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use pageflow::commands;
+use pageflow::config;
+
+/// pageflow: a real-time pageview pipeline for news portals.
+///
+/// It turns pageview beacons into user sessions, popular and trending rankings and related
+/// articles, continuously, and serves them over HTTP. With no configuration, `pageflow run` starts
+/// the embedded default: synthetic traffic for three portals, results under ./pageflow-data/, and
+/// the live rankings on http://127.0.0.1:8080/.
+#[derive(Debug, Parser)]
+#[command(name = "pageflow", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the long-running job (the embedded default when no --config is given).
+    ///
+    /// Settings come from the TOML file, then from PAGEFLOW__SECTION__KEY environment variables
+    /// (for example PAGEFLOW__SEMANTICS__TOP_N=20); every problem is reported at start-up.
+    Run {
+        /// A TOML configuration file (see README "Configuration").
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the graph over a JSON-lines file as fast as possible, deterministically.
+    ///
+    /// Writes OUT/features.jsonl, OUT/dead-letter.jsonl and OUT/summary.json. The same input gives
+    /// the same files byte for byte, whatever the number of workers.
+    Replay {
+        /// The pageviews, one JSON object per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// The directory to write results to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// A TOML configuration file; only its [semantics] section is used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write synthetic pageviews (news traffic with sessions, topics and spikes) as JSON lines.
+    Generate {
+        /// How many lines to write.
+        #[arg(long)]
+        events: u64,
+        /// The random seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Share of malformed lines (0 to 1), to exercise the dead-letter output.
+        #[arg(long, default_value_t = 0.0)]
+        invalid_share: f64,
+    },
+    /// Measure throughput and memory and print the figures.
+    Bench {
+        /// Events in the generated input.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Where to keep the generated input.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pageflow: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<config::JobConfig> {
+    config::load(path, std::env::vars()).map_err(|problems| {
+        anyhow::anyhow!(
+            "the configuration has {} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config } => commands::run::run(load_config(config.as_deref())?),
+        Command::Replay {
+            input,
+            out,
+            workers,
+            config,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let summary = commands::replay::run(&input, &out, workers, &config.semantics)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Generate {
+            events,
+            seed,
+            out,
+            invalid_share,
+        } => {
+            let written = commands::generate::run(events, seed, invalid_share, &out)?;
+            eprintln!("wrote {written} pageviews to {}", out.display());
+            Ok(())
+        }
+        Command::Bench { events, dir } => {
+            let config = load_config(None)?;
+            let dir = dir.unwrap_or_else(commands::bench::default_dir);
+            commands::bench::run(events, &dir, &config.semantics)?;
+            Ok(())
+        }
+    }
+}

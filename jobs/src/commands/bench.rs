@@ -1,0 +1,231 @@
+//! `pageflow bench`: throughput and memory of the graph, printed as figures (never asserted).
+//!
+//! Stages measured on one pre-generated JSON-lines file:
+//! - `read+validate`: the file source and the validator alone, one thread;
+//! - `counting+top-N`: window statistics and rankings alone, on events already in memory;
+//! - `full graph`: everything `pageflow replay` does, with 1 and with 2 worker threads.
+//!
+//! Memory: peak resident set size of the process, and bytes per live key measured as the growth
+//! of the resident set while a sessionize state holds many open sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use pageflow_connectors::JsonLinesFile;
+use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::event::{Event, RawRecord, validate};
+use pageflow_dataflow::operators::rankings::{RankingSpec, Rankings};
+use pageflow_dataflow::operators::sessionize::SessionizeState;
+use pageflow_dataflow::operators::window_stats::{WindowSpec, WindowStats};
+use pageflow_dataflow::source::{PollStatus, RecordSource};
+use serde::Serialize;
+use timely::dataflow::InputHandle;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::vec::Map;
+
+/// One measured figure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+}
+
+/// Runs every benchmark on `events` synthetic events (generated into `dir` if not there yet).
+pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figure>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let input = dir.join(format!("bench-{events}.jsonl"));
+    if !input.exists() {
+        eprintln!("generating {events} events into {} …", input.display());
+        super::generate::run(events, 7, 0.0, &input)?;
+    }
+    let mut figures = Vec::new();
+    let mut record = |name: String, value: f64, unit: &'static str| {
+        println!("{name:<48} {value:>14.0} {unit}");
+        figures.push(Figure { name, value, unit });
+    };
+
+    let (records, seconds) = read_and_validate(&input)?;
+    record(
+        "read+validate (1 thread)".into(),
+        records as f64 / seconds,
+        "events/s",
+    );
+
+    let events = load_events(&input)?;
+    let seconds = counting_and_top_n(&events, config)?;
+    record(
+        "counting+top-N (1 worker)".into(),
+        events.len() as f64 / seconds,
+        "events/s",
+    );
+
+    for workers in [1, 2] {
+        let (_, summary) = super::replay::replay_file(&input, workers, config)?;
+        record(
+            format!(
+                "full graph ({workers} worker{})",
+                if workers == 1 { "" } else { "s" }
+            ),
+            summary.events_per_second,
+            "events/s",
+        );
+    }
+
+    let (keys, bytes) = bytes_per_session(200_000, config);
+    record(
+        format!("sessionize state, bytes per open session ({keys} keys)"),
+        bytes,
+        "bytes",
+    );
+    if let Some(peak) = peak_rss_bytes() {
+        record(
+            "peak RSS of the process".into(),
+            peak as f64 / (1024.0 * 1024.0),
+            "MiB",
+        );
+    }
+    Ok(figures)
+}
+
+/// The default place for generated benchmark input.
+pub fn default_dir() -> PathBuf {
+    PathBuf::from("bench-out")
+}
+
+fn read_and_validate(input: &Path) -> Result<(u64, f64)> {
+    let mut file = JsonLinesFile::open(input)?;
+    let mut buffer: Vec<RawRecord> = Vec::with_capacity(4096);
+    let started = Instant::now();
+    let mut valid = 0u64;
+    let mut total = 0u64;
+    loop {
+        buffer.clear();
+        let status = file.poll(4096, &mut buffer)?;
+        for record in &buffer {
+            valid += u64::from(validate(&record.bytes).is_ok());
+        }
+        total += buffer.len() as u64;
+        if status == PollStatus::Finished {
+            break;
+        }
+    }
+    std::hint::black_box(valid);
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+fn load_events(input: &Path) -> Result<Vec<Event>> {
+    let mut file = JsonLinesFile::open(input)?;
+    let mut buffer = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        buffer.clear();
+        let status = file.poll(4096, &mut buffer)?;
+        events.extend(
+            buffer
+                .iter()
+                .filter_map(|r| validate(&r.bytes).ok().map(|v| Event::from(&v))),
+        );
+        if status == PollStatus::Finished {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// Window statistics and rankings alone, fed pre-parsed events in event-time order of ticks.
+fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64> {
+    let slide = config.slide.ms();
+    let events = Arc::new(events.to_vec());
+    let spec = WindowSpec {
+        window: config.trending_window.ms(),
+        slide,
+        recent: Some(config.trending_recent.ms()),
+    };
+    let ranking = RankingSpec {
+        window: config.trending_window.ms(),
+        recent: config.trending_recent.ms(),
+        slide,
+        top_n: config.top_n,
+    };
+    let started = Instant::now();
+    timely::execute(timely::Config::thread(), move |worker| {
+        let mut input = InputHandle::new();
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            let stream = input.to_stream(scope);
+            let horizon = stream
+                .clone()
+                .map(move |event: Event| event.ts - event.ts % slide + slide);
+            stream
+                .window_stats(spec)
+                .rankings(horizon, ranking)
+                .probe()
+                .0
+        });
+        let mut max_ts = 0;
+        for chunk in events.chunks(10_000) {
+            for event in chunk {
+                max_ts = max_ts.max(event.ts);
+                input.send(event.clone());
+            }
+            // The watermark trails the newest event, as in the job.
+            let watermark = max_ts.saturating_sub(5_000);
+            let tick = watermark - watermark % slide;
+            if tick > *input.time() {
+                input.advance_to(tick);
+            }
+            while probe.less_than(input.time()) {
+                worker.step();
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!(e))?
+    .join()
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Grows a sessionize state to `keys` open sessions and reports the RSS growth per key.
+fn bytes_per_session(keys: u64, config: &SemanticsConfig) -> (u64, f64) {
+    let before = current_rss_bytes().unwrap_or(0);
+    let mut state = SessionizeState::new(config.session_gap.ms());
+    let mut out = Vec::new();
+    for user in 0..keys {
+        state.insert(Event {
+            event_id: format!("e{user}"),
+            portal: "g1".into(),
+            user_id: format!("u-{user:08}"),
+            article_id: format!("g1/politica/noticia-{:05}", user % 2000),
+            ts: 1_795_435_200_000 + user,
+            dwell_ms: 1000,
+            scroll_pct: 50,
+            clicks: 0,
+        });
+    }
+    state.advance(1_795_435_200_000 + keys + 1, &mut out);
+    let after = current_rss_bytes().unwrap_or(0);
+    std::hint::black_box((&state, &out));
+    (keys, after.saturating_sub(before) as f64 / keys as f64)
+}
+
+fn status_field(name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(name))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn current_rss_bytes() -> Option<u64> {
+    status_field("VmRSS:")
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    status_field("VmHWM:")
+}

@@ -1,0 +1,6 @@
+//! The subcommands of the `pageflow` binary.
+
+pub mod bench;
+pub mod generate;
+pub mod replay;
+pub mod run;

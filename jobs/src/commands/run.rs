@@ -1,0 +1,393 @@
+//! `pageflow run`: the long-running job.
+//!
+//! ```text
+//!  timely workers (graph) ──bounded channel──► sink thread ──► features.jsonl, archive/
+//!                                                   │
+//!                                                   └──► serving state ◄── HTTP (tokio, axum)
+//! ```
+//!
+//! The channel is bounded: when the sink falls behind, the workers block on it and stop reading
+//! their sources, so memory stays bounded. The sink thread also mirrors the dataflow's counters into
+//! the Prometheus metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::local_sink::ArchiveSink;
+use pageflow_connectors::{FeatureFileSink, JsonLinesFile, SyntheticConfig, SyntheticSource};
+use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
+use pageflow_dataflow::event::{DeadLetter, Reason};
+use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::live::LiveUpdate;
+use pageflow_dataflow::operators::ingest::RawValid;
+use pageflow_dataflow::source::RecordSource;
+use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
+use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::config::{JobConfig, SourceKind};
+use crate::metrics::Metrics;
+use crate::serve::{ServingState, router, serve};
+
+/// What the workers hand to the sink thread.
+#[derive(Debug)]
+pub enum SinkMessage {
+    /// Final features.
+    Features(Vec<Feature>),
+    /// Records that were not counted.
+    DeadLetters(Vec<DeadLetter>),
+    /// Valid records as received.
+    Raw(Vec<RawValid>),
+}
+
+/// Batches buffered between the workers and the sink before the workers wait.
+const SINK_CHANNEL_BATCHES: usize = 256;
+
+/// A running job's handles, for tests and the binary.
+#[derive(Debug)]
+pub struct RunningJob {
+    /// Where HTTP listens.
+    pub http_addr: Option<SocketAddr>,
+    /// The live state served over HTTP.
+    pub serving: Arc<ServingState>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    sink: Option<std::thread::JoinHandle<Result<()>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl RunningJob {
+    /// Flushes the sinks and stops serving. The dataflow threads end with the process.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(sink) = self.sink.take() {
+            sink.join()
+                .map_err(|_| anyhow!("the sink thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+/// Builds every worker's sources from the configuration.
+fn sources_by_worker(config: &JobConfig) -> Result<Vec<Vec<Box<dyn RecordSource>>>> {
+    let workers = config.runtime.workers;
+    let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
+    match config.source.kind {
+        SourceKind::Synthetic => {
+            let partitions = config.source.partitions;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            for index in 0..partitions {
+                let synthetic = SyntheticConfig {
+                    seed: config.source.seed,
+                    portals: config.source.portals.clone(),
+                    events_per_second: Some(config.source.events_per_second / partitions as f64),
+                    start_ts: now,
+                    ..SyntheticConfig::default()
+                };
+                let source = SyntheticSource::new(synthetic, index as u32)
+                    .with_context(|| format!("synthetic partition {index}"))?;
+                by_worker[index % workers].push(Box::new(source));
+            }
+        }
+        SourceKind::Files => {
+            for (index, path) in config.source.paths.iter().enumerate() {
+                let file = JsonLinesFile::open(path)
+                    .with_context(|| format!("cannot open input {}", path.display()))?;
+                by_worker[index % workers].push(Box::new(file));
+            }
+        }
+    }
+    Ok(by_worker)
+}
+
+/// Starts the job in the background and returns its handles.
+pub fn start(config: JobConfig) -> Result<RunningJob> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(anyhow!(
+            "invalid configuration:\n  {}",
+            problems.join("\n  ")
+        ));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let serving = Arc::new(ServingState::for_config(&config.semantics));
+    let stats = Arc::new(JobStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pageflow-http")
+        .build()
+        .context("cannot start the HTTP runtime")?;
+    let http_addr = if config.serve.enabled {
+        let listen = config.serve.listen.clone();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {listen}: is another process using it? Set [serve] listen"
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let app = router(Arc::clone(&serving), Arc::clone(&metrics));
+        let stop_http = Arc::clone(&stop);
+        runtime.spawn(async move {
+            let shutdown = async move {
+                while !stop_http.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            if let Err(error) = serve(listener, app, shutdown).await {
+                tracing::error!("the HTTP server stopped: {error}");
+            }
+        });
+        Some(addr)
+    } else {
+        None
+    };
+
+    let (sender, receiver) = sync_channel::<SinkMessage>(SINK_CHANNEL_BATCHES);
+    let sink = {
+        let (serving, metrics, stats, stop) = (
+            Arc::clone(&serving),
+            Arc::clone(&metrics),
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+        );
+        let dir = config.sinks.dir.clone();
+        let archive = config.sinks.archive;
+        std::thread::Builder::new()
+            .name("pageflow-sink".into())
+            .spawn(move || sink_loop(receiver, &dir, archive, &serving, &metrics, &stats, &stop))
+            .context("cannot start the sink thread")?
+    };
+
+    let sources = sources_by_worker(&config)?;
+    let opinions = sources
+        .iter()
+        .map(|s| {
+            if s.is_empty() {
+                Opinion::Finished
+            } else {
+                Opinion::Undefined
+            }
+        })
+        .collect();
+    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    let slots = Arc::new(std::sync::Mutex::new(
+        sources.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    let semantics = config.semantics.clone();
+    let options = GraphOptions {
+        keep_raw: config.sinks.archive,
+    };
+    let workers = config.runtime.workers;
+    let worker_stats = Arc::clone(&stats);
+    std::thread::Builder::new()
+        .name("pageflow-timely".into())
+        .spawn(move || {
+            let result = timely::execute(timely::Config::process(workers), move |worker| {
+                let index = worker.index();
+                let sources = slots
+                    .lock()
+                    .map(|mut s| s.get_mut(index).and_then(Option::take).unwrap_or_default())
+                    .unwrap_or_default();
+                let (board, stats, sender) = (
+                    Arc::clone(&board),
+                    Arc::clone(&worker_stats),
+                    sender.clone(),
+                );
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let outputs = build(scope, sources, board, &semantics, &options, stats);
+                    forward(outputs.features, sender.clone(), SinkMessage::Features);
+                    forward(
+                        outputs.dead_letters,
+                        sender.clone(),
+                        SinkMessage::DeadLetters,
+                    );
+                    forward(outputs.raw, sender, SinkMessage::Raw);
+                });
+            });
+            match result {
+                Ok(guards) => drop(guards.join()),
+                Err(error) => tracing::error!("the timely workers failed to start: {error}"),
+            }
+        })
+        .context("cannot start the dataflow")?;
+
+    Ok(RunningJob {
+        http_addr,
+        serving,
+        metrics,
+        stop,
+        sink: Some(sink),
+        _runtime: runtime,
+    })
+}
+
+/// Sends every batch of a stream to the sink thread (blocking when it is full: backpressure).
+fn forward<'scope, D: Clone + 'static>(
+    stream: timely::dataflow::StreamVec<'scope, u64, D>,
+    sender: SyncSender<SinkMessage>,
+    wrap: fn(Vec<D>) -> SinkMessage,
+) {
+    stream.sink(Pipeline, "ForwardToSink", move |(input, _frontier)| {
+        input.for_each(|_cap, data| {
+            // A closed channel means the job is stopping: the records are dropped with it.
+            let _ = sender.send(wrap(std::mem::take(data)));
+        });
+    });
+}
+
+fn sink_loop(
+    receiver: Receiver<SinkMessage>,
+    dir: &std::path::Path,
+    archive: bool,
+    serving: &ServingState,
+    metrics: &Metrics,
+    stats: &JobStats,
+    stop: &AtomicBool,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let mut features_file = FeatureFileSink::open(dir)?;
+    let mut archive = if archive {
+        Some(ArchiveSink::new(dir, "local-0")?)
+    } else {
+        None
+    };
+    let mut mirrored = StatsSnapshot::default();
+    let mut last_flush = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        match receiver.recv_timeout(Duration::from_millis(200)) {
+            Ok(SinkMessage::Features(features)) => {
+                for feature in &features {
+                    features_file.write(feature)?;
+                    if let Some(archive) = archive.as_mut() {
+                        archive.write_feature(feature)?;
+                    }
+                    metrics.record_feature(feature);
+                    if let Some(update) = live_update(feature) {
+                        serving.apply(update);
+                    }
+                }
+            }
+            Ok(SinkMessage::DeadLetters(letters)) => {
+                if let Some(archive) = archive.as_mut() {
+                    for letter in &letters {
+                        archive.write_dead_letter(letter)?;
+                    }
+                }
+            }
+            Ok(SinkMessage::Raw(records)) => {
+                if let Some(archive) = archive.as_mut() {
+                    for record in &records {
+                        archive.write_raw(&record.portal, record.ts, &record.bytes)?;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_flush.elapsed() >= Duration::from_millis(500) {
+            features_file.flush()?;
+            if let Some(archive) = archive.as_mut() {
+                archive.flush()?;
+            }
+            mirror_stats(stats, &mut mirrored, metrics);
+            last_flush = Instant::now();
+        }
+    }
+    features_file.flush()?;
+    if let Some(archive) = archive.as_mut() {
+        archive.flush()?;
+    }
+    mirror_stats(stats, &mut mirrored, metrics);
+    Ok(())
+}
+
+/// Adds what the dataflow counted since the last call to the metrics.
+fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metrics) {
+    let now = stats.snapshot();
+    metrics.add_events_in(now.records - previous.records);
+    metrics.add_events_accepted(now.accepted - previous.accepted);
+    metrics.add_duplicates(now.duplicates - previous.duplicates);
+    metrics.add_blank_lines(now.blank_lines - previous.blank_lines);
+    for reason in Reason::ALL {
+        let count = |s: &StatsSnapshot| {
+            if reason == Reason::Late {
+                s.late
+            } else {
+                s.invalid.get(reason.code()).copied().unwrap_or(0)
+            }
+        };
+        metrics.add_dead_letters(reason, count(&now) - count(previous));
+    }
+    let watermark = stats.watermark_ms.load(Ordering::Relaxed);
+    if watermark > 0 {
+        metrics.set_watermark(watermark);
+    }
+    metrics.set_live_keys(stats.open_sessions.load(Ordering::Relaxed));
+    *previous = now;
+}
+
+/// The serving-layer view of a final feature.
+pub fn live_update(feature: &Feature) -> Option<LiveUpdate> {
+    use pageflow_dataflow::features::RankingKind;
+    match feature {
+        Feature::Popular(ranking) | Feature::Trending(ranking) => Some(LiveUpdate::Ranking {
+            kind: if matches!(feature, Feature::Popular(_)) {
+                RankingKind::Popular
+            } else {
+                RankingKind::Trending
+            },
+            portal: ranking.portal.clone(),
+            window_end: ranking.window_end,
+            watermark: ranking.window_end,
+            is_final: true,
+            items: ranking.items.clone(),
+        }),
+        Feature::Related(related) => Some(LiveUpdate::Related {
+            portal: related.portal.clone(),
+            article_id: related.article_id.clone(),
+            window_end: related.window_end,
+            items: related.items.clone(),
+        }),
+        Feature::Session(_) => None,
+    }
+}
+
+/// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.
+pub fn run(config: JobConfig) -> Result<()> {
+    let job = start(config)?;
+    if let Some(addr) = job.http_addr {
+        tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
+        eprintln!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+    }
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    signals.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    eprintln!("pageflow: stopping, flushing the sinks");
+    job.shutdown()?;
+    // The dataflow threads hold no state that outlives the process yet (checkpoints come later).
+    std::process::exit(0)
+}

@@ -1,0 +1,299 @@
+//! End-to-end tests of the `pageflow` binary: generate → replay against the batch oracle, the
+//! long-running job serving rankings over HTTP, and start-up configuration errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pageflow_connectors::file_source::is_blank_line;
+use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::event::{RawRecord, SourcePosition};
+use pageflow_dataflow::oracle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+
+fn pageflow(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+/// The file's records as the file source reads them: blank lines skipped, positions by line number.
+fn file_records(path: &Path) -> Vec<RawRecord> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let partition = format!("file:{}", path.display());
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(index, line)| !is_blank_line(line) && !(line.is_empty() && *index > 0))
+        .map(|(index, line)| RawRecord {
+            position: SourcePosition {
+                partition: partition.clone(),
+                position: (index + 1).to_string(),
+            },
+            bytes: line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+fn generate_then_replay_matches_the_oracle_with_one_and_two_workers() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = dir.path().join("events.jsonl");
+    let input_str = input.to_string_lossy().to_string();
+    let out = pageflow(&[
+        "generate",
+        "--events",
+        "6000",
+        "--seed",
+        "11",
+        "--invalid-share",
+        "0.02",
+        "--out",
+        &input_str,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let expected = oracle::run(&file_records(&input), &SemanticsConfig::default());
+    assert!(
+        expected.features.iter().any(|f| f.kind() == "related"),
+        "the input exercises related lists"
+    );
+    assert!(
+        !expected.dead_letters.is_empty(),
+        "the input exercises dead letters"
+    );
+    let expected_features: String = expected
+        .features
+        .iter()
+        .map(|f| f.to_json() + "\n")
+        .collect();
+
+    let mut outputs = Vec::new();
+    for workers in ["1", "2"] {
+        let out_dir = dir.path().join(format!("out-{workers}"));
+        let out_str = out_dir.to_string_lossy().to_string();
+        let out = pageflow(&[
+            "replay",
+            "--input",
+            &input_str,
+            "--out",
+            &out_str,
+            "--workers",
+            workers,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let features = std::fs::read_to_string(out_dir.join("features.jsonl"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            features == expected_features,
+            "features with {workers} workers differ from the oracle"
+        );
+        let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(letters.lines().count(), expected.dead_letters.len());
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join("summary.json"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(summary["accepted"], expected.summary.accepted);
+        assert_eq!(summary["duplicates"], expected.summary.duplicates);
+        assert!(summary["events_per_second"].as_f64().unwrap_or(0.0) > 0.0);
+        outputs.push(features);
+    }
+    assert_eq!(outputs[0], outputs[1], "byte-identical for 1 and 2 workers");
+}
+
+#[test]
+fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = dir.path().join("bad.jsonl");
+    let good =
+        r#"{"event_id":"e1","portal":"g1","user_id":"u","article_id":"a","ts":1795435200000}"#;
+    std::fs::write(
+        &input,
+        format!("{good}\n\n   \nnot json\n{{\"event_id\":\"e2\"}}\r\n[1]\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out_dir = dir.path().join("out");
+    let out = pageflow(&[
+        "replay",
+        "--input",
+        &input.to_string_lossy(),
+        "--out",
+        &out_dir.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reasons: Vec<String> = letters
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| format!("{}@{}", v["reason"], v["position"]))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            r#""invalid_json"@"4""#,
+            r#""missing_field"@"5""#,
+            r#""not_object"@"6""#
+        ]
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("summary.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary["blank_lines"], 2);
+    assert_eq!(summary["accepted"], 1);
+}
+
+#[test]
+fn run_reports_every_configuration_problem_at_once() {
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("PAGEFLOW__SEMANTICS__TOP_N", "0")
+        .env("PAGEFLOW__RUNTIME__WORKERS", "0")
+        .env("PAGEFLOW__SERVE__LISTEN", "nowhere")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["top_n", "workers", "listen"] {
+        assert!(stderr.contains(key), "the error names `{key}`: {stderr}");
+    }
+}
+
+struct Job(Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `probe` until it returns `Some`, or fails the test after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn run_serves_changing_rankings_within_seconds() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+        .env(
+            "PAGEFLOW__SINKS__DIR",
+            dir.path().to_string_lossy().to_string(),
+        )
+        .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "3000")
+        .env("PAGEFLOW__SEMANTICS__SLIDE", "\"1s\"")
+        .env("PAGEFLOW__SEMANTICS__TRENDING_WINDOW", "\"20s\"")
+        .env("PAGEFLOW__SEMANTICS__TRENDING_RECENT", "\"5s\"")
+        .env("PAGEFLOW__SEMANTICS__MAX_OUT_OF_ORDERNESS", "\"1s\"")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child
+        .stderr
+        .take()
+        .unwrap_or_else(|| panic!("stderr is piped"));
+    let job = Job(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = wait_for(
+        "the job to announce its address",
+        Duration::from_secs(30),
+        || {
+            let line = lines.next()?.ok()?;
+            let start = line.find("http://")? + "http://".len();
+            Some(
+                line[start..]
+                    .trim_end_matches(|c| c == '/' || c == ' ' || c == ';')
+                    .split('/')
+                    .next()?
+                    .to_string(),
+            )
+        },
+    );
+
+    let window_end = |body: &str| -> Option<(u64, usize)> {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        Some((
+            value["window_end"].as_u64()?,
+            value["items"].as_array()?.len(),
+        ))
+    };
+    let (first, items) = wait_for(
+        "a non-empty popular ranking",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
+            (status == 200)
+                .then(|| window_end(&body))
+                .flatten()
+                .filter(|(_, items)| *items > 0)
+        },
+    );
+    assert!(items <= 5, "n limits the ranking");
+    let later = wait_for(
+        "the ranking to move to a later window",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
+            window_end(&body)
+                .map(|(end, _)| end)
+                .filter(|end| *end > first)
+        },
+    );
+    assert!(later > first);
+    let (status, metrics) = http_get(&addr, "/metrics").unwrap_or_else(|| panic!("metrics answer"));
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pageflow_events_in_total"), "{metrics}");
+    drop(job);
+}
