@@ -567,7 +567,7 @@ pub fn civil_from_days(days_since_epoch: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use pageflow_dataflow::event::{Reason, SourcePosition};
-    use pageflow_dataflow::features::{RankedItem, RankingFeature, RankingKind};
+    use pageflow_dataflow::features::{Feature, RankedItem, RankingKind};
 
     use super::*;
 
@@ -688,7 +688,7 @@ mod tests {
         let mut sink = ArchiveSink::new(root.path(), "w3")?;
         let ts = 1_795_435_200_000 + 5 * MILLIS_PER_HOUR + 1; // 2026-11-23T17:00:00.001Z
         sink.write_raw("g1", ts, b"{\"a\":\n1}")?;
-        let feature = RankingFeature::new(
+        let feature = Feature::ranking(
             RankingKind::Popular,
             "ge",
             ts - 3_600_000,
@@ -789,7 +789,7 @@ mod tests {
     #[test]
     fn feature_file_sink_appends_lines() -> TestResult {
         let root = tempfile::tempdir()?;
-        let feature = RankingFeature::new(RankingKind::Trending, "g1", 0, 60_000, Vec::new());
+        let feature = Feature::ranking(RankingKind::Trending, "g1", 0, 60_000, Vec::new());
         let mut sink = FeatureFileSink::open(root.path().join("out"))?;
         sink.write_batch(std::slice::from_ref(&feature))?;
         Sink::close(&mut sink)?;

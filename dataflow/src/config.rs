@@ -68,7 +68,7 @@ impl fmt::Display for Millis {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if ms != 0 && ms % size == 0 {
+            if ms != 0 && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -160,7 +160,7 @@ impl SemanticsConfig {
         let multiple = |name: &str, value: Millis, problems: &mut Vec<String>| {
             if value.ms() == 0 {
                 problems.push(format!("`{name}` must be positive"));
-            } else if slide != 0 && value.ms() % slide != 0 {
+            } else if slide != 0 && !value.ms().is_multiple_of(slide) {
                 problems.push(format!(
                     "`{name}` ({value}) must be a whole number of `slide`s ({}): windows are aligned to slides",
                     self.slide

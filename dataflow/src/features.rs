@@ -141,9 +141,9 @@ impl SessionFeature {
     }
 }
 
-impl RankingFeature {
+impl Feature {
     /// A ranking record for `portal` and the window ending at `window_end`.
-    pub fn new(
+    pub fn ranking(
         kind: RankingKind,
         portal: &str,
         window_start: u64,
@@ -162,11 +162,9 @@ impl RankingFeature {
             RankingKind::Trending => Feature::Trending(feature),
         }
     }
-}
 
-impl RelatedFeature {
     /// A related record for `article_id` in `portal` at the window ending at `window_end`.
-    pub fn new(
+    pub fn related(
         portal: &str,
         article_id: &str,
         window_start: u64,
@@ -260,7 +258,7 @@ mod tests {
 
     #[test]
     fn json_has_fixed_field_order() {
-        let feature = RankingFeature::new(
+        let feature = Feature::ranking(
             RankingKind::Popular,
             "g1",
             0,

@@ -28,6 +28,9 @@ pub struct SourceError {
     pub retryable: bool,
 }
 
+/// The partitions each worker thread reads: index `w` holds worker `w`'s sources.
+pub type SourcesByWorker = Vec<Vec<Box<dyn RecordSource>>>;
+
 /// One partition of input, read in order.
 pub trait RecordSource: Send {
     /// The partition's stable name, e.g. `file:events.jsonl` (used in dead letters and metrics).

@@ -28,7 +28,7 @@ fn file_records(path: &Path) -> Vec<RawRecord> {
     bytes
         .split(|b| *b == b'\n')
         .enumerate()
-        .filter(|(index, line)| !is_blank_line(line) && !(line.is_empty() && *index > 0))
+        .filter(|(_, line)| !is_blank_line(line))
         .map(|(index, line)| RawRecord {
             position: SourcePosition {
                 partition: partition.clone(),
@@ -254,7 +254,7 @@ fn run_serves_changing_rankings_within_seconds() {
             let start = line.find("http://")? + "http://".len();
             Some(
                 line[start..]
-                    .trim_end_matches(|c| c == '/' || c == ' ' || c == ';')
+                    .trim_end_matches(['/', ' ', ';'])
                     .split('/')
                     .next()?
                     .to_string(),

@@ -2,7 +2,7 @@
 
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
-use pageflow_dataflow::source::{RecordSource, VecSource};
+use pageflow_dataflow::source::{SourcesByWorker, VecSource};
 
 /// A small configuration whose windows, gaps and intervals are a few seconds, so that random inputs
 /// of a few dozen events exercise every boundary.
@@ -39,8 +39,8 @@ pub fn records(partition: &str, lines: &[Vec<u8>]) -> Vec<RawRecord> {
 }
 
 /// The one-file partition on worker 0 and nothing on the other `workers - 1` workers.
-pub fn one_partition(lines: &[Vec<u8>], workers: usize) -> Vec<Vec<Box<dyn RecordSource>>> {
-    let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
+pub fn one_partition(lines: &[Vec<u8>], workers: usize) -> SourcesByWorker {
+    let mut by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     by_worker[0].push(Box::new(VecSource::from_lines(
         "file:test",
         lines.iter().cloned(),

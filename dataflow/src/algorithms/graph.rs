@@ -70,18 +70,12 @@ pub fn build<'scope>(
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
     let ingested = ingest(scope, sources, board, ingest_config, Arc::clone(&stats));
-    let (events, rest): (
-        StreamVec<'scope, u64, Event>,
-        StreamVec<'scope, u64, Result<DeadLetter, RawValid>>,
-    ) = ingested.ok_err(|record| match record {
-        Ingested::Event(event) => Ok(event),
-        Ingested::DeadLetter(letter) => Err(Ok(letter)),
-        Ingested::Raw(raw) => Err(Err(raw)),
-    });
-    let (dead_letters, raw): (
-        StreamVec<'scope, u64, DeadLetter>,
-        StreamVec<'scope, u64, RawValid>,
-    ) = rest.ok_err(|record| record);
+    let (events, rest): (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, NotAnEvent>) = ingested.ok_err(split_events);
+    let (dead_letters, raw): (StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, RawValid>) =
+        rest.ok_err(|record| match record {
+            NotAnEvent::DeadLetter(letter) => Ok(letter),
+            NotAnEvent::Raw(raw) => Err(raw),
+        });
 
     let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats));
     let horizon = accepted.clone().event_horizon(slide);
@@ -132,5 +126,22 @@ pub fn build<'scope>(
         dead_letters,
         raw,
         accepted,
+    }
+}
+
+/// What ingest emits besides events.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum NotAnEvent {
+    DeadLetter(DeadLetter),
+    Raw(RawValid),
+}
+
+/// Takes the events out of ingest's output (timely's `ok_err` splits by `Result`).
+#[allow(clippy::result_large_err, reason = "the record moves into one of two streams; no error is propagated")]
+fn split_events(record: Ingested) -> Result<Event, NotAnEvent> {
+    match record {
+        Ingested::Event(event) => Ok(event),
+        Ingested::DeadLetter(letter) => Err(NotAnEvent::DeadLetter(letter)),
+        Ingested::Raw(raw) => Err(NotAnEvent::Raw(raw)),
     }
 }

@@ -14,7 +14,7 @@ use crate::config::SemanticsConfig;
 use crate::event::DeadLetter;
 use crate::features::{Feature, sort_features};
 use crate::operators::ingest::RawValid;
-use crate::source::RecordSource;
+use crate::source::SourcesByWorker;
 use crate::stats::{JobStats, StatsSnapshot};
 use crate::time::{Opinion, WatermarkBoard};
 
@@ -47,7 +47,7 @@ pub enum ReplayError {
 /// Runs the graph over `sources_by_worker` (one list of partitions per worker thread) to the end.
 pub fn replay(
     config: &SemanticsConfig,
-    sources_by_worker: Vec<Vec<Box<dyn RecordSource>>>,
+    sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
 ) -> Result<ReplayOutput, ReplayError> {
     let problems = config.validate();
@@ -63,9 +63,7 @@ pub fn replay(
         .collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
     let stats = Arc::new(JobStats::default());
-    let slots: Arc<Mutex<Vec<Option<Vec<Box<dyn RecordSource>>>>>> = Arc::new(Mutex::new(
-        sources_by_worker.into_iter().map(Some).collect(),
-    ));
+    let slots = Arc::new(Mutex::new(sources_by_worker.into_iter().map(Some).collect::<Vec<_>>()));
     let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
 
     let config = config.clone();

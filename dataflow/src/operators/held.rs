@@ -24,11 +24,10 @@ impl HeldCapability {
 
     /// Moves the held capability forward to `time` (never backwards).
     pub fn downgrade(&mut self, time: u64) {
-        if let Some(cap) = self.cap.as_mut() {
-            if time > *cap.time() {
+        if let Some(cap) = self.cap.as_mut()
+            && time > *cap.time() {
                 cap.downgrade(&time);
             }
-        }
     }
 
     /// Gives the capability up: the operator owes nothing more.

@@ -13,7 +13,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::features::{Feature, RankedItem, RankingFeature, RankingKind};
+use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::hash_str;
 use crate::score::trending_score;
 
@@ -163,14 +163,14 @@ impl RankingsState {
                 let start = next.saturating_sub(window);
                 let popular = rankings.items(&rankings.popular, top_n, |rank| rank.0 as f64);
                 let trending = rankings.items(&rankings.trending, top_n, |rank| rank.0.0);
-                out.push(RankingFeature::new(
+                out.push(Feature::ranking(
                     RankingKind::Popular,
                     portal,
                     start,
                     next,
                     popular,
                 ));
-                out.push(RankingFeature::new(
+                out.push(Feature::ranking(
                     RankingKind::Trending,
                     portal,
                     start,

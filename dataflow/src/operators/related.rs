@@ -26,7 +26,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 
-use crate::features::{Feature, RelatedFeature, RelatedItem};
+use crate::features::{Feature, RelatedItem};
 use crate::score::related_score;
 
 use super::cooccurrence::ArticlePair;
@@ -193,7 +193,7 @@ impl RelatedState {
         for key in keys {
             let article = &self.articles[key];
             if article.current != article.last_emitted {
-                out.push(RelatedFeature::new(
+                out.push(Feature::related(
                     &key.0,
                     &key.1,
                     start,
@@ -263,14 +263,13 @@ impl RelatedState {
                     .entry(partner_key)
                     .or_default()
                     .insert(key.1.clone());
-            } else if was_qualified && !qualified {
-                if let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
+            } else if was_qualified && !qualified
+                && let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
                     set.remove(&key.1);
                     if set.is_empty() {
                         self.qualified_by_partner.remove(&partner_key);
                     }
                 }
-            }
             if pair.count == 0 && pair.pending.is_empty() {
                 article.partners.remove(&partner);
             }
@@ -290,7 +289,7 @@ impl RelatedState {
                     .last_emitted_at
                     .map_or(window_end, |at| at + self.spec.interval);
                 if window_end >= due {
-                    out.push(RelatedFeature::new(
+                    out.push(Feature::related(
                         &key.0,
                         &key.1,
                         window_start,

@@ -67,12 +67,25 @@ pub fn article_route(portal: &str, article_id: &str) -> u64 {
     stable_hash([portal.as_bytes(), article_id.as_bytes()])
 }
 
+/// `(user hash, engaged)` for each view of a bucket.
+type Readers = Vec<(u64, bool)>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Bucket {
     views: u64,
     engaged: u64,
     /// `(user hash, engaged)` per view; only kept when the recent part is tracked.
-    users: Vec<(u64, bool)>,
+    users: Readers,
+}
+
+/// The numbers reported for an article in a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    views: u64,
+    engaged: u64,
+    older: u64,
+    users: u64,
+    engaged_users: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,15 +96,15 @@ struct ArticleWindow {
     entered: VecDeque<(u64, u64, u64)>,
     views: u64,
     engaged: u64,
-    /// Buckets inside the recent part, oldest first.
-    recent: VecDeque<(u64, u64, Vec<(u64, bool)>)>,
+    /// Buckets inside the recent part, oldest first: `(tick, views, readers)`.
+    recent: VecDeque<(u64, u64, Readers)>,
     recent_views: u64,
     /// user → (views, engaged views) in the recent part.
     recent_users: HashMap<u64, (u32, u32)>,
     distinct_users: u64,
     distinct_engaged: u64,
-    /// The statistics last reported (views, engaged, older, users, engaged users).
-    reported: (u64, u64, u64, u64, u64),
+    /// The statistics last reported.
+    reported: Counts,
     /// The last window this article was visited at.
     visited: u64,
 }
@@ -259,24 +272,24 @@ impl WindowStatsState {
                 }
             }
         }
-        let now = (
-            article.views,
-            article.engaged,
-            article.views - article.recent_views,
-            article.distinct_users,
-            article.distinct_engaged,
-        );
+        let now = Counts {
+            views: article.views,
+            engaged: article.engaged,
+            older: article.views - article.recent_views,
+            users: article.distinct_users,
+            engaged_users: article.distinct_engaged,
+        };
         if now != article.reported {
             article.reported = now;
             out.push(ArticleWindowStats {
                 portal: key.0.clone(),
                 article_id: key.1.clone(),
                 window_end,
-                views: now.0,
-                engaged_views: now.1,
-                older_views: now.2,
-                recent_users: now.3,
-                recent_engaged_users: now.4,
+                views: now.views,
+                engaged_views: now.engaged,
+                older_views: now.older,
+                recent_users: now.users,
+                recent_engaged_users: now.engaged_users,
             });
         }
         if article.is_empty() {

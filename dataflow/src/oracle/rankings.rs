@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{in_window, window_ends, window_slice};
 use crate::config::SemanticsConfig;
 use crate::event::Event;
-use crate::features::{Feature, RankedItem, RankingFeature, RankingKind};
+use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::hash_str;
 use crate::score::trending_score;
 
@@ -133,14 +133,14 @@ fn rank_window<'a>(
         });
         trending.truncate(config.top_n);
 
-        features.push(RankingFeature::new(
+        features.push(Feature::ranking(
             RankingKind::Popular,
             portal,
             window_start,
             window_end,
             popular,
         ));
-        features.push(RankingFeature::new(
+        features.push(Feature::ranking(
             RankingKind::Trending,
             portal,
             window_start,

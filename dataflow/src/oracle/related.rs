@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{pairs, window_ends, window_slice};
 use crate::config::SemanticsConfig;
 use crate::event::Event;
-use crate::features::{Feature, RelatedFeature, RelatedItem};
+use crate::features::{Feature, RelatedItem};
 use crate::score::related_score;
 
 /// `(portal, article_id)`.
@@ -240,7 +240,7 @@ impl Emitter<'_> {
                     .is_none_or(|at| window_end - at >= self.config.related_interval.ms());
             if changed && allowed {
                 let (portal, article_id) = self.numbered.articles[key];
-                self.features.push(RelatedFeature::new(
+                self.features.push(Feature::related(
                     portal,
                     article_id,
                     window_end.saturating_sub(self.config.cooc_window.ms()),

@@ -14,7 +14,7 @@ use pageflow_connectors::JsonLinesFile;
 use pageflow_dataflow::algorithms::graph::GraphOptions;
 use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay};
 use pageflow_dataflow::config::SemanticsConfig;
-use pageflow_dataflow::source::RecordSource;
+use pageflow_dataflow::source::SourcesByWorker;
 use pageflow_dataflow::stats::StatsSnapshot;
 use serde::Serialize;
 
@@ -47,7 +47,7 @@ pub fn replay_file(
             input.display()
         )
     })?;
-    let mut sources_by_worker: Vec<Vec<Box<dyn RecordSource>>> =
+    let mut sources_by_worker: SourcesByWorker =
         (0..workers).map(|_| Vec::new()).collect();
     sources_by_worker[0].push(Box::new(file));
     let started = Instant::now();

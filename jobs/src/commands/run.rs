@@ -24,7 +24,7 @@ use pageflow_dataflow::event::{DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
-use pageflow_dataflow::source::RecordSource;
+use pageflow_dataflow::source::SourcesByWorker;
 use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
 use pageflow_dataflow::time::{Opinion, WatermarkBoard};
 use timely::dataflow::channels::pact::Pipeline;
@@ -75,9 +75,9 @@ impl RunningJob {
 }
 
 /// Builds every worker's sources from the configuration.
-fn sources_by_worker(config: &JobConfig) -> Result<Vec<Vec<Box<dyn RecordSource>>>> {
+fn sources_by_worker(config: &JobConfig) -> Result<SourcesByWorker> {
     let workers = config.runtime.workers;
-    let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     match config.source.kind {
         SourceKind::Synthetic => {
             let partitions = config.source.partitions;

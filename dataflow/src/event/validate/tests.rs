@@ -1144,6 +1144,46 @@ fn apply_edit(
     out.into_iter().collect()
 }
 
+/// Whether `validate` says `invalid_json` exactly when `serde_json` fails, except for repeated
+/// keys (which serde_json accepts) and numbers too big for an `f64` (which it rejects).
+fn agrees_with_serde_json(text: &str) -> Result<(), TestCaseError> {
+    let ours = validate(text.as_bytes());
+    let theirs = serde_json::from_str::<Value>(text);
+    let our_json_error = match &ours {
+        Err(invalid) if invalid.reason == Reason::InvalidJson => Some(invalid.detail.clone()),
+        _ => None,
+    };
+    match theirs {
+        Ok(value) => {
+            if let Some(detail) = our_json_error {
+                prop_assert!(
+                    detail.contains("repeated in one object"),
+                    "{:?}: {}",
+                    text,
+                    detail
+                );
+            }
+            if let Ok(view) = &ours {
+                prop_assert_eq!(value["event_id"].as_str(), Some(view.event_id.as_ref()));
+                prop_assert_eq!(value["portal"].as_str(), Some(view.portal.as_ref()));
+                prop_assert_eq!(value["user_id"].as_str(), Some(view.user_id.as_ref()));
+                prop_assert_eq!(value["article_id"].as_str(), Some(view.article_id.as_ref()));
+            }
+        }
+        Err(error) if error.to_string().starts_with("number out of range") => {}
+        Err(error) => {
+            prop_assert!(
+                our_json_error.is_some(),
+                "{:?}: serde_json says {}, we say {:?}",
+                text,
+                error,
+                ours
+            );
+        }
+    }
+    Ok(())
+}
+
 /// 1024 cases each, unless `PROPTEST_CASES` says otherwise (for long runs).
 fn config() -> ProptestConfig {
     let mut config = ProptestConfig::default();
@@ -1195,30 +1235,15 @@ proptest! {
         for edit in &edits {
             text = apply_edit(&text, edit);
         }
-        let ours = validate(text.as_bytes());
-        let theirs = serde_json::from_str::<Value>(&text);
+        agrees_with_serde_json(&text)?;
+    }
 
-        let our_json_error = match &ours {
-            Err(invalid) if invalid.reason == Reason::InvalidJson => Some(invalid.detail.clone()),
-            _ => None,
-        };
-        match theirs {
-            Ok(value) => {
-                if let Some(detail) = our_json_error {
-                    prop_assert!(detail.contains("repeated in one object"), "{:?}: {}", text, detail);
-                }
-                if let Ok(view) = &ours {
-                    prop_assert_eq!(value["event_id"].as_str(), Some(view.event_id.as_ref()));
-                    prop_assert_eq!(value["portal"].as_str(), Some(view.portal.as_ref()));
-                    prop_assert_eq!(value["user_id"].as_str(), Some(view.user_id.as_ref()));
-                    prop_assert_eq!(value["article_id"].as_str(), Some(view.article_id.as_ref()));
-                }
-            }
-            Err(error) if error.to_string().starts_with("number out of range") => {}
-            Err(error) => {
-                prop_assert!(our_json_error.is_some(), "{:?}: serde_json says {}, we say {:?}", text, error, ours);
-            }
-        }
+    /// (2) The same on short strings of JSON's own characters.
+    #[test]
+    fn invalid_json_agrees_with_serde_json_on_json_like_strings(
+        text in r#"[ {}\[\]":,0-9eE.+\-a-z\\\t\n\x01é]{0,32}"#,
+    ) {
+        agrees_with_serde_json(&text)?;
     }
 
     /// (3) A valid pageview, spelled at random, validates to its own values; strings spelled

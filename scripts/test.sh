@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of pageflow on a fresh machine: installs what the tests need, then runs them.
+# This is the README's test command; .ci/run calls it after the format and lint checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "pageflow: cargo is not installed; install Rust from https://rustup.rs and run this again" >&2
+  exit 1
+fi
+
+# Unit, property and integration tests of every crate, doc examples included.
+cargo test --workspace --locked
