@@ -59,6 +59,12 @@ impl Millis {
     }
 }
 
+impl From<Millis> for std::time::Duration {
+    fn from(value: Millis) -> Self {
+        std::time::Duration::from_millis(value.0)
+    }
+}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;

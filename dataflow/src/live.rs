@@ -17,6 +17,8 @@ pub enum LiveUpdate {
         kind: RankingKind,
         /// The site.
         portal: String,
+        /// The window this ranking covers starts here (inclusive).
+        window_start: u64,
         /// The window this ranking covers ends here (exclusive).
         window_end: u64,
         /// The ranking is complete up to this event time.

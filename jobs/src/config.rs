@@ -25,7 +25,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The prefix of environment overrides.
@@ -116,6 +116,8 @@ pub struct ServeConfig {
     pub enabled: bool,
     /// The address to listen on.
     pub listen: String,
+    /// How often the live view previews the windows still filling (processing time).
+    pub live_interval: Millis,
 }
 
 impl Default for ServeConfig {
@@ -123,6 +125,7 @@ impl Default for ServeConfig {
         ServeConfig {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
+            live_interval: Millis::seconds(1),
         }
     }
 }
@@ -231,6 +234,9 @@ impl JobConfig {
                 "[serve] `listen` = `{}` is not an address: write e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
                 self.serve.listen
             ));
+        }
+        if self.serve.live_interval.ms() == 0 {
+            problems.push("[serve] `live_interval` must be positive, e.g. `1s`".to_string());
         }
         match self.source.kind {
             SourceKind::Synthetic => {

@@ -292,6 +292,13 @@ fn run_serves_changing_rankings_within_seconds() {
         },
     );
     assert!(later > first);
+    // The live view previews the window still filling before it is final.
+    wait_for("a provisional ranking", Duration::from_secs(30), || {
+        let (_, body) = http_get(&addr, "/v1/portals/g1/trending?n=5")?;
+        let value: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (value["final"] == false && value["watermark"].as_u64()? < value["window_end"].as_u64()?)
+            .then_some(())
+    });
     let (status, metrics) = http_get(&addr, "/metrics").unwrap_or_else(|| panic!("metrics answer"));
     assert_eq!(status, 200);
     assert!(metrics.contains("pageflow_events_in_total"), "{metrics}");

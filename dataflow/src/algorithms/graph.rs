@@ -25,11 +25,12 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::config::SemanticsConfig;
 use crate::event::{DeadLetter, Event};
 use crate::features::Feature;
+use crate::live::LiveUpdate;
 use crate::operators::cooccurrence::Cooccurrences;
 use crate::operators::dedup::Deduplicate;
 use crate::operators::horizon::EventHorizon;
 use crate::operators::ingest::{IngestConfig, Ingested, RawValid, ingest};
-use crate::operators::rankings::{RankingSpec, Rankings};
+use crate::operators::rankings::{RankingSpec, Rankings, RankingsOutput};
 use crate::operators::related::{Related, RelatedSpec};
 use crate::operators::sessionize::{SessionUpdate, Sessionize};
 use crate::operators::window_stats::{WindowSpec, WindowStats};
@@ -42,6 +43,9 @@ use crate::time::WatermarkBoard;
 pub struct GraphOptions {
     /// Emit every valid record's bytes for the `raw/` archive.
     pub keep_raw: bool,
+    /// Preview the windows still filling at this processing-time interval (the live view);
+    /// `None` for replays, which only need final results.
+    pub live_interval: Option<std::time::Duration>,
 }
 
 /// The graph's outputs on one worker.
@@ -49,6 +53,8 @@ pub struct GraphOptions {
 pub struct GraphOutputs<'scope> {
     /// Final feature records: sessions, popular, trending, related.
     pub features: StreamVec<'scope, u64, Feature>,
+    /// Rankings and related lists for the live view (final and provisional), as they change.
+    pub live: StreamVec<'scope, u64, LiveUpdate>,
     /// Records that were not counted, with reasons.
     pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
     /// Valid records as received (empty unless [`GraphOptions::keep_raw`]).
@@ -70,12 +76,17 @@ pub fn build<'scope>(
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
     let ingested = ingest(scope, sources, board, ingest_config, Arc::clone(&stats));
-    let (events, rest): (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, NotAnEvent>) = ingested.ok_err(split_events);
-    let (dead_letters, raw): (StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, RawValid>) =
-        rest.ok_err(|record| match record {
-            NotAnEvent::DeadLetter(letter) => Ok(letter),
-            NotAnEvent::Raw(raw) => Err(raw),
-        });
+    let (events, rest): (
+        StreamVec<'scope, u64, Event>,
+        StreamVec<'scope, u64, NotAnEvent>,
+    ) = ingested.ok_err(split_events);
+    let (dead_letters, raw): (
+        StreamVec<'scope, u64, DeadLetter>,
+        StreamVec<'scope, u64, RawValid>,
+    ) = rest.ok_err(|record| match record {
+        NotAnEvent::DeadLetter(letter) => Ok(letter),
+        NotAnEvent::Raw(raw) => Err(raw),
+    });
 
     let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats));
     let horizon = accepted.clone().event_horizon(slide);
@@ -94,21 +105,27 @@ pub fn build<'scope>(
         slide,
         recent: Some(config.trending_recent.ms()),
     };
-    let rankings = accepted.clone().window_stats(trending_windows).rankings(
-        horizon.clone(),
-        RankingSpec {
-            window: config.trending_window.ms(),
-            recent: config.trending_recent.ms(),
-            slide,
-            top_n: config.top_n,
-        },
-    );
+    let rankings = accepted
+        .clone()
+        .window_stats(trending_windows, options.live_interval)
+        .rankings(
+            horizon.clone(),
+            RankingSpec {
+                window: config.trending_window.ms(),
+                recent: config.trending_recent.ms(),
+                slide,
+                top_n: config.top_n,
+            },
+        );
 
-    let cooc_views = accepted.clone().window_stats(WindowSpec {
-        window: config.cooc_window.ms(),
-        slide,
-        recent: None,
-    });
+    let cooc_views = accepted.clone().window_stats(
+        WindowSpec {
+            window: config.cooc_window.ms(),
+            slide,
+            recent: None,
+        },
+        None,
+    );
     let related = pairs.related(
         cooc_views,
         horizon,
@@ -121,8 +138,26 @@ pub fn build<'scope>(
         },
     );
 
+    let (ranking_features, live): (
+        StreamVec<'scope, u64, Feature>,
+        StreamVec<'scope, u64, LiveUpdate>,
+    ) = rankings.ok_err(|output| match output {
+        RankingsOutput::Feature(feature) => Ok(feature),
+        RankingsOutput::Live(update) => Err(update),
+    });
+    let related_live = related.clone().flat_map(|feature| match feature {
+        Feature::Related(list) => Some(LiveUpdate::Related {
+            portal: list.portal,
+            article_id: list.article_id,
+            window_end: list.window_end,
+            items: list.items,
+        }),
+        _ => None,
+    });
+
     GraphOutputs {
-        features: sessions.concat(rankings).concat(related),
+        features: sessions.concat(ranking_features).concat(related),
+        live: live.concat(related_live),
         dead_letters,
         raw,
         accepted,
@@ -137,7 +172,10 @@ enum NotAnEvent {
 }
 
 /// Takes the events out of ingest's output (timely's `ok_err` splits by `Result`).
-#[allow(clippy::result_large_err, reason = "the record moves into one of two streams; no error is propagated")]
+#[allow(
+    clippy::result_large_err,
+    reason = "the record moves into one of two streams; no error is propagated"
+)]
 fn split_events(record: Ingested) -> Result<Event, NotAnEvent> {
     match record {
         Ingested::Event(event) => Ok(event),

@@ -63,7 +63,9 @@ pub fn replay(
         .collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
     let stats = Arc::new(JobStats::default());
-    let slots = Arc::new(Mutex::new(sources_by_worker.into_iter().map(Some).collect::<Vec<_>>()));
+    let slots = Arc::new(Mutex::new(
+        sources_by_worker.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
 
     let config = config.clone();

@@ -35,9 +35,10 @@ impl DedupState {
     /// Decides about one on-time event: `true` if it is accepted (and remembered).
     pub fn accept(&mut self, event_id: &str, ts: u64, window: u64) -> bool {
         if let Some(times) = self.accepted.get(event_id)
-            && times.iter().any(|&seen| seen.abs_diff(ts) < window) {
-                return false;
-            }
+            && times.iter().any(|&seen| seen.abs_diff(ts) < window)
+        {
+            return false;
+        }
         self.accepted
             .entry(event_id.to_string())
             .or_default()

@@ -25,9 +25,10 @@ impl HeldCapability {
     /// Moves the held capability forward to `time` (never backwards).
     pub fn downgrade(&mut self, time: u64) {
         if let Some(cap) = self.cap.as_mut()
-            && time > *cap.time() {
-                cap.downgrade(&time);
-            }
+            && time > *cap.time()
+        {
+            cap.downgrade(&time);
+        }
     }
 
     /// Gives the capability up: the operator owes nothing more.

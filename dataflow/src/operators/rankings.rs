@@ -7,14 +7,15 @@
 //! the window (`docs/semantics-notes.md` N12–N14), even when nothing changed since the last window.
 //! At the end of input, windows stop at the event horizon (N9).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::hash_str;
+use crate::live::LiveUpdate;
 use crate::score::trending_score;
 
 use super::held::HeldCapability;
@@ -102,6 +103,19 @@ pub struct RankingsState {
     emitted_until: Option<u64>,
     /// The end of the last window holding an event, over all workers.
     horizon: u64,
+    /// Per portal, the window still filling and the provisional statistics received for it.
+    provisional: BTreeMap<String, (u64, HashMap<String, ArticleWindowStats>)>,
+    /// Portals whose provisional ranking changed since it was last pushed.
+    provisional_dirty: BTreeSet<String>,
+}
+
+/// What the rankings operator emits.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RankingsOutput {
+    /// A final `popular` or `trending` feature.
+    Feature(Feature),
+    /// A ranking for the live view (final or provisional).
+    Live(LiveUpdate),
 }
 
 impl RankingsState {
@@ -113,12 +127,70 @@ impl RankingsState {
             stash: BTreeMap::new(),
             emitted_until: None,
             horizon: 0,
+            provisional: BTreeMap::new(),
+            provisional_dirty: BTreeSet::new(),
         }
     }
 
-    /// Queues a change for its window.
+    /// Queues a final change for its window, or records a provisional one for the live view.
     pub fn insert(&mut self, stats: ArticleWindowStats) {
-        self.stash.entry(stats.window_end).or_default().push(stats);
+        if !stats.provisional {
+            self.stash.entry(stats.window_end).or_default().push(stats);
+            return;
+        }
+        if self
+            .emitted_until
+            .is_some_and(|until| stats.window_end <= until)
+        {
+            return; // the window is final already
+        }
+        let entry = self
+            .provisional
+            .entry(stats.portal.clone())
+            .or_insert_with(|| (stats.window_end, HashMap::new()));
+        if stats.window_end > entry.0 {
+            *entry = (stats.window_end, HashMap::new());
+        }
+        if stats.window_end == entry.0 {
+            self.provisional_dirty.insert(stats.portal.clone());
+            entry.1.insert(stats.article_id.clone(), stats);
+        }
+    }
+
+    /// The provisional rankings that changed, each as it stands with the events seen so far
+    /// (`watermark`: every event before it has been counted).
+    pub fn previews(&mut self, watermark: u64, out: &mut Vec<LiveUpdate>) {
+        let RankingSpec { window, top_n, .. } = self.spec;
+        for portal in std::mem::take(&mut self.provisional_dirty) {
+            let Some((window_end, overrides)) = self.provisional.get(&portal) else {
+                continue;
+            };
+            let mut rankings = self.portals.get(&portal).cloned().unwrap_or_default();
+            for stats in overrides.values() {
+                rankings.apply(stats.clone(), &self.spec);
+            }
+            let items = [
+                (
+                    RankingKind::Popular,
+                    rankings.items(&rankings.popular, top_n, |rank| rank.0 as f64),
+                ),
+                (
+                    RankingKind::Trending,
+                    rankings.items(&rankings.trending, top_n, |rank| rank.0.0),
+                ),
+            ];
+            for (kind, items) in items {
+                out.push(LiveUpdate::Ranking {
+                    kind,
+                    portal: portal.clone(),
+                    window_start: window_end.saturating_sub(window),
+                    window_end: *window_end,
+                    watermark,
+                    is_final: false,
+                    items,
+                });
+            }
+        }
     }
 
     /// Raises the event horizon.
@@ -133,6 +205,17 @@ impl RankingsState {
 
     /// Emits every final window `T ≤ limit`, in order.
     pub fn advance(&mut self, limit: u64, out: &mut Vec<Feature>) {
+        let mut live = Vec::new();
+        self.advance_with_live(limit, out, &mut live);
+    }
+
+    /// Like [`RankingsState::advance`], also pushing each final ranking for the live view.
+    pub fn advance_with_live(
+        &mut self,
+        limit: u64,
+        out: &mut Vec<Feature>,
+        live: &mut Vec<LiveUpdate>,
+    ) {
         let RankingSpec {
             window,
             slide,
@@ -163,34 +246,38 @@ impl RankingsState {
                 let start = next.saturating_sub(window);
                 let popular = rankings.items(&rankings.popular, top_n, |rank| rank.0 as f64);
                 let trending = rankings.items(&rankings.trending, top_n, |rank| rank.0.0);
-                out.push(Feature::ranking(
-                    RankingKind::Popular,
-                    portal,
-                    start,
-                    next,
-                    popular,
-                ));
-                out.push(Feature::ranking(
-                    RankingKind::Trending,
-                    portal,
-                    start,
-                    next,
-                    trending,
-                ));
+                for (kind, items) in [
+                    (RankingKind::Popular, popular),
+                    (RankingKind::Trending, trending),
+                ] {
+                    live.push(LiveUpdate::Ranking {
+                        kind,
+                        portal: portal.clone(),
+                        window_start: start,
+                        window_end: next,
+                        watermark: next,
+                        is_final: true,
+                        items: items.clone(),
+                    });
+                    out.push(Feature::ranking(kind, portal, start, next, items));
+                }
             }
             self.emitted_until = Some(next);
+            self.provisional
+                .retain(|_, (window_end, _)| *window_end > next);
         }
     }
 }
 
 /// Ranks articles per portal at each final window.
 pub trait Rankings<'scope> {
-    /// `popular` and `trending` features, each at time `window_end − slide`.
+    /// `popular` and `trending` features, each at time `window_end − slide`, and rankings for the
+    /// live view: every final one, and provisional ones when provisional statistics arrive.
     fn rankings(
         self,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RankingSpec,
-    ) -> StreamVec<'scope, u64, Feature>;
+    ) -> StreamVec<'scope, u64, RankingsOutput>;
 }
 
 impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
@@ -198,18 +285,18 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
         self,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RankingSpec,
-    ) -> StreamVec<'scope, u64, Feature> {
+    ) -> StreamVec<'scope, u64, RankingsOutput> {
         let route = Exchange::new(|stats: &ArticleWindowStats| hash_str(&stats.portal));
-        let horizon_route = timely::dataflow::channels::pact::Pipeline;
         self.binary_frontier(
             horizon,
             route,
-            horizon_route,
+            Pipeline,
             "Rankings",
             move |_capability, _info| {
                 let mut state = RankingsState::new(spec);
                 let mut held = HeldCapability::default();
-                let mut out = Vec::new();
+                let (mut features, mut live) = (Vec::new(), Vec::new());
+                let mut out: Vec<(u64, RankingsOutput)> = Vec::new();
                 move |(stats, stats_frontier), (horizon, horizon_frontier), output| {
                     stats.for_each(|cap, data| {
                         held.hold(&cap);
@@ -233,8 +320,28 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
                     // Windows past the last event's are never final (N9); see `related` for why this
                     // only ever binds at the end of input.
                     let limit = frontier.unwrap_or(u64::MAX).min(state.horizon);
-                    state.advance(limit, &mut out);
-                    emit_by_window(&held, &mut out, spec.slide, output);
+                    state.advance_with_live(limit, &mut features, &mut live);
+                    let slide = spec.slide;
+                    out.extend(features.drain(..).map(|f| {
+                        (
+                            f.final_ts().saturating_sub(slide),
+                            RankingsOutput::Feature(f),
+                        )
+                    }));
+                    out.extend(
+                        live.drain(..)
+                            .map(|u| (live_time(&u, slide), RankingsOutput::Live(u))),
+                    );
+                    if let Some(watermark) = frontier {
+                        let mut previews = Vec::new();
+                        state.previews(watermark, &mut previews);
+                        out.extend(
+                            previews
+                                .into_iter()
+                                .map(|u| (watermark, RankingsOutput::Live(u))),
+                        );
+                    }
+                    emit_at(&held, &mut out, output);
                     match frontier {
                         Some(time) if !state.is_idle() => held.downgrade(time),
                         _ => held.release(),
@@ -245,27 +352,36 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
     }
 }
 
-/// Sends features, each at `final_ts − slide` (the last tick of its window), grouped by time.
-pub(crate) fn emit_by_window(
+fn live_time(update: &LiveUpdate, slide: u64) -> u64 {
+    match update {
+        LiveUpdate::Ranking { window_end, .. } | LiveUpdate::Related { window_end, .. } => {
+            window_end.saturating_sub(slide)
+        }
+    }
+}
+
+/// Sends each record at its time (never before the held capability's), grouped by time.
+pub(crate) fn emit_at<D: Clone + 'static>(
     held: &HeldCapability,
-    out: &mut Vec<Feature>,
-    slide: u64,
+    out: &mut Vec<(u64, D)>,
     output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
         '_,
         u64,
-        timely::container::CapacityContainerBuilder<Vec<Feature>>,
+        timely::container::CapacityContainerBuilder<Vec<D>>,
     >,
 ) {
     if let Some(cap) = held.get() {
-        let mut by_time: BTreeMap<u64, Vec<Feature>> = BTreeMap::new();
-        for feature in out.drain(..) {
-            let time = feature.final_ts().saturating_sub(slide).max(*cap.time());
-            by_time.entry(time).or_default().push(feature);
+        let mut by_time: BTreeMap<u64, Vec<D>> = BTreeMap::new();
+        for (time, record) in out.drain(..) {
+            by_time
+                .entry(time.max(*cap.time()))
+                .or_default()
+                .push(record);
         }
-        for (time, features) in by_time {
+        for (time, records) in by_time {
             output
                 .session(&cap.delayed(&time))
-                .give_iterator(features.into_iter());
+                .give_iterator(records.into_iter());
         }
     }
     out.clear();

@@ -31,7 +31,7 @@ use crate::score::related_score;
 
 use super::cooccurrence::ArticlePair;
 use super::held::HeldCapability;
-use super::rankings::emit_by_window;
+use super::rankings::emit_at;
 use super::window_stats::{ArticleKey, ArticleWindowStats, article_route};
 
 /// The parameters of `related`.
@@ -263,13 +263,15 @@ impl RelatedState {
                     .entry(partner_key)
                     .or_default()
                     .insert(key.1.clone());
-            } else if was_qualified && !qualified
-                && let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
-                    set.remove(&key.1);
-                    if set.is_empty() {
-                        self.qualified_by_partner.remove(&partner_key);
-                    }
+            } else if was_qualified
+                && !qualified
+                && let Some(set) = self.qualified_by_partner.get_mut(&partner_key)
+            {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.qualified_by_partner.remove(&partner_key);
                 }
+            }
             if pair.count == 0 && pair.pending.is_empty() {
                 article.partners.remove(&partner);
             }
@@ -433,7 +435,11 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
                             state.finish(last, &mut out);
                         }
                     }
-                    emit_by_window(&held, &mut out, spec.slide, output);
+                    let mut timed: Vec<(u64, Feature)> = out
+                        .drain(..)
+                        .map(|f| (f.final_ts().saturating_sub(spec.slide), f))
+                        .collect();
+                    emit_at(&held, &mut timed, output);
                     match frontier {
                         Some(time) if !state.is_idle() => held.downgrade(time),
                         _ => held.release(),

@@ -243,10 +243,9 @@ fn advance_user(
             .open
             .as_ref()
             .is_some_and(|session| ts - session.last_ts <= gap);
-        if !continues
-            && let Some(session) = user.open.take() {
-                out.push(SessionUpdate::Closed(close(key, session)));
-            }
+        if !continues && let Some(session) = user.open.take() {
+            out.push(SessionUpdate::Closed(close(key, session)));
+        }
         let session = user.open.get_or_insert_with(|| OpenSession {
             start_ts: ts,
             last_ts: ts,
@@ -280,9 +279,10 @@ fn advance_user(
         .open
         .as_ref()
         .is_some_and(|session| session.last_ts.saturating_add(gap) < frontier)
-        && let Some(session) = user.open.take() {
-            out.push(SessionUpdate::Closed(close(key, session)));
-        }
+        && let Some(session) = user.open.take()
+    {
+        out.push(SessionUpdate::Closed(close(key, session)));
+    }
 }
 
 fn close(key: &UserKey, session: OpenSession) -> SessionFeature {
@@ -335,9 +335,10 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Event> {
                 let frontier_time = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                 state.advance(frontier_time, &mut out);
                 if let Some(cap) = held.get()
-                    && !out.is_empty() {
-                        output.session(cap).give_iterator(out.drain(..));
-                    }
+                    && !out.is_empty()
+                {
+                    output.session(cap).give_iterator(out.drain(..));
+                }
                 out.clear();
                 if state.users() == 0 || frontier_time == u64::MAX {
                     held.release();

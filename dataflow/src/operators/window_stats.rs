@@ -16,6 +16,7 @@
 //! window `T` is complete when its frontier reaches `T`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -57,6 +58,8 @@ pub struct ArticleWindowStats {
     pub recent_users: u64,
     /// Distinct users with an engaged view in the recent part.
     pub recent_engaged_users: u64,
+    /// A preview of the window still filling (the live view), not a final result.
+    pub provisional: bool,
 }
 
 /// An article key: `(portal, article_id)`.
@@ -218,6 +221,110 @@ impl WindowStatsState {
         }
     }
 
+    /// Previews window `window_end` before it is final: the statistics its visit would produce with
+    /// the events received so far, for every article that changes at it. Nothing is modified.
+    pub fn preview(&self, window_end: u64, out: &mut Vec<ArticleWindowStats>) {
+        let Some(keys) = self.visits.get(&window_end) else {
+            return;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for key in keys {
+            if !seen.insert(key) {
+                continue;
+            }
+            if let Some(article) = self.articles.get(key) {
+                let counts = self.preview_counts(article, window_end);
+                out.push(ArticleWindowStats {
+                    portal: key.0.clone(),
+                    article_id: key.1.clone(),
+                    window_end,
+                    views: counts.views,
+                    engaged_views: counts.engaged,
+                    older_views: counts.older,
+                    recent_users: counts.users,
+                    recent_engaged_users: counts.engaged_users,
+                    provisional: true,
+                });
+            }
+        }
+    }
+
+    /// The counts `visit(window_end)` would report, computed without changing the article.
+    fn preview_counts(&self, article: &ArticleWindow, window_end: u64) -> Counts {
+        let WindowSpec {
+            window,
+            slide,
+            recent,
+        } = self.spec;
+        let entering = article.pending.get(&(window_end - slide));
+        let window_start = window_end.saturating_sub(window);
+        let (mut views, mut engaged) = (article.views, article.engaged);
+        if let Some(bucket) = entering {
+            views += bucket.views;
+            engaged += bucket.engaged;
+        }
+        for &(_, left_views, left_engaged) in article
+            .entered
+            .iter()
+            .take_while(|(tick, _, _)| *tick < window_start)
+        {
+            views -= left_views;
+            engaged -= left_engaged;
+        }
+        let Some(recent) = recent else {
+            return Counts {
+                views,
+                engaged,
+                older: views,
+                users: 0,
+                engaged_users: 0,
+            };
+        };
+        let recent_start = window_end.saturating_sub(recent);
+        let mut recent_views = article.recent_views;
+        // Per-user change of (views, engaged views) in the recent part.
+        let mut delta: HashMap<u64, (i64, i64)> = HashMap::new();
+        for (_, left_views, users) in article
+            .recent
+            .iter()
+            .take_while(|(tick, _, _)| *tick < recent_start)
+        {
+            recent_views -= left_views;
+            for &(user, is_engaged) in users {
+                let entry = delta.entry(user).or_default();
+                entry.0 -= 1;
+                entry.1 -= i64::from(is_engaged);
+            }
+        }
+        if let Some(bucket) = entering {
+            recent_views += bucket.views;
+            for &(user, is_engaged) in &bucket.users {
+                let entry = delta.entry(user).or_default();
+                entry.0 += 1;
+                entry.1 += i64::from(is_engaged);
+            }
+        }
+        let (mut users, mut engaged_users) = (
+            article.distinct_users as i64,
+            article.distinct_engaged as i64,
+        );
+        for (user, (views_delta, engaged_delta)) in delta {
+            let (before_views, before_engaged) =
+                article.recent_users.get(&user).copied().unwrap_or_default();
+            let after_views = i64::from(before_views) + views_delta;
+            let after_engaged = i64::from(before_engaged) + engaged_delta;
+            users += i64::from(after_views > 0) - i64::from(before_views > 0);
+            engaged_users += i64::from(after_engaged > 0) - i64::from(before_engaged > 0);
+        }
+        Counts {
+            views,
+            engaged,
+            older: views - recent_views,
+            users: users.max(0) as u64,
+            engaged_users: engaged_users.max(0) as u64,
+        }
+    }
+
     fn visit(&mut self, key: ArticleKey, window_end: u64, out: &mut Vec<ArticleWindowStats>) {
         let WindowSpec {
             window,
@@ -290,6 +397,7 @@ impl WindowStatsState {
                 older_views: now.older,
                 recent_users: now.users,
                 recent_engaged_users: now.engaged_users,
+                provisional: false,
             });
         }
         if article.is_empty() {
@@ -301,25 +409,51 @@ impl WindowStatsState {
 /// Sliding-window statistics per article.
 pub trait WindowStats<'scope> {
     /// Changed statistics of each article at each final window, at time `window_end − slide`.
-    fn window_stats(self, spec: WindowSpec) -> StreamVec<'scope, u64, ArticleWindowStats>;
+    ///
+    /// With `live` set, also previews the window still filling at that processing-time interval
+    /// (records with `provisional: true`, for the live view; never used for features).
+    fn window_stats(
+        self,
+        spec: WindowSpec,
+        live: Option<Duration>,
+    ) -> StreamVec<'scope, u64, ArticleWindowStats>;
 }
 
 impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
-    fn window_stats(self, spec: WindowSpec) -> StreamVec<'scope, u64, ArticleWindowStats> {
+    fn window_stats(
+        self,
+        spec: WindowSpec,
+        live: Option<Duration>,
+    ) -> StreamVec<'scope, u64, ArticleWindowStats> {
         let route = Exchange::new(|event: &Event| article_route(&event.portal, &event.article_id));
-        self.unary_frontier(route, "WindowStats", move |_capability, _info| {
+        let scope = self.scope();
+        self.unary_frontier(route, "WindowStats", move |_capability, info| {
+            let activator = scope.activator_for(info.address);
             let mut state = WindowStatsState::new(spec);
             let mut held = HeldCapability::default();
             let mut out = Vec::new();
+            let mut last_preview = Instant::now();
+            let mut unpreviewed = false;
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     held.hold(&cap);
+                    unpreviewed = true;
                     for event in data.drain(..) {
                         state.insert(&event);
                     }
                 });
                 let limit = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                 state.advance(limit, &mut out);
+                if let (Some(interval), true) = (live, limit != u64::MAX) {
+                    if unpreviewed && last_preview.elapsed() >= interval {
+                        // The window still filling ends one slide after the last final one.
+                        state.preview(limit - limit % spec.slide + spec.slide, &mut out);
+                        last_preview = Instant::now();
+                        unpreviewed = false;
+                    } else if unpreviewed {
+                        activator.activate_after(interval);
+                    }
+                }
                 if let Some(cap) = held.get() {
                     // Group by window so each goes out at its own time, `window_end − slide`.
                     let mut start = 0;
@@ -329,7 +463,7 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
                             .iter()
                             .position(|s| s.window_end != window_end)
                             .map_or(out.len(), |offset| start + offset);
-                        let time = window_end - spec.slide;
+                        let time = (window_end - spec.slide).max(*cap.time());
                         output
                             .session(&cap.delayed(&time))
                             .give_iterator(out[start..end].iter().cloned());

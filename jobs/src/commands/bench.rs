@@ -162,7 +162,7 @@ fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64>
                 .clone()
                 .map(move |event: Event| event.ts - event.ts % slide + slide);
             stream
-                .window_stats(spec)
+                .window_stats(spec, None)
                 .rankings(horizon, ranking)
                 .probe()
                 .0

@@ -47,8 +47,7 @@ pub fn replay_file(
             input.display()
         )
     })?;
-    let mut sources_by_worker: SourcesByWorker =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     sources_by_worker[0].push(Box::new(file));
     let started = Instant::now();
     let output = replay(config, sources_by_worker, &GraphOptions::default())?;

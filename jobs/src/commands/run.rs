@@ -43,6 +43,8 @@ pub enum SinkMessage {
     DeadLetters(Vec<DeadLetter>),
     /// Valid records as received.
     Raw(Vec<RawValid>),
+    /// Rankings and related lists for the live view.
+    Live(Vec<LiveUpdate>),
 }
 
 /// Batches buffered between the workers and the sink before the workers wait.
@@ -119,7 +121,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         ));
     }
     let metrics = Arc::new(Metrics::new());
-    let serving = Arc::new(ServingState::for_config(&config.semantics));
+    let serving = Arc::new(ServingState::new());
     let stats = Arc::new(JobStats::default());
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -190,6 +192,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let semantics = config.semantics.clone();
     let options = GraphOptions {
         keep_raw: config.sinks.archive,
+        live_interval: Some(config.serve.live_interval.into()),
     };
     let workers = config.runtime.workers;
     let worker_stats = Arc::clone(&stats);
@@ -215,7 +218,8 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                         sender.clone(),
                         SinkMessage::DeadLetters,
                     );
-                    forward(outputs.raw, sender, SinkMessage::Raw);
+                    forward(outputs.raw, sender.clone(), SinkMessage::Raw);
+                    forward(outputs.live, sender, SinkMessage::Live);
                 });
             });
             match result {
@@ -277,9 +281,6 @@ fn sink_loop(
                         archive.write_feature(feature)?;
                     }
                     metrics.record_feature(feature);
-                    if let Some(update) = live_update(feature) {
-                        serving.apply(update);
-                    }
                 }
             }
             Ok(SinkMessage::DeadLetters(letters)) => {
@@ -294,6 +295,11 @@ fn sink_loop(
                     for record in &records {
                         archive.write_raw(&record.portal, record.ts, &record.bytes)?;
                     }
+                }
+            }
+            Ok(SinkMessage::Live(updates)) => {
+                for update in updates {
+                    serving.apply(update);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -339,32 +345,6 @@ fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metric
     }
     metrics.set_live_keys(stats.open_sessions.load(Ordering::Relaxed));
     *previous = now;
-}
-
-/// The serving-layer view of a final feature.
-pub fn live_update(feature: &Feature) -> Option<LiveUpdate> {
-    use pageflow_dataflow::features::RankingKind;
-    match feature {
-        Feature::Popular(ranking) | Feature::Trending(ranking) => Some(LiveUpdate::Ranking {
-            kind: if matches!(feature, Feature::Popular(_)) {
-                RankingKind::Popular
-            } else {
-                RankingKind::Trending
-            },
-            portal: ranking.portal.clone(),
-            window_end: ranking.window_end,
-            watermark: ranking.window_end,
-            is_final: true,
-            items: ranking.items.clone(),
-        }),
-        Feature::Related(related) => Some(LiveUpdate::Related {
-            portal: related.portal.clone(),
-            article_id: related.article_id.clone(),
-            window_end: related.window_end,
-            items: related.items.clone(),
-        }),
-        Feature::Session(_) => None,
-    }
 }
 
 /// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.

@@ -488,7 +488,7 @@ mod tests {
     /// A state with g1 (popular: final 15 items; trending: final then newer provisional), and
     /// related lists for g1/a00 and g1/a01 (empty).
     fn setup() -> (Router, Arc<ServingState>, Arc<Metrics>) {
-        let state = Arc::new(ServingState::new(60 * MIN));
+        let state = Arc::new(ServingState::new());
         let metrics = Arc::new(Metrics::new());
         let ids = articles(15);
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();

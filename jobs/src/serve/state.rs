@@ -20,7 +20,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
 use pageflow_dataflow::live::LiveUpdate;
 
@@ -120,36 +119,17 @@ impl RankingSlot {
 
 /// The latest live rankings and related lists; shared as `Arc<ServingState>` between the dataflow
 /// (writer) and the HTTP handlers (readers).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ServingState {
-    /// Length of the popular/trending window, to derive `window_start`.
-    trending_window_ms: u64,
     rankings: RwLock<HashMap<(String, RankingKind), RankingSlot>>,
     /// portal → article → latest related list.
     related: RwLock<HashMap<String, HashMap<String, Arc<Related>>>>,
 }
 
-impl Default for ServingState {
-    /// An empty state for the default `trending_window`.
-    fn default() -> Self {
-        Self::new(SemanticsConfig::default().trending_window.ms())
-    }
-}
-
 impl ServingState {
-    /// An empty state; `trending_window_ms` is the configured `trending_window` (rankings are
-    /// pushed with their window end only, the start is `window_end − trending_window_ms`).
-    pub fn new(trending_window_ms: u64) -> Self {
-        ServingState {
-            trending_window_ms,
-            rankings: RwLock::new(HashMap::new()),
-            related: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// An empty state for the windows of `config`.
-    pub fn for_config(config: &SemanticsConfig) -> Self {
-        Self::new(config.trending_window.ms())
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Takes in one update from the dataflow. Out-of-order updates (an older window than the one
@@ -159,6 +139,7 @@ impl ServingState {
             LiveUpdate::Ranking {
                 kind,
                 portal,
+                window_start,
                 window_end,
                 watermark,
                 is_final,
@@ -166,7 +147,7 @@ impl ServingState {
             } => {
                 let ranking = Arc::new(Ranking {
                     kind,
-                    window_start: window_end.saturating_sub(self.trending_window_ms),
+                    window_start,
                     portal,
                     window_end,
                     watermark,
@@ -275,6 +256,7 @@ pub(crate) mod tests {
         LiveUpdate::Ranking {
             kind,
             portal: portal.to_string(),
+            window_start: window_end.saturating_sub(60 * 60_000),
             window_end,
             watermark,
             is_final,
@@ -317,7 +299,7 @@ pub(crate) mod tests {
 
     #[test]
     fn final_then_newer_provisional_then_final() {
-        let state = ServingState::new(60 * MIN);
+        let state = ServingState::new();
         assert!(state.ranking("g1", RankingKind::Popular).is_none());
         state.apply(ranking(
             RankingKind::Popular,
@@ -372,7 +354,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stale_updates_are_ignored() {
-        let state = ServingState::new(60 * MIN);
+        let state = ServingState::new();
         state.apply(ranking(
             RankingKind::Trending,
             "g1",
@@ -440,7 +422,7 @@ pub(crate) mod tests {
 
     #[test]
     fn provisional_only_and_window_start_saturates() {
-        let state = ServingState::new(60 * MIN);
+        let state = ServingState::new();
         state.apply(ranking(RankingKind::Popular, "g2", MIN, 0, false, &["a"]));
         let r = state
             .ranking("g2", RankingKind::Popular)
