@@ -6,6 +6,14 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
+/// The hash map of operator state: a fast hasher with a per-process random seed (keys are
+/// reader-controlled strings, so a fixed-seed hasher would invite collision floods). Nothing may
+/// depend on its iteration order.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The hash set counterpart of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// A stable 64-bit hash of a sequence of byte strings.
 pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut hasher = Xxh3::new();

@@ -17,7 +17,7 @@
 //!
 //! [`WindowStats`]: super::window_stats::WindowStats
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -27,6 +27,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 
 use crate::features::{Feature, RelatedItem};
+use crate::ids::{FastMap, FastSet};
 use crate::score::related_score;
 
 use super::cooccurrence::ArticlePair;
@@ -80,26 +81,31 @@ struct PairWindow {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ArticleRelated {
-    partners: HashMap<String, PairWindow>,
+    partners: FastMap<String, PairWindow>,
+    /// The list as last computed (see `stale`).
     current: Vec<RelatedItem>,
+    /// Something changed since `current` was computed; it is recomputed before it can be emitted.
+    stale: bool,
     last_emitted: Vec<RelatedItem>,
     last_emitted_at: Option<u64>,
+    /// The window at which a list that differs, but was throttled, may be emitted.
+    wakeup: Option<u64>,
 }
 
 /// The co-occurrence windows and related lists of the articles routed to one worker.
 #[derive(Clone, Debug)]
 pub struct RelatedState {
     spec: RelatedSpec,
-    articles: HashMap<ArticleKey, ArticleRelated>,
+    articles: FastMap<ArticleKey, ArticleRelated>,
     /// Window end → pairs whose bucket enters or leaves then.
     visits: BTreeMap<u64, Vec<(ArticleKey, String)>>,
     /// Window end → articles whose throttled list may be emitted then.
     wakeups: BTreeMap<u64, Vec<ArticleKey>>,
-    /// Views of every article (all workers') in the current window.
-    views: HashMap<ArticleKey, u64>,
+    /// Views of every article (all workers') in the current window: portal → article → views.
+    views: FastMap<String, FastMap<String, u64>>,
     views_stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
     /// Partner `b` → local articles `a` for which `b` is qualified (`cooc ≥ min_support`).
-    qualified_by_partner: HashMap<ArticleKey, HashSet<String>>,
+    qualified_by_partner: FastMap<ArticleKey, FastSet<String>>,
     /// The last window processed.
     processed_until: Option<u64>,
     horizon: u64,
@@ -110,12 +116,12 @@ impl RelatedState {
     pub fn new(spec: RelatedSpec) -> Self {
         RelatedState {
             spec,
-            articles: HashMap::new(),
+            articles: FastMap::default(),
             visits: BTreeMap::new(),
             wakeups: BTreeMap::new(),
-            views: HashMap::new(),
+            views: FastMap::default(),
             views_stash: BTreeMap::new(),
-            qualified_by_partner: HashMap::new(),
+            qualified_by_partner: FastMap::default(),
             processed_until: None,
             horizon: 0,
         }
@@ -188,17 +194,29 @@ impl RelatedState {
     pub fn finish(&mut self, last_window: u64, out: &mut Vec<Feature>) {
         self.advance(last_window, out);
         let start = last_window.saturating_sub(self.spec.window);
-        let mut keys: Vec<&ArticleKey> = self.articles.keys().collect();
+        let mut keys: Vec<ArticleKey> = self.articles.keys().cloned().collect();
         keys.sort();
         for key in keys {
-            let article = &self.articles[key];
-            if article.current != article.last_emitted {
+            let Some(article) = self.articles.get(&key) else {
+                continue;
+            };
+            // A throttled list may have changed since it was last computed.
+            let current = if article.stale {
+                self.compute(&key)
+            } else {
+                article.current.clone()
+            };
+            if self
+                .articles
+                .get(&key)
+                .is_some_and(|article| current != article.last_emitted)
+            {
                 out.push(Feature::related(
                     &key.0,
                     &key.1,
                     start,
                     last_window,
-                    article.current.clone(),
+                    current,
                 ));
             }
         }
@@ -215,22 +233,27 @@ impl RelatedState {
             window,
             slide,
             min_support,
+            interval,
             ..
         } = self.spec;
-        let mut dirty: BTreeSet<ArticleKey> = BTreeSet::new();
+        let mut dirty: Vec<ArticleKey> = Vec::new();
 
         for stats in self.views_stash.remove(&window_end).unwrap_or_default() {
-            let key = (stats.portal, stats.article_id);
+            let portal_views = self.views.entry(stats.portal.clone()).or_default();
             if stats.views == 0 {
-                self.views.remove(&key);
+                portal_views.remove(&stats.article_id);
+                if portal_views.is_empty() {
+                    self.views.remove(&stats.portal);
+                }
             } else {
-                self.views.insert(key.clone(), stats.views);
+                portal_views.insert(stats.article_id.clone(), stats.views);
             }
+            let key = (stats.portal, stats.article_id);
             if let Some(articles) = self.qualified_by_partner.get(&key) {
                 dirty.extend(articles.iter().map(|a| (key.0.clone(), a.clone())));
             }
             if self.articles.contains_key(&key) {
-                dirty.insert(key);
+                dirty.push(key);
             }
         }
 
@@ -257,39 +280,50 @@ impl RelatedState {
                 }
             }
             let qualified = pair.count >= min_support;
-            let partner_key = (key.0.clone(), partner.clone());
-            if qualified && !was_qualified {
-                self.qualified_by_partner
-                    .entry(partner_key)
-                    .or_default()
-                    .insert(key.1.clone());
-            } else if was_qualified
-                && !qualified
-                && let Some(set) = self.qualified_by_partner.get_mut(&partner_key)
-            {
-                set.remove(&key.1);
-                if set.is_empty() {
-                    self.qualified_by_partner.remove(&partner_key);
-                }
-            }
             if pair.count == 0 && pair.pending.is_empty() {
                 article.partners.remove(&partner);
             }
-            dirty.insert(key);
+            if qualified != was_qualified {
+                let partner_key = (key.0.clone(), partner);
+                if qualified {
+                    self.qualified_by_partner
+                        .entry(partner_key)
+                        .or_default()
+                        .insert(key.1.clone());
+                } else if let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
+                    set.remove(&key.1);
+                    if set.is_empty() {
+                        self.qualified_by_partner.remove(&partner_key);
+                    }
+                }
+            }
+            dirty.push(key);
         }
 
         dirty.extend(self.wakeups.remove(&window_end).unwrap_or_default());
+        dirty.sort_unstable();
+        dirty.dedup();
 
         for key in dirty {
+            let Some(article) = self.articles.get_mut(&key) else {
+                continue;
+            };
+            if article.wakeup.is_some_and(|due| window_end < due) {
+                // Already differs and throttled: only its value at the wake-up matters (N17).
+                article.stale = true;
+                continue;
+            }
+            article.wakeup = None;
             let current = self.compute(&key);
             let Some(article) = self.articles.get_mut(&key) else {
                 continue;
             };
             article.current = current;
+            article.stale = false;
             if article.current != article.last_emitted {
                 let due = article
                     .last_emitted_at
-                    .map_or(window_end, |at| at + self.spec.interval);
+                    .map_or(window_end, |at| at + interval);
                 if window_end >= due {
                     out.push(Feature::related(
                         &key.0,
@@ -301,6 +335,7 @@ impl RelatedState {
                     article.last_emitted = article.current.clone();
                     article.last_emitted_at = Some(window_end);
                 } else {
+                    article.wakeup = Some(due);
                     self.wakeups.entry(due).or_default().push(key.clone());
                 }
             }
@@ -320,7 +355,10 @@ impl RelatedState {
         let Some(article) = self.articles.get(key) else {
             return Vec::new();
         };
-        let Some(&views_a) = self.views.get(key) else {
+        let Some(portal_views) = self.views.get(&key.0) else {
+            return Vec::new();
+        };
+        let Some(&views_a) = portal_views.get(&key.1) else {
             return Vec::new();
         };
         let mut items: Vec<RelatedItem> = article
@@ -328,7 +366,7 @@ impl RelatedState {
             .iter()
             .filter(|(_, pair)| pair.count >= min_support)
             .filter_map(|(partner, pair)| {
-                let views_b = *self.views.get(&(key.0.clone(), partner.clone()))?;
+                let views_b = *portal_views.get(partner)?;
                 Some(RelatedItem {
                     article_id: partner.clone(),
                     cooc: pair.count,

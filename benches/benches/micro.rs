@@ -1,0 +1,60 @@
+//! Micro benchmarks of the hot paths: validation of one record, an incremental top-N update, and a
+//! sessionize insert + advance.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pageflow_dataflow::event::{Event, validate};
+use pageflow_dataflow::operators::sessionize::SessionizeState;
+use pageflow_dataflow::operators::top_n::{Descending, TopN};
+use std::hint::black_box;
+
+const RECORD: &[u8] = br#"{"event_id":"7f1c2a9e-0001","portal":"g1","user_id":"u-48213","article_id":"g1/politica/2026/11/23/eleicao-resultado","ts":1795435200000,"dwell_ms":42000,"scroll_pct":80,"clicks":1,"device":"mobile"}"#;
+
+fn validation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validate");
+    group.throughput(Throughput::Bytes(RECORD.len() as u64));
+    group.bench_function("schema example record", |b| {
+        b.iter(|| validate(black_box(RECORD)).is_ok())
+    });
+    group.finish();
+}
+
+fn top_n(c: &mut Criterion) {
+    let mut ranking: TopN<u32, Descending<u64>> = TopN::default();
+    for article in 0..2_000u32 {
+        ranking.upsert(article, Descending(u64::from(article % 97)));
+    }
+    let mut step = 0u64;
+    c.bench_function("top_n upsert among 2000 + read top 50", |b| {
+        b.iter(|| {
+            step += 1;
+            ranking.upsert((step % 2_000) as u32, Descending(step % 1_000));
+            black_box(ranking.top(50).count())
+        })
+    });
+}
+
+fn sessionize(c: &mut Criterion) {
+    c.bench_function("sessionize 10k events of 1k users", |b| {
+        b.iter(|| {
+            let mut state = SessionizeState::new(30 * 60_000);
+            for n in 0..10_000u64 {
+                state.insert(Event {
+                    event_id: format!("e{n}"),
+                    portal: "g1".into(),
+                    user_id: format!("u{}", n % 1_000),
+                    article_id: format!("a{}", n % 300),
+                    ts: 1_795_435_200_000 + n * 100,
+                    dwell_ms: 0,
+                    scroll_pct: 0,
+                    clicks: 0,
+                });
+            }
+            let mut out = Vec::new();
+            state.advance(u64::MAX, &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, validation, top_n, sessionize);
+criterion_main!(benches);
