@@ -1,6 +1,11 @@
 //! The `pageflow` command line.
 
 use std::path::PathBuf;
+
+// The operators allocate many small strings and maps across worker threads; glibc's allocator
+// spent a large share of the time consolidating and splitting chunks (see README, Benchmarks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Result;

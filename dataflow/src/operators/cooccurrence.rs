@@ -22,7 +22,8 @@
 //! assert_eq!(pairs, [("a".into(), "b".into()), ("a".into(), "c".into()), ("b".into(), "c".into())]);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use crate::ids::FastMap;
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -88,7 +89,7 @@ impl RecentArticles {
 /// The recent articles of every open session on one worker.
 #[derive(Clone, Debug, Default)]
 pub struct CooccurrenceState {
-    sessions: HashMap<UserKey, RecentArticles>,
+    sessions: FastMap<UserKey, RecentArticles>,
 }
 
 impl CooccurrenceState {

@@ -10,7 +10,7 @@
 //! reaches `ts + dedup_window`, since every later event has `ts` at or after the frontier and so is
 //! at least `dedup_window` away. State is therefore bounded by the ids of one window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -19,14 +19,14 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::event::Event;
-use crate::ids::hash_str;
+use crate::ids::{FastMap, hash_str};
 use crate::stats::JobStats;
 
 /// The remembered ids of accepted events and when each may be forgotten.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DedupState {
     /// `event_id` → `ts` of the accepted events with that id (usually one).
-    accepted: HashMap<String, Vec<u64>>,
+    accepted: FastMap<String, Vec<u64>>,
     /// `ts + dedup_window` → ids to forget then.
     expiries: BTreeMap<u64, Vec<String>>,
 }

@@ -7,14 +7,14 @@
 //! the window (`docs/semantics-notes.md` N12–N14), even when nothing changed since the last window.
 //! At the end of input, windows stop at the event horizon (N9).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::features::{Feature, RankedItem, RankingKind};
-use crate::ids::hash_str;
+use crate::ids::{FastMap, hash_str};
 use crate::live::LiveUpdate;
 use crate::score::trending_score;
 
@@ -37,7 +37,7 @@ pub struct RankingSpec {
 
 #[derive(Clone, Debug, Default)]
 struct PortalRankings {
-    stats: HashMap<String, ArticleWindowStats>,
+    stats: FastMap<String, ArticleWindowStats>,
     popular: TopN<String, Descending<u64>>,
     trending: TopN<String, Descending<OrderedScore>>,
 }
@@ -104,7 +104,7 @@ pub struct RankingsState {
     /// The end of the last window holding an event, over all workers.
     horizon: u64,
     /// Per portal, the window still filling and the provisional statistics received for it.
-    provisional: BTreeMap<String, (u64, HashMap<String, ArticleWindowStats>)>,
+    provisional: BTreeMap<String, (u64, FastMap<String, ArticleWindowStats>)>,
     /// Portals whose provisional ranking changed since it was last pushed.
     provisional_dirty: BTreeSet<String>,
 }
@@ -147,9 +147,9 @@ impl RankingsState {
         let entry = self
             .provisional
             .entry(stats.portal.clone())
-            .or_insert_with(|| (stats.window_end, HashMap::new()));
+            .or_insert_with(|| (stats.window_end, FastMap::default()));
         if stats.window_end > entry.0 {
-            *entry = (stats.window_end, HashMap::new());
+            *entry = (stats.window_end, FastMap::default());
         }
         if stats.window_end == entry.0 {
             self.provisional_dirty.insert(stats.portal.clone());

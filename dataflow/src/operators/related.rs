@@ -75,13 +75,47 @@ pub enum RelatedSideInput {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct PairWindow {
     count: u64,
-    pending: BTreeMap<u64, u64>,
+    /// `(tick, count)` of buckets not entered yet; a handful at most, so a vector beats a map.
+    pending: Vec<(u64, u64)>,
     entered: VecDeque<(u64, u64)>,
+}
+
+/// A worker's article keys as small integers, so that per-window work hashes and copies `u32`s.
+#[derive(Clone, Debug, Default)]
+struct ArticleIds {
+    /// portal → article → id (nested so that lookups by `&str` allocate nothing).
+    ids: FastMap<String, FastMap<String, u32>>,
+    keys: Vec<ArticleKey>,
+}
+
+impl ArticleIds {
+    fn intern(&mut self, portal: &str, article: &str) -> u32 {
+        if let Some(&id) = self
+            .ids
+            .get(portal)
+            .and_then(|articles| articles.get(article))
+        {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push((portal.to_string(), article.to_string()));
+        self.ids
+            .entry(portal.to_string())
+            .or_default()
+            .insert(article.to_string(), id);
+        id
+    }
+
+    fn key(&self, id: u32) -> &ArticleKey {
+        &self.keys[id as usize]
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ArticleRelated {
-    partners: FastMap<String, PairWindow>,
+    partners: FastMap<u32, PairWindow>,
+    /// Partners with `cooc ≥ min_support`: the only candidates for the list.
+    qualified: FastSet<u32>,
     /// The list as last computed (see `stale`).
     current: Vec<RelatedItem>,
     /// Something changed since `current` was computed; it is recomputed before it can be emitted.
@@ -96,16 +130,17 @@ struct ArticleRelated {
 #[derive(Clone, Debug)]
 pub struct RelatedState {
     spec: RelatedSpec,
-    articles: FastMap<ArticleKey, ArticleRelated>,
-    /// Window end → pairs whose bucket enters or leaves then.
-    visits: BTreeMap<u64, Vec<(ArticleKey, String)>>,
+    ids: ArticleIds,
+    articles: FastMap<u32, ArticleRelated>,
+    /// Window end → `(article, partner)` pairs whose bucket enters or leaves then.
+    visits: BTreeMap<u64, Vec<(u32, u32)>>,
     /// Window end → articles whose throttled list may be emitted then.
-    wakeups: BTreeMap<u64, Vec<ArticleKey>>,
-    /// Views of every article (all workers') in the current window: portal → article → views.
-    views: FastMap<String, FastMap<String, u64>>,
+    wakeups: BTreeMap<u64, Vec<u32>>,
+    /// Views of every article (all workers') in the current window.
+    views: FastMap<u32, u64>,
     views_stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
-    /// Partner `b` → local articles `a` for which `b` is qualified (`cooc ≥ min_support`).
-    qualified_by_partner: FastMap<ArticleKey, FastSet<String>>,
+    /// Partner `b` → local articles `a` for which `b` is qualified.
+    qualified_by_partner: FastMap<u32, FastSet<u32>>,
     /// The last window processed.
     processed_until: Option<u64>,
     horizon: u64,
@@ -116,6 +151,7 @@ impl RelatedState {
     pub fn new(spec: RelatedSpec) -> Self {
         RelatedState {
             spec,
+            ids: ArticleIds::default(),
             articles: FastMap::default(),
             visits: BTreeMap::new(),
             wakeups: BTreeMap::new(),
@@ -131,18 +167,27 @@ impl RelatedState {
     pub fn insert_pair(&mut self, pair: DirectedPair) {
         let RelatedSpec { window, slide, .. } = self.spec;
         let tick = pair.ts - pair.ts % slide;
-        let key = (pair.portal, pair.article_id);
-        let article = self.articles.entry(key.clone()).or_default();
-        let partner = article.partners.entry(pair.partner.clone()).or_default();
-        let count = partner.pending.entry(tick).or_default();
-        *count += 1;
-        if *count == 1 {
+        let article_id = self.ids.intern(&pair.portal, &pair.article_id);
+        let partner_id = self.ids.intern(&pair.portal, &pair.partner);
+        let article = self.articles.entry(article_id).or_default();
+        let pending = &mut article.partners.entry(partner_id).or_default().pending;
+        let new_bucket = match pending.iter_mut().find(|(bucket, _)| *bucket == tick) {
+            Some((_, count)) => {
+                *count += 1;
+                false
+            }
+            None => {
+                pending.push((tick, 1));
+                true
+            }
+        };
+        if new_bucket {
             let enter = tick + slide;
             for time in [enter, enter + window] {
                 self.visits
                     .entry(time)
                     .or_default()
-                    .push((key.clone(), pair.partner.clone()));
+                    .push((article_id, partner_id));
             }
         }
     }
@@ -194,38 +239,28 @@ impl RelatedState {
     pub fn finish(&mut self, last_window: u64, out: &mut Vec<Feature>) {
         self.advance(last_window, out);
         let start = last_window.saturating_sub(self.spec.window);
-        let mut keys: Vec<ArticleKey> = self.articles.keys().cloned().collect();
-        keys.sort();
-        for key in keys {
-            let Some(article) = self.articles.get(&key) else {
-                continue;
-            };
+        for (&id, article) in &self.articles {
             // A throttled list may have changed since it was last computed.
             let current = if article.stale {
-                self.compute(&key)
+                self.compute(id)
             } else {
                 article.current.clone()
             };
-            if self
-                .articles
-                .get(&key)
-                .is_some_and(|article| current != article.last_emitted)
-            {
+            if current != article.last_emitted {
+                let (portal, article_id) = self.ids.key(id);
                 out.push(Feature::related(
-                    &key.0,
-                    &key.1,
+                    portal,
+                    article_id,
                     start,
                     last_window,
                     current,
                 ));
             }
         }
-        self.articles.clear();
-        self.visits.clear();
-        self.wakeups.clear();
-        self.views.clear();
-        self.views_stash.clear();
-        self.qualified_by_partner.clear();
+        *self = RelatedState {
+            horizon: self.horizon,
+            ..RelatedState::new(self.spec)
+        };
     }
 
     fn process(&mut self, window_end: u64, out: &mut Vec<Feature>) {
@@ -236,37 +271,35 @@ impl RelatedState {
             interval,
             ..
         } = self.spec;
-        let mut dirty: Vec<ArticleKey> = Vec::new();
+        let mut dirty: Vec<u32> = Vec::new();
 
         for stats in self.views_stash.remove(&window_end).unwrap_or_default() {
-            let portal_views = self.views.entry(stats.portal.clone()).or_default();
+            let id = self.ids.intern(&stats.portal, &stats.article_id);
             if stats.views == 0 {
-                portal_views.remove(&stats.article_id);
-                if portal_views.is_empty() {
-                    self.views.remove(&stats.portal);
-                }
+                self.views.remove(&id);
             } else {
-                portal_views.insert(stats.article_id.clone(), stats.views);
+                self.views.insert(id, stats.views);
             }
-            let key = (stats.portal, stats.article_id);
-            if let Some(articles) = self.qualified_by_partner.get(&key) {
-                dirty.extend(articles.iter().map(|a| (key.0.clone(), a.clone())));
+            if let Some(articles) = self.qualified_by_partner.get(&id) {
+                dirty.extend(articles.iter().copied());
             }
-            if self.articles.contains_key(&key) {
-                dirty.push(key);
+            if self.articles.contains_key(&id) {
+                dirty.push(id);
             }
         }
 
         let window_start = window_end.saturating_sub(window);
-        for (key, partner) in self.visits.remove(&window_end).unwrap_or_default() {
-            let Some(article) = self.articles.get_mut(&key) else {
+        for (id, partner) in self.visits.remove(&window_end).unwrap_or_default() {
+            let Some(article) = self.articles.get_mut(&id) else {
                 continue;
             };
             let Some(pair) = article.partners.get_mut(&partner) else {
                 continue;
             };
             let was_qualified = pair.count >= min_support;
-            if let Some(count) = pair.pending.remove(&(window_end - slide)) {
+            let entering = window_end - slide;
+            if let Some(position) = pair.pending.iter().position(|(tick, _)| *tick == entering) {
+                let (_, count) = pair.pending.swap_remove(position);
                 pair.count += count;
                 pair.entered.push_back((window_end - slide, count));
             }
@@ -283,29 +316,30 @@ impl RelatedState {
             if pair.count == 0 && pair.pending.is_empty() {
                 article.partners.remove(&partner);
             }
-            if qualified != was_qualified {
-                let partner_key = (key.0.clone(), partner);
-                if qualified {
-                    self.qualified_by_partner
-                        .entry(partner_key)
-                        .or_default()
-                        .insert(key.1.clone());
-                } else if let Some(set) = self.qualified_by_partner.get_mut(&partner_key) {
-                    set.remove(&key.1);
+            if qualified && !was_qualified {
+                article.qualified.insert(partner);
+                self.qualified_by_partner
+                    .entry(partner)
+                    .or_default()
+                    .insert(id);
+            } else if was_qualified && !qualified {
+                article.qualified.remove(&partner);
+                if let Some(set) = self.qualified_by_partner.get_mut(&partner) {
+                    set.remove(&id);
                     if set.is_empty() {
-                        self.qualified_by_partner.remove(&partner_key);
+                        self.qualified_by_partner.remove(&partner);
                     }
                 }
             }
-            dirty.push(key);
+            dirty.push(id);
         }
 
         dirty.extend(self.wakeups.remove(&window_end).unwrap_or_default());
         dirty.sort_unstable();
         dirty.dedup();
 
-        for key in dirty {
-            let Some(article) = self.articles.get_mut(&key) else {
+        for id in dirty {
+            let Some(article) = self.articles.get_mut(&id) else {
                 continue;
             };
             if article.wakeup.is_some_and(|due| window_end < due) {
@@ -314,8 +348,8 @@ impl RelatedState {
                 continue;
             }
             article.wakeup = None;
-            let current = self.compute(&key);
-            let Some(article) = self.articles.get_mut(&key) else {
+            let current = self.compute(id);
+            let Some(article) = self.articles.get_mut(&id) else {
                 continue;
             };
             article.current = current;
@@ -325,9 +359,10 @@ impl RelatedState {
                     .last_emitted_at
                     .map_or(window_end, |at| at + interval);
                 if window_end >= due {
+                    let (portal, article_id) = self.ids.key(id);
                     out.push(Feature::related(
-                        &key.0,
-                        &key.1,
+                        portal,
+                        article_id,
                         window_start,
                         window_end,
                         article.current.clone(),
@@ -336,41 +371,36 @@ impl RelatedState {
                     article.last_emitted_at = Some(window_end);
                 } else {
                     article.wakeup = Some(due);
-                    self.wakeups.entry(due).or_default().push(key.clone());
+                    self.wakeups.entry(due).or_default().push(id);
                 }
             }
             if article.partners.is_empty()
                 && article.current.is_empty()
                 && article.last_emitted.is_empty()
             {
-                self.articles.remove(&key);
+                self.articles.remove(&id);
             }
         }
     }
 
-    fn compute(&self, key: &ArticleKey) -> Vec<RelatedItem> {
-        let RelatedSpec {
-            top_n, min_support, ..
-        } = self.spec;
-        let Some(article) = self.articles.get(key) else {
+    fn compute(&self, id: u32) -> Vec<RelatedItem> {
+        let RelatedSpec { top_n, .. } = self.spec;
+        let Some(article) = self.articles.get(&id) else {
             return Vec::new();
         };
-        let Some(portal_views) = self.views.get(&key.0) else {
-            return Vec::new();
-        };
-        let Some(&views_a) = portal_views.get(&key.1) else {
+        let Some(&views_a) = self.views.get(&id) else {
             return Vec::new();
         };
         let mut items: Vec<RelatedItem> = article
-            .partners
+            .qualified
             .iter()
-            .filter(|(_, pair)| pair.count >= min_support)
-            .filter_map(|(partner, pair)| {
-                let views_b = *portal_views.get(partner)?;
+            .filter_map(|partner| {
+                let views_b = *self.views.get(partner)?;
+                let cooc = article.partners.get(partner)?.count;
                 Some(RelatedItem {
-                    article_id: partner.clone(),
-                    cooc: pair.count,
-                    score: related_score(pair.count, views_a, views_b),
+                    article_id: self.ids.key(*partner).1.clone(),
+                    cooc,
+                    score: related_score(cooc, views_a, views_b),
                 })
             })
             .collect();

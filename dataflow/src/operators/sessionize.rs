@@ -32,7 +32,7 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -43,7 +43,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::event::Event;
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
-use crate::ids::stable_hash;
+use crate::ids::{FastMap, FastSet, stable_hash};
 use crate::stats::JobStats;
 
 /// One output of sessionize.
@@ -104,30 +104,36 @@ struct OpenSession {
     start_ts: u64,
     last_ts: u64,
     views: u64,
-    distinct: HashSet<String>,
+    distinct: FastSet<String>,
     articles: Vec<String>,
     dwell_ms_total: u64,
     clicks_total: u64,
     max_scroll_pct: u8,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct UserSessions {
-    /// Reads not yet final, by `(ts, event_id)`.
-    pending: BTreeMap<(u64, String), PendingRead>,
+    key: UserKey,
+    /// Reads not yet final, sorted by `(ts, event_id)` (a few at most: those within the
+    /// out-of-orderness bound, so a sorted vector beats a tree).
+    pending: Vec<((u64, String), PendingRead)>,
     open: Option<OpenSession>,
     /// The due time this user is queued under (stale queue entries are skipped).
     scheduled: Option<u64>,
 }
 
 /// All users' sessions on one worker, and when each needs attention.
+///
+/// Users live in slots of a vector so that the due-queue holds slot numbers, not keys.
 #[derive(Clone, Debug, Default)]
 pub struct SessionizeState {
     session_gap: u64,
-    users: HashMap<UserKey, UserSessions>,
+    slot_of: FastMap<UserKey, u32>,
+    slots: Vec<Option<UserSessions>>,
+    free_slots: Vec<u32>,
     open_sessions: usize,
-    /// `(due, user)`: the user has work once the frontier reaches `due`.
-    due: BinaryHeap<Reverse<(u64, UserKey)>>,
+    /// `(due, slot)`: the user in the slot has work once the frontier reaches `due`.
+    due: BinaryHeap<Reverse<(u64, u32)>>,
 }
 
 impl SessionizeState {
@@ -141,7 +147,7 @@ impl SessionizeState {
 
     /// Users with pending reads or an open session.
     pub fn users(&self) -> usize {
-        self.users.len()
+        self.slot_of.len()
     }
 
     /// Sessions currently open.
@@ -162,21 +168,53 @@ impl SessionizeState {
             clicks,
         } = event;
         let key = (portal, user_id);
-        let user = self.users.entry(key.clone()).or_default();
+        let slot = match self.slot_of.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let user = UserSessions {
+                    key: key.clone(),
+                    pending: Vec::new(),
+                    open: None,
+                    scheduled: None,
+                };
+                let slot = match self.free_slots.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some(user);
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some(user));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.slot_of.insert(key, slot);
+                slot
+            }
+        };
+        let Some(user) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let order = (ts, event_id);
+        let position = user
+            .pending
+            .partition_point(|(existing, _)| *existing < order);
         user.pending.insert(
-            (ts, event_id),
-            PendingRead {
-                article_id,
-                dwell_ms,
-                scroll_pct,
-                clicks,
-            },
+            position,
+            (
+                order,
+                PendingRead {
+                    article_id,
+                    dwell_ms,
+                    scroll_pct,
+                    clicks,
+                },
+            ),
         );
         // The read is final once the frontier passes ts, i.e. reaches ts + 1.
         let due = ts.saturating_add(1);
         if user.scheduled.is_none_or(|scheduled| due < scheduled) {
             user.scheduled = Some(due);
-            self.due.push(Reverse((due, key)));
+            self.due.push(Reverse((due, slot)));
         }
     }
 
@@ -187,10 +225,10 @@ impl SessionizeState {
             if *due > frontier {
                 break;
             }
-            let Some(Reverse((due, key))) = self.due.pop() else {
+            let Some(Reverse((due, slot))) = self.due.pop() else {
                 break;
             };
-            let Some(user) = self.users.get_mut(&key) else {
+            let Some(user) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
             if user.scheduled != Some(due) {
@@ -198,14 +236,13 @@ impl SessionizeState {
             }
             user.scheduled = None;
             let open_before = usize::from(user.open.is_some());
-            advance_user(&key, user, frontier, gap, out);
+            advance_user(user, frontier, gap, out);
             self.open_sessions =
                 self.open_sessions + usize::from(user.open.is_some()) - open_before;
             let next_due = user
                 .pending
-                .keys()
-                .next()
-                .map(|(ts, _)| ts.saturating_add(1))
+                .first()
+                .map(|((ts, _), _)| ts.saturating_add(1))
                 .into_iter()
                 .chain(
                     user.open
@@ -216,10 +253,13 @@ impl SessionizeState {
             match next_due {
                 Some(next) => {
                     user.scheduled = Some(next);
-                    self.due.push(Reverse((next, key)));
+                    self.due.push(Reverse((next, slot)));
                 }
                 None => {
-                    self.users.remove(&key);
+                    if let Some(user) = self.slots[slot as usize].take() {
+                        self.slot_of.remove(&user.key);
+                    }
+                    self.free_slots.push(slot);
                 }
             }
         }
@@ -227,18 +267,10 @@ impl SessionizeState {
 }
 
 /// Finalizes one user's reads below `frontier`.
-fn advance_user(
-    key: &UserKey,
-    user: &mut UserSessions,
-    frontier: u64,
-    gap: u64,
-    out: &mut Vec<SessionUpdate>,
-) {
-    while let Some(entry) = user.pending.first_entry() {
-        if entry.key().0 >= frontier {
-            break;
-        }
-        let ((ts, _event_id), read) = entry.remove_entry();
+fn advance_user(user: &mut UserSessions, frontier: u64, gap: u64, out: &mut Vec<SessionUpdate>) {
+    let key = &user.key;
+    let finals = user.pending.partition_point(|((ts, _), _)| *ts < frontier);
+    for ((ts, _event_id), read) in user.pending.drain(..finals) {
         let continues = user
             .open
             .as_ref()
@@ -250,7 +282,7 @@ fn advance_user(
             start_ts: ts,
             last_ts: ts,
             views: 0,
-            distinct: HashSet::new(),
+            distinct: FastSet::default(),
             articles: Vec::new(),
             dwell_ms_total: 0,
             clicks_total: 0,

@@ -16,8 +16,9 @@
 //! assert_eq!(top, ["a", "b"]); // equal scores: by key ascending
 //! ```
 
+use crate::ids::FastMap;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 
 /// Orders by the wrapped value, largest first.
@@ -64,14 +65,14 @@ impl Ord for OrderedScore {
 #[derive(Clone, Debug)]
 pub struct TopN<K, R> {
     order: BTreeSet<(R, K)>,
-    ranks: HashMap<K, R>,
+    ranks: FastMap<K, R>,
 }
 
 impl<K, R> Default for TopN<K, R> {
     fn default() -> Self {
         TopN {
             order: BTreeSet::new(),
-            ranks: HashMap::new(),
+            ranks: FastMap::default(),
         }
     }
 }

@@ -15,7 +15,7 @@
 //! forgotten). A record about window `T` travels at time `T − slide`, so a downstream operator knows
 //! window `T` is complete when its frontier reaches `T`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::event::Event;
-use crate::ids::{hash_str, stable_hash};
+use crate::ids::{FastMap, FastSet, hash_str, stable_hash};
 
 use super::held::HeldCapability;
 
@@ -103,7 +103,7 @@ struct ArticleWindow {
     recent: VecDeque<(u64, u64, Readers)>,
     recent_views: u64,
     /// user → (views, engaged views) in the recent part.
-    recent_users: HashMap<u64, (u32, u32)>,
+    recent_users: FastMap<u64, (u32, u32)>,
     distinct_users: u64,
     distinct_engaged: u64,
     /// The statistics last reported.
@@ -145,7 +145,7 @@ impl ArticleWindow {
 #[derive(Clone, Debug)]
 pub struct WindowStatsState {
     spec: WindowSpec,
-    articles: HashMap<ArticleKey, ArticleWindow>,
+    articles: FastMap<ArticleKey, ArticleWindow>,
     /// Window end → articles that must be visited then (a bucket enters, leaves the recent part,
     /// or leaves the window).
     visits: BTreeMap<u64, Vec<ArticleKey>>,
@@ -156,7 +156,7 @@ impl WindowStatsState {
     pub fn new(spec: WindowSpec) -> Self {
         WindowStatsState {
             spec,
-            articles: HashMap::new(),
+            articles: FastMap::default(),
             visits: BTreeMap::new(),
         }
     }
@@ -227,7 +227,7 @@ impl WindowStatsState {
         let Some(keys) = self.visits.get(&window_end) else {
             return;
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = FastSet::default();
         for key in keys {
             if !seen.insert(key) {
                 continue;
@@ -283,7 +283,7 @@ impl WindowStatsState {
         let recent_start = window_end.saturating_sub(recent);
         let mut recent_views = article.recent_views;
         // Per-user change of (views, engaged views) in the recent part.
-        let mut delta: HashMap<u64, (i64, i64)> = HashMap::new();
+        let mut delta: FastMap<u64, (i64, i64)> = FastMap::default();
         for (_, left_views, users) in article
             .recent
             .iter()

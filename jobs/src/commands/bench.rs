@@ -46,9 +46,17 @@ pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figu
     }
     let mut figures = Vec::new();
     let mut record = |name: String, value: f64, unit: &'static str| {
-        println!("{name:<48} {value:>14.0} {unit}");
+        println!("{name:<56} {value:>12.0} {unit}");
         figures.push(Figure { name, value, unit });
     };
+
+    // First, while the heap is still small, so that growth is the state's own.
+    let (keys, bytes) = bytes_per_session(200_000, config);
+    record(
+        format!("sessionize: bytes per open session ({keys} sessions)"),
+        bytes,
+        "bytes",
+    );
 
     let (records, seconds) = read_and_validate(&input)?;
     record(
@@ -58,6 +66,13 @@ pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figu
     );
 
     let events = load_events(&input)?;
+    for (stage, seconds) in stage_times(&events, config) {
+        record(
+            format!("stage alone: {stage}"),
+            events.len() as f64 / seconds,
+            "events/s",
+        );
+    }
     let seconds = counting_and_top_n(&events, config)?;
     record(
         "counting+top-N (1 worker)".into(),
@@ -77,12 +92,6 @@ pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figu
         );
     }
 
-    let (keys, bytes) = bytes_per_session(200_000, config);
-    record(
-        format!("sessionize state, bytes per open session ({keys} keys)"),
-        bytes,
-        "bytes",
-    );
     if let Some(peak) = peak_rss_bytes() {
         record(
             "peak RSS of the process".into(),
@@ -136,6 +145,152 @@ fn load_events(input: &Path) -> Result<Vec<Event>> {
         }
     }
     Ok(events)
+}
+
+/// Each stateful stage alone, single-threaded, on the events in file order, with the frontier
+/// advancing every 4096 events to the watermark as the job would (largest ts − 5 s, in ticks).
+fn stage_times(events: &[Event], config: &SemanticsConfig) -> Vec<(&'static str, f64)> {
+    use pageflow_dataflow::operators::cooccurrence::CooccurrenceState;
+    use pageflow_dataflow::operators::dedup::DedupState;
+    use pageflow_dataflow::operators::rankings::RankingsState;
+    use pageflow_dataflow::operators::related::{
+        DirectedPair, RelatedSideInput, RelatedSpec, RelatedState,
+    };
+    use pageflow_dataflow::operators::window_stats::WindowStatsState;
+
+    let slide = config.slide.ms();
+    let lag = config.max_out_of_orderness.ms();
+    let frontiers: Vec<u64> = {
+        let mut max = 0;
+        events
+            .chunks(4096)
+            .map(|chunk| {
+                max = chunk.iter().map(|e| e.ts).fold(max, u64::max);
+                let watermark = max.saturating_sub(lag);
+                watermark - watermark % slide
+            })
+            .collect()
+    };
+    let mut times = Vec::new();
+
+    let started = Instant::now();
+    let mut dedup = DedupState::default();
+    let mut accepted = Vec::with_capacity(events.len());
+    for (chunk, frontier) in events.chunks(4096).zip(&frontiers) {
+        for event in chunk {
+            if event.ts >= *frontier
+                && dedup.accept(&event.event_id, event.ts, config.dedup_window.ms())
+            {
+                accepted.push(event.clone());
+            }
+        }
+        dedup.expire(*frontier, config.dedup_window.ms());
+    }
+    times.push(("deduplicate", started.elapsed().as_secs_f64()));
+
+    let started = Instant::now();
+    let mut sessions = SessionizeState::new(config.session_gap.ms());
+    let mut updates = Vec::new();
+    for (chunk, frontier) in accepted.chunks(4096).zip(&frontiers) {
+        for event in chunk {
+            sessions.insert(event.clone());
+        }
+        sessions.advance(*frontier, &mut updates);
+    }
+    sessions.advance(u64::MAX, &mut updates);
+    times.push(("sessionize", started.elapsed().as_secs_f64()));
+
+    let started = Instant::now();
+    let mut cooc = CooccurrenceState::default();
+    let mut pairs = Vec::new();
+    for update in updates {
+        cooc.apply(update, config.cooc_recent, &mut pairs);
+    }
+    times.push(("co-occurrence", started.elapsed().as_secs_f64()));
+
+    let horizon = accepted
+        .iter()
+        .map(|e| e.ts - e.ts % slide + slide)
+        .max()
+        .unwrap_or(0);
+    let window_spec = |window: u64, recent| WindowSpec {
+        window,
+        slide,
+        recent,
+    };
+    let run_windows = |spec: WindowSpec| {
+        let mut state = WindowStatsState::new(spec);
+        let mut out = Vec::new();
+        for (chunk, frontier) in accepted.chunks(4096).zip(&frontiers) {
+            for event in chunk {
+                state.insert(event);
+            }
+            state.advance(*frontier, &mut out);
+        }
+        state.advance(horizon, &mut out);
+        out
+    };
+    let started = Instant::now();
+    let stats = run_windows(window_spec(
+        config.trending_window.ms(),
+        Some(config.trending_recent.ms()),
+    ));
+    times.push((
+        "window stats (1 h, recent users)",
+        started.elapsed().as_secs_f64(),
+    ));
+
+    let started = Instant::now();
+    let mut rankings = RankingsState::new(RankingSpec {
+        window: config.trending_window.ms(),
+        recent: config.trending_recent.ms(),
+        slide,
+        top_n: config.top_n,
+    });
+    let mut features = Vec::new();
+    rankings.observe_horizon(horizon);
+    for change in stats {
+        rankings.insert(change);
+    }
+    rankings.advance(horizon, &mut features);
+    times.push(("rankings (top-N)", started.elapsed().as_secs_f64()));
+
+    let started = Instant::now();
+    let views = run_windows(window_spec(config.cooc_window.ms(), None));
+    times.push(("window stats (24 h)", started.elapsed().as_secs_f64()));
+
+    let started = Instant::now();
+    let mut related = RelatedState::new(RelatedSpec {
+        window: config.cooc_window.ms(),
+        slide,
+        top_n: config.top_n,
+        min_support: config.cooc_min_support,
+        interval: config.related_interval.ms(),
+    });
+    for pair in pairs {
+        let (a, b) = (pair.article_a, pair.article_b);
+        related.insert_pair(DirectedPair {
+            portal: pair.portal.clone(),
+            article_id: a.clone(),
+            partner: b.clone(),
+            ts: pair.ts,
+        });
+        related.insert_pair(DirectedPair {
+            portal: pair.portal,
+            article_id: b,
+            partner: a,
+            ts: pair.ts,
+        });
+    }
+    for change in views {
+        related.insert_side(RelatedSideInput::Views(change));
+    }
+    related.insert_side(RelatedSideInput::Horizon(horizon));
+    let mut out = Vec::new();
+    related.finish(horizon, &mut out);
+    times.push(("related", started.elapsed().as_secs_f64()));
+    std::hint::black_box((&features, &out));
+    times
 }
 
 /// Window statistics and rankings alone, fed pre-parsed events in event-time order of ticks.
