@@ -270,7 +270,13 @@ impl SessionizeState {
 fn advance_user(user: &mut UserSessions, frontier: u64, gap: u64, out: &mut Vec<SessionUpdate>) {
     let key = &user.key;
     let finals = user.pending.partition_point(|((ts, _), _)| *ts < frontier);
-    for ((ts, _event_id), read) in user.pending.drain(..finals) {
+    let pending = if finals == user.pending.len() {
+        // All final: give the buffer back, most users wait minutes for their next read.
+        std::mem::take(&mut user.pending)
+    } else {
+        user.pending.drain(..finals).collect()
+    };
+    for ((ts, _event_id), read) in pending {
         let continues = user
             .open
             .as_ref()
