@@ -39,10 +39,10 @@ fn sessionize(c: &mut Criterion) {
             let mut state = SessionizeState::new(30 * 60_000);
             for n in 0..10_000u64 {
                 state.insert(Event {
-                    event_id: format!("e{n}"),
+                    event_id: format!("e{n}").into(),
                     portal: "g1".into(),
-                    user_id: format!("u{}", n % 1_000),
-                    article_id: format!("a{}", n % 300),
+                    user_id: format!("u{}", n % 1_000).into(),
+                    article_id: format!("a{}", n % 300).into(),
                     ts: 1_795_435_200_000 + n * 100,
                     dwell_ms: 0,
                     scroll_pct: 0,

@@ -1355,10 +1355,10 @@ impl SyntheticTraffic {
             }
         };
         Event {
-            event_id,
-            portal: catalogue.name.clone(),
-            user_id,
-            article_id,
+            event_id: event_id.into(),
+            portal: catalogue.name.as_str().into(),
+            user_id: user_id.into(),
+            article_id: article_id.into(),
             ts: draft.ts,
             dwell_ms: draft.dwell_ms,
             scroll_pct: draft.scroll_pct,
@@ -1796,7 +1796,7 @@ mod tests {
         let events = events(&config, 0, 100_000)?;
         let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
         let span_s = (max_ts - config.start_ts) as f64 / 1000.0;
-        let distinct: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let distinct: HashSet<&str> = events.iter().map(|e| &*e.event_id).collect();
         let expected_s = distinct.len() as f64 / config.simulated_events_per_second;
         assert!(
             (span_s - expected_s).abs() < 3.0,
@@ -1879,7 +1879,7 @@ mod tests {
                 .iter()
                 .all(|e| e.scroll_pct <= 100 && e.dwell_ms <= 1_800_000)
         );
-        let portals: HashSet<_> = events.iter().map(|e| e.portal.as_str()).collect();
+        let portals: HashSet<_> = events.iter().map(|e| &*e.portal).collect();
         assert_eq!(portals.len(), 3);
         Ok(())
     }
@@ -1902,7 +1902,7 @@ mod tests {
         let mut views: HashMap<&str, usize> = HashMap::new();
         for event in events
             .iter()
-            .filter(|e| e.portal == spike.portal && window.contains(&e.ts))
+            .filter(|e| *e.portal == *spike.portal && window.contains(&e.ts))
         {
             *views.entry(&event.article_id).or_default() += 1;
         }
@@ -1915,7 +1915,7 @@ mod tests {
             events
                 .iter()
                 .filter(|e| e.ts < spike.start_ts)
-                .all(|e| e.article_id != spike.article_id)
+                .all(|e| *e.article_id != *spike.article_id)
         );
         Ok(())
     }

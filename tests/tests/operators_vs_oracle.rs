@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::event::Id;
 use pageflow_dataflow::event::{Event, Reason};
 use pageflow_dataflow::features::{Feature, SessionFeature, sort_features};
 use pageflow_dataflow::operators::cooccurrence::CooccurrenceState;
@@ -128,10 +129,10 @@ fn input(base: u64, views: &[View], config: &SemanticsConfig) -> Input {
             _ => (0, 0),
         };
         accepted.push(Event {
-            event_id: format!("e{index}"),
-            portal: portals[usize::from(v.portal)].to_string(),
-            user_id: format!("u{}", v.user),
-            article_id: format!("a{}", v.article),
+            event_id: format!("e{index}").into(),
+            portal: portals[usize::from(v.portal)].into(),
+            user_id: format!("u{}", v.user).into(),
+            article_id: format!("a{}", v.article).into(),
             ts,
             dwell_ms,
             scroll_pct,
@@ -312,7 +313,7 @@ fn check_dedup(base: u64, beacons: &[Beacon]) -> Result<(), TestCaseError> {
     let mut accepted: Vec<(&str, u64)> = Vec::new();
     let mut frontier = 0u64;
     for (k, &(i, id, ts)) in on_time.iter().enumerate() {
-        if state.accept(id, ts, window) {
+        if state.accept(&Id::from(id), ts, window) {
             accepted.push((id, ts));
         }
         let b = &beacons[i];
@@ -343,10 +344,8 @@ fn check_dedup(base: u64, beacons: &[Beacon]) -> Result<(), TestCaseError> {
         );
     }
     prop_assert_eq!(&accepted, &naive, "state vs naive reference");
-    let oracle_accepted: Vec<(&str, u64)> = classified
-        .iter()
-        .map(|e| (e.event_id.as_str(), e.ts))
-        .collect();
+    let oracle_accepted: Vec<(&str, u64)> =
+        classified.iter().map(|e| (&*e.event_id, e.ts)).collect();
     prop_assert_eq!(&accepted, &oracle_accepted, "state vs oracle::classify");
     Ok(())
 }
@@ -441,7 +440,7 @@ fn check_sessionize(base: u64, views: &[View]) -> Result<(), TestCaseError> {
 
     // Each user's reads come in (ts, event_id) order, flagged as the oracle's sessions say, and each
     // session closes after its last read and before the next session's first.
-    let mut expected_reads: BTreeMap<(String, String), Vec<SessionRead>> = BTreeMap::new();
+    let mut expected_reads: BTreeMap<(Id, Id), Vec<SessionRead>> = BTreeMap::new();
     for session in oracle::session_events(&input.accepted, &config) {
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         for (position, event) in session.iter().enumerate() {
@@ -458,9 +457,9 @@ fn check_sessionize(base: u64, views: &[View]) -> Result<(), TestCaseError> {
                 });
         }
     }
-    let mut actual_reads: BTreeMap<(String, String), Vec<SessionRead>> = BTreeMap::new();
+    let mut actual_reads: BTreeMap<(Id, Id), Vec<SessionRead>> = BTreeMap::new();
     // Per user: the reads since the last closed session.
-    let mut open: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    let mut open: BTreeMap<(Id, Id), Vec<u64>> = BTreeMap::new();
     for update in &updates {
         match update {
             SessionUpdate::Read(read) => {
@@ -478,7 +477,7 @@ fn check_sessionize(base: u64, views: &[View]) -> Result<(), TestCaseError> {
             }
             SessionUpdate::Closed(s) => {
                 let since = open
-                    .remove(&(s.portal.clone(), s.user_id.clone()))
+                    .remove(&(Id::from(s.portal.as_str()), Id::from(s.user_id.as_str())))
                     .unwrap_or_default();
                 prop_assert_eq!(since.len() as u64, s.views, "reads of session {:?}", s);
                 prop_assert_eq!(since.first().copied(), Some(s.start_ts));
@@ -504,7 +503,14 @@ fn check_cooccurrence(base: u64, views: &[View]) -> Result<(), TestCaseError> {
     prop_assert!(state.is_empty(), "sessions left: {}", state.len());
     let mut actual: Vec<(String, String, String, u64)> = pairs
         .into_iter()
-        .map(|p| (p.portal, p.article_a, p.article_b, p.ts))
+        .map(|p| {
+            (
+                p.portal.to_string(),
+                p.article_a.to_string(),
+                p.article_b.to_string(),
+                p.ts,
+            )
+        })
         .collect();
     actual.sort();
     prop_assert_eq!(actual, oracle::pairs(&input.accepted, &config));
@@ -528,9 +534,9 @@ fn naive_window(
     end: u64,
     window: u64,
     recent: Option<u64>,
-) -> BTreeMap<(String, String), Counts> {
-    let mut views: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
-    let mut users: BTreeMap<(String, String), RecentUsers<'_>> = BTreeMap::new();
+) -> BTreeMap<(Id, Id), Counts> {
+    let mut views: BTreeMap<(Id, Id), (u64, u64, u64)> = BTreeMap::new();
+    let mut users: BTreeMap<(Id, Id), RecentUsers<'_>> = BTreeMap::new();
     for e in accepted {
         if e.ts < end.saturating_sub(window) || e.ts >= end {
             continue;
@@ -580,7 +586,7 @@ fn check_window_stats(
         return Ok(());
     };
     let last = stats.last().map_or(0, |s| s.window_end);
-    let mut current: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    let mut current: BTreeMap<(Id, Id), Counts> = BTreeMap::new();
     let mut next = 0;
     let mut end = tick(first, config) + slide;
     while end <= last {
@@ -720,9 +726,9 @@ fn check_related(base: u64, views: &[View], pair_lead: u64) -> Result<(), TestCa
                 *done = true;
                 for (article_id, partner) in [(a, b), (b, a)] {
                     state.insert_pair(DirectedPair {
-                        portal: portal.clone(),
-                        article_id: article_id.clone(),
-                        partner: partner.clone(),
+                        portal: portal.as_str().into(),
+                        article_id: article_id.as_str().into(),
+                        partner: partner.as_str().into(),
                         ts: *ts,
                     });
                 }

@@ -19,17 +19,21 @@ pub const ENGAGED_DWELL_MS: u32 = 10_000;
 /// Reads scrolled at least this far (percent) count as engaged.
 pub const ENGAGED_SCROLL_PCT: u8 = 50;
 
+/// A shared, immutable string: events are cloned to several operators and their ids become keys
+/// of operator state, so the bytes are allocated once and shared.
+pub type Id = std::sync::Arc<str>;
+
 /// A valid, owned pageview as it travels through the dataflow.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Event {
     /// Unique per beacon; retried beacons share it.
-    pub event_id: String,
+    pub event_id: Id,
     /// The site, e.g. `g1`.
-    pub portal: String,
+    pub portal: Id,
     /// The reader.
-    pub user_id: String,
+    pub user_id: Id,
     /// The article read.
-    pub article_id: String,
+    pub article_id: Id,
     /// Event time, milliseconds since the Unix epoch (UTC).
     pub ts: u64,
     /// Time on page.
@@ -50,10 +54,10 @@ impl Event {
 impl From<&Pageview<'_>> for Event {
     fn from(view: &Pageview<'_>) -> Self {
         Event {
-            event_id: view.event_id.to_string(),
-            portal: view.portal.to_string(),
-            user_id: view.user_id.to_string(),
-            article_id: view.article_id.to_string(),
+            event_id: Id::from(view.event_id.as_ref()),
+            portal: Id::from(view.portal.as_ref()),
+            user_id: Id::from(view.user_id.as_ref()),
+            article_id: Id::from(view.article_id.as_ref()),
             ts: view.ts,
             dwell_ms: view.dwell_ms,
             scroll_pct: view.scroll_pct,

@@ -15,13 +15,15 @@
 //! let mut recent = RecentArticles::default();
 //! let mut pairs = Vec::new();
 //! for article in ["a", "b", "a", "c"] {
-//!     let first = !recent.contains(article);
-//!     recent.read(article, first, 2, |x, y| pairs.push((x.to_string(), y.to_string())));
+//!     let article = article.into();
+//!     let first = !recent.contains(&article);
+//!     recent.read(&article, first, 2, |x, y| pairs.push((x.to_string(), y.to_string())));
 //! }
 //! // "c" pairs with the two most recent distinct articles: "a" (re-read) and "b".
 //! assert_eq!(pairs, [("a".into(), "b".into()), ("a".into(), "c".into()), ("b".into(), "c".into())]);
 //! ```
 
+use crate::event::Id;
 use crate::ids::FastMap;
 use std::collections::VecDeque;
 
@@ -36,11 +38,11 @@ use super::sessionize::{SessionUpdate, UserKey};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ArticlePair {
     /// The site.
-    pub portal: String,
+    pub portal: Id,
     /// The smaller article id.
-    pub article_a: String,
+    pub article_a: Id,
     /// The larger article id.
-    pub article_b: String,
+    pub article_b: Id,
     /// `ts` of the read that formed the pair.
     pub ts: u64,
 }
@@ -48,12 +50,12 @@ pub struct ArticlePair {
 /// The distinct articles of a session, most recently read first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecentArticles {
-    recent: VecDeque<String>,
+    recent: VecDeque<Id>,
 }
 
 impl RecentArticles {
     /// Whether `article` is among the remembered recent articles.
-    pub fn contains(&self, article: &str) -> bool {
+    pub fn contains(&self, article: &Id) -> bool {
         self.recent.iter().any(|a| a == article)
     }
 
@@ -61,14 +63,14 @@ impl RecentArticles {
     /// then makes `article` the most recent, remembering at most `keep` articles.
     pub fn read(
         &mut self,
-        article: &str,
+        article: &Id,
         first_read: bool,
         keep: usize,
-        mut pair: impl FnMut(&str, &str),
+        mut pair: impl FnMut(&Id, &Id),
     ) {
         if first_read {
             for other in &self.recent {
-                if other.as_str() < article {
+                if other < article {
                     pair(other, article);
                 } else {
                     pair(article, other);
@@ -80,7 +82,7 @@ impl RecentArticles {
                 self.recent.push_front(existing);
             }
         } else {
-            self.recent.push_front(article.to_string());
+            self.recent.push_front(Id::clone(article));
             self.recent.truncate(keep);
         }
     }
@@ -107,14 +109,15 @@ impl CooccurrenceState {
                 recent.read(&read.article_id, read.first_read, keep, |a, b| {
                     out.push(ArticlePair {
                         portal: portal.clone(),
-                        article_a: a.to_string(),
-                        article_b: b.to_string(),
+                        article_a: Id::clone(a),
+                        article_b: Id::clone(b),
                         ts,
                     });
                 });
             }
             SessionUpdate::Closed(session) => {
-                self.sessions.remove(&(session.portal, session.user_id));
+                self.sessions
+                    .remove(&(Id::from(session.portal), Id::from(session.user_id)));
             }
         }
     }

@@ -18,7 +18,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::event::Event;
+use crate::event::{Event, Id};
 use crate::ids::{FastMap, hash_str};
 use crate::stats::JobStats;
 
@@ -26,27 +26,27 @@ use crate::stats::JobStats;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DedupState {
     /// `event_id` → `ts` of the accepted events with that id (usually one).
-    accepted: FastMap<String, Vec<u64>>,
+    accepted: FastMap<Id, Vec<u64>>,
     /// `ts + dedup_window` → ids to forget then.
-    expiries: BTreeMap<u64, Vec<String>>,
+    expiries: BTreeMap<u64, Vec<Id>>,
 }
 
 impl DedupState {
     /// Decides about one on-time event: `true` if it is accepted (and remembered).
-    pub fn accept(&mut self, event_id: &str, ts: u64, window: u64) -> bool {
+    pub fn accept(&mut self, event_id: &Id, ts: u64, window: u64) -> bool {
         if let Some(times) = self.accepted.get(event_id)
             && times.iter().any(|&seen| seen.abs_diff(ts) < window)
         {
             return false;
         }
         self.accepted
-            .entry(event_id.to_string())
+            .entry(Id::clone(event_id))
             .or_default()
             .push(ts);
         self.expiries
             .entry(ts.saturating_add(window))
             .or_default()
-            .push(event_id.to_string());
+            .push(Id::clone(event_id));
         true
     }
 
@@ -119,14 +119,17 @@ mod tests {
     #[test]
     fn duplicates_within_the_window_are_dropped_and_ids_expire() {
         let mut state = DedupState::default();
-        assert!(state.accept("e1", 1_000, 600_000));
-        assert!(!state.accept("e1", 500_000, 600_000), "within the window");
+        assert!(state.accept(&"e1".into(), 1_000, 600_000));
         assert!(
-            state.accept("e1", 700_000, 600_000),
+            !state.accept(&"e1".into(), 500_000, 600_000),
+            "within the window"
+        );
+        assert!(
+            state.accept(&"e1".into(), 700_000, 600_000),
             "600 s away is not a duplicate"
         );
         assert!(
-            !state.accept("e1", 1_200_000, 600_000),
+            !state.accept(&"e1".into(), 1_200_000, 600_000),
             "near the second accepted one"
         );
         state.expire(601_000, 600_000);

@@ -13,6 +13,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
+use crate::event::Id;
 use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::{FastMap, hash_str};
 use crate::live::LiveUpdate;
@@ -37,9 +38,9 @@ pub struct RankingSpec {
 
 #[derive(Clone, Debug, Default)]
 struct PortalRankings {
-    stats: FastMap<String, ArticleWindowStats>,
-    popular: TopN<String, Descending<u64>>,
-    trending: TopN<String, Descending<OrderedScore>>,
+    stats: FastMap<Id, ArticleWindowStats>,
+    popular: TopN<Id, Descending<u64>>,
+    trending: TopN<Id, Descending<OrderedScore>>,
 }
 
 impl PortalRankings {
@@ -71,7 +72,7 @@ impl PortalRankings {
 
     fn items<R>(
         &self,
-        ranking: &TopN<String, R>,
+        ranking: &TopN<Id, R>,
         n: usize,
         score: impl Fn(&R) -> f64,
     ) -> Vec<RankedItem>
@@ -82,7 +83,7 @@ impl PortalRankings {
             .top(n)
             .filter_map(|(article, rank)| {
                 self.stats.get(article).map(|stats| RankedItem {
-                    article_id: article.clone(),
+                    article_id: article.to_string(),
                     views: stats.views,
                     engaged_views: stats.engaged_views,
                     score: score(rank),
@@ -96,7 +97,7 @@ impl PortalRankings {
 #[derive(Clone, Debug)]
 pub struct RankingsState {
     spec: RankingSpec,
-    portals: BTreeMap<String, PortalRankings>,
+    portals: BTreeMap<Id, PortalRankings>,
     /// Changes not applied yet, by window end.
     stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
     /// The last window emitted.
@@ -104,9 +105,9 @@ pub struct RankingsState {
     /// The end of the last window holding an event, over all workers.
     horizon: u64,
     /// Per portal, the window still filling and the provisional statistics received for it.
-    provisional: BTreeMap<String, (u64, FastMap<String, ArticleWindowStats>)>,
+    provisional: BTreeMap<Id, (u64, FastMap<Id, ArticleWindowStats>)>,
     /// Portals whose provisional ranking changed since it was last pushed.
-    provisional_dirty: BTreeSet<String>,
+    provisional_dirty: BTreeSet<Id>,
 }
 
 /// What the rankings operator emits.
@@ -182,7 +183,7 @@ impl RankingsState {
             for (kind, items) in items {
                 out.push(LiveUpdate::Ranking {
                     kind,
-                    portal: portal.clone(),
+                    portal: portal.to_string(),
                     window_start: window_end.saturating_sub(window),
                     window_end: *window_end,
                     watermark,
@@ -252,7 +253,7 @@ impl RankingsState {
                 ] {
                     live.push(LiveUpdate::Ranking {
                         kind,
-                        portal: portal.clone(),
+                        portal: portal.to_string(),
                         window_start: start,
                         window_end: next,
                         watermark: next,

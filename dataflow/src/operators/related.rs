@@ -26,6 +26,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 
+use crate::event::Id;
 use crate::features::{Feature, RelatedItem};
 use crate::ids::{FastMap, FastSet};
 use crate::score::related_score;
@@ -54,11 +55,11 @@ pub struct RelatedSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectedPair {
     /// The site.
-    pub portal: String,
+    pub portal: Id,
     /// The article whose list this counts towards.
-    pub article_id: String,
+    pub article_id: Id,
     /// The partner.
-    pub partner: String,
+    pub partner: Id,
     /// When the pair was formed.
     pub ts: u64,
 }
@@ -98,7 +99,7 @@ impl ArticleIds {
             return id;
         }
         let id = self.keys.len() as u32;
-        self.keys.push((portal.to_string(), article.to_string()));
+        self.keys.push((Id::from(portal), Id::from(article)));
         self.ids
             .entry(portal.to_string())
             .or_default()
@@ -398,7 +399,7 @@ impl RelatedState {
                 let views_b = *self.views.get(partner)?;
                 let cooc = article.partners.get(partner)?.count;
                 Some(RelatedItem {
-                    article_id: self.ids.key(*partner).1.clone(),
+                    article_id: self.ids.key(*partner).1.to_string(),
                     cooc,
                     score: related_score(cooc, views_a, views_b),
                 })

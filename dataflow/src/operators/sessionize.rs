@@ -41,7 +41,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::event::Event;
+use crate::event::{Event, Id};
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
 use crate::ids::{FastMap, FastSet, stable_hash};
 use crate::stats::JobStats;
@@ -69,11 +69,11 @@ impl SessionUpdate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRead {
     /// The site.
-    pub portal: String,
+    pub portal: Id,
     /// The reader.
-    pub user_id: String,
+    pub user_id: Id,
     /// The article read.
-    pub article_id: String,
+    pub article_id: Id,
     /// Event time.
     pub ts: u64,
     /// This read starts a new session of the user.
@@ -83,7 +83,7 @@ pub struct SessionRead {
 }
 
 /// A session key: `(portal, user_id)`.
-pub type UserKey = (String, String);
+pub type UserKey = (Id, Id);
 
 /// The route of a user's records: a stable hash of the key, so every record of a user meets the same
 /// state on the same worker.
@@ -93,7 +93,7 @@ pub fn user_route(portal: &str, user_id: &str) -> u64 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PendingRead {
-    article_id: String,
+    article_id: Id,
     dwell_ms: u32,
     scroll_pct: u8,
     clicks: u32,
@@ -104,8 +104,8 @@ struct OpenSession {
     start_ts: u64,
     last_ts: u64,
     views: u64,
-    distinct: FastSet<String>,
-    articles: Vec<String>,
+    distinct: FastSet<Id>,
+    articles: Vec<Id>,
     dwell_ms_total: u64,
     clicks_total: u64,
     max_scroll_pct: u8,
@@ -116,7 +116,7 @@ struct UserSessions {
     key: UserKey,
     /// Reads not yet final, sorted by `(ts, event_id)` (a few at most: those within the
     /// out-of-orderness bound, so a sorted vector beats a tree).
-    pending: Vec<((u64, String), PendingRead)>,
+    pending: Vec<((u64, Id), PendingRead)>,
     open: Option<OpenSession>,
     /// The due time this user is queued under (stale queue entries are skipped).
     scheduled: Option<u64>,
@@ -327,8 +327,8 @@ fn close(key: &UserKey, session: OpenSession) -> SessionFeature {
     let (portal, user_id) = key;
     SessionFeature {
         feature_id: SessionFeature::feature_id(portal, user_id, session.start_ts),
-        portal: portal.clone(),
-        user_id: user_id.clone(),
+        portal: portal.to_string(),
+        user_id: user_id.to_string(),
         session_id: SessionFeature::session_id(portal, user_id, session.start_ts),
         start_ts: session.start_ts,
         end_ts: session.last_ts,
@@ -337,7 +337,7 @@ fn close(key: &UserKey, session: OpenSession) -> SessionFeature {
         dwell_ms_total: session.dwell_ms_total,
         clicks_total: session.clicks_total,
         max_scroll_pct: session.max_scroll_pct,
-        articles: session.articles,
+        articles: session.articles.iter().map(|a| a.to_string()).collect(),
     }
 }
 

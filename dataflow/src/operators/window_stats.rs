@@ -23,7 +23,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::event::Event;
+use crate::event::{Event, Id};
 use crate::ids::{FastMap, FastSet, hash_str, stable_hash};
 
 use super::held::HeldCapability;
@@ -43,9 +43,9 @@ pub struct WindowSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ArticleWindowStats {
     /// The site.
-    pub portal: String,
+    pub portal: Id,
     /// The article.
-    pub article_id: String,
+    pub article_id: Id,
     /// The window's end.
     pub window_end: u64,
     /// Views in the window.
@@ -63,7 +63,7 @@ pub struct ArticleWindowStats {
 }
 
 /// An article key: `(portal, article_id)`.
-pub type ArticleKey = (String, String);
+pub type ArticleKey = (Id, Id);
 
 /// The route of an article's records.
 pub fn article_route(portal: &str, article_id: &str) -> u64 {
@@ -486,7 +486,7 @@ mod tests {
 
     fn event(user: &str, article: &str, ts: u64, engaged: bool) -> Event {
         Event {
-            event_id: format!("{user}-{ts}"),
+            event_id: format!("{user}-{ts}").into(),
             portal: "g1".into(),
             user_id: user.into(),
             article_id: article.into(),

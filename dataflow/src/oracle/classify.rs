@@ -66,13 +66,13 @@ pub fn classify(
                 record.position.clone(),
                 &record.bytes,
             );
-            dead.portal = Some(event.portal.clone());
+            dead.portal = Some(event.portal.to_string());
             dead.ts = Some(event.ts);
             dead_letters.push(dead);
             continue;
         }
 
-        let earlier = accepted_ts.entry(event.event_id.clone()).or_default();
+        let earlier = accepted_ts.entry(event.event_id.to_string()).or_default();
         if earlier
             .iter()
             .any(|&ts| ts.abs_diff(event.ts) < config.dedup_window.ms())
@@ -103,7 +103,7 @@ mod tests {
     use crate::config::Millis;
 
     fn ids(events: &[Event]) -> Vec<&str> {
-        events.iter().map(|e| e.event_id.as_str()).collect()
+        events.iter().map(|e| &*e.event_id).collect()
     }
 
     #[test]
@@ -200,10 +200,7 @@ mod tests {
             raw(7, &json("y", "g1", "u1", "a", 20 * m)),
         ];
         let (accepted, dead, summary) = classify(&records, &config);
-        let ts: Vec<_> = accepted
-            .iter()
-            .map(|e| (e.event_id.as_str(), e.ts / m))
-            .collect();
+        let ts: Vec<_> = accepted.iter().map(|e| (&*e.event_id, e.ts / m)).collect();
         assert_eq!(ts, vec![("x", 20), ("x", 30), ("x", 40), ("y", 20)]);
         assert_eq!(summary.duplicates, 3);
         assert_eq!(summary.accepted, 4);

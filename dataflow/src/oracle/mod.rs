@@ -230,7 +230,7 @@ mod tests {
         let mut views: BTreeMap<(String, String), u64> = BTreeMap::new();
         for e in accepted.iter().filter(|e| in_window(e.ts, end, length)) {
             *views
-                .entry((e.portal.clone(), e.article_id.clone()))
+                .entry((e.portal.to_string(), e.article_id.to_string()))
                 .or_default() += 1;
         }
         let mut cooc: BTreeMap<(String, String, String), u64> = BTreeMap::new();

@@ -57,7 +57,7 @@ impl<'a> Numbered<'a> {
     fn new(accepted: &'a [Event], all_pairs: &'a [(String, String, String, u64)]) -> Self {
         let keys: BTreeSet<(&str, &str)> = accepted
             .iter()
-            .map(|e| (e.portal.as_str(), e.article_id.as_str()))
+            .map(|e| (&*e.portal, &*e.article_id))
             .chain(all_pairs.iter().flat_map(|(portal, a, b, _)| {
                 [(portal.as_str(), a.as_str()), (portal.as_str(), b.as_str())]
             }))
@@ -70,7 +70,7 @@ impl<'a> Numbered<'a> {
             .collect();
         let mut views: Vec<(u64, usize)> = accepted
             .iter()
-            .map(|e| (e.ts, number[&(e.portal.as_str(), e.article_id.as_str())]))
+            .map(|e| (e.ts, number[&(&*e.portal, &*e.article_id)]))
             .collect();
         views.sort_unstable();
         let mut pair_number: BTreeMap<(usize, usize), usize> = BTreeMap::new();
@@ -384,7 +384,7 @@ mod tests {
         let Feature::Related(first) = &features[0] else {
             panic!("not related: {features:?}");
         };
-        assert_eq!((first.portal.as_str(), first.window_start), ("g1", 0));
+        assert_eq!((&*first.portal, first.window_start), ("g1", 0));
 
         // With a short interval every change goes out when seen, and nothing is left to flush.
         let eager = SemanticsConfig {

@@ -53,14 +53,14 @@ fn session_feature(events: &[&Event]) -> SessionFeature {
     let last = events[events.len() - 1];
     let mut distinct: Vec<&str> = Vec::new();
     for event in events {
-        if !distinct.contains(&event.article_id.as_str()) {
+        if !distinct.contains(&&*event.article_id) {
             distinct.push(&event.article_id);
         }
     }
     SessionFeature {
         feature_id: SessionFeature::feature_id(&first.portal, &first.user_id, first.ts),
-        portal: first.portal.clone(),
-        user_id: first.user_id.clone(),
+        portal: first.portal.to_string(),
+        user_id: first.user_id.to_string(),
         session_id: SessionFeature::session_id(&first.portal, &first.user_id, first.ts),
         start_ts: first.ts,
         end_ts: last.ts,
@@ -92,7 +92,7 @@ pub fn pairs(accepted: &[Event], config: &SemanticsConfig) -> Vec<(String, Strin
         let mut recency: Vec<&str> = Vec::new();
         let mut counted: BTreeSet<(&str, &str)> = BTreeSet::new();
         for event in session {
-            let article = event.article_id.as_str();
+            let article = &*event.article_id;
             let first_read = !recency.contains(&article);
             if first_read {
                 for &previous in recency.iter().take(config.cooc_recent) {
@@ -103,7 +103,7 @@ pub fn pairs(accepted: &[Event], config: &SemanticsConfig) -> Vec<(String, Strin
                     };
                     if counted.insert(pair) {
                         pairs.push((
-                            event.portal.clone(),
+                            event.portal.to_string(),
                             pair.0.to_string(),
                             pair.1.to_string(),
                             event.ts,

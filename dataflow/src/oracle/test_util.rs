@@ -5,10 +5,10 @@ use crate::event::{Event, RawRecord, SourcePosition};
 /// An accepted event on portal `g1` with no dwell, scroll or clicks.
 pub fn event(event_id: &str, user_id: &str, article_id: &str, ts: u64) -> Event {
     Event {
-        event_id: event_id.to_string(),
-        portal: "g1".to_string(),
-        user_id: user_id.to_string(),
-        article_id: article_id.to_string(),
+        event_id: event_id.into(),
+        portal: "g1".into(),
+        user_id: user_id.into(),
+        article_id: article_id.into(),
         ts,
         dwell_ms: 0,
         scroll_pct: 0,

@@ -354,10 +354,10 @@ fn bytes_per_session(keys: u64, config: &SemanticsConfig) -> (u64, f64) {
     let mut out = Vec::new();
     for user in 0..keys {
         state.insert(Event {
-            event_id: format!("e{user}"),
+            event_id: format!("e{user}").into(),
             portal: "g1".into(),
-            user_id: format!("u-{user:08}"),
-            article_id: format!("g1/politica/noticia-{:05}", user % 2000),
+            user_id: format!("u-{user:08}").into(),
+            article_id: format!("g1/politica/noticia-{:05}", user % 2000).into(),
             ts: 1_795_435_200_000 + user,
             dwell_ms: 1000,
             scroll_pct: 50,
