@@ -88,36 +88,9 @@ pub fn replay(
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {
             let outputs = build(scope, sources, board, &config, &options, stats);
-            let features_sink = Arc::clone(&sink);
-            outputs
-                .features
-                .sink(Pipeline, "CollectFeatures", move |(input, _frontier)| {
-                    input.for_each(|_cap, data| {
-                        if let Ok(mut out) = features_sink.lock() {
-                            out.features.append(data);
-                        }
-                    });
-                });
-            let letters_sink = Arc::clone(&sink);
-            outputs
-                .dead_letters
-                .sink(Pipeline, "CollectDeadLetters", move |(input, _frontier)| {
-                    input.for_each(|_cap, data| {
-                        if let Ok(mut out) = letters_sink.lock() {
-                            out.dead_letters.append(data);
-                        }
-                    });
-                });
-            let raw_sink = Arc::clone(&sink);
-            outputs
-                .raw
-                .sink(Pipeline, "CollectRaw", move |(input, _frontier)| {
-                    input.for_each(|_cap, data| {
-                        if let Ok(mut out) = raw_sink.lock() {
-                            out.raw.append(data);
-                        }
-                    });
-                });
+            collect(outputs.features, &sink, |out| &mut out.features);
+            collect(outputs.dead_letters, &sink, |out| &mut out.dead_letters);
+            collect(outputs.raw, &sink, |out| &mut out.raw);
         });
     })
     .map_err(ReplayError::Workers)?;
@@ -138,6 +111,22 @@ pub fn replay(
     snapshot.features = output.features.len() as u64;
     output.stats = snapshot;
     Ok(output)
+}
+
+/// Appends every batch of `stream` to the field `field` of the shared output.
+fn collect<D: Clone + 'static>(
+    stream: timely::dataflow::StreamVec<'_, u64, D>,
+    sink: &Arc<Mutex<ReplayOutput>>,
+    field: fn(&mut ReplayOutput) -> &mut Vec<D>,
+) {
+    let sink = Arc::clone(sink);
+    stream.sink(Pipeline, "Collect", move |(input, _frontier)| {
+        input.for_each(|_cap, data| {
+            if let Ok(mut out) = sink.lock() {
+                field(&mut out).append(data);
+            }
+        });
+    });
 }
 
 /// Orders dead letters by partition, then numerically by position where positions are numbers.

@@ -36,3 +36,15 @@ impl HeldCapability {
         self.cap = None;
     }
 }
+
+/// The earliest time two inputs may still deliver, or `None` once both have ended.
+pub fn joint_frontier(
+    first: &timely::progress::frontier::MutableAntichain<u64>,
+    second: &timely::progress::frontier::MutableAntichain<u64>,
+) -> Option<u64> {
+    [first.frontier().first(), second.frontier().first()]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied()
+}

@@ -19,7 +19,7 @@ use crate::ids::{FastMap, hash_str};
 use crate::live::LiveUpdate;
 use crate::score::trending_score;
 
-use super::held::HeldCapability;
+use super::held::{HeldCapability, joint_frontier};
 use super::top_n::{Descending, OrderedScore, TopN};
 use super::window_stats::ArticleWindowStats;
 
@@ -310,14 +310,7 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
                             state.observe_horizon(value);
                         }
                     });
-                    let frontier = [
-                        stats_frontier.frontier().first(),
-                        horizon_frontier.frontier().first(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .copied();
+                    let frontier = joint_frontier(stats_frontier, horizon_frontier);
                     // Windows past the last event's are never final (N9); see `related` for why this
                     // only ever binds at the end of input.
                     let limit = frontier.unwrap_or(u64::MAX).min(state.horizon);

@@ -32,7 +32,7 @@ use crate::ids::{FastMap, FastSet};
 use crate::score::related_score;
 
 use super::cooccurrence::ArticlePair;
-use super::held::HeldCapability;
+use super::held::{HeldCapability, joint_frontier};
 use super::rankings::emit_at;
 use super::window_stats::{ArticleKey, ArticleWindowStats, article_route};
 
@@ -483,14 +483,7 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
                             state.insert_side(input);
                         }
                     });
-                    let frontier = [
-                        pairs_frontier.frontier().first(),
-                        side_frontier.frontier().first(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .copied();
+                    let frontier = joint_frontier(pairs_frontier, side_frontier);
                     match frontier {
                         // At the end of input, upstream flushes reach past the last event's window at
                         // finite times; those windows are never final (N9). Live, the frontier never
