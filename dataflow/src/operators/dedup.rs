@@ -9,6 +9,17 @@
 //! An id is remembered with the `ts` of each accepted event; it is forgotten once the frontier
 //! reaches `ts + dedup_window`, since every later event has `ts` at or after the frontier and so is
 //! at least `dedup_window` away. State is therefore bounded by the ids of one window.
+//!
+//! ```
+//! use pageflow_dataflow::operators::dedup::DedupState;
+//! let window = 600_000; // 10 minutes
+//! let mut state = DedupState::default();
+//! let id = "7f1c2a9e-0001".into();
+//! assert!(state.accept(&id, 1_000, window)); // first beacon: accepted
+//! assert!(!state.accept(&id, 4_000, window)); // the browser's retry: a duplicate
+//! state.expire(601_000, window); // the watermark is past 1_000 + 10 min: forget the id
+//! assert!(state.is_empty());
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

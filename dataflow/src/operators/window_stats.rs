@@ -14,6 +14,25 @@
 //! since the previous window (an article whose window became empty reports zero views once, then is
 //! forgotten). A record about window `T` travels at time `T − slide`, so a downstream operator knows
 //! window `T` is complete when its frontier reaches `T`.
+//!
+//! ```
+//! use pageflow_dataflow::event::Event;
+//! use pageflow_dataflow::operators::window_stats::{WindowSpec, WindowStatsState};
+//!
+//! let view = |user: &str, ts: u64| Event {
+//!     event_id: format!("{user}-{ts}").into(), portal: "g1".into(), user_id: user.into(),
+//!     article_id: "a".into(), ts, dwell_ms: 0, scroll_pct: 0, clicks: 0,
+//! };
+//! // Windows of 3 s sliding by 1 s, the last second counting distinct readers.
+//! let mut state = WindowStatsState::new(WindowSpec { window: 3_000, slide: 1_000, recent: Some(1_000) });
+//! for event in [view("u1", 100), view("u1", 200), view("u2", 1_500)] {
+//!     state.insert(&event);
+//! }
+//! let mut changes = Vec::new();
+//! state.advance(2_000, &mut changes); // the frontier reached 2 s: windows ending at 1 s and 2 s are final
+//! let at_2s = changes.iter().find(|s| s.window_end == 2_000).map(|s| (s.views, s.recent_users));
+//! assert_eq!(at_2s, Some((3, 1))); // three views in [-1 s, 2 s); one reader in [1 s, 2 s)
+//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
