@@ -9,5 +9,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The local AWS API server (moto, in the project-local virtualenv .venv-aws) that the integration
+# tests start; does nothing when it is already installed.
+bash scripts/aws-local/install.sh
+
 # Unit, property and integration tests of every crate, doc examples included.
 cargo test --workspace --locked

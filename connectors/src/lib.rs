@@ -12,9 +12,14 @@
 //!
 //! Sources implement `pageflow_dataflow::source::RecordSource`; the dataflow itself does no I/O.
 
+pub mod aws;
+pub mod batch;
 pub mod error;
 pub mod file_source;
+pub mod firehose_sink;
+pub mod kinesis_sink;
 pub mod local_sink;
+pub mod retry;
 pub mod synthetic;
 
 pub use error::ConnectorError;

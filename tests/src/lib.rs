@@ -1,5 +1,7 @@
 //! Shared helpers for pageflow's integration tests (the tests themselves live in `tests/tests/`).
 
+pub mod aws;
+
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::source::{SourcesByWorker, VecSource};

@@ -1,0 +1,71 @@
+//! AWS plumbing shared by the Kinesis and Firehose connectors: client configuration and the
+//! classification of SDK errors into "a retry may help" or not.
+
+use aws_config::BehaviorVersion;
+use serde::{Deserialize, Serialize};
+
+/// Where the AWS APIs are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The region; when absent, the SDK's usual chain (`AWS_REGION`, profile) decides.
+    pub region: Option<String>,
+    /// An endpoint URL for every service (a local emulator); when absent, the real AWS endpoints
+    /// (or `AWS_ENDPOINT_URL*` from the environment).
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsConfig {
+    /// The SDK configuration: credentials and region from the usual chain, overridden by this.
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        loader.load().await
+    }
+}
+
+/// Error codes of Kinesis and Firehose after which the same request may succeed later.
+pub fn retryable_service_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "ThrottlingException"
+            | "KMSThrottlingException"
+            | "InternalFailure"
+            | "InternalFailureException"
+            | "ServiceUnavailableException"
+            | "ServiceUnavailable"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+    )
+}
+
+/// Classifies an SDK error: transport failures and throttling are retryable, a missing stream or
+/// a permission problem is not.
+pub fn classify<E, R>(error: &aws_sdk_kinesis::error::SdkError<E, R>) -> (String, bool)
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kinesis::error::SdkError;
+    match error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown").to_string();
+            let message = service.err().message().unwrap_or_default().to_string();
+            let retryable = retryable_service_code(&code);
+            (format!("{code}: {message}"), retryable)
+        }
+        SdkError::TimeoutError(_) => ("the request timed out".to_string(), true),
+        SdkError::DispatchFailure(failure) => {
+            (format!("the request could not be sent: {failure:?}"), true)
+        }
+        SdkError::ResponseError(_) => ("the response could not be read".to_string(), true),
+        other => (format!("{other}"), false),
+    }
+}

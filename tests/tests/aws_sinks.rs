@@ -1,0 +1,220 @@
+//! The Kinesis features sink and the Firehose archive sink against a real AWS API server on
+//! loopback (moto, started per test by `pageflow_tests::aws::MotoServer`): what is written is read
+//! back through the same APIs a consumer would use.
+
+use std::collections::BTreeMap;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_kinesis::config::{Credentials, Region};
+use pageflow_connectors::batch::RetryPolicy;
+use pageflow_connectors::firehose_sink::DeliveryStream;
+use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::synthetic::{SyntheticConfig, write_json_lines};
+use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::oracle;
+use pageflow_tests::aws::MotoServer;
+use pageflow_tests::records;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn credentials() -> Credentials {
+    Credentials::new("testing", "testing", None, None, "pageflow-tests")
+}
+
+fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials())
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
+}
+
+/// Real features: the oracle over a few thousand synthetic pageviews.
+fn features(events: u64) -> Vec<Feature> {
+    let mut bytes = Vec::new();
+    let written = write_json_lines(
+        &SyntheticConfig {
+            seed: 5,
+            ..SyntheticConfig::default()
+        },
+        events,
+        &mut bytes,
+    );
+    assert_eq!(written.ok(), Some(events));
+    let lines: Vec<Vec<u8>> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    oracle::run(
+        &records("file:synthetic", &lines),
+        &SemanticsConfig::default(),
+    )
+    .features
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_reach_every_shard_of_the_stream_with_their_partition_keys() -> TestResult {
+    let moto = MotoServer::start()?;
+    let client = kinesis_client(&moto.endpoint);
+    client
+        .create_stream()
+        .stream_name("features")
+        .shard_count(3)
+        .send()
+        .await?;
+    let features = features(4_000);
+    assert!(
+        features.len() > 1_000,
+        "enough records for several PutRecords calls: {}",
+        features.len()
+    );
+
+    let sink = KinesisStream::with_client(client.clone(), "features");
+    let report = sink.write_features(&features, RetryPolicy::default()).await;
+    assert_eq!(report.written, features.len());
+    assert!(
+        report.undeliverable.is_empty() && report.fatal.is_none(),
+        "{:?}",
+        report.fatal
+    );
+    assert!(
+        report.calls >= features.len().div_ceil(500),
+        "at most 500 records per call"
+    );
+
+    // Read every shard from the start, as a consumer would.
+    let mut read: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let shards = client.list_shards().stream_name("features").send().await?;
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name("features")
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await?
+            .shard_iterator;
+        while let Some(current) = iterator {
+            let page = client
+                .get_records()
+                .shard_iterator(current)
+                .limit(1000)
+                .send()
+                .await?;
+            for record in page.records() {
+                let json: serde_json::Value = serde_json::from_slice(record.data().as_ref())?;
+                let id = json["feature_id"].as_str().unwrap_or_default().to_string();
+                read.insert(
+                    id,
+                    (
+                        record.partition_key().unwrap_or_default().to_string(),
+                        shard.shard_id().to_string(),
+                    ),
+                );
+            }
+            iterator = if page.records().is_empty() {
+                None
+            } else {
+                page.next_shard_iterator
+            };
+        }
+    }
+    assert_eq!(read.len(), features.len(), "every feature once");
+    for feature in &features {
+        let (key, _) = read
+            .get(feature.feature_id())
+            .ok_or("a feature is missing")?;
+        assert_eq!(key, feature.partition_key());
+    }
+    let shards_used: std::collections::BTreeSet<&String> =
+        read.values().map(|(_, shard)| shard).collect();
+    assert!(
+        shards_used.len() > 1,
+        "partition keys spread the records over the shards"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_reaches_s3_as_json_lines_through_firehose() -> TestResult {
+    let moto = MotoServer::start()?;
+    let s3_config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(credentials())
+        .force_path_style(true)
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    s3.create_bucket().bucket("archive").send().await?;
+    let firehose_config = aws_sdk_firehose::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(credentials())
+        .build();
+    let firehose = aws_sdk_firehose::Client::from_conf(firehose_config);
+    let destination = aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
+        .bucket_arn("arn:aws:s3:::archive")
+        .role_arn("arn:aws:iam::123456789012:role/pageflow-firehose")
+        .prefix("processed/")
+        .build()?;
+    firehose
+        .create_delivery_stream()
+        .delivery_stream_name("pageflow-processed")
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await?;
+
+    let features = features(3_000);
+    let lines: Vec<Vec<u8>> = features.iter().map(|f| f.to_json().into_bytes()).collect();
+    let sink = DeliveryStream::with_client(firehose, "pageflow-processed");
+    let report = sink
+        .write_lines(lines.clone(), RetryPolicy::default())
+        .await;
+    assert_eq!(report.written, lines.len());
+    assert!(report.undeliverable.is_empty());
+
+    let mut archived: Vec<Vec<u8>> = Vec::new();
+    let listing = s3
+        .list_objects_v2()
+        .bucket("archive")
+        .prefix("processed/")
+        .send()
+        .await?;
+    assert!(
+        listing.contents().len() >= lines.len().div_ceil(500),
+        "one object per call at least"
+    );
+    for object in listing.contents() {
+        let body = s3
+            .get_object()
+            .bucket("archive")
+            .key(object.key().unwrap_or_default())
+            .send()
+            .await?
+            .body
+            .collect()
+            .await?;
+        let bytes = body.into_bytes();
+        assert!(bytes.ends_with(b"\n"), "objects are whole JSON lines");
+        archived.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let mut expected = lines;
+    expected.sort();
+    archived.sort();
+    assert_eq!(
+        archived, expected,
+        "every feature exactly once, one per line"
+    );
+    Ok(())
+}
