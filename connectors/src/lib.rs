@@ -18,8 +18,10 @@ pub mod error;
 pub mod file_source;
 pub mod firehose_sink;
 pub mod kinesis_sink;
+pub mod kpl;
 pub mod local_sink;
 pub mod retry;
+pub mod shards;
 pub mod synthetic;
 
 pub use error::ConnectorError;
