@@ -68,6 +68,19 @@ pub enum ConnectorError {
         /// Which sink.
         sink: String,
     },
+    /// An AWS API refused a request in a way no retry fixes (missing stream, no permission), or
+    /// kept failing.
+    #[error(
+        "{what}: {message}; check that the stream exists, the region and endpoint, and the IAM permissions"
+    )]
+    Aws {
+        /// What was being done, e.g. `reading shard shardId-000000000000 of stream g1`.
+        what: String,
+        /// The service's error code and message.
+        message: String,
+        /// Whether trying again later may work.
+        retryable: bool,
+    },
     /// A configuration has problems; all of them are listed.
     #[error("invalid {what} configuration: {}", problems.join("; "))]
     InvalidConfig {
@@ -91,6 +104,7 @@ impl ConnectorError {
             | ConnectorError::CreateDir { source, .. }
             | ConnectorError::Write { source, .. } => io_error_is_transient(source),
             ConnectorError::Closed { .. } | ConnectorError::InvalidConfig { .. } => false,
+            ConnectorError::Aws { retryable, .. } => *retryable,
         }
     }
 }

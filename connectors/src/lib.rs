@@ -18,6 +18,7 @@ pub mod error;
 pub mod file_source;
 pub mod firehose_sink;
 pub mod kinesis_sink;
+pub mod kinesis_source;
 pub mod kpl;
 pub mod local_sink;
 pub mod retry;
