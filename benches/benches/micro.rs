@@ -2,7 +2,12 @@
 //! sessionize insert + advance.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pageflow_connectors::batch::{
+    BatchApi, BatchLimits, CallFailure, EntryOutcome, OutRecord, RetryPolicy, deliver,
+};
+use pageflow_connectors::kpl::{Deaggregated, aggregate, deaggregate};
 use pageflow_dataflow::event::{Event, validate};
+use pageflow_dataflow::features::{Feature, RankedItem, RankingKind};
 use pageflow_dataflow::operators::sessionize::SessionizeState;
 use pageflow_dataflow::operators::top_n::{Descending, TopN};
 use std::hint::black_box;
@@ -56,5 +61,89 @@ fn sessionize(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, validation, top_n, sessionize);
+/// A batch API that accepts everything at once: what remains is pageflow's own batching cost.
+struct AcceptAll;
+
+impl BatchApi for AcceptAll {
+    fn destination(&self) -> String {
+        "in-process".into()
+    }
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_records: 500,
+            max_batch_bytes: 5 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+    fn entry_size(&self, record: &OutRecord) -> usize {
+        record.data.len() + record.partition_key.len()
+    }
+    fn retryable_code(&self, _code: &str) -> bool {
+        false
+    }
+    async fn put_batch(&self, batch: &[OutRecord]) -> Result<Vec<EntryOutcome>, CallFailure> {
+        Ok(vec![EntryOutcome::Written; batch.len()])
+    }
+}
+
+fn connectors(c: &mut Criterion) {
+    let users: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            RECORD
+                .iter()
+                .copied()
+                .chain(format!("{i}").into_bytes())
+                .collect()
+        })
+        .collect();
+    let input: Vec<(&str, &[u8])> = users.iter().map(|u| ("u-48213", u.as_slice())).collect();
+    let packed = aggregate(&input);
+    let mut group = c.benchmark_group("connectors");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("KPL de-aggregation, 100 user records", |b| {
+        b.iter(|| matches!(deaggregate(black_box(&packed)), Deaggregated::Aggregated(_)))
+    });
+
+    let feature = Feature::ranking(
+        RankingKind::Popular,
+        "g1",
+        0,
+        60_000,
+        (0..50)
+            .map(|i| RankedItem {
+                article_id: format!("g1/politica/noticia-{i:05}"),
+                views: 100 - i,
+                engaged_views: i,
+                score: 1.5,
+            })
+            .collect(),
+    );
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("feature serialisation (popular, 50 items)", |b| {
+        b.iter(|| black_box(&feature).to_json().len())
+    });
+
+    let records: Vec<OutRecord> = (0..1_000)
+        .map(|i| OutRecord {
+            partition_key: format!("u{i}"),
+            data: RECORD.to_vec(),
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
+    if let Ok(runtime) = runtime {
+        group.throughput(Throughput::Elements(1_000));
+        group.bench_function("batching 1000 records into PutRecords calls", |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(deliver(&AcceptAll, records.clone(), RetryPolicy::default()))
+                    .written
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, validation, top_n, sessionize, connectors);
 criterion_main!(benches);
