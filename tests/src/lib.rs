@@ -1,6 +1,7 @@
 //! Shared helpers for pageflow's integration tests (the tests themselves live in `tests/tests/`).
 
 pub mod aws;
+pub mod fault_proxy;
 
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
