@@ -75,10 +75,16 @@ pub trait BatchApi {
 }
 
 /// How hard to try.
+///
+/// The default retries retryable failures (throttling, 5xx, timeouts) until they succeed, with
+/// capped backoff: during an outage the sink slows down and, through its bounded channel, the whole
+/// job with it, instead of turning valid records into dead letters. Only failures no retry can fix
+/// become undeliverable. A bound (`max_attempts`) is for callers that must not wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts per entry (or per batch, for whole-call failures), the first included.
-    pub max_attempts: u32,
+    /// Attempts per entry (or per batch, for whole-call failures), the first included; `None` to
+    /// keep trying retryable failures.
+    pub max_attempts: Option<u32>,
     /// The delays between them.
     pub backoff: Backoff,
 }
@@ -86,9 +92,15 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
+            max_attempts: None,
             backoff: Backoff::default(),
         }
+    }
+}
+
+impl RetryPolicy {
+    fn may_retry(&self, attempt: u32) -> bool {
+        self.max_attempts.is_none_or(|max| attempt < max)
     }
 }
 
@@ -166,7 +178,7 @@ pub async fn deliver<A: BatchApi>(
                         match outcome {
                             EntryOutcome::Written => report.written += 1,
                             EntryOutcome::Failed { code, message } => {
-                                if api.retryable_code(&code) && attempt < policy.max_attempts {
+                                if api.retryable_code(&code) && policy.may_retry(attempt) {
                                     retry.push(record);
                                 } else {
                                     let reason = if api.retryable_code(&code) {
@@ -193,7 +205,7 @@ pub async fn deliver<A: BatchApi>(
                     attempt += 1;
                     batch = retry;
                 }
-                Err(failure) if failure.retryable && attempt < policy.max_attempts => {
+                Err(failure) if failure.retryable && policy.may_retry(attempt) => {
                     tokio::time::sleep(policy.backoff.delay(attempt, jitter.next_u64())).await;
                     attempt += 1;
                 }
@@ -298,7 +310,7 @@ mod tests {
 
     fn quick() -> RetryPolicy {
         RetryPolicy {
-            max_attempts: 4,
+            max_attempts: Some(4),
             backoff: Backoff {
                 base: Duration::from_micros(10),
                 max: Duration::from_micros(100),
@@ -411,6 +423,30 @@ mod tests {
         );
         assert!(reasons.iter().any(|r| r.contains("after 4 attempts")));
         assert!(report.fatal.is_none());
+    }
+
+    #[test]
+    fn without_a_bound_retryable_failures_are_retried_until_written() {
+        let api = FlakyApi::new(BatchLimits {
+            max_records: 10,
+            max_batch_bytes: 1 << 20,
+            max_record_bytes: 1 << 20,
+        });
+        api.failures.borrow_mut().insert(
+            record(1).data,
+            (25, "ProvisionedThroughputExceededException"),
+        );
+        *api.call_failures.borrow_mut() = 12;
+        let unbounded = RetryPolicy {
+            max_attempts: None,
+            ..quick()
+        };
+        let report = run(deliver(&api, (0..3).map(record).collect(), unbounded));
+        assert_eq!(
+            report.written, 3,
+            "a throttled record is delayed, not dead-lettered"
+        );
+        assert!(report.undeliverable.is_empty());
     }
 
     #[test]

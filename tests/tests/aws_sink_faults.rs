@@ -61,7 +61,7 @@ const FEATURES_PER_WRITE: usize = 150;
 /// The sinks' own retries: many attempts, millisecond backoff.
 fn policy() -> RetryPolicy {
     RetryPolicy {
-        max_attempts: 30,
+        max_attempts: Some(30),
         backoff: Backoff {
             base: Duration::from_millis(1),
             max: Duration::from_millis(20),
