@@ -80,22 +80,13 @@ pub trait BatchApi {
 /// capped backoff: during an outage the sink slows down and, through its bounded channel, the whole
 /// job with it, instead of turning valid records into dead letters. Only failures no retry can fix
 /// become undeliverable. A bound (`max_attempts`) is for callers that must not wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts per entry (or per batch, for whole-call failures), the first included; `None` to
     /// keep trying retryable failures.
     pub max_attempts: Option<u32>,
     /// The delays between them.
     pub backoff: Backoff,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: None,
-            backoff: Backoff::default(),
-        }
-    }
 }
 
 impl RetryPolicy {
