@@ -48,6 +48,20 @@ pub enum EntryOutcome {
     },
 }
 
+impl EntryOutcome {
+    /// The outcome of an entry whose answer carries an optional error code and message (the
+    /// shape of both `PutRecords` and `PutRecordBatch` results).
+    pub fn from_response(code: Option<&str>, message: Option<&str>) -> Self {
+        match code {
+            None => EntryOutcome::Written,
+            Some(code) => EntryOutcome::Failed {
+                code: code.to_string(),
+                message: message.unwrap_or_default().to_string(),
+            },
+        }
+    }
+}
+
 /// A call that failed as a whole.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallFailure {

@@ -131,13 +131,7 @@ impl BatchApi for DeliveryStream {
             Ok(output) => Ok(output
                 .request_responses()
                 .iter()
-                .map(|entry| match entry.error_code() {
-                    None => EntryOutcome::Written,
-                    Some(code) => EntryOutcome::Failed {
-                        code: code.to_string(),
-                        message: entry.error_message().unwrap_or_default().to_string(),
-                    },
-                })
+                .map(|entry| EntryOutcome::from_response(entry.error_code(), entry.error_message()))
                 .collect()),
             Err(error) => {
                 let (message, retryable) = classify(&error);

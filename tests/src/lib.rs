@@ -1,6 +1,7 @@
 //! Shared helpers for pageflow's integration tests (the tests themselves live in `tests/tests/`).
 
 pub mod aws;
+pub mod clients;
 pub mod fault_proxy;
 
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
@@ -65,4 +66,33 @@ pub fn pageview_line(
         r#"{{"event_id":"{event_id}","portal":"{portal}","user_id":"{user}","article_id":"{article}","ts":{ts},"dwell_ms":{dwell_ms},"scroll_pct":{scroll_pct},"clicks":1}}"#
     )
     .into_bytes()
+}
+
+/// Real feature records: the oracle over `events` synthetic pageviews of the given seed.
+pub fn synthetic_features(events: u64, seed: u64) -> Vec<pageflow_dataflow::features::Feature> {
+    use pageflow_connectors::synthetic::{SyntheticConfig, write_json_lines};
+    let mut bytes = Vec::new();
+    let written = write_json_lines(
+        &SyntheticConfig {
+            seed,
+            ..SyntheticConfig::default()
+        },
+        events,
+        &mut bytes,
+    );
+    assert_eq!(
+        written.ok(),
+        Some(events),
+        "the generator writes every event"
+    );
+    let lines: Vec<Vec<u8>> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    pageflow_dataflow::oracle::run(
+        &records("file:synthetic", &lines),
+        &SemanticsConfig::default(),
+    )
+    .features
 }

@@ -13,23 +13,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_kinesis::config::retry::RetryConfig;
-use aws_sdk_kinesis::config::{Credentials, Region};
 use pageflow_connectors::batch::{Delivery, RetryPolicy};
 use pageflow_connectors::firehose_sink::DeliveryStream;
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::retry::Backoff;
-use pageflow_connectors::synthetic::{SyntheticConfig, write_json_lines};
-use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::features::Feature;
-use pageflow_dataflow::oracle;
 use pageflow_tests::aws::{self, MotoServer};
+use pageflow_tests::clients::{firehose_client, kinesis_client, s3_client};
 use pageflow_tests::fault_proxy::{
     FIREHOSE_PUT_RECORD_BATCH, Fault, FaultPlan, FaultProxy, Faults, KINESIS_PUT_RECORDS,
     ProxyStats,
 };
-use pageflow_tests::records;
+use pageflow_tests::synthetic_features;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -88,70 +84,9 @@ impl SdkRetries {
     }
 }
 
-fn credentials() -> Credentials {
-    Credentials::new("testing", "testing", None, None, "pageflow-tests")
-}
-
-fn kinesis_client(endpoint: &str, retries: SdkRetries) -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(credentials())
-        .retry_config(retries.config())
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
-fn firehose_client(endpoint: &str, retries: SdkRetries) -> aws_sdk_firehose::Client {
-    let config = aws_sdk_firehose::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(aws_sdk_firehose::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(credentials())
-        .retry_config(retries.config())
-        .build();
-    aws_sdk_firehose::Client::from_conf(config)
-}
-
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(credentials())
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// Real features: the oracle over a few thousand synthetic pageviews.
-fn features(events: u64) -> Vec<Feature> {
-    let mut bytes = Vec::new();
-    let written = write_json_lines(
-        &SyntheticConfig {
-            seed: 5,
-            ..SyntheticConfig::default()
-        },
-        events,
-        &mut bytes,
-    );
-    assert_eq!(written.ok(), Some(events));
-    let lines: Vec<Vec<u8>> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    oracle::run(
-        &records("file:synthetic", &lines),
-        &SemanticsConfig::default(),
-    )
-    .features
-}
-
 /// The features to deliver, checked to be a few thousand with distinct ids.
 fn features_to_deliver() -> Vec<Feature> {
-    let features = features(6_000);
+    let features = synthetic_features(6_000, 5);
     let ids: std::collections::BTreeSet<&str> = features.iter().map(Feature::feature_id).collect();
     assert_eq!(ids.len(), features.len(), "feature ids are distinct");
     assert!(features.len() > 1_500, "{} features", features.len());
@@ -268,7 +203,7 @@ fn assert_delivery_and_faults(
 async fn kinesis_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
     let started = Instant::now();
     let moto = MotoServer::start()?;
-    let direct = kinesis_client(&moto.endpoint, SdkRetries::Standard);
+    let direct = kinesis_client(&moto.endpoint, SdkRetries::Standard.config());
     direct
         .create_stream()
         .stream_name("features")
@@ -281,7 +216,10 @@ async fn kinesis_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
             .on(KINESIS_PUT_RECORDS, FAULTS)
             .starting_with(KINESIS_PUT_RECORDS, &OPENING),
     )?;
-    let sink = KinesisStream::with_client(kinesis_client(&proxy.endpoint(), retries), "features");
+    let sink = KinesisStream::with_client(
+        kinesis_client(&proxy.endpoint(), retries.config()),
+        "features",
+    );
 
     let features = features_to_deliver();
     let mut report = Delivery::default();
@@ -354,7 +292,7 @@ async fn firehose_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
         .role_arn("arn:aws:iam::123456789012:role/pageflow-firehose")
         .prefix("processed/")
         .build()?;
-    firehose_client(&moto.endpoint, SdkRetries::Standard)
+    firehose_client(&moto.endpoint, SdkRetries::Standard.config())
         .create_delivery_stream()
         .delivery_stream_name("pageflow-processed")
         .extended_s3_destination_configuration(destination)
@@ -367,7 +305,7 @@ async fn firehose_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
             .starting_with(FIREHOSE_PUT_RECORD_BATCH, &OPENING),
     )?;
     let sink = DeliveryStream::with_client(
-        firehose_client(&proxy.endpoint(), retries),
+        firehose_client(&proxy.endpoint(), retries.config()),
         "pageflow-processed",
     );
 

@@ -4,69 +4,27 @@
 
 use std::collections::BTreeMap;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_kinesis::config::{Credentials, Region};
+use aws_sdk_kinesis::config::retry::RetryConfig;
 use pageflow_connectors::batch::RetryPolicy;
 use pageflow_connectors::firehose_sink::DeliveryStream;
 use pageflow_connectors::kinesis_sink::KinesisStream;
-use pageflow_connectors::synthetic::{SyntheticConfig, write_json_lines};
-use pageflow_dataflow::config::SemanticsConfig;
-use pageflow_dataflow::features::Feature;
-use pageflow_dataflow::oracle;
 use pageflow_tests::aws::MotoServer;
-use pageflow_tests::records;
+use pageflow_tests::clients::{firehose_client, kinesis_client, s3_client};
+use pageflow_tests::synthetic_features;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn credentials() -> Credentials {
-    Credentials::new("testing", "testing", None, None, "pageflow-tests")
-}
-
-fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(credentials())
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
-/// Real features: the oracle over a few thousand synthetic pageviews.
-fn features(events: u64) -> Vec<Feature> {
-    let mut bytes = Vec::new();
-    let written = write_json_lines(
-        &SyntheticConfig {
-            seed: 5,
-            ..SyntheticConfig::default()
-        },
-        events,
-        &mut bytes,
-    );
-    assert_eq!(written.ok(), Some(events));
-    let lines: Vec<Vec<u8>> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    oracle::run(
-        &records("file:synthetic", &lines),
-        &SemanticsConfig::default(),
-    )
-    .features
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn features_reach_every_shard_of_the_stream_with_their_partition_keys() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = kinesis_client(&moto.endpoint);
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
     client
         .create_stream()
         .stream_name("features")
         .shard_count(3)
         .send()
         .await?;
-    let features = features(4_000);
+    let features = synthetic_features(4_000, 5);
     assert!(
         features.len() > 1_000,
         "enough records for several PutRecords calls: {}",
@@ -142,22 +100,9 @@ async fn features_reach_every_shard_of_the_stream_with_their_partition_keys() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archive_reaches_s3_as_json_lines_through_firehose() -> TestResult {
     let moto = MotoServer::start()?;
-    let s3_config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(credentials())
-        .force_path_style(true)
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    let s3 = s3_client(&moto.endpoint);
     s3.create_bucket().bucket("archive").send().await?;
-    let firehose_config = aws_sdk_firehose::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(aws_sdk_firehose::config::Region::new("us-east-1"))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(credentials())
-        .build();
-    let firehose = aws_sdk_firehose::Client::from_conf(firehose_config);
+    let firehose = firehose_client(&moto.endpoint, RetryConfig::standard());
     let destination = aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
         .bucket_arn("arn:aws:s3:::archive")
         .role_arn("arn:aws:iam::123456789012:role/pageflow-firehose")
@@ -170,7 +115,7 @@ async fn the_archive_reaches_s3_as_json_lines_through_firehose() -> TestResult {
         .send()
         .await?;
 
-    let features = features(3_000);
+    let features = synthetic_features(3_000, 5);
     let lines: Vec<Vec<u8>> = features.iter().map(|f| f.to_json().into_bytes()).collect();
     let sink = DeliveryStream::with_client(firehose, "pageflow-processed");
     let report = sink

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
-use aws_sdk_kinesis::config::{Credentials, Region};
+use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use pageflow_connectors::kinesis_source::{
@@ -13,24 +12,9 @@ use pageflow_connectors::kinesis_source::{
 };
 use pageflow_connectors::kpl::aggregate;
 use pageflow_tests::aws::MotoServer;
+use pageflow_tests::clients::kinesis_client;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "pageflow-tests",
-        ))
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
 
 /// Writes, in order: 100 plain records, an aggregate of 50, 100 plain, a corrupt aggregate, an
 /// aggregate of 50, 100 plain. Returns the user payloads expected, in order (the corrupt one as is).
@@ -135,7 +119,7 @@ async fn read_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = client(&moto.endpoint);
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
     let expected = fill(&client).await?;
     let shard = client
         .list_shards()
@@ -179,7 +163,7 @@ async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = client(&moto.endpoint);
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
     fill(&client).await?;
     let shard = client
         .list_shards()
@@ -229,7 +213,7 @@ async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_shard_are_spaced_by_the_rate_limit() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = client(&moto.endpoint);
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
     fill(&client).await?;
     let shard = client
         .list_shards()
