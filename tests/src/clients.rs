@@ -47,3 +47,58 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }
+
+/// One record read back from a Kinesis stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// The shard it was in.
+    pub shard_id: String,
+    /// Its partition key.
+    pub partition_key: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// Reads every shard of `stream` from the oldest record to the tip, as a consumer would.
+pub async fn read_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Vec<StreamRecord>, Box<dyn std::error::Error>> {
+    let mut records = Vec::new();
+    let shards = client.list_shards().stream_name(stream).send().await?;
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await?
+            .shard_iterator;
+        while let Some(current) = iterator {
+            let page = client
+                .get_records()
+                .shard_iterator(current)
+                .limit(1000)
+                .send()
+                .await?;
+            records.extend(page.records().iter().map(|record| StreamRecord {
+                shard_id: shard.shard_id().to_string(),
+                partition_key: record.partition_key().unwrap_or_default().to_string(),
+                data: record.data().as_ref().to_vec(),
+            }));
+            iterator = if page.records().is_empty() {
+                None
+            } else {
+                page.next_shard_iterator
+            };
+        }
+    }
+    Ok(records)
+}
+
+/// The `feature_id` of a feature record's JSON bytes.
+pub fn feature_id_of(data: &[u8]) -> Result<String, serde_json::Error> {
+    let json: serde_json::Value = serde_json::from_slice(data)?;
+    Ok(json["feature_id"].as_str().unwrap_or_default().to_string())
+}

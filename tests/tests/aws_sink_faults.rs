@@ -20,7 +20,9 @@ use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::retry::Backoff;
 use pageflow_dataflow::features::Feature;
 use pageflow_tests::aws::{self, MotoServer};
-use pageflow_tests::clients::{firehose_client, kinesis_client, s3_client};
+use pageflow_tests::clients::{
+    feature_id_of, firehose_client, kinesis_client, read_stream, s3_client,
+};
 use pageflow_tests::fault_proxy::{
     FIREHOSE_PUT_RECORD_BATCH, Fault, FaultPlan, FaultProxy, Faults, KINESIS_PUT_RECORDS,
     ProxyStats,
@@ -239,35 +241,10 @@ async fn kinesis_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
     // Read every shard from the start, as a consumer would.
     let mut read: HashMap<String, usize> = HashMap::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
-    let shards = direct.list_shards().stream_name("features").send().await?;
-    for shard in shards.shards() {
-        let mut iterator = direct
-            .get_shard_iterator()
-            .stream_name("features")
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await?
-            .shard_iterator;
-        while let Some(current) = iterator {
-            let page = direct
-                .get_records()
-                .shard_iterator(current)
-                .limit(1000)
-                .send()
-                .await?;
-            for record in page.records() {
-                let json: serde_json::Value = serde_json::from_slice(record.data().as_ref())?;
-                let id = json["feature_id"].as_str().unwrap_or_default().to_string();
-                *read.entry(id.clone()).or_default() += 1;
-                keys.insert(id, record.partition_key().unwrap_or_default().to_string());
-            }
-            iterator = if page.records().is_empty() {
-                None
-            } else {
-                page.next_shard_iterator
-            };
-        }
+    for record in read_stream(&direct, "features").await? {
+        let id = feature_id_of(&record.data)?;
+        *read.entry(id.clone()).or_default() += 1;
+        keys.insert(id, record.partition_key);
     }
     let ids: Vec<&str> = features.iter().map(Feature::feature_id).collect();
     assert_exactly_once(&ids, &read);

@@ -9,7 +9,9 @@ use pageflow_connectors::batch::RetryPolicy;
 use pageflow_connectors::firehose_sink::DeliveryStream;
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_tests::aws::MotoServer;
-use pageflow_tests::clients::{firehose_client, kinesis_client, s3_client};
+use pageflow_tests::clients::{
+    feature_id_of, firehose_client, kinesis_client, read_stream, s3_client,
+};
 use pageflow_tests::synthetic_features;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -46,40 +48,11 @@ async fn features_reach_every_shard_of_the_stream_with_their_partition_keys() ->
 
     // Read every shard from the start, as a consumer would.
     let mut read: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let shards = client.list_shards().stream_name("features").send().await?;
-    for shard in shards.shards() {
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name("features")
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await?
-            .shard_iterator;
-        while let Some(current) = iterator {
-            let page = client
-                .get_records()
-                .shard_iterator(current)
-                .limit(1000)
-                .send()
-                .await?;
-            for record in page.records() {
-                let json: serde_json::Value = serde_json::from_slice(record.data().as_ref())?;
-                let id = json["feature_id"].as_str().unwrap_or_default().to_string();
-                read.insert(
-                    id,
-                    (
-                        record.partition_key().unwrap_or_default().to_string(),
-                        shard.shard_id().to_string(),
-                    ),
-                );
-            }
-            iterator = if page.records().is_empty() {
-                None
-            } else {
-                page.next_shard_iterator
-            };
-        }
+    for record in read_stream(&client, "features").await? {
+        read.insert(
+            feature_id_of(&record.data)?,
+            (record.partition_key, record.shard_id),
+        );
     }
     assert_eq!(read.len(), features.len(), "every feature once");
     for feature in &features {

@@ -93,6 +93,22 @@ async fn fill(
     Ok(expected)
 }
 
+/// A one-shard stream `g1` filled by [`fill`]: its client, its shard, the payloads expected.
+async fn filled_shard(
+    moto: &MotoServer,
+) -> Result<(aws_sdk_kinesis::Client, String, Vec<Vec<u8>>), Box<dyn std::error::Error>> {
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    let expected = fill(&client).await?;
+    let shards = client.list_shards().stream_name("g1").send().await?;
+    let shard = shards
+        .shards()
+        .first()
+        .ok_or("the stream has a shard")?
+        .shard_id()
+        .to_string();
+    Ok((client, shard, expected))
+}
+
 fn quick() -> ReaderSettings {
     ReaderSettings {
         max_records: 37,
@@ -119,16 +135,7 @@ async fn read_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
-    let expected = fill(&client).await?;
-    let shard = client
-        .list_shards()
-        .stream_name("g1")
-        .send()
-        .await?
-        .shards()[0]
-        .shard_id()
-        .to_string();
+    let (client, shard, expected) = filled_shard(&moto).await?;
     let mut reader = ShardReader::new(
         client,
         "g1",
@@ -163,16 +170,7 @@ async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
-    fill(&client).await?;
-    let shard = client
-        .list_shards()
-        .stream_name("g1")
-        .send()
-        .await?
-        .shards()[0]
-        .shard_id()
-        .to_string();
+    let (client, shard, _) = filled_shard(&moto).await?;
     let mut first = ShardReader::new(
         client.clone(),
         "g1",
@@ -213,16 +211,7 @@ async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_shard_are_spaced_by_the_rate_limit() -> TestResult {
     let moto = MotoServer::start()?;
-    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
-    fill(&client).await?;
-    let shard = client
-        .list_shards()
-        .stream_name("g1")
-        .send()
-        .await?
-        .shards()[0]
-        .shard_id()
-        .to_string();
+    let (client, shard, _) = filled_shard(&moto).await?;
     let settings = ReaderSettings {
         max_records: 10,
         min_call_interval: Duration::from_millis(200),
