@@ -225,6 +225,7 @@ impl<R: Read> JsonLinesFile<R> {
                     position: self.lines_read.to_string(),
                 },
                 bytes,
+                corrupt: None,
             }),
         }
     }

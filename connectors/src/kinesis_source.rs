@@ -191,7 +191,7 @@ impl ShardReader {
                         ..ShardBatch::default()
                     };
                     for record in output.records() {
-                        self.unpack(record, &mut batch.records);
+                        unpack_record(record, &mut self.resume, &mut batch.records);
                     }
                     match output.next_shard_iterator {
                         Some(next) => self.iterator = Some(next),
@@ -224,67 +224,6 @@ impl ShardReader {
         }
     }
 
-    /// Unpacks one Kinesis record into user records, skipping those already emitted.
-    fn unpack(&mut self, record: &aws_sdk_kinesis::types::Record, out: &mut Vec<ShardRecord>) {
-        let Some(sequence) = SequenceNumber::new(record.sequence_number()) else {
-            return;
-        };
-        let arrival_ms = record
-            .approximate_arrival_timestamp()
-            .and_then(|t| u64::try_from(t.to_millis().ok()?).ok());
-        let data = record.data().as_ref();
-        let (user_records, corrupt) = match deaggregate(data) {
-            Deaggregated::NotAggregated => (
-                vec![(
-                    0,
-                    record.partition_key().unwrap_or_default().to_string(),
-                    data.to_vec(),
-                )],
-                None,
-            ),
-            Deaggregated::Aggregated(users) => (
-                users
-                    .into_iter()
-                    .map(|u| (u.sub_sequence, u.partition_key, u.data))
-                    .collect(),
-                None,
-            ),
-            Deaggregated::Corrupt(reason) => (
-                vec![(
-                    0,
-                    record.partition_key().unwrap_or_default().to_string(),
-                    data.to_vec(),
-                )],
-                Some(reason),
-            ),
-        };
-        let count = user_records.len();
-        for (index, (sub_sequence, partition_key, data)) in user_records.into_iter().enumerate() {
-            let position = Position {
-                sequence: sequence.clone(),
-                sub_sequence,
-            };
-            if self
-                .resume
-                .as_ref()
-                .is_some_and(|resume| position <= resume.position)
-            {
-                continue; // emitted before the restart
-            }
-            self.resume = Some(ResumePoint {
-                position: position.clone(),
-                record_complete: index + 1 == count,
-            });
-            out.push(ShardRecord {
-                position,
-                partition_key,
-                data,
-                arrival_ms,
-                corrupt: corrupt.clone(),
-            });
-        }
-    }
-
     /// Gets an iterator from the saved position or the start; `None` after a transient failure.
     async fn acquire_iterator(&mut self) -> Result<Option<String>, ConnectorError> {
         let request = self.client.get_shard_iterator().shard_id(&self.shard_id);
@@ -293,23 +232,11 @@ impl ShardReader {
         } else {
             request.stream_name(&self.stream)
         };
-        let request = match (&self.resume, self.start) {
-            (Some(resume), _) if resume.record_complete => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(resume.position.sequence.as_str()),
-            (Some(resume), _) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(resume.position.sequence.as_str()),
-            (None, StartPosition::TrimHorizon) => {
-                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-            }
-            (None, StartPosition::Latest) => request.shard_iterator_type(ShardIteratorType::Latest),
-            (None, StartPosition::AtTimestamp(ms)) => request
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(
-                    ms as i64,
-                )),
-        };
+        let from = ReadStart::new(self.resume.as_ref(), self.start);
+        let request = request
+            .shard_iterator_type(from.kind)
+            .set_starting_sequence_number(from.sequence)
+            .set_timestamp(from.timestamp);
         match request.send().await {
             Ok(output) => Ok(output.shard_iterator),
             Err(error) => {
@@ -340,5 +267,114 @@ impl ShardReader {
             message: message.to_string(),
             retryable: false,
         }
+    }
+}
+
+/// Where reading a shard starts, in the terms both `GetShardIterator` and `SubscribeToShard` use.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ReadStart {
+    /// The iterator (or starting position) type.
+    pub(crate) kind: ShardIteratorType,
+    /// For `AT_`/`AFTER_SEQUENCE_NUMBER`.
+    pub(crate) sequence: Option<String>,
+    /// For `AT_TIMESTAMP`.
+    pub(crate) timestamp: Option<aws_sdk_kinesis::primitives::DateTime>,
+}
+
+impl ReadStart {
+    /// After the saved position if there is one (at its record when it is inside a KPL aggregate,
+    /// whose emitted user records are then skipped), else `start`.
+    pub(crate) fn new(resume: Option<&ResumePoint>, start: StartPosition) -> Self {
+        let at = |kind, sequence: Option<String>| ReadStart {
+            kind,
+            sequence,
+            timestamp: None,
+        };
+        match (resume, start) {
+            (Some(resume), _) if resume.record_complete => at(
+                ShardIteratorType::AfterSequenceNumber,
+                Some(resume.position.sequence.as_str().to_string()),
+            ),
+            (Some(resume), _) => at(
+                ShardIteratorType::AtSequenceNumber,
+                Some(resume.position.sequence.as_str().to_string()),
+            ),
+            (None, StartPosition::TrimHorizon) => at(ShardIteratorType::TrimHorizon, None),
+            (None, StartPosition::Latest) => at(ShardIteratorType::Latest, None),
+            (None, StartPosition::AtTimestamp(ms)) => ReadStart {
+                kind: ShardIteratorType::AtTimestamp,
+                sequence: None,
+                timestamp: Some(aws_sdk_kinesis::primitives::DateTime::from_millis(
+                    ms as i64,
+                )),
+            },
+        }
+    }
+}
+
+/// Unpacks one Kinesis record into `out` as user records (KPL aggregates de-aggregated, a corrupt
+/// one returned whole and flagged), skipping those at or before `resume` (emitted before a
+/// restart) and moving `resume` to the last one pushed. Shared by the polling [`ShardReader`] and
+/// the enhanced fan-out reader ([`crate::kinesis_fan_out`]), so both resume exactly alike.
+pub(crate) fn unpack_record(
+    record: &aws_sdk_kinesis::types::Record,
+    resume: &mut Option<ResumePoint>,
+    out: &mut Vec<ShardRecord>,
+) {
+    let Some(sequence) = SequenceNumber::new(record.sequence_number()) else {
+        return;
+    };
+    let arrival_ms = record
+        .approximate_arrival_timestamp()
+        .and_then(|t| u64::try_from(t.to_millis().ok()?).ok());
+    let data = record.data().as_ref();
+    let (user_records, corrupt) = match deaggregate(data) {
+        Deaggregated::NotAggregated => (
+            vec![(
+                0,
+                record.partition_key().unwrap_or_default().to_string(),
+                data.to_vec(),
+            )],
+            None,
+        ),
+        Deaggregated::Aggregated(users) => (
+            users
+                .into_iter()
+                .map(|u| (u.sub_sequence, u.partition_key, u.data))
+                .collect(),
+            None,
+        ),
+        Deaggregated::Corrupt(reason) => (
+            vec![(
+                0,
+                record.partition_key().unwrap_or_default().to_string(),
+                data.to_vec(),
+            )],
+            Some(reason),
+        ),
+    };
+    let count = user_records.len();
+    for (index, (sub_sequence, partition_key, data)) in user_records.into_iter().enumerate() {
+        let position = Position {
+            sequence: sequence.clone(),
+            sub_sequence,
+        };
+        if resume
+            .as_ref()
+            .is_some_and(|resume| position <= resume.position)
+        {
+            continue; // emitted before the restart
+        }
+        *resume = Some(ResumePoint {
+            position: position.clone(),
+            record_complete: index + 1 == count,
+        });
+        out.push(ShardRecord {
+            position,
+            partition_key,
+            data,
+            arrival_ms,
+            corrupt: corrupt.clone(),
+        });
     }
 }

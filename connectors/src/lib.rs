@@ -17,11 +17,14 @@ pub mod batch;
 pub mod error;
 pub mod file_source;
 pub mod firehose_sink;
+pub mod kinesis_consumer;
+pub mod kinesis_fan_out;
 pub mod kinesis_sink;
 pub mod kinesis_source;
 pub mod kpl;
 pub mod local_sink;
 pub mod retry;
+pub mod shard_discovery;
 pub mod shards;
 pub mod synthetic;
 

@@ -1614,6 +1614,7 @@ impl RecordSource for SyntheticSource {
                     position: self.traffic.delivered().to_string(),
                 },
                 bytes: line.as_slice().to_vec(),
+                corrupt: None,
             });
             appended += 1;
         }

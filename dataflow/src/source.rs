@@ -31,6 +31,72 @@ pub struct SourceError {
 /// The partitions each worker thread reads: index `w` holds worker `w`'s sources.
 pub type SourcesByWorker = Vec<Vec<Box<dyn RecordSource>>>;
 
+/// Partitions that appear while the job runs: Kinesis shards found by discovery, the children of
+/// a shard that was split or merged once their parents are fully read.
+///
+/// The ingest operator asks its worker's feed for new partitions on every activation and reads
+/// them like the ones it started with. While a feed is open, the worker has an opinion on the
+/// watermark only through the partitions it holds; with none it is idle (it never lets the
+/// watermark run to +∞ because a partition might still come).
+pub trait PartitionFeed: Send {
+    /// Appends the partitions assigned to this worker since the last call.
+    fn poll_new(&mut self, out: &mut Vec<Box<dyn RecordSource>>);
+
+    /// Whether no partition will ever be added again.
+    fn is_closed(&self) -> bool;
+}
+
+/// What one worker reads: the partitions known at start and, for live sources, a feed of more.
+#[derive(Default)]
+pub struct WorkerSources {
+    /// Partitions known when the job starts.
+    pub partitions: Vec<Box<dyn RecordSource>>,
+    /// Partitions added later, if the source has any.
+    pub feed: Option<Box<dyn PartitionFeed>>,
+}
+
+impl WorkerSources {
+    /// A worker's inputs: `partitions` now, and whatever `feed` adds later.
+    pub fn new(
+        partitions: Vec<Box<dyn RecordSource>>,
+        feed: Option<Box<dyn PartitionFeed>>,
+    ) -> Self {
+        WorkerSources { partitions, feed }
+    }
+
+    /// The worker's opinion on the watermark before it has read anything: a worker with nothing to
+    /// read and nothing to come is finished (it must not hold back a watermark it knows nothing
+    /// about); one that waits for partitions is idle; one with partitions has no watermark yet.
+    pub fn initial_opinion(&self) -> crate::time::Opinion {
+        use crate::time::Opinion;
+        if !self.partitions.is_empty() {
+            Opinion::Undefined
+        } else if self.feed.as_ref().is_some_and(|feed| !feed.is_closed()) {
+            Opinion::Idle
+        } else {
+            Opinion::Finished
+        }
+    }
+}
+
+impl From<Vec<Box<dyn RecordSource>>> for WorkerSources {
+    fn from(partitions: Vec<Box<dyn RecordSource>>) -> Self {
+        WorkerSources {
+            partitions,
+            feed: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkerSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSources")
+            .field("partitions", &self.partitions)
+            .field("feed", &self.feed.as_ref().map(|feed| feed.is_closed()))
+            .finish()
+    }
+}
+
 /// One partition of input, read in order.
 pub trait RecordSource: Send {
     /// The partition's stable name, e.g. `file:events.jsonl` (used in dead letters and metrics).
@@ -81,6 +147,7 @@ impl VecSource {
                     position: (index + 1).to_string(),
                 },
                 bytes: line.into(),
+                corrupt: None,
             })
             .collect();
         VecSource {

@@ -24,7 +24,7 @@ pub struct JobStats {
     /// Duplicate beacons dropped.
     pub duplicates: AtomicU64,
     /// Dead letters by reason, indexed like [`Reason::ALL`].
-    pub dead_letters: [AtomicU64; 9],
+    pub dead_letters: [AtomicU64; Reason::ALL.len()],
     /// The job watermark in ms (0 until there is one).
     pub watermark_ms: AtomicU64,
     /// Sessions currently open.

@@ -6,11 +6,15 @@
 //! session_gap = "30m"
 //!
 //! [source]               # where pageviews come from
-//! kind = "synthetic"     # or "files"
+//! kind = "synthetic"     # or "files", or "kinesis" (see [source.kinesis] below)
 //! events_per_second = 2000
 //!
 //! [sinks]
+//! kind = "local"         # or "aws": features to Kinesis, archive through Firehose
 //! dir = "./pageflow-data"
+//!
+//! [aws]                  # only for kind = "kinesis" / "aws"; credentials from the usual chain
+//! region = "sa-east-1"
 //!
 //! [serve]
 //! listen = "127.0.0.1:8080"
@@ -45,6 +49,23 @@ pub struct JobConfig {
     pub serve: ServeConfig,
     /// Threads and processes.
     pub runtime: RuntimeConfig,
+    /// Where the AWS APIs are (AWS mode only).
+    pub aws: AwsSection,
+}
+
+/// The `[aws]` section: region and endpoints shared by the Kinesis and Firehose clients.
+///
+/// Credentials come from the SDK's usual chain (environment, profile, the ECS task role).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsSection {
+    /// The region, e.g. `sa-east-1`; absent: `AWS_REGION` or the profile decides.
+    pub region: Option<String>,
+    /// One endpoint URL for every service (a local emulator such as moto); absent: AWS itself, or
+    /// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` from the environment.
+    pub endpoint_url: Option<String>,
+    /// An endpoint URL for Kinesis only (e.g. kinesis-local beside moto); wins over `endpoint_url`.
+    pub kinesis_endpoint_url: Option<String>,
 }
 
 /// Which source feeds the job.
@@ -56,6 +77,8 @@ pub enum SourceKind {
     Synthetic,
     /// JSON-lines files, one partition each.
     Files,
+    /// Amazon Kinesis Data Streams, one per portal, every shard a partition (`[source.kinesis]`).
+    Kinesis,
 }
 
 /// The source section.
@@ -74,6 +97,90 @@ pub struct SourceConfig {
     pub partitions: usize,
     /// Files: the JSON-lines files to read, one partition each.
     pub paths: Vec<PathBuf>,
+    /// Kinesis: the streams and how to read them.
+    pub kinesis: KinesisSourceSection,
+}
+
+/// How shards without a saved position start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPositionName {
+    /// The oldest record still retained.
+    #[default]
+    TrimHorizon,
+    /// Only records written after the job starts.
+    Latest,
+    /// Records written at or after `start_timestamp_ms`.
+    AtTimestamp,
+}
+
+/// How a stream is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    /// `GetRecords`: 5 calls/s and 2 MB/s per shard, shared with every other polling consumer.
+    #[default]
+    Polling,
+    /// Enhanced fan-out (`SubscribeToShard`): a dedicated 2 MB/s per shard for this consumer.
+    EnhancedFanOut,
+}
+
+/// One portal's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalStream {
+    /// The portal, e.g. `g1`.
+    pub portal: String,
+    /// The stream's name or ARN.
+    pub stream: String,
+    /// `polling` (default) or `enhanced_fan_out`.
+    #[serde(default)]
+    pub read: ReadMode,
+    /// Enhanced fan-out: the stream consumer to register or reuse (never deregistered).
+    #[serde(default = "default_consumer_name")]
+    pub consumer_name: String,
+}
+
+fn default_consumer_name() -> String {
+    "pageflow".to_string()
+}
+
+/// The `[source.kinesis]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KinesisSourceSection {
+    /// The portals' streams: `[[source.kinesis.streams]]` tables.
+    pub streams: Vec<PortalStream>,
+    /// Where shards without a saved position start: `trim_horizon`, `latest`, `at_timestamp`.
+    pub start_position: StartPositionName,
+    /// With `at_timestamp`: ms since the epoch.
+    pub start_timestamp_ms: Option<u64>,
+    /// How often to look for new shards (also done whenever a shard closes).
+    pub discovery_interval: Millis,
+    /// The least time between two `GetRecords` calls on one shard (Kinesis allows 5 per second per
+    /// shard, shared by every polling consumer of the stream).
+    pub poll_interval: Millis,
+    /// Records per `GetRecords` call (at most 10,000).
+    pub max_records: i32,
+    /// Batches buffered per shard before its reader waits for the dataflow.
+    pub buffered_batches: usize,
+    /// End every shard once it is read up to its tip, and the job with them (backfills, tests).
+    pub stop_at_latest: bool,
+}
+
+impl Default for KinesisSourceSection {
+    fn default() -> Self {
+        KinesisSourceSection {
+            streams: Vec::new(),
+            start_position: StartPositionName::TrimHorizon,
+            start_timestamp_ms: None,
+            discovery_interval: Millis::seconds(60),
+            poll_interval: Millis(200),
+            max_records: 10_000,
+            buffered_batches: 4,
+            stop_at_latest: false,
+        }
+    }
 }
 
 impl Default for SourceConfig {
@@ -85,27 +192,73 @@ impl Default for SourceConfig {
             portals: vec!["g1".into(), "ge".into(), "gshow".into()],
             partitions: 2,
             paths: Vec::new(),
+            kinesis: KinesisSourceSection::default(),
         }
     }
+}
+
+/// Where results go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinksKind {
+    /// Files under `dir` (the embedded default).
+    #[default]
+    Local,
+    /// Features to a Kinesis stream (`[sinks.kinesis]`), the archive through Firehose
+    /// (`[sinks.firehose]`).
+    Aws,
 }
 
 /// The sinks section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SinksConfig {
-    /// The local directory for features, dead letters and the archive.
+    /// `local` or `aws`.
+    pub kind: SinksKind,
+    /// The local directory for features, dead letters and the archive; in AWS mode, for records no
+    /// service would take (`undeliverable.jsonl`).
     pub dir: PathBuf,
     /// Also write the layered archive (`raw/`, `processed/`, `dead-letter/`).
     pub archive: bool,
+    /// AWS: the features stream.
+    pub kinesis: FeaturesStreamSection,
+    /// AWS: the archive's delivery streams.
+    pub firehose: FirehoseSection,
+    /// AWS: the longest a record waits in the sink before it is sent.
+    pub max_batch_delay: Millis,
 }
 
 impl Default for SinksConfig {
     fn default() -> Self {
         SinksConfig {
+            kind: SinksKind::Local,
             dir: PathBuf::from("./pageflow-data"),
             archive: true,
+            kinesis: FeaturesStreamSection::default(),
+            firehose: FirehoseSection::default(),
+            max_batch_delay: Millis(500),
         }
     }
+}
+
+/// The `[sinks.kinesis]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesStreamSection {
+    /// The features stream's name or ARN (read by the ML team).
+    pub stream: String,
+}
+
+/// The `[sinks.firehose]` section: one delivery stream per archive layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirehoseSection {
+    /// Valid records as received (`raw/`).
+    pub raw: String,
+    /// Features (`processed/`).
+    pub processed: String,
+    /// Dead letters (`dead-letter/`).
+    pub dead_letter: String,
 }
 
 /// The serving section.
@@ -201,9 +354,10 @@ pub fn load(
     section!("sinks", sinks);
     section!("serve", serve);
     section!("runtime", runtime);
+    section!("aws", aws);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws"
         ));
     }
     problems.extend(config.validate());
@@ -261,6 +415,113 @@ impl JobConfig {
                     );
                 }
             }
+            SourceKind::Kinesis => problems.extend(self.source.kinesis.validate()),
+        }
+        if self.sinks.kind == SinksKind::Aws {
+            if self.sinks.kinesis.stream.trim().is_empty() {
+                problems.push(
+                    "[sinks.kinesis] `stream` is empty: name the features stream (or set [sinks] kind = \"local\")"
+                        .to_string(),
+                );
+            }
+            if self.sinks.archive {
+                for (key, value) in [
+                    ("raw", &self.sinks.firehose.raw),
+                    ("processed", &self.sinks.firehose.processed),
+                    ("dead_letter", &self.sinks.firehose.dead_letter),
+                ] {
+                    if value.trim().is_empty() {
+                        problems.push(format!(
+                            "[sinks.firehose] `{key}` is empty: name its delivery stream, or set [sinks] archive = false"
+                        ));
+                    }
+                }
+            }
+            if self.sinks.max_batch_delay.ms() == 0 {
+                problems
+                    .push("[sinks] `max_batch_delay` must be positive, e.g. `500ms`".to_string());
+            }
+        }
+        for (key, url) in [
+            ("endpoint_url", &self.aws.endpoint_url),
+            ("kinesis_endpoint_url", &self.aws.kinesis_endpoint_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "[aws] `{key}` = `{url}` is not a URL: write e.g. `http://127.0.0.1:5000`"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+impl KinesisSourceSection {
+    /// Checks the Kinesis source's values and returns every problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.streams.is_empty() {
+            problems.push(
+                "[source] kind = \"kinesis\" needs at least one [[source.kinesis.streams]] with `portal` and `stream`"
+                    .to_string(),
+            );
+        }
+        let mut portals = std::collections::BTreeSet::new();
+        for (index, stream) in self.streams.iter().enumerate() {
+            let at = format!("[[source.kinesis.streams]] #{}", index + 1);
+            if !pageflow_connectors::local_sink::is_valid_portal(&stream.portal) {
+                problems.push(format!(
+                    "{at}: `portal` = `{}` is not a portal name: lowercase letters, digits and `-`, at most 32 characters, as in the pageview schema",
+                    stream.portal
+                ));
+            }
+            if !portals.insert(stream.portal.as_str()) {
+                problems.push(format!(
+                    "{at}: portal `{}` is listed twice; give each portal one stream",
+                    stream.portal
+                ));
+            }
+            if stream.stream.trim().is_empty() {
+                problems.push(format!(
+                    "{at}: `stream` is empty: write the stream's name or ARN"
+                ));
+            }
+            if stream.read == ReadMode::EnhancedFanOut && stream.consumer_name.trim().is_empty() {
+                problems.push(format!(
+                    "{at}: `consumer_name` is empty: enhanced fan-out registers a consumer under this name"
+                ));
+            }
+        }
+        if self.start_position == StartPositionName::AtTimestamp
+            && self.start_timestamp_ms.is_none()
+        {
+            problems.push(
+                "[source.kinesis] start_position = \"at_timestamp\" needs `start_timestamp_ms` (ms since the epoch)"
+                    .to_string(),
+            );
+        }
+        if self.discovery_interval.ms() < 1_000 {
+            problems.push(
+                "[source.kinesis] `discovery_interval` must be at least `1s`: ListShards is limited per account"
+                    .to_string(),
+            );
+        }
+        if self.poll_interval.ms() < 200 {
+            problems.push(format!(
+                "[source.kinesis] `poll_interval` = {} is below 200ms: Kinesis allows 5 GetRecords calls per second per shard, shared by all consumers",
+                self.poll_interval
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            problems.push(format!(
+                "[source.kinesis] `max_records` must be between 1 and 10000, not {}",
+                self.max_records
+            ));
+        }
+        if self.buffered_batches == 0 {
+            problems.push("[source.kinesis] `buffered_batches` must be at least 1".to_string());
         }
         problems
     }

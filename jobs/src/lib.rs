@@ -7,4 +7,5 @@
 pub mod commands;
 pub mod config;
 pub mod metrics;
+pub mod outputs;
 pub mod serve;

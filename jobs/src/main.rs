@@ -70,6 +70,9 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         invalid_share: f64,
     },
+    /// Prepare AWS (or the local emulators) for AWS mode: create streams, publish pageviews.
+    #[command(subcommand)]
+    Aws(AwsCommand),
     /// Measure throughput and memory and print the figures.
     Bench {
         /// Events in the generated input.
@@ -78,6 +81,39 @@ enum Command {
         /// Where to keep the generated input.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AwsCommand {
+    /// Create the streams, bucket and delivery streams the configuration names (idempotent).
+    ///
+    /// For the local emulators and sandbox accounts; production uses deploy/.
+    Setup {
+        /// The TOML configuration of the job ([source.kinesis], [sinks.kinesis], [sinks.firehose], [aws]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Shards of every stream created.
+        #[arg(long, default_value_t = 2)]
+        shards: i32,
+        /// The archive's S3 bucket.
+        #[arg(long, default_value = "pageflow-archive")]
+        bucket: String,
+        /// The role Firehose assumes to write the bucket.
+        #[arg(
+            long,
+            default_value = "arn:aws:iam::123456789012:role/pageflow-firehose"
+        )]
+        firehose_role_arn: String,
+    },
+    /// Publish a JSON-lines file of pageviews into the portals' streams (partition key user_id).
+    Put {
+        /// The TOML configuration of the job ([source.kinesis], [aws]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The pageviews, one JSON object per line.
+        #[arg(long)]
+        input: PathBuf,
     },
 }
 
@@ -130,6 +166,29 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let written = commands::generate::run(events, seed, invalid_share, &out)?;
             eprintln!("wrote {written} pageviews to {}", out.display());
+            Ok(())
+        }
+        Command::Aws(AwsCommand::Setup {
+            config,
+            shards,
+            bucket,
+            firehose_role_arn,
+        }) => {
+            let config = load_config(config.as_deref())?;
+            let options = commands::aws::SetupOptions {
+                shards,
+                bucket,
+                firehose_role_arn,
+            };
+            for created in commands::aws::setup(&config, &options)? {
+                eprintln!("created {created}");
+            }
+            Ok(())
+        }
+        Command::Aws(AwsCommand::Put { config, input }) => {
+            let config = load_config(config.as_deref())?;
+            let written = commands::aws::put(&config, &input)?;
+            eprintln!("wrote {written} records from {}", input.display());
             Ok(())
         }
         Command::Bench { events, dir } => {

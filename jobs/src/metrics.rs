@@ -17,6 +17,13 @@
 //! | `pageflow_watermark_delay_ms` | gauge | wall clock minus watermark, computed when rendered |
 //! | `pageflow_events_per_second` | gauge | records read per second over the last ~10 s |
 //! | `pageflow_live_keys` | gauge | keys held in live state (open sessions, windows …), as set by the job |
+//! | `pageflow_sink_records_total{sink}` | counter | records written by the AWS sinks (`kinesis`, `firehose_raw`, `firehose_processed`, `firehose_dead_letter`) |
+//! | `pageflow_sink_retried_total{sink}` | counter | entries the AWS sinks had to send again (partial failures, throttling) |
+//! | `pageflow_kinesis_shards{state}` | gauge | shards being read (`reading`) and read to their end (`finished`) |
+//! | `pageflow_kinesis_millis_behind_latest{stream,shard}` | gauge | how far behind the tip of each shard being read the consumer is |
+//! | `pageflow_kinesis_iterator_age_ms{stream,shard}` | gauge | age of the newest record of the last batch read from each shard (0 when caught up) |
+//! | `pageflow_kinesis_records_total{stream,shard}` | counter | user records read from each shard |
+//! | `pageflow_kinesis_listings_total` | counter | completed `ListShards` discoveries |
 //!
 //! `pageflow_events_per_second` is derived from samples of `pageflow_events_in_total`: every render
 //! takes a sample, and [`Metrics::spawn_rate_sampler`] (or calls to [`Metrics::sample_rate`]) add one
@@ -30,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pageflow_connectors::kinesis_consumer::ConsumerStatus;
 use pageflow_dataflow::event::Reason;
 use pageflow_dataflow::features::Feature;
 
@@ -63,7 +71,20 @@ pub struct Metrics {
     events_per_second: AtomicU64,
     /// `(when, events_in)` samples, oldest first.
     rate_samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// Records written and entries re-sent per AWS sink, in [`SINKS`] order.
+    sink_records: [AtomicU64; SINKS.len()],
+    sink_retried: [AtomicU64; SINKS.len()],
+    /// The Kinesis consumer's per-shard state, when the source is Kinesis.
+    kinesis: Mutex<Option<Arc<ConsumerStatus>>>,
 }
+
+/// The AWS sinks, as the `sink` label names them.
+pub const SINKS: [&str; 4] = [
+    "kinesis",
+    "firehose_raw",
+    "firehose_processed",
+    "firehose_dead_letter",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -78,6 +99,9 @@ impl Default for Metrics {
             live_keys: AtomicU64::new(0),
             events_per_second: AtomicU64::new(0f64.to_bits()),
             rate_samples: Mutex::new(VecDeque::new()),
+            sink_records: std::array::from_fn(|_| AtomicU64::new(0)),
+            sink_retried: std::array::from_fn(|_| AtomicU64::new(0)),
+            kinesis: Mutex::new(None),
         }
     }
 }
@@ -86,6 +110,27 @@ impl Metrics {
     /// A registry with every counter at zero and no watermark.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts what one delivery of an AWS sink (one of [`SINKS`]) did.
+    pub fn add_sink_delivery(&self, sink: &str, written: u64, retried: u64) {
+        if let Some(index) = SINKS.iter().position(|s| *s == sink) {
+            self.sink_records[index].fetch_add(written, Ordering::Relaxed);
+            self.sink_retried[index].fetch_add(retried, Ordering::Relaxed);
+        }
+    }
+
+    /// Records written by an AWS sink so far.
+    pub fn sink_records(&self, sink: &str) -> u64 {
+        SINKS
+            .iter()
+            .position(|s| *s == sink)
+            .map_or(0, |index| self.sink_records[index].load(Ordering::Relaxed))
+    }
+
+    /// Renders the Kinesis consumer's per-shard state from now on.
+    pub fn watch_kinesis(&self, status: Arc<ConsumerStatus>) {
+        *self.kinesis.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
     }
 
     /// Counts `n` records read from a source (before validation).
@@ -361,7 +406,137 @@ impl Metrics {
             "gauge",
         );
         let _ = writeln!(out, "pageflow_live_keys {}", self.live_keys());
+        for (name, help, values) in [
+            (
+                "pageflow_sink_records_total",
+                "Records written by the AWS sinks.",
+                &self.sink_records,
+            ),
+            (
+                "pageflow_sink_retried_total",
+                "Entries the AWS sinks sent again after partial failures or throttling.",
+                &self.sink_retried,
+            ),
+        ] {
+            header(&mut out, name, help, "counter");
+            for (sink, value) in SINKS.iter().zip(values.iter()) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sink=\"{sink}\"}} {}",
+                    value.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let kinesis = self
+            .kinesis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(status) = kinesis {
+            render_kinesis(&mut out, &status);
+        }
         out
+    }
+}
+
+/// The Kinesis consumer's families: shard counts and per-shard lag.
+fn render_kinesis(out: &mut String, status: &ConsumerStatus) {
+    let shards = status.shards();
+    header(
+        out,
+        "pageflow_kinesis_shards",
+        "Kinesis shards being read and read to their end.",
+        "gauge",
+    );
+    let finished = shards.iter().filter(|s| s.finished).count();
+    let _ = writeln!(
+        out,
+        "pageflow_kinesis_shards{{state=\"reading\"}} {}",
+        shards.len() - finished
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_kinesis_shards{{state=\"finished\"}} {finished}"
+    );
+    header(
+        out,
+        "pageflow_kinesis_listings_total",
+        "Completed ListShards discoveries.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_kinesis_listings_total {}",
+        status.listings.load(Ordering::Relaxed)
+    );
+    let label = |s: &pageflow_connectors::kinesis_consumer::ShardStatus| {
+        format!(
+            "stream=\"{}\",shard=\"{}\"",
+            escape_label(&s.stream),
+            escape_label(&s.shard)
+        )
+    };
+    header(
+        out,
+        "pageflow_kinesis_millis_behind_latest",
+        "How far behind the tip of each shard being read the consumer is (MillisBehindLatest).",
+        "gauge",
+    );
+    for shard in shards.iter().filter(|s| !s.finished) {
+        if let Some(behind) = shard.millis_behind_latest {
+            let _ = writeln!(
+                out,
+                "pageflow_kinesis_millis_behind_latest{{{}}} {behind}",
+                label(shard)
+            );
+        }
+    }
+    header(
+        out,
+        "pageflow_kinesis_iterator_age_ms",
+        "Age of the newest record of the last batch read from each shard (0 when caught up).",
+        "gauge",
+    );
+    for shard in shards.iter().filter(|s| !s.finished) {
+        if let Some(age) = shard.iterator_age_ms {
+            let _ = writeln!(
+                out,
+                "pageflow_kinesis_iterator_age_ms{{{}}} {age}",
+                label(shard)
+            );
+        }
+    }
+    header(
+        out,
+        "pageflow_kinesis_records_total",
+        "User records read from each shard.",
+        "counter",
+    );
+    for shard in &shards {
+        let _ = writeln!(
+            out,
+            "pageflow_kinesis_records_total{{{}}} {}",
+            label(shard),
+            shard.records
+        );
+    }
+}
+
+/// A label value with `\`, `"` and line breaks escaped, as the text format requires.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The Kinesis consumer's state, when the source is Kinesis (readiness, the dashboard).
+    pub fn kinesis_status(&self) -> Option<Arc<ConsumerStatus>> {
+        self.kinesis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -35,6 +35,7 @@ fn file_records(path: &Path) -> Vec<RawRecord> {
                 position: (index + 1).to_string(),
             },
             bytes: line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
+            corrupt: None,
         })
         .collect()
 }

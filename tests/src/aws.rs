@@ -317,7 +317,7 @@ fn parse_response(response: &[u8]) -> io::Result<HttpResponse> {
 }
 
 /// The workspace's root: the parent of this crate's folder.
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()
@@ -326,7 +326,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Appends everything `reader` yields to `output`, keeping only the last `OUTPUT_TAIL_BYTES`.
-fn drain_into(mut reader: impl Read, output: &Mutex<Vec<u8>>) {
+pub(crate) fn drain_into(mut reader: impl Read, output: &Mutex<Vec<u8>>) {
     let mut buffer = [0u8; 8192];
     loop {
         match reader.read(&mut buffer) {

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod clients;
 pub mod fault_proxy;
+pub mod kinesis_local;
 
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
@@ -38,6 +39,7 @@ pub fn records(partition: &str, lines: &[Vec<u8>]) -> Vec<RawRecord> {
                 position: (index + 1).to_string(),
             },
             bytes: bytes.clone(),
+            corrupt: None,
         })
         .collect()
 }

@@ -44,6 +44,7 @@ impl RecordSource for TimedPartition {
                     position: self.next.to_string(),
                 },
                 bytes: bytes.clone(),
+                corrupt: None,
             });
         }
         Ok(if elapsed >= self.ends_after {

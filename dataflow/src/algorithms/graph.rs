@@ -34,7 +34,7 @@ use crate::operators::rankings::{RankingSpec, Rankings, RankingsOutput};
 use crate::operators::related::{Related, RelatedSpec};
 use crate::operators::sessionize::{SessionUpdate, Sessionize};
 use crate::operators::window_stats::{WindowSpec, WindowStats};
-use crate::source::RecordSource;
+use crate::source::WorkerSources;
 use crate::stats::JobStats;
 use crate::time::WatermarkBoard;
 
@@ -66,7 +66,7 @@ pub struct GraphOutputs<'scope> {
 /// Builds the job on this worker, reading `sources`.
 pub fn build<'scope>(
     scope: Scope<'scope, u64>,
-    sources: Vec<Box<dyn RecordSource>>,
+    sources: impl Into<WorkerSources>,
     board: Arc<WatermarkBoard>,
     config: &SemanticsConfig,
     options: &GraphOptions,
@@ -75,7 +75,13 @@ pub fn build<'scope>(
     let slide = config.slide.ms();
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
-    let ingested = ingest(scope, sources, board, ingest_config, Arc::clone(&stats));
+    let ingested = ingest(
+        scope,
+        sources.into(),
+        board,
+        ingest_config,
+        Arc::clone(&stats),
+    );
     let (events, rest): (
         StreamVec<'scope, u64, Event>,
         StreamVec<'scope, u64, NotAnEvent>,

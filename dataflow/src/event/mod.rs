@@ -82,12 +82,29 @@ pub struct RawRecord {
     pub position: SourcePosition,
     /// The record's bytes, without the line break.
     pub bytes: Vec<u8>,
+    /// Set by a source that could not unpack the record (a corrupt KPL aggregate): why. Ingest
+    /// sends it to the dead letters as `corrupt_aggregate` without validating it.
+    pub corrupt: Option<String>,
+}
+
+impl RawRecord {
+    /// A record read at `position`.
+    pub fn new(position: SourcePosition, bytes: Vec<u8>) -> Self {
+        RawRecord {
+            position,
+            bytes,
+            corrupt: None,
+        }
+    }
 }
 
 /// Why a record went to the dead-letter output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// A KPL aggregate whose MD5 trailer or protobuf body is broken: none of its user records can
+    /// be trusted, so the whole Kinesis record is kept here.
+    CorruptAggregate,
     /// Larger than 64 KiB without the line break.
     TooLarge,
     /// Not valid UTF-8.
@@ -106,11 +123,16 @@ pub enum Reason {
     BadPattern,
     /// Valid, but its `ts` is below the job's watermark.
     Late,
+    /// An output record (a feature, an archive line) that a sink could not write however often it
+    /// tried (a record over the service's size limit, a missing stream): kept here instead.
+    Undeliverable,
 }
 
 impl Reason {
-    /// Every reason, in the order the contract checks them (`late` last).
-    pub const ALL: [Reason; 9] = [
+    /// Every reason: the input's, in the order the contract checks them (`late` last), then the
+    /// sinks' `undeliverable`.
+    pub const ALL: [Reason; 11] = [
+        Reason::CorruptAggregate,
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::InvalidJson,
@@ -120,11 +142,13 @@ impl Reason {
         Reason::OutOfRange,
         Reason::BadPattern,
         Reason::Late,
+        Reason::Undeliverable,
     ];
 
     /// The stable snake_case code used in dead letters and metrics.
     pub fn code(self) -> &'static str {
         match self {
+            Reason::CorruptAggregate => "corrupt_aggregate",
             Reason::TooLarge => "too_large",
             Reason::InvalidUtf8 => "invalid_utf8",
             Reason::InvalidJson => "invalid_json",
@@ -134,6 +158,7 @@ impl Reason {
             Reason::OutOfRange => "out_of_range",
             Reason::BadPattern => "bad_pattern",
             Reason::Late => "late",
+            Reason::Undeliverable => "undeliverable",
         }
     }
 }

@@ -25,7 +25,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::event::{DeadLetter, Event, RawRecord, Reason, validate};
-use crate::source::{PollStatus, RecordSource};
+use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
 use crate::time::{Opinion, PartitionClock, Watermark, WatermarkBoard, combine};
 
@@ -91,6 +91,15 @@ struct Partition {
 }
 
 impl Partition {
+    fn new(source: Box<dyn RecordSource>, now: Instant) -> Self {
+        Partition {
+            source,
+            clock: PartitionClock::default(),
+            last_activity: now,
+            blank_lines_reported: 0,
+        }
+    }
+
     fn opinion(&self, config: &IngestConfig, now: Instant) -> Opinion {
         if self.clock.finished {
             Opinion::Finished
@@ -109,11 +118,12 @@ impl Partition {
 
 /// Reads `sources` on this worker and emits what they contain, in arrival order.
 ///
-/// `board` must have been created with one opinion per worker (workers that own no partition
-/// `Finished`), and `worker` is this worker's index on it.
+/// `board` must have been created with one opinion per worker (each worker's
+/// [`WorkerSources::initial_opinion`]). Partitions that the sources' feed adds later are read from
+/// the activation that finds them on; finished partitions are dropped.
 pub fn ingest<'scope>(
     scope: Scope<'scope, u64>,
-    sources: Vec<Box<dyn RecordSource>>,
+    sources: WorkerSources,
     board: Arc<WatermarkBoard>,
     config: IngestConfig,
     stats: Arc<JobStats>,
@@ -122,15 +132,15 @@ pub fn ingest<'scope>(
     source(scope, "Ingest", move |capability, info| {
         let activator = scope.activator_for(info.address);
         let start = Instant::now();
-        let mut partitions: Vec<Partition> = sources
+        let WorkerSources {
+            partitions: initial,
+            mut feed,
+        } = sources;
+        let mut partitions: Vec<Partition> = initial
             .into_iter()
-            .map(|source| Partition {
-                source,
-                clock: PartitionClock::default(),
-                last_activity: start,
-                blank_lines_reported: 0,
-            })
+            .map(|source| Partition::new(source, start))
             .collect();
+        let mut added: Vec<Box<dyn RecordSource>> = Vec::new();
         let mut capability = Some(capability);
         let mut job_watermark = Watermark::MinusInfinity;
         let mut buffer: Vec<RawRecord> = Vec::new();
@@ -141,6 +151,13 @@ pub fn ingest<'scope>(
                 return;
             };
             let now = Instant::now();
+            if let Some(feed) = feed.as_mut() {
+                feed.poll_new(&mut added);
+                partitions.extend(added.drain(..).map(|source| Partition::new(source, now)));
+            }
+            // While more partitions may come, this worker is at least idle, never finished.
+            let feed_open = feed.as_ref().is_some_and(|feed| !feed.is_closed());
+            let waiting = feed_open.then_some(Opinion::Idle);
             let others = board.others(worker);
             let mut more_ready = false;
 
@@ -175,6 +192,19 @@ pub fn ingest<'scope>(
                     .fetch_add(buffer.len() as u64, Ordering::Relaxed);
 
                 for record in buffer.drain(..) {
+                    if let Some(why) = record.corrupt {
+                        stats.dead_letter(Reason::CorruptAggregate);
+                        let detail = format!(
+                            "the Kinesis record is a KPL aggregate that cannot be unpacked ({why}); none of its user records were counted: check the producer's KPL version and settings, then replay the bytes kept here"
+                        );
+                        out.push(Ingested::DeadLetter(DeadLetter::new(
+                            Reason::CorruptAggregate,
+                            detail,
+                            record.position,
+                            &record.bytes,
+                        )));
+                        continue;
+                    }
                     let view = match validate(&record.bytes) {
                         Ok(view) => view,
                         Err(invalid) => {
@@ -190,7 +220,12 @@ pub fn ingest<'scope>(
                     };
                     stats.valid.fetch_add(1, Ordering::Relaxed);
                     // The job watermark before this record is counted (SEMANTICS: judged first).
-                    let local = combine(partitions.iter().map(|p| p.opinion(&config, now)));
+                    let local = combine(
+                        partitions
+                            .iter()
+                            .map(|p| p.opinion(&config, now))
+                            .chain(waiting),
+                    );
                     job_watermark =
                         job_watermark.max(to_watermark(combine([local, others]), job_watermark));
                     if job_watermark.is_late(view.ts) {
@@ -229,10 +264,13 @@ pub fn ingest<'scope>(
                 output.session(&*cap).give_iterator(out.drain(..));
             }
 
+            // Closed shards and ended files are dropped: they never hold the watermark back again.
+            partitions.retain(|p| !p.clock.finished);
             let local = combine(
                 partitions
                     .iter()
-                    .map(|p| p.opinion(&config, Instant::now())),
+                    .map(|p| p.opinion(&config, Instant::now()))
+                    .chain(waiting),
             );
             let published = board.publish(worker, local);
             job_watermark = job_watermark.max(published);
@@ -252,7 +290,7 @@ pub fn ingest<'scope>(
                 }
                 Watermark::MinusInfinity => {}
             }
-            if matches!(local, Opinion::Finished) && partitions.iter().all(|p| p.clock.finished) {
+            if matches!(local, Opinion::Finished) && partitions.is_empty() && !feed_open {
                 // Nothing more will come from here; other workers' capabilities hold the frontier.
                 capability = None;
             } else if more_ready {

@@ -32,6 +32,7 @@ pub fn raw(line: usize, bytes: &[u8]) -> RawRecord {
             position: line.to_string(),
         },
         bytes: bytes.to_vec(),
+        corrupt: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The subcommands of the `pageflow` binary.
 
+pub mod aws;
 pub mod bench;
 pub mod generate;
 pub mod replay;

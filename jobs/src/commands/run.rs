@@ -1,14 +1,19 @@
 //! `pageflow run`: the long-running job.
 //!
 //! ```text
-//!  timely workers (graph) ──bounded channel──► sink thread ──► features.jsonl, archive/
-//!                                                   │
-//!                                                   └──► serving state ◄── HTTP (tokio, axum)
+//!  sources ─► timely workers (graph) ──bounded channel──► sink thread ──► JobOutputs
+//!  (synthetic, files,                                         │          (local files, or
+//!   Kinesis shards)                                           │           Kinesis + Firehose)
+//!                                                             └──► serving state ◄── HTTP (axum)
 //! ```
 //!
-//! The channel is bounded: when the sink falls behind, the workers block on it and stop reading
-//! their sources, so memory stays bounded. The sink thread also mirrors the dataflow's counters into
-//! the Prometheus metrics.
+//! The channel is bounded: when the sink falls behind (a slow disk, a throttled stream), the
+//! workers block on it and stop reading their sources, so memory stays bounded. The sink thread
+//! also mirrors the dataflow's counters into the Prometheus metrics. Kinesis readers and the AWS
+//! sinks run on the job's tokio runtime, beside HTTP.
+//!
+//! The job ends by itself when its input does (files; Kinesis with `stop_at_latest`), and
+//! otherwise on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,21 +22,26 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::local_sink::ArchiveSink;
-use pageflow_connectors::{FeatureFileSink, JsonLinesFile, SyntheticConfig, SyntheticSource};
+use pageflow_connectors::aws::AwsConfig;
+use pageflow_connectors::firehose_sink::{DeliveryStream, FirehoseArchive};
+use pageflow_connectors::kinesis_consumer::{ConsumerSettings, KinesisConsumer, StreamSpec};
+use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
+use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
 use pageflow_dataflow::event::{DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
-use pageflow_dataflow::source::SourcesByWorker;
+use pageflow_dataflow::source::{RecordSource, WorkerSources};
 use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
-use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+use pageflow_dataflow::time::WatermarkBoard;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::config::{JobConfig, SourceKind};
+use crate::config::{JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName};
 use crate::metrics::Metrics;
+use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
 use crate::serve::{ServingState, router, serve};
 
 /// What the workers hand to the sink thread.
@@ -61,12 +71,22 @@ pub struct RunningJob {
     pub metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     sink: Option<std::thread::JoinHandle<Result<()>>>,
+    kinesis: Option<KinesisConsumer>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl RunningJob {
+    /// Whether the job has ended by itself: its input ended and every result is written, or a
+    /// sink failed (then [`RunningJob::shutdown`] returns the error).
+    pub fn has_ended(&self) -> bool {
+        self.sink.as_ref().is_none_or(|sink| sink.is_finished())
+    }
+
     /// Flushes the sinks and stops serving. The dataflow threads end with the process.
     pub fn shutdown(mut self) -> Result<()> {
+        if let Some(kinesis) = self.kinesis.take() {
+            kinesis.stop();
+        }
         self.stop.store(true, Ordering::SeqCst);
         if let Some(sink) = self.sink.take() {
             sink.join()
@@ -76,10 +96,13 @@ impl RunningJob {
     }
 }
 
-/// Builds every worker's sources from the configuration.
-fn sources_by_worker(config: &JobConfig) -> Result<SourcesByWorker> {
+/// Builds every worker's sources from the configuration; for Kinesis, also starts the consumer.
+fn worker_sources(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Vec<WorkerSources>, Option<KinesisConsumer>)> {
     let workers = config.runtime.workers;
-    let mut by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
+    let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
     match config.source.kind {
         SourceKind::Synthetic => {
             let partitions = config.source.partitions;
@@ -107,8 +130,109 @@ fn sources_by_worker(config: &JobConfig) -> Result<SourcesByWorker> {
                 by_worker[index % workers].push(Box::new(file));
             }
         }
+        SourceKind::Kinesis => {
+            let kinesis = &config.source.kinesis;
+            let aws = AwsConfig {
+                region: config.aws.region.clone(),
+                endpoint_url: config
+                    .aws
+                    .kinesis_endpoint_url
+                    .clone()
+                    .or_else(|| config.aws.endpoint_url.clone()),
+            };
+            let client = aws_sdk_kinesis::Client::new(&runtime.block_on(aws.load()));
+            let streams = kinesis
+                .streams
+                .iter()
+                .map(|s| StreamSpec {
+                    portal: s.portal.clone(),
+                    stream: s.stream.clone(),
+                    fan_out_consumer: (s.read == ReadMode::EnhancedFanOut)
+                        .then(|| s.consumer_name.clone()),
+                })
+                .collect();
+            let settings = ConsumerSettings {
+                start: match kinesis.start_position {
+                    StartPositionName::TrimHorizon => StartPosition::TrimHorizon,
+                    StartPositionName::Latest => StartPosition::Latest,
+                    StartPositionName::AtTimestamp => {
+                        StartPosition::AtTimestamp(kinesis.start_timestamp_ms.unwrap_or(0))
+                    }
+                },
+                discovery_interval: kinesis.discovery_interval.into(),
+                reader: ReaderSettings {
+                    max_records: kinesis.max_records,
+                    min_call_interval: kinesis.poll_interval.into(),
+                    ..ReaderSettings::default()
+                },
+                buffered_batches: kinesis.buffered_batches,
+                stop_at_latest: kinesis.stop_at_latest,
+                ..ConsumerSettings::default()
+            };
+            let (consumer, feeds) =
+                KinesisConsumer::start(runtime.handle(), client, streams, workers, settings);
+            let sources = feeds
+                .into_iter()
+                .map(|feed| WorkerSources::new(Vec::new(), Some(Box::new(feed))))
+                .collect();
+            return Ok((sources, Some(consumer)));
+        }
     }
-    Ok(by_worker)
+    Ok((
+        by_worker.into_iter().map(WorkerSources::from).collect(),
+        None,
+    ))
+}
+
+/// The sink thread's outputs, from the configuration.
+fn job_outputs(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+    metrics: &Arc<Metrics>,
+) -> Result<Box<dyn JobOutputs>> {
+    let sinks = &config.sinks;
+    match sinks.kind {
+        SinksKind::Local => Ok(Box::new(LocalOutputs::open(&sinks.dir, sinks.archive)?)),
+        SinksKind::Aws => {
+            std::fs::create_dir_all(&sinks.dir).with_context(|| {
+                format!("cannot create the data directory {}", sinks.dir.display())
+            })?;
+            let aws = AwsConfig {
+                region: config.aws.region.clone(),
+                endpoint_url: config.aws.endpoint_url.clone(),
+            };
+            let sdk = runtime.block_on(aws.load());
+            let kinesis_sdk = match &config.aws.kinesis_endpoint_url {
+                Some(url) => aws_sdk_kinesis::config::Builder::from(&sdk)
+                    .endpoint_url(url)
+                    .build(),
+                None => aws_sdk_kinesis::config::Builder::from(&sdk).build(),
+            };
+            let features = KinesisStream::with_client(
+                aws_sdk_kinesis::Client::from_conf(kinesis_sdk),
+                &sinks.kinesis.stream,
+            );
+            let archive = sinks.archive.then(|| {
+                let client = aws_sdk_firehose::Client::new(&sdk);
+                FirehoseArchive {
+                    raw: DeliveryStream::with_client(client.clone(), &sinks.firehose.raw),
+                    processed: DeliveryStream::with_client(
+                        client.clone(),
+                        &sinks.firehose.processed,
+                    ),
+                    dead_letter: DeliveryStream::with_client(client, &sinks.firehose.dead_letter),
+                }
+            });
+            Ok(Box::new(AwsOutputs::new(
+                runtime.handle().clone(),
+                features,
+                archive,
+                sinks.max_batch_delay.into(),
+                &sinks.dir,
+                Arc::clone(metrics),
+            )))
+        }
+    }
 }
 
 /// Starts the job in the background and returns its handles.
@@ -128,9 +252,9 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .thread_name("pageflow-http")
+        .thread_name("pageflow-io")
         .build()
-        .context("cannot start the HTTP runtime")?;
+        .context("cannot start the I/O runtime")?;
     let http_addr = if config.serve.enabled {
         let listen = config.serve.listen.clone();
         let listener = runtime
@@ -159,6 +283,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     };
 
     let (sender, receiver) = sync_channel::<SinkMessage>(SINK_CHANNEL_BATCHES);
+    let outputs = job_outputs(&config, &runtime, &metrics)?;
     let sink = {
         let (serving, metrics, stats, stop) = (
             Arc::clone(&serving),
@@ -166,25 +291,17 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
             Arc::clone(&stats),
             Arc::clone(&stop),
         );
-        let dir = config.sinks.dir.clone();
-        let archive = config.sinks.archive;
         std::thread::Builder::new()
             .name("pageflow-sink".into())
-            .spawn(move || sink_loop(receiver, &dir, archive, &serving, &metrics, &stats, &stop))
+            .spawn(move || sink_loop(receiver, outputs, &serving, &metrics, &stats, &stop))
             .context("cannot start the sink thread")?
     };
 
-    let sources = sources_by_worker(&config)?;
-    let opinions = sources
-        .iter()
-        .map(|s| {
-            if s.is_empty() {
-                Opinion::Finished
-            } else {
-                Opinion::Undefined
-            }
-        })
-        .collect();
+    let (sources, kinesis) = worker_sources(&config, &runtime)?;
+    if let Some(consumer) = &kinesis {
+        metrics.watch_kinesis(Arc::clone(&consumer.status));
+    }
+    let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
     let slots = Arc::new(std::sync::Mutex::new(
         sources.into_iter().map(Some).collect::<Vec<_>>(),
@@ -235,6 +352,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         metrics,
         stop,
         sink: Some(sink),
+        kinesis,
         _runtime: runtime,
     })
 }
@@ -255,69 +373,40 @@ fn forward<'scope, D: Clone + 'static>(
 
 fn sink_loop(
     receiver: Receiver<SinkMessage>,
-    dir: &std::path::Path,
-    archive: bool,
+    mut outputs: Box<dyn JobOutputs>,
     serving: &ServingState,
     metrics: &Metrics,
     stats: &JobStats,
     stop: &AtomicBool,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let mut features_file = FeatureFileSink::open(dir)?;
-    let mut archive = if archive {
-        Some(ArchiveSink::new(dir, "local-0")?)
-    } else {
-        None
-    };
     let mut mirrored = StatsSnapshot::default();
-    let mut last_flush = Instant::now();
+    let mut last_mirror = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        match receiver.recv_timeout(Duration::from_millis(200)) {
+        match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(SinkMessage::Features(features)) => {
                 for feature in &features {
-                    features_file.write(feature)?;
-                    if let Some(archive) = archive.as_mut() {
-                        archive.write_feature(feature)?;
-                    }
                     metrics.record_feature(feature);
                 }
+                outputs.features(&features)?;
             }
-            Ok(SinkMessage::DeadLetters(letters)) => {
-                if let Some(archive) = archive.as_mut() {
-                    for letter in &letters {
-                        archive.write_dead_letter(letter)?;
-                    }
-                }
-            }
-            Ok(SinkMessage::Raw(records)) => {
-                if let Some(archive) = archive.as_mut() {
-                    for record in &records {
-                        archive.write_raw(&record.portal, record.ts, &record.bytes)?;
-                    }
-                }
-            }
+            Ok(SinkMessage::DeadLetters(letters)) => outputs.dead_letters(&letters)?,
+            Ok(SinkMessage::Raw(records)) => outputs.raw(&records)?,
             Ok(SinkMessage::Live(updates)) => {
                 for update in updates {
                     serving.apply(update);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
+            // Every worker has finished: the input has ended.
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if last_flush.elapsed() >= Duration::from_millis(500) {
-            features_file.flush()?;
-            if let Some(archive) = archive.as_mut() {
-                archive.flush()?;
-            }
+        outputs.tick()?;
+        if last_mirror.elapsed() >= Duration::from_millis(500) {
             mirror_stats(stats, &mut mirrored, metrics);
-            last_flush = Instant::now();
+            last_mirror = Instant::now();
         }
     }
-    features_file.flush()?;
-    if let Some(archive) = archive.as_mut() {
-        archive.flush()?;
-    }
+    outputs.flush()?;
     mirror_stats(stats, &mut mirrored, metrics);
     Ok(())
 }
@@ -357,16 +446,26 @@ pub fn run(config: JobConfig) -> Result<()> {
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    signals.block_on(async {
+    let signalled = signals.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
+        let ended = async {
+            while !job.has_ended() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let signalled = tokio::select! {
+            _ = tokio::signal::ctrl_c() => true,
+            _ = terminate.recv() => true,
+            _ = ended => false,
+        };
+        Ok::<_, std::io::Error>(signalled)
     })?;
-    eprintln!("pageflow: stopping, flushing the sinks");
+    if signalled {
+        eprintln!("pageflow: stopping, flushing the sinks");
+    } else {
+        eprintln!("pageflow: the input has ended; every result is written");
+    }
     job.shutdown()?;
     // The dataflow threads hold no state that outlives the process yet (checkpoints come later).
     std::process::exit(0)

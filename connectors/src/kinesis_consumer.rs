@@ -1,0 +1,611 @@
+//! The Kinesis source of the job: every shard of every portal's stream, read as partitions of the
+//! dataflow.
+//!
+//! ```text
+//!            ┌──────────── coordinator (one task) ─────────────┐
+//!  ListShards│ discovery on an interval (jittered) and when a  │ assign_shard(stream, shard, W)
+//!   ────────►│ shard ends; ShardLineage: children after parents├──────────┬───────────┐
+//!            └───────────────▲─────────────────────────────────┘          ▼           ▼
+//!                            │ shard done (+ children)            feed of worker 0 … worker W-1
+//!   reader task per shard ──►│ bounded channel ──► ShardPartition (a RecordSource) ──► ingest
+//! ```
+//!
+//! - **One place discovers.** The coordinator lists the shards (paginated `ListShards`), starts a
+//!   reader task for every shard whose parents are done, and hands the shard to the worker chosen
+//!   by the stable rendezvous hash ([`crate::shards::assign_shard`]). Workers never call
+//!   `ListShards`.
+//! - **Children after parents, parents fully processed.** A shard counts as done only when its
+//!   worker has taken its last records into the dataflow (the partition reports it on the poll
+//!   after the one that returned them), so a child's records never enter before its parents'.
+//! - **Backpressure.** Each shard's reader waits on a bounded channel: when the dataflow falls
+//!   behind, the readers stop calling `GetRecords`, and memory stays bounded.
+//! - **Per-shard event time.** Each shard is its own partition, with its own watermark and idleness
+//!   in ingest (SEMANTICS: the job watermark is the minimum over partitions that are not idle).
+//! - **Metrics.** [`ConsumerStatus`] keeps, per shard, `MillisBehindLatest`, the iterator age (how
+//!   old the newest record read was when it was read) and the records read.
+//! - **Polling or enhanced fan-out**, per stream: [`StreamSpec::fan_out_consumer`] names the
+//!   consumer to register or reuse ([`crate::kinesis_fan_out`]); the records are the same.
+//! - **Bounded reads.** With [`ConsumerSettings::stop_at_latest`], each shard ends once its reader
+//!   is at the tip (`MillisBehindLatest` = 0), so a run over what a stream holds now finishes, like
+//!   a replay (backfills, tests). Otherwise the consumer runs until stopped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_kinesis::Client;
+use pageflow_dataflow::event::{RawRecord, SourcePosition};
+use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource, SourceError};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::ConnectorError;
+use crate::kinesis_fan_out::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
+use crate::kinesis_source::{ReaderSettings, ShardBatch, ShardReader, StartPosition};
+use crate::retry::{Backoff, Jitter};
+use crate::shard_discovery::{ShardLineage, list_shards};
+use crate::shards::assign_shard;
+
+/// One portal's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The portal whose pageviews the stream carries (names the partitions).
+    pub portal: String,
+    /// The stream's name or ARN.
+    pub stream: String,
+    /// Read through this enhanced fan-out consumer (registered or reused, never deregistered)
+    /// instead of polling.
+    pub fan_out_consumer: Option<String>,
+}
+
+/// How the consumer behaves.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// Where shards without a saved position start.
+    pub start: StartPosition,
+    /// How often to list the shards when nothing else asks for it (±20 % jitter).
+    pub discovery_interval: Duration,
+    /// Shards per `ListShards` page.
+    pub list_page_size: i32,
+    /// How each shard is polled.
+    pub reader: ReaderSettings,
+    /// How each shard of an enhanced fan-out stream is subscribed to.
+    pub fan_out: FanOutSettings,
+    /// `GetRecords` batches buffered per shard before its reader waits for the dataflow.
+    pub buffered_batches: usize,
+    /// End each shard once it is read up to its tip (a bounded run).
+    pub stop_at_latest: bool,
+    /// Delays after failed listings and failed readers.
+    pub backoff: Backoff,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            start: StartPosition::TrimHorizon,
+            discovery_interval: Duration::from_secs(60),
+            list_page_size: 1000,
+            reader: ReaderSettings::default(),
+            fan_out: FanOutSettings::default(),
+            buffered_batches: 4,
+            stop_at_latest: false,
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+/// What one shard's reader has seen, for metrics and readiness.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ShardStatus {
+    /// The portal of the stream.
+    pub portal: String,
+    /// The stream.
+    pub stream: String,
+    /// The shard.
+    pub shard: String,
+    /// How far behind the tip the last `GetRecords` was.
+    pub millis_behind_latest: Option<i64>,
+    /// How old the newest record of the last non-empty batch was when it was read (0 when caught
+    /// up): Kinesis's `GetRecords.IteratorAgeMilliseconds`.
+    pub iterator_age_ms: Option<u64>,
+    /// User records read.
+    pub records: u64,
+    /// Read to its end.
+    pub finished: bool,
+    /// The last failure no retry has fixed yet.
+    pub last_error: Option<String>,
+}
+
+/// The consumer's state as metrics see it.
+#[derive(Debug, Default)]
+pub struct ConsumerStatus {
+    shards: Mutex<BTreeMap<(String, String), ShardStatus>>,
+    /// `ListShards` listings completed.
+    pub listings: AtomicU64,
+    /// Listings that failed with an error no retry fixes (they are tried again next interval).
+    pub listing_failures: AtomicU64,
+}
+
+impl ConsumerStatus {
+    /// Every shard's status, finished ones included, ordered by stream and shard.
+    pub fn shards(&self) -> Vec<ShardStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Whether every shard being read is within `millis` of its tip.
+    pub fn caught_up(&self, millis: i64) -> bool {
+        let shards = self.lock();
+        !shards.is_empty()
+            && shards.values().all(|s| {
+                s.finished
+                    || s.millis_behind_latest
+                        .is_some_and(|behind| behind <= millis)
+            })
+    }
+
+    fn update(&self, stream: &str, shard: &str, change: impl FnOnce(&mut ShardStatus)) {
+        if let Some(status) = self
+            .lock()
+            .get_mut(&(stream.to_string(), shard.to_string()))
+        {
+            change(status);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), ShardStatus>> {
+        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The running consumer; dropping it (or [`KinesisConsumer::stop`]) stops discovery and readers.
+#[derive(Debug)]
+pub struct KinesisConsumer {
+    /// Per-shard metrics.
+    pub status: Arc<ConsumerStatus>,
+    stop: Arc<AtomicBool>,
+    coordinator: tokio::task::JoinHandle<()>,
+}
+
+impl KinesisConsumer {
+    /// Starts reading `streams` on `runtime` for `workers` dataflow workers; returns the consumer
+    /// and one feed per worker (give feed `w` to worker `w`'s ingest).
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        client: Client,
+        streams: Vec<StreamSpec>,
+        workers: usize,
+        settings: ConsumerSettings,
+    ) -> (KinesisConsumer, Vec<ShardFeed>) {
+        let status = Arc::new(ConsumerStatus::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (senders, feeds): (Vec<_>, Vec<_>) = (0..workers.max(1))
+            .map(|_| {
+                let (sender, receiver) = std_mpsc::channel();
+                (
+                    sender,
+                    ShardFeed {
+                        receiver,
+                        closed: false,
+                    },
+                )
+            })
+            .unzip();
+        let coordinator = Coordinator {
+            runtime: runtime.clone(),
+            client,
+            streams,
+            settings,
+            status: Arc::clone(&status),
+            stop: Arc::clone(&stop),
+            feeds: senders,
+        };
+        let coordinator = runtime.spawn(coordinator.run());
+        (
+            KinesisConsumer {
+                status,
+                stop,
+                coordinator,
+            },
+            feeds,
+        )
+    }
+
+    /// Stops discovery and every reader.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.coordinator.abort();
+    }
+}
+
+impl Drop for KinesisConsumer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A worker's end of the consumer: the shards assigned to it, as they start.
+#[derive(Debug)]
+pub struct ShardFeed {
+    receiver: std_mpsc::Receiver<Box<dyn RecordSource>>,
+    closed: bool,
+}
+
+impl PartitionFeed for ShardFeed {
+    fn poll_new(&mut self, out: &mut Vec<Box<dyn RecordSource>>) {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(partition) => out.push(partition),
+                Err(std_mpsc::TryRecvError::Empty) => return,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// What a reader task hands its partition.
+#[derive(Debug)]
+enum ShardMessage {
+    Records(Vec<RawRecord>),
+    End { children: Vec<String> },
+}
+
+/// A shard done in the dataflow, reported to the coordinator.
+#[derive(Debug)]
+struct ShardDone {
+    stream_index: usize,
+    shard: String,
+    children: Vec<String>,
+}
+
+/// One shard as a partition of the dataflow, fed by its reader task.
+#[derive(Debug)]
+pub struct ShardPartition {
+    name: String,
+    stream_index: usize,
+    shard: String,
+    receiver: mpsc::Receiver<ShardMessage>,
+    pending: std::collections::VecDeque<RawRecord>,
+    /// The reader reported the end; `Some(children)` until the coordinator is told.
+    ending: Option<Vec<String>>,
+    finished: bool,
+    done: mpsc::UnboundedSender<ShardDone>,
+}
+
+impl RecordSource for ShardPartition {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError> {
+        if self.finished {
+            return Ok(PollStatus::Finished);
+        }
+        while self.pending.len() < max && self.ending.is_none() {
+            match self.receiver.try_recv() {
+                Ok(ShardMessage::Records(records)) => self.pending.extend(records),
+                Ok(ShardMessage::End { children }) => self.ending = Some(children),
+                // A stopped consumer: nothing more comes, but the shard is not finished (it must
+                // not let the watermark run to the end of time).
+                Err(_) => break,
+            }
+        }
+        if self.pending.is_empty()
+            && let Some(children) = self.ending.take()
+        {
+            // Every record of the shard was returned by an earlier poll, so ingest has taken them
+            // in: only now may the children start.
+            let _ = self.done.send(ShardDone {
+                stream_index: self.stream_index,
+                shard: self.shard.clone(),
+                children,
+            });
+            self.finished = true;
+            return Ok(PollStatus::Finished);
+        }
+        let take = self.pending.len().min(max);
+        out.extend(self.pending.drain(..take));
+        Ok(if take > 0 || self.ending.is_some() {
+            PollStatus::Ready
+        } else {
+            PollStatus::Pending
+        })
+    }
+}
+
+struct Coordinator {
+    runtime: tokio::runtime::Handle,
+    client: Client,
+    streams: Vec<StreamSpec>,
+    settings: ConsumerSettings,
+    status: Arc<ConsumerStatus>,
+    stop: Arc<AtomicBool>,
+    feeds: Vec<std_mpsc::Sender<Box<dyn RecordSource>>>,
+}
+
+impl Coordinator {
+    async fn run(self) {
+        let workers = self.feeds.len();
+        let mut lineages: Vec<ShardLineage> =
+            self.streams.iter().map(|_| ShardLineage::new()).collect();
+        let mut listed = vec![false; self.streams.len()];
+        let (done_sender, mut done_receiver) = mpsc::unbounded_channel::<ShardDone>();
+        let mut readers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut jitter = Jitter::new();
+        let mut due: Vec<usize> = (0..self.streams.len()).collect();
+        let mut consumer_arns: Vec<Option<String>> = self.streams.iter().map(|_| None).collect();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            for index in std::mem::take(&mut due) {
+                let spec = &self.streams[index];
+                if let Some(name) = &spec.fan_out_consumer
+                    && consumer_arns[index].is_none()
+                {
+                    match self.register(&spec.stream, name).await {
+                        Ok(arn) => consumer_arns[index] = Some(arn),
+                        Err(error) => {
+                            tracing::error!(
+                                stream = spec.stream,
+                                "cannot set up the enhanced fan-out consumer {name}: {error}; retrying at the next discovery"
+                            );
+                            continue;
+                        }
+                    }
+                }
+                match list_shards(
+                    &self.client,
+                    &spec.stream,
+                    self.settings.list_page_size,
+                    self.settings.backoff,
+                )
+                .await
+                {
+                    Ok(listing) => {
+                        self.status.listings.fetch_add(1, Ordering::Relaxed);
+                        lineages[index].update(&listing);
+                        listed[index] = true;
+                    }
+                    Err(error) => {
+                        self.status.listing_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            stream = spec.stream,
+                            "cannot list the shards: {error}; retrying at the next discovery"
+                        );
+                    }
+                }
+                for shard in lineages[index].start_ready() {
+                    let worker = assign_shard(&spec.stream, &shard, workers);
+                    let partition = self.start_reader(
+                        index,
+                        &shard,
+                        consumer_arns[index].as_deref(),
+                        done_sender.clone(),
+                        &mut readers,
+                    );
+                    if self.feeds[worker].send(Box::new(partition)).is_err() {
+                        return; // the dataflow is gone
+                    }
+                }
+            }
+            if self.settings.stop_at_latest
+                && listed.iter().all(|l| *l)
+                && lineages.iter().all(ShardLineage::all_done)
+            {
+                // A bounded run: every shard is read to where it was; closing the feeds lets the
+                // workers finish.
+                break;
+            }
+            let interval = self
+                .settings
+                .discovery_interval
+                .mul_f64(0.8 + 0.4 * ((jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64));
+            tokio::select! {
+                done = done_receiver.recv() => {
+                    let Some(done) = done else { break };
+                    self.status.update(&self.streams[done.stream_index].stream, &done.shard, |s| s.finished = true);
+                    lineages[done.stream_index].finish(&done.shard, &done.children);
+                    // A closed shard means a reshard: list again so that every child is known.
+                    if !due.contains(&done.stream_index) {
+                        due.push(done.stream_index);
+                    }
+                }
+                _ = tokio::time::sleep(interval) => {
+                    due = (0..self.streams.len()).collect();
+                }
+            }
+        }
+        for reader in readers {
+            reader.abort();
+        }
+    }
+
+    async fn register(&self, stream: &str, consumer: &str) -> Result<String, ConnectorError> {
+        let arn = stream_arn(&self.client, stream, self.settings.backoff).await?;
+        ensure_consumer(&self.client, &arn, consumer, self.settings.backoff).await
+    }
+
+    fn start_reader(
+        &self,
+        stream_index: usize,
+        shard: &str,
+        consumer_arn: Option<&str>,
+        done: mpsc::UnboundedSender<ShardDone>,
+        readers: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> ShardPartition {
+        let spec = &self.streams[stream_index];
+        let (sender, receiver) = mpsc::channel(self.settings.buffered_batches.max(1));
+        let name = format!("kinesis:{}/{}", spec.portal, shard);
+        self.status.lock().insert(
+            (spec.stream.clone(), shard.to_string()),
+            ShardStatus {
+                portal: spec.portal.clone(),
+                stream: spec.stream.clone(),
+                shard: shard.to_string(),
+                ..ShardStatus::default()
+            },
+        );
+        let reader = match consumer_arn {
+            Some(arn) => AnyReader::FanOut(Box::new(FanOutReader::new(
+                self.client.clone(),
+                arn,
+                shard,
+                self.settings.start,
+                None,
+                self.settings.fan_out,
+            ))),
+            None => AnyReader::Polling(Box::new(ShardReader::new(
+                self.client.clone(),
+                &spec.stream,
+                shard,
+                self.settings.start,
+                None,
+                self.settings.reader,
+            ))),
+        };
+        let task = ReaderTask {
+            reader,
+            partition: name.clone(),
+            stream: spec.stream.clone(),
+            sender,
+            status: Arc::clone(&self.status),
+            stop_at_latest: self.settings.stop_at_latest,
+            backoff: self.settings.backoff,
+        };
+        readers.push(self.runtime.spawn(task.run()));
+        ShardPartition {
+            name,
+            stream_index,
+            shard: shard.to_string(),
+            receiver,
+            pending: std::collections::VecDeque::new(),
+            ending: None,
+            finished: false,
+            done,
+        }
+    }
+}
+
+/// A shard's reader: polling or enhanced fan-out, the same records either way.
+enum AnyReader {
+    Polling(Box<ShardReader>),
+    FanOut(Box<FanOutReader>),
+}
+
+impl AnyReader {
+    async fn next_batch(&mut self) -> Result<ShardBatch, ConnectorError> {
+        match self {
+            AnyReader::Polling(reader) => reader.next_batch().await,
+            AnyReader::FanOut(reader) => reader.next_batch().await,
+        }
+    }
+
+    fn shard_id(&self) -> &str {
+        match self {
+            AnyReader::Polling(reader) => reader.shard_id(),
+            AnyReader::FanOut(reader) => reader.shard_id(),
+        }
+    }
+}
+
+struct ReaderTask {
+    reader: AnyReader,
+    partition: String,
+    stream: String,
+    sender: mpsc::Sender<ShardMessage>,
+    status: Arc<ConsumerStatus>,
+    stop_at_latest: bool,
+    backoff: Backoff,
+}
+
+impl ReaderTask {
+    async fn run(mut self) {
+        let shard = self.reader.shard_id().to_string();
+        let mut failures = 0u32;
+        let mut jitter = Jitter::new();
+        loop {
+            let batch = match self.reader.next_batch().await {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(error) => {
+                    // Retries inside the reader already covered throttling and transient faults;
+                    // this one needs a person (permissions, a deleted stream). Keep trying slowly
+                    // so that the job recovers by itself once it is fixed.
+                    failures += 1;
+                    self.report_error(&shard, &error);
+                    tokio::time::sleep(self.backoff.delay(failures, jitter.next_u64())).await;
+                    continue;
+                }
+            };
+            let end = match &batch.finished_with_children {
+                Some(children) => Some(children.clone()),
+                None if self.stop_at_latest && batch.millis_behind_latest == Some(0) => {
+                    Some(Vec::new())
+                }
+                None => None,
+            };
+            self.record_status(&shard, &batch);
+            let records: Vec<RawRecord> = batch
+                .records
+                .into_iter()
+                .map(|record| RawRecord {
+                    position: SourcePosition {
+                        partition: self.partition.clone(),
+                        position: record.position.to_string(),
+                    },
+                    bytes: record.data,
+                    corrupt: record.corrupt,
+                })
+                .collect();
+            if !records.is_empty()
+                && self
+                    .sender
+                    .send(ShardMessage::Records(records))
+                    .await
+                    .is_err()
+            {
+                return; // the partition was dropped: the job is stopping
+            }
+            if let Some(children) = end {
+                let _ = self.sender.send(ShardMessage::End { children }).await;
+                return;
+            }
+        }
+    }
+
+    fn record_status(&self, shard: &str, batch: &ShardBatch) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let newest = batch.records.iter().filter_map(|r| r.arrival_ms).max();
+        self.status.update(&self.stream, shard, |status| {
+            status.millis_behind_latest =
+                batch.millis_behind_latest.or(status.millis_behind_latest);
+            status.iterator_age_ms = Some(newest.map_or(0, |arrival| now.saturating_sub(arrival)));
+            status.records += batch.records.len() as u64;
+            status.last_error = None;
+        });
+    }
+
+    fn report_error(&self, shard: &str, error: &ConnectorError) {
+        tracing::error!(stream = self.stream, shard, "{error}");
+        let message = error.to_string();
+        self.status.update(&self.stream, shard, |status| {
+            status.last_error = Some(message)
+        });
+    }
+}

@@ -1,0 +1,363 @@
+//! Where `pageflow run` writes its results: local files (the embedded default) or AWS (features to
+//! Kinesis, the archive through Firehose). The sink thread of [`crate::commands::run`] drives one
+//! [`JobOutputs`]; nothing else in the job knows which it is.
+//!
+//! **AWS mode.** Records are buffered and sent when a full `PutRecords` batch (500) is ready or the
+//! oldest has waited `max_batch_delay`. The features stream and the three delivery streams are
+//! written concurrently; each call retries throttling and partial failures until written
+//! ([`pageflow_connectors::batch::deliver`]), and while it does, the sink thread waits, its channel
+//! fills, and the dataflow stops reading: backpressure, not loss. A record that no retry can write
+//! (over the size limit, say) becomes a dead letter with reason `undeliverable`; a dead letter that
+//! the dead-letter stream will not take goes to `<dir>/undeliverable.jsonl`. Nothing is dropped.
+//! A failure no retry can fix (a missing stream, no permission) stops the job with what to do.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::FeatureFileSink;
+use pageflow_connectors::batch::{Delivery, OutRecord, RetryPolicy};
+use pageflow_connectors::firehose_sink::{DeliveryStream, FirehoseArchive};
+use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::local_sink::ArchiveSink;
+use pageflow_dataflow::event::{DeadLetter, Reason, SourcePosition};
+use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::operators::ingest::RawValid;
+
+use crate::metrics::Metrics;
+
+/// A destination for the job's results.
+pub trait JobOutputs: Send {
+    /// Final features, in order.
+    fn features(&mut self, features: &[Feature]) -> Result<()>;
+    /// Records that were not counted.
+    fn dead_letters(&mut self, letters: &[DeadLetter]) -> Result<()>;
+    /// Valid records as received (the raw archive).
+    fn raw(&mut self, records: &[RawValid]) -> Result<()>;
+    /// Called regularly: writes out what has waited long enough.
+    fn tick(&mut self) -> Result<()>;
+    /// Writes out everything buffered.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// Files under a directory: `features.jsonl` and, optionally, the layered archive.
+#[derive(Debug)]
+pub struct LocalOutputs {
+    features: FeatureFileSink,
+    archive: Option<ArchiveSink>,
+    last_flush: Instant,
+}
+
+impl LocalOutputs {
+    /// Opens the files under `dir`.
+    pub fn open(dir: &Path, archive: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        Ok(LocalOutputs {
+            features: FeatureFileSink::open(dir)?,
+            archive: if archive {
+                Some(ArchiveSink::new(dir, "local-0")?)
+            } else {
+                None
+            },
+            last_flush: Instant::now(),
+        })
+    }
+}
+
+impl JobOutputs for LocalOutputs {
+    fn features(&mut self, features: &[Feature]) -> Result<()> {
+        for feature in features {
+            self.features.write(feature)?;
+            if let Some(archive) = self.archive.as_mut() {
+                archive.write_feature(feature)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        if let Some(archive) = self.archive.as_mut() {
+            for letter in letters {
+                archive.write_dead_letter(letter)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&mut self, records: &[RawValid]) -> Result<()> {
+        if let Some(archive) = self.archive.as_mut() {
+            for record in records {
+                archive.write_raw(&record.portal, record.ts, &record.bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        if self.last_flush.elapsed() >= Duration::from_millis(500) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.features.flush()?;
+        if let Some(archive) = self.archive.as_mut() {
+            archive.flush()?;
+        }
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+}
+
+/// Records per `PutRecords`/`PutRecordBatch` call: a full batch is sent at once.
+const FULL_BATCH: usize = 500;
+
+/// Features to Kinesis, the archive through Firehose.
+#[derive(Debug)]
+pub struct AwsOutputs {
+    runtime: tokio::runtime::Handle,
+    features_stream: KinesisStream,
+    archive: Option<FirehoseArchive>,
+    policy: RetryPolicy,
+    max_batch_delay: Duration,
+    metrics: Arc<Metrics>,
+    fallback_path: PathBuf,
+    fallback: Option<BufWriter<File>>,
+    pending_features: Vec<Feature>,
+    pending_raw: Vec<Vec<u8>>,
+    pending_dead_letters: Vec<DeadLetter>,
+    oldest: Option<Instant>,
+}
+
+impl AwsOutputs {
+    /// Outputs to `features_stream` and, if given, `archive`; `dir` takes what no service would.
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        features_stream: KinesisStream,
+        archive: Option<FirehoseArchive>,
+        max_batch_delay: Duration,
+        dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AwsOutputs {
+            runtime,
+            features_stream,
+            archive,
+            policy: RetryPolicy::default(),
+            max_batch_delay,
+            metrics,
+            fallback_path: dir.join("undeliverable.jsonl"),
+            fallback: None,
+            pending_features: Vec::new(),
+            pending_raw: Vec::new(),
+            pending_dead_letters: Vec::new(),
+            oldest: None,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.pending_features
+            .len()
+            .max(self.pending_raw.len())
+            .max(self.pending_dead_letters.len())
+    }
+
+    fn note_buffered(&mut self) -> Result<()> {
+        if self.oldest.is_none() && self.buffered() > 0 {
+            self.oldest = Some(Instant::now());
+        }
+        if self.buffered() >= FULL_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Turns what a delivery could not write into dead letters; returns its fatal error, if any.
+    fn account(
+        &mut self,
+        sink: &str,
+        destination: &str,
+        delivery: Delivery,
+        letters: &mut Vec<DeadLetter>,
+    ) -> Option<String> {
+        self.metrics.add_sink_delivery(
+            sink,
+            delivery.written as u64,
+            delivery.retried_entries as u64,
+        );
+        for (index, (record, reason)) in delivery.undeliverable.into_iter().enumerate() {
+            letters.push(undeliverable(destination, index, &record, &reason));
+        }
+        delivery
+            .fatal
+            .map(|fatal| format!("{destination}: {fatal}"))
+    }
+
+    fn write_fallback(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        if self.fallback.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.fallback_path)
+                .with_context(|| {
+                    format!(
+                        "cannot open {} for records no AWS service would take; check the [sinks] dir",
+                        self.fallback_path.display()
+                    )
+                })?;
+            self.fallback = Some(BufWriter::new(file));
+        }
+        if let Some(writer) = self.fallback.as_mut() {
+            for letter in letters {
+                writer.write_all(letter.to_json().as_bytes())?;
+                writer.write_all(b"\n")?;
+            }
+            writer
+                .flush()
+                .with_context(|| format!("cannot write {}", self.fallback_path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A dead letter for an output record that could not be written.
+fn undeliverable(destination: &str, index: usize, record: &OutRecord, reason: &str) -> DeadLetter {
+    DeadLetter::new(
+        Reason::Undeliverable,
+        format!(
+            "{destination} did not take this record: {reason}; it is kept here so it can be re-sent once the cause is fixed"
+        ),
+        SourcePosition {
+            partition: format!("sink:{destination}"),
+            position: if record.partition_key.is_empty() {
+                index.to_string()
+            } else {
+                record.partition_key.clone()
+            },
+        },
+        record.data.strip_suffix(b"\n").unwrap_or(&record.data),
+    )
+}
+
+impl JobOutputs for AwsOutputs {
+    fn features(&mut self, features: &[Feature]) -> Result<()> {
+        self.pending_features.extend_from_slice(features);
+        self.note_buffered()
+    }
+
+    fn dead_letters(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        if self.archive.is_some() {
+            self.pending_dead_letters.extend_from_slice(letters);
+        }
+        self.note_buffered()
+    }
+
+    fn raw(&mut self, records: &[RawValid]) -> Result<()> {
+        if self.archive.is_some() {
+            self.pending_raw
+                .extend(records.iter().map(|record| record.bytes.clone()));
+        }
+        self.note_buffered()
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        if self
+            .oldest
+            .is_some_and(|oldest| oldest.elapsed() >= self.max_batch_delay)
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.oldest = None;
+        let features = std::mem::take(&mut self.pending_features);
+        let raw = std::mem::take(&mut self.pending_raw);
+        let mut letters = std::mem::take(&mut self.pending_dead_letters);
+        let processed: Vec<Vec<u8>> = if self.archive.is_some() {
+            features.iter().map(|f| f.to_json().into_bytes()).collect()
+        } else {
+            Vec::new()
+        };
+        let policy = self.policy;
+        let stream = self.features_stream.clone();
+        let archive = self.archive.clone();
+        let (to_kinesis, to_raw, to_processed) = self.runtime.block_on(async move {
+            let features = async {
+                if features.is_empty() {
+                    Delivery::default()
+                } else {
+                    stream.write_features(&features, policy).await
+                }
+            };
+            let layer = |layer: Option<DeliveryStream>, lines: Vec<Vec<u8>>| async move {
+                match layer {
+                    Some(layer) if !lines.is_empty() => layer.write_lines(lines, policy).await,
+                    _ => Delivery::default(),
+                }
+            };
+            tokio::join!(
+                features,
+                layer(archive.as_ref().map(|a| a.raw.clone()), raw),
+                layer(archive.as_ref().map(|a| a.processed.clone()), processed)
+            )
+        });
+        let mut fatal = Vec::new();
+        let mut new_letters = Vec::new();
+        fatal.extend(self.account("kinesis", "features stream", to_kinesis, &mut new_letters));
+        fatal.extend(self.account("firehose_raw", "raw archive", to_raw, &mut new_letters));
+        fatal.extend(self.account(
+            "firehose_processed",
+            "processed archive",
+            to_processed,
+            &mut new_letters,
+        ));
+        for _ in &new_letters {
+            self.metrics.record_dead_letter(Reason::Undeliverable);
+        }
+        letters.extend(new_letters);
+
+        let mut unsent = Vec::new();
+        match self.archive.as_ref().map(|a| a.dead_letter.clone()) {
+            Some(dead_letter_stream) if !letters.is_empty() => {
+                let lines = letters.iter().map(|l| l.to_json().into_bytes()).collect();
+                let delivery = self
+                    .runtime
+                    .block_on(dead_letter_stream.write_lines(lines, policy));
+                let mut rejected = Vec::new();
+                fatal.extend(self.account(
+                    "firehose_dead_letter",
+                    "dead-letter archive",
+                    delivery,
+                    &mut rejected,
+                ));
+                unsent.extend(rejected);
+            }
+            // Without an archive, the undeliverable features still must land somewhere.
+            _ => unsent.extend(
+                letters
+                    .into_iter()
+                    .filter(|l| l.reason == Reason::Undeliverable),
+            ),
+        }
+        self.write_fallback(&unsent)?;
+        if fatal.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "the AWS sinks cannot write: {}; records not written are in {}. Check that the streams in [sinks.kinesis] and [sinks.firehose] exist and that the task role may write to them (deploy/iam)",
+                fatal.join("; "),
+                self.fallback_path.display()
+            ))
+        }
+    }
+}

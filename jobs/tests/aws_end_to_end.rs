@@ -1,0 +1,339 @@
+//! End to end in AWS mode, against a real AWS API server on loopback (moto, one per test):
+//! `pageflow aws setup` creates the portals' streams, the features stream and the Firehose archive;
+//! `pageflow aws put` publishes generated pageviews (some of them as one KPL aggregate, plus a
+//! corrupt aggregate); `pageflow run` reads every shard until it is caught up and writes to
+//! Kinesis and Firehose. What the features stream and S3 then hold must equal what
+//! `pageflow replay` computes from the same pageviews.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::primitives::Blob;
+use pageflow_connectors::kpl::{KPL_MAGIC, aggregate};
+use pageflow_tests::aws::{MotoServer, aws_env};
+use pageflow_tests::clients::{kinesis_client, read_stream, s3_client};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const PORTALS: [&str; 3] = ["g1", "ge", "gshow"];
+
+fn config_toml(endpoint: &str, out: &Path) -> String {
+    let mut text = String::from("[source]\nkind = \"kinesis\"\n\n[source.kinesis]\n");
+    text.push_str("stop_at_latest = true\ndiscovery_interval = \"2s\"\n\n");
+    for portal in PORTALS {
+        text.push_str(&format!(
+            "[[source.kinesis.streams]]\nportal = \"{portal}\"\nstream = \"pageviews-{portal}\"\n\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[sinks]\nkind = \"aws\"\ndir = \"{}\"\narchive = true\n\n[sinks.kinesis]\nstream = \"features\"\n\n\
+         [sinks.firehose]\nraw = \"archive-raw\"\nprocessed = \"archive-processed\"\ndead_letter = \"archive-dead-letter\"\n\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\n[serve]\nenabled = false\n\n[runtime]\nworkers = 2\n",
+        out.display()
+    ));
+    text
+}
+
+fn pageflow(args: &[&str], env: &[(String, String)]) -> Result<String, String> {
+    let output = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .map_err(|e| format!("cannot run {BIN}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).to_string() + &stderr)
+    } else {
+        Err(format!(
+            "pageflow {args:?} failed ({}):\n{stderr}",
+            output.status
+        ))
+    }
+}
+
+/// Every line of every object under `prefix` in `bucket`.
+async fn archived_lines(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut lines = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await?;
+        for object in page.contents() {
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await?
+                .body
+                .collect()
+                .await?
+                .into_bytes();
+            lines.extend(
+                String::from_utf8_lossy(&body)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        token = page.next_continuation_token;
+        if token.is_none() {
+            return Ok(lines);
+        }
+    }
+}
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+/// `(reason, raw)` of dead letters, as a multiset.
+fn letters(lines: &[String]) -> Result<BTreeMap<(String, String), usize>, serde_json::Error> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let json: serde_json::Value = serde_json::from_str(line)?;
+        let raw = json["raw"]
+            .as_str()
+            .or(json["raw_base64"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        *counts
+            .entry((json["reason"].as_str().unwrap_or_default().to_string(), raw))
+            .or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_mode_run_equals_replay_on_the_same_pageviews() -> TestResult {
+    let moto = MotoServer::start()?;
+    let env = aws_env(&moto.endpoint);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("pageflow.toml");
+    std::fs::write(
+        &config,
+        config_toml(&moto.endpoint, &dir.path().join("out")),
+    )?;
+    let config = config.to_string_lossy().to_string();
+
+    // Pageviews: generated, some malformed.
+    let events = dir.path().join("events.jsonl");
+    let events_str = events.to_string_lossy().to_string();
+    pageflow(
+        &[
+            "generate",
+            "--events",
+            "2500",
+            "--seed",
+            "7",
+            "--invalid-share",
+            "0.02",
+            "--out",
+            &events_str,
+        ],
+        &[],
+    )?;
+    let text = std::fs::read(&events)?;
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+
+    // The last 12 valid g1 pageviews travel as one KPL aggregate; the rest through `aws put`.
+    let mut aggregated: Vec<usize> = Vec::new();
+    for (index, line) in lines.iter().enumerate().rev() {
+        if aggregated.len() == 12 {
+            break;
+        }
+        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(line)
+            && json["portal"] == "g1"
+            && json["user_id"].is_string()
+        {
+            aggregated.push(index);
+        }
+    }
+    aggregated.reverse();
+    let put_file = dir.path().join("put.jsonl");
+    let mut put_lines = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        if !aggregated.contains(&index) {
+            put_lines.extend_from_slice(line);
+            put_lines.push(b'\n');
+        }
+    }
+    std::fs::write(&put_file, &put_lines)?;
+
+    let setup = pageflow(
+        &[
+            "aws", "setup", "--config", &config, "--shards", "2", "--bucket", "archive",
+        ],
+        &env,
+    )?;
+    assert!(
+        setup.contains("created kinesis stream pageviews-g1"),
+        "{setup}"
+    );
+    let again = pageflow(
+        &[
+            "aws", "setup", "--config", &config, "--shards", "2", "--bucket", "archive",
+        ],
+        &env,
+    )?;
+    assert!(!again.contains("created"), "setup is idempotent: {again}");
+    let put = pageflow(
+        &[
+            "aws",
+            "put",
+            "--config",
+            &config,
+            "--input",
+            &put_file.to_string_lossy(),
+        ],
+        &env,
+    )?;
+    assert!(
+        put.contains(&format!("wrote {} records", lines.len() - aggregated.len())),
+        "{put}"
+    );
+
+    let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    let users: Vec<(String, &[u8])> = aggregated
+        .iter()
+        .map(|index| {
+            let json: serde_json::Value = serde_json::from_slice(lines[*index]).unwrap_or_default();
+            (
+                json["user_id"].as_str().unwrap_or_default().to_string(),
+                lines[*index],
+            )
+        })
+        .collect();
+    let user_records: Vec<(&str, &[u8])> = users.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    kinesis
+        .put_record()
+        .stream_name("pageviews-g1")
+        .partition_key(&users[0].0)
+        .data(Blob::new(aggregate(&user_records)))
+        .send()
+        .await?;
+    let mut corrupt = KPL_MAGIC.to_vec();
+    corrupt.extend_from_slice(b"not a protobuf body at all, and no valid md5 trailer either");
+    kinesis
+        .put_record()
+        .stream_name("pageviews-ge")
+        .partition_key("corrupt")
+        .data(Blob::new(corrupt))
+        .send()
+        .await?;
+
+    // The job: reads every shard until caught up, then ends by itself.
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &config])
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output()?;
+            return Err(format!(
+                "pageflow run did not end within 3 minutes:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = child.wait_with_output()?.stderr;
+    assert!(
+        status.success(),
+        "pageflow run failed: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+
+    let replay_dir = dir.path().join("replay");
+    pageflow(
+        &[
+            "replay",
+            "--input",
+            &events_str,
+            "--out",
+            &replay_dir.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    let expected_features: Vec<String> =
+        std::fs::read_to_string(replay_dir.join("features.jsonl"))?
+            .lines()
+            .map(str::to_string)
+            .collect();
+    assert!(expected_features.len() > 500, "a meaningful comparison");
+
+    // The features stream holds exactly the replay's features.
+    let streamed: Vec<String> = read_stream(&kinesis, "features")
+        .await?
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.data).to_string())
+        .collect();
+    assert_eq!(sorted(streamed), sorted(expected_features.clone()));
+
+    // The archive: processed = features, raw = every valid pageview, dead letters = the replay's
+    // plus the corrupt aggregate.
+    let s3 = s3_client(&moto.endpoint);
+    let processed = archived_lines(&s3, "archive", "processed/").await?;
+    assert_eq!(sorted(processed), sorted(expected_features));
+
+    let expected_letters_lines: Vec<String> =
+        std::fs::read_to_string(replay_dir.join("dead-letter.jsonl"))?
+            .lines()
+            .map(str::to_string)
+            .collect();
+    let mut expected_letters = letters(&expected_letters_lines)?;
+    let archived_letters = archived_lines(&s3, "archive", "dead-letter/").await?;
+    let mut got_letters = letters(&archived_letters)?;
+    let corrupt_letters: Vec<_> = got_letters
+        .keys()
+        .filter(|(reason, _)| reason == "corrupt_aggregate")
+        .cloned()
+        .collect();
+    assert_eq!(
+        corrupt_letters.len(),
+        1,
+        "the corrupt aggregate is a dead letter"
+    );
+    got_letters.retain(|(reason, _), _| reason != "corrupt_aggregate");
+    expected_letters.retain(|_, n| *n > 0);
+    assert_eq!(got_letters, expected_letters);
+
+    let invalid: usize = expected_letters
+        .iter()
+        .filter(|((reason, _), _)| reason != "late")
+        .map(|(_, n)| n)
+        .sum();
+    let raw = archived_lines(&s3, "archive", "raw/").await?;
+    assert_eq!(
+        raw.len(),
+        lines.len() - invalid,
+        "every valid pageview once"
+    );
+    Ok(())
+}
