@@ -344,6 +344,8 @@ impl Coordinator {
         let mut jitter = Jitter::new();
         let mut due: Vec<usize> = (0..self.streams.len()).collect();
         let mut consumer_arns: Vec<Option<String>> = self.streams.iter().map(|_| None).collect();
+        // Shards the listing shows closed, told to their fan-out readers (see `ReaderTask::probe_end`).
+        let mut closed_flags: BTreeMap<(usize, String), Arc<AtomicBool>> = BTreeMap::new();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -376,6 +378,12 @@ impl Coordinator {
                         self.status.listings.fetch_add(1, Ordering::Relaxed);
                         lineages[index].update(&listing);
                         listed[index] = true;
+                        for shard in listing.iter().filter(|s| s.closed) {
+                            closed_flags
+                                .entry((index, shard.shard_id.clone()))
+                                .or_default()
+                                .store(true, Ordering::SeqCst);
+                        }
                     }
                     Err(error) => {
                         self.status.listing_failures.fetch_add(1, Ordering::Relaxed);
@@ -391,6 +399,7 @@ impl Coordinator {
                         index,
                         &shard,
                         consumer_arns[index].as_deref(),
+                        Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
                         done_sender.clone(),
                         &mut readers,
                     );
@@ -441,6 +450,7 @@ impl Coordinator {
         stream_index: usize,
         shard: &str,
         consumer_arn: Option<&str>,
+        closed: Arc<AtomicBool>,
         done: mpsc::UnboundedSender<ShardDone>,
         readers: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> ShardPartition {
@@ -474,8 +484,17 @@ impl Coordinator {
                 self.settings.reader,
             ))),
         };
+        let probe = consumer_arn.map(|_| EndProbe {
+            client: self.client.clone(),
+            stream: spec.stream.clone(),
+            start: self.settings.start,
+            settings: self.settings.reader,
+            closed,
+            last: None,
+        });
         let task = ReaderTask {
             reader,
+            probe,
             partition: name.clone(),
             stream: spec.stream.clone(),
             sender,
@@ -519,8 +538,66 @@ impl AnyReader {
     }
 }
 
+/// Confirms with one `GetRecords` that a closed shard read through enhanced fan-out is read to its
+/// end. The service ends a closed shard's subscription with its children, but a subscription can
+/// also just go quiet (an emulator, a lost final event); then, once discovery lists the shard as
+/// closed and the subscription brings nothing, the polling API tells whether anything is left
+/// after the last record emitted (its answer has no next iterator and names the children).
+struct EndProbe {
+    client: Client,
+    stream: String,
+    start: StartPosition,
+    settings: ReaderSettings,
+    /// Set by the coordinator when a listing shows the shard closed.
+    closed: Arc<AtomicBool>,
+    last: Option<std::time::Instant>,
+}
+
+/// The least time between two end-of-shard probes of one shard.
+const END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl EndProbe {
+    /// `Some(children)` when the shard is closed and nothing is left after `resume`.
+    async fn at_end(
+        &mut self,
+        shard: &str,
+        resume: Option<crate::kinesis_source::ResumePoint>,
+    ) -> Option<Vec<String>> {
+        if !self.closed.load(Ordering::SeqCst)
+            || self
+                .last
+                .is_some_and(|last| last.elapsed() < END_PROBE_INTERVAL)
+        {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        let mut reader = ShardReader::new(
+            self.client.clone(),
+            &self.stream,
+            shard,
+            self.start,
+            resume,
+            self.settings,
+        );
+        match reader.next_batch().await {
+            Ok(batch) if batch.records.is_empty() => batch.finished_with_children,
+            // Records are left: the subscription will bring them.
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(
+                    stream = self.stream,
+                    shard,
+                    "end-of-shard probe failed: {error}"
+                );
+                None
+            }
+        }
+    }
+}
+
 struct ReaderTask {
     reader: AnyReader,
+    probe: Option<EndProbe>,
     partition: String,
     stream: String,
     sender: mpsc::Sender<ShardMessage>,
@@ -555,6 +632,12 @@ impl ReaderTask {
                 None if self.stop_at_latest && batch.millis_behind_latest == Some(0) => {
                     Some(Vec::new())
                 }
+                None if batch.records.is_empty() => match (&mut self.probe, &self.reader) {
+                    (Some(probe), AnyReader::FanOut(reader)) => {
+                        probe.at_end(&shard, reader.resume_point().cloned()).await
+                    }
+                    _ => None,
+                },
                 None => None,
             };
             self.record_status(&shard, &batch);

@@ -81,11 +81,12 @@ impl Default for FanOutSettings {
     }
 }
 
-/// A live subscription: its events and when it started.
+/// A live subscription: its events, when it started, whether an event has come.
 #[derive(Debug)]
 struct Subscription {
     events: EventReceiver<SubscribeToShardEventStream, SubscribeToShardEventStreamError>,
     started: Instant,
+    delivered: bool,
 }
 
 /// Reads one shard in order through an enhanced fan-out consumer.
@@ -151,8 +152,8 @@ impl FanOutReader {
         self.finished
     }
 
-    /// How many subscriptions the service has accepted so far (one per 5 minutes of reading, plus
-    /// one per renewal after a failure): for metrics and tests.
+    /// How many subscriptions have delivered events so far (one per 5 minutes of reading, plus one
+    /// per renewal after a failure; refused ones do not count): for metrics and tests.
     pub fn subscription_count(&self) -> u64 {
         self.subscriptions
     }
@@ -166,14 +167,6 @@ impl FanOutReader {
             return Ok(ShardBatch::default());
         }
         loop {
-            if self.subscription.as_ref().is_some_and(|s| {
-                self.settings
-                    .renew_after
-                    .is_some_and(|age| s.started.elapsed() >= age)
-            }) {
-                // Ending it ourselves is like the service ending it: continue where it got to.
-                self.subscription = None;
-            }
             let Some(subscription) = self.subscription.as_mut() else {
                 self.subscribe().await?;
                 continue;
@@ -188,6 +181,19 @@ impl FanOutReader {
                 }
                 Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => {
                     self.failures = 0;
+                    if !subscription.delivered {
+                        subscription.delivered = true;
+                        self.subscriptions += 1;
+                    }
+                    let renew = self
+                        .settings
+                        .renew_after
+                        .is_some_and(|age| subscription.started.elapsed() >= age);
+                    if renew {
+                        // Ending it ourselves (after an event, so that every subscription reads
+                        // something) is like the service ending it: the next continues from here.
+                        self.subscription = None;
+                    }
                     return Ok(self.accept(event));
                 }
                 Ok(Ok(Some(_unknown))) => {} // an event type newer than this SDK: nothing to read
@@ -293,10 +299,10 @@ impl FanOutReader {
         };
         match result {
             Ok(output) => {
-                self.subscriptions += 1;
                 self.subscription = Some(Subscription {
                     events: output.event_stream,
                     started: Instant::now(),
+                    delivered: false,
                 });
                 Ok(())
             }
@@ -306,7 +312,7 @@ impl FanOutReader {
                 // `ResourceInUseException`: the previous subscription is not released yet, or the
                 // consumer is not `ACTIVE` yet; both pass.
                 if !(retryable || code == Some("ResourceInUseException")) {
-                    return Err(self.fatal("subscribing", &message));
+                    return Err(self.fatal("subscribing to a shard", &message));
                 }
                 self.back_off().await;
                 Ok(())
@@ -327,7 +333,7 @@ impl FanOutReader {
     fn fatal(&self, doing: &str, message: &str) -> ConnectorError {
         ConnectorError::Aws {
             what: format!(
-                "{doing} to shard {} with enhanced fan-out consumer {}",
+                "{doing} (shard {}, enhanced fan-out consumer {})",
                 self.shard_id, self.consumer_arn
             ),
             message: message.to_string(),
@@ -533,7 +539,7 @@ impl Retry {
             return Err(ConnectorError::Aws {
                 what: what.to_string(),
                 message: format!(
-                    "gave up after {:.0} s: {last}; if the stream is being resharded or the \
+                    "gave up after {:.1} s: {last}; if the stream is being resharded or the \
                      consumer created or deleted, try again in a few minutes",
                     self.timeout.as_secs_f64()
                 ),

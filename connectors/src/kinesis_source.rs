@@ -15,6 +15,9 @@
 //!   bytes, for the dead-letter output.
 //! - **End of shard.** When the shard is closed and read to its end (no next iterator), the reader
 //!   reports the child shards, which may start only once every parent is fully read.
+//!
+//! The enhanced fan-out reader ([`crate::kinesis_fan_out`]) shares the unpacking and the choice of
+//! the starting position, so both readers emit and resume exactly alike.
 
 use std::time::{Duration, Instant};
 

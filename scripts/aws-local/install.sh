@@ -82,12 +82,22 @@ kinesis_local_installed_version() {
 }
 
 install_kinesis_local() {
+  # Node.js with npm (Debian ships them apart); installed like python3-venv above when possible.
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      say "node or npm is missing; installing nodejs and npm with apt-get"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm ||
+        say "apt-get could not install nodejs and npm"
+    fi
+  fi
   if ! command -v node >/dev/null 2>&1; then
     fail "node is not installed; kinesis-local (the local Kinesis server of the enhanced fan-out and resharding tests) needs Node.js 18 or later with npm (Debian: apt-get install -y nodejs npm), then run this again"
   fi
   local node_major
   node_major="$(node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0)"
-  if [ "$node_major" -lt 18 ] 2>/dev/null; then
+  case "$node_major" in '' | *[!0-9]*) node_major=0 ;; esac
+  if [ "$node_major" -lt 18 ]; then
     fail "node $(node --version 2>/dev/null) is too old for kinesis-local; install Node.js 18 or later (https://nodejs.org or your distribution's nodejs package) and run this again"
   fi
 

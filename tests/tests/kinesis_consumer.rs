@@ -16,6 +16,7 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType, StreamStatus};
 use pageflow_connectors::kinesis_consumer::{
     ConsumerSettings, KinesisConsumer, ShardFeed, StreamSpec,
 };
+use pageflow_connectors::kinesis_fan_out::FanOutSettings;
 use pageflow_connectors::kinesis_source::ReaderSettings;
 use pageflow_dataflow::event::RawRecord;
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource};
@@ -161,6 +162,11 @@ async fn reshard_while_reading(fan_out: bool) -> TestResult {
         reader: ReaderSettings {
             max_records: 100, // several calls per shard, so the reshard lands mid-read
             ..ReaderSettings::default()
+        },
+        fan_out: FanOutSettings {
+            // kinesis-local's subscriptions go quiet instead of ending a closed shard: notice soon.
+            idle_timeout: Duration::from_secs(2),
+            ..FanOutSettings::default()
         },
         ..ConsumerSettings::default()
     };

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, PutRecordsRequestEntry, ScalingType, Shard, StreamStatus,
@@ -52,11 +53,39 @@ struct Local {
 async fn local() -> Result<Local, BoxError> {
     // Starting polls with blocking sleeps: keep them off the runtime's workers.
     let server = tokio::task::spawn_blocking(KinesisLocal::start).await??;
-    let client = kinesis_client(&server.endpoint, RetryConfig::standard());
+    let client = client(&server.endpoint, RetryConfig::standard());
     Ok(Local { server, client })
 }
 
-/// Fails with `what` and the server's output once `started + DEADLINE` has passed.
+/// The tests' Kinesis client, whose calls fail after 30 s instead of waiting for ever on a stuck
+/// server (an event stream is not bounded by this once `SubscribeToShard` has answered).
+fn client(endpoint: &str, retry: RetryConfig) -> Client {
+    let config = kinesis_client(endpoint, retry)
+        .config()
+        .to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+/// The next batch, or an error once `started + DEADLINE` has passed.
+async fn next_within(
+    reader: &mut impl Reader,
+    started: Instant,
+    what: &str,
+) -> Result<ShardBatch, BoxError> {
+    let left = DEADLINE.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, reader.next()).await {
+        Ok(batch) => Ok(batch?),
+        Err(_) => Err(format!("{what}: not done within {} s", DEADLINE.as_secs()).into()),
+    }
+}
+
+/// Fails with `what` once `started + DEADLINE` has passed.
 fn check_deadline(started: Instant, what: &str) -> TestResult {
     if started.elapsed() > DEADLINE {
         return Err(format!("{what}: not done within {} s", DEADLINE.as_secs()).into());
@@ -259,7 +288,8 @@ async fn read_count(reader: &mut impl Reader, count: usize) -> Result<Vec<ShardR
     let started = Instant::now();
     let mut records = Vec::new();
     while records.len() < count {
-        let batch = reader.next().await?;
+        let what = format!("reading {count} records (got {})", records.len());
+        let batch = next_within(reader, started, &what).await?;
         records.extend(batch.records);
         if batch.finished_with_children.is_some() {
             break;
@@ -279,7 +309,8 @@ async fn read_to_end(
     let started = Instant::now();
     let mut records = Vec::new();
     loop {
-        let batch = reader.next().await?;
+        let what = format!("reading a closed shard to its end (got {})", records.len());
+        let batch = next_within(reader, started, &what).await?;
         records.extend(batch.records);
         if let Some(children) = batch.finished_with_children {
             return Ok((records, children));
@@ -362,7 +393,7 @@ async fn polling_reader_reads_every_shard_in_order_and_resumes_exactly() -> Test
             "{shard}: every record once, in order\n{}",
             server.output()
         );
-        let next = reader.next_batch().await?;
+        let next = next_within(&mut reader, Instant::now(), "the batch after the last").await?;
         assert!(next.records.is_empty(), "{shard}: nothing after the last");
     }
 
@@ -461,7 +492,12 @@ async fn polling_reader_ends_a_closed_parent_with_its_children_which_hold_the_la
         server.output()
     );
     assert_eq!(reported.into_iter().collect::<BTreeSet<_>>(), children);
-    assert!(reader.next_batch().await?.records.is_empty());
+    assert!(
+        next_within(&mut reader, Instant::now(), "the batch after the end")
+            .await?
+            .records
+            .is_empty()
+    );
 
     let late_by_shard = by_shard(&late);
     let mut from_children = Vec::new();
@@ -477,7 +513,12 @@ async fn polling_reader_ends_a_closed_parent_with_its_children_which_hold_the_la
         );
         let got = read_count(&mut reader, want.len()).await?;
         assert_eq!(emitted(&got), want, "{child}: its records, in order");
-        assert!(reader.next_batch().await?.records.is_empty());
+        assert!(
+            next_within(&mut reader, Instant::now(), "the batch after the end")
+                .await?
+                .records
+                .is_empty()
+        );
         from_children.extend(got.into_iter().map(|r| r.data));
     }
     from_children.sort();
@@ -543,7 +584,7 @@ async fn ensure_consumer_gives_up_on_a_consumer_that_stays_creating() -> TestRes
         KinesisLocal::start_with(&[("REGISTER_STREAM_CONSUMER_DURATION", "120s")])
     })
     .await??;
-    let client = kinesis_client(&server.endpoint, RetryConfig::standard());
+    let client = client(&server.endpoint, RetryConfig::standard());
     let arn = create_stream(&client, "slow", 1).await?;
     let started = Instant::now();
     let result = ensure_consumer_within(
@@ -699,7 +740,12 @@ async fn fan_out_reader_resubscribes_without_losing_or_repeating_records() -> Te
     }
     // Idle events (no records) move the continuation too; none may bring anything again.
     for _ in 0..3 {
-        assert!(reader.next_batch().await?.records.is_empty());
+        assert!(
+            next_within(&mut reader, Instant::now(), "the batch after the end")
+                .await?
+                .records
+                .is_empty()
+        );
     }
     assert!(
         reader.subscription_count() >= 8,
@@ -1004,7 +1050,7 @@ async fn read_scripted(
             end_of_shard,
         ]),
     ])?;
-    let client = kinesis_client(&server.endpoint, RetryConfig::disabled());
+    let client = client(&server.endpoint, RetryConfig::disabled());
     let mut reader = FanOutReader::new(
         client,
         "arn:aws:kinesis:us-east-1:000000000000:stream/s/consumer/c:1",
@@ -1057,9 +1103,16 @@ async fn fan_out_reader_survives_refusals_and_ends_a_closed_shard_with_its_child
     let (server, mut reader, records, children) = read_scripted(end).await?;
     assert_read_the_scripted_shard(&server, &reader, &records, &children);
     // Finished: no more calls (the script is over, so one would fail).
-    assert_eq!(reader.next_batch().await?, ShardBatch::default());
+    assert_eq!(
+        next_within(&mut reader, Instant::now(), "a finished reader's batch").await?,
+        ShardBatch::default()
+    );
     assert_eq!(server.requests().len(), 5);
-    assert_eq!(reader.subscription_count(), 3);
+    assert_eq!(
+        reader.subscription_count(),
+        2,
+        "two subscriptions delivered events"
+    );
     Ok(())
 }
 
@@ -1078,7 +1131,7 @@ async fn fan_out_reader_ends_a_closed_shard_whose_last_continuation_is_null() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_reader_stops_on_a_missing_consumer() -> TestResult {
     let server = ScriptedSubscribe::start(vec![Reply::Refuse(400, "ResourceNotFoundException")])?;
-    let client = kinesis_client(&server.endpoint, RetryConfig::disabled());
+    let client = client(&server.endpoint, RetryConfig::disabled());
     let mut reader = FanOutReader::new(
         client,
         "arn:aws:kinesis:us-east-1:000000000000:stream/s/consumer/gone:1",
@@ -1087,9 +1140,8 @@ async fn fan_out_reader_stops_on_a_missing_consumer() -> TestResult {
         None,
         fan_out(),
     );
-    let error = reader
-        .next_batch()
-        .await
+    let error = tokio::time::timeout(DEADLINE, reader.next_batch())
+        .await?
         .err()
         .ok_or("a missing consumer is an error")?;
     assert!(!error.is_retryable());
