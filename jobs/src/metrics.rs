@@ -577,6 +577,35 @@ mod tests {
     }
 
     #[test]
+    fn aws_sink_and_kinesis_families() {
+        let metrics = Metrics::new();
+        let plain = metrics.render_at(0);
+        assert!(
+            !plain.contains("pageflow_kinesis_shards"),
+            "no Kinesis families without a Kinesis source"
+        );
+        metrics.add_sink_delivery("kinesis", 500, 7);
+        metrics.add_sink_delivery("firehose_raw", 3, 0);
+        metrics.add_sink_delivery("no_such_sink", 9, 9);
+        metrics.watch_kinesis(Arc::new(ConsumerStatus::default()));
+        let text = metrics.render_at(0);
+        let lines = samples(&text);
+        for expected in [
+            "pageflow_sink_records_total{sink=\"kinesis\"} 500",
+            "pageflow_sink_retried_total{sink=\"kinesis\"} 7",
+            "pageflow_sink_records_total{sink=\"firehose_raw\"} 3",
+            "pageflow_sink_records_total{sink=\"firehose_dead_letter\"} 0",
+            "pageflow_kinesis_shards{state=\"reading\"} 0",
+            "pageflow_kinesis_listings_total 0",
+        ] {
+            assert!(lines.contains(&expected), "missing `{expected}` in\n{text}");
+        }
+        assert_eq!(metrics.sink_records("kinesis"), 500);
+        assert!(!text.contains("no_such_sink"));
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
     fn renders_every_family_with_help_and_type() {
         let text = Metrics::new().render_at(0);
         for (name, kind) in [
@@ -649,6 +678,7 @@ mod tests {
         assert_eq!(
             reasons,
             [
+                "corrupt_aggregate",
                 "too_large",
                 "invalid_utf8",
                 "invalid_json",
@@ -657,7 +687,8 @@ mod tests {
                 "wrong_type",
                 "out_of_range",
                 "bad_pattern",
-                "late"
+                "late",
+                "undeliverable"
             ]
         );
         assert_eq!(metrics.features_emitted("popular"), 2);
