@@ -337,3 +337,69 @@ async fn aws_mode_run_equals_replay_on_the_same_pageviews() -> TestResult {
     );
     Ok(())
 }
+
+/// A features stream that does not exist: the job's outputs stop with what to do, and every
+/// feature they could not write is kept as an `undeliverable` dead letter, none lost.
+#[test]
+fn features_no_stream_would_take_are_kept_as_undeliverable_dead_letters() -> TestResult {
+    use std::sync::Arc;
+
+    use pageflow::metrics::Metrics;
+    use pageflow::outputs::{AwsOutputs, JobOutputs};
+    use pageflow_connectors::kinesis_sink::KinesisStream;
+    use pageflow_dataflow::event::Reason;
+
+    let moto = MotoServer::start()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let metrics = Arc::new(Metrics::new());
+    let client = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    let mut outputs = AwsOutputs::new(
+        runtime.handle().clone(),
+        KinesisStream::with_client(client, "no-such-stream"),
+        None,
+        Duration::from_millis(500),
+        dir.path(),
+        Arc::clone(&metrics),
+    );
+    let features = pageflow_tests::synthetic_features(300, 3);
+    assert!(!features.is_empty());
+    outputs.features(&features)?;
+    let error = match outputs.flush() {
+        Ok(()) => return Err("writing to a missing stream must fail".into()),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("features stream") && error.contains("deploy/iam"),
+        "{error}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("undeliverable.jsonl"))?;
+    let letters: Vec<serde_json::Value> = kept
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(letters.len(), features.len(), "every feature kept");
+    assert!(letters.iter().all(|l| l["reason"] == "undeliverable"));
+    let mut kept_ids: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            pageflow_tests::clients::feature_id_of(l["raw"].as_str().unwrap_or_default().as_bytes())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut ids: Vec<String> = features
+        .iter()
+        .map(|f| f.feature_id().to_string())
+        .collect();
+    kept_ids.sort();
+    ids.sort();
+    assert_eq!(kept_ids, ids);
+    assert_eq!(
+        metrics.dead_letters(Reason::Undeliverable),
+        features.len() as u64
+    );
+    Ok(())
+}
