@@ -4,15 +4,20 @@
 use aws_config::BehaviorVersion;
 use serde::{Deserialize, Serialize};
 
-/// Where the AWS APIs are.
+/// Where the AWS APIs are: the job's `[aws]` section.
+///
+/// Credentials come from the SDK's usual chain (environment, profile, the ECS task role).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AwsConfig {
-    /// The region; when absent, the SDK's usual chain (`AWS_REGION`, profile) decides.
+    /// The region, e.g. `sa-east-1`; when absent, the SDK's usual chain (`AWS_REGION`, profile)
+    /// decides.
     pub region: Option<String>,
-    /// An endpoint URL for every service (a local emulator); when absent, the real AWS endpoints
-    /// (or `AWS_ENDPOINT_URL*` from the environment).
+    /// An endpoint URL for every service (a local emulator such as moto); when absent, the real AWS
+    /// endpoints (or `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` from the environment).
     pub endpoint_url: Option<String>,
+    /// An endpoint URL for Kinesis only (e.g. kinesis-local beside moto); wins over `endpoint_url`.
+    pub kinesis_endpoint_url: Option<String>,
 }
 
 impl AwsConfig {
@@ -26,6 +31,15 @@ impl AwsConfig {
             loader = loader.endpoint_url(endpoint);
         }
         loader.load().await
+    }
+
+    /// A Kinesis client for `sdk` (from [`Self::load`]), at `kinesis_endpoint_url` when set.
+    pub fn kinesis_client(&self, sdk: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
+        let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
+        if let Some(url) = &self.kinesis_endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_kinesis::Client::from_conf(builder.build())
     }
 }
 

@@ -10,26 +10,11 @@
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
-use serde::{Deserialize, Serialize};
 
-use crate::aws::{AwsConfig, classify, retryable_service_code};
+use crate::aws::{classify, retryable_service_code};
 use crate::batch::{
     BatchApi, BatchLimits, CallFailure, Delivery, EntryOutcome, OutRecord, RetryPolicy, deliver,
 };
-
-/// The delivery streams of the archive.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FirehoseArchiveConfig {
-    /// Delivery stream for valid records as received.
-    pub raw: String,
-    /// Delivery stream for features.
-    pub processed: String,
-    /// Delivery stream for dead letters.
-    pub dead_letter: String,
-    /// Region and endpoint.
-    pub aws: AwsConfig,
-}
 
 /// One Firehose delivery stream written with `PutRecordBatch`.
 #[derive(Clone, Debug)]
@@ -75,14 +60,12 @@ pub struct FirehoseArchive {
 }
 
 impl FirehoseArchive {
-    /// Writers for the delivery streams of `config`.
-    pub async fn connect(config: &FirehoseArchiveConfig) -> Self {
-        let sdk = config.aws.load().await;
-        let client = Client::new(&sdk);
+    /// Writers for the delivery streams `raw`, `processed` and `dead_letter`.
+    pub fn with_client(client: &Client, raw: &str, processed: &str, dead_letter: &str) -> Self {
         FirehoseArchive {
-            raw: DeliveryStream::with_client(client.clone(), &config.raw),
-            processed: DeliveryStream::with_client(client.clone(), &config.processed),
-            dead_letter: DeliveryStream::with_client(client, &config.dead_letter),
+            raw: DeliveryStream::with_client(client.clone(), raw),
+            processed: DeliveryStream::with_client(client.clone(), processed),
+            dead_letter: DeliveryStream::with_client(client.clone(), dead_letter),
         }
     }
 }

@@ -39,6 +39,7 @@ use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource, SourceError};
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::ConnectorError;
 use crate::kinesis_fan_out::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
@@ -136,17 +137,6 @@ impl ConsumerStatus {
         self.lock().values().cloned().collect()
     }
 
-    /// Whether every shard being read is within `millis` of its tip.
-    pub fn caught_up(&self, millis: i64) -> bool {
-        let shards = self.lock();
-        !shards.is_empty()
-            && shards.values().all(|s| {
-                s.finished
-                    || s.millis_behind_latest
-                        .is_some_and(|behind| behind <= millis)
-            })
-    }
-
     fn update(&self, stream: &str, shard: &str, change: impl FnOnce(&mut ShardStatus)) {
         if let Some(status) = self
             .lock()
@@ -157,7 +147,7 @@ impl ConsumerStatus {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), ShardStatus>> {
-        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards)
     }
 }
 
@@ -166,8 +156,8 @@ impl ConsumerStatus {
 pub struct KinesisConsumer {
     /// Per-shard metrics.
     pub status: Arc<ConsumerStatus>,
-    stop: Arc<AtomicBool>,
-    coordinator: tokio::task::JoinHandle<()>,
+    /// The coordinator and every reader task, to abort on stop.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl KinesisConsumer {
@@ -181,7 +171,7 @@ impl KinesisConsumer {
         settings: ConsumerSettings,
     ) -> (KinesisConsumer, Vec<ShardFeed>) {
         let status = Arc::new(ConsumerStatus::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
         let (senders, feeds): (Vec<_>, Vec<_>) = (0..workers.max(1))
             .map(|_| {
                 let (sender, receiver) = std_mpsc::channel();
@@ -200,25 +190,24 @@ impl KinesisConsumer {
             streams,
             settings,
             status: Arc::clone(&status),
-            stop: Arc::clone(&stop),
+            tasks: Arc::clone(&tasks),
             feeds: senders,
         };
-        let coordinator = runtime.spawn(coordinator.run());
-        (
-            KinesisConsumer {
-                status,
-                stop,
-                coordinator,
-            },
-            feeds,
-        )
+        let coordinator = runtime.spawn(coordinator.run()).abort_handle();
+        lock(&tasks).push(coordinator);
+        (KinesisConsumer { status, tasks }, feeds)
     }
 
     /// Stops discovery and every reader.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.coordinator.abort();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for KinesisConsumer {
@@ -329,7 +318,7 @@ struct Coordinator {
     streams: Vec<StreamSpec>,
     settings: ConsumerSettings,
     status: Arc<ConsumerStatus>,
-    stop: Arc<AtomicBool>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
     feeds: Vec<std_mpsc::Sender<Box<dyn RecordSource>>>,
 }
 
@@ -340,16 +329,12 @@ impl Coordinator {
             self.streams.iter().map(|_| ShardLineage::new()).collect();
         let mut listed = vec![false; self.streams.len()];
         let (done_sender, mut done_receiver) = mpsc::unbounded_channel::<ShardDone>();
-        let mut readers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut jitter = Jitter::new();
         let mut due: Vec<usize> = (0..self.streams.len()).collect();
         let mut consumer_arns: Vec<Option<String>> = self.streams.iter().map(|_| None).collect();
         // Shards the listing shows closed, told to their fan-out readers (see `ReaderTask::probe_end`).
         let mut closed_flags: BTreeMap<(usize, String), Arc<AtomicBool>> = BTreeMap::new();
         loop {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
             for index in std::mem::take(&mut due) {
                 let spec = &self.streams[index];
                 if let Some(name) = &spec.fan_out_consumer
@@ -401,7 +386,6 @@ impl Coordinator {
                         consumer_arns[index].as_deref(),
                         Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
                         done_sender.clone(),
-                        &mut readers,
                     );
                     if self.feeds[worker].send(Box::new(partition)).is_err() {
                         return; // the dataflow is gone
@@ -435,9 +419,6 @@ impl Coordinator {
                 }
             }
         }
-        for reader in readers {
-            reader.abort();
-        }
     }
 
     async fn register(&self, stream: &str, consumer: &str) -> Result<String, ConnectorError> {
@@ -452,7 +433,6 @@ impl Coordinator {
         consumer_arn: Option<&str>,
         closed: Arc<AtomicBool>,
         done: mpsc::UnboundedSender<ShardDone>,
-        readers: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> ShardPartition {
         let spec = &self.streams[stream_index];
         let (sender, receiver) = mpsc::channel(self.settings.buffered_batches.max(1));
@@ -502,7 +482,10 @@ impl Coordinator {
             stop_at_latest: self.settings.stop_at_latest,
             backoff: self.settings.backoff,
         };
-        readers.push(self.runtime.spawn(task.run()));
+        let handle = self.runtime.spawn(task.run()).abort_handle();
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(handle);
         ShardPartition {
             name,
             stream_index,

@@ -15,22 +15,11 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use pageflow_dataflow::features::Feature;
-use serde::{Deserialize, Serialize};
 
-use crate::aws::{AwsConfig, classify, retryable_service_code};
+use crate::aws::{classify, retryable_service_code};
 use crate::batch::{
     BatchApi, BatchLimits, CallFailure, Delivery, EntryOutcome, OutRecord, RetryPolicy, deliver,
 };
-
-/// Where the features go.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KinesisSinkConfig {
-    /// The stream's name or ARN (`arn:aws:kinesis:…`).
-    pub stream: String,
-    /// Region and endpoint.
-    pub aws: AwsConfig,
-}
 
 /// A Kinesis data stream written with `PutRecords`.
 #[derive(Clone, Debug)]
@@ -40,15 +29,6 @@ pub struct KinesisStream {
 }
 
 impl KinesisStream {
-    /// A writer for `config.stream`.
-    pub async fn connect(config: &KinesisSinkConfig) -> Self {
-        let sdk = config.aws.load().await;
-        KinesisStream {
-            client: Client::new(&sdk),
-            stream: config.stream.clone(),
-        }
-    }
-
     /// A writer using an existing client.
     pub fn with_client(client: Client, stream: &str) -> Self {
         KinesisStream {
@@ -59,15 +39,24 @@ impl KinesisStream {
 
     /// Writes features, one JSON object per record, keyed as `SEMANTICS.md` says.
     pub async fn write_features(&self, features: &[Feature], policy: RetryPolicy) -> Delivery {
-        let records = features
-            .iter()
-            .map(|feature| OutRecord {
-                partition_key: feature.partition_key().to_string(),
-                data: feature.to_json().into_bytes(),
-            })
-            .collect();
+        self.write(feature_records(features), policy).await
+    }
+
+    /// Writes records made by [`feature_records`] (or any keyed records), in order.
+    pub async fn write(&self, records: Vec<OutRecord>, policy: RetryPolicy) -> Delivery {
         deliver(self, records, policy).await
     }
+}
+
+/// Features as Kinesis records: one JSON object each, keyed as `SEMANTICS.md` says.
+pub fn feature_records(features: &[Feature]) -> Vec<OutRecord> {
+    features
+        .iter()
+        .map(|feature| OutRecord {
+            partition_key: feature.partition_key().to_string(),
+            data: feature.to_json().into_bytes(),
+        })
+        .collect()
 }
 
 impl BatchApi for KinesisStream {

@@ -29,6 +29,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use pageflow_connectors::aws::AwsConfig;
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use serde::{Deserialize, Serialize};
 
@@ -49,23 +50,8 @@ pub struct JobConfig {
     pub serve: ServeConfig,
     /// Threads and processes.
     pub runtime: RuntimeConfig,
-    /// Where the AWS APIs are (AWS mode only).
-    pub aws: AwsSection,
-}
-
-/// The `[aws]` section: region and endpoints shared by the Kinesis and Firehose clients.
-///
-/// Credentials come from the SDK's usual chain (environment, profile, the ECS task role).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AwsSection {
-    /// The region, e.g. `sa-east-1`; absent: `AWS_REGION` or the profile decides.
-    pub region: Option<String>,
-    /// One endpoint URL for every service (a local emulator such as moto); absent: AWS itself, or
-    /// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` from the environment.
-    pub endpoint_url: Option<String>,
-    /// An endpoint URL for Kinesis only (e.g. kinesis-local beside moto); wins over `endpoint_url`.
-    pub kinesis_endpoint_url: Option<String>,
+    /// Where the AWS APIs are (AWS mode only): `region`, `endpoint_url`, `kinesis_endpoint_url`.
+    pub aws: AwsConfig,
 }
 
 /// Which source feeds the job.

@@ -530,16 +530,6 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-impl Metrics {
-    /// The Kinesis consumer's state, when the source is Kinesis (readiness, the dashboard).
-    pub fn kinesis_status(&self) -> Option<Arc<ConsumerStatus>> {
-        self.kinesis
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 /// The position of `reason` in [`Reason::ALL`].
 fn reason_index(reason: Reason) -> usize {
     Reason::ALL

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::FeatureFileSink;
 use pageflow_connectors::batch::{Delivery, OutRecord, RetryPolicy};
 use pageflow_connectors::firehose_sink::{DeliveryStream, FirehoseArchive};
-use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis_sink::{KinesisStream, feature_records};
 use pageflow_connectors::local_sink::ArchiveSink;
 use pageflow_dataflow::event::{DeadLetter, Reason, SourcePosition};
 use pageflow_dataflow::features::Feature;
@@ -283,8 +283,10 @@ impl JobOutputs for AwsOutputs {
         let features = std::mem::take(&mut self.pending_features);
         let raw = std::mem::take(&mut self.pending_raw);
         let mut letters = std::mem::take(&mut self.pending_dead_letters);
+        // Serialised once: the features stream and the processed layer carry the same JSON.
+        let records = feature_records(&features);
         let processed: Vec<Vec<u8>> = if self.archive.is_some() {
-            features.iter().map(|f| f.to_json().into_bytes()).collect()
+            records.iter().map(|r| r.data.clone()).collect()
         } else {
             Vec::new()
         };
@@ -293,10 +295,10 @@ impl JobOutputs for AwsOutputs {
         let archive = self.archive.clone();
         let (to_kinesis, to_raw, to_processed) = self.runtime.block_on(async move {
             let features = async {
-                if features.is_empty() {
+                if records.is_empty() {
                     Delivery::default()
                 } else {
-                    stream.write_features(&features, policy).await
+                    stream.write(records, policy).await
                 }
             };
             let layer = |layer: Option<DeliveryStream>, lines: Vec<Vec<u8>>| async move {

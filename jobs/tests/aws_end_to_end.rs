@@ -14,7 +14,7 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use pageflow_connectors::kpl::{KPL_MAGIC, aggregate};
 use pageflow_tests::aws::{MotoServer, aws_env};
-use pageflow_tests::clients::{kinesis_client, read_stream, s3_client};
+use pageflow_tests::clients::{kinesis_client, lines_of, read_objects, read_stream, s3_client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 
@@ -56,45 +56,17 @@ fn pageflow(args: &[&str], env: &[(String, String)]) -> Result<String, String> {
     }
 }
 
-/// Every line of every object under `prefix` in `bucket`.
+/// Every line of every object under `prefix` in `bucket`, as text.
 async fn archived_lines(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let mut lines = Vec::new();
-    let mut token = None;
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token)
-            .send()
-            .await?;
-        for object in page.contents() {
-            let body = s3
-                .get_object()
-                .bucket(bucket)
-                .key(object.key().unwrap_or_default())
-                .send()
-                .await?
-                .body
-                .collect()
-                .await?
-                .into_bytes();
-            lines.extend(
-                String::from_utf8_lossy(&body)
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string),
-            );
-        }
-        token = page.next_continuation_token;
-        if token.is_none() {
-            return Ok(lines);
-        }
-    }
+    let objects = read_objects(s3, bucket, prefix).await?;
+    Ok(lines_of(&objects)
+        .iter()
+        .map(|line| String::from_utf8_lossy(line).to_string())
+        .collect())
 }
 
 fn sorted(mut lines: Vec<String>) -> Vec<String> {

@@ -168,27 +168,7 @@ impl MotoServer {
         };
         self.endpoint = format!("http://127.0.0.1:{}", self.port);
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let last = match http_request(self.port, "GET", "/moto-api/", &[], b"") {
-                Ok(response) if response.status == 200 => return Ok(()),
-                Ok(response) => format!("answered {}", response.status),
-                Err(e) => e.to_string(),
-            };
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited ({status}) before it was ready"));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "was not ready within {} s (GET /moto-api/: {last})",
-                    READY_TIMEOUT.as_secs()
-                ));
-            }
-            // The retry interval of a bounded poll, not a wait for something to have happened.
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
+        await_http_ready(self.port, "/moto-api/", &mut self.child, READY_TIMEOUT)
     }
 
     /// The server's port on `127.0.0.1`.
@@ -342,5 +322,36 @@ pub(crate) fn drain_into(mut reader: impl Read, output: &Mutex<Vec<u8>>) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Polls `GET path` on `127.0.0.1:port` until it answers 200, `child` exits, or `timeout` passes;
+/// the error says which, with the last answer.
+pub(crate) fn await_http_ready(
+    port: u16,
+    path: &str,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        let last = match http_request(port, "GET", path, &[], b"") {
+            Ok(response) if response.status == 200 => return Ok(()),
+            Ok(response) => format!("answered {}", response.status),
+            Err(e) => e.to_string(),
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}) before it was ready"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "was not ready within {} s (GET {path}: {last})",
+                timeout.as_secs()
+            ));
+        }
+        // The retry interval of a bounded poll, not a wait for something to have happened.
+        thread::sleep(interval);
+        interval = (interval * 2).min(Duration::from_millis(200));
     }
 }

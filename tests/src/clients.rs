@@ -97,6 +97,51 @@ pub async fn read_stream(
     Ok(records)
 }
 
+/// The bytes of every object under `prefix` in `bucket`, listing page by page.
+pub async fn read_objects(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+    let mut objects = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let listing = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await?;
+        for object in listing.contents() {
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await?
+                .body
+                .collect()
+                .await?;
+            objects.push(body.into_bytes().to_vec());
+        }
+        token = listing.next_continuation_token;
+        if token.is_none() {
+            return Ok(objects);
+        }
+    }
+}
+
+/// The non-empty lines of `objects`.
+pub fn lines_of(objects: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    objects
+        .iter()
+        .flat_map(|bytes| bytes.split(|b| *b == b'\n'))
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// The `feature_id` of a feature record's JSON bytes.
 pub fn feature_id_of(data: &[u8]) -> Result<String, serde_json::Error> {
     let json: serde_json::Value = serde_json::from_slice(data)?;

@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::aws::{TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, drain_into};
-use crate::aws::{http_request, workspace_root};
+use crate::aws::{await_http_ready, workspace_root};
 
 /// How long the server may take to answer `GET /healthcheck` with 200 (it takes about a second; a
 /// cold, busy 2-core machine running other tests is slower).
@@ -204,27 +204,7 @@ impl KinesisLocal {
 
     /// Polls `GET /healthcheck` until it answers 200, the process exits, or the deadline passes.
     fn await_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut interval = Duration::from_millis(20);
-        loop {
-            let last = match http_request(self.port, "GET", "/healthcheck", &[], b"") {
-                Ok(response) if response.status == 200 => return Ok(()),
-                Ok(response) => format!("answered {}", response.status),
-                Err(e) => e.to_string(),
-            };
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited ({status}) before it was ready"));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "was not ready within {} s (GET /healthcheck: {last})",
-                    READY_TIMEOUT.as_secs()
-                ));
-            }
-            // The retry interval of a bounded poll, not a wait for something to have happened.
-            thread::sleep(interval);
-            interval = (interval * 2).min(Duration::from_millis(200));
-        }
+        await_http_ready(self.port, "/healthcheck", &mut self.child, READY_TIMEOUT)
     }
 
     /// The plain HTTP port on `127.0.0.1` (kinesis-local listens on every interface).

@@ -21,7 +21,7 @@ use pageflow_connectors::retry::Backoff;
 use pageflow_dataflow::features::Feature;
 use pageflow_tests::aws::{self, MotoServer};
 use pageflow_tests::clients::{
-    feature_id_of, firehose_client, kinesis_client, read_stream, s3_client,
+    feature_id_of, firehose_client, kinesis_client, lines_of, read_objects, read_stream, s3_client,
 };
 use pageflow_tests::fault_proxy::{
     FIREHOSE_PUT_RECORD_BATCH, Fault, FaultPlan, FaultProxy, Faults, KINESIS_PUT_RECORDS,
@@ -303,40 +303,16 @@ async fn firehose_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
     );
 
     // Every object of the prefix, page by page.
+    let archived = read_objects(&s3, "archive", "processed/").await?;
+    let objects = archived.len();
     let mut read: HashMap<String, usize> = HashMap::new();
-    let mut objects = 0;
-    let mut token: Option<String> = None;
-    loop {
-        let listing = s3
-            .list_objects_v2()
-            .bucket("archive")
-            .prefix("processed/")
-            .set_continuation_token(token.take())
-            .send()
-            .await?;
-        for object in listing.contents() {
-            objects += 1;
-            let bytes = s3
-                .get_object()
-                .bucket("archive")
-                .key(object.key().unwrap_or_default())
-                .send()
-                .await?
-                .body
-                .collect()
-                .await?
-                .into_bytes();
-            assert!(bytes.ends_with(b"\n"), "objects are whole JSON lines");
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let json: serde_json::Value = serde_json::from_slice(line)?;
-                let id = json["feature_id"].as_str().unwrap_or_default().to_string();
-                *read.entry(id).or_default() += 1;
-            }
-        }
-        token = listing.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
+    for bytes in &archived {
+        assert!(bytes.ends_with(b"\n"), "objects are whole JSON lines");
+    }
+    for line in lines_of(&archived) {
+        let json: serde_json::Value = serde_json::from_slice(&line)?;
+        let id = json["feature_id"].as_str().unwrap_or_default().to_string();
+        *read.entry(id).or_default() += 1;
     }
     let forwarded = stats.operation(FIREHOSE_PUT_RECORD_BATCH).forwarded;
     assert_eq!(

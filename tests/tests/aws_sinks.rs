@@ -10,7 +10,7 @@ use pageflow_connectors::firehose_sink::DeliveryStream;
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_tests::aws::MotoServer;
 use pageflow_tests::clients::{
-    feature_id_of, firehose_client, kinesis_client, read_stream, s3_client,
+    feature_id_of, firehose_client, kinesis_client, lines_of, read_objects, read_stream, s3_client,
 };
 use pageflow_tests::synthetic_features;
 
@@ -97,36 +97,15 @@ async fn the_archive_reaches_s3_as_json_lines_through_firehose() -> TestResult {
     assert_eq!(report.written, lines.len());
     assert!(report.undeliverable.is_empty());
 
-    let mut archived: Vec<Vec<u8>> = Vec::new();
-    let listing = s3
-        .list_objects_v2()
-        .bucket("archive")
-        .prefix("processed/")
-        .send()
-        .await?;
+    let objects = read_objects(&s3, "archive", "processed/").await?;
     assert!(
-        listing.contents().len() >= lines.len().div_ceil(500),
+        objects.len() >= lines.len().div_ceil(500),
         "one object per call at least"
     );
-    for object in listing.contents() {
-        let body = s3
-            .get_object()
-            .bucket("archive")
-            .key(object.key().unwrap_or_default())
-            .send()
-            .await?
-            .body
-            .collect()
-            .await?;
-        let bytes = body.into_bytes();
+    for bytes in &objects {
         assert!(bytes.ends_with(b"\n"), "objects are whole JSON lines");
-        archived.extend(
-            bytes
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec),
-        );
     }
+    let mut archived = lines_of(&objects);
     let mut expected = lines;
     expected.sort();
     archived.sort();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::StreamStatus;
-use pageflow_connectors::aws::AwsConfig;
+use pageflow_connectors::aws::classify;
 use pageflow_connectors::batch::{OutRecord, RetryPolicy, deliver};
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_dataflow::ids::stable_hash;
@@ -43,20 +43,9 @@ struct Clients {
 }
 
 async fn clients(config: &JobConfig) -> Clients {
-    let sdk = AwsConfig {
-        region: config.aws.region.clone(),
-        endpoint_url: config.aws.endpoint_url.clone(),
-    }
-    .load()
-    .await;
-    let kinesis = match &config.aws.kinesis_endpoint_url {
-        Some(url) => aws_sdk_kinesis::config::Builder::from(&sdk)
-            .endpoint_url(url)
-            .build(),
-        None => aws_sdk_kinesis::config::Builder::from(&sdk).build(),
-    };
+    let sdk = config.aws.load().await;
     Clients {
-        kinesis: aws_sdk_kinesis::Client::from_conf(kinesis),
+        kinesis: config.aws.kinesis_client(&sdk),
         firehose: aws_sdk_firehose::Client::new(&sdk),
         // Emulators serve buckets by path, not by host name.
         s3: aws_sdk_s3::Client::from_conf(
@@ -131,24 +120,42 @@ async fn create_stream(
     if stream.starts_with("arn:") {
         return Ok(false); // an ARN names a stream that exists elsewhere
     }
-    match client
+    let result = client
         .create_stream()
         .stream_name(stream)
         .shard_count(shards)
         .send()
-        .await
-    {
+        .await;
+    created(result, &["ResourceInUseException"], || {
+        format!("the Kinesis stream {stream}")
+    })
+}
+
+/// `Ok(true)` when a create call created its resource, `Ok(false)` when it failed only because the
+/// resource exists (one of `exists_codes`), else what went wrong.
+fn created<T, E, R>(
+    result: Result<T, aws_sdk_kinesis::error::SdkError<E, R>>,
+    exists_codes: &[&str],
+    what: impl Fn() -> String,
+) -> Result<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
         Ok(_) => Ok(true),
-        Err(error)
-            if error.as_service_error().and_then(|e| e.code())
-                == Some("ResourceInUseException") =>
-        {
-            Ok(false)
+        Err(error) => {
+            let code = error.as_service_error().and_then(|e| e.code());
+            if code.is_some_and(|code| exists_codes.contains(&code)) {
+                Ok(false)
+            } else {
+                Err(anyhow!(
+                    "cannot create {}: {}; check [aws] and the credentials",
+                    what(),
+                    classify(&error).0
+                ))
+            }
         }
-        Err(error) => Err(anyhow!(
-            "cannot create the Kinesis stream {stream}: {}; check [aws] and the credentials",
-            pageflow_connectors::aws::classify(&error).0
-        )),
     }
 }
 
@@ -167,7 +174,7 @@ async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str) -> Result<(
             .map_err(|e| {
                 anyhow!(
                     "cannot describe the Kinesis stream {stream}: {}",
-                    pageflow_connectors::aws::classify(&e).0
+                    classify(&e).0
                 )
             })?
             .stream_description_summary
@@ -187,23 +194,12 @@ async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<bool
     if client.head_bucket().bucket(bucket).send().await.is_ok() {
         return Ok(false);
     }
-    match client.create_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(true),
-        Err(error) => {
-            let code = error
-                .as_service_error()
-                .and_then(|e| e.code())
-                .unwrap_or_default();
-            if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" {
-                Ok(false)
-            } else {
-                Err(anyhow!(
-                    "cannot create the S3 bucket {bucket}: {}",
-                    error_text(&error)
-                ))
-            }
-        }
-    }
+    let result = client.create_bucket().bucket(bucket).send().await;
+    created(
+        result,
+        &["BucketAlreadyOwnedByYou", "BucketAlreadyExists"],
+        || format!("the S3 bucket {bucket}"),
+    )
 }
 
 async fn create_delivery_stream(
@@ -219,38 +215,15 @@ async fn create_delivery_stream(
         .error_output_prefix(format!("errors/{prefix}"))
         .build()
         .map_err(|e| anyhow!("invalid delivery stream settings for {name}: {e}"))?;
-    match client
+    let result = client
         .create_delivery_stream()
         .delivery_stream_name(name)
         .extended_s3_destination_configuration(destination)
         .send()
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(error)
-            if error.as_service_error().and_then(|e| e.code())
-                == Some("ResourceInUseException") =>
-        {
-            Ok(false)
-        }
-        Err(error) => Err(anyhow!(
-            "cannot create the Firehose delivery stream {name}: {}",
-            error_text(&error)
-        )),
-    }
-}
-
-fn error_text<E: ProvideErrorMetadata + std::error::Error, R>(
-    error: &aws_sdk_kinesis::error::SdkError<E, R>,
-) -> String {
-    match error.as_service_error() {
-        Some(service) => format!(
-            "{}: {}",
-            service.code().unwrap_or("Unknown"),
-            service.message().unwrap_or_default()
-        ),
-        None => error.to_string(),
-    }
+        .await;
+    created(result, &["ResourceInUseException"], || {
+        format!("the Firehose delivery stream {name}")
+    })
 }
 
 /// `pageflow aws put`: publishes `input` into the portals' streams; returns the records written.

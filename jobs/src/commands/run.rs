@@ -22,8 +22,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::aws::AwsConfig;
-use pageflow_connectors::firehose_sink::{DeliveryStream, FirehoseArchive};
+use pageflow_connectors::firehose_sink::FirehoseArchive;
 use pageflow_connectors::kinesis_consumer::{ConsumerSettings, KinesisConsumer, StreamSpec};
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
@@ -132,15 +131,9 @@ fn worker_sources(
         }
         SourceKind::Kinesis => {
             let kinesis = &config.source.kinesis;
-            let aws = AwsConfig {
-                region: config.aws.region.clone(),
-                endpoint_url: config
-                    .aws
-                    .kinesis_endpoint_url
-                    .clone()
-                    .or_else(|| config.aws.endpoint_url.clone()),
-            };
-            let client = aws_sdk_kinesis::Client::new(&runtime.block_on(aws.load()));
+            let client = config
+                .aws
+                .kinesis_client(&runtime.block_on(config.aws.load()));
             let streams = kinesis
                 .streams
                 .iter()
@@ -197,31 +190,16 @@ fn job_outputs(
             std::fs::create_dir_all(&sinks.dir).with_context(|| {
                 format!("cannot create the data directory {}", sinks.dir.display())
             })?;
-            let aws = AwsConfig {
-                region: config.aws.region.clone(),
-                endpoint_url: config.aws.endpoint_url.clone(),
-            };
-            let sdk = runtime.block_on(aws.load());
-            let kinesis_sdk = match &config.aws.kinesis_endpoint_url {
-                Some(url) => aws_sdk_kinesis::config::Builder::from(&sdk)
-                    .endpoint_url(url)
-                    .build(),
-                None => aws_sdk_kinesis::config::Builder::from(&sdk).build(),
-            };
-            let features = KinesisStream::with_client(
-                aws_sdk_kinesis::Client::from_conf(kinesis_sdk),
-                &sinks.kinesis.stream,
-            );
+            let sdk = runtime.block_on(config.aws.load());
+            let features =
+                KinesisStream::with_client(config.aws.kinesis_client(&sdk), &sinks.kinesis.stream);
             let archive = sinks.archive.then(|| {
-                let client = aws_sdk_firehose::Client::new(&sdk);
-                FirehoseArchive {
-                    raw: DeliveryStream::with_client(client.clone(), &sinks.firehose.raw),
-                    processed: DeliveryStream::with_client(
-                        client.clone(),
-                        &sinks.firehose.processed,
-                    ),
-                    dead_letter: DeliveryStream::with_client(client, &sinks.firehose.dead_letter),
-                }
+                FirehoseArchive::with_client(
+                    &aws_sdk_firehose::Client::new(&sdk),
+                    &sinks.firehose.raw,
+                    &sinks.firehose.processed,
+                    &sinks.firehose.dead_letter,
+                )
             });
             Ok(Box::new(AwsOutputs::new(
                 runtime.handle().clone(),
