@@ -11,10 +11,12 @@
 //! - [`algorithms`]: compositions of operators; [`algorithms::graph`] is the whole job.
 //! - [`oracle`]: the same computation done in batch from scratch, the reference for tests.
 //! - [`features`]: the records emitted to the ML team.
+//! - [`checkpoint`]: consistent snapshots of operator state and source positions, and restores.
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
 pub mod algorithms;
+pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod features;

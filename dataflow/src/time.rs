@@ -28,7 +28,9 @@ pub enum Opinion {
 }
 
 /// The job watermark as seen by one worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Watermark {
     /// No watermark yet: nothing is late.
     MinusInfinity,

@@ -22,6 +22,7 @@ use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::OperatorStates;
 use crate::config::SemanticsConfig;
 use crate::event::{DeadLetter, Event};
 use crate::features::Feature;
@@ -63,7 +64,9 @@ pub struct GraphOutputs<'scope> {
     pub accepted: StreamVec<'scope, u64, Event>,
 }
 
-/// Builds the job on this worker, reading `sources`.
+/// Builds the job on this worker, reading `sources`. Every operator declares its state in
+/// `states` (restored from a checkpoint when `states` holds one; `OperatorStates::default()`
+/// for a run without checkpoints).
 pub fn build<'scope>(
     scope: Scope<'scope, u64>,
     sources: impl Into<WorkerSources>,
@@ -71,6 +74,7 @@ pub fn build<'scope>(
     config: &SemanticsConfig,
     options: &GraphOptions,
     stats: Arc<JobStats>,
+    states: &OperatorStates,
 ) -> GraphOutputs<'scope> {
     let slide = config.slide.ms();
     let mut ingest_config = IngestConfig::new(config);
@@ -81,6 +85,7 @@ pub fn build<'scope>(
         board,
         ingest_config,
         Arc::clone(&stats),
+        states,
     );
     let (events, rest): (
         StreamVec<'scope, u64, Event>,
@@ -94,17 +99,17 @@ pub fn build<'scope>(
         NotAnEvent::Raw(raw) => Err(raw),
     });
 
-    let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats));
-    let horizon = accepted.clone().event_horizon(slide);
+    let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats), states);
+    let horizon = accepted.clone().event_horizon(slide, states);
 
     let updates = accepted
         .clone()
-        .sessionize(config.session_gap.ms(), Arc::clone(&stats));
+        .sessionize(config.session_gap.ms(), Arc::clone(&stats), states);
     let sessions = updates.clone().flat_map(|update| match update {
         SessionUpdate::Closed(session) => Some(Feature::Session(session)),
         SessionUpdate::Read(_) => None,
     });
-    let pairs = updates.cooccurrences(config.cooc_recent);
+    let pairs = updates.cooccurrences(config.cooc_recent, states);
 
     let trending_windows = WindowSpec {
         window: config.trending_window.ms(),
@@ -113,7 +118,12 @@ pub fn build<'scope>(
     };
     let rankings = accepted
         .clone()
-        .window_stats(trending_windows, options.live_interval)
+        .window_stats(
+            trending_windows,
+            options.live_interval,
+            "window_stats/trending",
+            states,
+        )
         .rankings(
             horizon.clone(),
             RankingSpec {
@@ -122,6 +132,7 @@ pub fn build<'scope>(
                 slide,
                 top_n: config.top_n,
             },
+            states,
         );
 
     let cooc_views = accepted.clone().window_stats(
@@ -131,6 +142,8 @@ pub fn build<'scope>(
             recent: None,
         },
         None,
+        "window_stats/cooc",
+        states,
     );
     let related = pairs.related(
         cooc_views,
@@ -142,6 +155,7 @@ pub fn build<'scope>(
             min_support: config.cooc_min_support,
             interval: config.related_interval.ms(),
         },
+        states,
     );
 
     let (ranking_features, live): (

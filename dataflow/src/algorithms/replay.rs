@@ -87,7 +87,15 @@ pub fn replay(
         let stats = Arc::clone(&worker_stats);
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {
-            let outputs = build(scope, sources, board, &config, &options, stats);
+            let outputs = build(
+                scope,
+                sources,
+                board,
+                &config,
+                &options,
+                stats,
+                &Default::default(),
+            );
             collect(outputs.features, &sink, |out| &mut out.features);
             collect(outputs.dead_letters, &sink, |out| &mut out.dead_letters);
             collect(outputs.raw, &sink, |out| &mut out.raw);

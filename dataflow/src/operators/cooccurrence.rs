@@ -32,7 +32,9 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use super::sessionize::{SessionUpdate, UserKey};
+use super::sessionize::{SessionUpdate, UserKey, user_route};
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 
 /// A pair of articles read together, `article_a < article_b`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,7 +50,7 @@ pub struct ArticlePair {
 }
 
 /// The distinct articles of a session, most recently read first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentArticles {
     recent: VecDeque<Id>,
 }
@@ -133,18 +135,45 @@ impl CooccurrenceState {
     }
 }
 
+/// One entry per open session, routed like the user's events (this operator runs beside
+/// sessionize, on the worker that owns the user).
+impl Checkpointed for CooccurrenceState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        for (key, recent) in &self.sessions {
+            out.keyed(user_route(&key.0, &key.1), &(key, recent))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        let (key, recent): (UserKey, RecentArticles) = entry.decode()?;
+        self.sessions.insert(key, recent);
+        Ok(())
+    }
+}
+
 /// Forms co-occurrence pairs from finalized session reads.
 pub trait Cooccurrences<'scope> {
-    /// The pairs formed by each session's first reads, at the reads' times.
-    fn cooccurrences(self, cooc_recent: usize) -> StreamVec<'scope, u64, ArticlePair>;
+    /// The pairs formed by each session's first reads, at the reads' times. The recent articles
+    /// of open sessions are checkpointed under `"cooccurrence"` in `states`.
+    fn cooccurrences(
+        self,
+        cooc_recent: usize,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, ArticlePair>;
 }
 
 impl<'scope> Cooccurrences<'scope> for StreamVec<'scope, u64, SessionUpdate> {
-    fn cooccurrences(self, cooc_recent: usize) -> StreamVec<'scope, u64, ArticlePair> {
+    fn cooccurrences(
+        self,
+        cooc_recent: usize,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, ArticlePair> {
+        let state = states.attach("cooccurrence", CooccurrenceState::default());
         self.unary(Pipeline, "Cooccurrences", move |_capability, _info| {
-            let mut state = CooccurrenceState::default();
             let mut out = Vec::new();
             move |input, output| {
+                let mut state = state.borrow_mut();
                 input.for_each(|cap, data| {
                     for update in data.drain(..) {
                         state.apply(update, cooc_recent, &mut out);

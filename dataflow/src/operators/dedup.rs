@@ -29,6 +29,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::{Event, Id};
 use crate::ids::{FastMap, hash_str};
 use crate::stats::JobStats;
@@ -90,18 +92,65 @@ impl DedupState {
     }
 }
 
+/// The operator's state in checkpoints: one entry per remembered id, routed like the events.
+#[derive(Debug)]
+struct DedupCheckpoint {
+    window: u64,
+    ids: DedupState,
+}
+
+impl Checkpointed for DedupCheckpoint {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        for (id, times) in &self.ids.accepted {
+            out.keyed(hash_str(id), &(id, times))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        let (id, times): (Id, Vec<u64>) = entry.decode()?;
+        for &ts in &times {
+            self.ids
+                .expiries
+                .entry(ts.saturating_add(self.window))
+                .or_default()
+                .push(Id::clone(&id));
+        }
+        self.ids.accepted.entry(id).or_default().extend(times);
+        Ok(())
+    }
+}
+
 /// De-duplicates a stream of on-time events.
 pub trait Deduplicate<'scope> {
-    /// Drops duplicates (counted in `stats.duplicates`) and passes accepted events on.
-    fn deduplicate(self, window: u64, stats: Arc<JobStats>) -> StreamVec<'scope, u64, Event>;
+    /// Drops duplicates (counted in `stats.duplicates`) and passes accepted events on. The
+    /// remembered ids are checkpointed under `"dedup"` in `states`.
+    fn deduplicate(
+        self,
+        window: u64,
+        stats: Arc<JobStats>,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, Event>;
 }
 
 impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
-    fn deduplicate(self, window: u64, stats: Arc<JobStats>) -> StreamVec<'scope, u64, Event> {
+    fn deduplicate(
+        self,
+        window: u64,
+        stats: Arc<JobStats>,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, Event> {
         let route = Exchange::new(|event: &Event| hash_str(&event.event_id));
+        let checkpointed = states.attach(
+            "dedup",
+            DedupCheckpoint {
+                window,
+                ids: DedupState::default(),
+            },
+        );
         self.unary_frontier(route, "Deduplicate", move |_capability, _info| {
-            let mut state = DedupState::default();
             move |(input, frontier), output| {
+                let state = &mut checkpointed.borrow_mut().ids;
                 input.for_each(|cap, data| {
                     let before = data.len();
                     data.retain(|event| state.accept(&event.event_id, event.ts, window));
@@ -116,7 +165,7 @@ impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
                 });
                 match frontier.frontier().first() {
                     Some(&time) => state.expire(time, window),
-                    None => state = DedupState::default(),
+                    None => *state = DedupState::default(),
                 }
             }
         })

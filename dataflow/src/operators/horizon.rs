@@ -10,27 +10,47 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::Event;
+
+/// The largest horizon this worker has emitted; shared in checkpoints (a restored worker starts
+/// from the maximum over the saved ones, which every downstream operator already knows).
+#[derive(Debug, Default)]
+struct Horizon(u64);
+
+impl Checkpointed for Horizon {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        out.shared(&self.0)
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        self.0 = self.0.max(entry.decode()?);
+        Ok(())
+    }
+}
 
 /// Computes the event horizon of a stream of counted events.
 pub trait EventHorizon<'scope> {
-    /// Every increase of this worker's `tick(max ts) + slide`, broadcast to all workers.
-    fn event_horizon(self, slide: u64) -> StreamVec<'scope, u64, u64>;
+    /// Every increase of this worker's `tick(max ts) + slide`, broadcast to all workers
+    /// (checkpointed under `"horizon"` in `states`).
+    fn event_horizon(self, slide: u64, states: &OperatorStates) -> StreamVec<'scope, u64, u64>;
 }
 
 impl<'scope> EventHorizon<'scope> for StreamVec<'scope, u64, Event> {
-    fn event_horizon(self, slide: u64) -> StreamVec<'scope, u64, u64> {
+    fn event_horizon(self, slide: u64, states: &OperatorStates) -> StreamVec<'scope, u64, u64> {
+        let state = states.attach("horizon", Horizon::default());
         self.unary(Pipeline, "EventHorizon", move |_capability, _info| {
-            let mut horizon = 0u64;
             move |input, output| {
+                let horizon = &mut state.borrow_mut().0;
                 input.for_each(|cap, data| {
                     let max = data
                         .iter()
                         .map(|event| event.ts - event.ts % slide + slide)
                         .max();
-                    if let Some(max) = max.filter(|max| *max > horizon) {
-                        horizon = max;
-                        output.session(&cap).give(horizon);
+                    if let Some(max) = max.filter(|max| *max > *horizon) {
+                        *horizon = max;
+                        output.session(&cap).give(max);
                     }
                 });
             }

@@ -24,7 +24,11 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::snapshot::{INGEST_STATE, IngestEntry};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates, PartitionCheckpoint};
 use crate::event::{DeadLetter, Event, RawRecord, Reason, validate};
+use crate::ids::FastMap;
 use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
 use crate::time::{Opinion, PartitionClock, Watermark, WatermarkBoard, combine};
@@ -85,6 +89,8 @@ impl IngestConfig {
 struct Partition {
     source: Box<dyn RecordSource>,
     clock: PartitionClock,
+    /// The position of the last record taken from the source: where a restore resumes after.
+    last_position: Option<String>,
     /// Processing time of the last record or of the start, for idleness.
     last_activity: Instant,
     blank_lines_reported: u64,
@@ -95,6 +101,7 @@ impl Partition {
         Partition {
             source,
             clock: PartitionClock::default(),
+            last_position: None,
             last_activity: now,
             blank_lines_reported: 0,
         }
@@ -116,6 +123,66 @@ impl Partition {
     }
 }
 
+/// Ingest's state on one worker: its partitions, the job watermark, and saved positions.
+struct IngestState {
+    partitions: Vec<Partition>,
+    /// Partitions of this worker that ended (a checkpoint records them as done).
+    ended: Vec<PartitionCheckpoint>,
+    job_watermark: Watermark,
+    /// Restored positions not yet claimed by a partition of this worker, by name.
+    restored: FastMap<String, PartitionCheckpoint>,
+}
+
+impl IngestState {
+    fn add(&mut self, source: Box<dyn RecordSource>, now: Instant) {
+        let mut partition = Partition::new(source, now);
+        if let Some(saved) = self.restored.remove(partition.source.name()) {
+            partition.clock.max_ts = saved.max_ts;
+            partition.last_position = saved.position;
+        }
+        self.partitions.push(partition);
+    }
+}
+
+/// Every partition's position as a shared entry (partitions are placed by the job, not by a
+/// route), so every restored worker knows every position; restored positions that no partition
+/// of this worker claimed are carried on, marked as such, so that a position is never lost
+/// before its partition comes back.
+impl Checkpointed for IngestState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        for partition in &self.partitions {
+            out.shared(&IngestEntry::Partition(PartitionCheckpoint {
+                partition: partition.source.name().to_string(),
+                position: partition.last_position.clone(),
+                max_ts: partition.clock.max_ts,
+                finished: partition.clock.finished,
+            }))?;
+        }
+        for ended in &self.ended {
+            out.shared(&IngestEntry::Partition(ended.clone()))?;
+        }
+        for carried in self.restored.values() {
+            out.shared(&IngestEntry::Carried(carried.clone()))?;
+        }
+        out.shared(&IngestEntry::Watermark(self.job_watermark))
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        match entry.decode::<IngestEntry>()? {
+            IngestEntry::Partition(saved) => {
+                self.restored.insert(saved.partition.clone(), saved);
+            }
+            IngestEntry::Carried(saved) => {
+                self.restored.entry(saved.partition.clone()).or_insert(saved);
+            }
+            IngestEntry::Watermark(watermark) => {
+                self.job_watermark = self.job_watermark.max(watermark);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads `sources` on this worker and emits what they contain, in arrival order.
 ///
 /// `board` must have been created with one opinion per worker (each worker's
@@ -127,8 +194,19 @@ pub fn ingest<'scope>(
     board: Arc<WatermarkBoard>,
     config: IngestConfig,
     stats: Arc<JobStats>,
+    states: &OperatorStates,
 ) -> StreamVec<'scope, u64, Ingested> {
     let worker = scope.index();
+    let state = states.attach(
+        INGEST_STATE,
+        IngestState {
+            partitions: Vec::new(),
+            ended: Vec::new(),
+            job_watermark: Watermark::MinusInfinity,
+            restored: FastMap::default(),
+        },
+    );
+    let states = states.clone();
     source(scope, "Ingest", move |capability, info| {
         let activator = scope.activator_for(info.address);
         let start = Instant::now();
@@ -136,25 +214,37 @@ pub fn ingest<'scope>(
             partitions: initial,
             mut feed,
         } = sources;
-        let mut partitions: Vec<Partition> = initial
-            .into_iter()
-            .map(|source| Partition::new(source, start))
-            .collect();
+        for source in initial {
+            state.borrow_mut().add(source, start);
+        }
         let mut added: Vec<Box<dyn RecordSource>> = Vec::new();
         let mut capability = Some(capability);
-        let mut job_watermark = Watermark::MinusInfinity;
         let mut buffer: Vec<RawRecord> = Vec::new();
         let mut out: Vec<Ingested> = Vec::new();
 
         move |output| {
+            if states.is_paused() {
+                // A checkpoint is being taken: read nothing, so every position stays put.
+                activator.activate_after(config.poll_interval);
+                return;
+            }
             let Some(cap) = capability.as_mut() else {
                 return;
             };
+            let mut state = state.borrow_mut();
             let now = Instant::now();
             if let Some(feed) = feed.as_mut() {
                 feed.poll_new(&mut added);
-                partitions.extend(added.drain(..).map(|source| Partition::new(source, now)));
+                for source in added.drain(..) {
+                    state.add(source, now);
+                }
             }
+            let IngestState {
+                partitions,
+                ended,
+                job_watermark,
+                ..
+            } = &mut *state;
             // While more partitions may come, this worker is at least idle, never finished.
             let feed_open = feed.as_ref().is_some_and(|feed| !feed.is_closed());
             let waiting = feed_open.then_some(Opinion::Idle);
@@ -184,8 +274,9 @@ pub fn ingest<'scope>(
                     Ordering::Relaxed,
                 );
                 partitions[index].blank_lines_reported = blank;
-                if !buffer.is_empty() {
+                if let Some(last) = buffer.last() {
                     partitions[index].last_activity = now;
+                    partitions[index].last_position = Some(last.position.position.clone());
                 }
                 stats
                     .records_in
@@ -226,8 +317,8 @@ pub fn ingest<'scope>(
                             .map(|p| p.opinion(&config, now))
                             .chain(waiting),
                     );
-                    job_watermark =
-                        job_watermark.max(to_watermark(combine([local, others]), job_watermark));
+                    *job_watermark =
+                        (*job_watermark).max(to_watermark(combine([local, others]), *job_watermark));
                     if job_watermark.is_late(view.ts) {
                         stats.dead_letter(Reason::Late);
                         let detail = format!(
@@ -265,7 +356,17 @@ pub fn ingest<'scope>(
             }
 
             // Closed shards and ended files are dropped: they never hold the watermark back again.
-            partitions.retain(|p| !p.clock.finished);
+            partitions.retain(|p| {
+                if p.clock.finished {
+                    ended.push(PartitionCheckpoint {
+                        partition: p.source.name().to_string(),
+                        position: p.last_position.clone(),
+                        max_ts: p.clock.max_ts,
+                        finished: true,
+                    });
+                }
+                !p.clock.finished
+            });
             let local = combine(
                 partitions
                     .iter()
@@ -273,11 +374,11 @@ pub fn ingest<'scope>(
                     .chain(waiting),
             );
             let published = board.publish(worker, local);
-            job_watermark = job_watermark.max(published);
-            if let Watermark::At(wm) = job_watermark {
+            *job_watermark = (*job_watermark).max(published);
+            if let Watermark::At(wm) = *job_watermark {
                 stats.watermark_ms.fetch_max(wm, Ordering::Relaxed);
             }
-            match job_watermark {
+            match *job_watermark {
                 Watermark::PlusInfinity => {
                     capability = None;
                     return;

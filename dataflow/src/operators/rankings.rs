@@ -13,6 +13,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::Id;
 use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::{FastMap, hash_str};
@@ -270,6 +272,94 @@ impl RankingsState {
     }
 }
 
+/// What rankings keep per portal in a checkpoint; the top-N orders are rebuilt from the stats.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPortal {
+    portal: Id,
+    stats: Vec<ArticleWindowStats>,
+    stash: Vec<ArticleWindowStats>,
+    provisional: Option<(u64, Vec<ArticleWindowStats>)>,
+    provisional_dirty: bool,
+}
+
+/// One entry per portal (routed like the portal's statistics) and a shared entry with the last
+/// emitted window and the horizon, merged by maximum.
+impl Checkpointed for RankingsState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        let mut portals: BTreeMap<&Id, SavedPortal> = BTreeMap::new();
+        let saved = |portal: &Id| -> SavedPortal {
+            SavedPortal {
+                portal: portal.clone(),
+                stats: Vec::new(),
+                stash: Vec::new(),
+                provisional: None,
+                provisional_dirty: false,
+            }
+        };
+        for (portal, rankings) in &self.portals {
+            portals
+                .entry(portal)
+                .or_insert_with(|| saved(portal))
+                .stats
+                .extend(rankings.stats.values().cloned());
+        }
+        for stats in self.stash.values().flatten() {
+            portals
+                .entry(&stats.portal)
+                .or_insert_with(|| saved(&stats.portal))
+                .stash
+                .push(stats.clone());
+        }
+        for (portal, (window_end, overrides)) in &self.provisional {
+            portals
+                .entry(portal)
+                .or_insert_with(|| saved(portal))
+                .provisional = Some((*window_end, overrides.values().cloned().collect()));
+        }
+        for portal in &self.provisional_dirty {
+            portals
+                .entry(portal)
+                .or_insert_with(|| saved(portal))
+                .provisional_dirty = true;
+        }
+        for (portal, saved) in portals {
+            out.keyed(hash_str(portal), &saved)?;
+        }
+        out.shared(&(self.emitted_until, self.horizon))
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        if entry.route.is_none() {
+            let (emitted_until, horizon): (Option<u64>, u64) = entry.decode()?;
+            self.emitted_until = self.emitted_until.max(emitted_until);
+            self.horizon = self.horizon.max(horizon);
+            return Ok(());
+        }
+        let saved: SavedPortal = entry.decode()?;
+        if !saved.stats.is_empty() {
+            let rankings = self.portals.entry(saved.portal.clone()).or_default();
+            for stats in saved.stats {
+                rankings.apply(stats, &self.spec);
+            }
+        }
+        for stats in saved.stash {
+            self.stash.entry(stats.window_end).or_default().push(stats);
+        }
+        if let Some((window_end, overrides)) = saved.provisional {
+            let overrides = overrides
+                .into_iter()
+                .map(|stats| (stats.article_id.clone(), stats))
+                .collect();
+            self.provisional
+                .insert(saved.portal.clone(), (window_end, overrides));
+        }
+        if saved.provisional_dirty {
+            self.provisional_dirty.insert(saved.portal);
+        }
+        Ok(())
+    }
+}
+
 /// Ranks articles per portal at each final window.
 pub trait Rankings<'scope> {
     /// `popular` and `trending` features, each at time `window_end − slide`, and rankings for the
@@ -278,6 +368,7 @@ pub trait Rankings<'scope> {
         self,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RankingSpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, RankingsOutput>;
 }
 
@@ -286,19 +377,24 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
         self,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RankingSpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, RankingsOutput> {
         let route = Exchange::new(|stats: &ArticleWindowStats| hash_str(&stats.portal));
+        let state = states.attach("rankings", RankingsState::new(spec));
         self.binary_frontier(
             horizon,
             route,
             Pipeline,
             "Rankings",
-            move |_capability, _info| {
-                let mut state = RankingsState::new(spec);
+            move |capability, _info| {
                 let mut held = HeldCapability::default();
+                if !state.borrow().is_idle() {
+                    held.hold_initial(capability);
+                }
                 let (mut features, mut live) = (Vec::new(), Vec::new());
                 let mut out: Vec<(u64, RankingsOutput)> = Vec::new();
                 move |(stats, stats_frontier), (horizon, horizon_frontier), output| {
+                    let mut state = state.borrow_mut();
                     stats.for_each(|cap, data| {
                         held.hold(&cap);
                         for change in data.drain(..) {

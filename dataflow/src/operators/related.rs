@@ -26,6 +26,8 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::Id;
 use crate::features::{Feature, RelatedItem};
 use crate::ids::{FastMap, FastSet};
@@ -73,7 +75,7 @@ pub enum RelatedSideInput {
     Horizon(u64),
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PairWindow {
     count: u64,
     /// `(tick, count)` of buckets not entered yet; a handful at most, so a vector beats a map.
@@ -415,6 +417,141 @@ impl RelatedState {
     }
 }
 
+/// An article's related state in a checkpoint, with article keys in place of this worker's
+/// interned ids, and its scheduled visits and wake-ups.
+#[derive(Serialize, Deserialize)]
+struct SavedArticle {
+    key: ArticleKey,
+    partners: Vec<(ArticleKey, PairWindow)>,
+    qualified: Vec<ArticleKey>,
+    current: Vec<RelatedItem>,
+    stale: bool,
+    last_emitted: Vec<RelatedItem>,
+    last_emitted_at: Option<u64>,
+    wakeup: Option<u64>,
+    visits: Vec<(u64, ArticleKey)>,
+    wakeups: Vec<u64>,
+}
+
+/// What every worker holds alike: the views received by broadcast, and how far it got.
+#[derive(Serialize, Deserialize)]
+struct SavedShared {
+    views: Vec<(ArticleKey, u64)>,
+    views_stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
+    processed_until: Option<u64>,
+    horizon: u64,
+}
+
+/// One entry per article (routed like its pairs) and a shared entry with the views. Every worker
+/// saved the same views (they arrive by broadcast, and a checkpoint is taken when every worker has
+/// acted on the same frontier), so merging keeps the first copy of each window's views.
+impl Checkpointed for RelatedState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        let mut visits: FastMap<u32, Vec<(u64, u32)>> = FastMap::default();
+        for (time, pairs) in &self.visits {
+            for &(article, partner) in pairs {
+                visits.entry(article).or_default().push((*time, partner));
+            }
+        }
+        let mut wakeups: FastMap<u32, Vec<u64>> = FastMap::default();
+        for (time, ids) in &self.wakeups {
+            for &id in ids {
+                wakeups.entry(id).or_default().push(*time);
+            }
+        }
+        let key = |id: u32| self.ids.key(id).clone();
+        for (&id, article) in &self.articles {
+            let saved = SavedArticle {
+                key: key(id),
+                partners: article
+                    .partners
+                    .iter()
+                    .map(|(&partner, window)| (key(partner), window.clone()))
+                    .collect(),
+                qualified: article.qualified.iter().map(|&partner| key(partner)).collect(),
+                current: article.current.clone(),
+                stale: article.stale,
+                last_emitted: article.last_emitted.clone(),
+                last_emitted_at: article.last_emitted_at,
+                wakeup: article.wakeup,
+                visits: visits
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(time, partner)| (time, key(partner)))
+                    .collect(),
+                wakeups: wakeups.remove(&id).unwrap_or_default(),
+            };
+            out.keyed(article_route(&saved.key.0, &saved.key.1), &saved)?;
+        }
+        out.shared(&SavedShared {
+            views: self
+                .views
+                .iter()
+                .map(|(&id, &views)| (key(id), views))
+                .collect(),
+            views_stash: self.views_stash.clone(),
+            processed_until: self.processed_until,
+            horizon: self.horizon,
+        })
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        if entry.route.is_none() {
+            let shared: SavedShared = entry.decode()?;
+            for ((portal, article), views) in shared.views {
+                let id = self.ids.intern(&portal, &article);
+                self.views.insert(id, views);
+            }
+            for (window_end, stats) in shared.views_stash {
+                self.views_stash.entry(window_end).or_insert(stats);
+            }
+            self.processed_until = self.processed_until.max(shared.processed_until);
+            self.horizon = self.horizon.max(shared.horizon);
+            return Ok(());
+        }
+        let saved: SavedArticle = entry.decode()?;
+        let id = self.ids.intern(&saved.key.0, &saved.key.1);
+        let mut intern = |(portal, article): &ArticleKey| self.ids.intern(portal, article);
+        let partners = saved
+            .partners
+            .iter()
+            .map(|(partner, window)| (intern(partner), window.clone()))
+            .collect();
+        let qualified: FastSet<u32> = saved.qualified.iter().map(&mut intern).collect();
+        let visits: Vec<(u64, u32)> = saved
+            .visits
+            .iter()
+            .map(|(time, partner)| (*time, intern(partner)))
+            .collect();
+        for &partner in &qualified {
+            self.qualified_by_partner
+                .entry(partner)
+                .or_default()
+                .insert(id);
+        }
+        for (time, partner) in visits {
+            self.visits.entry(time).or_default().push((id, partner));
+        }
+        for time in saved.wakeups {
+            self.wakeups.entry(time).or_default().push(id);
+        }
+        self.articles.insert(
+            id,
+            ArticleRelated {
+                partners,
+                qualified,
+                current: saved.current,
+                stale: saved.stale,
+                last_emitted: saved.last_emitted,
+                last_emitted_at: saved.last_emitted_at,
+                wakeup: saved.wakeup,
+            },
+        );
+        Ok(())
+    }
+}
+
 /// Maintains related lists from pairs and view counts.
 pub trait Related<'scope> {
     /// `related` features at time `window_end − slide`.
@@ -423,6 +560,7 @@ pub trait Related<'scope> {
         views: StreamVec<'scope, u64, ArticleWindowStats>,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RelatedSpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Feature>;
 }
 
@@ -432,7 +570,9 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
         views: StreamVec<'scope, u64, ArticleWindowStats>,
         horizon: StreamVec<'scope, u64, u64>,
         spec: RelatedSpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Feature> {
+        let state = states.attach("related", RelatedState::new(spec));
         let directed = self.flat_map(|pair: ArticlePair| {
             let ArticlePair {
                 portal,
@@ -466,11 +606,14 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
             route,
             Pipeline,
             "Related",
-            move |_capability, _info| {
-                let mut state = RelatedState::new(spec);
+            move |capability, _info| {
                 let mut held = HeldCapability::default();
+                if !state.borrow().is_idle() {
+                    held.hold_initial(capability);
+                }
                 let mut out = Vec::new();
                 move |(pairs, pairs_frontier), (side, side_frontier), output| {
+                    let mut state = state.borrow_mut();
                     pairs.for_each(|cap, data| {
                         held.hold(&cap);
                         for pair in data.drain(..) {

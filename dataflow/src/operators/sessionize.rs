@@ -41,6 +41,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::{Event, Id};
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
 use crate::ids::{FastMap, FastSet, stable_hash};
@@ -91,7 +93,7 @@ pub fn user_route(portal: &str, user_id: &str) -> u64 {
     stable_hash([portal.as_bytes(), user_id.as_bytes()])
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct PendingRead {
     article_id: Id,
     dwell_ms: u32,
@@ -99,7 +101,7 @@ struct PendingRead {
     clicks: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct OpenSession {
     start_ts: u64,
     last_ts: u64,
@@ -111,7 +113,7 @@ struct OpenSession {
     max_scroll_pct: u8,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct UserSessions {
     key: UserKey,
     /// Reads not yet final, sorted by `(ts, event_id)` (a few at most: those within the
@@ -266,6 +268,29 @@ impl SessionizeState {
     }
 }
 
+/// One entry per user, routed like the user's events; the due-queue is rebuilt from each user's
+/// `scheduled` time (the queue's other entries are stale and skipped anyway).
+impl Checkpointed for SessionizeState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        for user in self.slots.iter().flatten() {
+            out.keyed(user_route(&user.key.0, &user.key.1), user)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        let user: UserSessions = entry.decode()?;
+        let slot = self.slots.len() as u32;
+        self.open_sessions += usize::from(user.open.is_some());
+        if let Some(due) = user.scheduled {
+            self.due.push(Reverse((due, slot)));
+        }
+        self.slot_of.insert(user.key.clone(), slot);
+        self.slots.push(Some(user));
+        Ok(())
+    }
+}
+
 /// Finalizes one user's reads below `frontier`.
 fn advance_user(user: &mut UserSessions, frontier: u64, gap: u64, out: &mut Vec<SessionUpdate>) {
     let key = &user.key;
@@ -343,11 +368,13 @@ fn close(key: &UserKey, session: OpenSession) -> SessionFeature {
 
 /// Splits each user's events into sessions.
 pub trait Sessionize<'scope> {
-    /// Finalized reads and closed sessions, routed by `(portal, user_id)`.
+    /// Finalized reads and closed sessions, routed by `(portal, user_id)`. The sessions are
+    /// checkpointed under `"sessionize"` in `states`.
     fn sessionize(
         self,
         session_gap: u64,
         stats: Arc<JobStats>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, SessionUpdate>;
 }
 
@@ -356,14 +383,19 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Event> {
         self,
         session_gap: u64,
         stats: Arc<JobStats>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, SessionUpdate> {
         let route = Exchange::new(|event: &Event| user_route(&event.portal, &event.user_id));
-        self.unary_frontier(route, "Sessionize", move |_capability, _info| {
-            let mut state = SessionizeState::new(session_gap);
+        let state = states.attach("sessionize", SessionizeState::new(session_gap));
+        self.unary_frontier(route, "Sessionize", move |capability, _info| {
             let mut held = super::held::HeldCapability::default();
+            if state.borrow().users() > 0 {
+                held.hold_initial(capability);
+            }
             let mut out = Vec::new();
             let mut reported_open = 0u64;
             move |(input, frontier), output| {
+                let mut state = state.borrow_mut();
                 input.for_each(|cap, data| {
                     held.hold(&cap);
                     for event in data.drain(..) {

@@ -42,6 +42,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoint::entries::{Entry, EntryWriter};
+use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
 use crate::event::{Event, Id};
 use crate::ids::{FastMap, FastSet, hash_str, stable_hash};
 
@@ -92,7 +94,7 @@ pub fn article_route(portal: &str, article_id: &str) -> u64 {
 /// `(user hash, engaged)` for each view of a bucket.
 type Readers = Vec<(u64, bool)>;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     views: u64,
     engaged: u64,
@@ -101,7 +103,7 @@ struct Bucket {
 }
 
 /// The numbers reported for an article in a window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Counts {
     views: u64,
     engaged: u64,
@@ -110,7 +112,7 @@ struct Counts {
     engaged_users: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ArticleWindow {
     /// Buckets that have not entered a final window yet.
     pending: BTreeMap<u64, Bucket>,
@@ -425,16 +427,45 @@ impl WindowStatsState {
     }
 }
 
+/// One entry per article with its scheduled visits, routed like the article's events.
+impl Checkpointed for WindowStatsState {
+    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
+        let mut visits: FastMap<&ArticleKey, Vec<u64>> = FastMap::default();
+        for (time, keys) in &self.visits {
+            for key in keys {
+                visits.entry(key).or_default().push(*time);
+            }
+        }
+        for (key, article) in &self.articles {
+            let times = visits.remove(key).unwrap_or_default();
+            out.keyed(article_route(&key.0, &key.1), &(key, article, times))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        let (key, article, times): (ArticleKey, ArticleWindow, Vec<u64>) = entry.decode()?;
+        for time in times {
+            self.visits.entry(time).or_default().push(key.clone());
+        }
+        self.articles.insert(key, article);
+        Ok(())
+    }
+}
+
 /// Sliding-window statistics per article.
 pub trait WindowStats<'scope> {
     /// Changed statistics of each article at each final window, at time `window_end − slide`.
     ///
     /// With `live` set, also previews the window still filling at that processing-time interval
-    /// (records with `provisional: true`, for the live view; never used for features).
+    /// (records with `provisional: true`, for the live view; never used for features). The
+    /// windows are checkpointed under `name` in `states`.
     fn window_stats(
         self,
         spec: WindowSpec,
         live: Option<Duration>,
+        name: &str,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, ArticleWindowStats>;
 }
 
@@ -443,17 +474,23 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
         self,
         spec: WindowSpec,
         live: Option<Duration>,
+        name: &str,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, ArticleWindowStats> {
         let route = Exchange::new(|event: &Event| article_route(&event.portal, &event.article_id));
         let scope = self.scope();
-        self.unary_frontier(route, "WindowStats", move |_capability, info| {
+        let state = states.attach(name, WindowStatsState::new(spec));
+        self.unary_frontier(route, "WindowStats", move |capability, info| {
             let activator = scope.activator_for(info.address);
-            let mut state = WindowStatsState::new(spec);
             let mut held = HeldCapability::default();
+            if !state.borrow().is_empty() {
+                held.hold_initial(capability);
+            }
             let mut out = Vec::new();
             let mut last_preview = Instant::now();
             let mut unpreviewed = false;
             move |(input, frontier), output| {
+                let mut state = state.borrow_mut();
                 input.for_each(|cap, data| {
                     held.hold(&cap);
                     unpreviewed = true;

@@ -316,9 +316,10 @@ fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64>
             let horizon = stream
                 .clone()
                 .map(move |event: Event| event.ts - event.ts % slide + slide);
+            let states = pageflow_dataflow::checkpoint::OperatorStates::default();
             stream
-                .window_stats(spec, None)
-                .rankings(horizon, ranking)
+                .window_stats(spec, None, "window_stats", &states)
+                .rankings(horizon, ranking, &states)
                 .probe()
                 .0
         });

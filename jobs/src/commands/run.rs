@@ -306,7 +306,15 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                     sender.clone(),
                 );
                 worker.dataflow::<u64, _, _>(|scope| {
-                    let outputs = build(scope, sources, board, &semantics, &options, stats);
+                    let outputs = build(
+                        scope,
+                        sources,
+                        board,
+                        &semantics,
+                        &options,
+                        stats,
+                        &Default::default(),
+                    );
                     forward(outputs.features, sender.clone(), SinkMessage::Features);
                     forward(
                         outputs.dead_letters,

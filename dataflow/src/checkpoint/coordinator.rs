@@ -1,0 +1,333 @@
+//! Taking a consistent checkpoint of a running timely dataflow: pause, drain, save, resume.
+//!
+//! The graph's timestamps are event time, so there is no processing-time epoch whose completion
+//! marks a cut (Flink's barriers travel as records instead). pageflow takes the cut by quiescence:
+//!
+//! 1. A checkpoint is requested ([`CheckpointCoordinator::request`]): the sources are paused, so
+//!    ingest reads nothing more and every source position stays where it is.
+//! 2. The workers meet between steps and drain: they step in lock-step rounds until a whole round
+//!    passes in which no worker sent or received a record or a progress message, with every sent
+//!    record received. Timely logs every channel send and receive; the coordinator counts them.
+//!    At that point nothing is in flight anywhere, every operator has acted on the same
+//!    frontier, and the state of the operators is exactly the effect of the records read so far.
+//! 3. Every worker saves its operators' state ([`OperatorStates::save`]) and hands it on, then
+//!    the sources resume. Only the saving happens while the dataflow stands still; encoding the
+//!    checkpoint's files, checksums and the write run elsewhere.
+//!
+//! A worker whose dataflow ends leaves the meeting; a checkpoint in progress then fails (the job is
+//! ending anyway). The workers must be the threads of one process.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::logging::{TimelyEvent, TimelyEventBuilder, TimelyProgressEventBuilder};
+use timely::worker::Worker;
+
+use super::CheckpointError;
+use super::snapshot::WorkerSnapshot;
+use super::states::OperatorStates;
+
+/// How long an idle worker parks before looking for a checkpoint request again.
+const IDLE_PARK: Duration = Duration::from_millis(20);
+
+/// Messages sent and received on the dataflow's channels, counted from timely's logs.
+#[derive(Debug, Default)]
+struct Traffic {
+    data_sent: AtomicU64,
+    data_received: AtomicU64,
+    progress_sent: AtomicU64,
+    progress_received: AtomicU64,
+}
+
+impl Traffic {
+    fn reading(&self) -> [u64; 4] {
+        [
+            self.data_sent.load(Ordering::SeqCst),
+            self.data_received.load(Ordering::SeqCst),
+            self.progress_sent.load(Ordering::SeqCst),
+            self.progress_received.load(Ordering::SeqCst),
+        ]
+    }
+}
+
+/// A barrier for the workers of one process that a worker can leave for good.
+#[derive(Debug)]
+struct Meeting {
+    state: Mutex<MeetingState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct MeetingState {
+    parties: usize,
+    arrived: usize,
+    generation: u64,
+    someone_left: bool,
+}
+
+/// A worker left the meeting: its dataflow has ended.
+#[derive(Debug)]
+struct Left;
+
+impl Meeting {
+    fn new(parties: usize) -> Self {
+        Meeting {
+            state: Mutex::new(MeetingState {
+                parties,
+                arrived: 0,
+                generation: 0,
+                someone_left: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MeetingState> {
+        // A poisoned lock means a worker panicked; the counters themselves are still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn wait(&self) -> Result<(), Left> {
+        let mut state = self.lock();
+        if state.someone_left {
+            return Err(Left);
+        }
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == state.parties {
+            state.arrived = 0;
+            state.generation += 1;
+            self.changed.notify_all();
+            return Ok(());
+        }
+        while state.generation == generation && !state.someone_left {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
+        if state.generation != generation {
+            Ok(())
+        } else {
+            Err(Left)
+        }
+    }
+
+    fn leave(&self) {
+        self.lock().someone_left = true;
+        self.changed.notify_all();
+    }
+}
+
+/// One worker's part of a checkpoint, as handed to the job.
+#[derive(Debug)]
+pub struct WorkerCheckpoint {
+    /// The checkpoint's id.
+    pub id: u64,
+    /// The worker's saved state, or why it could not be saved.
+    pub snapshot: Result<WorkerSnapshot, CheckpointError>,
+    /// How long the dataflow stood still on this worker (drain and save).
+    pub paused_for: Duration,
+    /// The checkpoint is the last before the job stops: the sources stay paused.
+    pub is_final: bool,
+}
+
+/// Coordinates checkpoints among the workers of one process.
+#[derive(Debug)]
+pub struct CheckpointCoordinator {
+    workers: usize,
+    paused: Arc<AtomicBool>,
+    requested: AtomicU64,
+    final_requested: AtomicBool,
+    in_progress: AtomicBool,
+    traffic: Arc<Traffic>,
+    meeting: Meeting,
+}
+
+impl CheckpointCoordinator {
+    /// A coordinator for `workers` worker threads.
+    pub fn new(workers: usize) -> Arc<Self> {
+        Arc::new(CheckpointCoordinator {
+            workers,
+            paused: Arc::new(AtomicBool::new(false)),
+            requested: AtomicU64::new(0),
+            final_requested: AtomicBool::new(false),
+            in_progress: AtomicBool::new(false),
+            traffic: Arc::default(),
+            meeting: Meeting::new(workers),
+        })
+    }
+
+    /// Asks for checkpoint `id` (ids grow): the sources pause at once. With `is_final` they stay
+    /// paused afterwards (a graceful stop). Returns `false`, asking nothing, while an earlier
+    /// checkpoint is still being taken or when `id` is not newer than the last one.
+    pub fn request(&self, id: u64, is_final: bool) -> bool {
+        if id <= self.requested.load(Ordering::SeqCst)
+            || self
+                .in_progress
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        self.final_requested.store(is_final, Ordering::SeqCst);
+        self.paused.store(true, Ordering::SeqCst);
+        self.requested.store(id, Ordering::SeqCst);
+        true
+    }
+
+    /// Whether a checkpoint is being taken by the workers right now.
+    pub fn is_taking(&self) -> bool {
+        self.in_progress.load(Ordering::SeqCst)
+    }
+
+    /// Pauses the sources without a checkpoint (a stop that cannot take one).
+    pub fn pause_sources(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// The operator states of one worker, restored from `restore` (see
+    /// [`super::SavedState::split`]), paused by this coordinator.
+    pub fn states(
+        &self,
+        restore: std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> OperatorStates {
+        OperatorStates::new(restore, Arc::clone(&self.paused))
+    }
+
+    /// Installs the counting of channel traffic on `worker`: call before building the dataflow.
+    pub fn attach(&self, worker: &mut Worker) -> Result<(), CheckpointError> {
+        let mut register = worker.log_register().ok_or_else(|| {
+            CheckpointError::Unavailable(
+                "timely was started without logging, so checkpoints cannot see the dataflow's traffic"
+                    .to_string(),
+            )
+        })?;
+        let traffic = Arc::clone(&self.traffic);
+        register.insert::<TimelyEventBuilder, _>("timely", move |_time, events| {
+            if let Some(events) = events {
+                let (mut sent, mut received) = (0, 0);
+                for (_, event) in events.iter() {
+                    if let TimelyEvent::Messages(message) = event {
+                        if message.is_send {
+                            sent += 1;
+                        } else {
+                            received += 1;
+                        }
+                    }
+                }
+                traffic.data_sent.fetch_add(sent, Ordering::SeqCst);
+                traffic.data_received.fetch_add(received, Ordering::SeqCst);
+            }
+        });
+        let traffic = Arc::clone(&self.traffic);
+        let progress = format!("timely/progress/{}", std::any::type_name::<u64>());
+        register.insert::<TimelyProgressEventBuilder<u64>, _>(&progress, move |_time, events| {
+            if let Some(events) = events {
+                let (mut sent, mut received) = (0, 0);
+                for (_, event) in events.iter() {
+                    if event.is_send {
+                        sent += 1;
+                    } else {
+                        received += 1;
+                    }
+                }
+                traffic.progress_sent.fetch_add(sent, Ordering::SeqCst);
+                traffic.progress_received.fetch_add(received, Ordering::SeqCst);
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs `worker` until its dataflows complete, taking part in every checkpoint requested
+    /// meanwhile and handing this worker's part to `deliver`.
+    pub fn run(
+        &self,
+        worker: &mut Worker,
+        states: &OperatorStates,
+        mut deliver: impl FnMut(WorkerCheckpoint),
+    ) {
+        let mut joined = 0u64;
+        loop {
+            if !worker.step_or_park(Some(IDLE_PARK)) {
+                break;
+            }
+            let id = self.requested.load(Ordering::SeqCst);
+            if id <= joined {
+                continue;
+            }
+            joined = id;
+            let started = Instant::now();
+            let is_final = self.final_requested.load(Ordering::SeqCst);
+            match self.drain(worker) {
+                Ok(()) => {
+                    let snapshot = states.save().map(|operators| WorkerSnapshot {
+                        worker: worker.index(),
+                        workers: self.workers,
+                        operators,
+                    });
+                    deliver(WorkerCheckpoint {
+                        id,
+                        snapshot,
+                        paused_for: started.elapsed(),
+                        is_final,
+                    });
+                    // Everyone has saved: the sources may run again.
+                    let everyone_saved = self.meeting.wait().is_ok();
+                    if worker.index() == 0 || !everyone_saved {
+                        if !is_final {
+                            self.paused.store(false, Ordering::SeqCst);
+                        }
+                        self.in_progress.store(false, Ordering::SeqCst);
+                    }
+                }
+                Err(Ended::Here) => break,
+                Err(Ended::Elsewhere) => {
+                    // Another worker's dataflow has ended, so this one is about to: keep stepping.
+                    tracing::info!(
+                        checkpoint = id,
+                        "the dataflow ended while a checkpoint was being taken; it is not written"
+                    );
+                    if !is_final {
+                        self.paused.store(false, Ordering::SeqCst);
+                    }
+                    self.in_progress.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        self.meeting.leave();
+        self.in_progress.store(false, Ordering::SeqCst);
+    }
+
+    /// Steps in lock-step with the other workers until nothing moves anywhere.
+    fn drain(&self, worker: &mut Worker) -> Result<(), Ended> {
+        let mut previous: Option<[u64; 4]> = None;
+        loop {
+            // Every worker stands between steps, its logs flushed: the counts are complete.
+            self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
+            let now = self.traffic.reading();
+            // Nobody steps before everyone has read the same counts.
+            self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
+            let [data_sent, data_received, ..] = now;
+            if data_sent == data_received && previous == Some(now) {
+                return Ok(());
+            }
+            previous = Some(now);
+            if !worker.step_or_park(Some(Duration::ZERO)) {
+                return Err(Ended::Here);
+            }
+        }
+    }
+}
+
+/// A dataflow ended during a checkpoint, which therefore cannot be completed.
+#[derive(Debug)]
+enum Ended {
+    /// This worker's.
+    Here,
+    /// Another worker's.
+    Elsewhere,
+}

@@ -1,0 +1,51 @@
+//! Checkpoints: the dataflow's state and its source positions, saved together.
+//!
+//! A checkpoint lets a job that was stopped or killed continue exactly where it was: every
+//! operator's state (open sessions, window contents and their pending expiries, co-occurrence
+//! counts, remembered event ids, the last `related` lists) together with the position of every
+//! source partition and the watermark, all taken at one consistent cut. Restoring loads the state
+//! into the operators and resumes each source after its saved position, so no event is counted
+//! twice and none is lost; features emitted after the checkpoint are emitted again with the same
+//! `feature_id`s.
+//!
+//! - [`coordinator`]: how the cut is taken in a running timely dataflow (pause, drain, save).
+//! - [`states`]: how operators declare their state ([`Checkpointed`], [`OperatorStates::attach`]).
+//! - [`entries`]: the saved form, keyed by route so that a checkpoint of `W` workers restores on
+//!   any number of workers.
+//! - [`snapshot`]: a worker's saved state, a whole checkpoint's state, and source positions.
+//!
+//! Writing checkpoints to storage (local directory, S3), manifests and checksums live in
+//! `pageflow-connectors::checkpoint_store`; scheduling them, in the `pageflow` binary.
+
+pub mod coordinator;
+pub mod entries;
+pub mod snapshot;
+pub mod states;
+
+pub use coordinator::{CheckpointCoordinator, WorkerCheckpoint};
+pub use snapshot::{PartitionCheckpoint, SavedState, WorkerSnapshot};
+pub use states::{Checkpointed, OperatorStates};
+
+/// A checkpoint's state could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// State could not be encoded (a bug: every state type is plain data).
+    #[error("cannot encode operator state: {0}; this is a bug in pageflow, please report it")]
+    Encode(String),
+    /// Saved state could not be decoded although its checksum was right: it was written by an
+    /// incompatible build.
+    #[error(
+        "cannot decode the checkpoint's operator state: {0}; it was written by an incompatible pageflow build: run the release that wrote it, or move the checkpoint away to start without it"
+    )]
+    Decode(String),
+    /// Checkpoints cannot be taken in this process.
+    #[error("checkpoints are unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CheckpointError {
+    /// Whether trying again may help: never, these are bugs or incompatible data.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,237 @@
+//! Running the graph in two halves: up to a checkpoint, then restored from it on any number of
+//! workers, as a crash and restart would. Used to check that a restore continues exactly.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
+use pageflow_dataflow::checkpoint::{CheckpointCoordinator, SavedState, WorkerCheckpoint};
+use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::event::{DeadLetter, RawRecord};
+use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
+use pageflow_dataflow::stats::JobStats;
+use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+/// What one half produced.
+#[derive(Debug, Default)]
+pub struct HalfRun {
+    /// Features emitted (before the checkpoint, for a first half).
+    pub features: Vec<Feature>,
+    /// Dead letters emitted (likewise).
+    pub dead_letters: Vec<DeadLetter>,
+    /// The checkpoint taken at the end of a first half.
+    pub checkpoint: Option<SavedState>,
+}
+
+/// A replay partition that stops after its records until `end` is set, then ends.
+struct GatedSource {
+    name: String,
+    records: std::collections::VecDeque<RawRecord>,
+    end: Option<Arc<AtomicBool>>,
+}
+
+impl RecordSource for GatedSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError> {
+        for _ in 0..max {
+            match self.records.pop_front() {
+                Some(record) => out.push(record),
+                None => break,
+            }
+        }
+        if !self.records.is_empty() {
+            return Ok(PollStatus::Ready);
+        }
+        Ok(match &self.end {
+            Some(end) if !end.load(Ordering::SeqCst) => PollStatus::Pending,
+            _ => PollStatus::Finished,
+        })
+    }
+
+    fn is_replay(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    features: Vec<Feature>,
+    dead_letters: Vec<DeadLetter>,
+    parts: Vec<WorkerCheckpoint>,
+    /// Outputs collected when the checkpoint was taken.
+    at_checkpoint: Option<(usize, usize)>,
+}
+
+/// Runs the graph over `records` (one partition named `partition`, on worker 0) on `workers`
+/// workers, restored from `restore` if given. With `checkpoint_at_end`, the partition waits after
+/// its records, a checkpoint is taken once all of them are read, and only the outputs emitted
+/// before it are kept; otherwise the partition ends and the run goes to completion.
+pub fn run_half(
+    config: &SemanticsConfig,
+    partition: &str,
+    records: Vec<RawRecord>,
+    workers: usize,
+    restore: Option<&SavedState>,
+    checkpoint_at_end: bool,
+) -> Result<HalfRun, String> {
+    let workers = workers.max(1);
+    let restores = match restore {
+        Some(saved) => saved.split(workers).map_err(|e| e.to_string())?,
+        None => vec![BTreeMap::new(); workers],
+    };
+    let slots = Arc::new(Mutex::new(restores.into_iter().map(Some).collect::<Vec<_>>()));
+    let end = Arc::new(AtomicBool::new(false));
+    let total = records.len() as u64;
+    let source = Arc::new(Mutex::new(Some(GatedSource {
+        name: partition.to_string(),
+        records: records.into(),
+        end: checkpoint_at_end.then(|| Arc::clone(&end)),
+    })));
+    let mut opinions = vec![Opinion::Finished; workers];
+    opinions[0] = Opinion::Undefined;
+    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    let stats = Arc::new(JobStats::default());
+    let coordinator = CheckpointCoordinator::new(workers);
+    let collected: Arc<Mutex<Collected>> = Arc::default();
+
+    let driver = {
+        let (coordinator, collected, stats, end) = (
+            Arc::clone(&coordinator),
+            Arc::clone(&collected),
+            Arc::clone(&stats),
+            Arc::clone(&end),
+        );
+        std::thread::spawn(move || -> Result<(), String> {
+            if !checkpoint_at_end {
+                return Ok(());
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+                while !done() {
+                    if Instant::now() > deadline {
+                        return Err(format!("timed out waiting for {what}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            };
+            wait_for("the records to be read", &|| {
+                stats.records_in.load(Ordering::SeqCst) >= total
+            })?;
+            if !coordinator.request(1, false) {
+                return Err("the checkpoint request was refused".to_string());
+            }
+            wait_for("every worker's part", &|| {
+                collected.lock().map(|c| c.parts.len()).unwrap_or(0) >= workers
+            })?;
+            end.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+
+    let config = config.clone();
+    let worker_collected = Arc::clone(&collected);
+    let worker_coordinator = Arc::clone(&coordinator);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let restore = slots
+            .lock()
+            .ok()
+            .and_then(|mut slots| slots.get_mut(index).and_then(Option::take))
+            .unwrap_or_default();
+        let coordinator = Arc::clone(&worker_coordinator);
+        if let Err(error) = coordinator.attach(worker) {
+            panic!("{error}");
+        }
+        let states = coordinator.states(restore);
+        let sources: Vec<Box<dyn RecordSource>> = if index == 0 {
+            source
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .map(|s| Box::new(s) as Box<dyn RecordSource>)
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let sink = Arc::clone(&worker_collected);
+        worker.dataflow::<u64, _, _>(|scope| {
+            let outputs = build(
+                scope,
+                sources,
+                Arc::clone(&board),
+                &config,
+                &GraphOptions::default(),
+                Arc::clone(&stats),
+                &states,
+            );
+            let features_sink = Arc::clone(&sink);
+            outputs
+                .features
+                .sink(Pipeline, "Collect", move |(input, _frontier)| {
+                    input.for_each(|_cap, data| {
+                        if let Ok(mut c) = features_sink.lock() {
+                            c.features.append(data);
+                        }
+                    });
+                });
+            let letters_sink = Arc::clone(&sink);
+            outputs
+                .dead_letters
+                .sink(Pipeline, "Collect", move |(input, _frontier)| {
+                    input.for_each(|_cap, data| {
+                        if let Ok(mut c) = letters_sink.lock() {
+                            c.dead_letters.append(data);
+                        }
+                    });
+                });
+        });
+        let errors = states.restore_errors();
+        assert!(errors.is_empty(), "restore failed: {errors:?}");
+        coordinator.run(worker, &states, |part| {
+            if let Ok(mut c) = sink.lock() {
+                let counts = (c.features.len(), c.dead_letters.len());
+                // Every worker stands still while parts are handed over: the counts agree.
+                if let Some(seen) = c.at_checkpoint {
+                    assert_eq!(seen, counts, "outputs moved during the checkpoint");
+                }
+                c.at_checkpoint = Some(counts);
+                c.parts.push(part);
+            }
+        });
+    })?;
+    for result in guards.join() {
+        result?;
+    }
+    driver
+        .join()
+        .map_err(|_| "the driver panicked".to_string())??;
+
+    let mut collected = std::mem::take(&mut *collected.lock().map_err(|e| e.to_string())?);
+    let mut half = HalfRun::default();
+    if checkpoint_at_end {
+        let (features, letters) = collected
+            .at_checkpoint
+            .ok_or("no checkpoint was taken")?;
+        collected.features.truncate(features);
+        collected.dead_letters.truncate(letters);
+        let parts = collected
+            .parts
+            .into_iter()
+            .map(|part| part.snapshot.map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        half.checkpoint = Some(SavedState::new(parts).map_err(|e| e.to_string())?);
+    }
+    half.features = collected.features;
+    half.dead_letters = collected.dead_letters;
+    Ok(half)
+}
