@@ -16,6 +16,9 @@
 //! - **Oversized lines.** A line longer than [`MAX_RECORD_BYTES`] is invalid (`too_large`) whatever it
 //!   holds, so only its first [`KEPT_LINE_BYTES`] bytes are kept (enough for validation to tell) and
 //!   the rest is skipped up to the next line break. A multi-gigabyte line costs time, not memory.
+//! - **Resuming.** After a restart, [`JsonLinesFile::resume_after`] skips the lines up to a
+//!   checkpoint's position (a fast scan for line breaks), so the replay continues exactly where the
+//!   checkpointed one was; an input shorter than that is an error (it is not the same input).
 //! - **Speed.** The file is read in large chunks (1 MiB by default) into one reusable buffer and
 //!   lines are found with `memchr`; apart from the [`RawRecord`] itself (its bytes and position),
 //!   nothing is allocated per line.
@@ -181,6 +184,61 @@ impl<R: Read> JsonLinesFile<R> {
     /// The number of the last line read completely (records and blank lines).
     pub fn lines_read(&self) -> u64 {
         self.lines_read
+    }
+
+    /// Continues a replay after line `line` (a checkpoint's position: the last record taken in).
+    ///
+    /// Skips the first `line` lines, records and blank lines alike, so that the next record has the
+    /// position an uninterrupted read would give it (`line + 1` or later). Skipping only looks for
+    /// line breaks (`memchr`), without keeping or validating anything; the blank lines skipped are
+    /// not counted in [`RecordSource::blank_lines`] (they were counted before the checkpoint).
+    /// `resume_after(0)` changes nothing. Call it on a fresh source, before the first poll.
+    ///
+    /// Errors when the input has fewer than `line` lines (it is not the input the checkpoint was
+    /// taken from), or when reading fails.
+    pub fn resume_after(mut self, line: u64) -> Result<Self, ConnectorError> {
+        while self.lines_read < line {
+            if self.chunk_start == self.chunk_end {
+                if self.reader_exhausted {
+                    if self.partial.started {
+                        // A final line without a line break is a line too.
+                        self.partial.reset();
+                        self.lines_read += 1;
+                        continue;
+                    }
+                    return Err(ConnectorError::Read {
+                        path: self.path.clone(),
+                        line: self.lines_read,
+                        source: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the input changed since the checkpoint: it ends after line {}, but \
+                                 the checkpoint continues after line {line}; restore the input the \
+                                 checkpoint was taken from, or move the checkpoint away to read the \
+                                 input from its start",
+                                self.lines_read
+                            ),
+                        ),
+                    });
+                }
+                self.refill()?;
+                continue;
+            }
+            let (start, end) = (self.chunk_start, self.chunk_end);
+            match memchr::memchr(b'\n', &self.chunk[start..end]) {
+                Some(offset) => {
+                    self.chunk_start = start + offset + 1;
+                    self.partial.reset();
+                    self.lines_read += 1;
+                }
+                None => {
+                    // The line goes on in the next read: only remember that it has begun.
+                    self.partial.started = true;
+                    self.chunk_start = end;
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// Refills the read buffer; at the end of the stream, marks the reader as exhausted.
@@ -389,6 +447,102 @@ mod tests {
         (records, blank)
     }
 
+    /// What an uninterrupted read hands out after line `after`: the records past it, and the blank
+    /// lines past it. Also returns how many lines `data` has.
+    fn naive_tail(data: &[u8], after: u64) -> (Replay, u64) {
+        let pieces: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        let lines = if data.is_empty() || data.ends_with(b"\n") {
+            pieces.len() - 1
+        } else {
+            pieces.len()
+        } as u64;
+        // Blank line numbers: the lines that are neither records nor past the end.
+        let (all, _) = naive_split(data);
+        let records: Vec<_> = all
+            .into_iter()
+            .filter(|(position, _)| position.parse::<u64>().is_ok_and(|p| p > after))
+            .collect();
+        let blank = (after + 1..=lines).count() as u64 - records.len() as u64;
+        ((records, blank), lines)
+    }
+
+    /// Everything a source resumed after line `after` hands out.
+    fn resume_and_read_all(
+        data: &[u8],
+        after: u64,
+        chunk: usize,
+        max: usize,
+    ) -> Result<Replay, Box<dyn std::error::Error>> {
+        let source = JsonLinesFile::from_reader("p", data)
+            .with_read_chunk_bytes(chunk)
+            .resume_after(after)?;
+        assert_eq!(source.lines_read(), after);
+        Ok(read_all(source, max)?)
+    }
+
+    #[test]
+    fn resumes_right_after_a_checkpointed_line() -> TestResult {
+        // Lines: 1 record, 2 blank, 3 record, 4 blank (spaces), 5 record, 6 record (no line break).
+        let data = b"{\"a\":1}\n\n{\"b\":2}\r\n  \t\n{\"c\":3}\n{\"d\":4}";
+        for chunk in [1, 3, 4096] {
+            for after in 0..=6 {
+                let got = resume_and_read_all(data, after, chunk, 2)?;
+                let (expected, lines) = naive_tail(data, after);
+                assert_eq!(lines, 6);
+                assert_eq!(got, expected, "resumed after line {after}, chunk {chunk}");
+            }
+        }
+        // At 0: the whole file, as if not resumed.
+        assert_eq!(resume_and_read_all(data, 0, 4096, 10)?, naive_split(data));
+        // Mid-file, right after a record: the blank line 2 comes next and is counted once.
+        let (records, blank) = resume_and_read_all(data, 1, 4096, 10)?;
+        assert_eq!(records.first().map(|r| r.0.as_str()), Some("3"));
+        assert_eq!(blank, 2);
+        // At a blank line: it is not counted again.
+        let (records, blank) = resume_and_read_all(data, 4, 4096, 10)?;
+        assert_eq!(
+            records,
+            vec![
+                ("5".to_string(), b"{\"c\":3}".to_vec()),
+                ("6".to_string(), b"{\"d\":4}".to_vec()),
+            ]
+        );
+        assert_eq!(blank, 0);
+        // At the end: nothing left, and the first poll says so.
+        let mut source = JsonLinesFile::from_reader("p", &data[..]).resume_after(6)?;
+        let mut out = Vec::new();
+        assert_eq!(source.poll(10, &mut out)?, PollStatus::Finished);
+        assert!(out.is_empty());
+        assert_eq!(source.blank_lines(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn resuming_past_the_end_says_the_input_changed() {
+        let data = b"{\"a\":1}\n\n{\"b\":2}\n";
+        for after in [4, 100] {
+            let error = match JsonLinesFile::from_reader("data/events.jsonl", &data[..])
+                .with_read_chunk_bytes(2)
+                .resume_after(after)
+            {
+                Ok(_) => panic!("resuming after line {after} of a 3-line file succeeded"),
+                Err(error) => error,
+            };
+            let message = error.to_string();
+            assert!(!error.is_retryable(), "{message}");
+            for part in [
+                "data/events.jsonl",
+                "changed since the checkpoint",
+                "ends after line 3",
+                &format!("after line {after}"),
+                "restore the input",
+                "move the checkpoint away",
+            ] {
+                assert!(message.contains(part), "{part:?} missing: {message}");
+            }
+        }
+    }
+
     /// A reader that hands out at most `step` bytes per read.
     struct Trickle<'a> {
         data: &'a [u8],
@@ -551,6 +705,33 @@ mod tests {
             let source = JsonLinesFile::from_reader("p", reader).with_read_chunk_bytes(chunk);
             let got = read_all(source, max).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(got, naive_split(&data));
+        }
+
+        #[test]
+        fn resumed_reads_equal_the_tail_of_an_uninterrupted_one(
+            lines in proptest::collection::vec(line_strategy(), 0..12),
+            final_newline in any::<bool>(),
+            chunk in prop_oneof![Just(1usize), 2usize..64, Just(1 << 20)],
+            after_share in 0.0f64..=1.0,
+            max in 1usize..5,
+        ) {
+            let mut data = Vec::new();
+            for (index, (content, crlf)) in lines.iter().enumerate() {
+                data.extend_from_slice(content);
+                if index + 1 < lines.len() || final_newline {
+                    data.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+                }
+            }
+            let chunk = if chunk == 1 && data.len() > 100_000 { 997 } else { chunk };
+            let (_, total) = naive_tail(&data, 0);
+            let after = (total as f64 * after_share).round() as u64;
+            let got = resume_and_read_all(&data, after, chunk, max)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(got, naive_tail(&data, after).0);
+            let past_the_end = JsonLinesFile::from_reader("p", &data[..])
+                .with_read_chunk_bytes(chunk)
+                .resume_after(total + 1);
+            prop_assert!(past_the_end.is_err());
         }
     }
 }

@@ -25,11 +25,17 @@
 //!   old the newest record read was when it was read) and the records read.
 //! - **Polling or enhanced fan-out**, per stream: [`StreamSpec::fan_out_consumer`] names the
 //!   consumer to register or reuse ([`crate::kinesis_fan_out`]); the records are the same.
+//! - **Resuming after a checkpoint.** [`ConsumerSettings::saved`] holds what a checkpoint says of
+//!   each shard ([`SavedShards`]): a shard read to its end is never read again but counts as done,
+//!   so its children may start; a shard with a saved position continues right after its last
+//!   ingested user record (at its Kinesis record, skipping the user records up to it, so a
+//!   position inside a KPL aggregate works too); every other shard starts from
+//!   [`ConsumerSettings::start`].
 //! - **Bounded reads.** With [`ConsumerSettings::stop_at_latest`], each shard ends once its reader
 //!   is at the tip (`MillisBehindLatest` = 0), so a run over what a stream holds now finishes, like
 //!   a replay (backfills, tests). Otherwise the consumer runs until stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,10 +49,10 @@ use tokio::task::AbortHandle;
 
 use crate::ConnectorError;
 use crate::kinesis_fan_out::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
-use crate::kinesis_source::{ReaderSettings, ShardBatch, ShardReader, StartPosition};
+use crate::kinesis_source::{ReaderSettings, ResumePoint, ShardBatch, ShardReader, StartPosition};
 use crate::retry::{Backoff, Jitter};
 use crate::shard_discovery::{ShardLineage, list_shards};
-use crate::shards::assign_shard;
+use crate::shards::{Position, SequenceNumber, assign_shard};
 
 /// One portal's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,11 +66,48 @@ pub struct StreamSpec {
     pub fan_out_consumer: Option<String>,
 }
 
+/// What a checkpoint says of the shards: where to continue each one after a restart.
+///
+/// Partitions are named as [`ShardPartition`]s name themselves (`kinesis:<portal>/<shard id>`,
+/// what `RawRecord.position.partition` holds). Shards named in neither set start from
+/// [`ConsumerSettings::start`].
+#[derive(Clone, Debug, Default)]
+pub struct SavedShards {
+    /// Partition name (as `ShardPartition::name()`, e.g. what RawRecord.position.partition holds) →
+    /// position string of the last record ingested (`"<sequence>:<sub>"`).
+    pub positions: HashMap<String, String>,
+    /// Partitions fully read before the checkpoint: never read again; their children may start.
+    pub finished: HashSet<String>,
+}
+
+/// Parses a saved position, `"<sequence>:<sub-sequence>"` as [`Position`] displays it.
+fn parse_position(text: &str) -> Result<Position, String> {
+    let (sequence, sub_sequence) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not <sequence number>:<sub-sequence number>"))?;
+    let sequence = SequenceNumber::new(sequence)
+        .ok_or_else(|| format!("{sequence:?} in {text:?} is not a decimal sequence number"))?;
+    let sub_sequence = sub_sequence
+        .parse()
+        .map_err(|_| format!("{sub_sequence:?} in {text:?} is not a sub-sequence number"))?;
+    Ok(Position {
+        sequence,
+        sub_sequence,
+    })
+}
+
+/// The partition name of `shard` of the stream of `portal`.
+fn partition_name(portal: &str, shard: &str) -> String {
+    format!("kinesis:{portal}/{shard}")
+}
+
 /// How the consumer behaves.
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
     /// Where shards without a saved position start.
     pub start: StartPosition,
+    /// Where the shards stood at the checkpoint being restored (nothing by default).
+    pub saved: SavedShards,
     /// How often to list the shards when nothing else asks for it (±20 % jitter).
     pub discovery_interval: Duration,
     /// Shards per `ListShards` page.
@@ -85,6 +128,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         ConsumerSettings {
             start: StartPosition::TrimHorizon,
+            saved: SavedShards::default(),
             discovery_interval: Duration::from_secs(60),
             list_page_size: 1000,
             reader: ReaderSettings::default(),
@@ -119,6 +163,9 @@ pub struct ShardStatus {
     pub finished: bool,
     /// The last failure no retry has fixed yet.
     pub last_error: Option<String>,
+    /// Why the checkpoint's saved position of the shard could not be used (the shard was then read
+    /// from [`ConsumerSettings::start`] instead).
+    pub saved_position_error: Option<String>,
 }
 
 /// The consumer's state as metrics see it.
@@ -378,17 +425,34 @@ impl Coordinator {
                         );
                     }
                 }
-                for shard in lineages[index].start_ready() {
-                    let worker = assign_shard(&spec.stream, &shard, workers);
-                    let partition = self.start_reader(
-                        index,
-                        &shard,
-                        consumer_arns[index].as_deref(),
-                        Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
-                        done_sender.clone(),
-                    );
-                    if self.feeds[worker].send(Box::new(partition)).is_err() {
-                        return; // the dataflow is gone
+                loop {
+                    let ready = lineages[index].start_ready();
+                    if ready.is_empty() {
+                        break;
+                    }
+                    for shard in ready {
+                        if self
+                            .settings
+                            .saved
+                            .finished
+                            .contains(&partition_name(&spec.portal, &shard))
+                        {
+                            // Read to its end before the checkpoint: done without a reader, so
+                            // its children may start (the next round of this loop).
+                            lineages[index].finish(&shard, &[]);
+                            continue;
+                        }
+                        let worker = assign_shard(&spec.stream, &shard, workers);
+                        let partition = self.start_reader(
+                            index,
+                            &shard,
+                            consumer_arns[index].as_deref(),
+                            Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
+                            done_sender.clone(),
+                        );
+                        if self.feeds[worker].send(Box::new(partition)).is_err() {
+                            return; // the dataflow is gone
+                        }
                     }
                 }
             }
@@ -426,6 +490,49 @@ impl Coordinator {
         ensure_consumer(&self.client, &arn, consumer, self.settings.backoff).await
     }
 
+    /// Where the partition `name` continues after the checkpoint: right after its saved position
+    /// (`None` without one), and why a saved position that cannot be used was ignored.
+    ///
+    /// The saved record is read again and its user records up to the saved one skipped
+    /// (`AT_SEQUENCE_NUMBER`, `record_complete: false`): a checkpoint does not say whether the
+    /// position was the last user record of a KPL aggregate, and this is right either way.
+    fn saved_resume_point(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> (Option<ResumePoint>, Option<String>) {
+        let Some(text) = self.settings.saved.positions.get(name) else {
+            return (None, None);
+        };
+        match parse_position(text) {
+            Ok(position) => {
+                tracing::info!(
+                    stream,
+                    partition = name,
+                    "continuing after the checkpoint's position {position}"
+                );
+                (
+                    Some(ResumePoint {
+                        position,
+                        record_complete: true,
+                    }),
+                    None,
+                )
+            }
+            Err(problem) => {
+                let start = self.settings.start;
+                let message = format!(
+                    "the checkpoint's position of {name} cannot be used: {problem}; reading the \
+                     shard from the configured start ({start:?}) instead, so records may come \
+                     again or be missed; check the checkpoint (it should hold the \
+                     <sequence>:<sub-sequence> of the last record taken in)"
+                );
+                tracing::error!(stream, partition = name, "{message}");
+                (None, Some(message))
+            }
+        }
+    }
+
     fn start_reader(
         &self,
         stream_index: usize,
@@ -436,13 +543,15 @@ impl Coordinator {
     ) -> ShardPartition {
         let spec = &self.streams[stream_index];
         let (sender, receiver) = mpsc::channel(self.settings.buffered_batches.max(1));
-        let name = format!("kinesis:{}/{}", spec.portal, shard);
+        let name = partition_name(&spec.portal, shard);
+        let (resume, saved_position_error) = self.saved_resume_point(&spec.stream, &name);
         self.status.lock().insert(
             (spec.stream.clone(), shard.to_string()),
             ShardStatus {
                 portal: spec.portal.clone(),
                 stream: spec.stream.clone(),
                 shard: shard.to_string(),
+                saved_position_error,
                 ..ShardStatus::default()
             },
         );
@@ -452,7 +561,7 @@ impl Coordinator {
                 arn,
                 shard,
                 self.settings.start,
-                None,
+                resume,
                 self.settings.fan_out,
             ))),
             None => AnyReader::Polling(Box::new(ShardReader::new(
@@ -460,7 +569,7 @@ impl Coordinator {
                 &spec.stream,
                 shard,
                 self.settings.start,
-                None,
+                resume,
                 self.settings.reader,
             ))),
         };
@@ -673,5 +782,25 @@ impl ReaderTask {
         self.status.update(&self.stream, shard, |status| {
             status.last_error = Some(message)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_positions_parse_as_positions_display() -> Result<(), String> {
+        let sequence = "49590338271490256608559692538361571095921575989136588898";
+        let position = parse_position(&format!("{sequence}:7"))?;
+        assert_eq!(position.sequence.as_str(), sequence);
+        assert_eq!(position.sub_sequence, 7);
+        assert_eq!(parse_position(&position.to_string())?, position);
+        for bad in [
+            "", "12", ":0", "12:", "12:x", "0012:0", "1a:0", "12:-1", "12:0:0",
+        ] {
+            assert!(parse_position(bad).is_err(), "{bad:?} parsed");
+        }
+        Ok(())
     }
 }

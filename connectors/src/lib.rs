@@ -8,12 +8,17 @@
 //! - [`local_sink`]: the [`Sink`] trait and the local sinks: [`FeatureFileSink`] (the features
 //!   stream as `features.jsonl`) and [`ArchiveSink`] (the raw/processed/dead-letter archive laid out
 //!   like the Firehose-to-S3 one).
+//! - [`checkpoint_store`]: where checkpoints of the job's state live
+//!   ([`checkpoint_store::LocalDirStore`], [`checkpoint_store::S3Store`]), and
+//!   [`checkpoint_store::Checkpoints`]: their layout, manifest, checksums, retention and fallback to
+//!   the previous good one.
 //! - [`error`]: [`ConnectorError`], the crate's one error type, which says whether a retry can help.
 //!
 //! Sources implement `pageflow_dataflow::source::RecordSource`; the dataflow itself does no I/O.
 
 pub mod aws;
 pub mod batch;
+pub mod checkpoint_store;
 pub mod error;
 pub mod file_source;
 pub mod firehose_sink;

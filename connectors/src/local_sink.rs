@@ -487,15 +487,60 @@ fn create_dir_all(path: &Path) -> Result<(), ConnectorError> {
 }
 
 /// Opens `path` for appending, creating it if needed.
+///
+/// A line cut short by a crash (the file does not end with a line break) is removed first: its
+/// record came after the last checkpoint, so the restarted job writes it again, whole.
 fn open_for_append(path: &Path) -> Result<File, ConnectorError> {
+    let open_error = |source| ConnectorError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    drop_torn_line(path).map_err(open_error)?;
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| ConnectorError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(open_error)
+}
+
+/// Truncates `path` after its last line break, if it has a partial last line.
+fn drop_torn_line(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(());
+    }
+    // Look back in blocks for the last line break.
+    let mut end = length;
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let size = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..size])?;
+        if end == length && block[size - 1] == b'\n' {
+            return Ok(()); // ends with a whole line
+        }
+        if let Some(at) = memchr::memrchr(b'\n', &block[..size]) {
+            let keep = start + at as u64 + 1;
+            tracing::warn!(
+                file = %path.display(),
+                dropped_bytes = length - keep,
+                "dropping a line cut short by a crash; the restarted job writes its record again"
+            );
+            return file.set_len(keep);
+        }
+        if start == 0 {
+            tracing::warn!(file = %path.display(), "dropping a file holding only a line cut short by a crash");
+            return file.set_len(0);
+        }
+        end = start;
+    }
 }
 
 /// The error for a closed sink.
@@ -802,6 +847,31 @@ mod tests {
         again.close()?;
         let text = fs::read_to_string(root.path().join("out").join(FEATURES_FILE_NAME))?;
         assert_eq!(text, format!("{0}\n{0}\n", feature.to_json()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_dropped_on_open() -> Result<(), ConnectorError> {
+        let dir = tempfile::tempdir().map_err(|source| ConnectorError::CreateDir {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let path = dir.path().join("features.jsonl");
+        let write = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).map_err(|source| ConnectorError::Write {
+                path: path.clone(),
+                source,
+            })
+        };
+        write(b"{\"a\":1}\n{\"b\":")?;
+        drop(open_for_append(&path)?);
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), b"{\"a\":1}\n");
+        write(b"{\"torn")?;
+        drop(open_for_append(&path)?);
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), b"");
+        write(b"{\"a\":1}\n")?;
+        drop(open_for_append(&path)?);
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), b"{\"a\":1}\n");
         Ok(())
     }
 }

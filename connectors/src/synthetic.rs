@@ -35,6 +35,9 @@
 //! - **Partitions.** Several sources with different `partition_index` generate disjoint readers
 //!   (`user_id` `u<index>-<n>`) and disjoint `event_id`s, and each is deterministic per
 //!   `(seed, partition_index)`. Breaking news is shared: it happens on the site, not in a partition.
+//! - **Resuming.** After a restart from a checkpoint, [`SyntheticSource::resume_after`] continues a
+//!   partition: positions go on, no delivered `event_id` comes again, and paced event time goes on
+//!   from the wall clock. It reseeds the generator instead of regenerating what was delivered.
 //! - **Determinism and speed.** One small portable pseudo-random generator (SplitMix64) drives
 //!   everything in a fixed order; the JSON is written by hand into a reusable buffer with correct
 //!   escaping. Same seed, same bytes; well over a million lines per second in a release build.
@@ -786,6 +789,11 @@ pub struct SyntheticTraffic {
     next_spike: u64,
     /// Reused for rendering malformed records.
     scratch: Vec<u8>,
+    /// Breaking-news spike `n` starts at `spike_anchor_ts + (n + 1) · spike_every`: `start_ts`,
+    /// except in resumed traffic (see [`SyntheticSource::resume_after`]).
+    spike_anchor_ts: u64,
+    /// `Some(n)`: traffic resumed after `n` delivered records, whose `event_id`s carry `r<n>-`.
+    resumed_after: Option<u64>,
 }
 
 impl fmt::Debug for SyntheticTraffic {
@@ -796,6 +804,7 @@ impl fmt::Debug for SyntheticTraffic {
             .field("start_ts", &self.start_ts)
             .field("generated", &self.generated)
             .field("delivered", &self.delivered)
+            .field("resumed_after", &self.resumed_after)
             .finish_non_exhaustive()
     }
 }
@@ -836,21 +845,12 @@ impl SyntheticTraffic {
         );
         let session_length =
             Cumulative::from_weights((0..MAX_READS_PER_SESSION).map(|n| 0.72f64.powi(n as i32)));
-        // Per (seed, partition): partitions draw independent streams.
-        let mut rng =
-            SplitMix64::new(mix64(config.seed) ^ mix64(u64::from(partition_index) ^ 0xA5A5_0000));
         let seed_tag = (mix64(config.seed ^ 0x7A6) >> 32) as u32;
-        // Readers start idle in a random order (Fisher–Yates).
-        let mut idle_users: Vec<u32> = (0..config.users).collect();
-        for index in (1..idle_users.len()).rev() {
-            let other = rng.below(index as u64 + 1) as usize;
-            idle_users.swap(index, other);
-        }
-        Ok(SyntheticTraffic {
+        let mut traffic = SyntheticTraffic {
             partition_index,
             start_ts,
             ms_per_event: 1000.0 / rate,
-            rng,
+            rng: SplitMix64::new(0),
             seed_tag,
             catalogues,
             portal_popularity,
@@ -858,8 +858,8 @@ impl SyntheticTraffic {
             sessions: Vec::new(),
             free_sessions: Vec::new(),
             due: BinaryHeap::new(),
-            pending_per_user: vec![0; config.users as usize],
-            idle_users: idle_users.into(),
+            pending_per_user: Vec::new(),
+            idle_users: VecDeque::new(),
             in_flight: BinaryHeap::new(),
             generated: 0,
             sequence: 0,
@@ -868,8 +868,61 @@ impl SyntheticTraffic {
             active_spikes: Vec::new(),
             next_spike: 0,
             scratch: Vec::new(),
+            spike_anchor_ts: start_ts,
+            resumed_after: None,
             config,
-        })
+        };
+        traffic.continue_after(0, start_ts);
+        Ok(traffic)
+    }
+
+    /// Starts the partition's traffic over as the continuation of one that delivered `delivered`
+    /// records, with its first event at `start_ts` (see [`SyntheticSource::resume_after`]).
+    ///
+    /// The generator is seeded from `(seed, partition, delivered)`, not regenerated: nothing is
+    /// replayed, so this takes as long as a fresh start whatever `delivered` is. With `delivered`
+    /// = 0 it is exactly a fresh start.
+    fn continue_after(&mut self, delivered: u64, start_ts: u64) {
+        // Per (seed, partition): partitions draw independent streams; resumed traffic also per
+        // `delivered`, so that each resumption draws a stream of its own.
+        let mut seed =
+            mix64(self.config.seed) ^ mix64(u64::from(self.partition_index) ^ 0xA5A5_0000);
+        if delivered > 0 {
+            seed ^= mix64(delivered ^ 0x5E5D_0000_0000_0000);
+        }
+        let mut rng = SplitMix64::new(seed);
+        // Readers start idle in a random order (Fisher–Yates).
+        let mut idle_users: Vec<u32> = (0..self.config.users).collect();
+        for index in (1..idle_users.len()).rev() {
+            let other = rng.below(index as u64 + 1) as usize;
+            idle_users.swap(index, other);
+        }
+        // Spikes stay on the schedule of the traffic before (about as far from its start as it
+        // had come), so that their numbers, and the breaking articles' ids, go on instead of
+        // starting again at 0.
+        let came = (delivered as f64 * self.ms_per_event) as u64;
+        self.spike_anchor_ts = if delivered == 0 {
+            start_ts
+        } else {
+            start_ts
+                .saturating_sub(came)
+                .saturating_sub(self.config.max_delivery_delay.ms())
+        };
+        self.rng = rng;
+        self.start_ts = start_ts;
+        self.sessions.clear();
+        self.free_sessions.clear();
+        self.due.clear();
+        self.pending_per_user = vec![0; self.config.users as usize];
+        self.idle_users = idle_users.into();
+        self.in_flight.clear();
+        self.generated = 0;
+        self.sequence = 0;
+        self.order = 0;
+        self.delivered = delivered;
+        self.active_spikes.clear();
+        self.next_spike = 0;
+        self.resumed_after = (delivered > 0).then_some(delivered);
     }
 
     /// The parameters.
@@ -970,7 +1023,7 @@ impl SyntheticTraffic {
             let spike = Spike::plan(
                 self.config.seed,
                 self.next_spike,
-                self.start_ts,
+                self.spike_anchor_ts,
                 every.ms(),
                 self.catalogues.len() as u32,
                 self.config.topics_per_portal,
@@ -1295,12 +1348,18 @@ impl SyntheticTraffic {
         self.render_valid(draft, out, change);
     }
 
-    /// Writes `<seed tag>-<partition>-<sequence>`.
+    /// Writes `<seed tag>-<partition>-<sequence>`, or `<seed tag>-<partition>-r<n>-<sequence>` in
+    /// traffic resumed after `n` records (so that no id of the traffic before comes again).
     fn write_event_id(&self, out: &mut Vec<u8>, sequence: u64) {
         write_hex8(out, self.seed_tag);
         out.push(b'-');
         write_decimal(out, u64::from(self.partition_index));
         out.push(b'-');
+        if let Some(delivered) = self.resumed_after {
+            out.push(b'r');
+            write_decimal(out, delivered);
+            out.push(b'-');
+        }
         write_decimal(out, sequence);
     }
 
@@ -1536,7 +1595,8 @@ pub fn write_json_lines(
 /// clock's time, runs at `r` records per second, and a poll that finds the next record not yet due
 /// returns [`PollStatus::Pending`]. Otherwise it delivers as fast as it is polled, in simulated
 /// time, and is a replay (only event time moves its watermark). It finishes only when a `limit` is
-/// set. Positions are 1-based record numbers.
+/// set. Positions are 1-based record numbers; [`SyntheticSource::resume_after`] continues after a
+/// checkpoint.
 #[derive(Debug)]
 pub struct SyntheticSource {
     /// `synthetic:<index>`.
@@ -1576,6 +1636,49 @@ impl SyntheticSource {
             traffic,
             pacing,
         })
+    }
+
+    /// Continues the partition's traffic after a restart from a checkpoint whose position is
+    /// `delivered` (the [`SyntheticTraffic::delivered`] count when its last record was taken in).
+    ///
+    /// - **Positions** go on from `delivered + 1`, and a `limit` still counts every record of the
+    ///   partition (resuming at or past it gives a finished source).
+    /// - **Event ids never repeat** one delivered before: they read `<tag>-<partition>-r<delivered>-<n>`,
+    ///   which no traffic before the checkpoint had (resuming twice from the same checkpoint gives
+    ///   the same records, as a replay should).
+    /// - **Event time** goes on from the wall clock when paced (`events_per_second`): the first
+    ///   record has `ts` = now, nothing makes up for the time the job was down, and nothing is in
+    ///   the future. In simulated time it goes on from where the traffic before was (`start_ts`
+    ///   plus `delivered` events' worth of event time, plus `max_delivery_delay`), so that the
+    ///   restored watermark does not make the new records late.
+    /// - **Not a replay of the records that would have come next.** Regenerating the `delivered`
+    ///   records to reach the generator's state would take time in proportion to how long the
+    ///   traffic has run (a day at the default 2000 records per second is over 170 million
+    ///   records), so the generator is instead reseeded from `(seed, partition, delivered)`: it
+    ///   starts as fast as a fresh one, deterministically, but with new sessions (readers are the
+    ///   same population) and without the beacons that were still in flight (late or re-sent ones
+    ///   not yet delivered). For synthetic traffic that is the same thing: more pageviews.
+    ///
+    /// `resume_after(0)` is the same as a fresh source. Call it before the first poll.
+    pub fn resume_after(mut self, delivered: u64) -> Self {
+        let start_ts = match &self.pacing {
+            Some(clock) => clock.now_ms().min(MAX_TS),
+            None => {
+                let config = self.traffic.config();
+                let came = (delivered as f64 * 1000.0 / config.simulated_events_per_second) as u64;
+                if delivered == 0 {
+                    config.start_ts
+                } else {
+                    config
+                        .start_ts
+                        .saturating_add(came)
+                        .saturating_add(config.max_delivery_delay.ms())
+                        .min(MAX_TS)
+                }
+            }
+        };
+        self.traffic.continue_after(delivered, start_ts);
+        self
     }
 
     /// The generator behind the source.
@@ -1988,6 +2091,189 @@ mod tests {
             assert!(
                 (start..=start + 1_000).contains(&ts),
                 "ts {ts} tracks the clock"
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls until `n` records are out (or the source finishes or waits).
+    fn poll_records(source: &mut SyntheticSource, n: usize) -> Result<Vec<RawRecord>, SourceError> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let max = n - out.len();
+            if source.poll(max, &mut out)? != PollStatus::Ready {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(position, event_id, ts)` of every valid record.
+    fn ids_and_times(records: &[RawRecord]) -> Result<Vec<(String, String, u64)>, String> {
+        records
+            .iter()
+            .map(|record| {
+                let view = validate(&record.bytes).map_err(|e| e.detail)?;
+                let event = Event::from(&view);
+                Ok((
+                    record.position.position.clone(),
+                    event.event_id.to_string(),
+                    event.ts,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resumed_source_continues_positions_without_repeating_event_ids() -> TestResult {
+        let config = SyntheticConfig {
+            duplicate_share: 0.05,
+            out_of_order_share: 0.1,
+            limit: Some(9_000),
+            ..Default::default()
+        };
+        let mut before = SyntheticSource::new(config.clone(), 1)?;
+        let first = ids_and_times(&poll_records(&mut before, 3_000)?)?;
+        assert_eq!(first.len(), 3_000);
+
+        let mut resumed = SyntheticSource::new(config.clone(), 1)?.resume_after(3_000);
+        assert_eq!(resumed.name(), "synthetic:1");
+        assert!(resumed.is_replay());
+        let second = ids_and_times(&poll_records(&mut resumed, 3_000)?)?;
+        let positions: Vec<String> = second.iter().map(|r| r.0.clone()).collect();
+        let expected: Vec<String> = (3_001..=6_000).map(|p: u64| p.to_string()).collect();
+        assert_eq!(positions, expected, "positions go on");
+
+        let ids_before: HashSet<&str> = first.iter().map(|r| r.1.as_str()).collect();
+        let ids_after: HashSet<&str> = second.iter().map(|r| r.1.as_str()).collect();
+        assert!(ids_before.is_disjoint(&ids_after), "an event id came again");
+        assert!(
+            ids_after.len() < second.len(),
+            "re-sent beacons still share their id within the resumed traffic"
+        );
+
+        // Event time goes on from where it was: on time for the restored watermark, not far ahead.
+        let max_before = first.iter().map(|r| r.2).max().unwrap_or(0);
+        let min_after = second.iter().map(|r| r.2).min().unwrap_or(0);
+        assert!(
+            min_after + 5_000 > max_before && min_after < max_before + 10_000,
+            "resumed at ts {min_after} after {max_before}"
+        );
+
+        // The same checkpoint gives the same records; a later one gives ids of its own.
+        let again = SyntheticSource::new(config.clone(), 1)?.resume_after(3_000);
+        assert_eq!(
+            ids_and_times(&poll_records(&mut { again }, 3_000)?)?,
+            second
+        );
+        let mut later = SyntheticSource::new(config.clone(), 1)?.resume_after(6_000);
+        let third = ids_and_times(&poll_records(&mut later, 3_000)?)?;
+        assert_eq!(third.first().map(|r| r.0.as_str()), Some("6001"));
+        assert!(
+            third
+                .iter()
+                .all(|r| !ids_before.contains(r.1.as_str()) && !ids_after.contains(r.1.as_str()))
+        );
+        // The limit counts the records before the checkpoint too.
+        let mut out = Vec::new();
+        assert_eq!(later.poll(10, &mut out)?, PollStatus::Finished);
+        assert!(out.is_empty());
+        assert_eq!(
+            SyntheticSource::new(config.clone(), 1)?
+                .resume_after(9_000)
+                .poll(10, &mut out)?,
+            PollStatus::Finished
+        );
+
+        // Resuming after nothing is a fresh start.
+        let mut fresh = SyntheticSource::new(config, 1)?.resume_after(0);
+        let fresh = ids_and_times(&poll_records(&mut fresh, 3_000)?)?;
+        assert_eq!(fresh, first);
+        Ok(())
+    }
+
+    #[test]
+    fn resumed_traffic_keeps_the_breaking_news_schedule() -> TestResult {
+        let config = SyntheticConfig {
+            spike_every: Some(Millis::minutes(1)),
+            spike_peak_share: 0.9,
+            ..Default::default()
+        };
+        // 10 simulated minutes in, then 2 more: spikes 0–11 have started by then.
+        let mut resumed = SyntheticSource::new(config.clone(), 0)?.resume_after(30_000);
+        let records = poll_records(&mut resumed, 6_000)?;
+        let planned = config.planned_spikes(config.start_ts + 3_600_000);
+        let mut breaking = 0;
+        let mut articles = HashSet::new();
+        for record in &records {
+            let event = Event::from(&validate(&record.bytes).map_err(|e| e.detail)?);
+            if !event.article_id.contains("/urgente-") {
+                continue;
+            }
+            breaking += 1;
+            articles.insert(event.article_id.to_string());
+            let spike = planned
+                .iter()
+                .find(|spike| *spike.article_id == *event.article_id)
+                .ok_or_else(|| format!("{} is not planned", event.article_id))?;
+            assert!(
+                (spike.start_ts..spike.end_ts).contains(&event.ts),
+                "{} read at {} outside its spike {spike:?}",
+                event.article_id,
+                event.ts
+            );
+        }
+        assert!(breaking > 100, "{breaking} breaking reads");
+        // The spikes under way (several overlap), not a schedule started over.
+        assert!(articles.len() >= 3, "{articles:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn paced_resumed_source_starts_at_the_wall_clock() -> TestResult {
+        let start = 1_800_000_000_000;
+        let clock = ManualClock::new(start);
+        let config = SyntheticConfig {
+            events_per_second: Some(1_000.0),
+            ..Default::default()
+        };
+        let mut before = SyntheticSource::with_clock(config.clone(), 0, Box::new(clock.clone()))?;
+        clock.advance(2_000);
+        let first = ids_and_times(&poll_records(&mut before, 100_000)?)?;
+        let delivered = first.len() as u64;
+        assert!((1_900..2_100).contains(&delivered), "{delivered}");
+
+        // Down for an hour, then resumed.
+        let restart = start + 3_600_000;
+        clock.set(restart);
+        let mut resumed = SyntheticSource::with_clock(config, 0, Box::new(clock.clone()))?
+            .resume_after(delivered);
+        assert!(!resumed.is_replay());
+        let mut out = Vec::new();
+        while resumed.poll(10_000, &mut out)? == PollStatus::Ready {}
+        assert!(
+            out.len() <= 2,
+            "{} records before the clock moved: a burst",
+            out.len()
+        );
+        clock.advance(1_000);
+        while resumed.poll(10_000, &mut out)? == PollStatus::Ready {}
+        assert!(
+            (900..1_100).contains(&out.len()),
+            "{} records in 1 s",
+            out.len()
+        );
+        let second = ids_and_times(&out)?;
+        assert_eq!(second[0].0, (delivered + 1).to_string());
+        let ids_before: HashSet<&str> = first.iter().map(|r| r.1.as_str()).collect();
+        for (position, id, ts) in &second {
+            assert!(
+                !ids_before.contains(id.as_str()),
+                "{id} at {position} came again"
+            );
+            assert!(
+                (restart..=restart + 1_000).contains(ts),
+                "ts {ts} tracks the clock after the restart"
             );
         }
         Ok(())

@@ -21,6 +21,10 @@
 //!
 //! [runtime]
 //! workers = 2
+//!
+//! [checkpoint]           # state and source positions saved together; restored at start
+//! interval = "30s"
+//! store = "local"        # or "s3" with bucket = "…", prefix = "pageflow/checkpoints"
 //! ```
 //!
 //! An override such as `PAGEFLOW__SEMANTICS__TOP_N=20` sets `semantics.top_n`; values are read as
@@ -52,6 +56,96 @@ pub struct JobConfig {
     pub runtime: RuntimeConfig,
     /// Where the AWS APIs are (AWS mode only): `region`, `endpoint_url`, `kinesis_endpoint_url`.
     pub aws: AwsConfig,
+    /// Checkpoints of the dataflow's state and source positions.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Where checkpoints are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStoreKind {
+    /// A local directory (`dir`), written atomically.
+    #[default]
+    Local,
+    /// An S3 bucket (`bucket`, `prefix`), written with conditional writes; endpoint and region
+    /// from `[aws]`.
+    S3,
+}
+
+/// The `[checkpoint]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Take checkpoints and restore from the newest good one at start.
+    pub enabled: bool,
+    /// Processing time between two checkpoints.
+    pub interval: Millis,
+    /// `local` or `s3`.
+    pub store: CheckpointStoreKind,
+    /// Local store: the directory (default: `checkpoints/` under `[sinks] dir`).
+    pub dir: Option<PathBuf>,
+    /// S3 store: the bucket.
+    pub bucket: String,
+    /// S3 store: the key prefix.
+    pub prefix: String,
+    /// Committed checkpoints kept (older ones are deleted).
+    pub keep: usize,
+    /// On SIGTERM/SIGINT: the longest the final checkpoint and the sink flush may take before
+    /// the job exits anyway (keep it below ECS's `stopTimeout`, 30 s by default).
+    pub stop_timeout: Millis,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            enabled: true,
+            interval: Millis::seconds(30),
+            store: CheckpointStoreKind::Local,
+            dir: None,
+            bucket: String::new(),
+            prefix: "pageflow/checkpoints".to_string(),
+            keep: 3,
+            stop_timeout: Millis::seconds(25),
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// The local store's directory.
+    pub fn local_dir(&self, sinks: &SinksConfig) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| sinks.dir.join("checkpoints"))
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        if self.interval.ms() < 10 {
+            problems.push(format!(
+                "[checkpoint] `interval` must be at least 10ms, e.g. `30s`, not {}ms",
+                self.interval.ms()
+            ));
+        }
+        if self.keep == 0 {
+            problems.push(
+                "[checkpoint] `keep` must be at least 1 (the newest checkpoint is what a restart uses)"
+                    .to_string(),
+            );
+        }
+        if self.store == CheckpointStoreKind::S3 && self.bucket.is_empty() {
+            problems.push(
+                "[checkpoint] `bucket` must name the S3 bucket when `store = \"s3\"`".to_string(),
+            );
+        }
+        if self.stop_timeout.ms() == 0 {
+            problems.push(
+                "[checkpoint] `stop_timeout` must be positive, e.g. `25s` (below ECS stopTimeout)"
+                    .to_string(),
+            );
+        }
+    }
 }
 
 /// Which source feeds the job.
@@ -341,9 +435,10 @@ pub fn load(
     section!("serve", serve);
     section!("runtime", runtime);
     section!("aws", aws);
+    section!("checkpoint", checkpoint);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint"
         ));
     }
     problems.extend(config.validate());
@@ -378,6 +473,7 @@ impl JobConfig {
         if self.serve.live_interval.ms() == 0 {
             problems.push("[serve] `live_interval` must be positive, e.g. `1s`".to_string());
         }
+        self.checkpoint.validate(&mut problems);
         match self.source.kind {
             SourceKind::Synthetic => {
                 if !(self.source.events_per_second > 0.0

@@ -4,6 +4,7 @@
 //! the benchmark, metrics and the HTTP serving layer. The operator graph itself lives in
 //! `pageflow-dataflow`; sources and sinks in `pageflow-connectors`.
 
+pub mod checkpoints;
 pub mod commands;
 pub mod config;
 pub mod metrics;

@@ -76,6 +76,29 @@ pub struct Metrics {
     sink_retried: [AtomicU64; SINKS.len()],
     /// The Kinesis consumer's per-shard state, when the source is Kinesis.
     kinesis: Mutex<Option<Arc<ConsumerStatus>>>,
+    /// What the last checkpoints did.
+    checkpoints: Mutex<CheckpointFigures>,
+}
+
+/// The figures of the checkpoints taken so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckpointFigures {
+    /// Checkpoints committed.
+    pub completed: u64,
+    /// Checkpoints that failed (not committed).
+    pub failed: u64,
+    /// The last committed checkpoint's id.
+    pub last_id: Option<u64>,
+    /// When it was committed (ms since the epoch).
+    pub last_success_ms: Option<u64>,
+    /// From request to commit (pause, sink flush, write), seconds.
+    pub last_duration_s: f64,
+    /// The longest any worker's dataflow stood still for it, seconds.
+    pub last_pause_s: f64,
+    /// Bytes written (every part).
+    pub last_size_bytes: u64,
+    /// Bytes of state by operator.
+    pub state_bytes: std::collections::BTreeMap<String, u64>,
 }
 
 /// The AWS sinks, as the `sink` label names them.
@@ -102,6 +125,7 @@ impl Default for Metrics {
             sink_records: std::array::from_fn(|_| AtomicU64::new(0)),
             sink_retried: std::array::from_fn(|_| AtomicU64::new(0)),
             kinesis: Mutex::new(None),
+            checkpoints: Mutex::new(CheckpointFigures::default()),
         }
     }
 }
@@ -126,6 +150,32 @@ impl Metrics {
             .iter()
             .position(|s| *s == sink)
             .map_or(0, |index| self.sink_records[index].load(Ordering::Relaxed))
+    }
+
+    /// Records a committed checkpoint.
+    pub fn checkpoint_completed(&self, update: impl FnOnce(&mut CheckpointFigures)) {
+        let mut figures = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        figures.completed += 1;
+        update(&mut figures);
+    }
+
+    /// Counts a checkpoint that was not committed.
+    pub fn checkpoint_failed(&self) {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failed += 1;
+    }
+
+    /// The checkpoint figures so far.
+    pub fn checkpoints(&self) -> CheckpointFigures {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Renders the Kinesis consumer's per-shard state from now on.
@@ -427,6 +477,7 @@ impl Metrics {
                 );
             }
         }
+        render_checkpoints(&mut out, &self.checkpoints());
         let kinesis = self
             .kinesis
             .lock()
@@ -436,6 +487,72 @@ impl Metrics {
             render_kinesis(&mut out, &status);
         }
         out
+    }
+}
+
+/// The checkpoint families: outcomes, the last one's duration, pause and size, state by operator.
+fn render_checkpoints(out: &mut String, figures: &CheckpointFigures) {
+    header(
+        out,
+        "pageflow_checkpoints_total",
+        "Checkpoints taken, by result (completed: committed; failed: not written).",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_checkpoints_total{{result=\"completed\"}} {}",
+        figures.completed
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_checkpoints_total{{result=\"failed\"}} {}",
+        figures.failed
+    );
+    for (name, help, value) in [
+        (
+            "pageflow_checkpoint_duration_seconds",
+            "The last committed checkpoint, from request to commit (pause, sink flush, write).",
+            figures.last_duration_s,
+        ),
+        (
+            "pageflow_checkpoint_pause_seconds",
+            "The longest the dataflow stood still for the last checkpoint (drain and save).",
+            figures.last_pause_s,
+        ),
+        (
+            "pageflow_checkpoint_size_bytes",
+            "Bytes written by the last committed checkpoint.",
+            figures.last_size_bytes as f64,
+        ),
+    ] {
+        header(out, name, help, "gauge");
+        let _ = writeln!(out, "{name} {}", format_float(value));
+    }
+    header(
+        out,
+        "pageflow_checkpoint_state_bytes",
+        "Operator state in the last committed checkpoint, by operator.",
+        "gauge",
+    );
+    for (operator, bytes) in &figures.state_bytes {
+        let _ = writeln!(
+            out,
+            "pageflow_checkpoint_state_bytes{{operator=\"{}\"}} {bytes}",
+            escape_label(operator)
+        );
+    }
+    header(
+        out,
+        "pageflow_checkpoint_last_success_timestamp_seconds",
+        "When the last checkpoint was committed (absent until one is).",
+        "gauge",
+    );
+    if let Some(ms) = figures.last_success_ms {
+        let _ = writeln!(
+            out,
+            "pageflow_checkpoint_last_success_timestamp_seconds {}",
+            format_float(ms as f64 / 1000.0)
+        );
     }
 }
 

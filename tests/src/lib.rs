@@ -3,8 +3,8 @@
 pub mod aws;
 pub mod clients;
 pub mod fault_proxy;
+pub mod job_process;
 pub mod kinesis_local;
-pub mod restart;
 
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};

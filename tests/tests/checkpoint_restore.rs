@@ -6,8 +6,8 @@
 
 use pageflow_dataflow::algorithms::graph::GraphOptions;
 use pageflow_dataflow::algorithms::replay::replay;
+use pageflow_dataflow::algorithms::restart::run_half;
 use pageflow_dataflow::features::sort_features;
-use pageflow_tests::restart::run_half;
 use pageflow_tests::{one_partition, pageview_line, records, small_config};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -65,17 +65,33 @@ fn check(ops: &[(u8, u8, i64, u64, bool, bool)], cut: usize, first: usize, secon
 
     let before = run_half(&config, "file:test", all[..cut].to_vec(), first, None, true)
         .unwrap_or_else(|e| panic!("first half: {e}"));
-    let saved = before.checkpoint.as_ref().unwrap_or_else(|| panic!("no checkpoint"));
-    let after = run_half(&config, "file:test", all[cut..].to_vec(), second, Some(saved), false)
-        .unwrap_or_else(|e| panic!("second half: {e}"));
+    let saved = before
+        .checkpoint
+        .as_ref()
+        .unwrap_or_else(|| panic!("no checkpoint"));
+    let after = run_half(
+        &config,
+        "file:test",
+        all[cut..].to_vec(),
+        second,
+        Some(saved),
+        false,
+    )
+    .unwrap_or_else(|e| panic!("second half: {e}"));
 
     let mut features = before.features;
     features.extend(after.features);
     sort_features(&mut features);
-    assert_eq!(features, expected.features, "features, cut at {cut} of {}", lines.len());
+    assert_eq!(
+        features,
+        expected.features,
+        "features, cut at {cut} of {}",
+        lines.len()
+    );
     let mut letters: Vec<_> = before.dead_letters;
     letters.extend(after.dead_letters);
-    let key = |l: &pageflow_dataflow::event::DeadLetter| l.position.position.parse::<u64>().unwrap_or(0);
+    let key =
+        |l: &pageflow_dataflow::event::DeadLetter| l.position.position.parse::<u64>().unwrap_or(0);
     letters.sort_by_key(key);
     assert_eq!(letters, expected.dead_letters, "dead letters");
 }

@@ -143,6 +143,8 @@ pub struct CheckpointCoordinator {
     requested: AtomicU64,
     final_requested: AtomicBool,
     in_progress: AtomicBool,
+    /// The job is stopping: the sources stay paused whatever checkpoints complete.
+    stopping: AtomicBool,
     traffic: Arc<Traffic>,
     meeting: Meeting,
 }
@@ -156,6 +158,7 @@ impl CheckpointCoordinator {
             requested: AtomicU64::new(0),
             final_requested: AtomicBool::new(false),
             in_progress: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             traffic: Arc::default(),
             meeting: Meeting::new(workers),
         })
@@ -184,17 +187,26 @@ impl CheckpointCoordinator {
         self.in_progress.load(Ordering::SeqCst)
     }
 
-    /// Pauses the sources without a checkpoint (a stop that cannot take one).
+    /// Pauses the sources for good: the job is stopping (a final checkpoint may follow).
     pub fn pause_sources(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a worker's dataflow has ended (the input ended): no checkpoint can be taken now.
+    pub fn has_ended(&self) -> bool {
+        self.meeting.lock().someone_left
+    }
+
+    fn resume_sources(&self, is_final: bool) {
+        if !is_final && !self.stopping.load(Ordering::SeqCst) {
+            self.paused.store(false, Ordering::SeqCst);
+        }
     }
 
     /// The operator states of one worker, restored from `restore` (see
     /// [`super::SavedState::split`]), paused by this coordinator.
-    pub fn states(
-        &self,
-        restore: std::collections::BTreeMap<String, Vec<u8>>,
-    ) -> OperatorStates {
+    pub fn states(&self, restore: std::collections::BTreeMap<String, Vec<u8>>) -> OperatorStates {
         OperatorStates::new(restore, Arc::clone(&self.paused))
     }
 
@@ -236,7 +248,9 @@ impl CheckpointCoordinator {
                     }
                 }
                 traffic.progress_sent.fetch_add(sent, Ordering::SeqCst);
-                traffic.progress_received.fetch_add(received, Ordering::SeqCst);
+                traffic
+                    .progress_received
+                    .fetch_add(received, Ordering::SeqCst);
             }
         });
         Ok(())
@@ -278,9 +292,7 @@ impl CheckpointCoordinator {
                     // Everyone has saved: the sources may run again.
                     let everyone_saved = self.meeting.wait().is_ok();
                     if worker.index() == 0 || !everyone_saved {
-                        if !is_final {
-                            self.paused.store(false, Ordering::SeqCst);
-                        }
+                        self.resume_sources(is_final);
                         self.in_progress.store(false, Ordering::SeqCst);
                     }
                 }
@@ -291,9 +303,7 @@ impl CheckpointCoordinator {
                         checkpoint = id,
                         "the dataflow ended while a checkpoint was being taken; it is not written"
                     );
-                    if !is_final {
-                        self.paused.store(false, Ordering::SeqCst);
-                    }
+                    self.resume_sources(is_final);
                     self.in_progress.store(false, Ordering::SeqCst);
                 }
             }

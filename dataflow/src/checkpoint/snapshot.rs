@@ -90,6 +90,11 @@ impl SavedState {
         Ok(SavedState { workers })
     }
 
+    /// Every worker's snapshot, in worker order.
+    pub fn snapshots(&self) -> &[WorkerSnapshot] {
+        &self.workers
+    }
+
     /// How many workers saved it.
     pub fn workers(&self) -> usize {
         self.workers.len()

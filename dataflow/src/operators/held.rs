@@ -20,7 +20,11 @@ impl HeldCapability {
     /// Holds `cap` (the operator's initial capability) when restored state may need to emit
     /// before any input arrives; it is downgraded to the frontier on the first activation.
     pub fn hold_initial(&mut self, cap: Capability<u64>) {
-        if self.cap.as_ref().is_none_or(|held| cap.time() < held.time()) {
+        if self
+            .cap
+            .as_ref()
+            .is_none_or(|held| cap.time() < held.time())
+        {
             self.cap = Some(cap);
         }
     }

@@ -173,7 +173,9 @@ impl Checkpointed for IngestState {
                 self.restored.insert(saved.partition.clone(), saved);
             }
             IngestEntry::Carried(saved) => {
-                self.restored.entry(saved.partition.clone()).or_insert(saved);
+                self.restored
+                    .entry(saved.partition.clone())
+                    .or_insert(saved);
             }
             IngestEntry::Watermark(watermark) => {
                 self.job_watermark = self.job_watermark.max(watermark);
@@ -317,8 +319,8 @@ pub fn ingest<'scope>(
                             .map(|p| p.opinion(&config, now))
                             .chain(waiting),
                     );
-                    *job_watermark =
-                        (*job_watermark).max(to_watermark(combine([local, others]), *job_watermark));
+                    *job_watermark = (*job_watermark)
+                        .max(to_watermark(combine([local, others]), *job_watermark));
                     if job_watermark.is_late(view.ts) {
                         stats.dead_letter(Reason::Late);
                         let detail = format!(

@@ -468,7 +468,11 @@ impl Checkpointed for RelatedState {
                     .iter()
                     .map(|(&partner, window)| (key(partner), window.clone()))
                     .collect(),
-                qualified: article.qualified.iter().map(|&partner| key(partner)).collect(),
+                qualified: article
+                    .qualified
+                    .iter()
+                    .map(|&partner| key(partner))
+                    .collect(),
                 current: article.current.clone(),
                 stale: article.stale,
                 last_emitted: article.last_emitted.clone(),

@@ -3,7 +3,9 @@
 //! Stages measured on one pre-generated JSON-lines file:
 //! - `read+validate`: the file source and the validator alone, one thread;
 //! - `counting+top-N`: window statistics and rankings alone, on events already in memory;
-//! - `full graph`: everything `pageflow replay` does, with 1 and with 2 worker threads.
+//! - `full graph`: everything `pageflow replay` does, with 1 and with 2 worker threads;
+//! - checkpoints: the whole job with checkpoints on and off, and a million live users
+//!   checkpointed and restored (see [`super::bench_checkpoints`]).
 //!
 //! Memory: peak resident set size of the process, and bytes per live key measured as the growth
 //! of the resident set while a sessionize state holds many open sessions.
@@ -91,6 +93,8 @@ pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figu
             "events/s",
         );
     }
+
+    super::bench_checkpoints::run(&input, records, dir, config, &mut record)?;
 
     if let Some(peak) = peak_rss_bytes() {
         record(

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod bench;
+pub mod bench_checkpoints;
 pub mod generate;
 pub mod replay;
 pub mod run;

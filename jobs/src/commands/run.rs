@@ -13,7 +13,9 @@
 //! sinks run on the job's tokio runtime, beside HTTP.
 //!
 //! The job ends by itself when its input does (files; Kinesis with `stop_at_latest`), and
-//! otherwise on SIGINT or SIGTERM.
+//! otherwise on SIGINT or SIGTERM: then it stops reading, takes a final checkpoint, flushes the
+//! sinks and exits 0 within `[checkpoint] stop_timeout`. At start it restores from the newest good
+//! checkpoint, if there is one (see [`crate::checkpoints`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +25,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
-use pageflow_connectors::kinesis_consumer::{ConsumerSettings, KinesisConsumer, StreamSpec};
+use pageflow_connectors::kinesis_consumer::{
+    ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
+};
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
+use pageflow_dataflow::checkpoint::{CheckpointCoordinator, OperatorStates, WorkerCheckpoint};
 use pageflow_dataflow::event::{DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
@@ -38,6 +43,7 @@ use pageflow_dataflow::time::WatermarkBoard;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoints::{CheckpointDriver, PartsInbox, Restored, ToWrite};
 use crate::config::{JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName};
 use crate::metrics::Metrics;
 use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
@@ -54,6 +60,8 @@ pub enum SinkMessage {
     Raw(Vec<RawValid>),
     /// Rankings and related lists for the live view.
     Live(Vec<LiveUpdate>),
+    /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
+    Checkpoint(WorkerCheckpoint),
 }
 
 /// Batches buffered between the workers and the sink before the workers wait.
@@ -68,9 +76,13 @@ pub struct RunningJob {
     pub serving: Arc<ServingState>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The checkpoint the job restored from, if any.
+    pub restored_from: Option<u64>,
     stop: Arc<AtomicBool>,
     sink: Option<std::thread::JoinHandle<Result<()>>>,
     kinesis: Option<KinesisConsumer>,
+    checkpoints: Option<Arc<CheckpointDriver>>,
+    coordinator: Arc<CheckpointCoordinator>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -81,8 +93,26 @@ impl RunningJob {
         self.sink.as_ref().is_none_or(|sink| sink.is_finished())
     }
 
+    /// Stops reading and takes a final checkpoint (when checkpoints are on), within `budget`;
+    /// then [`RunningJob::shutdown`] flushes the sinks.
+    pub fn checkpoint_and_stop(&self, budget: Duration) -> Result<Stopped> {
+        match &self.checkpoints {
+            Some(driver) => Ok(match driver.checkpoint_and_stop(budget)? {
+                Some(id) => Stopped::Checkpointed(id),
+                None => Stopped::InputEnded,
+            }),
+            None => {
+                self.coordinator.pause_sources();
+                Ok(Stopped::WithoutCheckpoint)
+            }
+        }
+    }
+
     /// Flushes the sinks and stops serving. The dataflow threads end with the process.
     pub fn shutdown(mut self) -> Result<()> {
+        if let Some(driver) = &self.checkpoints {
+            driver.stop();
+        }
         if let Some(kinesis) = self.kinesis.take() {
             kinesis.stop();
         }
@@ -95,11 +125,33 @@ impl RunningJob {
     }
 }
 
+/// How a graceful stop went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// After this final checkpoint: a restart resumes from it without duplicates.
+    Checkpointed(u64),
+    /// The input ended first: every result is written.
+    InputEnded,
+    /// Checkpoints are off: open sessions and windows are lost.
+    WithoutCheckpoint,
+}
+
 /// Builds every worker's sources from the configuration; for Kinesis, also starts the consumer.
 fn worker_sources(
     config: &JobConfig,
     runtime: &tokio::runtime::Runtime,
+    restored: Option<&Restored>,
 ) -> Result<(Vec<WorkerSources>, Option<KinesisConsumer>)> {
+    // Where a restored partition resumes: after its last record; ended ones are not read again.
+    let saved = |name: &str| restored.and_then(|r| r.partition(name));
+    let resume_after = |name: &str| -> Result<Option<u64>> {
+        match saved(name).and_then(|p| p.position.as_deref()) {
+            None => Ok(None),
+            Some(position) => position.parse::<u64>().map(Some).map_err(|_| {
+                anyhow!("the checkpoint's position `{position}` of {name} is not a record number: the checkpoint belongs to another source; move it away to start without it")
+            }),
+        }
+    };
     let workers = config.runtime.workers;
     let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
     match config.source.kind {
@@ -117,15 +169,25 @@ fn worker_sources(
                     start_ts: now,
                     ..SyntheticConfig::default()
                 };
-                let source = SyntheticSource::new(synthetic, index as u32)
+                let mut source = SyntheticSource::new(synthetic, index as u32)
                     .with_context(|| format!("synthetic partition {index}"))?;
+                if let Some(delivered) = resume_after(&format!("synthetic:{index}"))? {
+                    source = source.resume_after(delivered);
+                }
                 by_worker[index % workers].push(Box::new(source));
             }
         }
         SourceKind::Files => {
             for (index, path) in config.source.paths.iter().enumerate() {
-                let file = JsonLinesFile::open(path)
+                let mut file = JsonLinesFile::open(path)
                     .with_context(|| format!("cannot open input {}", path.display()))?;
+                let name = file.name().to_string();
+                if saved(&name).is_some_and(|p| p.finished) {
+                    continue; // read to its end before the checkpoint
+                }
+                if let Some(line) = resume_after(&name)? {
+                    file = file.resume_after(line)?;
+                }
                 by_worker[index % workers].push(Box::new(file));
             }
         }
@@ -160,6 +222,7 @@ fn worker_sources(
                 },
                 buffered_batches: kinesis.buffered_batches,
                 stop_at_latest: kinesis.stop_at_latest,
+                saved: saved_shards(restored),
                 ..ConsumerSettings::default()
             };
             let (consumer, feeds) =
@@ -175,6 +238,24 @@ fn worker_sources(
         by_worker.into_iter().map(WorkerSources::from).collect(),
         None,
     ))
+}
+
+/// The restored positions of Kinesis shards, and the shards read to their end.
+fn saved_shards(restored: Option<&Restored>) -> SavedShards {
+    let mut saved = SavedShards::default();
+    for partition in restored
+        .map(|r| r.partitions.as_slice())
+        .unwrap_or_default()
+    {
+        if partition.finished {
+            saved.finished.insert(partition.partition.clone());
+        } else if let Some(position) = &partition.position {
+            saved
+                .positions
+                .insert(partition.partition.clone(), position.clone());
+        }
+    }
+    saved
 }
 
 /// The sink thread's outputs, from the configuration.
@@ -260,61 +341,116 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         None
     };
 
+    let workers = config.runtime.workers;
+    let coordinator = CheckpointCoordinator::new(workers);
+    let checkpointing = config.checkpoint.enabled;
+    let (restored, driver) = if checkpointing {
+        let store = crate::checkpoints::open_store(&config, &runtime)?;
+        let restored = crate::checkpoints::restore(&store, &config.semantics)?;
+        let first_id = store.next_id()?;
+        if let Some(restored) = &restored {
+            for update in &restored.serving {
+                serving.apply(update.clone());
+            }
+            tracing::info!(
+                checkpoint = restored.id,
+                location = store.location(),
+                partitions = restored.partitions.len(),
+                "restored from checkpoint {}; every source resumes after its saved position",
+                restored.id
+            );
+        }
+        let driver = CheckpointDriver::start(
+            Arc::clone(&coordinator),
+            store,
+            first_id,
+            config.checkpoint.interval.into(),
+            crate::checkpoints::fingerprint(&config.semantics),
+            Arc::clone(&metrics),
+        )?;
+        (restored, Some(Arc::new(driver)))
+    } else {
+        (None, None)
+    };
+    let restores = match &restored {
+        Some(restored) => restored.state.split(workers)?,
+        None => vec![Default::default(); workers],
+    };
+
     let (sender, receiver) = sync_channel::<SinkMessage>(SINK_CHANNEL_BATCHES);
     let outputs = job_outputs(&config, &runtime, &metrics)?;
     let sink = {
-        let (serving, metrics, stats, stop) = (
+        let (serving, metrics, stats, stop, driver) = (
             Arc::clone(&serving),
             Arc::clone(&metrics),
             Arc::clone(&stats),
             Arc::clone(&stop),
+            driver.clone(),
         );
         std::thread::Builder::new()
             .name("pageflow-sink".into())
-            .spawn(move || sink_loop(receiver, outputs, &serving, &metrics, &stats, &stop))
+            .spawn(move || {
+                let checkpoints = driver.map(|driver| (driver, PartsInbox::new(workers)));
+                sink_loop(
+                    receiver,
+                    outputs,
+                    &serving,
+                    &metrics,
+                    &stats,
+                    &stop,
+                    checkpoints,
+                )
+            })
             .context("cannot start the sink thread")?
     };
 
-    let (sources, kinesis) = worker_sources(&config, &runtime)?;
+    let (sources, kinesis) = worker_sources(&config, &runtime, restored.as_ref())?;
     if let Some(consumer) = &kinesis {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
     }
     let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
     let slots = Arc::new(std::sync::Mutex::new(
-        sources.into_iter().map(Some).collect::<Vec<_>>(),
+        sources
+            .into_iter()
+            .zip(restores)
+            .map(Some)
+            .collect::<Vec<_>>(),
     ));
     let semantics = config.semantics.clone();
     let options = GraphOptions {
         keep_raw: config.sinks.archive,
         live_interval: Some(config.serve.live_interval.into()),
     };
-    let workers = config.runtime.workers;
     let worker_stats = Arc::clone(&stats);
+    let worker_coordinator = Arc::clone(&coordinator);
     std::thread::Builder::new()
         .name("pageflow-timely".into())
         .spawn(move || {
             let result = timely::execute(timely::Config::process(workers), move |worker| {
                 let index = worker.index();
-                let sources = slots
+                let (sources, restore) = slots
                     .lock()
-                    .map(|mut s| s.get_mut(index).and_then(Option::take).unwrap_or_default())
+                    .ok()
+                    .and_then(|mut s| s.get_mut(index).and_then(Option::take))
                     .unwrap_or_default();
                 let (board, stats, sender) = (
                     Arc::clone(&board),
                     Arc::clone(&worker_stats),
                     sender.clone(),
                 );
+                let coordinator = Arc::clone(&worker_coordinator);
+                let states = if checkpointing {
+                    if let Err(error) = coordinator.attach(worker) {
+                        fatal(&format!("{error}"));
+                    }
+                    coordinator.states(restore)
+                } else {
+                    OperatorStates::default()
+                };
                 worker.dataflow::<u64, _, _>(|scope| {
-                    let outputs = build(
-                        scope,
-                        sources,
-                        board,
-                        &semantics,
-                        &options,
-                        stats,
-                        &Default::default(),
-                    );
+                    let outputs =
+                        build(scope, sources, board, &semantics, &options, stats, &states);
                     forward(outputs.features, sender.clone(), SinkMessage::Features);
                     forward(
                         outputs.dead_letters,
@@ -322,8 +458,21 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                         SinkMessage::DeadLetters,
                     );
                     forward(outputs.raw, sender.clone(), SinkMessage::Raw);
-                    forward(outputs.live, sender, SinkMessage::Live);
+                    forward(outputs.live, sender.clone(), SinkMessage::Live);
                 });
+                let errors = states.restore_errors();
+                if !errors.is_empty() {
+                    fatal(&format!(
+                        "restoring the checkpoint failed on worker {index}: {}",
+                        errors.join("; ")
+                    ));
+                }
+                if checkpointing {
+                    coordinator.run(worker, &states, |part| {
+                        // A closed channel means the job is stopping: the part is dropped with it.
+                        let _ = sender.send(SinkMessage::Checkpoint(part));
+                    });
+                }
             });
             match result {
                 Ok(guards) => drop(guards.join()),
@@ -336,11 +485,22 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         http_addr,
         serving,
         metrics,
+        restored_from: restored.as_ref().map(|r| r.id),
         stop,
         sink: Some(sink),
         kinesis,
+        checkpoints: driver,
+        coordinator,
         _runtime: runtime,
     })
+}
+
+/// Stops the process when a worker cannot go on: a restore that failed half-way must not run on
+/// partial state. Exit code 78 (EX_CONFIG): the data or the settings need a person.
+fn fatal(message: &str) -> ! {
+    tracing::error!("{message}");
+    eprintln!("pageflow: {message}");
+    std::process::exit(78)
 }
 
 /// Sends every batch of a stream to the sink thread (blocking when it is full: backpressure).
@@ -364,11 +524,30 @@ fn sink_loop(
     metrics: &Metrics,
     stats: &JobStats,
     stop: &AtomicBool,
+    mut checkpoints: Option<(Arc<CheckpointDriver>, PartsInbox)>,
 ) -> Result<()> {
     let mut mirrored = StatsSnapshot::default();
     let mut last_mirror = Instant::now();
+    // After the final checkpoint of a graceful stop, whatever the dataflow still emits is after
+    // the checkpoint: a restart emits it again, so it is not written now (no duplicates).
+    let mut after_final = false;
     while !stop.load(Ordering::SeqCst) {
         match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(SinkMessage::Checkpoint(part)) => {
+                let Some((driver, inbox)) = checkpoints.as_mut() else {
+                    continue;
+                };
+                if let Some(parts) = inbox.add(part) {
+                    // Everything before the checkpoint is delivered before it may be committed.
+                    outputs.flush()?;
+                    after_final |= parts.is_final;
+                    driver.write(ToWrite {
+                        parts,
+                        serving: serving.export(),
+                    });
+                }
+            }
+            Ok(_) if after_final => {}
             Ok(SinkMessage::Features(features)) => {
                 for feature in &features {
                     metrics.record_feature(feature);
@@ -424,6 +603,7 @@ fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metric
 
 /// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.
 pub fn run(config: JobConfig) -> Result<()> {
+    let budget: Duration = config.checkpoint.stop_timeout.into();
     let job = start(config)?;
     if let Some(addr) = job.http_addr {
         tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
@@ -447,12 +627,34 @@ pub fn run(config: JobConfig) -> Result<()> {
         };
         Ok::<_, std::io::Error>(signalled)
     })?;
-    if signalled {
-        eprintln!("pageflow: stopping, flushing the sinks");
-    } else {
+    if !signalled {
         eprintln!("pageflow: the input has ended; every result is written");
+        job.shutdown()?;
+        std::process::exit(0)
     }
+    eprintln!("pageflow: stopping: reading stopped, taking the final checkpoint");
+    let stopped = job.checkpoint_and_stop(budget);
     job.shutdown()?;
-    // The dataflow threads hold no state that outlives the process yet (checkpoints come later).
-    std::process::exit(0)
+    match stopped {
+        Ok(Stopped::Checkpointed(id)) => {
+            eprintln!("pageflow: stopped after checkpoint {id}; a restart resumes from it");
+            std::process::exit(0)
+        }
+        Ok(Stopped::InputEnded) => {
+            eprintln!("pageflow: the input ended while stopping; every result is written");
+            std::process::exit(0)
+        }
+        Ok(Stopped::WithoutCheckpoint) => {
+            eprintln!(
+                "pageflow: stopped without a checkpoint (checkpoints are off): open sessions and windows are lost"
+            );
+            std::process::exit(0)
+        }
+        Err(error) => {
+            eprintln!(
+                "pageflow: {error:#}; a restart resumes from the previous checkpoint and emits what followed it again"
+            );
+            std::process::exit(1)
+        }
+    }
 }

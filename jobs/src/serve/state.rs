@@ -182,6 +182,34 @@ impl ServingState {
         }
     }
 
+    /// Everything held, as the updates that rebuild it with [`ServingState::apply`]: saved in
+    /// checkpoints, so a restarted job serves at once what it served before.
+    pub fn export(&self) -> Vec<LiveUpdate> {
+        let ranking_update = |ranking: &Ranking| LiveUpdate::Ranking {
+            kind: ranking.kind,
+            portal: ranking.portal.clone(),
+            window_start: ranking.window_start,
+            window_end: ranking.window_end,
+            watermark: ranking.watermark,
+            is_final: ranking.is_final,
+            items: ranking.items.clone(),
+        };
+        let mut updates = Vec::new();
+        for slot in read(&self.rankings).values() {
+            updates.extend(slot.final_.as_deref().map(ranking_update));
+            updates.extend(slot.provisional.as_deref().map(ranking_update));
+        }
+        for articles in read(&self.related).values() {
+            updates.extend(articles.values().map(|related| LiveUpdate::Related {
+                portal: related.portal.clone(),
+                article_id: related.article_id.clone(),
+                window_end: related.window_end,
+                items: related.items.clone(),
+            }));
+        }
+        updates
+    }
+
     /// The ranking to serve for `(portal, kind)`: the latest provisional one when its window ends
     /// after the last final one, else the last final one. `None` before any was pushed.
     pub fn ranking(&self, portal: &str, kind: RankingKind) -> Option<Arc<Ranking>> {
@@ -296,6 +324,42 @@ pub(crate) mod tests {
     }
 
     const MIN: u64 = 60_000;
+
+    #[test]
+    fn export_rebuilds_the_same_state() {
+        let state = ServingState::new();
+        let ranking = |window_end: u64, is_final: bool| LiveUpdate::Ranking {
+            kind: RankingKind::Popular,
+            portal: "g1".into(),
+            window_start: 0,
+            window_end,
+            watermark: window_end,
+            is_final,
+            items: Vec::new(),
+        };
+        state.apply(ranking(60_000, true));
+        state.apply(ranking(120_000, false));
+        state.apply(LiveUpdate::Related {
+            portal: "g1".into(),
+            article_id: "a".into(),
+            window_end: 60_000,
+            items: Vec::new(),
+        });
+        let copy = ServingState::new();
+        for update in state.export() {
+            copy.apply(update);
+        }
+        assert_eq!(
+            copy.ranking("g1", RankingKind::Popular),
+            state.ranking("g1", RankingKind::Popular)
+        );
+        assert_eq!(
+            copy.final_ranking("g1", RankingKind::Popular),
+            state.final_ranking("g1", RankingKind::Popular)
+        );
+        assert_eq!(copy.related("g1", "a"), state.related("g1", "a"));
+        assert_eq!(copy.export().len(), 3);
+    }
 
     #[test]
     fn final_then_newer_provisional_then_final() {

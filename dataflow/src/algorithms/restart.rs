@@ -1,19 +1,20 @@
 //! Running the graph in two halves: up to a checkpoint, then restored from it on any number of
-//! workers, as a crash and restart would. Used to check that a restore continues exactly.
+//! workers, as a crash and restart would. The tests use it to check that a restore continues
+//! exactly; the benchmark, to time checkpoints and restores of large state.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
-use pageflow_dataflow::checkpoint::{CheckpointCoordinator, SavedState, WorkerCheckpoint};
-use pageflow_dataflow::config::SemanticsConfig;
-use pageflow_dataflow::event::{DeadLetter, RawRecord};
-use pageflow_dataflow::features::Feature;
-use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
-use pageflow_dataflow::stats::JobStats;
-use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+use crate::algorithms::graph::{GraphOptions, build};
+use crate::checkpoint::{CheckpointCoordinator, SavedState, WorkerCheckpoint};
+use crate::config::SemanticsConfig;
+use crate::event::{DeadLetter, RawRecord};
+use crate::features::Feature;
+use crate::source::{PollStatus, RecordSource, SourceError};
+use crate::stats::JobStats;
+use crate::time::{Opinion, WatermarkBoard};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
@@ -26,6 +27,10 @@ pub struct HalfRun {
     pub dead_letters: Vec<DeadLetter>,
     /// The checkpoint taken at the end of a first half.
     pub checkpoint: Option<SavedState>,
+    /// From the call (restore included) until every record was read: the time to catch up.
+    pub caught_up_after: Option<Duration>,
+    /// How long the dataflow stood still for the checkpoint (the longest worker).
+    pub paused_for: Option<Duration>,
 }
 
 /// A replay partition that stops after its records until `end` is set, then ends.
@@ -68,6 +73,7 @@ struct Collected {
     parts: Vec<WorkerCheckpoint>,
     /// Outputs collected when the checkpoint was taken.
     at_checkpoint: Option<(usize, usize)>,
+    errors: Vec<String>,
 }
 
 /// Runs the graph over `records` (one partition named `partition`, on worker 0) on `workers`
@@ -82,12 +88,15 @@ pub fn run_half(
     restore: Option<&SavedState>,
     checkpoint_at_end: bool,
 ) -> Result<HalfRun, String> {
+    let started = Instant::now();
     let workers = workers.max(1);
     let restores = match restore {
         Some(saved) => saved.split(workers).map_err(|e| e.to_string())?,
         None => vec![BTreeMap::new(); workers],
     };
-    let slots = Arc::new(Mutex::new(restores.into_iter().map(Some).collect::<Vec<_>>()));
+    let slots = Arc::new(Mutex::new(
+        restores.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let end = Arc::new(AtomicBool::new(false));
     let total = records.len() as u64;
     let source = Arc::new(Mutex::new(Some(GatedSource {
@@ -109,9 +118,9 @@ pub fn run_half(
             Arc::clone(&stats),
             Arc::clone(&end),
         );
-        std::thread::spawn(move || -> Result<(), String> {
+        std::thread::spawn(move || -> Result<Option<Duration>, String> {
             if !checkpoint_at_end {
-                return Ok(());
+                return Ok(None);
             }
             let deadline = Instant::now() + Duration::from_secs(60);
             let wait_for = |what: &str, done: &dyn Fn() -> bool| {
@@ -126,6 +135,7 @@ pub fn run_half(
             wait_for("the records to be read", &|| {
                 stats.records_in.load(Ordering::SeqCst) >= total
             })?;
+            let caught_up = started.elapsed();
             if !coordinator.request(1, false) {
                 return Err("the checkpoint request was refused".to_string());
             }
@@ -133,7 +143,7 @@ pub fn run_half(
                 collected.lock().map(|c| c.parts.len()).unwrap_or(0) >= workers
             })?;
             end.store(true, Ordering::SeqCst);
-            Ok(())
+            Ok(Some(caught_up))
         })
     };
 
@@ -149,7 +159,10 @@ pub fn run_half(
             .unwrap_or_default();
         let coordinator = Arc::clone(&worker_coordinator);
         if let Err(error) = coordinator.attach(worker) {
-            panic!("{error}");
+            if let Ok(mut c) = worker_collected.lock() {
+                c.errors.push(error.to_string());
+            }
+            return;
         }
         let states = coordinator.states(restore);
         let sources: Vec<Box<dyn RecordSource>> = if index == 0 {
@@ -196,13 +209,18 @@ pub fn run_half(
                 });
         });
         let errors = states.restore_errors();
-        assert!(errors.is_empty(), "restore failed: {errors:?}");
+        if !errors.is_empty()
+            && let Ok(mut c) = sink.lock()
+        {
+            c.errors.extend(errors);
+        }
         coordinator.run(worker, &states, |part| {
             if let Ok(mut c) = sink.lock() {
                 let counts = (c.features.len(), c.dead_letters.len());
                 // Every worker stands still while parts are handed over: the counts agree.
-                if let Some(seen) = c.at_checkpoint {
-                    assert_eq!(seen, counts, "outputs moved during the checkpoint");
+                if c.at_checkpoint.is_some_and(|seen| seen != counts) {
+                    c.errors
+                        .push("outputs moved while the checkpoint was taken".to_string());
                 }
                 c.at_checkpoint = Some(counts);
                 c.parts.push(part);
@@ -212,16 +230,21 @@ pub fn run_half(
     for result in guards.join() {
         result?;
     }
-    driver
+    let caught_up_after = driver
         .join()
         .map_err(|_| "the driver panicked".to_string())??;
 
     let mut collected = std::mem::take(&mut *collected.lock().map_err(|e| e.to_string())?);
-    let mut half = HalfRun::default();
+    if !collected.errors.is_empty() {
+        return Err(collected.errors.join("; "));
+    }
+    let mut half = HalfRun {
+        caught_up_after,
+        paused_for: collected.parts.iter().map(|p| p.paused_for).max(),
+        ..HalfRun::default()
+    };
     if checkpoint_at_end {
-        let (features, letters) = collected
-            .at_checkpoint
-            .ok_or("no checkpoint was taken")?;
+        let (features, letters) = collected.at_checkpoint.ok_or("no checkpoint was taken")?;
         collected.features.truncate(features);
         collected.dead_letters.truncate(letters);
         let parts = collected
