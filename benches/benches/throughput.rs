@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         events,
         &dir,
         &pageflow_dataflow::config::SemanticsConfig::default(),
+        false,
     )?;
     Ok(())
 }

@@ -514,7 +514,7 @@ impl Coordinator {
                 (
                     Some(ResumePoint {
                         position,
-                        record_complete: true,
+                        record_complete: false,
                     }),
                     None,
                 )

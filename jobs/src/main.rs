@@ -81,6 +81,9 @@ enum Command {
         /// Where to keep the generated input.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Only the checkpoint figures (on vs off, a million live users saved and restored).
+        #[arg(long)]
+        checkpoints_only: bool,
     },
 }
 
@@ -191,10 +194,14 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {written} records from {}", input.display());
             Ok(())
         }
-        Command::Bench { events, dir } => {
+        Command::Bench {
+            events,
+            dir,
+            checkpoints_only,
+        } => {
             let config = load_config(None)?;
             let dir = dir.unwrap_or_else(commands::bench::default_dir);
-            commands::bench::run(events, &dir, &config.semantics)?;
+            commands::bench::run(events, &dir, &config.semantics, checkpoints_only)?;
             Ok(())
         }
     }

@@ -5,8 +5,12 @@
 //! The test drains the feeds and partitions the way the ingest operator does, in one thread, and
 //! reshards while it reads: every record arrives exactly once, and each user's records arrive in
 //! the order they were written, across the reshard, with polling and with enhanced fan-out.
+//!
+//! A second pair of tests restarts the consumer from what a checkpoint holds ([`SavedShards`]: the
+//! last position ingested per shard, the shards read to their end): across the two runs every
+//! record arrives exactly once and in each user's order, and finished shards are not read again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
@@ -14,10 +18,11 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType, StreamStatus};
 use pageflow_connectors::kinesis_consumer::{
-    ConsumerSettings, KinesisConsumer, ShardFeed, StreamSpec,
+    ConsumerSettings, KinesisConsumer, SavedShards, ShardFeed, StreamSpec,
 };
 use pageflow_connectors::kinesis_fan_out::FanOutSettings;
 use pageflow_connectors::kinesis_source::ReaderSettings;
+use pageflow_connectors::kpl::aggregate;
 use pageflow_dataflow::event::RawRecord;
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource};
 use pageflow_tests::clients::kinesis_client;
@@ -84,13 +89,109 @@ async fn write(
     Ok(())
 }
 
+/// Writes `count` user records `user:seq` like [`write`], but every third Kinesis record is a KPL
+/// aggregate of three consecutive records of one user (so `count` user records are fewer Kinesis
+/// records), keyed by that user.
+async fn write_mixed(
+    client: &Client,
+    stream: &str,
+    count: usize,
+    next_seq: &mut [u64],
+    offset: usize,
+) -> TestResult {
+    let mut entries = Vec::new();
+    let mut written = 0;
+    while written < count {
+        let user = (entries.len() + offset) % USERS;
+        let key = format!("user-{user}");
+        let users = if entries.len() % 3 == 2 {
+            3.min(count - written)
+        } else {
+            1
+        };
+        let records: Vec<Vec<u8>> = (0..users)
+            .map(|_| {
+                let seq = next_seq[user];
+                next_seq[user] += 1;
+                format!("user-{user}:{seq}").into_bytes()
+            })
+            .collect();
+        let data = if users == 1 {
+            records[0].clone()
+        } else {
+            let input: Vec<(&str, &[u8])> = records
+                .iter()
+                .map(|r| (key.as_str(), r.as_slice()))
+                .collect();
+            aggregate(&input)
+        };
+        entries.push(
+            PutRecordsRequestEntry::builder()
+                .partition_key(key)
+                .data(Blob::new(data))
+                .build()?,
+        );
+        written += users;
+    }
+    for chunk in entries.chunks(250) {
+        let output = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(chunk.to_vec()))
+            .send()
+            .await?;
+        assert_eq!(output.failed_record_count(), Some(0));
+    }
+    Ok(())
+}
+
+/// Reshards `stream` to `target` shards and waits until the listing holds `listed` shards.
+async fn reshard(client: &Client, stream: &str, target: i32, listed: usize) -> TestResult {
+    client
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(target)
+        .scaling_type(ScalingType::UniformScaling)
+        .send()
+        .await?;
+    let started = Instant::now();
+    while client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await?
+        .shards()
+        .len()
+        < listed
+    {
+        if started.elapsed() > DEADLINE {
+            return Err(format!("the reshard did not list {listed} shards").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // a poll's interval
+    }
+    await_active(client, stream).await
+}
+
 /// What the test's "ingest" holds: the partitions it was given and what it read, in order.
-#[derive(Default)]
 struct Drain {
     partitions: Vec<Box<dyn RecordSource>>,
     names: BTreeSet<String>,
     finished: BTreeSet<String>,
     read: Vec<RawRecord>,
+    /// Records asked for per partition and poll.
+    poll_max: usize,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            partitions: Vec::new(),
+            names: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            read: Vec::new(),
+            poll_max: 1000,
+        }
+    }
 }
 
 impl Drain {
@@ -111,13 +212,38 @@ impl Drain {
             if self.finished.contains(partition.name()) {
                 continue;
             }
-            match partition.poll(1000, &mut self.read) {
+            match partition.poll(self.poll_max, &mut self.read) {
                 Ok(PollStatus::Finished) => {
                     self.finished.insert(partition.name().to_string());
                 }
                 Ok(_) => {}
                 Err(error) => panic!("a shard partition failed: {error}"),
             }
+        }
+    }
+
+    /// What a checkpoint taken now would hold: the last position read per partition, and the
+    /// partitions read to their end.
+    fn saved(&self) -> SavedShards {
+        let mut positions = HashMap::new();
+        for record in &self.read {
+            positions.insert(
+                record.position.partition.clone(),
+                record.position.position.clone(),
+            );
+        }
+        SavedShards {
+            positions,
+            finished: self.finished.iter().cloned().collect(),
+        }
+    }
+
+    /// Keeps polling for `how_long` (to see that nothing more comes).
+    async fn settle(&mut self, feeds: &mut [ShardFeed], how_long: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < how_long {
+            self.step(feeds);
+            tokio::time::sleep(Duration::from_millis(20)).await; // ingest's poll interval
         }
     }
 
@@ -265,4 +391,182 @@ async fn polling_consumer_keeps_every_users_order_across_a_reshard() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_consumer_keeps_every_users_order_across_a_reshard() -> TestResult {
     reshard_while_reading(true).await
+}
+
+/// Checks that `records` hold every user's records `0..` exactly once and in order, and returns how
+/// many there are.
+fn assert_each_user_in_order(records: &[&RawRecord]) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut seen = HashSet::new();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for record in records {
+        let text = String::from_utf8(record.bytes.clone())?;
+        assert!(
+            seen.insert(text.clone()),
+            "{text} arrived twice (the second time at {:?})",
+            record.position
+        );
+        let (user, seq) = text.split_once(':').ok_or("a record without a sequence")?;
+        let seq: u64 = seq.parse()?;
+        let expected = last.get(user).map_or(0, |previous| previous + 1);
+        assert_eq!(
+            seq, expected,
+            "{user}: {seq} arrived where {expected} was due ({:?})",
+            record.position
+        );
+        last.insert(user.to_string(), seq);
+    }
+    Ok(seen.len())
+}
+
+/// Reads part of a resharded stream, stops, restarts from what a checkpoint would hold, and reads
+/// the rest: every record once across the two runs, finished parents never read again. A second
+/// stream's saved position is garbage: that shard is read from the start and says why.
+async fn restart_from_saved_shards(fan_out: bool) -> TestResult {
+    let local = KinesisLocal::start()?;
+    let client = kinesis_client(&local.endpoint, RetryConfig::standard());
+    let stream = "pageviews";
+    let other = "other-pageviews";
+    for (name, shards) in [(stream, 2), (other, 1)] {
+        client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await?;
+        await_active(&client, name).await?;
+    }
+    let mut next_seq = vec![0u64; USERS];
+    write_mixed(&client, stream, 400, &mut next_seq, 0).await?;
+    let mut other_seq = vec![0u64; USERS];
+    write(&client, other, 50, &mut other_seq, 0).await?;
+
+    let settings = ConsumerSettings {
+        discovery_interval: Duration::from_secs(1),
+        reader: ReaderSettings {
+            max_records: 40, // several calls per shard, so the checkpoint lands mid-shard
+            ..ReaderSettings::default()
+        },
+        fan_out: FanOutSettings {
+            idle_timeout: Duration::from_secs(2),
+            ..FanOutSettings::default()
+        },
+        ..ConsumerSettings::default()
+    };
+    let spec = |portal: &str, name: &str| StreamSpec {
+        portal: portal.to_string(),
+        stream: name.to_string(),
+        fan_out_consumer: fan_out.then(|| "pageflow-test".to_string()),
+    };
+
+    // The first run: the parents are read to their end, the children in part.
+    let (first, mut feeds) = KinesisConsumer::start(
+        &tokio::runtime::Handle::current(),
+        client.clone(),
+        vec![spec("g1", stream)],
+        2,
+        settings.clone(),
+    );
+    // Odd, small polls: the last record taken in is often inside an aggregate.
+    let mut before = Drain {
+        poll_max: 7,
+        ..Drain::default()
+    };
+    before
+        .until(&mut feeds, "the first records", |d| d.read.len() >= 100)
+        .await?;
+    reshard(&client, stream, 4, 6).await?;
+    write_mixed(&client, stream, 400, &mut next_seq, 400).await?;
+    before
+        .until(&mut feeds, "the parents to finish", |d| {
+            d.finished.len() >= 2 && d.read.len() >= 450
+        })
+        .await?;
+    first.stop();
+    drop(feeds);
+    let saved = before.saved();
+    assert_eq!(saved.finished.len(), 2, "{saved:?}");
+
+    // While the job is down, more is written (to the children).
+    write_mixed(&client, stream, 300, &mut next_seq, 800).await?;
+
+    // The second run, from the checkpoint; the start would re-read everything if it were used.
+    let mut saved_with_garbage = saved.clone();
+    saved_with_garbage.positions.insert(
+        "kinesis:g2/shardId-000000000000".to_string(),
+        "not-a-position".to_string(),
+    );
+    let (second, mut feeds) = KinesisConsumer::start(
+        &tokio::runtime::Handle::current(),
+        client.clone(),
+        vec![spec("g1", stream), spec("g2", other)],
+        2,
+        ConsumerSettings {
+            saved: saved_with_garbage,
+            ..settings
+        },
+    );
+    let mut after = Drain::default();
+    let expected = 1100 - before.read.len();
+    after
+        .until(&mut feeds, "the rest of the records", |d| {
+            d.read.len() >= expected + 50
+        })
+        .await?;
+    after.settle(&mut feeds, Duration::from_secs(3)).await;
+
+    for name in &after.names {
+        assert!(
+            !saved.finished.contains(name),
+            "{name} was read to its end before the checkpoint, yet handed out again"
+        );
+    }
+    let (g1_after, g2_after): (Vec<&RawRecord>, Vec<&RawRecord>) = after
+        .read
+        .iter()
+        .partition(|r| r.position.partition.starts_with("kinesis:g1/"));
+    let both_runs: Vec<&RawRecord> = before.read.iter().chain(g1_after).collect();
+    assert_eq!(
+        assert_each_user_in_order(&both_runs)?,
+        1100,
+        "every record once across the two runs"
+    );
+    // The shard whose saved position is garbage is read from the start (all of it), and says why.
+    assert_eq!(assert_each_user_in_order(&g2_after)?, 50);
+    let status = second.status.shards();
+    let garbage: Vec<_> = status
+        .iter()
+        .filter(|s| s.saved_position_error.is_some())
+        .collect();
+    assert_eq!(garbage.len(), 1, "{status:?}");
+    assert_eq!(garbage[0].stream, other);
+    assert!(
+        garbage[0]
+            .saved_position_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not-a-position") && e.contains("TrimHorizon")),
+        "{garbage:?}"
+    );
+    assert!(
+        status.iter().all(|s| !saved
+            .finished
+            .contains(&format!("kinesis:{}/{}", s.portal, s.shard))),
+        "no reader for a finished shard: {status:?}"
+    );
+    assert_eq!(
+        status.len(),
+        4 + 1,
+        "the 4 children and the other stream's shard"
+    );
+    second.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_consumer_restarts_from_saved_shards_reading_every_record_once() -> TestResult {
+    restart_from_saved_shards(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_consumer_restarts_from_saved_shards_reading_every_record_once() -> TestResult {
+    restart_from_saved_shards(true).await
 }

@@ -39,7 +39,12 @@ pub struct Figure {
 }
 
 /// Runs every benchmark on `events` synthetic events (generated into `dir` if not there yet).
-pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figure>> {
+pub fn run(
+    events: u64,
+    dir: &Path,
+    config: &SemanticsConfig,
+    checkpoints_only: bool,
+) -> Result<Vec<Figure>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let input = dir.join(format!("bench-{events}.jsonl"));
     if !input.exists() {
@@ -51,6 +56,11 @@ pub fn run(events: u64, dir: &Path, config: &SemanticsConfig) -> Result<Vec<Figu
         println!("{name:<56} {value:>12.0} {unit}");
         figures.push(Figure { name, value, unit });
     };
+
+    if checkpoints_only {
+        super::bench_checkpoints::run(&input, events, dir, config, &mut record)?;
+        return Ok(figures);
+    }
 
     // First, while the heap is still small, so that growth is the state's own.
     let (keys, bytes) = bytes_per_session(200_000, config);
