@@ -96,21 +96,31 @@ impl Restored {
     }
 }
 
+/// The job cannot start from its checkpoints without a person deciding (an unknown format, other
+/// semantics, every checkpoint damaged): restarting it again will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnusableCheckpoint(pub String);
+
 /// Loads the newest good checkpoint, if any; refuses one taken with other semantics.
 pub fn restore(checkpoints: &Checkpoints, semantics: &SemanticsConfig) -> Result<Option<Restored>> {
-    let Some(loaded) = checkpoints.load_latest()? else {
-        return Ok(None);
+    let loaded = match checkpoints.load_latest() {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(None),
+        Err(error) if error.is_retryable() => return Err(error.into()),
+        Err(error) => return Err(UnusableCheckpoint(error.to_string()).into()),
     };
     let manifest = &loaded.manifest;
     let expected = fingerprint(semantics);
     if manifest.fingerprint != expected {
-        return Err(anyhow!(
+        return Err(UnusableCheckpoint(format!(
             "checkpoint {} in {} was taken with different [semantics] settings ({} here, {} in the checkpoint): its windows and sessions cannot continue under the new ones. Restore the settings it was taken with, or move the checkpoints away to start from the sources' start positions",
             manifest.id,
             checkpoints.location(),
             expected,
             manifest.fingerprint
-        ));
+        ))
+        .into());
     }
     let mut workers = Vec::new();
     for index in 0..manifest.workers {

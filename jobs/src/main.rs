@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         checkpoints_only: bool,
     },
+    /// List the job's checkpoints (newest first) with their state: committed, torn or corrupt.
+    Checkpoints {
+        /// The TOML configuration of the job ([checkpoint], and [aws] for an S3 store).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +138,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pageflow: {error:#}");
+            // A checkpoint that cannot be used needs a person, not a restart: a distinct code
+            // (EX_CONFIG) lets the supervisor tell it apart from a crash.
+            if error
+                .downcast_ref::<pageflow::checkpoints::UnusableCheckpoint>()
+                .is_some()
+            {
+                return ExitCode::from(78);
+            }
             ExitCode::FAILURE
         }
     }
@@ -192,6 +206,11 @@ fn run(cli: Cli) -> Result<()> {
             let config = load_config(config.as_deref())?;
             let written = commands::aws::put(&config, &input)?;
             eprintln!("wrote {written} records from {}", input.display());
+            Ok(())
+        }
+        Command::Checkpoints { config } => {
+            let config = load_config(config.as_deref())?;
+            print!("{}", commands::checkpoints::list(&config)?);
             Ok(())
         }
         Command::Bench {

@@ -31,6 +31,8 @@ pub struct HalfRun {
     pub caught_up_after: Option<Duration>,
     /// How long the dataflow stood still for the checkpoint (the longest worker).
     pub paused_for: Option<Duration>,
+    /// Of which saving state (the longest worker); the rest drained records in flight.
+    pub saved_in: Option<Duration>,
 }
 
 /// A replay partition that stops after its records until `end` is set, then ends.
@@ -241,6 +243,7 @@ pub fn run_half(
     let mut half = HalfRun {
         caught_up_after,
         paused_for: collected.parts.iter().map(|p| p.paused_for).max(),
+        saved_in: collected.parts.iter().map(|p| p.saved_in).max(),
         ..HalfRun::default()
     };
     if checkpoint_at_end {

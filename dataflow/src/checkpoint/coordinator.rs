@@ -131,6 +131,8 @@ pub struct WorkerCheckpoint {
     pub snapshot: Result<WorkerSnapshot, CheckpointError>,
     /// How long the dataflow stood still on this worker (drain and save).
     pub paused_for: Duration,
+    /// Of which saving the operators' state (the rest drained records in flight).
+    pub saved_in: Duration,
     /// The checkpoint is the last before the job stops: the sources stay paused.
     pub is_final: bool,
 }
@@ -278,6 +280,7 @@ impl CheckpointCoordinator {
             let is_final = self.final_requested.load(Ordering::SeqCst);
             match self.drain(worker) {
                 Ok(()) => {
+                    let saving = Instant::now();
                     let snapshot = states.save().map(|operators| WorkerSnapshot {
                         worker: worker.index(),
                         workers: self.workers,
@@ -287,6 +290,7 @@ impl CheckpointCoordinator {
                         id,
                         snapshot,
                         paused_for: started.elapsed(),
+                        saved_in: saving.elapsed(),
                         is_final,
                     });
                     // Everyone has saved: the sources may run again.
