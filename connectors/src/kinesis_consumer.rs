@@ -721,7 +721,12 @@ impl ReaderTask {
             };
             let end = match &batch.finished_with_children {
                 Some(children) => Some(children.clone()),
-                None if self.stop_at_latest && batch.millis_behind_latest == Some(0) => {
+                // At the tip and nothing more came: `MillisBehindLatest = 0` alone is not enough
+                // (kinesis-local reports 0 while records of the same put are still unread).
+                None if self.stop_at_latest
+                    && batch.millis_behind_latest == Some(0)
+                    && batch.records.is_empty() =>
+                {
                     Some(Vec::new())
                 }
                 None if batch.records.is_empty() => match (&mut self.probe, &self.reader) {

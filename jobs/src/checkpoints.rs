@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::checkpoint_store::{CheckpointStore, Checkpoints, LocalDirStore, S3Store};
 use pageflow_dataflow::checkpoint::{
-    CheckpointCoordinator, PartitionCheckpoint, SavedState, WorkerCheckpoint, WorkerSnapshot,
+    CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, SavedState, WorkerCheckpoint,
+    WorkerSnapshot,
 };
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::live::LiveUpdate;
@@ -230,12 +231,60 @@ pub enum Outcome {
 pub struct CheckpointDriver {
     coordinator: Arc<CheckpointCoordinator>,
     writes: Sender<ToWrite>,
-    outcomes: Arc<(Mutex<Vec<Outcome>>, Condvar)>,
     next_id: Arc<AtomicU64>,
-    /// A checkpoint was requested and is not yet committed or failed.
-    busy: Arc<AtomicBool>,
-    requested_at: Arc<Mutex<Option<(u64, Instant)>>>,
     stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// What the driver, its timer and its writer share about checkpoints under way.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The latest outcomes, and a signal when one is added.
+    outcomes: Mutex<Vec<Outcome>>,
+    changed: Condvar,
+    /// A checkpoint was requested and is not yet committed or failed.
+    busy: AtomicBool,
+    /// The last request, for the duration metric.
+    requested_at: Mutex<Option<(u64, Instant)>>,
+    /// Checkpoints handed to the writer and not yet committed or failed.
+    queued: AtomicU64,
+}
+
+impl Progress {
+    fn report(&self, outcome: Outcome) {
+        let mut list = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        list.push(outcome);
+        if list.len() > 64 {
+            list.remove(0);
+        }
+        self.busy.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds over the outcomes, `give_up` says to stop, or `deadline` passes;
+    /// returns whether `done` held.
+    fn wait_until(
+        &self,
+        deadline: Instant,
+        mut done: impl FnMut(&[Outcome]) -> bool,
+        mut give_up: impl FnMut() -> bool,
+    ) -> bool {
+        let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if done(&guard) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || give_up() {
+                return false;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 impl CheckpointDriver {
@@ -252,30 +301,16 @@ impl CheckpointDriver {
         let driver = CheckpointDriver {
             coordinator,
             writes,
-            outcomes: Arc::default(),
             next_id: Arc::new(AtomicU64::new(first_id)),
-            busy: Arc::new(AtomicBool::new(false)),
-            requested_at: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::default(),
         };
         {
-            let (outcomes, busy, requested_at) = (
-                Arc::clone(&driver.outcomes),
-                Arc::clone(&driver.busy),
-                Arc::clone(&driver.requested_at),
-            );
+            let progress = Arc::clone(&driver.progress);
             std::thread::Builder::new()
                 .name("pageflow-checkpoint-writer".into())
                 .spawn(move || {
-                    write_loop(
-                        to_write,
-                        &checkpoints,
-                        &fingerprint,
-                        &metrics,
-                        &outcomes,
-                        &busy,
-                        &requested_at,
-                    )
+                    write_loop(to_write, &checkpoints, &fingerprint, &metrics, &progress)
                 })
                 .context("cannot start the checkpoint writer")?;
         }
@@ -306,17 +341,16 @@ impl CheckpointDriver {
         CheckpointDriver {
             coordinator: Arc::clone(&self.coordinator),
             writes: self.writes.clone(),
-            outcomes: Arc::clone(&self.outcomes),
             next_id: Arc::clone(&self.next_id),
-            busy: Arc::clone(&self.busy),
-            requested_at: Arc::clone(&self.requested_at),
             stop: Arc::clone(&self.stop),
+            progress: Arc::clone(&self.progress),
         }
     }
 
     /// Asks for the next checkpoint unless one is in progress; returns its id.
     pub fn request(&self, is_final: bool) -> Option<u64> {
         if self
+            .progress
             .busy
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
@@ -324,53 +358,51 @@ impl CheckpointDriver {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut at) = self.requested_at.lock() {
+        if let Ok(mut at) = self.progress.requested_at.lock() {
             *at = Some((id, Instant::now()));
         }
         if self.coordinator.request(id, is_final) {
             Some(id)
         } else {
-            self.busy.store(false, Ordering::SeqCst);
+            self.progress.busy.store(false, Ordering::SeqCst);
             None
         }
     }
 
-    /// Hands a complete checkpoint to the writer.
-    pub fn write(&self, checkpoint: ToWrite) {
+    /// Hands a complete checkpoint to the writer (the end-of-input one gets the next id).
+    pub fn write(&self, mut checkpoint: ToWrite) {
+        if checkpoint.parts.id == END_OF_INPUT {
+            checkpoint.parts.id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        }
         let id = checkpoint.parts.id;
+        self.progress.queued.fetch_add(1, Ordering::SeqCst);
         if self.writes.send(checkpoint).is_err() {
-            self.report(Outcome::Failed(
+            self.progress.queued.fetch_sub(1, Ordering::SeqCst);
+            self.progress.report(Outcome::Failed(
                 id,
                 "the checkpoint writer has stopped".into(),
             ));
         }
     }
 
-    fn report(&self, outcome: Outcome) {
-        report(&self.outcomes, &self.busy, outcome);
-    }
-
     /// Waits until checkpoint `id` is committed or failed, at most `timeout`; `None` on timeout
     /// or when the dataflow ended first.
     pub fn wait_for(&self, id: u64, timeout: Duration) -> Option<Outcome> {
-        let deadline = Instant::now() + timeout;
-        let (outcomes, changed) = &*self.outcomes;
-        let mut guard = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(outcome) = guard.iter().find(|o| match o {
-                Outcome::Committed(done) | Outcome::Failed(done, _) => *done == id,
-            }) {
-                return Some(outcome.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline || self.coordinator.has_ended() {
-                return None;
-            }
-            guard = changed
-                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(50)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let mut found = None;
+        self.progress.wait_until(
+            Instant::now() + timeout,
+            |outcomes| {
+                found = outcomes
+                    .iter()
+                    .find(|o| match o {
+                        Outcome::Committed(done) | Outcome::Failed(done, _) => *done == id,
+                    })
+                    .cloned();
+                found.is_some()
+            },
+            || self.coordinator.has_ended(),
+        );
+        found
     }
 
     /// Takes the final checkpoint of a graceful stop: stops reading at once, waits for a
@@ -410,17 +442,18 @@ impl CheckpointDriver {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
-}
 
-fn report(outcomes: &(Mutex<Vec<Outcome>>, Condvar), busy: &AtomicBool, outcome: Outcome) {
-    let (list, changed) = outcomes;
-    let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
-    list.push(outcome);
-    if list.len() > 64 {
-        list.remove(0);
+    /// Waits, at most `timeout`, until every checkpoint handed to the writer is committed or
+    /// failed, so that the process does not exit in the middle of a write. Returns whether it
+    /// finished.
+    pub fn finish(&self, timeout: Duration) -> bool {
+        self.stop();
+        self.progress.wait_until(
+            Instant::now() + timeout,
+            |_| self.progress.queued.load(Ordering::SeqCst) == 0,
+            || false,
+        )
     }
-    busy.store(false, Ordering::SeqCst);
-    changed.notify_all();
 }
 
 fn write_loop(
@@ -428,16 +461,15 @@ fn write_loop(
     checkpoints: &Checkpoints,
     fingerprint: &str,
     metrics: &Metrics,
-    outcomes: &(Mutex<Vec<Outcome>>, Condvar),
-    busy: &AtomicBool,
-    requested_at: &Mutex<Option<(u64, Instant)>>,
+    progress: &Progress,
 ) {
     while let Ok(ToWrite { parts, serving }) = to_write.recv() {
         let id = parts.id;
         let result = write_one(checkpoints, fingerprint, parts, serving);
         match result {
             Ok((size, state_bytes, paused_for)) => {
-                let duration = requested_at
+                let duration = progress
+                    .requested_at
                     .lock()
                     .ok()
                     .and_then(|at| *at)
@@ -464,7 +496,8 @@ fn write_loop(
                     location = checkpoints.location(),
                     "checkpoint committed"
                 );
-                report(outcomes, busy, Outcome::Committed(id));
+                progress.queued.fetch_sub(1, Ordering::SeqCst);
+                progress.report(Outcome::Committed(id));
             }
             Err(error) => {
                 metrics.checkpoint_failed();
@@ -472,7 +505,8 @@ fn write_loop(
                     checkpoint = id,
                     "checkpoint not written: {error:#}; the job goes on and tries again at the next interval"
                 );
-                report(outcomes, busy, Outcome::Failed(id, format!("{error:#}")));
+                progress.queued.fetch_sub(1, Ordering::SeqCst);
+                progress.report(Outcome::Failed(id, format!("{error:#}")));
             }
         }
     }

@@ -217,6 +217,9 @@ pub fn run_half(
             c.errors.extend(errors);
         }
         coordinator.run(worker, &states, |part| {
+            if part.id == crate::checkpoint::END_OF_INPUT {
+                return; // only the checkpoint taken at the cut is of interest here
+            }
             if let Ok(mut c) = sink.lock() {
                 let counts = (c.features.len(), c.dead_letters.len());
                 // Every worker stands still while parts are handed over: the counts agree.

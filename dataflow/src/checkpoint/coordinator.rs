@@ -122,6 +122,9 @@ impl Meeting {
     }
 }
 
+/// The id of the checkpoint taken when the input has ended (the job numbers it when it writes it).
+pub const END_OF_INPUT: u64 = 0;
+
 /// One worker's part of a checkpoint, as handed to the job.
 #[derive(Debug)]
 pub struct WorkerCheckpoint {
@@ -149,6 +152,8 @@ pub struct CheckpointCoordinator {
     stopping: AtomicBool,
     traffic: Arc<Traffic>,
     meeting: Meeting,
+    /// Where the workers meet once their dataflows have completed.
+    completed: std::sync::Barrier,
 }
 
 impl CheckpointCoordinator {
@@ -163,6 +168,7 @@ impl CheckpointCoordinator {
             stopping: AtomicBool::new(false),
             traffic: Arc::default(),
             meeting: Meeting::new(workers),
+            completed: std::sync::Barrier::new(workers),
         })
     }
 
@@ -260,6 +266,11 @@ impl CheckpointCoordinator {
 
     /// Runs `worker` until its dataflows complete, taking part in every checkpoint requested
     /// meanwhile and handing this worker's part to `deliver`.
+    ///
+    /// When the input has ended and every worker's dataflow has completed, a last checkpoint
+    /// ([`END_OF_INPUT`], final) saves the finished state: every partition read to its end, every
+    /// result emitted. A restart from it reads nothing again (Flink's final checkpoint of a bounded
+    /// job).
     pub fn run(
         &self,
         worker: &mut Worker,
@@ -314,6 +325,22 @@ impl CheckpointCoordinator {
         }
         self.meeting.leave();
         self.in_progress.store(false, Ordering::SeqCst);
+        // Every worker's dataflow has completed once all are here: nothing is in flight.
+        let started = Instant::now();
+        self.completed.wait();
+        let saving = Instant::now();
+        let snapshot = states.save().map(|operators| WorkerSnapshot {
+            worker: worker.index(),
+            workers: self.workers,
+            operators,
+        });
+        deliver(WorkerCheckpoint {
+            id: END_OF_INPUT,
+            snapshot,
+            paused_for: started.elapsed(),
+            saved_in: saving.elapsed(),
+            is_final: true,
+        });
     }
 
     /// Steps in lock-step with the other workers until nothing moves anywhere.

@@ -22,7 +22,7 @@ pub mod entries;
 pub mod snapshot;
 pub mod states;
 
-pub use coordinator::{CheckpointCoordinator, WorkerCheckpoint};
+pub use coordinator::{CheckpointCoordinator, END_OF_INPUT, WorkerCheckpoint};
 pub use snapshot::{PartitionCheckpoint, SavedState, WorkerSnapshot};
 pub use states::{Checkpointed, OperatorStates};
 

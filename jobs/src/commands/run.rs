@@ -83,6 +83,7 @@ pub struct RunningJob {
     kinesis: Option<KinesisConsumer>,
     checkpoints: Option<Arc<CheckpointDriver>>,
     coordinator: Arc<CheckpointCoordinator>,
+    stop_timeout: Duration,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -120,6 +121,15 @@ impl RunningJob {
         if let Some(sink) = self.sink.take() {
             sink.join()
                 .map_err(|_| anyhow!("the sink thread panicked"))??;
+        }
+        // A checkpoint being written (the end-of-input one, say) is finished, not left torn.
+        if let Some(driver) = &self.checkpoints
+            && !driver.finish(self.stop_timeout)
+        {
+            tracing::warn!(
+                "a checkpoint was still being written after {:?}; the next start skips it",
+                self.stop_timeout
+            );
         }
         Ok(())
     }
@@ -240,16 +250,19 @@ fn worker_sources(
     ))
 }
 
-/// The restored positions of Kinesis shards, and the shards read to their end.
+/// The restored positions of Kinesis shards.
+///
+/// A shard that ended before the checkpoint resumes after its last record like any other, rather
+/// than being marked finished: with `stop_at_latest` a shard "ends" at its tip while it is still
+/// open, and must go on from there on the next run; a closed shard resumed near its end ends again
+/// at once. A shard never read starts at `start_position`.
 fn saved_shards(restored: Option<&Restored>) -> SavedShards {
     let mut saved = SavedShards::default();
     for partition in restored
         .map(|r| r.partitions.as_slice())
         .unwrap_or_default()
     {
-        if partition.finished {
-            saved.finished.insert(partition.partition.clone());
-        } else if let Some(position) = &partition.position {
+        if let Some(position) = &partition.position {
             saved
                 .positions
                 .insert(partition.partition.clone(), position.clone());
@@ -491,6 +504,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         kinesis,
         checkpoints: driver,
         coordinator,
+        stop_timeout: config.checkpoint.stop_timeout.into(),
         _runtime: runtime,
     })
 }
