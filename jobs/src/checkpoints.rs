@@ -169,6 +169,8 @@ pub struct CompleteParts {
     pub snapshots: Result<Vec<WorkerSnapshot>, String>,
     /// The longest any worker stood still.
     pub paused_for: Duration,
+    /// The longest any worker took to save its state (part of `paused_for`).
+    pub saved_in: Duration,
     /// The checkpoint before a graceful stop.
     pub is_final: bool,
 }
@@ -194,6 +196,7 @@ impl PartsInbox {
         }
         let parts = self.pending.remove(&id).unwrap_or_default();
         let paused_for = parts.iter().map(|p| p.paused_for).max().unwrap_or_default();
+        let saved_in = parts.iter().map(|p| p.saved_in).max().unwrap_or_default();
         let is_final = parts.iter().any(|p| p.is_final);
         let snapshots = parts
             .into_iter()
@@ -203,6 +206,7 @@ impl PartsInbox {
             id,
             snapshots,
             paused_for,
+            saved_in,
             is_final,
         })
     }
@@ -467,7 +471,7 @@ fn write_loop(
         let id = parts.id;
         let result = write_one(checkpoints, fingerprint, parts, serving);
         match result {
-            Ok((size, state_bytes, paused_for)) => {
+            Ok((size, state_bytes, paused_for, saved_in)) => {
                 let duration = progress
                     .requested_at
                     .lock()
@@ -485,6 +489,7 @@ fn write_loop(
                     figures.last_success_ms = Some(now_ms);
                     figures.last_duration_s = duration.as_secs_f64();
                     figures.last_pause_s = paused_for.as_secs_f64();
+                    figures.last_save_s = saved_in.as_secs_f64();
                     figures.last_size_bytes = size;
                     figures.state_bytes = state_bytes;
                 });
@@ -512,7 +517,7 @@ fn write_loop(
     }
 }
 
-type Written = (u64, BTreeMap<String, u64>, Duration);
+type Written = (u64, BTreeMap<String, u64>, Duration, Duration);
 
 fn write_one(
     checkpoints: &Checkpoints,
@@ -545,5 +550,5 @@ fn write_one(
     );
     info.insert("final".to_string(), parts.is_final.to_string());
     checkpoints.write(parts.id, state.workers(), fingerprint, info, files)?;
-    Ok((size, state_bytes, parts.paused_for))
+    Ok((size, state_bytes, parts.paused_for, parts.saved_in))
 }

@@ -95,6 +95,8 @@ pub struct CheckpointFigures {
     pub last_duration_s: f64,
     /// The longest any worker's dataflow stood still for it, seconds.
     pub last_pause_s: f64,
+    /// Of which saving operator state (the rest drained records in flight), seconds.
+    pub last_save_s: f64,
     /// Bytes written (every part).
     pub last_size_bytes: u64,
     /// Bytes of state by operator.
@@ -518,6 +520,11 @@ fn render_checkpoints(out: &mut String, figures: &CheckpointFigures) {
             "pageflow_checkpoint_pause_seconds",
             "The longest the dataflow stood still for the last checkpoint (drain and save).",
             figures.last_pause_s,
+        ),
+        (
+            "pageflow_checkpoint_save_seconds",
+            "Of the last pause, the time spent saving operator state (the rest drained records in flight).",
+            figures.last_save_s,
         ),
         (
             "pageflow_checkpoint_size_bytes",

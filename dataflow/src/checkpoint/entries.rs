@@ -9,7 +9,8 @@
 //! here (`bincode` of the operator's own type), so re-partitioning never decodes them.
 //!
 //! Layout of one entry: a tag byte (`0` keyed, `1` shared), the route (8 bytes, little endian,
-//! keyed only), the length (4 bytes, little endian), the bytes.
+//! keyed only), the length (4 bytes, little endian), the bytes: `bincode` with variable-length
+//! integers (most counts fit a byte, event times six).
 //!
 //! ```
 //! use pageflow_dataflow::checkpoint::entries::{EntryWriter, Entry, read_entries};
@@ -22,8 +23,14 @@
 //! assert_eq!(entries[1].decode::<u64>().unwrap(), 42);
 //! ```
 
+use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// The encoding of entries: bincode, little endian, variable-length integers.
+fn encoding() -> impl Options {
+    bincode::DefaultOptions::new()
+}
 
 use super::CheckpointError;
 
@@ -58,7 +65,8 @@ impl EntryWriter {
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CheckpointError> {
         let length_at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; 4]);
-        bincode::serialize_into(&mut self.bytes, value)
+        encoding()
+            .serialize_into(&mut self.bytes, value)
             .map_err(|error| CheckpointError::Encode(error.to_string()))?;
         let length = u32::try_from(self.bytes.len() - length_at - 4).map_err(|_| {
             CheckpointError::Encode("one state entry is larger than 4 GiB".to_string())
@@ -111,7 +119,9 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Decodes the value.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CheckpointError> {
-        bincode::deserialize(self.bytes).map_err(|error| CheckpointError::Decode(error.to_string()))
+        encoding()
+            .deserialize(self.bytes)
+            .map_err(|error| CheckpointError::Decode(error.to_string()))
     }
 }
 

@@ -417,20 +417,54 @@ impl RelatedState {
     }
 }
 
-/// An article's related state in a checkpoint, with article keys in place of this worker's
-/// interned ids, and its scheduled visits and wake-ups.
+/// An article's related state in a checkpoint, with its scheduled visits and wake-ups. Partners
+/// (always of the article's portal) are named once, in `partner_ids`, and referred to by index:
+/// this worker's interned ids mean nothing to another run.
 #[derive(Serialize, Deserialize)]
 struct SavedArticle {
     key: ArticleKey,
-    partners: Vec<(ArticleKey, PairWindow)>,
-    qualified: Vec<ArticleKey>,
+    partner_ids: Vec<Id>,
+    partners: Vec<(u32, PairWindow)>,
+    qualified: Vec<u32>,
     current: Vec<RelatedItem>,
     stale: bool,
     last_emitted: Vec<RelatedItem>,
     last_emitted_at: Option<u64>,
     wakeup: Option<u64>,
-    visits: Vec<(u64, ArticleKey)>,
+    visits: Vec<(u64, u32)>,
     wakeups: Vec<u64>,
+}
+
+/// [`SavedArticle`] as written: borrowed, so saving copies no window (same encoding).
+#[derive(Serialize)]
+struct SavingArticle<'a> {
+    key: &'a ArticleKey,
+    partner_ids: Vec<Id>,
+    partners: Vec<(u32, &'a PairWindow)>,
+    qualified: Vec<u32>,
+    current: &'a [RelatedItem],
+    stale: bool,
+    last_emitted: &'a [RelatedItem],
+    last_emitted_at: Option<u64>,
+    wakeup: Option<u64>,
+    visits: Vec<(u64, u32)>,
+    wakeups: Vec<u64>,
+}
+
+/// Numbers the partners of one saved article.
+#[derive(Default)]
+struct PartnerTable {
+    index: FastMap<u32, u32>,
+    ids: Vec<Id>,
+}
+
+impl PartnerTable {
+    fn index(&mut self, ids: &ArticleIds, partner: u32) -> u32 {
+        *self.index.entry(partner).or_insert_with(|| {
+            self.ids.push(ids.key(partner).1.clone());
+            (self.ids.len() - 1) as u32
+        })
+    }
 }
 
 /// What every worker holds alike: the views received by broadcast, and how far it got.
@@ -459,31 +493,35 @@ impl Checkpointed for RelatedState {
                 wakeups.entry(id).or_default().push(*time);
             }
         }
-        let key = |id: u32| self.ids.key(id).clone();
         for (&id, article) in &self.articles {
-            let saved = SavedArticle {
-                key: key(id),
-                partners: article
-                    .partners
-                    .iter()
-                    .map(|(&partner, window)| (key(partner), window.clone()))
-                    .collect(),
-                qualified: article
-                    .qualified
-                    .iter()
-                    .map(|&partner| key(partner))
-                    .collect(),
-                current: article.current.clone(),
+            let mut table = PartnerTable::default();
+            let partners = article
+                .partners
+                .iter()
+                .map(|(&partner, window)| (table.index(&self.ids, partner), window))
+                .collect();
+            let qualified = article
+                .qualified
+                .iter()
+                .map(|&partner| table.index(&self.ids, partner))
+                .collect();
+            let visits = visits
+                .remove(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(time, partner)| (time, table.index(&self.ids, partner)))
+                .collect();
+            let saved = SavingArticle {
+                key: self.ids.key(id),
+                partner_ids: table.ids,
+                partners,
+                qualified,
+                current: &article.current,
                 stale: article.stale,
-                last_emitted: article.last_emitted.clone(),
+                last_emitted: &article.last_emitted,
                 last_emitted_at: article.last_emitted_at,
                 wakeup: article.wakeup,
-                visits: visits
-                    .remove(&id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(time, partner)| (time, key(partner)))
-                    .collect(),
+                visits,
                 wakeups: wakeups.remove(&id).unwrap_or_default(),
             };
             out.keyed(article_route(&saved.key.0, &saved.key.1), &saved)?;
@@ -492,7 +530,7 @@ impl Checkpointed for RelatedState {
             views: self
                 .views
                 .iter()
-                .map(|(&id, &views)| (key(id), views))
+                .map(|(&id, &views)| (self.ids.key(id).clone(), views))
                 .collect(),
             views_stash: self.views_stash.clone(),
             processed_until: self.processed_until,
@@ -515,19 +553,38 @@ impl Checkpointed for RelatedState {
             return Ok(());
         }
         let saved: SavedArticle = entry.decode()?;
-        let id = self.ids.intern(&saved.key.0, &saved.key.1);
-        let mut intern = |(portal, article): &ArticleKey| self.ids.intern(portal, article);
+        let portal = &saved.key.0;
+        let id = self.ids.intern(portal, &saved.key.1);
+        let interned: Vec<u32> = saved
+            .partner_ids
+            .iter()
+            .map(|partner| self.ids.intern(portal, partner))
+            .collect();
+        let partner = |index: u32| {
+            interned.get(index as usize).copied().ok_or_else(|| {
+                CheckpointError::Decode(format!(
+                    "related state of {}/{} names partner {index} of {}",
+                    portal,
+                    saved.key.1,
+                    interned.len()
+                ))
+            })
+        };
         let partners = saved
             .partners
             .iter()
-            .map(|(partner, window)| (intern(partner), window.clone()))
-            .collect();
-        let qualified: FastSet<u32> = saved.qualified.iter().map(&mut intern).collect();
+            .map(|(index, window)| Ok((partner(*index)?, window.clone())))
+            .collect::<Result<_, CheckpointError>>()?;
+        let qualified: FastSet<u32> = saved
+            .qualified
+            .iter()
+            .map(|index| partner(*index))
+            .collect::<Result<_, _>>()?;
         let visits: Vec<(u64, u32)> = saved
             .visits
             .iter()
-            .map(|(time, partner)| (*time, intern(partner)))
-            .collect();
+            .map(|(time, index)| Ok((*time, partner(*index)?)))
+            .collect::<Result<_, CheckpointError>>()?;
         for &partner in &qualified {
             self.qualified_by_partner
                 .entry(partner)

@@ -2,7 +2,8 @@
 //! slow to write they are, and how fast a job with a million live users is back.
 //!
 //! - Throughput of the whole job (`pageflow run` on a file, two workers) with checkpoints every
-//!   5 seconds (6 times more often than the default) and with checkpoints off.
+//!   5 seconds (6 times more often than the default; `PAGEFLOW_BENCH_CHECKPOINT_INTERVAL=30s`
+//!   measures the default, given an input long enough to see several) and with checkpoints off.
 //! - A checkpoint of 1,000,000 live users (each with an open session, a remembered event id and
 //!   recent articles): its size, the time the dataflow stood still, and the time to write it.
 //! - The restart: load and verify the checkpoint, restore the state on two workers and read the
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::checkpoint_store::{Checkpoints, LocalDirStore};
 use pageflow_dataflow::algorithms::restart::run_half;
 use pageflow_dataflow::checkpoint::{SavedState, WorkerSnapshot};
-use pageflow_dataflow::config::SemanticsConfig;
+use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 
 use super::run;
@@ -35,12 +36,22 @@ pub fn run(
     config: &SemanticsConfig,
     record: &mut dyn FnMut(String, f64, &'static str),
 ) -> Result<()> {
+    let interval = match std::env::var("PAGEFLOW_BENCH_CHECKPOINT_INTERVAL") {
+        Ok(text) => toml::Value::String(text.clone())
+            .try_into::<Millis>()
+            .map_err(|e| anyhow!("PAGEFLOW_BENCH_CHECKPOINT_INTERVAL={text}: {e}"))?,
+        Err(_) => Millis::seconds(5),
+    };
     let mut rates = Vec::new();
     for checkpoints in [false, true] {
-        let (seconds, figures) = whole_job(input, dir, config, checkpoints)?;
+        let (seconds, figures) = whole_job(input, dir, config, checkpoints.then_some(interval))?;
         let rate = events as f64 / seconds;
         rates.push(rate);
-        let label = if checkpoints { "on (every 5 s)" } else { "off" };
+        let label = if checkpoints {
+            format!("on (every {} ms)", interval.ms())
+        } else {
+            "off".to_string()
+        };
         record(
             format!("whole job, 2 workers, checkpoints {label}"),
             rate,
@@ -57,6 +68,23 @@ pub fn run(
                 figures.last_pause_s * 1000.0,
                 "ms",
             );
+            record(
+                "  last checkpoint: of which saving operator state".into(),
+                figures.last_save_s * 1000.0,
+                "ms",
+            );
+            record(
+                "  last checkpoint: size".into(),
+                figures.last_size_bytes as f64 / (1024.0 * 1024.0),
+                "MiB",
+            );
+            for (operator, bytes) in &figures.state_bytes {
+                record(
+                    format!("    state of {operator}"),
+                    *bytes as f64 / (1024.0 * 1024.0),
+                    "MiB",
+                );
+            }
         }
     }
     if let [off, on] = rates[..] {
@@ -75,9 +103,9 @@ fn whole_job(
     input: &Path,
     dir: &Path,
     semantics: &SemanticsConfig,
-    checkpoints: bool,
+    checkpoints: Option<Millis>,
 ) -> Result<(f64, Option<crate::metrics::CheckpointFigures>)> {
-    let out = dir.join(if checkpoints {
+    let out = dir.join(if checkpoints.is_some() {
         "job-ck-on"
     } else {
         "job-ck-off"
@@ -95,15 +123,15 @@ fn whole_job(
     config.sinks.archive = false;
     config.serve.enabled = false;
     config.runtime.workers = 2;
-    config.checkpoint.enabled = checkpoints;
-    config.checkpoint.interval = pageflow_dataflow::config::Millis::seconds(5);
+    config.checkpoint.enabled = checkpoints.is_some();
+    config.checkpoint.interval = checkpoints.unwrap_or(Millis::seconds(30));
     let started = Instant::now();
     let job = run::start(config)?;
     while !job.has_ended() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let figures = checkpoints.then(|| job.metrics.checkpoints());
+    let figures = checkpoints.map(|_| job.metrics.checkpoints());
     job.shutdown()?;
     Ok((seconds, figures))
 }
