@@ -180,6 +180,14 @@ impl Metrics {
             .clone()
     }
 
+    /// The Kinesis consumer's per-shard state, when the source is Kinesis.
+    pub fn kinesis_status(&self) -> Option<Arc<ConsumerStatus>> {
+        self.kinesis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Renders the Kinesis consumer's per-shard state from now on.
     pub fn watch_kinesis(&self, status: Arc<ConsumerStatus>) {
         *self.kinesis.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);

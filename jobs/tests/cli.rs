@@ -282,6 +282,11 @@ fn run_serves_changing_rankings_within_seconds() {
         },
     );
     assert!(items <= 5, "n limits the ranking");
+    // Serving rankings means the state is loaded: the job says it is ready.
+    wait_for("/readyz to answer 200", Duration::from_secs(30), || {
+        let (status, body) = http_get(&addr, "/readyz")?;
+        (status == 200 && body.contains("ready")).then_some(())
+    });
     let later = wait_for(
         "the ranking to move to a later window",
         Duration::from_secs(30),

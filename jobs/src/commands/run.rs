@@ -437,6 +437,8 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     };
     let worker_stats = Arc::clone(&stats);
     let worker_coordinator = Arc::clone(&coordinator);
+    let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let serving_for_workers = Arc::clone(&serving);
     std::thread::Builder::new()
         .name("pageflow-timely".into())
         .spawn(move || {
@@ -479,6 +481,11 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                         "restoring the checkpoint failed on worker {index}: {}",
                         errors.join("; ")
                     ));
+                }
+                // Every worker has built its part of the dataflow with its state: /readyz may say
+                // yes once the sources are caught up.
+                if built.fetch_add(1, Ordering::SeqCst) + 1 == workers {
+                    serving_for_workers.mark_loaded();
                 }
                 if checkpointing {
                     coordinator.run(worker, &states, |part| {

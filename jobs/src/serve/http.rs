@@ -7,6 +7,7 @@
 //! | `GET /v1/articles/{article_id}/related?portal=&n=` | the article's related articles in `portal` |
 //! | `GET /v1/portals` | `{"portals":[...]}`, the portals with a ranking, sorted |
 //! | `GET /healthz` | `{"status":"ok"}` while the process serves |
+//! | `GET /readyz` | `{"status":"ready"}` once the state is loaded and the sources caught up, else 503 |
 //! | `GET /metrics` | the [`Metrics`] in the Prometheus text format 0.0.4 |
 //! | `GET /` | a self-contained HTML page showing every portal's live lists, refreshed every 2 s |
 //!
@@ -34,10 +35,13 @@
 //! | 404 | `portal_not_found` | nothing (of this kind) was computed for the portal yet |
 //! | 404 | `article_not_found` | no related list was computed for the article in this portal yet |
 //! | 404 | `not_found` | no such endpoint |
+//! | 503 | `not_ready` | `/readyz`: the state is still loading, or a Kinesis shard is unread, failing or more than a minute behind |
 //!
 //! JSON answers carry `Cache-Control: no-store`: they change every few seconds.
 
 use std::collections::HashMap;
+
+use pageflow_connectors::kinesis_consumer::ShardStatus;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -77,6 +81,7 @@ pub fn router(state: Arc<ServingState>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/portals", get(portals))
         .route("/v1/portals/{portal}/popular", get(popular))
@@ -243,6 +248,58 @@ async fn healthz() -> Response {
         status: &'static str,
     }
     json(&Health { status: "ok" })
+}
+
+/// How far behind the tip of a shard the job may be and still take traffic.
+pub const READY_MAX_LAG_MS: i64 = 60_000;
+
+/// `GET /readyz`: 200 once the state is loaded (restored from the checkpoint, dataflow running)
+/// and, with a Kinesis source, every shard has been read and is within [`READY_MAX_LAG_MS`] of
+/// its tip with no failure outstanding; otherwise 503 `not_ready` listing what is missing.
+async fn readyz(State(app): State<App>) -> Response {
+    #[derive(Serialize)]
+    struct Ready {
+        status: &'static str,
+    }
+    let shards = app.metrics.kinesis_status().map(|status| status.shards());
+    let problems = readiness_problems(app.state.is_loaded(), shards.as_deref());
+    if problems.is_empty() {
+        return json(&Ready { status: "ready" });
+    }
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "not_ready",
+        message: format!("not ready: {}", problems.join("; ")),
+    }
+    .into_response()
+}
+
+/// What keeps the job from taking traffic: its state not yet loaded, or Kinesis shards (when the
+/// source is Kinesis) unread, failing or too far behind.
+fn readiness_problems(loaded: bool, shards: Option<&[ShardStatus]>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !loaded {
+        problems.push("the job is still loading its state (restoring the checkpoint)".to_string());
+    }
+    if let Some(shards) = shards {
+        if shards.is_empty() {
+            problems.push("no Kinesis shard has been found yet".to_string());
+        }
+        for shard in shards.iter().filter(|shard| !shard.finished) {
+            let name = format!("{}/{}", shard.stream, shard.shard);
+            if let Some(error) = &shard.last_error {
+                problems.push(format!("shard {name} cannot be read: {error}"));
+            }
+            match shard.millis_behind_latest {
+                None => problems.push(format!("shard {name} has not been read yet")),
+                Some(lag) if lag > READY_MAX_LAG_MS => problems.push(format!(
+                    "shard {name} is {lag} ms behind its tip (catching up; ready within {READY_MAX_LAG_MS} ms)"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    problems
 }
 
 /// `GET /metrics`.
@@ -774,6 +831,46 @@ mod tests {
         let answer = get(&router, "/healthz").await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.json(), json!({"status": "ok"}));
+    }
+
+    #[tokio::test]
+    async fn ready_once_the_state_is_loaded() {
+        let (router, state, _metrics) = setup();
+        let answer = get(&router, "/readyz").await;
+        answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+        assert!(answer.body.contains("loading its state"), "{}", answer.body);
+
+        state.mark_loaded();
+        assert_eq!(get(&router, "/readyz").await.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn kinesis_shards_must_be_read_healthy_and_near_their_tip() {
+        let shard = |lag: Option<i64>, error: Option<&str>, finished: bool| ShardStatus {
+            stream: "g1".into(),
+            shard: "shardId-0".into(),
+            millis_behind_latest: lag,
+            last_error: error.map(str::to_string),
+            finished,
+            ..ShardStatus::default()
+        };
+        let problems = |shards: &[ShardStatus]| readiness_problems(true, Some(shards)).join("; ");
+        assert!(problems(&[]).contains("no Kinesis shard"));
+        assert!(problems(&[shard(None, None, false)]).contains("not been read yet"));
+        assert!(
+            problems(&[shard(Some(READY_MAX_LAG_MS + 1), None, false)]).contains("behind its tip")
+        );
+        assert!(problems(&[shard(Some(0), Some("AccessDenied"), false)]).contains("AccessDenied"));
+        assert_eq!(problems(&[shard(Some(READY_MAX_LAG_MS), None, false)]), "");
+        assert_eq!(
+            problems(&[shard(None, None, true), shard(Some(5), None, false)]),
+            "",
+            "a shard read to its end does not count"
+        );
+        assert!(
+            readiness_problems(true, None).is_empty(),
+            "no Kinesis source"
+        );
     }
 
     #[tokio::test]

@@ -124,12 +124,24 @@ pub struct ServingState {
     rankings: RwLock<HashMap<(String, RankingKind), RankingSlot>>,
     /// portal → article → latest related list.
     related: RwLock<HashMap<String, HashMap<String, Arc<Related>>>>,
+    /// The job has restored its state (if any) and built its dataflow: `/readyz` may say yes.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl ServingState {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks the state as loaded: restored from the checkpoint, if any, and the dataflow running.
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`ServingState::mark_loaded`] was called.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Takes in one update from the dataflow. Out-of-order updates (an older window than the one
