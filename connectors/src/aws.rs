@@ -43,7 +43,7 @@ impl AwsConfig {
     }
 }
 
-/// Error codes of Kinesis and Firehose after which the same request may succeed later.
+/// Error codes of Kinesis, Firehose and S3 after which the same request may succeed later.
 pub fn retryable_service_code(code: &str) -> bool {
     matches!(
         code,
@@ -57,6 +57,14 @@ pub fn retryable_service_code(code: &str) -> bool {
             | "ServiceUnavailable"
             | "RequestTimeout"
             | "RequestTimeoutException"
+            // S3's names for throttling and transient server trouble.
+            | "SlowDown"
+            | "InternalError"
+            | "OperationAborted"
+            | "ConditionalRequestConflict"
+            | "Throttling"
+            | "RequestLimitExceeded"
+            | "TooManyRequests"
     )
 }
 

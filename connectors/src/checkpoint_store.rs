@@ -85,6 +85,8 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::aws::retryable_service_code;
+use crate::error::io_error_is_transient;
 use crate::retry::{Backoff, Jitter};
 
 /// Format of checkpoints this build writes and reads.
@@ -180,26 +182,6 @@ impl StoreError {
             StoreError::Io { source, .. } => io_error_is_transient(source),
             StoreError::Aws { retryable, .. } => *retryable,
         }
-    }
-}
-
-/// `EMFILE`/`ENFILE` on Unix: the process or the system has too many open files.
-const TOO_MANY_OPEN_FILES: [i32; 2] = [24, 23];
-
-/// Whether an I/O error is the kind that goes away by itself (the same rule as
-/// [`crate::ConnectorError::is_retryable`]).
-fn io_error_is_transient(error: &io::Error) -> bool {
-    use io::ErrorKind as Kind;
-    match error.kind() {
-        Kind::Interrupted
-        | Kind::WouldBlock
-        | Kind::TimedOut
-        | Kind::ResourceBusy
-        | Kind::StorageFull
-        | Kind::QuotaExceeded => true,
-        _ => error
-            .raw_os_error()
-            .is_some_and(|code| cfg!(unix) && TOO_MANY_OPEN_FILES.contains(&code)),
     }
 }
 
@@ -595,24 +577,6 @@ impl S3Store {
     }
 }
 
-/// S3 error codes after which the same request may succeed later.
-fn retryable_s3_code(code: &str) -> bool {
-    matches!(
-        code,
-        "SlowDown"
-            | "InternalError"
-            | "ServiceUnavailable"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "OperationAborted"
-            | "ConditionalRequestConflict"
-            | "Throttling"
-            | "ThrottlingException"
-            | "RequestLimitExceeded"
-            | "TooManyRequests"
-    )
-}
-
 /// What an S3 SDK error was: its message, whether a retry may help, and the HTTP status when the
 /// service answered.
 fn classify_s3<E>(error: &SdkError<E>) -> (String, bool, Option<u16>)
@@ -624,7 +588,7 @@ where
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("Unknown").to_string();
             let message = service.err().message().unwrap_or_default().to_string();
-            let retryable = retryable_s3_code(&code) || status >= 500 || status == 429;
+            let retryable = retryable_service_code(&code) || status >= 500 || status == 429;
             (
                 format!("{code} (HTTP {status}): {message}"),
                 retryable,
@@ -812,7 +776,7 @@ impl CheckpointStore for S3Store {
                     }
                     let retryable = failed
                         .iter()
-                        .all(|error| error.code().is_some_and(retryable_s3_code));
+                        .all(|error| error.code().is_some_and(retryable_service_code));
                     let first = failed
                         .iter()
                         .take(3)

@@ -113,7 +113,7 @@ impl ConnectorError {
 const TOO_MANY_OPEN_FILES: [i32; 2] = [24, 23];
 
 /// Whether an I/O error is the kind that goes away by itself.
-fn io_error_is_transient(error: &io::Error) -> bool {
+pub(crate) fn io_error_is_transient(error: &io::Error) -> bool {
     use io::ErrorKind as Kind;
     match error.kind() {
         Kind::Interrupted

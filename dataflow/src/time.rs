@@ -12,7 +12,9 @@
 //! at each worker's own watermark, is what lets a worker accept an event that is on time for the job
 //! even though it is behind the worker's own partitions.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What a set of partitions says about the watermark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,6 +110,27 @@ pub struct WatermarkBoard {
 struct BoardState {
     opinions: Vec<Opinion>,
     watermark: Watermark,
+    /// Partitions restored from a checkpoint that no worker has taken up again yet (a Kinesis
+    /// shard waits for discovery): they hold the watermark where they stood, until `idle_after`.
+    expected: BTreeMap<String, Opinion>,
+    expected_until: Option<Instant>,
+}
+
+impl BoardState {
+    /// Every worker's opinion and every expected partition's, combined.
+    fn combined(&self, except_worker: Option<usize>) -> Opinion {
+        let expecting = self
+            .expected_until
+            .is_some_and(|until| Instant::now() < until);
+        combine(
+            self.opinions
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| Some(*index) != except_worker)
+                .map(|(_, opinion)| *opinion)
+                .chain(self.expected.values().copied().filter(|_| expecting)),
+        )
+    }
 }
 
 impl WatermarkBoard {
@@ -117,6 +140,8 @@ impl WatermarkBoard {
             state: Mutex::new(BoardState {
                 opinions: vec![Opinion::Undefined; workers],
                 watermark: Watermark::MinusInfinity,
+                expected: BTreeMap::new(),
+                expected_until: None,
             }),
         }
     }
@@ -128,37 +153,50 @@ impl WatermarkBoard {
             state: Mutex::new(BoardState {
                 opinions,
                 watermark: Watermark::MinusInfinity,
+                expected: BTreeMap::new(),
+                expected_until: None,
             }),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardState> {
+        // A poisoned lock only means another worker panicked; the data is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Partitions restored from a checkpoint, with their watermark opinions: until a worker takes
+    /// each up again ([`WatermarkBoard::claim`]), it holds the job watermark where it stood, as it
+    /// would have had the job not stopped. One that has not come back after `idle_after`
+    /// (processing time; a trimmed shard) stops holding it back, like an idle partition.
+    pub fn expect(
+        &self,
+        partitions: impl IntoIterator<Item = (String, Opinion)>,
+        idle_after: Duration,
+    ) {
+        let mut state = self.lock();
+        state.expected.extend(partitions);
+        state.expected_until = Some(Instant::now() + idle_after);
+    }
+
+    /// A worker reads `partition` again: its own opinion counts from now on.
+    pub fn claim(&self, partition: &str) {
+        self.lock().expected.remove(partition);
+    }
+
     /// The combined opinion of every worker but `worker`.
     pub fn others(&self, worker: usize) -> Opinion {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        combine(
-            state
-                .opinions
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| *index != worker)
-                .map(|(_, opinion)| *opinion),
-        )
+        self.lock().combined(Some(worker))
     }
 
     /// Publishes `worker`'s opinion and returns the job watermark (never moving backwards).
     pub fn publish(&self, worker: usize, opinion: Opinion) -> Watermark {
-        // A poisoned lock only means another worker panicked; the data is still consistent.
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut state = self.lock();
         if let Some(slot) = state.opinions.get_mut(worker) {
             *slot = opinion;
         }
-        let proposed = match combine(state.opinions.iter().copied()) {
+        let proposed = match state.combined(None) {
             Opinion::Undefined => Watermark::MinusInfinity,
             Opinion::At(wm) => Watermark::At(wm),
             Opinion::Idle => state.watermark,
@@ -170,10 +208,7 @@ impl WatermarkBoard {
 
     /// The current job watermark.
     pub fn watermark(&self) -> Watermark {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .watermark
+        self.lock().watermark
     }
 }
 
@@ -210,6 +245,30 @@ mod tests {
         );
         board.publish(0, Opinion::Finished);
         assert_eq!(board.publish(1, Opinion::Finished), Watermark::PlusInfinity);
+    }
+
+    #[test]
+    fn restored_partitions_hold_the_watermark_until_claimed_or_idle() {
+        let board = WatermarkBoard::new(1);
+        board.expect(
+            [("kinesis:g2/0".to_string(), Opinion::At(5))],
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            board.publish(0, Opinion::At(20)),
+            Watermark::At(5),
+            "a shard not back yet holds it"
+        );
+        board.claim("kinesis:g2/0");
+        assert_eq!(board.publish(0, Opinion::At(20)), Watermark::At(20));
+
+        let board = WatermarkBoard::new(1);
+        board.expect([("gone".to_string(), Opinion::At(5))], Duration::ZERO);
+        assert_eq!(
+            board.publish(0, Opinion::At(20)),
+            Watermark::At(20),
+            "past idle_after it no longer holds"
+        );
     }
 
     #[test]

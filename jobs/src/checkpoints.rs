@@ -230,8 +230,9 @@ pub enum Outcome {
     Failed(u64, String),
 }
 
-/// Takes checkpoints on a timer, writes complete ones, and reports outcomes.
-#[derive(Debug)]
+/// Takes checkpoints on a timer, writes complete ones, and reports outcomes. Clones share
+/// everything (the timer thread holds one).
+#[derive(Clone, Debug)]
 pub struct CheckpointDriver {
     coordinator: Arc<CheckpointCoordinator>,
     writes: Sender<ToWrite>,
@@ -319,7 +320,7 @@ impl CheckpointDriver {
                 .context("cannot start the checkpoint writer")?;
         }
         {
-            let timer = driver.timer_handle();
+            let timer = driver.clone();
             std::thread::Builder::new()
                 .name("pageflow-checkpoint-timer".into())
                 .spawn(move || {
@@ -339,16 +340,6 @@ impl CheckpointDriver {
                 .context("cannot start the checkpoint timer")?;
         }
         Ok(driver)
-    }
-
-    fn timer_handle(&self) -> CheckpointDriver {
-        CheckpointDriver {
-            coordinator: Arc::clone(&self.coordinator),
-            writes: self.writes.clone(),
-            next_id: Arc::clone(&self.next_id),
-            stop: Arc::clone(&self.stop),
-            progress: Arc::clone(&self.progress),
-        }
     }
 
     /// Asks for the next checkpoint unless one is in progress; returns its id.

@@ -8,8 +8,7 @@
 //! `PAGEFLOW_TEST_SEED=<seed>` repeats a run's choices.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -20,6 +19,7 @@ use pageflow::serve::ServingState;
 use pageflow_connectors::checkpoint_store::{Checkpoints, LocalDirStore, MANIFEST_NAME};
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::features::RankingKind;
+use pageflow_tests::http_get;
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
@@ -991,24 +991,6 @@ fn a_checkpoint_continues_with_another_number_of_workers() -> TestResult {
 
 // ---------------------------------------------------------------------------------------------
 // Serving.
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
 
 /// The address in "open http://ADDR/", once the job has printed it.
 fn announced_address(job: &mut JobProcess) -> Result<String, String> {

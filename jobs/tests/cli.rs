@@ -1,8 +1,7 @@
 //! End-to-end tests of the `pageflow` binary: generate → replay against the batch oracle, the
 //! long-running job serving rankings over HTTP, and start-up configuration errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use pageflow_connectors::file_source::is_blank_line;
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::oracle;
+use pageflow_tests::http_get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 
@@ -190,24 +190,6 @@ impl Drop for Job {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 /// Polls `probe` until it returns `Some`, or fails the test after `limit`.

@@ -99,3 +99,11 @@ pub fn synthetic_features(events: u64, seed: u64) -> Vec<pageflow_dataflow::feat
     )
     .features
 }
+
+/// `GET path` on the HTTP server at `addr` (`127.0.0.1:PORT`): the status and the body, or `None`
+/// while nothing answers there.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let port = addr.rsplit_once(':')?.1.parse().ok()?;
+    let response = aws::http_request(port, "GET", path, &[], b"").ok()?;
+    Some((response.status, response.text()))
+}

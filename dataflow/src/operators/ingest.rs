@@ -134,8 +134,9 @@ struct IngestState {
 }
 
 impl IngestState {
-    fn add(&mut self, source: Box<dyn RecordSource>, now: Instant) {
+    fn add(&mut self, source: Box<dyn RecordSource>, now: Instant, board: &WatermarkBoard) {
         let mut partition = Partition::new(source, now);
+        board.claim(partition.source.name());
         if let Some(saved) = self.restored.remove(partition.source.name()) {
             partition.clock.max_ts = saved.max_ts;
             partition.last_position = saved.position;
@@ -217,7 +218,7 @@ pub fn ingest<'scope>(
             mut feed,
         } = sources;
         for source in initial {
-            state.borrow_mut().add(source, start);
+            state.borrow_mut().add(source, start, &board);
         }
         let mut added: Vec<Box<dyn RecordSource>> = Vec::new();
         let mut capability = Some(capability);
@@ -238,7 +239,7 @@ pub fn ingest<'scope>(
             if let Some(feed) = feed.as_mut() {
                 feed.poll_new(&mut added);
                 for source in added.drain(..) {
-                    state.add(source, now);
+                    state.add(source, now, &board);
                 }
             }
             let IngestState {

@@ -39,7 +39,7 @@ use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
 use pageflow_dataflow::source::{RecordSource, WorkerSources};
 use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
-use pageflow_dataflow::time::WatermarkBoard;
+use pageflow_dataflow::time::{Opinion, WatermarkBoard};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
@@ -423,6 +423,21 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     }
     let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    if let Some(restored) = &restored {
+        // Partitions that come back later (Kinesis shards await discovery) hold the watermark
+        // where they stood meanwhile, as they would have had the job not stopped.
+        let lag = config.semantics.max_out_of_orderness.ms();
+        board.expect(
+            restored.partitions.iter().filter(|p| !p.finished).map(|p| {
+                let opinion = match p.max_ts {
+                    Some(ts) => Opinion::At(ts.saturating_sub(lag)),
+                    None => Opinion::Undefined,
+                };
+                (p.partition.clone(), opinion)
+            }),
+            config.semantics.idle_timeout.into(),
+        );
+    }
     let slots = Arc::new(std::sync::Mutex::new(
         sources
             .into_iter()
