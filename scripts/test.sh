@@ -15,3 +15,11 @@ bash scripts/aws-local/install.sh
 
 # Unit, property and integration tests of every crate, doc examples included.
 cargo test --workspace --locked
+
+# The served API against its OpenAPI document (schemathesis, from PyPI into .venv-schemathesis):
+# no 5xx, every answer as documented.
+bash scripts/schemathesis.sh
+
+# The dashboard in headless Chromium (Debian's chromium, playwright-core from npm): the live lists
+# render and change; the screenshot is kept as target/artifacts/dashboard.png.
+bash scripts/browser-test.sh

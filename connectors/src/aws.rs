@@ -41,6 +41,33 @@ impl AwsConfig {
         }
         aws_sdk_kinesis::Client::from_conf(builder.build())
     }
+
+    /// An Amazon Personalize runtime client (`GetRecommendations`) for `sdk` (from [`Self::load`]),
+    /// with the SDK's retries switched off: recommendations are asked for within a budget of a
+    /// few hundred milliseconds, which a second attempt cannot fit in (see
+    /// [`crate::personalize::Recommender`]).
+    pub fn personalize_runtime_client(
+        &self,
+        sdk: &aws_config::SdkConfig,
+    ) -> aws_sdk_personalizeruntime::Client {
+        let config = aws_sdk_personalizeruntime::config::Builder::from(sdk)
+            .retry_config(aws_sdk_personalizeruntime::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_personalizeruntime::Client::from_conf(config)
+    }
+
+    /// An Amazon Personalize events client (`PutEvents`) for `sdk` (from [`Self::load`]), with
+    /// the SDK's retries switched off: [`crate::personalize::EventForwarder`] retries itself,
+    /// paced under the tracker's quota.
+    pub fn personalize_events_client(
+        &self,
+        sdk: &aws_config::SdkConfig,
+    ) -> aws_sdk_personalizeevents::Client {
+        let config = aws_sdk_personalizeevents::config::Builder::from(sdk)
+            .retry_config(aws_sdk_personalizeevents::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_personalizeevents::Client::from_conf(config)
+    }
 }
 
 /// Error codes of Kinesis, Firehose and S3 after which the same request may succeed later.

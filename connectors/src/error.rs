@@ -12,6 +12,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pageflow_dataflow::source::SourceError;
 
@@ -81,6 +82,80 @@ pub enum ConnectorError {
         /// Whether trying again later may work.
         retryable: bool,
     },
+    /// Amazon Personalize was not called because its circuit breaker is open: the last calls
+    /// failed (see [`crate::personalize::breaker`]).
+    #[error(
+        "{what}: not sent, Amazon Personalize's circuit breaker is open after repeated failures \
+         (see the earlier errors for why); answer without Personalize for now, a probe call goes \
+         through in {}ms",
+        retry_in.as_millis()
+    )]
+    PersonalizeBreakerOpen {
+        /// The request that was not sent.
+        what: String,
+        /// How long until the breaker lets a probe through.
+        retry_in: Duration,
+    },
+    /// Amazon Personalize did not answer within the time budget.
+    #[error(
+        "{what}: no answer within the {}ms budget; answer without Personalize, and if this keeps \
+         happening check the endpoint's region (call the nearest one), the network path, or raise \
+         the budget",
+        budget.as_millis()
+    )]
+    PersonalizeTimeout {
+        /// The request.
+        what: String,
+        /// The budget that ran out.
+        budget: Duration,
+    },
+    /// Amazon Personalize throttled the request: the account or campaign is over its request rate.
+    #[error(
+        "{what}: throttled by Amazon Personalize ({message}); send fewer requests per second or ask \
+         for a higher quota (Service Quotas console); for a campaign, check its minProvisionedTPS"
+    )]
+    PersonalizeThrottled {
+        /// The request.
+        what: String,
+        /// The service's error code and message.
+        message: String,
+    },
+    /// The campaign, recommender, filter or event tracker does not exist where the request went.
+    #[error(
+        "{what}: not found ({message}); check the ARN or tracking id in the configuration, that the \
+         resource is ACTIVE, and that the region and endpoint are the resource's"
+    )]
+    PersonalizeNotFound {
+        /// The request.
+        what: String,
+        /// The service's error code and message.
+        message: String,
+    },
+    /// Amazon Personalize (or the check before calling it) refused the request's input.
+    #[error(
+        "{what}: invalid input ({message}); fix the request (user id, number of results 1 to 500, \
+         filter ARN and values, event fields) or the configuration it comes from"
+    )]
+    PersonalizeInvalidInput {
+        /// The request.
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Any other failure of an Amazon Personalize call: a 5xx, a transport error, an answer that
+    /// could not be read, a permission problem.
+    #[error(
+        "{what}: Amazon Personalize call failed ({message}); check the endpoint, region and IAM \
+         permissions (personalize:GetRecommendations, personalize:PutEvents) if it persists"
+    )]
+    PersonalizeService {
+        /// The request.
+        what: String,
+        /// The service's error code and message, or the transport's failure.
+        message: String,
+        /// Whether trying again later may work.
+        retryable: bool,
+    },
     /// A configuration has problems; all of them are listed.
     #[error("invalid {what} configuration: {}", problems.join("; "))]
     InvalidConfig {
@@ -104,7 +179,15 @@ impl ConnectorError {
             | ConnectorError::CreateDir { source, .. }
             | ConnectorError::Write { source, .. } => io_error_is_transient(source),
             ConnectorError::Closed { .. } | ConnectorError::InvalidConfig { .. } => false,
-            ConnectorError::Aws { retryable, .. } => *retryable,
+            ConnectorError::Aws { retryable, .. }
+            | ConnectorError::PersonalizeService { retryable, .. } => *retryable,
+            // Later the breaker lets a probe through; a timeout or throttling is transient.
+            ConnectorError::PersonalizeBreakerOpen { .. }
+            | ConnectorError::PersonalizeTimeout { .. }
+            | ConnectorError::PersonalizeThrottled { .. } => true,
+            // The same request finds the same missing resource or bad input again.
+            ConnectorError::PersonalizeNotFound { .. }
+            | ConnectorError::PersonalizeInvalidInput { .. } => false,
         }
     }
 }
@@ -163,6 +246,54 @@ mod tests {
         };
         assert!(full.is_retryable());
         assert!(!ConnectorError::Closed { sink: "x".into() }.is_retryable());
+    }
+
+    #[test]
+    fn personalize_errors_say_whether_a_retry_can_help() {
+        let what = || "GetRecommendations from campaign c for user \"u1\"".to_string();
+        let transient = [
+            ConnectorError::PersonalizeBreakerOpen {
+                what: what(),
+                retry_in: Duration::from_secs(3),
+            },
+            ConnectorError::PersonalizeTimeout {
+                what: what(),
+                budget: Duration::from_millis(150),
+            },
+            ConnectorError::PersonalizeThrottled {
+                what: what(),
+                message: "ThrottlingException: Rate exceeded".into(),
+            },
+            ConnectorError::PersonalizeService {
+                what: what(),
+                message: "InternalFailure".into(),
+                retryable: true,
+            },
+        ];
+        for error in &transient {
+            assert!(error.is_retryable(), "{error}");
+            assert!(error.to_string().contains("campaign c"), "{error}");
+        }
+        let permanent = [
+            ConnectorError::PersonalizeNotFound {
+                what: what(),
+                message: "ResourceNotFoundException".into(),
+            },
+            ConnectorError::PersonalizeInvalidInput {
+                what: what(),
+                message: "InvalidInputException".into(),
+            },
+            ConnectorError::PersonalizeService {
+                what: what(),
+                message: "AccessDeniedException".into(),
+                retryable: false,
+            },
+        ];
+        for error in &permanent {
+            assert!(!error.is_retryable(), "{error}");
+        }
+        assert!(transient[1].to_string().contains("150ms"));
+        assert!(permanent[0].to_string().contains("check the ARN"));
     }
 
     #[test]

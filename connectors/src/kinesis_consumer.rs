@@ -219,6 +219,7 @@ impl KinesisConsumer {
     ) -> (KinesisConsumer, Vec<ShardFeed>) {
         let status = Arc::new(ConsumerStatus::default());
         let tasks = Arc::new(Mutex::new(Vec::new()));
+        let discovering = Arc::new(AtomicBool::new(true));
         let (senders, feeds): (Vec<_>, Vec<_>) = (0..workers.max(1))
             .map(|_| {
                 let (sender, receiver) = std_mpsc::channel();
@@ -227,6 +228,7 @@ impl KinesisConsumer {
                     ShardFeed {
                         receiver,
                         closed: false,
+                        discovering: Arc::clone(&discovering),
                     },
                 )
             })
@@ -239,6 +241,7 @@ impl KinesisConsumer {
             status: Arc::clone(&status),
             tasks: Arc::clone(&tasks),
             feeds: senders,
+            discovering,
         };
         let coordinator = runtime.spawn(coordinator.run()).abort_handle();
         lock(&tasks).push(coordinator);
@@ -268,6 +271,8 @@ impl Drop for KinesisConsumer {
 pub struct ShardFeed {
     receiver: std_mpsc::Receiver<Box<dyn RecordSource>>,
     closed: bool,
+    /// Set until every stream has been listed once and its first shards handed over.
+    discovering: Arc<AtomicBool>,
 }
 
 impl PartitionFeed for ShardFeed {
@@ -286,6 +291,10 @@ impl PartitionFeed for ShardFeed {
 
     fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    fn is_discovering(&self) -> bool {
+        self.discovering.load(Ordering::SeqCst)
     }
 }
 
@@ -367,6 +376,9 @@ struct Coordinator {
     status: Arc<ConsumerStatus>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
     feeds: Vec<std_mpsc::Sender<Box<dyn RecordSource>>>,
+    /// Shared with the feeds: cleared once every stream has been listed (see
+    /// `PartitionFeed::is_discovering`).
+    discovering: Arc<AtomicBool>,
 }
 
 impl Coordinator {
@@ -455,6 +467,10 @@ impl Coordinator {
                         }
                     }
                 }
+            }
+            if listed.iter().all(|l| *l) {
+                // Every stream's first shards are handed over (sent above, before this store).
+                self.discovering.store(false, Ordering::SeqCst);
             }
             if self.settings.stop_at_latest
                 && listed.iter().all(|l| *l)

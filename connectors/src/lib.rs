@@ -12,6 +12,9 @@
 //!   ([`checkpoint_store::LocalDirStore`], [`checkpoint_store::S3Store`]), and
 //!   [`checkpoint_store::Checkpoints`]: their layout, manifest, checksums, retention and fallback to
 //!   the previous good one.
+//! - [`personalize`]: Amazon Personalize: a recommender (`GetRecommendations` within a time budget,
+//!   behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced,
+//!   retried, never blocking the caller).
 //! - [`error`]: [`ConnectorError`], the crate's one error type, which says whether a retry can help.
 //!
 //! Sources implement `pageflow_dataflow::source::RecordSource`; the dataflow itself does no I/O.
@@ -28,6 +31,7 @@ pub mod kinesis_sink;
 pub mod kinesis_source;
 pub mod kpl;
 pub mod local_sink;
+pub mod personalize;
 pub mod retry;
 pub mod shard_discovery;
 pub mod shards;

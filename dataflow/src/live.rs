@@ -39,4 +39,15 @@ pub enum LiveUpdate {
         /// Best first.
         items: Vec<RelatedItem>,
     },
+    /// A reader's recent reads, as the serving layer keeps them for recommendations (saved with
+    /// checkpoints). Re-applying a read is harmless (see the serving layer's `recent_reads`), so a
+    /// checkpoint may hold reads that are also replayed after it.
+    Reads {
+        /// The site.
+        portal: String,
+        /// The reader.
+        user_id: String,
+        /// Articles read and the event time of their latest read.
+        reads: Vec<(String, u64)>,
+    },
 }

@@ -44,6 +44,16 @@ pub trait PartitionFeed: Send {
 
     /// Whether no partition will ever be added again.
     fn is_closed(&self) -> bool;
+
+    /// Whether the source is still finding its partitions for the first time (a Kinesis consumer
+    /// that has not listed every stream yet). Meanwhile the worker holds the watermark back, as a
+    /// partition with no watermark would: the events of a stream listed a moment later than the
+    /// others are not late because of that (for at most the idle timeout, as any silent
+    /// partition). Read it *before* [`PartitionFeed::poll_new`]: once it says `false`, every
+    /// partition of the first discovery has been handed over.
+    fn is_discovering(&self) -> bool {
+        false
+    }
 }
 
 /// What one worker reads: the partitions known at start and, for live sources, a feed of more.

@@ -84,6 +84,15 @@ enum Command {
         /// Only the checkpoint figures (on vs off, a million live users saved and restored).
         #[arg(long)]
         checkpoints_only: bool,
+        /// Only the serving layer under HTTP load (needs `wrk`) while the job ingests.
+        #[arg(long)]
+        serve: bool,
+        /// Serving benchmark: seconds of load per scenario.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Serving benchmark: open connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
     },
     /// List the job's checkpoints (newest first) with their state: committed, torn or corrupt.
     Checkpoints {
@@ -214,9 +223,23 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
+            serve: true,
+            seconds,
+            connections,
+            ..
+        } => {
+            commands::bench_serve::run(commands::bench_serve::LoadSettings {
+                seconds,
+                connections,
+                ..commands::bench_serve::LoadSettings::default()
+            })?;
+            Ok(())
+        }
+        Command::Bench {
             events,
             dir,
             checkpoints_only,
+            ..
         } => {
             let config = load_config(None)?;
             let dir = dir.unwrap_or_else(commands::bench::default_dir);

@@ -24,6 +24,9 @@
 //! | `pageflow_kinesis_iterator_age_ms{stream,shard}` | gauge | age of the newest record of the last batch read from each shard (0 when caught up) |
 //! | `pageflow_kinesis_records_total{stream,shard}` | counter | user records read from each shard |
 //! | `pageflow_kinesis_listings_total` | counter | completed `ListShards` discoveries |
+//! | `pageflow_recommendations_total{personalize}` | counter | recommendation answers, by what Personalize did (`ok`, `not_configured`, `timeout`, `throttled`, `not_found`, `invalid_input`, `error`, `breaker_open`) |
+//! | `pageflow_personalize_events_total{outcome}` | counter | pageviews offered to the Personalize event trackers and what became of them (`offered`, `sent`, `failed`, `dropped_queue_full`, `dropped_invalid`, `dropped_closed`) |
+//! | `pageflow_personalize_calls_total{result}` | counter | `PutEvents` calls `sent` and `retried` |
 //!
 //! `pageflow_events_per_second` is derived from samples of `pageflow_events_in_total`: every render
 //! takes a sample, and [`Metrics::spawn_rate_sampler`] (or calls to [`Metrics::sample_rate`]) add one
@@ -38,6 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pageflow_connectors::kinesis_consumer::ConsumerStatus;
+use pageflow_connectors::personalize::{EventForwarder, ForwarderStats};
 use pageflow_dataflow::event::Reason;
 use pageflow_dataflow::features::Feature;
 
@@ -78,6 +82,12 @@ pub struct Metrics {
     kinesis: Mutex<Option<Arc<ConsumerStatus>>>,
     /// What the last checkpoints did.
     checkpoints: Mutex<CheckpointFigures>,
+    /// Recommendation answers by Personalize outcome, in [`RECOMMENDATION_OUTCOMES`] order.
+    recommendations: [AtomicU64; RECOMMENDATION_OUTCOMES.len()],
+    /// The Personalize event forwarder, when events are forwarded.
+    personalize_events: Mutex<Option<Arc<EventForwarder>>>,
+    /// When this registry was created (the job's start), for [`Metrics::uptime`].
+    started: Instant,
 }
 
 /// The figures of the checkpoints taken so far.
@@ -102,6 +112,18 @@ pub struct CheckpointFigures {
     /// Bytes of state by operator.
     pub state_bytes: std::collections::BTreeMap<String, u64>,
 }
+
+/// What Personalize did for a recommendation answer, as the `personalize` label names it.
+pub const RECOMMENDATION_OUTCOMES: [&str; 8] = [
+    "ok",
+    "not_configured",
+    "timeout",
+    "throttled",
+    "not_found",
+    "invalid_input",
+    "error",
+    "breaker_open",
+];
 
 /// The AWS sinks, as the `sink` label names them.
 pub const SINKS: [&str; 4] = [
@@ -128,6 +150,9 @@ impl Default for Metrics {
             sink_retried: std::array::from_fn(|_| AtomicU64::new(0)),
             kinesis: Mutex::new(None),
             checkpoints: Mutex::new(CheckpointFigures::default()),
+            recommendations: std::array::from_fn(|_| AtomicU64::new(0)),
+            personalize_events: Mutex::new(None),
+            started: Instant::now(),
         }
     }
 }
@@ -191,6 +216,32 @@ impl Metrics {
     /// Renders the Kinesis consumer's per-shard state from now on.
     pub fn watch_kinesis(&self, status: Arc<ConsumerStatus>) {
         *self.kinesis.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    /// Counts one recommendation answer by what Personalize did (one of
+    /// [`RECOMMENDATION_OUTCOMES`]; anything else is counted as `error`).
+    pub fn record_recommendation(&self, personalize: &str) {
+        let index = RECOMMENDATION_OUTCOMES
+            .iter()
+            .position(|o| *o == personalize)
+            .unwrap_or(RECOMMENDATION_OUTCOMES.len() - 2);
+        self.recommendations[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Recommendation answers so far with this Personalize outcome.
+    pub fn recommendations(&self, personalize: &str) -> u64 {
+        RECOMMENDATION_OUTCOMES
+            .iter()
+            .position(|o| *o == personalize)
+            .map_or(0, |i| self.recommendations[i].load(Ordering::Relaxed))
+    }
+
+    /// Reports the Personalize event forwarder's counters from now on.
+    pub fn watch_personalize_events(&self, forwarder: Arc<EventForwarder>) {
+        *self
+            .personalize_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(forwarder);
     }
 
     /// Counts `n` records read from a source (before validation).
@@ -264,6 +315,20 @@ impl Metrics {
     /// Dead letters so far for `reason`.
     pub fn dead_letters(&self, reason: Reason) -> u64 {
         self.dead_letters[reason_index(reason)].load(Ordering::Relaxed)
+    }
+
+    /// Dead letters so far, all reasons together.
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How long ago this registry was created: the job's uptime, as the binary creates its
+    /// `Metrics` at start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Duplicates dropped so far.
@@ -487,6 +552,27 @@ impl Metrics {
                 );
             }
         }
+        header(
+            &mut out,
+            "pageflow_recommendations_total",
+            "Recommendation answers, by what Personalize did for them.",
+            "counter",
+        );
+        for (outcome, value) in RECOMMENDATION_OUTCOMES.iter().zip(&self.recommendations) {
+            let _ = writeln!(
+                out,
+                "pageflow_recommendations_total{{personalize=\"{outcome}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let forwarder = self
+            .personalize_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(forwarder) = forwarder {
+            render_personalize_events(&mut out, &forwarder.stats());
+        }
         render_checkpoints(&mut out, &self.checkpoints());
         let kinesis = self
             .kinesis
@@ -498,6 +584,45 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The Personalize event forwarder's families.
+fn render_personalize_events(out: &mut String, stats: &ForwarderStats) {
+    header(
+        out,
+        "pageflow_personalize_events_total",
+        "Pageviews offered to the Personalize event trackers, and what became of them.",
+        "counter",
+    );
+    for (outcome, value) in [
+        ("offered", stats.offered),
+        ("sent", stats.sent_events),
+        ("failed", stats.failed_events),
+        ("dropped_queue_full", stats.dropped_queue_full),
+        ("dropped_invalid", stats.dropped_invalid),
+        ("dropped_closed", stats.dropped_closed),
+    ] {
+        let _ = writeln!(
+            out,
+            "pageflow_personalize_events_total{{outcome=\"{outcome}\"}} {value}"
+        );
+    }
+    header(
+        out,
+        "pageflow_personalize_calls_total",
+        "PutEvents calls sent, and calls retried after throttling or a failure.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_personalize_calls_total{{result=\"sent\"}} {}",
+        stats.sent_calls
+    );
+    let _ = writeln!(
+        out,
+        "pageflow_personalize_calls_total{{result=\"retried\"}} {}",
+        stats.retried_calls
+    );
 }
 
 /// The checkpoint families: outcomes, the last one's duration, pause and size, state by operator.
@@ -883,6 +1008,17 @@ mod tests {
         // A sample from the past is ignored.
         let rate = metrics.sample_rate_at(t0);
         assert!((rate - 20.0).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn dead_letter_total_and_uptime() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.dead_letters_total(), 0);
+        metrics.record_dead_letter(Reason::Late);
+        metrics.add_dead_letters(Reason::InvalidJson, 2);
+        assert_eq!(metrics.dead_letters_total(), 3);
+        let before = metrics.uptime();
+        assert!(metrics.uptime() >= before, "uptime never goes back");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod clients;
+pub mod fake_personalize;
 pub mod fault_proxy;
 pub mod job_process;
 pub mod kinesis_local;

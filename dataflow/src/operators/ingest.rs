@@ -236,6 +236,9 @@ pub fn ingest<'scope>(
             };
             let mut state = state.borrow_mut();
             let now = Instant::now();
+            // Read before the poll: when it says done, the first discovery's partitions are in.
+            let discovering = feed.as_ref().is_some_and(|feed| feed.is_discovering())
+                && now.duration_since(start) < Duration::from_millis(config.idle_timeout);
             if let Some(feed) = feed.as_mut() {
                 feed.poll_new(&mut added);
                 for source in added.drain(..) {
@@ -248,9 +251,15 @@ pub fn ingest<'scope>(
                 job_watermark,
                 ..
             } = &mut *state;
-            // While more partitions may come, this worker is at least idle, never finished.
+            // While more partitions may come, this worker is at least idle, never finished; while
+            // the first ones are still being found, it holds the watermark (see
+            // `PartitionFeed::is_discovering`).
             let feed_open = feed.as_ref().is_some_and(|feed| !feed.is_closed());
-            let waiting = feed_open.then_some(Opinion::Idle);
+            let waiting = if discovering {
+                Some(Opinion::Undefined)
+            } else {
+                feed_open.then_some(Opinion::Idle)
+            };
             let others = board.others(worker);
             let mut more_ready = false;
 

@@ -447,6 +447,8 @@ fn live_time(update: &LiveUpdate, slide: u64) -> u64 {
         LiveUpdate::Ranking { window_end, .. } | LiveUpdate::Related { window_end, .. } => {
             window_end.saturating_sub(slide)
         }
+        // Not emitted by rankings: reads are the serving layer's, saved with checkpoints.
+        LiveUpdate::Reads { reads, .. } => reads.iter().map(|(_, ts)| *ts).max().unwrap_or(0),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod bench;
 pub mod bench_checkpoints;
+pub mod bench_serve;
 pub mod checkpoints;
 pub mod generate;
 pub mod replay;

@@ -30,10 +30,11 @@ use pageflow_connectors::kinesis_consumer::{
 };
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
+use pageflow_connectors::personalize::EventForwarder;
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
 use pageflow_dataflow::checkpoint::{CheckpointCoordinator, OperatorStates, WorkerCheckpoint};
-use pageflow_dataflow::event::{DeadLetter, Reason};
+use pageflow_dataflow::event::{DeadLetter, Event, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
@@ -47,7 +48,11 @@ use crate::checkpoints::{CheckpointDriver, PartsInbox, Restored, ToWrite};
 use crate::config::{JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName};
 use crate::metrics::Metrics;
 use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
-use crate::serve::{ServingState, router, serve};
+use crate::serve::auth::ServeSecurity;
+use crate::serve::personalize::{
+    PersonalizeRecommendations, Trackers, personalize_event, trackers,
+};
+use crate::serve::{App, ServingState, app_router, serve};
 
 /// What the workers hand to the sink thread.
 #[derive(Debug)]
@@ -60,6 +65,8 @@ pub enum SinkMessage {
     Raw(Vec<RawValid>),
     /// Rankings and related lists for the live view.
     Live(Vec<LiveUpdate>),
+    /// The counted events: readers' recent articles, and the Personalize event trackers.
+    Accepted(Vec<Event>),
     /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
     Checkpoint(WorkerCheckpoint),
 }
@@ -84,7 +91,9 @@ pub struct RunningJob {
     checkpoints: Option<Arc<CheckpointDriver>>,
     coordinator: Arc<CheckpointCoordinator>,
     stop_timeout: Duration,
-    _runtime: tokio::runtime::Runtime,
+    /// Forwarding to Personalize, flushed at shutdown.
+    personalize_events: Option<Arc<EventForwarder>>,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl RunningJob {
@@ -130,6 +139,17 @@ impl RunningJob {
                 "a checkpoint was still being written after {:?}; the next start skips it",
                 self.stop_timeout
             );
+        }
+        // Events already counted are sent to Personalize, within the stop budget (a restart
+        // from the last checkpoint sends those after it again, with the same event ids).
+        if let Some(forwarder) = &self.personalize_events {
+            let stats = self.runtime.block_on(forwarder.shutdown(self.stop_timeout));
+            if stats.failed_events > 0 {
+                tracing::warn!(
+                    "{} events could not be sent to Personalize (see pageflow_personalize_events_total)",
+                    stats.failed_events
+                );
+            }
         }
         Ok(())
     }
@@ -317,7 +337,9 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         ));
     }
     let metrics = Arc::new(Metrics::new());
-    let serving = Arc::new(ServingState::new());
+    let serving = Arc::new(ServingState::with_read_limits(
+        config.recommendations.read_limits(),
+    ));
     let stats = Arc::new(JobStats::default());
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -327,6 +349,12 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         .thread_name("pageflow-io")
         .build()
         .context("cannot start the I/O runtime")?;
+    // The events/s gauge stays fresh between scrapes (the dashboard reads it every 2 s).
+    {
+        let _guard = runtime.enter();
+        drop(Arc::clone(&metrics).spawn_rate_sampler(Duration::from_secs(1)));
+    }
+    let (personalize, personalize_feed) = start_personalize(&config, &runtime, &metrics)?;
     let http_addr = if config.serve.enabled {
         let listen = config.serve.listen.clone();
         let listener = runtime
@@ -337,7 +365,17 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                 )
             })?;
         let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&serving), Arc::clone(&metrics));
+        // API keys, Cognito tokens (the user pool's keys are fetched here), rate limits, CORS.
+        let security = runtime
+            .block_on(ServeSecurity::start(&config.serve))
+            .map_err(|problem| anyhow!("cannot set up the HTTP API's security: {problem}"))?;
+        let mut app = App::new(Arc::clone(&serving), Arc::clone(&metrics))
+            .with_security(security)
+            .with_blend_shares(config.recommendations.shares());
+        if let Some(personalize) = &personalize {
+            app = app.with_personalize(Arc::clone(personalize));
+        }
+        let app = app_router(app);
         let stop_http = Arc::clone(&stop);
         runtime.spawn(async move {
             let shutdown = async move {
@@ -393,12 +431,13 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let (sender, receiver) = sync_channel::<SinkMessage>(SINK_CHANNEL_BATCHES);
     let outputs = job_outputs(&config, &runtime, &metrics)?;
     let sink = {
-        let (serving, metrics, stats, stop, driver) = (
+        let (serving, metrics, stats, stop, driver, feed) = (
             Arc::clone(&serving),
             Arc::clone(&metrics),
             Arc::clone(&stats),
             Arc::clone(&stop),
             driver.clone(),
+            personalize_feed.clone(),
         );
         std::thread::Builder::new()
             .name("pageflow-sink".into())
@@ -412,6 +451,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                     &stats,
                     &stop,
                     checkpoints,
+                    feed.as_ref(),
                 )
             })
             .context("cannot start the sink thread")?
@@ -489,6 +529,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                     );
                     forward(outputs.raw, sender.clone(), SinkMessage::Raw);
                     forward(outputs.live, sender.clone(), SinkMessage::Live);
+                    forward(outputs.accepted, sender.clone(), SinkMessage::Accepted);
                 });
                 let errors = states.restore_errors();
                 if !errors.is_empty() {
@@ -527,7 +568,8 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         checkpoints: driver,
         coordinator,
         stop_timeout: config.checkpoint.stop_timeout.into(),
-        _runtime: runtime,
+        personalize_events: personalize_feed.map(|feed| feed.forwarder),
+        runtime,
     })
 }
 
@@ -537,6 +579,52 @@ fn fatal(message: &str) -> ! {
     tracing::error!("{message}");
     eprintln!("pageflow: {message}");
     std::process::exit(78)
+}
+
+/// Forwarding counted pageviews to Personalize event trackers.
+#[derive(Clone, Debug)]
+struct PersonalizeFeed {
+    forwarder: Arc<EventForwarder>,
+    trackers: Trackers,
+}
+
+/// Personalize for recommendations and the event forwarder, for the portals that configure them.
+fn start_personalize(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+    metrics: &Metrics,
+) -> Result<(
+    Option<Arc<PersonalizeRecommendations>>,
+    Option<PersonalizeFeed>,
+)> {
+    let personalize = &config.personalize;
+    if !personalize.recommends() && !personalize.forwards_events() {
+        return Ok((None, None));
+    }
+    let sdk = runtime.block_on(config.aws.load());
+    let recommendations = personalize.recommends().then(|| {
+        Arc::new(PersonalizeRecommendations::new(
+            &config.aws.personalize_runtime_client(&sdk),
+            personalize,
+        ))
+    });
+    let feed = if personalize.forwards_events() {
+        let forwarder = EventForwarder::start(
+            &config.aws.personalize_events_client(&sdk),
+            personalize.forwarder(),
+            runtime.handle(),
+        )
+        .context("cannot start forwarding events to Personalize; check [personalize.events]")?;
+        let forwarder = Arc::new(forwarder);
+        metrics.watch_personalize_events(Arc::clone(&forwarder));
+        Some(PersonalizeFeed {
+            forwarder,
+            trackers: trackers(personalize),
+        })
+    } else {
+        None
+    };
+    Ok((recommendations, feed))
 }
 
 /// Sends every batch of a stream to the sink thread (blocking when it is full: backpressure).
@@ -553,6 +641,10 @@ fn forward<'scope, D: Clone + 'static>(
     });
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the sink thread's whole context, passed once at its start"
+)]
 fn sink_loop(
     receiver: Receiver<SinkMessage>,
     mut outputs: Box<dyn JobOutputs>,
@@ -561,6 +653,7 @@ fn sink_loop(
     stats: &JobStats,
     stop: &AtomicBool,
     mut checkpoints: Option<(Arc<CheckpointDriver>, PartsInbox)>,
+    personalize: Option<&PersonalizeFeed>,
 ) -> Result<()> {
     let mut mirrored = StatsSnapshot::default();
     let mut last_mirror = Instant::now();
@@ -595,6 +688,21 @@ fn sink_loop(
             Ok(SinkMessage::Live(updates)) => {
                 for update in updates {
                     serving.apply(update);
+                }
+            }
+            Ok(SinkMessage::Accepted(events)) => {
+                let reads = serving.recent_reads();
+                for event in &events {
+                    reads.record(&event.portal, &event.user_id, &event.article_id, event.ts);
+                }
+                if let Some(feed) = personalize {
+                    // Never waits: a full queue drops the event and counts it.
+                    for sent in events
+                        .iter()
+                        .filter_map(|e| personalize_event(&feed.trackers, e))
+                    {
+                        feed.forwarder.offer(sent);
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -5,11 +5,14 @@
 //! | `GET /v1/portals/{portal}/popular?n=` | the portal's popular ranking (first `n` items) |
 //! | `GET /v1/portals/{portal}/trending?n=` | the portal's trending ranking (first `n` items) |
 //! | `GET /v1/articles/{article_id}/related?portal=&n=` | the article's related articles in `portal` |
+//! | `GET /v1/users/{user_id}/recommendations?portal=&n=` | what the reader should read next: Amazon Personalize blended with related-to-recent-reads and trending, without what they read (see [`super::recommend`]) |
+//! | `GET /v1/portals/{portal}/popular/stream?n=`, `…/trending/stream?n=` | the same rankings as Server-Sent Events, pushed when they change (see [`super::stream`]) |
+//! | `GET /v1/status` | the job's health as JSON: events/s, totals, dead letters, lag, watermark delay, checkpoints, readiness (see [`super::status`]) |
 //! | `GET /v1/portals` | `{"portals":[...]}`, the portals with a ranking, sorted |
 //! | `GET /healthz` | `{"status":"ok"}` while the process serves |
 //! | `GET /readyz` | `{"status":"ready"}` once the state is loaded and the sources caught up, else 503 |
 //! | `GET /metrics` | the [`Metrics`] in the Prometheus text format 0.0.4 |
-//! | `GET /` | a self-contained HTML page showing every portal's live lists, refreshed every 2 s |
+//! | `GET /` | the dashboard, one self-contained HTML page: a portal's live popular and trending lists (streamed), a related-articles explorer, the job's health |
 //!
 //! A ranking answer is
 //! `{"portal","kind","window_start","window_end","watermark","final","items":[{"article_id","views","engaged_views","score"}]}`:
@@ -20,8 +23,8 @@
 //! its `items` may be empty (the article had related articles and no longer has).
 //!
 //! `n` is 1 to 100, 10 when absent. Unknown query parameters are ignored. `portal` must match
-//! `^[a-z0-9][a-z0-9-]{0,31}$`; `article_id` is 1 to 256 characters (Unicode code points, after
-//! percent-decoding).
+//! `^[a-z0-9][a-z0-9-]{0,31}$`; `article_id` and `user_id` are 1 to 256 characters (Unicode code
+//! points, after percent-decoding).
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}`; the message says what was wrong and what to
 //! do, the code is stable:
@@ -31,11 +34,18 @@
 //! | 400 | `invalid_portal` | the portal (path, or `portal=` query parameter) is missing or does not match the pattern |
 //! | 400 | `invalid_n` | `n` is not a whole number from 1 to 100 |
 //! | 400 | `invalid_article_id` | the article id is empty, longer than 256 characters or not UTF-8 |
+//! | 400 | `invalid_user_id` | the user id is empty, longer than 256 characters or not UTF-8 |
 //! | 400 | `invalid_query` | the query string cannot be decoded |
 //! | 404 | `portal_not_found` | nothing (of this kind) was computed for the portal yet |
 //! | 404 | `article_not_found` | no related list was computed for the article in this portal yet |
 //! | 404 | `not_found` | no such endpoint |
+//! | 401 | `unauthorized` | the route group needs an API key or a Cognito token and none was sent, or the one sent is unknown, malformed, expired or of a kind the group does not take; `WWW-Authenticate` names what it takes (see [`super::auth`]) |
+//! | 403 | `forbidden` | the API key may not call this route group (its `groups`), or a CORS preflight from an origin not in `[serve.cors] allowed_origins` |
+//! | 429 | `rate_limited` | the caller's rate limit is spent; `Retry-After` says in how many whole seconds to retry (see [`super::rate_limit`]) |
 //! | 503 | `not_ready` | `/readyz`: the state is still loading, or a Kinesis shard is unread, failing or more than a minute behind |
+//!
+//! Who may call what is configured per route group in `[serve.auth]` (see [`super::auth`]); the
+//! API is described by the OpenAPI document at `GET /openapi.json` (see [`super::openapi`]).
 //!
 //! JSON answers carry `Cache-Control: no-store`: they change every few seconds.
 
@@ -54,7 +64,7 @@ use axum::routing::get;
 use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
 use serde::Serialize;
 
-use super::state::ServingState;
+use super::state::{Ranking, ServingState};
 use crate::metrics::{Metrics, PROMETHEUS_CONTENT_TYPE};
 
 /// `n` when the query does not say.
@@ -65,20 +75,71 @@ pub const MAX_N: usize = 100;
 pub const MAX_ARTICLE_ID_CHARS: usize = 256;
 /// The longest portal accepted, in characters.
 pub const MAX_PORTAL_CHARS: usize = 32;
+/// The longest user id accepted, in characters.
+pub const MAX_USER_ID_CHARS: usize = 256;
 
 /// The live page served at `/`.
 const INDEX_HTML: &str = include_str!("index.html");
 
-/// What every handler gets.
+/// What every handler gets: the live state, the metrics, and the optional parts of the serving
+/// layer. Cheap to clone (every field is shared).
 #[derive(Clone, Debug)]
-struct App {
-    state: Arc<ServingState>,
-    metrics: Arc<Metrics>,
+pub struct App {
+    pub(crate) state: Arc<ServingState>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Amazon Personalize for recommendations; `None` when no portal has a campaign configured.
+    pub(crate) personalize: Option<Arc<super::personalize::PersonalizeRecommendations>>,
+    /// How recommendations blend their sources.
+    pub(crate) blend_shares: super::blend::BlendShares,
+    /// Who may call what: policies, keys, tokens, rate limits, CORS, and the OpenAPI document.
+    pub(crate) security: Arc<super::auth::ServeSecurity>,
 }
 
-/// The API over `state`, with `metrics` at `/metrics`. See the module docs for the endpoints.
+impl App {
+    /// The serving layer over `state`, with `metrics` at `/metrics`.
+    pub fn new(state: Arc<ServingState>, metrics: Arc<Metrics>) -> Self {
+        App {
+            state,
+            metrics,
+            personalize: None,
+            blend_shares: super::blend::BlendShares::default(),
+            security: Arc::new(super::auth::ServeSecurity::open()),
+        }
+    }
+
+    /// Guards the routes with `security` (by default every route is open, with no rate limit
+    /// and no CORS).
+    pub fn with_security(mut self, security: super::auth::ServeSecurity) -> Self {
+        self.security = Arc::new(security);
+        self
+    }
+
+    /// Recommendations ask `personalize` (see [`super::recommend`]).
+    pub fn with_personalize(
+        mut self,
+        personalize: Arc<super::personalize::PersonalizeRecommendations>,
+    ) -> Self {
+        self.personalize = Some(personalize);
+        self
+    }
+
+    /// Recommendations blend their sources by `shares`.
+    pub fn with_blend_shares(mut self, shares: super::blend::BlendShares) -> Self {
+        self.blend_shares = shares;
+        self
+    }
+}
+
+/// The API over `state`, with `metrics` at `/metrics` and nothing optional configured. See the
+/// module docs for the endpoints.
 pub fn router(state: Arc<ServingState>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
+    app_router(App::new(state, metrics))
+}
+
+/// The API of `app`. See the module docs for the endpoints.
+pub fn app_router(app: App) -> Router {
+    let security = Arc::clone(&app.security);
+    let router = Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -87,8 +148,27 @@ pub fn router(state: Arc<ServingState>, metrics: Arc<Metrics>) -> Router {
         .route("/v1/portals/{portal}/popular", get(popular))
         .route("/v1/portals/{portal}/trending", get(trending))
         .route("/v1/articles/{article_id}/related", get(related))
+        .merge(super::stream::routes())
+        .merge(super::status::routes())
+        .merge(super::recommend::routes())
+        .route("/openapi.json", get(super::openapi::openapi_json))
+        // Every route above (not the fallback) goes through the guard; `auth::ROUTES` says
+        // which policy applies to which path.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&security),
+            super::auth::guard,
+        ))
         .fallback(fallback)
-        .with_state(App { state, metrics })
+        .with_state(app);
+    // CORS outermost: preflights are answered before the guard, and every answer (401 and 429
+    // included) carries the origin's headers.
+    match &security.cors {
+        Some(cors) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(cors),
+            super::cors::cors,
+        )),
+        None => router,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then finishes the requests in flight
@@ -98,21 +178,25 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address reaches the handlers (and the rate limits of anonymous callers).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// An error answer: status, stable code, and a message saying what to do.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
-    fn bad_request(code: &'static str, message: String) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: String) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
@@ -120,7 +204,7 @@ impl ApiError {
         }
     }
 
-    fn not_found(code: &'static str, message: String) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: String) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
             code,
@@ -153,7 +237,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON answer that must not be cached.
-fn json<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(bytes) => (
             [
@@ -172,9 +256,9 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 /// The query parameters, or `invalid_query`.
-type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn query_params(query: QueryParams) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn query_params(query: QueryParams) -> Result<HashMap<String, String>, ApiError> {
     query.map(|Query(params)| params).map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
@@ -186,7 +270,7 @@ fn query_params(query: QueryParams) -> Result<HashMap<String, String>, ApiError>
 }
 
 /// Whether `portal` matches `^[a-z0-9][a-z0-9-]{0,31}$`.
-fn is_valid_portal(portal: &str) -> bool {
+pub(crate) fn is_valid_portal(portal: &str) -> bool {
     let bytes = portal.as_bytes();
     let lower_alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     !bytes.is_empty()
@@ -195,7 +279,7 @@ fn is_valid_portal(portal: &str) -> bool {
         && bytes[1..].iter().all(|b| lower_alnum(b) || *b == b'-')
 }
 
-fn check_portal(portal: &str) -> Result<(), ApiError> {
+pub(crate) fn check_portal(portal: &str) -> Result<(), ApiError> {
     if is_valid_portal(portal) {
         Ok(())
     } else {
@@ -209,7 +293,7 @@ fn check_portal(portal: &str) -> Result<(), ApiError> {
 }
 
 /// `n` from the query: absent → [`DEFAULT_N`], else a whole number in `1..=MAX_N`.
-fn parse_n(params: &HashMap<String, String>) -> Result<usize, ApiError> {
+pub(crate) fn parse_n(params: &HashMap<String, String>) -> Result<usize, ApiError> {
     let Some(text) = params.get("n") else {
         return Ok(DEFAULT_N);
     };
@@ -276,7 +360,7 @@ async fn readyz(State(app): State<App>) -> Response {
 
 /// What keeps the job from taking traffic: its state not yet loaded, or Kinesis shards (when the
 /// source is Kinesis) unread, failing or too far behind.
-fn readiness_problems(loaded: bool, shards: Option<&[ShardStatus]>) -> Vec<String> {
+pub(crate) fn readiness_problems(loaded: bool, shards: Option<&[ShardStatus]>) -> Vec<String> {
     let mut problems = Vec::new();
     if !loaded {
         problems.push("the job is still loading its state (restoring the checkpoint)".to_string());
@@ -325,9 +409,9 @@ async fn portals(State(app): State<App>) -> Response {
     })
 }
 
-/// The body of a ranking answer.
+/// The body of a ranking answer (also the data of a change stream's `ranking` event).
 #[derive(Serialize)]
-struct RankingBody<'a> {
+pub(crate) struct RankingBody<'a> {
     portal: &'a str,
     kind: &'static str,
     window_start: u64,
@@ -362,13 +446,7 @@ fn ranking(
     portal: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let Path(portal) = portal.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_portal",
-            format!("the portal in the path cannot be decoded ({e}); use lowercase letters, digits or '-'"),
-        )
-    })?;
-    check_portal(&portal)?;
+    let portal = portal_from_path(portal)?;
     let n = parse_n(&query_params(query)?)?;
     let Some(ranking) = app.state.ranking(&portal, kind) else {
         return Err(ApiError::not_found(
@@ -379,16 +457,34 @@ fn ranking(
             ),
         ));
     };
-    let items = &ranking.items[..n.min(ranking.items.len())];
-    Ok(json(&RankingBody {
+    Ok(json(&ranking_body(&ranking, n)))
+}
+
+/// The portal of a `/v1/portals/{portal}/…` path, decoded and checked (`invalid_portal`).
+pub(crate) fn portal_from_path(
+    portal: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(portal) = portal.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_portal",
+            format!("the portal in the path cannot be decoded ({e}); use lowercase letters, digits or '-'"),
+        )
+    })?;
+    check_portal(&portal)?;
+    Ok(portal)
+}
+
+/// The answer body of `ranking` cut to its first `n` items.
+pub(crate) fn ranking_body(ranking: &Ranking, n: usize) -> RankingBody<'_> {
+    RankingBody {
         portal: &ranking.portal,
-        kind: kind.name(),
+        kind: ranking.kind.name(),
         window_start: ranking.window_start,
         window_end: ranking.window_end,
         watermark: ranking.watermark,
         is_final: ranking.is_final,
-        items,
-    }))
+        items: &ranking.items[..n.min(ranking.items.len())],
+    }
 }
 
 /// The body of a related answer.
@@ -468,7 +564,7 @@ async fn related(
 async fn fallback() -> ApiError {
     ApiError::not_found(
         "not_found",
-        "no such endpoint: use GET /v1/portals/{portal}/popular, /v1/portals/{portal}/trending, /v1/articles/{article_id}/related?portal=, /v1/portals, /healthz, /metrics or /".to_string(),
+        "no such endpoint: GET /openapi.json lists them (e.g. /v1/portals/{portal}/popular, /v1/articles/{article_id}/related?portal=, /v1/users/{user_id}/recommendations?portal=)".to_string(),
     )
 }
 

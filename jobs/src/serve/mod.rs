@@ -23,8 +23,18 @@
 //! Every ranking answer carries the `watermark` it is complete up to and whether it is `final`
 //! (`SEMANTICS.md`, "Serving").
 
+pub mod auth;
+pub mod blend;
+pub mod cors;
 pub mod http;
+pub mod openapi;
+pub mod personalize;
+pub mod rate_limit;
+pub mod recent_reads;
+pub mod recommend;
 pub mod state;
+pub mod status;
+pub mod stream;
 
-pub use http::{router, serve};
+pub use http::{App, app_router, router, serve};
 pub use state::{Ranking, Related, ServingState};

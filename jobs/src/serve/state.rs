@@ -23,6 +23,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
 use pageflow_dataflow::live::LiveUpdate;
 
+use super::recent_reads::{RecentReads, RecentReadsLimits};
+
 /// One ranking of one portal, as pushed by the dataflow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ranking {
@@ -119,16 +121,50 @@ impl RankingSlot {
 
 /// The latest live rankings and related lists; shared as `Arc<ServingState>` between the dataflow
 /// (writer) and the HTTP handlers (readers).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServingState {
+    /// Bumped after every stored ranking: change streams wait on it (see
+    /// [`ServingState::subscribe`]), then read the rankings they follow.
+    ranking_changes: tokio::sync::watch::Sender<u64>,
     rankings: RwLock<HashMap<(String, RankingKind), RankingSlot>>,
     /// portal → article → latest related list.
     related: RwLock<HashMap<String, HashMap<String, Arc<Related>>>>,
+    /// Each reader's recent articles (for recommendations).
+    reads: RecentReads,
     /// The job has restored its state (if any) and built its dataflow: `/readyz` may say yes.
     loaded: std::sync::atomic::AtomicBool,
 }
 
+impl Default for ServingState {
+    fn default() -> Self {
+        ServingState::with_read_limits(RecentReadsLimits::default())
+    }
+}
+
 impl ServingState {
+    /// An empty state keeping readers' recent articles within `limits`.
+    pub fn with_read_limits(limits: RecentReadsLimits) -> Self {
+        ServingState {
+            ranking_changes: tokio::sync::watch::Sender::new(0),
+            rankings: RwLock::default(),
+            related: RwLock::default(),
+            reads: RecentReads::new(limits),
+            loaded: std::sync::atomic::AtomicBool::default(),
+        }
+    }
+
+    /// Each reader's recent articles.
+    pub fn recent_reads(&self) -> &RecentReads {
+        &self.reads
+    }
+
+    /// A receiver that sees a new value after every change to any ranking: a change stream waits
+    /// on it (`changed().await`) and then reads [`ServingState::ranking`]. Values are a counter;
+    /// only the fact that it moved matters (a burst of updates may be seen as one change).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ranking_changes.subscribe()
+    }
+
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
@@ -168,6 +204,7 @@ impl ServingState {
                 });
                 let key = (ranking.portal.clone(), kind);
                 write(&self.rankings).entry(key).or_default().store(ranking);
+                self.ranking_changes.send_modify(|count| *count += 1);
             }
             LiveUpdate::Related {
                 portal,
@@ -191,6 +228,7 @@ impl ServingState {
                     }
                 }
             }
+            reads @ LiveUpdate::Reads { .. } => self.reads.apply(&reads),
         }
     }
 
@@ -219,6 +257,7 @@ impl ServingState {
                 items: related.items.clone(),
             }));
         }
+        updates.extend(self.reads.export());
         updates
     }
 

@@ -1,0 +1,465 @@
+//! `GET /v1/status`: the job's health in one JSON answer, for the dashboard and for operators.
+//!
+//! `/metrics` has the same figures for Prometheus, `/readyz` says yes or no to a load balancer;
+//! this answer gathers what a person looking at the job wants at a glance: how fast events come
+//! in, how many were refused and why, how far the job is behind its sources and behind the wall
+//! clock, when it last checkpointed, and whether it is ready (with the reasons when it is not).
+//! Everything is read from the [`Metrics`] and the [`ServingState`]; nothing is computed anew
+//! except the event rate, which each request samples as a `/metrics` scrape does.
+//!
+//! ```json
+//! {
+//!   "ready": true,
+//!   "not_ready": [],
+//!   "uptime_s": 73.2,
+//!   "now_ms": 1764000073200,
+//!   "events": {
+//!     "per_second": 2998.5,
+//!     "in_total": 219000, "accepted_total": 214800, "duplicates_total": 2100,
+//!     "blank_lines_total": 0, "dead_letters_total": 2100,
+//!     "dead_letters_by_reason": {"bad_pattern": 410, "late": 900, "…": 0}
+//!   },
+//!   "watermark": {"ms": 1764000071000, "delay_ms": 2200, "input_ended": false},
+//!   "lag_ms": null,
+//!   "kinesis": null,
+//!   "checkpoint": {"completed": 2, "failed": 0, "last_id": 2, "last_success_ms": 1764000061000,
+//!                  "age_ms": 12200, "last_duration_s": 0.21},
+//!   "portals": ["g1", "ge", "gshow"]
+//! }
+//! ```
+//!
+//! - `ready`/`not_ready`: what `/readyz` decides, with its reasons (empty when ready).
+//! - `events.per_second`: records read per second over the last ~10 s
+//!   ([`crate::metrics::RATE_WINDOW`]); the totals count since the process started;
+//!   `dead_letters_by_reason` has every reason code, zeros included.
+//! - `watermark.ms`: the job's event-time watermark, `null` before the first one; `delay_ms`:
+//!   wall clock minus watermark (negative when the event times are ahead of this clock);
+//!   `input_ended`: a bounded input was read to its end (the watermark is then +∞, and `ms` and
+//!   `delay_ms` are `null`).
+//! - `lag_ms`: how far behind the tip of its sources the job reads, the largest Kinesis
+//!   `MillisBehindLatest` over the shards being read; `null` when the source is not Kinesis or no
+//!   shard was read yet.
+//! - `kinesis`: shard counts and lags when the source is Kinesis, else `null`.
+//! - `checkpoint`: committed and failed checkpoints since start, the last committed one's id,
+//!   commit time (ms since the epoch), age and duration; `null` ids and times before the first.
+//! - `portals`: the portals with a ranking, sorted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_dataflow::event::Reason;
+use serde::Serialize;
+
+use super::http::{App, json, readiness_problems};
+use super::state::ServingState;
+use crate::metrics::Metrics;
+
+/// The status route.
+pub(crate) fn routes() -> Router<App> {
+    Router::new().route("/v1/status", get(status))
+}
+
+/// `GET /v1/status`.
+async fn status(State(app): State<App>) -> Response {
+    let events_per_second = app.metrics.sample_rate();
+    let shards = app.metrics.kinesis_status().map(|status| status.shards());
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    json(&job_status(
+        &app.state,
+        &app.metrics,
+        StatusInputs {
+            shards: shards.as_deref(),
+            now_ms,
+            events_per_second,
+            uptime: app.metrics.uptime(),
+        },
+    ))
+}
+
+/// What the status is built from besides the state and the metrics: the readings that depend on
+/// the moment (given, so that tests choose them).
+#[derive(Clone, Copy, Debug)]
+pub struct StatusInputs<'a> {
+    /// The Kinesis shards, when the source is Kinesis.
+    pub shards: Option<&'a [ShardStatus]>,
+    /// The wall clock, ms since the epoch.
+    pub now_ms: u64,
+    /// The current event rate (records per second).
+    pub events_per_second: f64,
+    /// How long the job has run.
+    pub uptime: Duration,
+}
+
+/// The answer of `GET /v1/status`; the module docs describe each field.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobStatus {
+    /// Whether `/readyz` says ready.
+    pub ready: bool,
+    /// Why not, in `/readyz`'s words; empty when ready.
+    pub not_ready: Vec<String>,
+    /// Seconds since the job started.
+    pub uptime_s: f64,
+    /// The wall clock the figures were taken at, ms since the epoch.
+    pub now_ms: u64,
+    /// Event rate and totals.
+    pub events: EventFigures,
+    /// The job's watermark and its delay.
+    pub watermark: WatermarkFigures,
+    /// The largest Kinesis `MillisBehindLatest` over the shards being read.
+    pub lag_ms: Option<i64>,
+    /// The Kinesis shards, when the source is Kinesis.
+    pub kinesis: Option<KinesisFigures>,
+    /// The checkpoints taken since start.
+    pub checkpoint: CheckpointStatus,
+    /// The portals with a ranking, sorted.
+    pub portals: Vec<String>,
+}
+
+/// Event rate and totals since start.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventFigures {
+    /// Records read per second over the last ~10 s.
+    pub per_second: f64,
+    /// Records read (valid or not).
+    pub in_total: u64,
+    /// Valid, on-time, de-duplicated events.
+    pub accepted_total: u64,
+    /// Duplicate beacons dropped.
+    pub duplicates_total: u64,
+    /// Blank lines skipped.
+    pub blank_lines_total: u64,
+    /// Records sent to the dead-letter output.
+    pub dead_letters_total: u64,
+    /// The same by reason code, every code present.
+    pub dead_letters_by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// The job's event-time watermark.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WatermarkFigures {
+    /// ms since the epoch; `None` before the first and after the input ended.
+    pub ms: Option<u64>,
+    /// Wall clock minus watermark, ms.
+    pub delay_ms: Option<i64>,
+    /// A bounded input was read to its end (the watermark is +∞).
+    pub input_ended: bool,
+}
+
+/// The Kinesis consumer at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KinesisFigures {
+    /// Shards being read.
+    pub shards_reading: usize,
+    /// Shards read to their end.
+    pub shards_finished: usize,
+    /// Shards being read whose last attempt failed (retried).
+    pub shards_failing: usize,
+    /// The largest `MillisBehindLatest` over the shards being read.
+    pub max_millis_behind_latest: Option<i64>,
+    /// The largest iterator age over the shards being read.
+    pub max_iterator_age_ms: Option<u64>,
+}
+
+/// The checkpoints taken since start.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckpointStatus {
+    /// Committed.
+    pub completed: u64,
+    /// Not committed.
+    pub failed: u64,
+    /// The last committed one's id.
+    pub last_id: Option<u64>,
+    /// When it was committed, ms since the epoch.
+    pub last_success_ms: Option<u64>,
+    /// How long ago, ms.
+    pub age_ms: Option<u64>,
+    /// From request to commit, seconds.
+    pub last_duration_s: f64,
+}
+
+/// The status of the job behind `state` and `metrics` at `inputs.now_ms`.
+pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<'_>) -> JobStatus {
+    let not_ready = readiness_problems(state.is_loaded(), inputs.shards);
+    let dead_letters_by_reason = Reason::ALL
+        .iter()
+        .map(|reason| (reason.code(), metrics.dead_letters(*reason)))
+        .collect();
+    let watermark = match metrics.watermark() {
+        Some(u64::MAX) => WatermarkFigures {
+            ms: None,
+            delay_ms: None,
+            input_ended: true,
+        },
+        Some(ms) => WatermarkFigures {
+            ms: Some(ms),
+            delay_ms: Some(signed_difference(inputs.now_ms, ms)),
+            input_ended: false,
+        },
+        None => WatermarkFigures {
+            ms: None,
+            delay_ms: None,
+            input_ended: false,
+        },
+    };
+    let kinesis = inputs.shards.map(kinesis_figures);
+    let checkpoints = metrics.checkpoints();
+    JobStatus {
+        ready: not_ready.is_empty(),
+        not_ready,
+        uptime_s: inputs.uptime.as_secs_f64(),
+        now_ms: inputs.now_ms,
+        events: EventFigures {
+            per_second: inputs.events_per_second,
+            in_total: metrics.events_in(),
+            accepted_total: metrics.events_accepted(),
+            duplicates_total: metrics.duplicates(),
+            blank_lines_total: metrics.blank_lines(),
+            dead_letters_total: metrics.dead_letters_total(),
+            dead_letters_by_reason,
+        },
+        watermark,
+        lag_ms: kinesis.as_ref().and_then(|k| k.max_millis_behind_latest),
+        kinesis,
+        checkpoint: CheckpointStatus {
+            completed: checkpoints.completed,
+            failed: checkpoints.failed,
+            last_id: checkpoints.last_id,
+            last_success_ms: checkpoints.last_success_ms,
+            age_ms: checkpoints
+                .last_success_ms
+                .map(|at| inputs.now_ms.saturating_sub(at)),
+            last_duration_s: checkpoints.last_duration_s,
+        },
+        portals: state.portals(),
+    }
+}
+
+/// `a − b` as a signed number of ms, saturating.
+fn signed_difference(a: u64, b: u64) -> i64 {
+    let difference = i128::from(a) - i128::from(b);
+    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Shard counts and the largest lags over the shards still being read.
+fn kinesis_figures(shards: &[ShardStatus]) -> KinesisFigures {
+    let reading = || shards.iter().filter(|shard| !shard.finished);
+    KinesisFigures {
+        shards_reading: reading().count(),
+        shards_finished: shards.iter().filter(|shard| shard.finished).count(),
+        shards_failing: reading().filter(|shard| shard.last_error.is_some()).count(),
+        max_millis_behind_latest: reading()
+            .filter_map(|shard| shard.millis_behind_latest)
+            .max(),
+        max_iterator_age_ms: reading().filter_map(|shard| shard.iterator_age_ms).max(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode, header};
+    use pageflow_dataflow::features::RankingKind;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::serve::http::router;
+    use crate::serve::state::tests::ranking as ranking_update;
+
+    const NOW_MS: u64 = 1_764_000_000_000;
+
+    fn inputs(shards: Option<&[ShardStatus]>) -> StatusInputs<'_> {
+        StatusInputs {
+            shards,
+            now_ms: NOW_MS,
+            events_per_second: 12.5,
+            uptime: Duration::from_millis(4_500),
+        }
+    }
+
+    #[test]
+    fn a_fresh_job_has_zeros_and_nulls() {
+        let status = job_status(&ServingState::new(), &Metrics::new(), inputs(None));
+        let value = serde_json::to_value(&status).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value["ready"], false);
+        assert!(
+            value["not_ready"][0]
+                .as_str()
+                .is_some_and(|reason| reason.contains("loading")),
+            "{value}"
+        );
+        assert_eq!(value["uptime_s"], 4.5);
+        assert_eq!(value["events"]["per_second"], 12.5);
+        assert_eq!(value["events"]["in_total"], 0);
+        assert_eq!(value["events"]["dead_letters_total"], 0);
+        let reasons = value["events"]["dead_letters_by_reason"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{value}"));
+        assert_eq!(reasons.len(), Reason::ALL.len());
+        assert_eq!(
+            value["watermark"],
+            json!({"ms": null, "delay_ms": null, "input_ended": false})
+        );
+        assert_eq!(value["lag_ms"], Value::Null);
+        assert_eq!(value["kinesis"], Value::Null);
+        assert_eq!(
+            value["checkpoint"],
+            json!({"completed": 0, "failed": 0, "last_id": null, "last_success_ms": null,
+                   "age_ms": null, "last_duration_s": 0.0})
+        );
+        assert_eq!(value["portals"], json!([]));
+    }
+
+    #[test]
+    fn a_running_job_reports_its_figures() {
+        let state = ServingState::new();
+        state.mark_loaded();
+        state.apply(ranking_update(
+            RankingKind::Popular,
+            "g1",
+            60_000,
+            60_000,
+            true,
+            &["a"],
+        ));
+        let metrics = Metrics::new();
+        metrics.add_events_in(100);
+        metrics.add_events_accepted(90);
+        metrics.add_duplicates(4);
+        metrics.add_dead_letters(Reason::Late, 5);
+        metrics.add_dead_letters(Reason::InvalidJson, 1);
+        metrics.set_watermark(NOW_MS - 2_500);
+        metrics.checkpoint_completed(|figures| {
+            figures.last_id = Some(7);
+            figures.last_success_ms = Some(NOW_MS - 10_000);
+            figures.last_duration_s = 0.25;
+        });
+        let status = job_status(&state, &metrics, inputs(None));
+        assert!(status.ready, "{status:?}");
+        assert!(status.not_ready.is_empty());
+        assert_eq!(status.events.in_total, 100);
+        assert_eq!(status.events.accepted_total, 90);
+        assert_eq!(status.events.duplicates_total, 4);
+        assert_eq!(status.events.dead_letters_total, 6);
+        assert_eq!(status.events.dead_letters_by_reason["late"], 5);
+        assert_eq!(status.events.dead_letters_by_reason["invalid_json"], 1);
+        assert_eq!(status.events.dead_letters_by_reason["too_large"], 0);
+        assert_eq!(status.watermark.ms, Some(NOW_MS - 2_500));
+        assert_eq!(status.watermark.delay_ms, Some(2_500));
+        assert_eq!(status.checkpoint.last_id, Some(7));
+        assert_eq!(status.checkpoint.age_ms, Some(10_000));
+        assert_eq!(status.checkpoint.completed, 1);
+        assert_eq!(status.portals, ["g1"]);
+
+        // Event times ahead of the clock: a negative delay. The end of a bounded input: +∞.
+        metrics.set_watermark(NOW_MS + 1_000);
+        let status = job_status(&state, &metrics, inputs(None));
+        assert_eq!(status.watermark.delay_ms, Some(-1_000));
+        metrics.set_watermark(u64::MAX);
+        let status = job_status(&state, &metrics, inputs(None));
+        assert_eq!(
+            status.watermark,
+            WatermarkFigures {
+                ms: None,
+                delay_ms: None,
+                input_ended: true
+            }
+        );
+    }
+
+    #[test]
+    fn kinesis_lag_is_the_largest_over_shards_being_read() {
+        let state = ServingState::new();
+        state.mark_loaded();
+        let shard =
+            |name: &str, lag: Option<i64>, finished: bool, error: Option<&str>| ShardStatus {
+                stream: "pageviews-g1".into(),
+                shard: name.into(),
+                millis_behind_latest: lag,
+                iterator_age_ms: lag.map(|lag| lag.unsigned_abs()),
+                finished,
+                last_error: error.map(str::to_string),
+                ..ShardStatus::default()
+            };
+        let shards = [
+            shard("shardId-0", Some(1_200), false, None),
+            shard("shardId-1", Some(300), false, Some("throttled")),
+            shard("shardId-2", Some(99_999), true, None),
+        ];
+        let status = job_status(&state, &Metrics::new(), inputs(Some(&shards)));
+        assert_eq!(
+            status.lag_ms,
+            Some(1_200),
+            "a finished shard does not count"
+        );
+        assert_eq!(
+            status.kinesis,
+            Some(KinesisFigures {
+                shards_reading: 2,
+                shards_finished: 1,
+                shards_failing: 1,
+                max_millis_behind_latest: Some(1_200),
+                max_iterator_age_ms: Some(1_200),
+            })
+        );
+        assert!(!status.ready, "a failing shard keeps the job from ready");
+
+        // Shards found but none read yet: no lag known.
+        let unread = [shard("shardId-0", None, false, None)];
+        let status = job_status(&state, &Metrics::new(), inputs(Some(&unread)));
+        assert_eq!(status.lag_ms, None);
+        assert!(status.not_ready.iter().any(|r| r.contains("not been read")));
+    }
+
+    #[tokio::test]
+    async fn the_route_answers_json_that_is_not_cached() {
+        let state = Arc::new(ServingState::new());
+        let metrics = Arc::new(Metrics::new());
+        metrics.add_events_in(10);
+        let router = router(Arc::clone(&state), Arc::clone(&metrics));
+        let get = |router: Router| async move {
+            let response = router
+                .oneshot(
+                    Request::get("/v1/status")
+                        .body(Body::empty())
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(response.status(), StatusCode::OK);
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(header(header::CONTENT_TYPE), "application/json");
+            assert_eq!(header(header::CACHE_CONTROL), "no-store");
+            let bytes = to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let body = get(router.clone()).await;
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["events"]["in_total"], 10);
+        assert!(body["events"]["per_second"].is_number(), "{body}");
+        assert!(body["uptime_s"].as_f64().is_some_and(|s| s >= 0.0));
+        assert!(body["now_ms"].as_u64().is_some_and(|ms| ms > NOW_MS / 2));
+        state.mark_loaded();
+        assert_eq!(get(router).await["ready"], true);
+    }
+}
