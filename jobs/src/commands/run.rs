@@ -377,11 +377,14 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         }
         let app = app_router(app);
         let stop_http = Arc::clone(&stop);
+        let serving_http = Arc::clone(&serving);
         runtime.spawn(async move {
             let shutdown = async move {
                 while !stop_http.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                // Change streams end, so the graceful shutdown does not wait for them forever.
+                serving_http.close();
             };
             if let Err(error) = serve(listener, app, shutdown).await {
                 tracing::error!("the HTTP server stopped: {error}");

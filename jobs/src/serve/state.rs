@@ -133,6 +133,8 @@ pub struct ServingState {
     reads: RecentReads,
     /// The job has restored its state (if any) and built its dataflow: `/readyz` may say yes.
     loaded: std::sync::atomic::AtomicBool,
+    /// The server is shutting down: change streams end (see [`ServingState::close`]).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ServingState {
@@ -150,7 +152,20 @@ impl ServingState {
             related: RwLock::default(),
             reads: RecentReads::new(limits),
             loaded: std::sync::atomic::AtomicBool::default(),
+            closed: std::sync::atomic::AtomicBool::default(),
         }
+    }
+
+    /// Ends every change stream (they check [`ServingState::is_closed`] when woken): a graceful
+    /// HTTP shutdown waits for open responses, and a stream would otherwise never end.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.ranking_changes.send_modify(|count| *count += 1);
+    }
+
+    /// Whether [`ServingState::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Each reader's recent articles.

@@ -204,7 +204,8 @@ impl RankingFollower {
         }
     }
 
-    /// The events of this follower, forever (until the state is dropped or the client leaves).
+    /// The events of this follower, until the client leaves or the server shuts down
+    /// ([`ServingState::close`]).
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
         futures_util::stream::unfold(self, |mut follower| async move {
             let event = follower.next_event().await?;
@@ -213,8 +214,8 @@ impl RankingFollower {
     }
 
     /// The next event to send: the opening frame, then a ranking whenever the current one's id
-    /// differs from the last one sent. Waits for a change in between; `None` when the state is
-    /// gone (it never is while the server runs).
+    /// differs from the last one sent. Waits for a change in between; `None` (the end of the
+    /// response) once the state is closed: a graceful shutdown waits for open responses.
     async fn next_event(&mut self) -> Option<Event> {
         if !self.opened {
             self.opened = true;
@@ -227,6 +228,9 @@ impl RankingFollower {
             return Some(Event::default().retry(RETRY_HINT).comment(comment));
         }
         loop {
+            if self.state.is_closed() {
+                return None; // The server is shutting down: end the response.
+            }
             if let Some(event) = self.event_if_changed() {
                 return Some(event);
             }
@@ -573,6 +577,25 @@ mod tests {
         assert_eq!(first.ranking()["portal"], "new-site");
         assert_eq!(first.ranking()["kind"], "trending");
         assert_eq!(first.article_ids(), ["first"]);
+    }
+
+    #[tokio::test]
+    async fn closing_the_state_ends_every_stream() {
+        let (router, state) = setup();
+        let mut client = connect(&router, "/v1/portals/g1/popular/stream", None).await;
+        assert_eq!(client.next_frame().await.article_ids(), ["a", "b", "c"]);
+        client.assert_nothing_to_send();
+        state.close();
+        let end = tokio::time::timeout(FRAME_TIMEOUT, client.body.next())
+            .await
+            .unwrap_or_else(|_| panic!("the stream did not end within {FRAME_TIMEOUT:?}"));
+        assert!(end.is_none(), "expected the end of the stream, got {end:?}");
+        // A stream opened after the close ends at once, after its opening frame.
+        let mut late = connect(&router, "/v1/portals/g1/popular/stream", None).await;
+        let end = tokio::time::timeout(FRAME_TIMEOUT, late.body.next())
+            .await
+            .unwrap_or_else(|_| panic!("the stream did not end within {FRAME_TIMEOUT:?}"));
+        assert!(end.is_none(), "{end:?}");
     }
 
     #[tokio::test]
