@@ -3,14 +3,15 @@
 //! its route groups with API keys and Cognito tokens (a JWKS file), limits callers by address,
 //! and answers CORS preflights. The unit tests of `serve::auth` cover the details.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use pageflow_tests::job_process::JobProcess;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Value, json};
@@ -149,15 +150,6 @@ fn token(exp_from_now: i64) -> String {
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
-struct Job(Child);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn run_guards_route_groups_limits_callers_and_answers_cors() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -166,56 +158,43 @@ fn run_guards_route_groups_limits_callers_and_answers_cors() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let jwks = fixtures().join("test-jwks.json");
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
-        .env("PAGEFLOW__SINKS__DIR", dir.path())
-        .env("PAGEFLOW__CHECKPOINT__ENABLED", "false")
-        .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "100")
-        .env("PAGEFLOW__SERVE__AUTH__RANKINGS", "api_key_or_jwt")
-        .env("PAGEFLOW__SERVE__AUTH__METRICS", "jwt")
-        .env(
-            "PAGEFLOW__SERVE__AUTH__API_KEYS",
-            format!("[{{name = \"e2e\", sha256 = \"{key_sha256}\"}}]"),
-        )
-        .env("PAGEFLOW__SERVE__AUTH__JWT__ISSUER", ISSUER)
-        .env(
-            "PAGEFLOW__SERVE__AUTH__JWT__CLIENT_IDS",
-            format!("[\"{CLIENT}\"]"),
-        )
-        .env(
-            "PAGEFLOW__SERVE__AUTH__JWT__JWKS_FILE",
-            format!("\"{}\"", jwks.display()),
-        )
-        // Four requests per address, then one every 1000 s.
-        .env("PAGEFLOW__SERVE__RATE_LIMIT__ENABLED", "true")
-        .env("PAGEFLOW__SERVE__RATE_LIMIT__PER_SECOND", "0.001")
-        .env("PAGEFLOW__SERVE__RATE_LIMIT__BURST", "4")
-        .env(
-            "PAGEFLOW__SERVE__CORS__ALLOWED_ORIGINS",
-            "[\"https://g1.globo.com\"]",
-        )
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
+    let mut job = JobProcess::spawn(
+        Command::new(BIN)
+            .arg("run")
+            .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+            .env("PAGEFLOW__SINKS__DIR", dir.path())
+            .env("PAGEFLOW__CHECKPOINT__ENABLED", "false")
+            .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "100")
+            .env("PAGEFLOW__SERVE__AUTH__RANKINGS", "api_key_or_jwt")
+            .env("PAGEFLOW__SERVE__AUTH__METRICS", "jwt")
+            .env(
+                "PAGEFLOW__SERVE__AUTH__API_KEYS",
+                format!("[{{name = \"e2e\", sha256 = \"{key_sha256}\"}}]"),
+            )
+            .env("PAGEFLOW__SERVE__AUTH__JWT__ISSUER", ISSUER)
+            .env(
+                "PAGEFLOW__SERVE__AUTH__JWT__CLIENT_IDS",
+                format!("[\"{CLIENT}\"]"),
+            )
+            .env(
+                "PAGEFLOW__SERVE__AUTH__JWT__JWKS_FILE",
+                format!("\"{}\"", jwks.display()),
+            )
+            // Four requests per address, then one every 1000 s.
+            .env("PAGEFLOW__SERVE__RATE_LIMIT__ENABLED", "true")
+            .env("PAGEFLOW__SERVE__RATE_LIMIT__PER_SECOND", "0.001")
+            .env("PAGEFLOW__SERVE__RATE_LIMIT__BURST", "4")
+            .env(
+                "PAGEFLOW__SERVE__CORS__ALLOWED_ORIGINS",
+                "[\"https://g1.globo.com\"]",
+            )
+            .env("RUST_LOG", "warn"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The job announces its address once it serves (or exits).
+    let addr = job
+        .http_address(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child
-        .stderr
-        .take()
-        .unwrap_or_else(|| panic!("stderr is piped"));
-    let _job = Job(child);
-    // The job announces its address once it serves (or exits, ending stderr).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .take_while(|_| Instant::now() < deadline)
-        .find_map(|line| {
-            let start = line.find("http://")? + "http://".len();
-            let addr = line[start..].split('/').next()?.to_string();
-            Some(addr)
-        })
-        .unwrap_or_else(|| panic!("the job did not announce its address within 60 s"));
 
     // Probes are open.
     assert_eq!(get(&addr, "/healthz", &[]).status, 200);

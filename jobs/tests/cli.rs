@@ -1,16 +1,16 @@
 //! End-to-end tests of the `pageflow` binary: generate → replay against the batch oracle, the
 //! long-running job serving rankings over HTTP, and start-up configuration errors.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pageflow_connectors::file_source::is_blank_line;
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::oracle;
 use pageflow_tests::http_get;
+use pageflow_tests::job_process::{FAST_WINDOWS, JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 
@@ -183,67 +183,28 @@ fn run_reports_every_configuration_problem_at_once() {
     }
 }
 
-struct Job(Child);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `probe` until it returns `Some`, or fails the test after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the test asks the job again.
+const EVERY: Duration = Duration::from_millis(100);
 
 #[test]
 fn run_serves_changing_rankings_within_seconds() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
-        .env(
-            "PAGEFLOW__SINKS__DIR",
-            dir.path().to_string_lossy().to_string(),
-        )
-        .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "3000")
-        .env("PAGEFLOW__SEMANTICS__SLIDE", "\"1s\"")
-        .env("PAGEFLOW__SEMANTICS__TRENDING_WINDOW", "\"20s\"")
-        .env("PAGEFLOW__SEMANTICS__TRENDING_RECENT", "\"5s\"")
-        .env("PAGEFLOW__SEMANTICS__MAX_OUT_OF_ORDERNESS", "\"1s\"")
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child
-        .stderr
-        .take()
-        .unwrap_or_else(|| panic!("stderr is piped"));
-    let job = Job(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = wait_for(
-        "the job to announce its address",
-        Duration::from_secs(30),
-        || {
-            let line = lines.next()?.ok()?;
-            let start = line.find("http://")? + "http://".len();
-            Some(
-                line[start..]
-                    .trim_end_matches(['/', ' ', ';'])
-                    .split('/')
-                    .next()?
-                    .to_string(),
+    let mut job = JobProcess::spawn(
+        Command::new(BIN)
+            .arg("run")
+            .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+            .env(
+                "PAGEFLOW__SINKS__DIR",
+                dir.path().to_string_lossy().to_string(),
             )
-        },
-    );
+            .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "3000")
+            .envs(FAST_WINDOWS.iter().copied())
+            .env("RUST_LOG", "warn"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = job
+        .http_address(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let window_end = |body: &str| -> Option<(u64, usize)> {
         let value: serde_json::Value = serde_json::from_str(body).ok()?;
@@ -252,40 +213,56 @@ fn run_serves_changing_rankings_within_seconds() {
             value["items"].as_array()?.len(),
         ))
     };
-    let (first, items) = wait_for(
-        "a non-empty popular ranking",
-        Duration::from_secs(30),
-        || {
-            let (status, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
-            (status == 200)
-                .then(|| window_end(&body))
-                .flatten()
-                .filter(|(_, items)| *items > 0)
-        },
-    );
+    let (first, items) = poll_until(Duration::from_secs(30), EVERY, || {
+        let (status, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
+        (status == 200)
+            .then(|| window_end(&body))
+            .flatten()
+            .filter(|(_, items)| *items > 0)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for a non-empty popular ranking:\n{}",
+            job.stderr()
+        )
+    });
     assert!(items <= 5, "n limits the ranking");
     // Serving rankings means the state is loaded: the job says it is ready.
-    wait_for("/readyz to answer 200", Duration::from_secs(30), || {
+    poll_until(Duration::from_secs(30), EVERY, || {
         let (status, body) = http_get(&addr, "/readyz")?;
         (status == 200 && body.contains("ready")).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for /readyz to answer 200:\n{}",
+            job.stderr()
+        )
     });
-    let later = wait_for(
-        "the ranking to move to a later window",
-        Duration::from_secs(30),
-        || {
-            let (_, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
-            window_end(&body)
-                .map(|(end, _)| end)
-                .filter(|end| *end > first)
-        },
-    );
+    let later = poll_until(Duration::from_secs(30), EVERY, || {
+        let (_, body) = http_get(&addr, "/v1/portals/g1/popular?n=5")?;
+        window_end(&body)
+            .map(|(end, _)| end)
+            .filter(|end| *end > first)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for the ranking to move to a later window:\n{}",
+            job.stderr()
+        )
+    });
     assert!(later > first);
     // The live view previews the window still filling before it is final.
-    wait_for("a provisional ranking", Duration::from_secs(30), || {
+    poll_until(Duration::from_secs(30), EVERY, || {
         let (_, body) = http_get(&addr, "/v1/portals/g1/trending?n=5")?;
         let value: serde_json::Value = serde_json::from_str(&body).ok()?;
         (value["final"] == false && value["watermark"].as_u64()? < value["window_end"].as_u64()?)
             .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for a provisional ranking:\n{}",
+            job.stderr()
+        )
     });
     let (status, metrics) = http_get(&addr, "/metrics").unwrap_or_else(|| panic!("metrics answer"));
     assert_eq!(status, 200);

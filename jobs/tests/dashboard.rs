@@ -5,69 +5,34 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pageflow_tests::http_get;
+use pageflow_tests::job_process::{FAST_WINDOWS, JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 
-/// Kills the job when the test ends, however it ends.
-struct Job(Child);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// How long the job may take to start serving.
+const START_LIMIT: Duration = Duration::from_secs(60);
 
 /// Starts `pageflow run` on synthetic traffic with one-second windows; returns it and its address.
-fn start_job(dir: &std::path::Path) -> (Job, String) {
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
-        .env("PAGEFLOW__SINKS__DIR", dir.to_string_lossy().to_string())
-        .env("PAGEFLOW__CHECKPOINT__ENABLED", "false")
-        .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "3000")
-        .env("PAGEFLOW__SEMANTICS__SLIDE", "\"1s\"")
-        .env("PAGEFLOW__SEMANTICS__TRENDING_WINDOW", "\"20s\"")
-        .env("PAGEFLOW__SEMANTICS__TRENDING_RECENT", "\"5s\"")
-        .env("PAGEFLOW__SEMANTICS__MAX_OUT_OF_ORDERNESS", "\"1s\"")
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    let stderr = child
-        .stderr
-        .take()
-        .unwrap_or_else(|| panic!("stderr is piped"));
-    let job = Job(child);
-    // Reading stops at the job's end (EOF), so this loop is bounded by the job itself.
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap_or_else(|e| panic!("reading the job's stderr: {e}"));
-        if let Some(start) = line.find("http://") {
-            let addr = line[start + "http://".len()..]
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            return (job, addr);
-        }
-    }
-    panic!("the job ended without saying where it listens");
-}
-
-/// Polls `probe` until it returns `Some`, or fails the test after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn start_job(dir: &std::path::Path) -> (JobProcess, String) {
+    let mut job = JobProcess::spawn(
+        Command::new(BIN)
+            .arg("run")
+            .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+            .env("PAGEFLOW__SINKS__DIR", dir.to_string_lossy().to_string())
+            .env("PAGEFLOW__CHECKPOINT__ENABLED", "false")
+            .env("PAGEFLOW__SOURCE__EVENTS_PER_SECOND", "3000")
+            .envs(FAST_WINDOWS.iter().copied())
+            .env("RUST_LOG", "warn"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = job
+        .http_address(START_LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (job, addr)
 }
 
 /// The `id:` of the next `event: ranking` frame on an open event stream (chunk-size lines of the
@@ -93,9 +58,15 @@ fn next_ranking_id(lines: &mut impl Iterator<Item = std::io::Result<String>>) ->
 fn the_job_streams_changing_rankings_and_reports_its_status() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (job, addr) = start_job(dir.path());
-    wait_for("/readyz to answer 200", Duration::from_secs(30), || {
+    poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
         let (status, _) = http_get(&addr, "/readyz")?;
         (status == 200).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for /readyz to answer 200:\n{}",
+            job.stderr()
+        )
     });
 
     // The stream: headers, then rankings with ids that change as the ranking changes.
@@ -134,15 +105,18 @@ fn the_job_streams_changing_rankings_and_reports_its_status() {
     );
 
     // The status of the running job.
-    let status: serde_json::Value = wait_for(
-        "/v1/status to count events",
-        Duration::from_secs(30),
-        || {
+    let status: serde_json::Value =
+        poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
             let (code, body) = http_get(&addr, "/v1/status")?;
             let value: serde_json::Value = serde_json::from_str(&body).ok()?;
             (code == 200 && value["events"]["in_total"].as_u64()? > 0).then_some(value)
-        },
-    );
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for /v1/status to count events:\n{}",
+                job.stderr()
+            )
+        });
     assert_eq!(status["ready"], true, "{status}");
     assert!(status["watermark"]["ms"].is_u64(), "{status}");
     assert!(status["uptime_s"].as_f64().is_some_and(|s| s > 0.0));

@@ -3,7 +3,7 @@
 //! budget, the circuit breaker, and the job forwarding its counted pageviews with `PutEvents`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -271,23 +271,12 @@ fn the_job_forwards_its_pageviews_and_serves_recommendations() {
             .env("PAGEFLOW__PERSONALIZE__EVENTS__LINGER", "\"200ms\"")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+            .env("RUST_LOG", "info"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        job.wait_for_stderr("http://", Duration::from_secs(60)),
-        "the job did not start serving: {}",
-        job.stderr()
-    );
-    let stderr = job.stderr();
-    let addr = stderr
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {stderr}"))
-        .to_string();
+    let addr = job
+        .http_address(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let calls = poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
         let calls = fake.accepted_put_events();

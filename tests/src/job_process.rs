@@ -4,6 +4,9 @@
 //! Standard error is drained by a thread as it comes (so the job never blocks on a full pipe) and
 //! can be searched while the process runs. Dropping a [`JobProcess`] kills and reaps the process.
 //!
+//! [`FAST_WINDOWS`] and [`JobProcess::http_address`] are what the end-to-end tests of `pageflow
+//! run` share: windows that close within seconds, and the address the job serves on.
+//!
 //! Only `std` is used, like [`crate::aws`].
 
 use std::io::Read;
@@ -14,6 +17,23 @@ use std::time::{Duration, Instant};
 
 /// How often the waiting functions look again.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Semantics overrides (environment variables of `pageflow run`) for a job whose rankings change
+/// within seconds instead of minutes. The values are TOML strings, as the configuration reads them.
+/// Pass them with `Command::envs(FAST_WINDOWS.iter().copied())`.
+pub const FAST_WINDOWS: &[(&str, &str)] = &[
+    // Windows open and close every second (the default is a minute).
+    ("PAGEFLOW__SEMANTICS__SLIDE", "\"1s\""),
+    // Trending counts the last 20 s (twenty slides) instead of an hour.
+    ("PAGEFLOW__SEMANTICS__TRENDING_WINDOW", "\"20s\""),
+    // Of which the last 5 s are the "recent" part that trending compares with the rest.
+    ("PAGEFLOW__SEMANTICS__TRENDING_RECENT", "\"5s\""),
+    // The watermark trails the newest event by 1 s, so a window is final a second after it ends.
+    ("PAGEFLOW__SEMANTICS__MAX_OUT_OF_ORDERNESS", "\"1s\""),
+];
+
+/// What `pageflow run` writes to standard error once it serves: `… open http://ADDR/ …`.
+const ANNOUNCEMENT: &str = "open http://";
 
 /// A child process whose standard error is collected.
 #[derive(Debug)]
@@ -133,14 +153,44 @@ impl JobProcess {
     /// Waits until standard error contains `needle`, at most `limit`; `false` if it did not (or
     /// the process ended without writing it).
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> bool {
+        self.wait_for_stderr_match(limit, |stderr| stderr.contains(needle).then_some(()))
+            .is_ok()
+    }
+
+    /// The address a `pageflow run` job serves HTTP on (`127.0.0.1:PORT` when it listens on
+    /// `127.0.0.1:0`), from the `open http://ADDR/` it announces on standard error once it
+    /// serves. Waits at most `limit`; the error says why and holds the job's standard error when
+    /// the job ends first or the limit passes.
+    pub fn http_address(&mut self, limit: Duration) -> Result<String, String> {
+        self.wait_for_stderr_match(limit, announced_address)
+            .map_err(|ended| {
+                let why = match ended {
+                    Some(status) => format!("the job ended ({status})"),
+                    None => format!("{limit:?} passed"),
+                };
+                format!(
+                    "the job did not announce its address ({why}):\n{}",
+                    self.stderr()
+                )
+            })
+    }
+
+    /// Waits until `probe` finds something in standard error, at most `limit`. The error is the
+    /// exit status if the process ended without it, `None` if the limit passed.
+    fn wait_for_stderr_match<T>(
+        &mut self,
+        limit: Duration,
+        mut probe: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T, Option<ExitStatus>> {
         let deadline = Instant::now() + limit;
         loop {
-            let ended = self.try_status().is_some();
-            if self.stderr().contains(needle) {
-                return true;
+            // Looked at before reading, so that once it has ended all of standard error is seen.
+            let ended = self.try_status();
+            if let Some(found) = probe(&self.stderr()) {
+                return Ok(found);
             }
-            if ended || Instant::now() >= deadline {
-                return false;
+            if ended.is_some() || Instant::now() >= deadline {
+                return Err(ended);
             }
             thread::sleep(POLL);
         }
@@ -154,6 +204,14 @@ impl Drop for JobProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The address in the first complete `open http://ADDR/` of `stderr` (complete: the `/` after the
+/// address is written too, as the line may arrive in pieces).
+fn announced_address(stderr: &str) -> Option<String> {
+    let start = stderr.find(ANNOUNCEMENT)? + ANNOUNCEMENT.len();
+    let (address, _) = stderr[start..].split_once('/')?;
+    Some(address.to_string())
 }
 
 /// Polls `probe` every `every` until it returns `Some`, at most `limit`.
@@ -171,5 +229,30 @@ pub fn poll_until<T>(
             return None;
         }
         thread::sleep(every);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announced_address;
+
+    #[test]
+    fn the_address_is_read_from_the_complete_announcement_only() {
+        let log = "INFO serving rankings on http://127.0.0.1:4000/ (metrics at /metrics)\n";
+        assert_eq!(announced_address(log), None, "not the announcement");
+        assert_eq!(
+            announced_address(&format!(
+                "{log}pageflow is running: open http://127.0.0.1:4"
+            )),
+            None,
+            "not written to the end yet"
+        );
+        assert_eq!(
+            announced_address(&format!(
+                "{log}pageflow is running: open http://127.0.0.1:4000/ ; stop with Ctrl-C\n"
+            ))
+            .as_deref(),
+            Some("127.0.0.1:4000")
+        );
     }
 }

@@ -292,6 +292,47 @@ pub(crate) fn check_portal(portal: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An id from the path (an article's, a user's): 1 to `max` characters after percent-decoding,
+/// else 400 with `code`.
+pub(crate) fn id_from_path(
+    id: Result<Path<String>, PathRejection>,
+    code: &'static str,
+    what: &str,
+    max: usize,
+) -> Result<String, ApiError> {
+    let Path(id) = id.map_err(|e| {
+        ApiError::bad_request(
+            code,
+            format!("the {what} in the path cannot be decoded ({e}); percent-encode it as UTF-8"),
+        )
+    })?;
+    let chars = id.chars().count();
+    if !(1..=max).contains(&chars) {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "the {what} has {chars} characters: give 1 to {max}, percent-encoded in the path"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// The `portal` query parameter, required and checked; `why` says why the route needs one.
+pub(crate) fn portal_from_query<'a>(
+    params: &'a HashMap<String, String>,
+    why: &str,
+) -> Result<&'a str, ApiError> {
+    let Some(portal) = params.get("portal") else {
+        return Err(ApiError::bad_request(
+            "invalid_portal",
+            format!("the portal query parameter is missing: {why}, add ?portal=<name>"),
+        ));
+    };
+    check_portal(portal)?;
+    Ok(portal)
+}
+
 /// `n` from the query: absent → [`DEFAULT_N`], else a whole number in `1..=MAX_N`.
 pub(crate) fn parse_n(params: &HashMap<String, String>) -> Result<usize, ApiError> {
     let Some(text) = params.get("n") else {
@@ -505,32 +546,14 @@ async fn related(
     article_id: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let Path(article_id) = article_id.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_article_id",
-            format!(
-                "the article id in the path cannot be decoded ({e}); percent-encode it as UTF-8"
-            ),
-        )
-    })?;
-    let chars = article_id.chars().count();
-    if !(1..=MAX_ARTICLE_ID_CHARS).contains(&chars) {
-        return Err(ApiError::bad_request(
-            "invalid_article_id",
-            format!(
-                "the article id has {chars} characters: give 1 to {MAX_ARTICLE_ID_CHARS}, percent-encoded in the path"
-            ),
-        ));
-    }
+    let article_id = id_from_path(
+        article_id,
+        "invalid_article_id",
+        "article id",
+        MAX_ARTICLE_ID_CHARS,
+    )?;
     let params = query_params(query)?;
-    let Some(portal) = params.get("portal") else {
-        return Err(ApiError::bad_request(
-            "invalid_portal",
-            "the portal query parameter is missing: article ids are per portal, add ?portal=<name>"
-                .to_string(),
-        ));
-    };
-    check_portal(portal)?;
+    let portal = portal_from_query(&params, "article ids are per portal")?;
     let n = parse_n(&params)?;
     let Some(list) = app.state.related(portal, &article_id) else {
         return Err(if app.state.knows_portal(portal) {

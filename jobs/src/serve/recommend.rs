@@ -31,7 +31,8 @@ use serde::Serialize;
 
 use super::blend::{Candidate, Recommended, blend, related_candidates};
 use super::http::{
-    ApiError, App, MAX_USER_ID_CHARS, QueryParams, check_portal, json, parse_n, query_params,
+    ApiError, App, MAX_USER_ID_CHARS, QueryParams, id_from_path, json, parse_n, portal_from_query,
+    query_params,
 };
 use super::personalize::PersonalizeAnswer;
 
@@ -56,30 +57,9 @@ async fn recommendations(
     user_id: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let Path(user_id) = user_id.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_user_id",
-            format!("the user id in the path cannot be decoded ({e}); percent-encode it as UTF-8"),
-        )
-    })?;
-    let chars = user_id.chars().count();
-    if !(1..=MAX_USER_ID_CHARS).contains(&chars) {
-        return Err(ApiError::bad_request(
-            "invalid_user_id",
-            format!(
-                "the user id has {chars} characters: give 1 to {MAX_USER_ID_CHARS}, percent-encoded in the path"
-            ),
-        ));
-    }
+    let user_id = id_from_path(user_id, "invalid_user_id", "user id", MAX_USER_ID_CHARS)?;
     let params = query_params(query)?;
-    let Some(portal) = params.get("portal") else {
-        return Err(ApiError::bad_request(
-            "invalid_portal",
-            "the portal query parameter is missing: recommendations are per portal, add ?portal=<name>"
-                .to_string(),
-        ));
-    };
-    check_portal(portal)?;
+    let portal = portal_from_query(&params, "recommendations are per portal")?;
     let n = parse_n(&params)?;
 
     let recent = app.state.recent_reads().recent(portal, &user_id);
