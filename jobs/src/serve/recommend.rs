@@ -10,7 +10,8 @@
 //! [`super::personalize`]): when it is slow, failing, throttled, not configured or has nothing for
 //! a cold reader, the answer comes from pageflow's own lists alone, at once. The answer says what
 //! happened in `personalize` (`ok`, `not_configured`, `timeout`, `throttled`, `not_found`,
-//! `error`, `breaker_open`) and carries Personalize's `recommendation_id` when it answered.
+//! `invalid_input`, `error`, `breaker_open`: [`crate::metrics::RECOMMENDATION_OUTCOMES`]) and
+//! carries Personalize's `recommendation_id` when it answered.
 //!
 //! ```text
 //! {"user_id":"u1","portal":"g1","recommendation_id":"RID-…","personalize":"ok",
@@ -226,6 +227,32 @@ mod tests {
         // The reader's reads are per portal.
         let (_, body) = get(&router, "/v1/users/u1/recommendations?portal=g1&n=1").await;
         assert_eq!(items(&body).len(), 1);
+    }
+
+    /// The OpenAPI document lists exactly the outcomes an answer can carry.
+    #[test]
+    fn the_documented_personalize_outcomes_are_the_real_ones() {
+        let document: Value =
+            serde_json::from_str(include_str!("openapi.json")).unwrap_or_else(|e| panic!("{e}"));
+        let documented: Vec<&str> = document["components"]["schemas"]["Recommendations"]
+            ["properties"]["personalize"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no enum"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(documented, crate::metrics::RECOMMENDATION_OUTCOMES);
+        for outcome in [
+            pageflow_connectors::personalize::RecommendOutcome::Ok,
+            pageflow_connectors::personalize::RecommendOutcome::Timeout,
+            pageflow_connectors::personalize::RecommendOutcome::Throttled,
+            pageflow_connectors::personalize::RecommendOutcome::NotFound,
+            pageflow_connectors::personalize::RecommendOutcome::InvalidInput,
+            pageflow_connectors::personalize::RecommendOutcome::Error,
+            pageflow_connectors::personalize::RecommendOutcome::BreakerOpen,
+        ] {
+            assert!(documented.contains(&outcome.as_str()), "{outcome}");
+        }
     }
 
     #[tokio::test]
