@@ -145,7 +145,7 @@ for placeholder in REGION ACCOUNT_ID STREAM_PREFIX FEATURES_STREAM CONSUMER_NAME
     substitutions+=(-e "s|${placeholder}|$(sed_value "${!placeholder}")|g")
 done
 
-# The templates keep one layout that this relies on (tests/tests/iam_policy.rs checks it): the
+# The templates keep one layout that this relies on (tests/tests/integration/iam_policy.rs checks it): the
 # statement list opens with the line `  "Statement": [`, each statement starts with the line `    {`,
 # has `      "Sid": "…",` as its first member and ends with the line `    }` or `    },`.
 sed "${substitutions[@]}" "$template" | awk -v omit=" ${omitted} " '

@@ -1,4 +1,4 @@
-//! Shared helpers for pageflow's integration tests (the tests themselves live in `tests/tests/`).
+//! Shared helpers for pageflow's integration tests (the tests themselves live in `tests/tests/integration/`).
 
 pub mod aws;
 pub mod clients;

@@ -1,0 +1,10 @@
+//! End-to-end tests of the `pageflow` binary (started as a process, `CARGO_BIN_EXE_pageflow`), one
+//! module per area, linked into one test binary (one link of the AWS SDK instead of one per file).
+//! Run one area with e.g. `cargo test -p pageflow --test end_to_end checkpoints::`.
+
+mod auth;
+mod aws_end_to_end;
+mod checkpoints;
+mod cli;
+mod dashboard;
+mod recommendations;

@@ -1,0 +1,18 @@
+//! pageflow's integration tests, one module per area, linked into one test binary: every module
+//! links the AWS SDK, and one binary instead of one per file saves CI minutes of linking and
+//! gigabytes of disk. Run one area with e.g. `cargo test -p pageflow-tests --test integration
+//! personalize::`.
+
+mod aws_sink_faults;
+mod aws_sinks;
+mod checkpoint_restore;
+mod checkpoint_store;
+mod graph_vs_oracle;
+mod iam_policy;
+mod idleness;
+mod kinesis_consumer;
+mod kinesis_local;
+mod kinesis_source;
+mod moto_harness;
+mod operators_vs_oracle;
+mod personalize;
