@@ -35,6 +35,9 @@ fail() {
   exit 1
 }
 
+# shellcheck source=scripts/lib/venv.sh
+. scripts/lib/venv.sh
+
 installed() {
   [ -x "$VENV/bin/st" ] &&
     version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" &&
@@ -46,26 +49,7 @@ install() {
     say "schemathesis $SCHEMATHESIS_VERSION already installed in $VENV"
     return 0
   fi
-  command -v "$PYTHON" >/dev/null 2>&1 ||
-    fail "$PYTHON is not installed; install Python 3 (Debian: apt-get install -y python3 python3-venv) and run this again"
-  if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-      say "the Python venv module is missing; installing python3-venv with apt-get"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-    fi
-    "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 ||
-      fail "the Python venv module is missing for $PYTHON; install it (Debian: apt-get install -y python3-venv) and run this again"
-  fi
-  if [ -e "$VENV" ] && ! [ -x "$VENV/bin/python" ]; then
-    say "removing the broken virtualenv $VENV"
-    rm -rf "$VENV"
-  fi
-  if ! [ -x "$VENV/bin/python" ]; then
-    say "creating the virtualenv $VENV with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv "$VENV" ||
-      fail "'$PYTHON -m venv $VENV' failed; install the venv module (Debian: apt-get install -y python3-venv), delete $VENV and run this again"
-  fi
+  ensure_venv "$VENV" "$PYTHON"
   say "installing schemathesis==$SCHEMATHESIS_VERSION from PyPI into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
     fail "pip could not install schemathesis==$SCHEMATHESIS_VERSION; check that PyPI is reachable and run this again"

@@ -224,7 +224,8 @@ impl Metrics {
         let index = RECOMMENDATION_OUTCOMES
             .iter()
             .position(|o| *o == personalize)
-            .unwrap_or(RECOMMENDATION_OUTCOMES.len() - 2);
+            .or_else(|| RECOMMENDATION_OUTCOMES.iter().position(|o| *o == "error"))
+            .unwrap_or_default();
         self.recommendations[index].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -24,6 +24,9 @@ fail() {
   exit 1
 }
 
+# shellcheck source=scripts/lib/venv.sh
+. scripts/lib/venv.sh
+
 moto_installed() {
   [ -x "$VENV/bin/python" ] &&
     installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" &&
@@ -37,33 +40,7 @@ install_moto() {
     return 0
   fi
 
-  if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    fail "$PYTHON is not installed; install Python 3 (Debian: apt-get install -y python3 python3-venv) and run this again"
-  fi
-
-  # The venv module with ensurepip (Debian ships them apart, in python3-venv).
-  if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-      say "the Python venv module is missing; installing python3-venv with apt-get"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-    fi
-    "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 ||
-      fail "the Python venv module is missing for $PYTHON; install it (Debian: apt-get install -y python3-venv) and run this again"
-  fi
-
-  if [ -e "$VENV" ] && ! [ -x "$VENV/bin/python" ]; then
-    say "removing the broken virtualenv $VENV"
-    rm -rf "$VENV"
-  fi
-  if ! [ -x "$VENV/bin/python" ]; then
-    say "creating the virtualenv $VENV with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv "$VENV" ||
-      fail "'$PYTHON -m venv $VENV' failed; install the venv module (Debian: apt-get install -y python3-venv), delete $VENV and run this again"
-  fi
-
-  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 ||
-    fail "pip is missing in $VENV; install python3-venv (Debian: apt-get install -y python3-venv), delete $VENV and run this again"
+  ensure_venv "$VENV" "$PYTHON"
 
   say "installing moto[server]==$MOTO_VERSION from PyPI into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ||

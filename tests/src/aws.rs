@@ -229,10 +229,11 @@ pub fn dummy_sigv4_authorization(service: &str) -> String {
     )
 }
 
-/// An HTTP response: its status and body.
+/// An HTTP response: its status, headers (names in lowercase, in order) and body.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -290,8 +291,15 @@ fn parse_response(response: &[u8]) -> io::Result<HttpResponse> {
         .nth(1)
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| invalid(&format!("bad status line {status_line:?}")))?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
     Ok(HttpResponse {
         status,
+        headers,
         body: response[head_end + 4..].to_vec(),
     })
 }

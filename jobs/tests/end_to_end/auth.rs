@@ -3,8 +3,6 @@
 //! its route groups with API keys and Cognito tokens (a JWKS file), limits callers by address,
 //! and answers CORS preflights. The unit tests of `serve::auth` cover the details.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,41 +70,18 @@ impl Answer {
     }
 }
 
-/// One HTTP/1.1 request to `addr` with `Connection: close`.
+/// One HTTP/1.1 request to `addr` (`127.0.0.1:PORT`) with `Connection: close`.
 fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    let timeout = Some(Duration::from_secs(10));
-    stream
-        .set_read_timeout(timeout)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    stream
-        .write_all(text.as_bytes())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {response}"));
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
+    let port = addr
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"));
+    let response = pageflow_tests::aws::http_request(port, method, path, headers, b"")
+        .unwrap_or_else(|e| panic!("{method} {path} at {addr}: {e}"));
     Answer {
-        status,
-        headers,
-        body: body.to_string(),
+        status: response.status,
+        body: response.text(),
+        headers: response.headers,
     }
 }
 
