@@ -69,6 +69,13 @@ enum Command {
         /// Share of malformed lines (0 to 1), to exercise the dead-letter output.
         #[arg(long, default_value_t = 0.0)]
         invalid_share: f64,
+        /// Events per second of event time: the file spans `events / rate` seconds.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Distinct readers; by default enough for the rate (750 per event per second, at least
+        /// 50,000), so that readers' sessions stay apart as on a real site.
+        #[arg(long)]
+        users: Option<u32>,
     },
     /// Prepare AWS (or the local emulators) for AWS mode: create streams, publish pageviews.
     #[command(subcommand)]
@@ -189,8 +196,16 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             out,
             invalid_share,
+            rate,
+            users,
         } => {
-            let written = commands::generate::run(events, seed, invalid_share, &out)?;
+            let options = commands::generate::GenerateOptions {
+                seed,
+                invalid_share,
+                rate,
+                users,
+            };
+            let written = commands::generate::run(events, &options, &out)?;
             eprintln!("wrote {written} pageviews to {}", out.display());
             Ok(())
         }

@@ -49,7 +49,14 @@ pub fn run(
     let input = dir.join(format!("bench-{events}.jsonl"));
     if !input.exists() {
         eprintln!("generating {events} events into {} …", input.display());
-        super::generate::run(events, 7, 0.0, &input)?;
+        super::generate::run(
+            events,
+            &super::generate::GenerateOptions {
+                seed: 7,
+                ..Default::default()
+            },
+            &input,
+        )?;
     }
     let mut figures = Vec::new();
     let mut record = |name: String, value: f64, unit: &'static str| {
