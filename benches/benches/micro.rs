@@ -6,9 +6,10 @@ use pageflow_connectors::batch::{
     BatchApi, BatchLimits, CallFailure, EntryOutcome, OutRecord, RetryPolicy, deliver,
 };
 use pageflow_connectors::kpl::{Deaggregated, aggregate, deaggregate};
-use pageflow_dataflow::event::{Event, validate};
+use pageflow_dataflow::event::{CompactEvent, validate};
 use pageflow_dataflow::features::{Feature, RankedItem, RankingKind};
-use pageflow_dataflow::operators::sessionize::SessionizeState;
+use pageflow_dataflow::intern::Article;
+use pageflow_dataflow::operators::sessionize::{SessionSpec, SessionizeState};
 use pageflow_dataflow::operators::top_n::{Descending, TopN};
 use std::hint::black_box;
 
@@ -39,24 +40,34 @@ fn top_n(c: &mut Criterion) {
 }
 
 fn sessionize(c: &mut Criterion) {
-    c.bench_function("sessionize 10k events of 1k users", |b| {
+    let articles: Vec<Article> = (0..300)
+        .map(|n| Article::intern_names("g1", &format!("a{n}")))
+        .collect();
+    let events: Vec<CompactEvent> = (0..10_000u64)
+        .map(|n| CompactEvent {
+            event_id: format!("e{n}").into(),
+            user_id: format!("u{}", n % 1_000).into(),
+            article: articles[(n % 300) as usize],
+            ts: 1_795_435_200_000 + n * 100,
+            dwell_ms: 0,
+            clicks: 0,
+            scroll_pct: 0,
+        })
+        .collect();
+    c.bench_function("sessionize (with pairs) 10k events of 1k users", |b| {
         b.iter(|| {
-            let mut state = SessionizeState::new(30 * 60_000);
-            for n in 0..10_000u64 {
-                state.insert(Event {
-                    event_id: format!("e{n}").into(),
-                    portal: "g1".into(),
-                    user_id: format!("u{}", n % 1_000).into(),
-                    article_id: format!("a{}", n % 300).into(),
-                    ts: 1_795_435_200_000 + n * 100,
-                    dwell_ms: 0,
-                    scroll_pct: 0,
-                    clicks: 0,
-                });
+            let mut state = SessionizeState::new(SessionSpec {
+                gap: 30 * 60_000,
+                slide: 60_000,
+                cooc_slide: 600_000,
+                cooc_recent: 10,
+            });
+            for event in &events {
+                state.insert(event.clone());
             }
-            let mut out = Vec::new();
-            state.advance(u64::MAX, &mut out);
-            black_box(out.len())
+            let (mut sessions, mut pairs) = (Vec::new(), Vec::new());
+            state.advance(u64::MAX, &mut sessions, &mut pairs);
+            black_box((sessions.len(), pairs.len()))
         })
     });
 }

@@ -10,8 +10,10 @@
 //!   like the Firehose-to-S3 one).
 //! - [`checkpoint_store`]: where checkpoints of the job's state live
 //!   ([`checkpoint_store::LocalDirStore`], [`checkpoint_store::S3Store`]), and
-//!   [`checkpoint_store::Checkpoints`]: their layout, manifest, checksums, retention and fallback to
-//!   the previous good one.
+//!   [`checkpoint_store::Checkpoints`]: incremental checkpoints as immutable sorted runs shared
+//!   between checkpoints (each commit writes only what changed, a background compaction merges the
+//!   deltas into a base split in parts), their manifest, checksums, retention, and fallback to the
+//!   previous good one.
 //! - [`personalize`]: Amazon Personalize: a recommender (`GetRecommendations` within a time budget,
 //!   behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced,
 //!   retried, never blocking the caller).

@@ -127,6 +127,11 @@ pub struct SemanticsConfig {
     pub cooc_recent: usize,
     /// Length of the co-occurrence sliding window.
     pub cooc_window: Millis,
+    /// The co-occurrence window (and the views `related` divides by) advances by this much: window
+    /// `j` covers `[j·cooc_slide − cooc_window, j·cooc_slide)`, and `related` is evaluated only at
+    /// these window ends. A whole number of `slide`s; `cooc_window` is a whole number of these.
+    /// (A day-long window needs no minute precision: this keeps its state smaller.)
+    pub cooc_slide: Millis,
     /// A pair must co-occur at least this often in the window to count as related.
     pub cooc_min_support: u64,
     /// A `related` feature for one article is emitted at most this often (event time).
@@ -146,6 +151,7 @@ impl Default for SemanticsConfig {
             top_n: 50,
             cooc_recent: 10,
             cooc_window: Millis::hours(24),
+            cooc_slide: Millis::minutes(10),
             cooc_min_support: 2,
             related_interval: Millis::minutes(10),
         }
@@ -176,7 +182,15 @@ impl SemanticsConfig {
         multiple("trending_window", self.trending_window, &mut problems);
         multiple("trending_recent", self.trending_recent, &mut problems);
         multiple("cooc_window", self.cooc_window, &mut problems);
+        multiple("cooc_slide", self.cooc_slide, &mut problems);
         multiple("related_interval", self.related_interval, &mut problems);
+        let cooc_slide = self.cooc_slide.ms();
+        if cooc_slide != 0 && !self.cooc_window.ms().is_multiple_of(cooc_slide) {
+            problems.push(format!(
+                "`cooc_window` ({}) must be a whole number of `cooc_slide`s ({}): the co-occurrence window advances by `cooc_slide`",
+                self.cooc_window, self.cooc_slide
+            ));
+        }
         if self.trending_recent >= self.trending_window {
             problems.push(format!(
                 "`trending_recent` ({}) must be shorter than `trending_window` ({}): the score compares the recent part with the rest",
@@ -211,6 +225,14 @@ impl SemanticsConfig {
     pub fn tick(&self, ts: u64) -> u64 {
         ts - ts % self.slide.ms()
     }
+
+    /// The co-occurrence counterpart of [`Self::tick`]: `ts` rounded down to a multiple of
+    /// `cooc_slide`. The first co-occurrence window whose end is after `ts` (the first to count it)
+    /// ends at `cooc_tick(ts) + cooc_slide`. Always a tick too, as `cooc_slide` is a whole number of
+    /// `slide`s.
+    pub fn cooc_tick(&self, ts: u64) -> u64 {
+        ts - ts % self.cooc_slide.ms()
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +264,77 @@ mod tests {
         assert!(problems.len() >= 4, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("top_n")));
         assert!(problems.iter().any(|p| p.contains("trending_recent")));
+    }
+
+    #[test]
+    fn cooc_slide_divides_cooc_window_and_is_divided_by_slide() {
+        let defaults = SemanticsConfig::default();
+        assert_eq!(defaults.cooc_slide, Millis::minutes(10));
+        assert!(
+            defaults
+                .cooc_window
+                .ms()
+                .is_multiple_of(defaults.cooc_slide.ms())
+        );
+
+        // 90 s is not a whole number of 1-minute slides; a day is not a whole number of 7 minutes.
+        let off_slide = SemanticsConfig {
+            cooc_slide: Millis::seconds(90),
+            ..SemanticsConfig::default()
+        };
+        let problems = off_slide.validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("`cooc_slide` (90s)") && p.contains("`slide`s (1m)")),
+            "{problems:?}"
+        );
+        let off_window = SemanticsConfig {
+            cooc_slide: Millis::minutes(7),
+            ..SemanticsConfig::default()
+        };
+        assert_eq!(
+            off_window.validate(),
+            vec![
+                "`cooc_window` (1d) must be a whole number of `cooc_slide`s (7m): the co-occurrence window advances by `cooc_slide`"
+                    .to_string()
+            ]
+        );
+        // Both at once, with the rest of the problems: every one is reported.
+        let both = SemanticsConfig {
+            cooc_slide: Millis::seconds(90),
+            cooc_window: Millis::minutes(100),
+            top_n: 0,
+            ..SemanticsConfig::default()
+        };
+        let problems = both.validate();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("`cooc_slide`")));
+        assert!(problems.iter().any(|p| p.starts_with("`cooc_window`")));
+        assert!(problems.iter().any(|p| p.starts_with("`top_n`")));
+        // Zero is reported once, as not positive (no division by it).
+        let zero = SemanticsConfig {
+            cooc_slide: Millis(0),
+            ..SemanticsConfig::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            vec!["`cooc_slide` must be positive".to_string()]
+        );
+    }
+
+    #[test]
+    fn cooc_tick_rounds_down_to_cooc_slide() {
+        let config = SemanticsConfig::default();
+        let ten_minutes = 600_000;
+        assert_eq!(config.cooc_tick(0), 0);
+        assert_eq!(config.cooc_tick(ten_minutes - 1), 0);
+        assert_eq!(config.cooc_tick(ten_minutes), ten_minutes);
+        assert_eq!(config.cooc_tick(3 * ten_minutes + 59_999), 3 * ten_minutes);
+        // A co-occurrence tick is always a tick.
+        assert_eq!(
+            config.tick(config.cooc_tick(1_234_567)),
+            config.cooc_tick(1_234_567)
+        );
     }
 }

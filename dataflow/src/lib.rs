@@ -6,6 +6,7 @@
 //! the binary connects to sinks.
 //!
 //! - [`event`]: the pageview, its validation and dead letters.
+//! - [`intern`]: portals and articles as interned ids.
 //! - [`config`]: every parameter of `SEMANTICS.md`.
 //! - [`operators`]: one incremental operator per file, as extension traits on timely streams.
 //! - [`algorithms`]: compositions of operators; [`algorithms::graph`] is the whole job.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod event;
 pub mod features;
 pub mod ids;
+pub mod intern;
 pub mod live;
 pub mod operators;
 pub mod oracle;
@@ -28,3 +30,6 @@ pub mod score;
 pub mod source;
 pub mod stats;
 pub mod time;
+
+#[cfg(test)]
+pub(crate) mod test_support;

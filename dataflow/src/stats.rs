@@ -4,6 +4,7 @@
 //! take a consistent-enough snapshot with [`JobStats::snapshot`].
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -31,6 +32,50 @@ pub struct JobStats {
     pub open_sessions: AtomicU64,
     /// Feature records emitted.
     pub features: AtomicU64,
+    /// The size of each operator's state on each worker, as last reported.
+    pub state_sizes: StateSizes,
+}
+
+/// The size of each operator's state on each worker: workers report theirs every few seconds
+/// ([`StateSizes::report`]), metrics and benchmarks read the totals ([`StateSizes::totals`]).
+#[derive(Debug, Default)]
+pub struct StateSizes {
+    by_worker: Mutex<BTreeMap<usize, BTreeMap<String, crate::checkpoint::StateSize>>>,
+}
+
+impl StateSizes {
+    /// Replaces what `worker` reported before.
+    pub fn report(&self, worker: usize, sizes: BTreeMap<String, crate::checkpoint::StateSize>) {
+        self.by_worker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(worker, sizes);
+    }
+
+    /// Each operator's state summed over the workers, plus `interned` (the portal and article
+    /// table every worker shares).
+    pub fn totals(&self) -> BTreeMap<String, crate::checkpoint::StateSize> {
+        let mut totals: BTreeMap<String, crate::checkpoint::StateSize> = BTreeMap::new();
+        for sizes in self
+            .by_worker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .values()
+        {
+            for (operator, size) in sizes {
+                *totals.entry(operator.clone()).or_default() += *size;
+            }
+        }
+        let interned = crate::intern::stats();
+        totals.insert(
+            "interned".to_string(),
+            crate::checkpoint::StateSize {
+                bytes: interned.bytes,
+                entries: interned.articles + interned.portals,
+            },
+        );
+        totals
+    }
 }
 
 /// A point-in-time copy of [`JobStats`], as written to `summary.json`.

@@ -2,15 +2,21 @@
 //! job restores from the newest good one at start.
 //!
 //! ```text
-//!  trigger (every interval) ─► coordinator.request(id) ─► workers pause, drain, save
+//!  trigger (every interval) ─► coordinator.request(id) ─► workers pause, drain, save what changed
 //!        workers ──SinkMessage::Checkpoint (one part each)──► sink thread
-//!        sink thread: all parts in ─► flush the outputs ─► + serving state ─► writer thread
-//!        writer thread: parts, then the manifest (the commit) ─► metrics
+//!        sink thread: all parts in ─► flush the outputs ─► + serving state's changes ─► writer
+//!        writer thread: one delta run, then the manifest (the commit) ─► metrics
+//!        store: merges the runs into a new base in the background (compaction)
 //! ```
 //!
 //! The sink flushes before the checkpoint is handed on, so a committed checkpoint never covers a
 //! result that was not delivered: after a crash, everything emitted since the checkpoint is
 //! emitted again (with the same `feature_id`s), and nothing before it is lost.
+//!
+//! Checkpoints are incremental: each writes what changed since the previous one, on top of it (its
+//! *parent*). A change that was handed over but not committed (a store that failed) is carried
+//! into the next commit, so the chain never loses a change; a worker whose state could not be
+//! encoded (a bug) stops checkpoints altogether rather than commit a chain with a hole in it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,24 +25,22 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::checkpoint_store::{CheckpointStore, Checkpoints, LocalDirStore, S3Store};
+use pageflow_connectors::checkpoint_store::{
+    CheckpointStore, Checkpoints, LocalDirStore, Manifest, S3Store, StateEntry,
+};
+use pageflow_dataflow::checkpoint::changes::{decode, parse_key};
+use pageflow_dataflow::checkpoint::snapshot::{INGEST_STATE, IngestKey};
 use pageflow_dataflow::checkpoint::{
-    CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, SavedState, WorkerCheckpoint,
-    WorkerSnapshot,
+    Change, CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, Restore, RestorePlan,
+    RestoredSources, StateSize, WorkerCheckpoint,
 };
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::live::LiveUpdate;
+use pageflow_dataflow::time::Watermark;
 
 use crate::config::{CheckpointStoreKind, JobConfig};
 use crate::metrics::Metrics;
-
-/// The part holding the serving layer's state.
-const SERVING_PART: &str = "serving.bin";
-
-/// The part name of worker `index`'s state.
-fn worker_part(index: usize) -> String {
-    format!("worker-{index}.bin")
-}
+use crate::serve::state::SERVING_STATE;
 
 /// What the state depends on besides the code: the semantics. A checkpoint taken with other
 /// windows or gaps cannot continue, so the job refuses it.
@@ -82,12 +86,16 @@ pub fn open_store(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> Resu
 pub struct Restored {
     /// Its id.
     pub id: u64,
-    /// The operator state of every worker that saved it.
-    pub state: SavedState,
+    /// Its manifest: the parent of the next checkpoint.
+    pub manifest: Manifest,
+    /// Every worker's operator state, and the sources' positions.
+    pub restore: Restore,
     /// Where every source partition stood.
     pub partitions: Vec<PartitionCheckpoint>,
     /// The serving layer's state.
     pub serving: Vec<LiveUpdate>,
+    /// How long loading, verifying and dealing it out took.
+    pub loaded_in: Duration,
 }
 
 impl Restored {
@@ -103,8 +111,14 @@ impl Restored {
 #[error("{0}")]
 pub struct UnusableCheckpoint(pub String);
 
-/// Loads the newest good checkpoint, if any; refuses one taken with other semantics.
-pub fn restore(checkpoints: &Checkpoints, semantics: &SemanticsConfig) -> Result<Option<Restored>> {
+/// Loads the newest good checkpoint, if any, and deals it out to `workers` workers; refuses one
+/// taken with other semantics.
+pub fn restore(
+    checkpoints: &Checkpoints,
+    semantics: &SemanticsConfig,
+    workers: usize,
+) -> Result<Option<Restored>> {
+    let started = Instant::now();
     let loaded = match checkpoints.load_latest() {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return Ok(None),
@@ -123,33 +137,30 @@ pub fn restore(checkpoints: &Checkpoints, semantics: &SemanticsConfig) -> Result
         ))
         .into());
     }
-    let mut workers = Vec::new();
-    for index in 0..manifest.workers {
-        let name = worker_part(index);
-        let bytes = loaded.parts.get(&name).ok_or_else(|| {
-            anyhow!(
-                "checkpoint {} has no part {name} although its manifest lists {} workers",
-                manifest.id,
-                manifest.workers
-            )
-        })?;
-        workers.push(WorkerSnapshot::decode(bytes)?);
+    let mut plan = RestorePlan::new(workers);
+    let mut serving = Vec::new();
+    for entry in loaded.entries() {
+        let (key, value) = entry?;
+        match parse_key(&key) {
+            Some((SERVING_STATE, _, _)) => {
+                serving.push(decode::<LiveUpdate>(&value).map_err(|error| {
+                    anyhow!(
+                        "checkpoint {}: cannot read the serving state: {error}",
+                        manifest.id
+                    )
+                })?)
+            }
+            _ => plan.add(key, value)?,
+        }
     }
-    let state = SavedState::new(workers)?;
-    let serving = match loaded.parts.get(SERVING_PART) {
-        Some(bytes) => bincode::deserialize(bytes).map_err(|error| {
-            anyhow!(
-                "checkpoint {}: cannot read the serving state: {error}",
-                manifest.id
-            )
-        })?,
-        None => Vec::new(),
-    };
+    let restore = plan.finish();
     Ok(Some(Restored {
         id: manifest.id,
-        partitions: state.partitions()?,
-        state,
+        manifest: loaded.manifest.clone(),
+        partitions: restore.sources.partitions.values().cloned().collect(),
+        restore,
         serving,
+        loaded_in: started.elapsed(),
     }))
 }
 
@@ -157,7 +168,8 @@ pub fn restore(checkpoints: &Checkpoints, semantics: &SemanticsConfig) -> Result
 #[derive(Debug)]
 pub struct PartsInbox {
     workers: usize,
-    pending: BTreeMap<u64, Vec<WorkerCheckpoint>>,
+    /// Parts of checkpoints not complete yet, in the order they arrived.
+    pending: Vec<(u64, Vec<WorkerCheckpoint>)>,
 }
 
 /// Every worker's part of one checkpoint.
@@ -165,8 +177,11 @@ pub struct PartsInbox {
 pub struct CompleteParts {
     /// The checkpoint's id.
     pub id: u64,
-    /// Every worker's saved state, or the first failure.
-    pub snapshots: Result<Vec<WorkerSnapshot>, String>,
+    /// What changed on every worker (and in earlier parts that never completed), in order, or
+    /// the first failure.
+    pub changes: Result<Vec<Change>, String>,
+    /// The size of every operator's state, summed over the workers.
+    pub sizes: BTreeMap<String, StateSize>,
     /// The longest any worker stood still.
     pub paused_for: Duration,
     /// The longest any worker took to save its state (part of `paused_for`).
@@ -180,31 +195,62 @@ impl PartsInbox {
     pub fn new(workers: usize) -> Self {
         PartsInbox {
             workers,
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
         }
     }
 
-    /// Takes one part; returns the checkpoint once every worker's part is in. Parts of older,
-    /// incomplete checkpoints (a worker that ended meanwhile) are dropped.
+    /// Takes one part; returns the checkpoint once every worker's part is in. Parts of earlier
+    /// checkpoints that never completed (the dataflow ended while one was taken) go with it, first:
+    /// their changes are not in any checkpoint yet.
     pub fn add(&mut self, part: WorkerCheckpoint) -> Option<CompleteParts> {
         let id = part.id;
-        self.pending.retain(|pending, _| *pending >= id);
-        let parts = self.pending.entry(id).or_default();
-        parts.push(part);
-        if parts.len() < self.workers {
-            return None;
+        match self.pending.iter_mut().find(|(pending, _)| *pending == id) {
+            Some((_, parts)) => parts.push(part),
+            None => self.pending.push((id, vec![part])),
         }
-        let parts = self.pending.remove(&id).unwrap_or_default();
-        let paused_for = parts.iter().map(|p| p.paused_for).max().unwrap_or_default();
-        let saved_in = parts.iter().map(|p| p.saved_in).max().unwrap_or_default();
-        let is_final = parts.iter().any(|p| p.is_final);
-        let snapshots = parts
-            .into_iter()
-            .map(|p| p.snapshot.map_err(|error| error.to_string()))
-            .collect();
+        let at = self
+            .pending
+            .iter()
+            .position(|(pending, parts)| *pending == id && parts.len() >= self.workers)?;
+        let taken: Vec<(u64, Vec<WorkerCheckpoint>)> = self.pending.drain(..=at).collect();
+        let complete = taken
+            .last()
+            .map(|(_, parts)| parts.as_slice())
+            .unwrap_or_default();
+        let paused_for = complete
+            .iter()
+            .map(|p| p.paused_for)
+            .max()
+            .unwrap_or_default();
+        let saved_in = complete
+            .iter()
+            .map(|p| p.saved_in)
+            .max()
+            .unwrap_or_default();
+        let is_final = complete.iter().any(|p| p.is_final);
+        let mut sizes: BTreeMap<String, StateSize> = BTreeMap::new();
+        let mut changes = Ok(Vec::new());
+        let last = taken.len() - 1;
+        for (index, (_, parts)) in taken.into_iter().enumerate() {
+            for part in parts {
+                match (part.snapshot, &mut changes) {
+                    (Ok(snapshot), Ok(all)) => {
+                        if index == last {
+                            for (operator, size) in snapshot.sizes {
+                                *sizes.entry(operator).or_default() += size;
+                            }
+                        }
+                        all.extend(snapshot.changes);
+                    }
+                    (Err(error), Ok(_)) => changes = Err(error.to_string()),
+                    (_, Err(_)) => {}
+                }
+            }
+        }
         Some(CompleteParts {
             id,
-            snapshots,
+            changes,
+            sizes,
             paused_for,
             saved_in,
             is_final,
@@ -217,8 +263,10 @@ impl PartsInbox {
 pub struct ToWrite {
     /// The workers' parts.
     pub parts: CompleteParts,
-    /// The serving layer's state at the checkpoint.
-    pub serving: Vec<LiveUpdate>,
+    /// What changed in the serving layer's state.
+    pub serving: Vec<Change>,
+    /// The job watermark when it was taken (ms), for the manifest's facts.
+    pub watermark_ms: u64,
 }
 
 /// What became of a checkpoint.
@@ -228,6 +276,21 @@ pub enum Outcome {
     Committed(u64),
     /// Not written, and why.
     Failed(u64, String),
+}
+
+/// Where the chain of checkpoints a job writes starts.
+#[derive(Debug, Default)]
+pub struct ChainStart {
+    /// The checkpoint restored, which the first checkpoint builds on.
+    pub parent: Option<Manifest>,
+    /// What the restored checkpoint says of the sources (for the manifests' facts).
+    pub sources: RestoredSources,
+    /// The job's workers.
+    pub workers: usize,
+    /// The first checkpoint id to write (ids never repeat in a location).
+    pub first_id: u64,
+    /// The fingerprint of the settings the state depends on ([`fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Takes checkpoints on a timer, writes complete ones, and reports outcomes. Clones share
@@ -293,15 +356,23 @@ impl Progress {
 }
 
 impl CheckpointDriver {
-    /// Starts the writer and the timer; ids continue after `first_id - 1`.
+    /// Starts the writer and the timer: checkpoint ids continue from `chain.first_id`, and the
+    /// first checkpoint builds on `chain.parent` (the one restored, or none for empty state).
     pub fn start(
         coordinator: Arc<CheckpointCoordinator>,
         checkpoints: Checkpoints,
-        first_id: u64,
+        chain: ChainStart,
         interval: Duration,
-        fingerprint: String,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
+        let ChainStart {
+            parent,
+            sources: known,
+            workers,
+            first_id,
+            fingerprint,
+        } = chain;
+        let known = &known;
         let (writes, to_write) = channel::<ToWrite>();
         let driver = CheckpointDriver {
             coordinator,
@@ -312,11 +383,23 @@ impl CheckpointDriver {
         };
         {
             let progress = Arc::clone(&driver.progress);
+            let mut writer = Writer {
+                checkpoints,
+                fingerprint,
+                parent,
+                workers,
+                carried: Vec::new(),
+                broken: None,
+                partitions: known
+                    .partitions
+                    .iter()
+                    .map(|(name, saved)| (name.clone(), saved.finished))
+                    .collect(),
+                watermark: known.watermark.unwrap_or(Watermark::MinusInfinity),
+            };
             std::thread::Builder::new()
                 .name("pageflow-checkpoint-writer".into())
-                .spawn(move || {
-                    write_loop(to_write, &checkpoints, &fingerprint, &metrics, &progress)
-                })
+                .spawn(move || writer.run(to_write, &metrics, &progress))
                 .context("cannot start the checkpoint writer")?;
         }
         {
@@ -451,95 +534,199 @@ impl CheckpointDriver {
     }
 }
 
-fn write_loop(
-    to_write: Receiver<ToWrite>,
-    checkpoints: &Checkpoints,
-    fingerprint: &str,
-    metrics: &Metrics,
-    progress: &Progress,
-) {
-    while let Ok(ToWrite { parts, serving }) = to_write.recv() {
-        let id = parts.id;
-        let result = write_one(checkpoints, fingerprint, parts, serving);
-        match result {
-            Ok((size, state_bytes, paused_for, saved_in)) => {
-                let duration = progress
-                    .requested_at
-                    .lock()
-                    .ok()
-                    .and_then(|at| *at)
-                    .filter(|(requested, _)| *requested == id)
-                    .map(|(_, at)| at.elapsed())
-                    .unwrap_or_default();
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                metrics.checkpoint_completed(|figures| {
-                    figures.last_id = Some(id);
-                    figures.last_success_ms = Some(now_ms);
-                    figures.last_duration_s = duration.as_secs_f64();
-                    figures.last_pause_s = paused_for.as_secs_f64();
-                    figures.last_save_s = saved_in.as_secs_f64();
-                    figures.last_size_bytes = size;
-                    figures.state_bytes = state_bytes;
-                });
-                tracing::info!(
-                    checkpoint = id,
-                    bytes = size,
-                    duration_ms = duration.as_millis() as u64,
-                    paused_ms = paused_for.as_millis() as u64,
-                    location = checkpoints.location(),
-                    "checkpoint committed"
-                );
-                progress.queued.fetch_sub(1, Ordering::SeqCst);
-                progress.report(Outcome::Committed(id));
-            }
-            Err(error) => {
-                metrics.checkpoint_failed();
-                tracing::error!(
-                    checkpoint = id,
-                    "checkpoint not written: {error:#}; the job goes on and tries again at the next interval"
-                );
-                progress.queued.fetch_sub(1, Ordering::SeqCst);
-                progress.report(Outcome::Failed(id, format!("{error:#}")));
-            }
-        }
-    }
+/// The writer thread's state: the chain of checkpoints it extends.
+struct Writer {
+    checkpoints: Checkpoints,
+    fingerprint: String,
+    /// The checkpoint the next one builds on.
+    parent: Option<Manifest>,
+    /// The job's workers (recorded in manifests).
+    workers: usize,
+    /// Changes handed over but not committed yet (a commit that failed): they go first into the
+    /// next commit, whose newer changes win.
+    carried: Vec<StateEntry>,
+    /// Set when a worker's state could not be encoded: the chain would miss its changes, so no
+    /// checkpoint is written any more (the job must be restarted to checkpoint again).
+    broken: Option<String>,
+    /// Every source partition in the state and whether it ended, and the job watermark: facts
+    /// for the manifest, kept up to date from the changes (the store holds the rest).
+    partitions: BTreeMap<String, bool>,
+    watermark: Watermark,
 }
 
-type Written = (u64, BTreeMap<String, u64>, Duration, Duration);
+/// What one commit did, for metrics and logs.
+struct Written {
+    bytes_written: u64,
+    stored_bytes: u64,
+    entries: usize,
+}
 
-fn write_one(
-    checkpoints: &Checkpoints,
-    fingerprint: &str,
-    parts: CompleteParts,
-    serving: Vec<LiveUpdate>,
-) -> Result<Written> {
-    let state = SavedState::new(parts.snapshots.map_err(|why| anyhow!(why))?)?;
-    let mut state_bytes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut files = Vec::new();
-    for snapshot in state.snapshots() {
-        for (operator, bytes) in snapshot.sizes() {
-            *state_bytes.entry(operator).or_default() += bytes;
+impl Writer {
+    /// Follows the source partitions and the watermark through ingest's changes.
+    fn note_sources(&mut self, changes: &[Change]) {
+        for change in changes {
+            let Some((INGEST_STATE, _, key)) = parse_key(&change.key) else {
+                continue;
+            };
+            let Some(value) = &change.value else {
+                continue;
+            };
+            match decode::<IngestKey>(key) {
+                Ok(IngestKey::Partition(name)) => {
+                    if let Ok(saved) = decode::<PartitionCheckpoint>(value) {
+                        self.partitions.insert(name, saved.finished);
+                    }
+                }
+                Ok(IngestKey::Watermark { .. }) => {
+                    if let Ok(watermark) = decode::<Watermark>(value) {
+                        self.watermark = self.watermark.max(watermark);
+                    }
+                }
+                Err(_) => {}
+            }
         }
-        files.push((worker_part(snapshot.worker), snapshot.encode()?));
     }
-    files.push((
-        SERVING_PART.to_string(),
-        bincode::serialize(&serving)
-            .map_err(|e| anyhow!("cannot encode the serving state: {e}"))?,
-    ));
-    let size = files.iter().map(|(_, bytes)| bytes.len() as u64).sum();
-    let partitions = state.partitions()?;
-    let mut info = BTreeMap::new();
-    info.insert("watermark".to_string(), format!("{:?}", state.watermark()?));
-    info.insert("partitions".to_string(), partitions.len().to_string());
-    info.insert(
-        "finished_partitions".to_string(),
-        partitions.iter().filter(|p| p.finished).count().to_string(),
-    );
-    info.insert("final".to_string(), parts.is_final.to_string());
-    checkpoints.write(parts.id, state.workers(), fingerprint, info, files)?;
-    Ok((size, state_bytes, parts.paused_for, parts.saved_in))
+
+    fn run(&mut self, to_write: Receiver<ToWrite>, metrics: &Metrics, progress: &Progress) {
+        while let Ok(checkpoint) = to_write.recv() {
+            let id = checkpoint.parts.id;
+            let (paused_for, saved_in) = (checkpoint.parts.paused_for, checkpoint.parts.saved_in);
+            let sizes = checkpoint.parts.sizes.clone();
+            match self.write(checkpoint) {
+                Ok(written) => {
+                    let duration = progress
+                        .requested_at
+                        .lock()
+                        .ok()
+                        .and_then(|at| *at)
+                        .filter(|(requested, _)| *requested == id)
+                        .map(|(_, at)| at.elapsed())
+                        .unwrap_or_default();
+                    let now_ms = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    metrics.checkpoint_completed(|figures| {
+                        figures.last_id = Some(id);
+                        figures.last_success_ms = Some(now_ms);
+                        figures.last_duration_s = duration.as_secs_f64();
+                        figures.last_pause_s = paused_for.as_secs_f64();
+                        figures.last_save_s = saved_in.as_secs_f64();
+                        figures.last_size_bytes = written.bytes_written;
+                        figures.stored_bytes = written.stored_bytes;
+                        figures.state_bytes = sizes
+                            .iter()
+                            .map(|(op, size)| (op.clone(), size.bytes))
+                            .collect();
+                        figures.state_entries = sizes
+                            .iter()
+                            .map(|(op, size)| (op.clone(), size.entries))
+                            .collect();
+                    });
+                    tracing::info!(
+                        checkpoint = id,
+                        bytes_written = written.bytes_written,
+                        entries = written.entries,
+                        stored_bytes = written.stored_bytes,
+                        duration_ms = duration.as_millis() as u64,
+                        paused_ms = paused_for.as_millis() as u64,
+                        location = self.checkpoints.location(),
+                        "checkpoint committed"
+                    );
+                    progress.queued.fetch_sub(1, Ordering::SeqCst);
+                    progress.report(Outcome::Committed(id));
+                }
+                Err(error) => {
+                    metrics.checkpoint_failed();
+                    tracing::error!(
+                        checkpoint = id,
+                        "checkpoint not written: {error:#}; the job goes on and tries again at the next interval"
+                    );
+                    progress.queued.fetch_sub(1, Ordering::SeqCst);
+                    progress.report(Outcome::Failed(id, format!("{error:#}")));
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, checkpoint: ToWrite) -> Result<Written> {
+        let ToWrite {
+            parts,
+            serving,
+            watermark_ms,
+        } = checkpoint;
+        let id = parts.id;
+        if let Some(why) = &self.broken {
+            return Err(anyhow!(
+                "checkpoints are stopped since a worker's state could not be saved ({why}); restart the job to take checkpoints again"
+            ));
+        }
+        let changes = match parts.changes {
+            Ok(changes) => changes,
+            Err(why) => {
+                self.broken = Some(why.clone());
+                return Err(anyhow!(
+                    "a worker's state could not be saved: {why}; this is a bug in pageflow: checkpoints stop until the job is restarted (it restarts from checkpoint {})",
+                    self.parent.as_ref().map_or(0, |p| p.id)
+                ));
+            }
+        };
+        self.note_sources(&changes);
+        let mut delta = std::mem::take(&mut self.carried);
+        delta.extend(changes.into_iter().chain(serving).map(|change| StateEntry {
+            key: change.key,
+            value: change.value,
+        }));
+        let entries = delta.len();
+        let mut info = BTreeMap::new();
+        info.insert("watermark_ms".to_string(), watermark_ms.to_string());
+        info.insert("watermark".to_string(), format!("{:?}", self.watermark));
+        info.insert("partitions".to_string(), self.partitions.len().to_string());
+        info.insert(
+            "finished_partitions".to_string(),
+            self.partitions.values().filter(|f| **f).count().to_string(),
+        );
+        info.insert("final".to_string(), parts.is_final.to_string());
+        for (operator, size) in &parts.sizes {
+            info.insert(
+                format!("state.{operator}"),
+                format!("{} bytes, {} entries", size.bytes, size.entries),
+            );
+        }
+        // The store sorts the delta it takes; a copy is kept in case the commit fails.
+        let delta_for_retry = delta.clone();
+        match self.checkpoints.commit(
+            id,
+            self.parent.as_ref(),
+            delta,
+            self.workers,
+            &self.fingerprint,
+            info,
+        ) {
+            Ok(commit) => {
+                if let Some(report) = &commit.compaction {
+                    tracing::info!(
+                        checkpoint = id,
+                        merged_deltas = report.deltas_merged,
+                        bytes_read = report.bytes_read,
+                        bytes_written = report.bytes_written,
+                        duration_ms = report.duration.as_millis() as u64,
+                        "the checkpoint builds on a compacted base"
+                    );
+                }
+                let written = Written {
+                    bytes_written: commit.bytes_written,
+                    stored_bytes: commit.state_bytes,
+                    entries,
+                };
+                self.parent = Some(commit.manifest);
+                Ok(written)
+            }
+            Err(error) => {
+                // The changes are in no checkpoint: the next commit carries them.
+                self.carried = delta_for_retry;
+                Err(error.into())
+            }
+        }
+    }
 }

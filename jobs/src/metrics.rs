@@ -82,6 +82,8 @@ pub struct Metrics {
     kinesis: Mutex<Option<Arc<ConsumerStatus>>>,
     /// What the last checkpoints did.
     checkpoints: Mutex<CheckpointFigures>,
+    /// Each operator's state (summed over workers) as last reported: `(bytes, keys)`.
+    state: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     /// Recommendation answers by Personalize outcome, in [`RECOMMENDATION_OUTCOMES`] order.
     recommendations: [AtomicU64; RECOMMENDATION_OUTCOMES.len()],
     /// The Personalize event forwarder, when events are forwarded.
@@ -107,10 +109,14 @@ pub struct CheckpointFigures {
     pub last_pause_s: f64,
     /// Of which saving operator state (the rest drained records in flight), seconds.
     pub last_save_s: f64,
-    /// Bytes written (every part).
+    /// Bytes written by the last committed checkpoint (its delta run).
     pub last_size_bytes: u64,
-    /// Bytes of state by operator.
+    /// Bytes of every run the last committed checkpoint's state is made of.
+    pub stored_bytes: u64,
+    /// Bytes of state in memory by operator, when the last checkpoint was taken.
     pub state_bytes: std::collections::BTreeMap<String, u64>,
+    /// Keys held by operator, when the last checkpoint was taken.
+    pub state_entries: std::collections::BTreeMap<String, u64>,
 }
 
 /// What Personalize did for a recommendation answer, as the `personalize` label names it.
@@ -150,6 +156,7 @@ impl Default for Metrics {
             sink_retried: std::array::from_fn(|_| AtomicU64::new(0)),
             kinesis: Mutex::new(None),
             checkpoints: Mutex::new(CheckpointFigures::default()),
+            state: Mutex::default(),
             recommendations: std::array::from_fn(|_| AtomicU64::new(0)),
             personalize_events: Mutex::new(None),
             started: Instant::now(),
@@ -177,6 +184,19 @@ impl Metrics {
             .iter()
             .position(|s| *s == sink)
             .map_or(0, |index| self.sink_records[index].load(Ordering::Relaxed))
+    }
+
+    /// Replaces the operators' state sizes: operator → `(bytes, keys)`, summed over workers.
+    pub fn set_state_sizes(&self, sizes: std::collections::BTreeMap<String, (u64, u64)>) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = sizes;
+    }
+
+    /// The operators' state sizes as last set: operator → `(bytes, keys)`.
+    pub fn state_sizes(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Records a committed checkpoint.
@@ -575,6 +595,7 @@ impl Metrics {
             render_personalize_events(&mut out, &forwarder.stats());
         }
         render_checkpoints(&mut out, &self.checkpoints());
+        render_state(&mut out, &self.state_sizes());
         let kinesis = self
             .kinesis
             .lock()
@@ -662,26 +683,19 @@ fn render_checkpoints(out: &mut String, figures: &CheckpointFigures) {
         ),
         (
             "pageflow_checkpoint_size_bytes",
-            "Bytes written by the last committed checkpoint.",
+            "Bytes written by the last committed checkpoint (what changed since the one before).",
             figures.last_size_bytes as f64,
+        ),
+        (
+            "pageflow_checkpoint_stored_bytes",
+            "Bytes of every run the last committed checkpoint's state is made of (base and deltas).",
+            figures.stored_bytes as f64,
         ),
     ] {
         header(out, name, help, "gauge");
         let _ = writeln!(out, "{name} {}", format_float(value));
     }
-    header(
-        out,
-        "pageflow_checkpoint_state_bytes",
-        "Operator state in the last committed checkpoint, by operator.",
-        "gauge",
-    );
-    for (operator, bytes) in &figures.state_bytes {
-        let _ = writeln!(
-            out,
-            "pageflow_checkpoint_state_bytes{{operator=\"{}\"}} {bytes}",
-            escape_label(operator)
-        );
-    }
+
     header(
         out,
         "pageflow_checkpoint_last_success_timestamp_seconds",
@@ -693,6 +707,36 @@ fn render_checkpoints(out: &mut String, figures: &CheckpointFigures) {
             out,
             "pageflow_checkpoint_last_success_timestamp_seconds {}",
             format_float(ms as f64 / 1000.0)
+        );
+    }
+}
+
+/// The operators' state: bytes in memory and keys held, per operator.
+fn render_state(out: &mut String, sizes: &std::collections::BTreeMap<String, (u64, u64)>) {
+    header(
+        out,
+        "pageflow_state_bytes",
+        "Bytes of state held in memory, by operator (summed over workers; `interned` is the table of portal and article ids every worker shares).",
+        "gauge",
+    );
+    for (operator, (bytes, _)) in sizes {
+        let _ = writeln!(
+            out,
+            "pageflow_state_bytes{{operator=\"{}\"}} {bytes}",
+            escape_label(operator)
+        );
+    }
+    header(
+        out,
+        "pageflow_state_keys",
+        "Keys held, by operator: open sessions, remembered event ids, articles, article pairs.",
+        "gauge",
+    );
+    for (operator, (_, keys)) in sizes {
+        let _ = writeln!(
+            out,
+            "pageflow_state_keys{{operator=\"{}\"}} {keys}",
+            escape_label(operator)
         );
     }
 }

@@ -25,6 +25,7 @@ pub fn small_config() -> SemanticsConfig {
         top_n: 3,
         cooc_recent: 3,
         cooc_window: Millis::seconds(20),
+        cooc_slide: Millis::seconds(2),
         cooc_min_support: 2,
         related_interval: Millis::seconds(3),
     }

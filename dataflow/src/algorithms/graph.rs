@@ -1,19 +1,21 @@
 //! The pageflow graph: every operator composed into the job.
 //!
 //! ```text
-//!  sources ─► ingest ─┬─► dead letters ───────────────────────────────────────────► dead-letter out
-//!  (validate, late)   ├─► raw valid records ──────────────────────────────────────► raw archive
-//!                     └─► events ─► deduplicate ─► accepted ─┬─► sessionize ─┬─► sessions ──┐
-//!                                                            │               └─► cooccurrences ─► pairs ─┐
-//!                                                            ├─► window stats (1 h) ─► rankings ────────┤
-//!                                                            ├─► window stats (24 h) ─► views ─► related ┤
-//!                                                            └─► event horizon ─► (rankings, related)    │
-//!                                                                                     features ◄────────┘
+//!  sources ─► ingest ─┬─► dead letters ────────────────────────────────────────────► dead-letter out
+//!  (validate, late,   ├─► raw valid records ───────────────────────────────────────► raw archive
+//!   intern ids)       └─► events ─► deduplicate ─► accepted ─┬─► sessionize ─┬─► sessions ─────────┐
+//!                                                            │               └─► pairs ─► pair counts ─► cooc changes ─┐
+//!                                                            ├─► window stats ─┬─► trending ─► rankings ──────────────┤
+//!                                                            │                 └─► cooc views (broadcast) ─► related ─┤
+//!                                                            └─► event horizon ─► (rankings, related)                 │
+//!                                                                                                 features ◄─────────┘
 //! ```
 //!
-//! Routing: events by `event_id` (dedup), then by `(portal, user_id)` (sessions, pairs), by
-//! `(portal, article_id)` (window statistics, related) and by `portal` (rankings). Any number of
-//! workers computes the same features.
+//! Routing (by key group, so that a checkpoint restores onto any number of workers): events by
+//! `event_id` (dedup), then by `(portal, user_id)` (sessions and the pairs they form), pairs by
+//! the pair, events by `(portal, article_id)` (window statistics), co-occurrence changes by article
+//! (related), trending statistics by `portal` (rankings). Any number of workers computes the same
+//! features.
 
 use std::sync::Arc;
 
@@ -24,17 +26,18 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::checkpoint::OperatorStates;
 use crate::config::SemanticsConfig;
-use crate::event::{DeadLetter, Event};
+use crate::event::{CompactEvent, DeadLetter};
 use crate::features::Feature;
 use crate::live::LiveUpdate;
-use crate::operators::cooccurrence::Cooccurrences;
+use crate::operators::cooccurrence::PairCount;
 use crate::operators::dedup::Deduplicate;
 use crate::operators::horizon::EventHorizon;
 use crate::operators::ingest::{IngestConfig, Ingested, RawValid, ingest};
+use crate::operators::pair_counts::{PairCounts, PairCountsSpec};
 use crate::operators::rankings::{RankingSpec, Rankings, RankingsOutput};
 use crate::operators::related::{Related, RelatedSpec};
-use crate::operators::sessionize::{SessionUpdate, Sessionize};
-use crate::operators::window_stats::{WindowSpec, WindowStats};
+use crate::operators::sessionize::{SessionOutput, SessionSpec, Sessionize};
+use crate::operators::window_stats::{ArticleWindowStats, WindowOutput, WindowSpec, WindowStats};
 use crate::source::WorkerSources;
 use crate::stats::JobStats;
 use crate::time::WatermarkBoard;
@@ -61,7 +64,7 @@ pub struct GraphOutputs<'scope> {
     /// Valid records as received (empty unless [`GraphOptions::keep_raw`]).
     pub raw: StreamVec<'scope, u64, RawValid>,
     /// The counted events (valid, on time, de-duplicated).
-    pub accepted: StreamVec<'scope, u64, Event>,
+    pub accepted: StreamVec<'scope, u64, CompactEvent>,
 }
 
 /// Builds the job on this worker, reading `sources`. Every operator declares its state in
@@ -88,7 +91,7 @@ pub fn build<'scope>(
         states,
     );
     let (events, rest): (
-        StreamVec<'scope, u64, Event>,
+        StreamVec<'scope, u64, CompactEvent>,
         StreamVec<'scope, u64, NotAnEvent>,
     ) = ingested.ok_err(split_events);
     let (dead_letters, raw): (
@@ -99,57 +102,78 @@ pub fn build<'scope>(
         NotAnEvent::Raw(raw) => Err(raw),
     });
 
-    let accepted = events.deduplicate(config.dedup_window.ms(), Arc::clone(&stats), states);
+    let accepted = events.deduplicate(config.dedup_window.ms(), slide, Arc::clone(&stats), states);
     let horizon = accepted.clone().event_horizon(slide, states);
 
-    let updates = accepted
+    let (sessions, pairs): (
+        StreamVec<'scope, u64, Feature>,
+        StreamVec<'scope, u64, PairCount>,
+    ) = accepted
         .clone()
-        .sessionize(config.session_gap.ms(), Arc::clone(&stats), states);
-    let sessions = updates.clone().flat_map(|update| match update {
-        SessionUpdate::Closed(session) => Some(Feature::Session(session)),
-        SessionUpdate::Read(_) => None,
-    });
-    let pairs = updates.cooccurrences(config.cooc_recent, states);
-
-    let trending_windows = WindowSpec {
-        window: config.trending_window.ms(),
-        slide,
-        recent: Some(config.trending_recent.ms()),
-    };
-    let rankings = accepted
-        .clone()
-        .window_stats(
-            trending_windows,
-            options.live_interval,
-            "window_stats/trending",
+        .sessionize(
+            SessionSpec {
+                gap: config.session_gap.ms(),
+                slide,
+                cooc_slide: config.cooc_slide.ms(),
+                cooc_recent: config.cooc_recent,
+            },
+            Arc::clone(&stats),
             states,
         )
-        .rankings(
-            horizon.clone(),
-            RankingSpec {
-                window: config.trending_window.ms(),
-                recent: config.trending_recent.ms(),
-                slide,
-                top_n: config.top_n,
-            },
-            states,
-        );
-
-    let cooc_views = accepted.clone().window_stats(
-        WindowSpec {
+        .ok_err(|output| match output {
+            SessionOutput::Closed(session) => Ok(Feature::Session(session)),
+            SessionOutput::Pairs(pairs) => Err(pairs),
+        });
+    let cooc_changes = pairs.pair_counts(
+        PairCountsSpec {
             window: config.cooc_window.ms(),
+            cooc_slide: config.cooc_slide.ms(),
             slide,
-            recent: None,
+            min_support: config.cooc_min_support,
         },
-        None,
-        "window_stats/cooc",
         states,
     );
-    let related = pairs.related(
+
+    let (trending_stats, cooc_views): (
+        StreamVec<'scope, u64, ArticleWindowStats>,
+        StreamVec<'scope, u64, ArticleWindowStats>,
+    ) = accepted
+        .clone()
+        .window_stats(
+            WindowSpec {
+                window: config.trending_window.ms(),
+                step: slide,
+                recent: Some(config.trending_recent.ms()),
+            },
+            WindowSpec {
+                window: config.cooc_window.ms(),
+                step: config.cooc_slide.ms(),
+                recent: None,
+            },
+            slide,
+            options.live_interval,
+            states,
+        )
+        .ok_err(|output| match output {
+            WindowOutput::Trending(stats) => Ok(stats),
+            WindowOutput::CoocViews(stats) => Err(stats),
+        });
+    let rankings = trending_stats.rankings(
+        horizon.clone(),
+        RankingSpec {
+            window: config.trending_window.ms(),
+            recent: config.trending_recent.ms(),
+            slide,
+            top_n: config.top_n,
+        },
+        states,
+    );
+    let related = cooc_changes.related(
         cooc_views,
         horizon,
         RelatedSpec {
             window: config.cooc_window.ms(),
+            cooc_slide: config.cooc_slide.ms(),
             slide,
             top_n: config.top_n,
             min_support: config.cooc_min_support,
@@ -196,7 +220,7 @@ enum NotAnEvent {
     clippy::result_large_err,
     reason = "the record moves into one of two streams; no error is propagated"
 )]
-fn split_events(record: Ingested) -> Result<Event, NotAnEvent> {
+fn split_events(record: Ingested) -> Result<CompactEvent, NotAnEvent> {
     match record {
         Ingested::Event(event) => Ok(event),
         Ingested::DeadLetter(letter) => Err(NotAnEvent::DeadLetter(letter)),

@@ -3,3 +3,8 @@
 pub mod graph;
 pub mod replay;
 pub mod restart;
+
+#[cfg(test)]
+mod graph_vs_oracle;
+#[cfg(test)]
+mod restart_tests;

@@ -142,3 +142,72 @@ fn position_key(letter: &DeadLetter) -> (&str, usize, &str) {
     let position = letter.position.position.as_str();
     (letter.position.partition.as_str(), position.len(), position)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Millis;
+    use crate::oracle;
+    use crate::oracle::test_util::generated;
+    use crate::source::VecSource;
+
+    fn one_partition(records: &[crate::event::RawRecord], workers: usize) -> SourcesByWorker {
+        let mut by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
+        by_worker[0].push(Box::new(VecSource::from_lines(
+            "file:test.jsonl",
+            records.iter().map(|r| r.bytes.clone()),
+        )));
+        by_worker
+    }
+
+    fn same_as_the_oracle(records: &[crate::event::RawRecord], config: &SemanticsConfig) {
+        let expected = oracle::run(records, config);
+        let expected: Vec<String> = expected.features.iter().map(Feature::to_json).collect();
+        assert!(expected.iter().any(|f| f.contains("\"related\"")));
+        for workers in [1, 2] {
+            let output = replay(
+                config,
+                one_partition(records, workers),
+                &GraphOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let features: Vec<String> = output.features.iter().map(Feature::to_json).collect();
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|f| !features.contains(f))
+                .take(3)
+                .collect();
+            let extra: Vec<&String> = features
+                .iter()
+                .filter(|f| !expected.contains(f))
+                .take(3)
+                .collect();
+            assert!(
+                features == expected,
+                "{workers} workers: {} features, {} expected\nmissing {missing:#?}\nextra {extra:#?}",
+                features.len(),
+                expected.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_day_of_generated_traffic_equals_the_oracle() {
+        same_as_the_oracle(
+            &generated(6_000, 26 * 3_600_000, 3),
+            &SemanticsConfig::default(),
+        );
+    }
+
+    #[test]
+    fn short_windows_equal_the_oracle() {
+        let config = SemanticsConfig {
+            cooc_window: Millis::minutes(40),
+            cooc_slide: Millis::minutes(5),
+            related_interval: Millis::minutes(7),
+            trending_window: Millis::minutes(20),
+            ..SemanticsConfig::default()
+        };
+        same_as_the_oracle(&generated(4_000, 4 * 3_600_000, 9), &config);
+    }
+}

@@ -2,13 +2,12 @@
 //! workers, as a crash and restart would. The tests use it to check that a restore continues
 //! exactly; the benchmark, to time checkpoints and restores of large state.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::algorithms::graph::{GraphOptions, build};
-use crate::checkpoint::{CheckpointCoordinator, SavedState, WorkerCheckpoint};
+use crate::checkpoint::{CheckpointCoordinator, StateImage, WorkerCheckpoint};
 use crate::config::SemanticsConfig;
 use crate::event::{DeadLetter, RawRecord};
 use crate::features::Feature;
@@ -18,6 +17,9 @@ use crate::time::{Opinion, WatermarkBoard};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+/// The run id of the next half (unique in the process).
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// What one half produced.
 #[derive(Debug, Default)]
 pub struct HalfRun {
@@ -25,8 +27,11 @@ pub struct HalfRun {
     pub features: Vec<Feature>,
     /// Dead letters emitted (likewise).
     pub dead_letters: Vec<DeadLetter>,
-    /// The checkpoint taken at the end of a first half.
-    pub checkpoint: Option<SavedState>,
+    /// The state at the checkpoint taken at the end of a first half: the restored state with
+    /// every worker's changes applied.
+    pub checkpoint: Option<StateImage>,
+    /// Bytes the checkpoint's changes held (keys and values), over all workers.
+    pub checkpoint_bytes: u64,
     /// From the call (restore included) until every record was read: the time to catch up.
     pub caught_up_after: Option<Duration>,
     /// How long the dataflow stood still for the checkpoint (the longest worker).
@@ -87,14 +92,17 @@ pub fn run_half(
     partition: &str,
     records: Vec<RawRecord>,
     workers: usize,
-    restore: Option<&SavedState>,
+    restore: Option<&StateImage>,
     checkpoint_at_end: bool,
 ) -> Result<HalfRun, String> {
     let started = Instant::now();
     let workers = workers.max(1);
+    // Every half is a new run of the checkpoint lineage: the keys of its parts differ from
+    // those of every earlier run (as the job numbers a run by its first checkpoint id).
+    let run = NEXT_RUN.fetch_add(1, Ordering::SeqCst);
     let restores = match restore {
-        Some(saved) => saved.split(workers).map_err(|e| e.to_string())?,
-        None => vec![BTreeMap::new(); workers],
+        Some(saved) => saved.split(workers).map_err(|e| e.to_string())?.workers,
+        None => (0..workers).map(|_| Default::default()).collect(),
     };
     let slots = Arc::new(Mutex::new(
         restores.into_iter().map(Some).collect::<Vec<_>>(),
@@ -166,7 +174,7 @@ pub fn run_half(
             }
             return;
         }
-        let states = coordinator.states(restore);
+        let states = coordinator.states(index, run, restore);
         let sources: Vec<Box<dyn RecordSource>> = if index == 0 {
             source
                 .lock()
@@ -216,7 +224,7 @@ pub fn run_half(
         {
             c.errors.extend(errors);
         }
-        coordinator.run(worker, &states, |part| {
+        coordinator.run(worker, &states, &stats.state_sizes, |part| {
             if part.id == crate::checkpoint::END_OF_INPUT {
                 return; // only the checkpoint taken at the cut is of interest here
             }
@@ -253,12 +261,13 @@ pub fn run_half(
         let (features, letters) = collected.at_checkpoint.ok_or("no checkpoint was taken")?;
         collected.features.truncate(features);
         collected.dead_letters.truncate(letters);
-        let parts = collected
-            .parts
-            .into_iter()
-            .map(|part| part.snapshot.map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        half.checkpoint = Some(SavedState::new(parts).map_err(|e| e.to_string())?);
+        let mut image = restore.cloned().unwrap_or_default();
+        for part in collected.parts {
+            let snapshot = part.snapshot.map_err(|e| e.to_string())?;
+            half.checkpoint_bytes += snapshot.changed_bytes();
+            image.apply(snapshot.changes);
+        }
+        half.checkpoint = Some(image);
     }
     half.features = collected.features;
     half.dead_letters = collected.dead_letters;

@@ -10,9 +10,10 @@
 //!    record received. Timely logs every channel send and receive; the coordinator counts them.
 //!    At that point nothing is in flight anywhere, every operator has acted on the same
 //!    frontier, and the state of the operators is exactly the effect of the records read so far.
-//! 3. Every worker saves its operators' state ([`OperatorStates::save`]) and hands it on, then
-//!    the sources resume. Only the saving happens while the dataflow stands still; encoding the
-//!    checkpoint's files, checksums and the write run elsewhere.
+//! 3. Every worker saves what changed in its operators' state since the previous checkpoint
+//!    ([`OperatorStates::save_changes`]) and hands it on, then the sources resume. Only encoding
+//!    the changes happens while the dataflow stands still; sorting, checksums, the write and the
+//!    merging of runs happen elsewhere.
 //!
 //! A worker whose dataflow ends leaves the meeting; a checkpoint in progress then fails (the job is
 //! ending anyway). The workers must be the threads of one process.
@@ -30,6 +31,9 @@ use super::states::OperatorStates;
 
 /// How long an idle worker parks before looking for a checkpoint request again.
 const IDLE_PARK: Duration = Duration::from_millis(20);
+
+/// How often a worker reports the size of its operators' state ([`crate::stats::StateSizes`]).
+pub const SIZE_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Messages sent and received on the dataflow's channels, counted from timely's logs.
 #[derive(Debug, Default)]
@@ -212,10 +216,11 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// The operator states of one worker, restored from `restore` (see
-    /// [`super::SavedState::split`]), paused by this coordinator.
-    pub fn states(&self, restore: std::collections::BTreeMap<String, Vec<u8>>) -> OperatorStates {
-        OperatorStates::new(restore, Arc::clone(&self.paused))
+    /// The operator states of worker `worker` in job run `run` (see
+    /// [`super::ChangeWriter::run`]), restored from `restore` (see [`super::RestorePlan`]),
+    /// paused by this coordinator.
+    pub fn states(&self, worker: usize, run: u64, restore: super::WorkerRestore) -> OperatorStates {
+        OperatorStates::new(worker, run, restore, Arc::clone(&self.paused))
     }
 
     /// Installs the counting of channel traffic on `worker`: call before building the dataflow.
@@ -275,12 +280,19 @@ impl CheckpointCoordinator {
         &self,
         worker: &mut Worker,
         states: &OperatorStates,
+        sizes: &crate::stats::StateSizes,
         mut deliver: impl FnMut(WorkerCheckpoint),
     ) {
         let mut joined = 0u64;
+        let mut reported = Instant::now();
+        sizes.report(worker.index(), states.sizes());
         loop {
             if !worker.step_or_park(Some(IDLE_PARK)) {
                 break;
+            }
+            if reported.elapsed() >= SIZE_REPORT_INTERVAL {
+                sizes.report(worker.index(), states.sizes());
+                reported = Instant::now();
             }
             let id = self.requested.load(Ordering::SeqCst);
             if id <= joined {
@@ -292,11 +304,7 @@ impl CheckpointCoordinator {
             match self.drain(worker) {
                 Ok(()) => {
                     let saving = Instant::now();
-                    let snapshot = states.save().map(|operators| WorkerSnapshot {
-                        worker: worker.index(),
-                        workers: self.workers,
-                        operators,
-                    });
+                    let snapshot = self.snapshot(worker.index(), states);
                     deliver(WorkerCheckpoint {
                         id,
                         snapshot,
@@ -325,15 +333,12 @@ impl CheckpointCoordinator {
         }
         self.meeting.leave();
         self.in_progress.store(false, Ordering::SeqCst);
+        sizes.report(worker.index(), states.sizes());
         // Every worker's dataflow has completed once all are here: nothing is in flight.
         let started = Instant::now();
         self.completed.wait();
         let saving = Instant::now();
-        let snapshot = states.save().map(|operators| WorkerSnapshot {
-            worker: worker.index(),
-            workers: self.workers,
-            operators,
-        });
+        let snapshot = self.snapshot(worker.index(), states);
         deliver(WorkerCheckpoint {
             id: END_OF_INPUT,
             snapshot,
@@ -341,6 +346,20 @@ impl CheckpointCoordinator {
             saved_in: saving.elapsed(),
             is_final: true,
         });
+    }
+
+    /// This worker's changes since its previous part, and its state's sizes.
+    fn snapshot(
+        &self,
+        worker: usize,
+        states: &OperatorStates,
+    ) -> Result<WorkerSnapshot, CheckpointError> {
+        Ok(WorkerSnapshot {
+            worker,
+            workers: self.workers,
+            changes: states.save_changes()?,
+            sizes: states.sizes(),
+        })
     }
 
     /// Steps in lock-step with the other workers until nothing moves anywhere.

@@ -1,9 +1,13 @@
-//! The per-worker register of operator state: what a checkpoint saves, and what a restore hands
-//! back to each operator when the graph is built.
+//! The per-worker register of operator state: what a checkpoint saves, what a restore hands back
+//! to each operator when the graph is built, and how big each state is.
 //!
 //! An operator declares its state by name with [`OperatorStates::attach`]: it gets the state back
 //! (restored from the checkpoint if there is one), shared with the register so that a checkpoint
-//! can save it between two activations. Names are stable: they are the keys of the saved state.
+//! can save it between two activations. Names are stable: they are the first part of every stored
+//! key of that state.
+//!
+//! Saving is incremental: [`Checkpointed::save_changes`] writes what changed since the previous
+//! call, so a checkpoint costs what changed, not what is held. Restored state counts as saved.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,40 +16,74 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::CheckpointError;
-use super::entries::{Entry, EntryWriter, read_entries};
+use super::changes::{Change, ChangeWriter, Entry};
+use super::image::WorkerRestore;
 
-/// State that a checkpoint can save and restore, re-partitioned by key.
+/// How big a state is: bytes held (estimated from the capacities of its structures) and entries
+/// (its keys: users, articles, pairs, remembered ids…).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateSize {
+    /// Bytes held in memory.
+    pub bytes: u64,
+    /// Keys held.
+    pub entries: u64,
+}
+
+impl std::ops::AddAssign for StateSize {
+    fn add_assign(&mut self, other: StateSize) {
+        self.bytes += other.bytes;
+        self.entries += other.entries;
+    }
+}
+
+/// State that a checkpoint can save incrementally and restore onto any number of workers.
 pub trait Checkpointed {
-    /// Writes the state: one keyed entry per key (routed like the operator's input), shared
-    /// entries for what every worker holds.
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError>;
+    /// Writes every entry changed since the previous call (new, changed or deleted), and forgets
+    /// that they changed. Restored entries count as unchanged.
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError>;
 
-    /// Adds one saved entry. Keyed entries arrive on the worker that owns their route; shared ones
-    /// arrive on every worker, once from each worker of the run that saved them.
+    /// Takes one restored entry of this operator: the latest value of its key. Keyed entries
+    /// arrive on the worker that owns their key group, broadcast ones on every worker.
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError>;
+
+    /// Called once after the last [`Checkpointed::restore`], to rebuild what is derived from the
+    /// restored entries (indexes, running sums, schedules).
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+
+    /// The memory the state holds.
+    fn size(&self) -> StateSize;
 }
 
 trait SaveState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError>;
+    fn save_changes(&self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError>;
+    fn size(&self) -> StateSize;
 }
 
 impl<S: Checkpointed> SaveState for RefCell<S> {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        self.borrow().save(out)
+    fn save_changes(&self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        self.borrow_mut().save_changes(out)
+    }
+
+    fn size(&self) -> StateSize {
+        self.borrow().size()
     }
 }
 
 #[derive(Default)]
 struct Register {
     operators: Vec<(String, Rc<dyn SaveState>)>,
-    restore: BTreeMap<String, Vec<u8>>,
+    restore: WorkerRestore,
     restore_errors: Vec<String>,
+    worker: usize,
+    run: u64,
 }
 
 /// One worker's operator state for checkpoints, and the flag that pauses its sources.
 ///
 /// `OperatorStates::default()` is a worker without checkpoints: nothing is restored, nothing is
-/// ever paused (tests, replays, benchmarks).
+/// ever paused (tests, replays, benchmarks); its states still report their sizes.
 #[derive(Clone, Default)]
 pub struct OperatorStates {
     register: Rc<RefCell<Register>>,
@@ -64,19 +102,21 @@ impl std::fmt::Debug for OperatorStates {
                     .map(|(name, _)| name)
                     .collect::<Vec<_>>(),
             )
-            .field("restoring", &register.restore.keys().collect::<Vec<_>>())
+            .field("restoring", &register.restore.operators())
             .field("paused", &self.paused.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl OperatorStates {
-    /// A worker's states, restored from `restore` (operator name → this worker's entries), paused
-    /// through `paused` (shared by every worker of the process).
-    pub fn new(restore: BTreeMap<String, Vec<u8>>, paused: Arc<AtomicBool>) -> Self {
+    /// Worker `worker`'s states in job run `run` (see [`ChangeWriter::run`]), restored from
+    /// `restore`, paused through `paused` (shared by every worker of the process).
+    pub fn new(worker: usize, run: u64, restore: WorkerRestore, paused: Arc<AtomicBool>) -> Self {
         OperatorStates {
             register: Rc::new(RefCell::new(Register {
                 restore,
+                worker,
+                run,
                 ..Register::default()
             })),
             paused,
@@ -92,9 +132,11 @@ impl OperatorStates {
     pub fn attach<S: Checkpointed + 'static>(&self, name: &str, initial: S) -> Rc<RefCell<S>> {
         let state = Rc::new(RefCell::new(initial));
         let mut register = self.register.borrow_mut();
-        if let Some(bytes) = register.restore.remove(name) {
+        if let Some(entries) = register.restore.take(name) {
             let mut restored = state.borrow_mut();
-            let result = read_entries(&bytes).try_for_each(|entry| restored.restore(entry?));
+            let result = entries
+                .for_each(|entry| restored.restore(entry))
+                .and_then(|()| restored.finish_restore());
             if let Err(error) = result {
                 register
                     .restore_errors
@@ -120,7 +162,7 @@ impl OperatorStates {
     pub fn restore_errors(&self) -> Vec<String> {
         let register = self.register.borrow();
         let mut errors = register.restore_errors.clone();
-        for name in register.restore.keys() {
+        for name in register.restore.operators() {
             errors.push(format!(
                 "the checkpoint holds state of operator `{name}`, which this build does not have"
             ));
@@ -128,15 +170,24 @@ impl OperatorStates {
         errors
     }
 
-    /// Saves every declared state: operator name → entries.
-    pub fn save(&self) -> Result<BTreeMap<String, Vec<u8>>, CheckpointError> {
+    /// Every declared state's changes since the previous call.
+    pub fn save_changes(&self) -> Result<Vec<Change>, CheckpointError> {
         let register = self.register.borrow();
-        let mut saved = BTreeMap::new();
+        let mut changes = Vec::new();
         for (name, state) in &register.operators {
-            let mut out = EntryWriter::default();
-            state.save(&mut out)?;
-            saved.insert(name.clone(), out.into_bytes());
+            let mut out = ChangeWriter::new(name, register.worker, register.run, &mut changes);
+            state.save_changes(&mut out)?;
         }
-        Ok(saved)
+        Ok(changes)
+    }
+
+    /// The size of every declared state, by name (in declaration order).
+    pub fn sizes(&self) -> BTreeMap<String, StateSize> {
+        let register = self.register.borrow();
+        let mut sizes = BTreeMap::new();
+        for (name, state) in &register.operators {
+            *sizes.entry(name.clone()).or_default() += state.size();
+        }
+        sizes
     }
 }

@@ -5,73 +5,89 @@
 //! read (re-reading an article makes it recent again; `docs/semantics-notes.md` N15). Each unordered
 //! pair is formed once per session, at the `ts` of the read that formed it.
 //!
-//! This is a dedicated stateful operator rather than a `reduce` over each user's history: it keeps
-//! only the last `cooc_recent` distinct articles of every open session, so each read costs
-//! `O(cooc_recent)` whatever the session's length. It consumes [`SessionUpdate`]s, which arrive final
-//! and in session order, on the worker that owns the user, so no routing is needed.
+//! Pairs are formed by the sessionize operator as it finalizes each reader's reads (it owns the
+//! session, so no second copy of it is kept here), counted into co-occurrence buckets on the way
+//! out ([`PairCount`]), and windowed by [`super::pair_counts`]. This module holds the concept:
+//! [`SessionArticles`], a session's distinct articles in first-read order together with the most
+//! recent ones, in one allocation.
 //!
 //! ```
-//! use pageflow_dataflow::operators::cooccurrence::RecentArticles;
-//! let mut recent = RecentArticles::default();
+//! use pageflow_dataflow::intern::Article;
+//! use pageflow_dataflow::operators::cooccurrence::SessionArticles;
+//! let [a, b, c] = ["a", "b", "c"].map(|id| Article::intern_names("g1", id));
+//! let mut session = SessionArticles::default();
 //! let mut pairs = Vec::new();
-//! for article in ["a", "b", "a", "c"] {
-//!     let article = article.into();
-//!     let first = !recent.contains(&article);
-//!     recent.read(&article, first, 2, |x, y| pairs.push((x.to_string(), y.to_string())));
+//! for article in [a, b, a, c] {
+//!     session.read(article, 2, |x, y| pairs.push((x.id(), y.id())));
 //! }
 //! // "c" pairs with the two most recent distinct articles: "a" (re-read) and "b".
-//! assert_eq!(pairs, [("a".into(), "b".into()), ("a".into(), "c".into()), ("b".into(), "c".into())]);
+//! assert_eq!(pairs, [("a", "b"), ("a", "c"), ("b", "c")]);
+//! assert_eq!(session.distinct(), [a, b, c]);
 //! ```
 
-use crate::event::Id;
-use crate::ids::FastMap;
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
 
-use super::sessionize::{SessionUpdate, UserKey, user_route};
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
+use crate::ids::stable_hash;
+use crate::intern::Article;
 
-/// A pair of articles read together, `article_a < article_b`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ArticlePair {
-    /// The site.
-    pub portal: Id,
-    /// The smaller article id.
-    pub article_a: Id,
-    /// The larger article id.
-    pub article_b: Id,
-    /// `ts` of the read that formed the pair.
-    pub ts: u64,
+/// `count` pairs `{a, b}` (`a < b`, one portal) formed in the co-occurrence bucket starting at
+/// `bucket` (a multiple of `cooc_slide`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PairCount {
+    /// The smaller article.
+    pub a: Article,
+    /// The larger article.
+    pub b: Article,
+    /// The bucket of the reads that formed them.
+    pub bucket: u64,
+    /// How many.
+    pub count: u32,
 }
 
-/// The distinct articles of a session, most recently read first.
+/// The route of a pair's records: a stable hash of both articles' routes.
+pub fn pair_route(a: Article, b: Article) -> u64 {
+    stable_hash([
+        a.route().to_le_bytes().as_slice(),
+        b.route().to_le_bytes().as_slice(),
+    ])
+}
+
+/// The distinct articles of a session, in first-read order, and the most recently read of them.
+///
+/// One allocation holds both: `[recent…, distinct…]`, where the first `recent` entries are the
+/// most recently read distinct articles (most recent first, at most `cooc_recent`) and the rest
+/// are all distinct articles in first-read order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentArticles {
-    recent: VecDeque<Id>,
+pub struct SessionArticles {
+    items: Box<[Article]>,
+    recent: u8,
 }
 
-impl RecentArticles {
-    /// Whether `article` is among the remembered recent articles.
-    pub fn contains(&self, article: &Id) -> bool {
-        self.recent.iter().any(|a| a == article)
+impl SessionArticles {
+    /// The distinct articles, in first-read order.
+    pub fn distinct(&self) -> &[Article] {
+        &self.items[usize::from(self.recent)..]
     }
 
-    /// Records a read: on a first read, calls `pair(smaller, larger)` with each remembered article;
-    /// then makes `article` the most recent, remembering at most `keep` articles.
+    /// The most recently read distinct articles, most recent first.
+    pub fn recent(&self) -> &[Article] {
+        &self.items[..usize::from(self.recent)]
+    }
+
+    /// Records a read of `article`, remembering at most `keep` (≤ 255) recent articles. On the
+    /// first read of an article in the session, calls `pair(smaller, larger)` with each recent
+    /// article. Returns whether it was the first read.
     pub fn read(
         &mut self,
-        article: &Id,
-        first_read: bool,
+        article: Article,
         keep: usize,
-        mut pair: impl FnMut(&Id, &Id),
-    ) {
-        if first_read {
-            for other in &self.recent {
+        mut pair: impl FnMut(Article, Article),
+    ) -> bool {
+        let keep = keep.clamp(1, usize::from(u8::MAX));
+        let recent = usize::from(self.recent);
+        let first = !self.distinct().contains(&article);
+        if first {
+            for &other in self.recent() {
                 if other < article {
                     pair(other, article);
                 } else {
@@ -79,110 +95,68 @@ impl RecentArticles {
                 }
             }
         }
-        if let Some(position) = self.recent.iter().position(|a| a == article) {
-            if let Some(existing) = self.recent.remove(position) {
-                self.recent.push_front(existing);
-            }
+        if let Some(position) = self.recent().iter().position(|a| *a == article) {
+            // A re-read of a recent article (so not a first read): it becomes the most recent.
+            self.items[..=position].rotate_right(1);
+            return first;
+        }
+        let mut items = std::mem::take(&mut self.items).into_vec();
+        items.insert(0, article);
+        if recent + 1 > keep {
+            items.remove(keep);
         } else {
-            self.recent.push_front(Id::clone(article));
-            self.recent.truncate(keep);
+            self.recent += 1;
         }
+        if first {
+            items.push(article);
+        }
+        self.items = items.into_boxed_slice();
+        first
     }
-}
 
-/// The recent articles of every open session on one worker.
-#[derive(Clone, Debug, Default)]
-pub struct CooccurrenceState {
-    sessions: FastMap<UserKey, RecentArticles>,
-}
-
-impl CooccurrenceState {
-    /// Applies one session update, appending the pairs it forms.
-    pub fn apply(&mut self, update: SessionUpdate, keep: usize, out: &mut Vec<ArticlePair>) {
-        match update {
-            SessionUpdate::Read(read) => {
-                let key = (read.portal, read.user_id);
-                if read.new_session {
-                    self.sessions.remove(&key);
-                }
-                let portal = &key.0;
-                let ts = read.ts;
-                let recent = self.sessions.entry(key.clone()).or_default();
-                recent.read(&read.article_id, read.first_read, keep, |a, b| {
-                    out.push(ArticlePair {
-                        portal: portal.clone(),
-                        article_a: Id::clone(a),
-                        article_b: Id::clone(b),
-                        ts,
-                    });
-                });
-            }
-            SessionUpdate::Closed(session) => {
-                self.sessions
-                    .remove(&(Id::from(session.portal), Id::from(session.user_id)));
-            }
+    /// A session's articles from its recent ones (most recent first) and its distinct ones (in
+    /// first-read order), as [`SessionArticles::recent`] and [`SessionArticles::distinct`] gave
+    /// them.
+    pub fn from_parts(recent: &[Article], distinct: &[Article]) -> Self {
+        let recent = &recent[..recent.len().min(usize::from(u8::MAX))];
+        SessionArticles {
+            items: recent.iter().chain(distinct).copied().collect(),
+            recent: recent.len() as u8,
         }
     }
 
-    /// Sessions with remembered articles.
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Whether no session is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        // The allocator rounds small blocks up to 16 bytes.
+        (self.items.len() * std::mem::size_of::<Article>()).div_ceil(16) * 16
     }
 }
 
-/// One entry per open session, routed like the user's events (this operator runs beside
-/// sessionize, on the worker that owns the user).
-impl Checkpointed for CooccurrenceState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        for (key, recent) in &self.sessions {
-            out.keyed(user_route(&key.0, &key.1), &(key, recent))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re_reads_refresh_recency_and_old_articles_fall_out() {
+        let ids: Vec<Article> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|id| Article::intern_names("g1", id))
+            .collect();
+        let mut session = SessionArticles::default();
+        let mut pairs = Vec::new();
+        for &article in &ids[..3] {
+            assert!(session.read(article, 2, |x, y| pairs.push((x.id(), y.id()))));
         }
-        Ok(())
-    }
-
-    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        let (key, recent): (UserKey, RecentArticles) = entry.decode()?;
-        self.sessions.insert(key, recent);
-        Ok(())
-    }
-}
-
-/// Forms co-occurrence pairs from finalized session reads.
-pub trait Cooccurrences<'scope> {
-    /// The pairs formed by each session's first reads, at the reads' times. The recent articles
-    /// of open sessions are checkpointed under `"cooccurrence"` in `states`.
-    fn cooccurrences(
-        self,
-        cooc_recent: usize,
-        states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, ArticlePair>;
-}
-
-impl<'scope> Cooccurrences<'scope> for StreamVec<'scope, u64, SessionUpdate> {
-    fn cooccurrences(
-        self,
-        cooc_recent: usize,
-        states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, ArticlePair> {
-        let state = states.attach("cooccurrence", CooccurrenceState::default());
-        self.unary(Pipeline, "Cooccurrences", move |_capability, _info| {
-            let mut out = Vec::new();
-            move |input, output| {
-                let mut state = state.borrow_mut();
-                input.for_each(|cap, data| {
-                    for update in data.drain(..) {
-                        state.apply(update, cooc_recent, &mut out);
-                    }
-                    if !out.is_empty() {
-                        output.session(&cap).give_iterator(out.drain(..));
-                    }
-                });
-            }
-        })
+        // Each new article pairs with the recent ones, most recent first.
+        assert_eq!(pairs, [("a", "b"), ("b", "c"), ("a", "c")]);
+        assert_eq!(session.recent(), [ids[2], ids[1]]);
+        // "a" fell out of the recent ones; re-reading it forms no pair but makes it recent.
+        assert!(!session.read(ids[0], 2, |_, _| panic!("a re-read forms no pair")));
+        assert_eq!(session.recent(), [ids[0], ids[2]]);
+        pairs.clear();
+        assert!(session.read(ids[3], 2, |x, y| pairs.push((x.id(), y.id()))));
+        assert_eq!(pairs, [("a", "d"), ("c", "d")]);
+        assert_eq!(session.distinct(), ids.as_slice());
+        assert_ne!(pair_route(ids[0], ids[1]), pair_route(ids[1], ids[0]));
     }
 }

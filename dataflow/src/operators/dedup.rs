@@ -6,18 +6,23 @@
 //! a beacon meets the same state whichever partition it came through, and each worker sees the
 //! records of one partition in that partition's order.
 //!
-//! An id is remembered with the `ts` of each accepted event; it is forgotten once the frontier
-//! reaches `ts + dedup_window`, since every later event has `ts` at or after the frontier and so is
-//! at least `dedup_window` away. State is therefore bounded by the ids of one window.
+//! An id is remembered by a 128-bit fingerprint (xxh3-128 of the `event_id`; two ids share one
+//! with odds around 10⁻²⁶ for the million ids of a window) with the `ts` of each accepted event,
+//! grouped by the tick of that `ts`. A tick's ids are forgotten once the frontier reaches
+//! `tick + slide + dedup_window`: every later event has `ts` at or after the frontier, so it is at
+//! least `dedup_window` away from all of them. State is therefore bounded by the ids of one window.
+//!
+//! Checkpoints write each id once: the ids a tick gained since the previous checkpoint, as one
+//! more *part* of that tick (a broadcast entry named by tick, run, worker and part number); the
+//! tick's parts are deleted when it is forgotten. A restored worker keeps the ids it owns.
 //!
 //! ```
 //! use pageflow_dataflow::operators::dedup::DedupState;
-//! let window = 600_000; // 10 minutes
-//! let mut state = DedupState::default();
-//! let id = "7f1c2a9e-0001".into();
-//! assert!(state.accept(&id, 1_000, window)); // first beacon: accepted
-//! assert!(!state.accept(&id, 4_000, window)); // the browser's retry: a duplicate
-//! state.expire(601_000, window); // the watermark is past 1_000 + 10 min: forget the id
+//! let (window, slide) = (600_000, 60_000); // 10 minutes, ticks of a minute
+//! let mut state = DedupState::new(window, slide);
+//! assert!(state.accept("7f1c2a9e-0001", 1_000)); // first beacon: accepted
+//! assert!(!state.accept("7f1c2a9e-0001", 4_000)); // the browser's retry: a duplicate
+//! state.expire(660_000); // the frontier is past the tick of 1_000 + 10 min: forget the id
 //! assert!(state.is_empty());
 //! ```
 
@@ -29,95 +34,229 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
-use crate::event::{Event, Id};
-use crate::ids::{FastMap, hash_str};
+use crate::checkpoint::parts::BucketParts;
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, StateSize, key_group,
+};
+use crate::event::CompactEvent;
+use crate::ids::FastMap;
 use crate::stats::JobStats;
 
+/// The fingerprint an `event_id` is remembered by.
+pub fn fingerprint(event_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+}
+
+/// The route of an event to its de-duplication state.
+pub fn dedup_route(event_id: &str) -> u64 {
+    fingerprint(event_id) as u64
+}
+
+/// The ids accepted with a `ts` in one tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TickIds {
+    /// Fingerprints, in acceptance order.
+    ids: Vec<u128>,
+    /// `ids[..saved]` are in the checkpoint already.
+    saved: usize,
+}
+
 /// The remembered ids of accepted events and when each may be forgotten.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupState {
-    /// `event_id` → `ts` of the accepted events with that id (usually one).
-    accepted: FastMap<Id, Vec<u64>>,
-    /// `ts + dedup_window` → ids to forget then.
-    expiries: BTreeMap<u64, Vec<Id>>,
+    window: u64,
+    slide: u64,
+    /// Fingerprint → `ts` of the accepted event with that id (the latest, when several).
+    seen: FastMap<u128, u64>,
+    /// Ids accepted more than once (at least `window` apart): every `ts` (rare).
+    repeats: FastMap<u128, Vec<u64>>,
+    /// Tick of `ts` → the ids accepted with a `ts` in it.
+    ticks: BTreeMap<u64, TickIds>,
+    /// Each tick's parts in the checkpoint.
+    parts: BucketParts,
 }
 
 impl DedupState {
-    /// Decides about one on-time event: `true` if it is accepted (and remembered).
-    pub fn accept(&mut self, event_id: &Id, ts: u64, window: u64) -> bool {
-        if let Some(times) = self.accepted.get(event_id)
-            && times.iter().any(|&seen| seen.abs_diff(ts) < window)
-        {
-            return false;
+    /// Empty state for this window, with ticks of `slide`.
+    pub fn new(window: u64, slide: u64) -> Self {
+        DedupState {
+            window,
+            slide: slide.max(1),
+            seen: FastMap::default(),
+            repeats: FastMap::default(),
+            ticks: BTreeMap::new(),
+            parts: BucketParts::new(0),
         }
-        self.accepted
-            .entry(Id::clone(event_id))
-            .or_default()
-            .push(ts);
-        self.expiries
-            .entry(ts.saturating_add(window))
-            .or_default()
-            .push(Id::clone(event_id));
+    }
+
+    /// Decides about one on-time event: `true` if it is accepted (and remembered).
+    pub fn accept(&mut self, event_id: &str, ts: u64) -> bool {
+        let id = fingerprint(event_id);
+        self.accept_fingerprint(id, ts)
+    }
+
+    fn accept_fingerprint(&mut self, id: u128, ts: u64) -> bool {
+        let window = self.window;
+        let near = |seen: u64| seen.abs_diff(ts) < window;
+        match self.seen.get(&id).copied() {
+            None => {
+                self.seen.insert(id, ts);
+            }
+            Some(seen) => {
+                if near(seen)
+                    || self
+                        .repeats
+                        .get(&id)
+                        .is_some_and(|all| all.iter().any(|&t| near(t)))
+                {
+                    return false;
+                }
+                self.repeats
+                    .entry(id)
+                    .or_insert_with(|| vec![seen])
+                    .push(ts);
+                self.seen.insert(id, seen.max(ts));
+            }
+        }
+        self.remember(id, ts);
         true
     }
 
-    /// Forgets every id whose `ts + window` is at or below `frontier`.
-    pub fn expire(&mut self, frontier: u64, window: u64) {
-        while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > frontier {
+    fn remember(&mut self, id: u128, ts: u64) {
+        let tick = ts - ts % self.slide;
+        self.ticks.entry(tick).or_default().ids.push(id);
+    }
+
+    /// Forgets every id whose tick ends `window` or more before `frontier`.
+    pub fn expire(&mut self, frontier: u64) {
+        let (window, slide) = (self.window, self.slide);
+        while let Some(entry) = self.ticks.first_entry() {
+            if entry.key().saturating_add(slide).saturating_add(window) > frontier {
                 break;
             }
-            let (_, ids) = entry.remove_entry();
-            for id in ids {
-                if let Some(times) = self.accepted.get_mut(&id) {
-                    times.retain(|&ts| ts.saturating_add(window) > frontier);
-                    if times.is_empty() {
-                        self.accepted.remove(&id);
-                    }
+            let (tick, ids) = entry.remove_entry();
+            for id in ids.ids {
+                self.forget(id, tick);
+            }
+            self.parts.drop_bucket(tick);
+        }
+    }
+
+    /// Forgets the acceptance of `id` in `tick` (a later one of the same id stays).
+    fn forget(&mut self, id: u128, tick: u64) {
+        let slide = self.slide;
+        let in_tick = |ts: u64| ts - ts % slide == tick;
+        if let Some(all) = self.repeats.get_mut(&id) {
+            all.retain(|&ts| !in_tick(ts));
+            match all.as_slice() {
+                [] => {
+                    self.repeats.remove(&id);
+                    self.seen.remove(&id);
+                }
+                [only] => {
+                    self.seen.insert(id, *only);
+                    self.repeats.remove(&id);
+                }
+                rest => {
+                    let latest = rest.iter().copied().max().unwrap_or(0);
+                    self.seen.insert(id, latest);
                 }
             }
+        } else if self.seen.get(&id).is_some_and(|&ts| in_tick(ts)) {
+            self.seen.remove(&id);
         }
+    }
+
+    /// Forgets everything (the end of input).
+    pub fn clear(&mut self) {
+        self.ticks.clear();
+        self.parts.drop_all();
+        self.seen = FastMap::default();
+        self.repeats = FastMap::default();
     }
 
     /// Ids currently remembered.
     pub fn len(&self) -> usize {
-        self.accepted.len()
+        self.seen.len()
     }
 
     /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
-        self.accepted.is_empty()
+        self.seen.is_empty()
+    }
+
+    /// The `ts` values an id was accepted with, for a saved part.
+    fn accepted_in(&self, id: u128, tick: u64) -> Vec<u64> {
+        let slide = self.slide;
+        match self.repeats.get(&id) {
+            Some(all) => all
+                .iter()
+                .copied()
+                .filter(|ts| ts - ts % slide == tick)
+                .collect(),
+            None => self.seen.get(&id).copied().into_iter().collect(),
+        }
     }
 }
 
-/// The operator's state in checkpoints: one entry per remembered id, routed like the events.
-#[derive(Debug)]
-struct DedupCheckpoint {
-    window: u64,
-    ids: DedupState,
-}
-
-impl Checkpointed for DedupCheckpoint {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        for (id, times) in &self.ids.accepted {
-            out.keyed(hash_str(id), &(id, times))?;
+impl Checkpointed for DedupState {
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        self.parts.save_deletes(out)?;
+        let ticks: Vec<u64> = self
+            .ticks
+            .iter()
+            .filter(|(_, ids)| ids.saved < ids.ids.len())
+            .map(|(tick, _)| *tick)
+            .collect();
+        for tick in ticks {
+            let Some(ids) = self.ticks.get(&tick) else {
+                continue;
+            };
+            let mut new: Vec<(u128, u64)> = Vec::with_capacity(ids.ids.len() - ids.saved);
+            for &id in &ids.ids[ids.saved..] {
+                // One record per acceptance: an id accepted twice in a tick is listed twice.
+                let unsaved = self
+                    .accepted_in(id, tick)
+                    .into_iter()
+                    .find(|ts| !new.contains(&(id, *ts)));
+                if let Some(ts) = unsaved {
+                    new.push((id, ts));
+                }
+            }
+            self.parts.write(out, tick, &new)?;
+            if let Some(ids) = self.ticks.get_mut(&tick) {
+                ids.saved = ids.ids.len();
+            }
         }
         Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        let (id, times): (Id, Vec<u64>) = entry.decode()?;
-        for &ts in &times {
-            self.ids
-                .expiries
-                .entry(ts.saturating_add(self.window))
-                .or_default()
-                .push(Id::clone(&id));
+        self.parts.restored(&entry)?;
+        let ids: Vec<(u128, u64)> = entry.value()?;
+        for (id, ts) in ids {
+            if entry.owns(id as u64) {
+                self.accept_fingerprint(id, ts);
+            }
         }
-        self.ids.accepted.entry(id).or_default().extend(times);
         Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        for ids in self.ticks.values_mut() {
+            ids.saved = ids.ids.len();
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        let ids: usize = self.ticks.values().map(|t| t.ids.capacity()).sum();
+        StateSize {
+            bytes: (self.seen.capacity() * (std::mem::size_of::<(u128, u64)>() + 1)
+                + ids * std::mem::size_of::<u128>()
+                + self.repeats.len() * 64) as u64,
+            entries: self.seen.len() as u64,
+        }
     }
 }
 
@@ -128,32 +267,30 @@ pub trait Deduplicate<'scope> {
     fn deduplicate(
         self,
         window: u64,
+        slide: u64,
         stats: Arc<JobStats>,
         states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, Event>;
+    ) -> StreamVec<'scope, u64, CompactEvent>;
 }
 
-impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
+impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, CompactEvent> {
     fn deduplicate(
         self,
         window: u64,
+        slide: u64,
         stats: Arc<JobStats>,
         states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, Event> {
-        let route = Exchange::new(|event: &Event| hash_str(&event.event_id));
-        let checkpointed = states.attach(
-            "dedup",
-            DedupCheckpoint {
-                window,
-                ids: DedupState::default(),
-            },
-        );
+    ) -> StreamVec<'scope, u64, CompactEvent> {
+        let route = Exchange::new(|event: &CompactEvent| {
+            u64::from(key_group(dedup_route(&event.event_id)))
+        });
+        let state = states.attach("dedup", DedupState::new(window, slide));
         self.unary_frontier(route, "Deduplicate", move |_capability, _info| {
             move |(input, frontier), output| {
-                let state = &mut checkpointed.borrow_mut().ids;
+                let mut state = state.borrow_mut();
                 input.for_each(|cap, data| {
                     let before = data.len();
-                    data.retain(|event| state.accept(&event.event_id, event.ts, window));
+                    data.retain(|event| state.accept(&event.event_id, event.ts));
                     let dropped = (before - data.len()) as u64;
                     if dropped > 0 {
                         stats.duplicates.fetch_add(dropped, Ordering::Relaxed);
@@ -164,8 +301,8 @@ impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
                     output.session(&cap).give_container(data);
                 });
                 match frontier.frontier().first() {
-                    Some(&time) => state.expire(time, window),
-                    None => *state = DedupState::default(),
+                    Some(&time) => state.expire(time),
+                    None => state.clear(),
                 }
             }
         })
@@ -175,26 +312,85 @@ impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{Placement, StateImage};
+
+    const WINDOW: u64 = 600_000;
+    const SLIDE: u64 = 60_000;
 
     #[test]
     fn duplicates_within_the_window_are_dropped_and_ids_expire() {
-        let mut state = DedupState::default();
-        assert!(state.accept(&"e1".into(), 1_000, 600_000));
+        let mut state = DedupState::new(WINDOW, SLIDE);
+        assert!(state.accept("e1", 1_000));
+        assert!(!state.accept("e1", 500_000), "within the window");
+        assert!(state.accept("e1", 700_000), "600 s away is not a duplicate");
         assert!(
-            !state.accept(&"e1".into(), 500_000, 600_000),
-            "within the window"
-        );
-        assert!(
-            state.accept(&"e1".into(), 700_000, 600_000),
-            "600 s away is not a duplicate"
-        );
-        assert!(
-            !state.accept(&"e1".into(), 1_200_000, 600_000),
+            !state.accept("e1", 1_200_000),
             "near the second accepted one"
         );
-        state.expire(601_000, 600_000);
+        assert!(
+            !state.accept("e1", 2_000),
+            "near the first, still remembered"
+        );
+        state.expire(660_000);
         assert_eq!(state.len(), 1, "the first ts is forgotten, the second kept");
-        state.expire(1_300_000, 600_000);
+        assert!(state.accept("e1", 2_000_000));
+        state.expire(3_000_000);
         assert!(state.is_empty());
+    }
+
+    fn save(state: &mut DedupState, run: u64, worker: usize) -> Vec<crate::checkpoint::Change> {
+        let mut changes = Vec::new();
+        let mut out = ChangeWriter::new("dedup", worker, run, &mut changes);
+        state
+            .save_changes(&mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        changes
+    }
+
+    #[test]
+    fn checkpoints_write_each_id_once_and_delete_forgotten_ticks() -> Result<(), CheckpointError> {
+        let mut state = DedupState::new(WINDOW, SLIDE);
+        for n in 0..100u64 {
+            state.accept(&format!("e{n}"), n * 1_000);
+        }
+        let first = save(&mut state, 1, 0);
+        assert_eq!(first.len(), 2, "two ticks, one part each");
+        assert!(save(&mut state, 1, 0).is_empty(), "nothing changed");
+        state.accept("late-in-tick-0", 59_000);
+        let second = save(&mut state, 1, 0);
+        assert_eq!(second.len(), 1, "one more part of tick 0");
+        let mut image = StateImage::default();
+        image.apply(first);
+        image.apply(second);
+
+        // Restored on two workers: together they know every id, each its own.
+        let restore = image.split(2)?;
+        let mut restored: Vec<DedupState> = Vec::new();
+        for mut entries in restore.workers {
+            let mut state = DedupState::new(WINDOW, SLIDE);
+            if let Some(entries) = entries.take("dedup") {
+                entries.for_each(|entry| state.restore(entry))?;
+            }
+            state.finish_restore()?;
+            restored.push(state);
+        }
+        assert_eq!(restored.iter().map(DedupState::len).sum::<usize>(), 101);
+        for id in ["e5", "e77", "late-in-tick-0"] {
+            let worker = (0..2)
+                .find(|w| Placement::of_route(dedup_route(id)).restores_on(*w, 2))
+                .unwrap_or(0);
+            assert!(
+                !restored[worker].accept(id, 30_000),
+                "{id} is remembered by its owner"
+            );
+        }
+
+        // Forgetting both ticks deletes all three parts.
+        let mut state = restored.swap_remove(0);
+        state.expire(u64::MAX);
+        let deletes = save(&mut state, 2, 0);
+        assert_eq!(deletes.len(), 3);
+        assert!(deletes.iter().all(|change| change.value.is_none()));
+        Ok(())
     }
 }

@@ -60,3 +60,31 @@ pub fn joint_frontier(
         .min()
         .copied()
 }
+
+/// Sends each record at its time (never before the held capability's), grouped by time.
+pub(crate) fn emit_at<D: Clone + 'static>(
+    held: &HeldCapability,
+    out: &mut Vec<(u64, D)>,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        u64,
+        timely::container::CapacityContainerBuilder<Vec<D>>,
+    >,
+) {
+    if let Some(cap) = held.get() {
+        out.sort_by_key(|(time, _)| *time);
+        let mut records = out.drain(..).peekable();
+        while let Some((time, first)) = records.next() {
+            let time = time.max(*cap.time());
+            let at = cap.delayed(&time);
+            let mut session = output.session(&at);
+            session.give(first);
+            while let Some((_, record)) =
+                records.next_if(|(next, _)| (*next).max(*cap.time()) == time)
+            {
+                session.give(record);
+            }
+        }
+    }
+    out.clear();
+}

@@ -10,23 +10,44 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
-use crate::event::Event;
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
+};
+use crate::event::CompactEvent;
 
-/// The largest horizon this worker has emitted; shared in checkpoints (a restored worker starts
-/// from the maximum over the saved ones, which every downstream operator already knows).
+/// The largest horizon this worker has emitted, and the one the checkpoint holds; saved per worker
+/// and run (a restored worker starts from the maximum over the saved ones, which every downstream
+/// operator already knows).
 #[derive(Debug, Default)]
-struct Horizon(u64);
+struct Horizon {
+    value: u64,
+    saved: u64,
+}
 
 impl Checkpointed for Horizon {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        out.shared(&self.0)
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        if self.value != self.saved {
+            out.put(
+                Placement::Broadcast,
+                &(out.run(), out.worker() as u32),
+                &self.value,
+            )?;
+            self.saved = self.value;
+        }
+        Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        self.0 = self.0.max(entry.decode()?);
+        self.value = self.value.max(entry.value()?);
+        self.saved = self.value;
         Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        StateSize {
+            bytes: 16,
+            entries: 1,
+        }
     }
 }
 
@@ -37,12 +58,12 @@ pub trait EventHorizon<'scope> {
     fn event_horizon(self, slide: u64, states: &OperatorStates) -> StreamVec<'scope, u64, u64>;
 }
 
-impl<'scope> EventHorizon<'scope> for StreamVec<'scope, u64, Event> {
+impl<'scope> EventHorizon<'scope> for StreamVec<'scope, u64, CompactEvent> {
     fn event_horizon(self, slide: u64, states: &OperatorStates) -> StreamVec<'scope, u64, u64> {
         let state = states.attach("horizon", Horizon::default());
         self.unary(Pipeline, "EventHorizon", move |_capability, _info| {
             move |input, output| {
-                let horizon = &mut state.borrow_mut().0;
+                let horizon = &mut state.borrow_mut().value;
                 input.for_each(|cap, data| {
                     let max = data
                         .iter()

@@ -24,10 +24,12 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::snapshot::{INGEST_STATE, IngestEntry};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates, PartitionCheckpoint};
-use crate::event::{DeadLetter, Event, RawRecord, Reason, validate};
+use crate::checkpoint::snapshot::{INGEST_STATE, IngestKey};
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, PartitionCheckpoint,
+    Placement, StateSize,
+};
+use crate::event::{CompactEvent, DeadLetter, RawRecord, Reason, validate};
 use crate::ids::FastMap;
 use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
@@ -37,7 +39,7 @@ use crate::time::{Opinion, PartitionClock, Watermark, WatermarkBoard, combine};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ingested {
     /// A valid, on-time event (possibly a duplicate, decided downstream).
-    Event(Event),
+    Event(CompactEvent),
     /// A record that will not be counted, with its reason.
     DeadLetter(DeadLetter),
     /// A valid record's bytes as received, for the `raw/` archive (only when asked for).
@@ -131,6 +133,10 @@ struct IngestState {
     job_watermark: Watermark,
     /// Restored positions not yet claimed by a partition of this worker, by name.
     restored: FastMap<String, PartitionCheckpoint>,
+    /// What the last checkpoint holds of each partition this worker read, and of its watermark:
+    /// only what differs is written again.
+    saved: FastMap<String, PartitionCheckpoint>,
+    saved_watermark: Option<Watermark>,
 }
 
 impl IngestState {
@@ -145,44 +151,70 @@ impl IngestState {
     }
 }
 
-/// Every partition's position as a shared entry (partitions are placed by the job, not by a
-/// route), so every restored worker knows every position; restored positions that no partition
-/// of this worker claimed are carried on, marked as such, so that a position is never lost
-/// before its partition comes back.
+/// Every partition's position as a broadcast entry named by the partition (partitions are placed
+/// by the job, not by a route), so every restored worker knows every position; an entry stays in
+/// the checkpoint until its partition is read again, so a partition that comes back late (a
+/// Kinesis shard awaiting discovery) still finds it. The job watermark as one entry per worker
+/// and run; a restore takes the largest.
 impl Checkpointed for IngestState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        for partition in &self.partitions {
-            out.shared(&IngestEntry::Partition(PartitionCheckpoint {
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        let current = self
+            .partitions
+            .iter()
+            .map(|partition| PartitionCheckpoint {
                 partition: partition.source.name().to_string(),
                 position: partition.last_position.clone(),
                 max_ts: partition.clock.max_ts,
                 finished: partition.clock.finished,
-            }))?;
+            })
+            .chain(self.ended.iter().cloned());
+        for position in current {
+            if self.saved.get(&position.partition) != Some(&position) {
+                out.put(
+                    Placement::Broadcast,
+                    &IngestKey::Partition(position.partition.clone()),
+                    &position,
+                )?;
+                self.saved.insert(position.partition.clone(), position);
+            }
         }
-        for ended in &self.ended {
-            out.shared(&IngestEntry::Partition(ended.clone()))?;
+        if self.saved_watermark != Some(self.job_watermark) {
+            let key = IngestKey::Watermark {
+                run: out.run(),
+                worker: out.worker(),
+            };
+            out.put(Placement::Broadcast, &key, &self.job_watermark)?;
+            self.saved_watermark = Some(self.job_watermark);
         }
-        for carried in self.restored.values() {
-            out.shared(&IngestEntry::Carried(carried.clone()))?;
-        }
-        out.shared(&IngestEntry::Watermark(self.job_watermark))
+        Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        match entry.decode::<IngestEntry>()? {
-            IngestEntry::Partition(saved) => {
-                self.restored.insert(saved.partition.clone(), saved);
+        match entry.key::<IngestKey>()? {
+            IngestKey::Partition(name) => {
+                let saved: PartitionCheckpoint = entry.value()?;
+                self.restored.insert(name, saved);
             }
-            IngestEntry::Carried(saved) => {
-                self.restored
-                    .entry(saved.partition.clone())
-                    .or_insert(saved);
-            }
-            IngestEntry::Watermark(watermark) => {
+            IngestKey::Watermark { .. } => {
+                let watermark: Watermark = entry.value()?;
                 self.job_watermark = self.job_watermark.max(watermark);
             }
         }
         Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        // What is restored is what the store holds.
+        self.saved = self.restored.clone();
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        StateSize {
+            bytes: ((self.partitions.len() + self.ended.len() + self.restored.len())
+                * std::mem::size_of::<PartitionCheckpoint>()) as u64,
+            entries: (self.partitions.len() + self.ended.len()) as u64,
+        }
     }
 }
 
@@ -207,6 +239,8 @@ pub fn ingest<'scope>(
             ended: Vec::new(),
             job_watermark: Watermark::MinusInfinity,
             restored: FastMap::default(),
+            saved: FastMap::default(),
+            saved_watermark: None,
         },
     );
     let states = states.clone();
@@ -344,7 +378,7 @@ pub fn ingest<'scope>(
                         letter.ts = Some(view.ts);
                         out.push(Ingested::DeadLetter(letter));
                     } else {
-                        out.push(Ingested::Event(Event::from(&view)));
+                        out.push(Ingested::Event(CompactEvent::from(&view)));
                     }
                     partitions[index].clock.observe(view.ts);
                     if config.keep_raw {

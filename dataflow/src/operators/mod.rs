@@ -10,8 +10,12 @@ pub mod dedup;
 pub mod held;
 pub mod horizon;
 pub mod ingest;
+pub mod pair_counts;
 pub mod rankings;
 pub mod related;
 pub mod sessionize;
 pub mod top_n;
 pub mod window_stats;
+
+#[cfg(test)]
+mod oracle_tests;

@@ -13,15 +13,18 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
-use crate::event::Id;
+use crate::checkpoint::parts::BucketParts;
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
+    key_group,
+};
 use crate::features::{Feature, RankedItem, RankingKind};
-use crate::ids::{FastMap, hash_str};
+use crate::ids::{FastMap, FastSet};
+use crate::intern::{Article, Portal};
 use crate::live::LiveUpdate;
 use crate::score::trending_score;
 
-use super::held::{HeldCapability, joint_frontier};
+use super::held::{HeldCapability, emit_at, joint_frontier};
 use super::top_n::{Descending, OrderedScore, TopN};
 use super::window_stats::ArticleWindowStats;
 
@@ -40,22 +43,21 @@ pub struct RankingSpec {
 
 #[derive(Clone, Debug, Default)]
 struct PortalRankings {
-    stats: FastMap<Id, ArticleWindowStats>,
-    popular: TopN<Id, Descending<u64>>,
-    trending: TopN<Id, Descending<OrderedScore>>,
+    stats: FastMap<Article, ArticleWindowStats>,
+    popular: TopN<Article, Descending<u64>>,
+    trending: TopN<Article, Descending<OrderedScore>>,
 }
 
 impl PortalRankings {
     fn apply(&mut self, stats: ArticleWindowStats, spec: &RankingSpec) {
-        let article = stats.article_id.clone();
+        let article = stats.article;
         if stats.views == 0 {
             self.popular.remove(&article);
             self.trending.remove(&article);
             self.stats.remove(&article);
             return;
         }
-        self.popular
-            .upsert(article.clone(), Descending(stats.views));
+        self.popular.upsert(article, Descending(stats.views));
         let score = trending_score(
             stats.recent_users,
             stats.recent_engaged_users,
@@ -65,7 +67,7 @@ impl PortalRankings {
         );
         if score > 0.0 {
             self.trending
-                .upsert(article.clone(), Descending(OrderedScore(score)));
+                .upsert(article, Descending(OrderedScore(score)));
         } else {
             self.trending.remove(&article);
         }
@@ -74,7 +76,7 @@ impl PortalRankings {
 
     fn items<R>(
         &self,
-        ranking: &TopN<Id, R>,
+        ranking: &TopN<Article, R>,
         n: usize,
         score: impl Fn(&R) -> f64,
     ) -> Vec<RankedItem>
@@ -85,7 +87,7 @@ impl PortalRankings {
             .top(n)
             .filter_map(|(article, rank)| {
                 self.stats.get(article).map(|stats| RankedItem {
-                    article_id: article.to_string(),
+                    article_id: article.id().to_string(),
                     views: stats.views,
                     engaged_views: stats.engaged_views,
                     score: score(rank),
@@ -99,17 +101,23 @@ impl PortalRankings {
 #[derive(Clone, Debug)]
 pub struct RankingsState {
     spec: RankingSpec,
-    portals: BTreeMap<Id, PortalRankings>,
+    portals: BTreeMap<Portal, PortalRankings>,
     /// Changes not applied yet, by window end.
     stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
+    /// The stash's records that the checkpoint does not hold yet.
+    stash_unsaved: BTreeMap<u64, usize>,
+    stash_parts: BucketParts,
+    /// Articles whose statistics changed since the last checkpoint.
+    changed: FastSet<Article>,
     /// The last window emitted.
     emitted_until: Option<u64>,
     /// The end of the last window holding an event, over all workers.
     horizon: u64,
+    saved_marks: Option<(Option<u64>, u64)>,
     /// Per portal, the window still filling and the provisional statistics received for it.
-    provisional: BTreeMap<Id, (u64, FastMap<Id, ArticleWindowStats>)>,
+    provisional: BTreeMap<Portal, (u64, FastMap<Article, ArticleWindowStats>)>,
     /// Portals whose provisional ranking changed since it was last pushed.
-    provisional_dirty: BTreeSet<Id>,
+    provisional_dirty: BTreeSet<Portal>,
 }
 
 /// What the rankings operator emits.
@@ -128,8 +136,12 @@ impl RankingsState {
             spec,
             portals: BTreeMap::new(),
             stash: BTreeMap::new(),
+            stash_unsaved: BTreeMap::new(),
+            stash_parts: BucketParts::new(STASH_TAG),
+            changed: FastSet::default(),
             emitted_until: None,
             horizon: 0,
+            saved_marks: None,
             provisional: BTreeMap::new(),
             provisional_dirty: BTreeSet::new(),
         }
@@ -139,6 +151,7 @@ impl RankingsState {
     pub fn insert(&mut self, stats: ArticleWindowStats) {
         if !stats.provisional {
             self.stash.entry(stats.window_end).or_default().push(stats);
+            *self.stash_unsaved.entry(stats.window_end).or_default() += 1;
             return;
         }
         if self
@@ -147,16 +160,17 @@ impl RankingsState {
         {
             return; // the window is final already
         }
+        let portal = stats.article.portal();
         let entry = self
             .provisional
-            .entry(stats.portal.clone())
+            .entry(portal)
             .or_insert_with(|| (stats.window_end, FastMap::default()));
         if stats.window_end > entry.0 {
             *entry = (stats.window_end, FastMap::default());
         }
         if stats.window_end == entry.0 {
-            self.provisional_dirty.insert(stats.portal.clone());
-            entry.1.insert(stats.article_id.clone(), stats);
+            self.provisional_dirty.insert(portal);
+            entry.1.insert(stats.article, stats);
         }
     }
 
@@ -170,7 +184,7 @@ impl RankingsState {
             };
             let mut rankings = self.portals.get(&portal).cloned().unwrap_or_default();
             for stats in overrides.values() {
-                rankings.apply(stats.clone(), &self.spec);
+                rankings.apply(*stats, &self.spec);
             }
             let items = [
                 (
@@ -185,7 +199,7 @@ impl RankingsState {
             for (kind, items) in items {
                 out.push(LiveUpdate::Ranking {
                     kind,
-                    portal: portal.to_string(),
+                    portal: portal.name().to_string(),
                     window_start: window_end.saturating_sub(window),
                     window_end: *window_end,
                     watermark,
@@ -240,9 +254,12 @@ impl RankingsState {
                 return;
             }
             for stats in self.stash.remove(&next).unwrap_or_default() {
-                let portal = self.portals.entry(stats.portal.clone()).or_default();
+                let portal = self.portals.entry(stats.article.portal()).or_default();
                 portal.apply(stats, &self.spec);
+                self.changed.insert(stats.article);
             }
+            self.stash_unsaved.remove(&next);
+            self.stash_parts.drop_bucket(next);
             self.portals
                 .retain(|_, rankings| !rankings.popular.is_empty());
             for (portal, rankings) in &self.portals {
@@ -255,14 +272,14 @@ impl RankingsState {
                 ] {
                     live.push(LiveUpdate::Ranking {
                         kind,
-                        portal: portal.to_string(),
+                        portal: portal.name().to_string(),
                         window_start: start,
                         window_end: next,
                         watermark: next,
                         is_final: true,
                         items: items.clone(),
                     });
-                    out.push(Feature::ranking(kind, portal, start, next, items));
+                    out.push(Feature::ranking(kind, portal.name(), start, next, items));
                 }
             }
             self.emitted_until = Some(next);
@@ -272,91 +289,122 @@ impl RankingsState {
     }
 }
 
-/// What rankings keep per portal in a checkpoint; the top-N orders are rebuilt from the stats.
+/// The statistics of an article as rankings hold them in a checkpoint.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SavedPortal {
-    portal: Id,
-    stats: Vec<ArticleWindowStats>,
-    stash: Vec<ArticleWindowStats>,
-    provisional: Option<(u64, Vec<ArticleWindowStats>)>,
-    provisional_dirty: bool,
+struct SavedStats {
+    window_end: u64,
+    views: u64,
+    engaged_views: u64,
+    older_views: u64,
+    recent_users: u64,
+    recent_engaged_users: u64,
 }
 
-/// One entry per portal (routed like the portal's statistics) and a shared entry with the last
-/// emitted window and the horizon, merged by maximum.
+const STATS_TAG: u8 = 0;
+const STASH_TAG: u8 = 1;
+const MARKS_TAG: u8 = 2;
+
+/// Each ranked article's statistics keyed by `(portal, article)` in the portal's key group; the
+/// changes not applied yet as parts of their window; the last window emitted and the horizon per
+/// worker and run (a restore takes the largest). The top-N orders are rebuilt from the statistics;
+/// provisional rankings are not kept (the next preview makes them again).
 impl Checkpointed for RankingsState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        let mut portals: BTreeMap<&Id, SavedPortal> = BTreeMap::new();
-        let saved = |portal: &Id| -> SavedPortal {
-            SavedPortal {
-                portal: portal.clone(),
-                stats: Vec::new(),
-                stash: Vec::new(),
-                provisional: None,
-                provisional_dirty: false,
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        let mut changed: Vec<Article> = self.changed.drain().collect();
+        changed.sort_unstable();
+        for article in changed {
+            let portal = article.portal();
+            let scope = Placement::of_route(portal.route());
+            let key = (STATS_TAG, portal.name(), article.id());
+            match self
+                .portals
+                .get(&portal)
+                .and_then(|p| p.stats.get(&article))
+            {
+                Some(stats) => out.put(
+                    scope,
+                    &key,
+                    &SavedStats {
+                        window_end: stats.window_end,
+                        views: stats.views,
+                        engaged_views: stats.engaged_views,
+                        older_views: stats.older_views,
+                        recent_users: stats.recent_users,
+                        recent_engaged_users: stats.recent_engaged_users,
+                    },
+                )?,
+                None => out.delete(scope, &key)?,
             }
-        };
-        for (portal, rankings) in &self.portals {
-            portals
-                .entry(portal)
-                .or_insert_with(|| saved(portal))
-                .stats
-                .extend(rankings.stats.values().cloned());
         }
-        for stats in self.stash.values().flatten() {
-            portals
-                .entry(&stats.portal)
-                .or_insert_with(|| saved(&stats.portal))
-                .stash
-                .push(stats.clone());
+        self.stash_parts.save_deletes(out)?;
+        for (window_end, unsaved) in std::mem::take(&mut self.stash_unsaved) {
+            if let Some(stash) = self.stash.get(&window_end) {
+                let new = &stash[stash.len().saturating_sub(unsaved)..];
+                self.stash_parts.write(out, window_end, new)?;
+            }
         }
-        for (portal, (window_end, overrides)) in &self.provisional {
-            portals
-                .entry(portal)
-                .or_insert_with(|| saved(portal))
-                .provisional = Some((*window_end, overrides.values().cloned().collect()));
+        let marks = (self.emitted_until, self.horizon);
+        if self.saved_marks != Some(marks) {
+            out.put(
+                Placement::Broadcast,
+                &(MARKS_TAG, out.run(), out.worker() as u32),
+                &marks,
+            )?;
+            self.saved_marks = Some(marks);
         }
-        for portal in &self.provisional_dirty {
-            portals
-                .entry(portal)
-                .or_insert_with(|| saved(portal))
-                .provisional_dirty = true;
-        }
-        for (portal, saved) in portals {
-            out.keyed(hash_str(portal), &saved)?;
-        }
-        out.shared(&(self.emitted_until, self.horizon))
+        Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        if entry.route.is_none() {
-            let (emitted_until, horizon): (Option<u64>, u64) = entry.decode()?;
+        if self.stash_parts.is_part(&entry) {
+            let window_end = self.stash_parts.restored(&entry)?;
+            let stash: Vec<ArticleWindowStats> = entry.value()?;
+            let owned = stash
+                .into_iter()
+                .filter(|stats| entry.owns(stats.article.portal().route()));
+            self.stash.entry(window_end).or_default().extend(owned);
+            return Ok(());
+        }
+        if entry.placement == Placement::Broadcast {
+            let (emitted_until, horizon): (Option<u64>, u64) = entry.value()?;
             self.emitted_until = self.emitted_until.max(emitted_until);
             self.horizon = self.horizon.max(horizon);
             return Ok(());
         }
-        let saved: SavedPortal = entry.decode()?;
-        if !saved.stats.is_empty() {
-            let rankings = self.portals.entry(saved.portal.clone()).or_default();
-            for stats in saved.stats {
-                rankings.apply(stats, &self.spec);
-            }
-        }
-        for stats in saved.stash {
-            self.stash.entry(stats.window_end).or_default().push(stats);
-        }
-        if let Some((window_end, overrides)) = saved.provisional {
-            let overrides = overrides
-                .into_iter()
-                .map(|stats| (stats.article_id.clone(), stats))
-                .collect();
-            self.provisional
-                .insert(saved.portal.clone(), (window_end, overrides));
-        }
-        if saved.provisional_dirty {
-            self.provisional_dirty.insert(saved.portal);
-        }
+        let (_, portal, article): (u8, String, String) = entry.key()?;
+        let saved: SavedStats = entry.value()?;
+        let article = Article::intern_names(&portal, &article);
+        let stats = ArticleWindowStats {
+            article,
+            window_end: saved.window_end,
+            views: saved.views,
+            engaged_views: saved.engaged_views,
+            older_views: saved.older_views,
+            recent_users: saved.recent_users,
+            recent_engaged_users: saved.recent_engaged_users,
+            provisional: false,
+        };
+        self.portals
+            .entry(article.portal())
+            .or_default()
+            .apply(stats, &self.spec);
         Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        self.saved_marks = Some((self.emitted_until, self.horizon));
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        let articles: usize = self.portals.values().map(|p| p.stats.len()).sum();
+        let stash: usize = self.stash.values().map(Vec::capacity).sum();
+        StateSize {
+            // The statistics, and two ranking entries per article (tree nodes and index).
+            bytes: (articles * (std::mem::size_of::<(Article, ArticleWindowStats)>() + 2 * 48)
+                + stash * std::mem::size_of::<ArticleWindowStats>()) as u64,
+            entries: articles as u64,
+        }
     }
 }
 
@@ -379,7 +427,9 @@ impl<'scope> Rankings<'scope> for StreamVec<'scope, u64, ArticleWindowStats> {
         spec: RankingSpec,
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, RankingsOutput> {
-        let route = Exchange::new(|stats: &ArticleWindowStats| hash_str(&stats.portal));
+        let route = Exchange::new(|stats: &ArticleWindowStats| {
+            u64::from(key_group(stats.article.portal().route()))
+        });
         let state = states.attach("rankings", RankingsState::new(spec));
         self.binary_frontier(
             horizon,
@@ -450,31 +500,4 @@ fn live_time(update: &LiveUpdate, slide: u64) -> u64 {
         // Not emitted by rankings: reads are the serving layer's, saved with checkpoints.
         LiveUpdate::Reads { reads, .. } => reads.iter().map(|(_, ts)| *ts).max().unwrap_or(0),
     }
-}
-
-/// Sends each record at its time (never before the held capability's), grouped by time.
-pub(crate) fn emit_at<D: Clone + 'static>(
-    held: &HeldCapability,
-    out: &mut Vec<(u64, D)>,
-    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-        '_,
-        u64,
-        timely::container::CapacityContainerBuilder<Vec<D>>,
-    >,
-) {
-    if let Some(cap) = held.get() {
-        let mut by_time: BTreeMap<u64, Vec<D>> = BTreeMap::new();
-        for (time, record) in out.drain(..) {
-            by_time
-                .entry(time.max(*cap.time()))
-                .or_default()
-                .push(record);
-        }
-        for (time, records) in by_time {
-            output
-                .session(&cap.delayed(&time))
-                .give_iterator(records.into_iter());
-        }
-    }
-    out.clear();
 }

@@ -1,23 +1,27 @@
 //! Related articles: the co-occurrence graph over a sliding window, normalised by popularity.
 //!
 //! For each article `a` of a portal, `related(a)` lists the partners `b` read together with it in at
-//! least `cooc_min_support` sessions of the window `[T − cooc_window, T)`, ranked by
-//! `cooc(a,b) / sqrt(views(a) · views(b))` ([`crate::score::related_score`]): a pair of two huge
-//! articles that co-occur by chance scores low, two niche articles always read together score high.
+//! least `cooc_min_support` sessions of the co-occurrence window `[T − cooc_window, T)`, ranked by
+//! `cooc(a,b) / sqrt(views(a) · views(b))` ([`crate::score::related_score`]), exact ties by
+//! `article_id` ([`crate::score::related_order`], N16a): a pair of two huge articles that co-occur
+//! by chance scores low, two niche articles always read together score high.
 //!
-//! Inputs: the [`ArticlePair`]s of the co-occurrence operator (each pair is routed to both of its
-//! articles) and the 24-hour view counts of every article (from a [`WindowStats`] over the
-//! co-occurrence window, broadcast so that each worker can normalise by any partner's views),
-//! plus the event horizon for the end of a replay.
+//! Inputs: the [`CoocChange`]s of [`super::pair_counts`] (routed to the article whose list they
+//! concern; only partners that qualify are kept here), the co-occurrence-window views of every
+//! article (broadcast, so that each worker can normalise by any partner's views) and the event
+//! horizon for the end of a replay.
 //!
-//! At every final window the lists that may have changed are recomputed: the article's pairs
-//! changed, its views changed, or the views of a *qualified* partner changed (a reverse index finds
-//! those). A list is emitted when it differs from the last one emitted for the article, at most once
-//! per `related_interval`, and once more at the end of a replay (`docs/semantics-notes.md` N16–N17).
+//! Lists are evaluated at final co-occurrence windows (multiples of `cooc_slide`, N16–N17). A list
+//! is recomputed when it may be emitted (nothing emitted yet, or `related_interval` has passed since)
+//! and something it depends on changed since it was last computed, or it differed from the last
+//! one emitted then. It is emitted when it differs from the last one emitted, and once more at the
+//! end of a replay.
 //!
-//! [`WindowStats`]: super::window_stats::WindowStats
+//! Checkpoints write each article whose partners or emitted list changed (keyed by article), the
+//! views as worker 0 holds them (every worker holds the same), and the inputs not processed yet as
+//! parts of their window.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -26,24 +30,28 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
-use crate::event::Id;
+use crate::checkpoint::parts::BucketParts;
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
+    key_group,
+};
 use crate::features::{Feature, RelatedItem};
 use crate::ids::{FastMap, FastSet};
-use crate::score::related_score;
+use crate::intern::Article;
+use crate::score::{related_order, related_score};
 
-use super::cooccurrence::ArticlePair;
-use super::held::{HeldCapability, joint_frontier};
-use super::rankings::emit_at;
-use super::window_stats::{ArticleKey, ArticleWindowStats, article_route};
+use super::held::{HeldCapability, emit_at, joint_frontier};
+use super::pair_counts::CoocChange;
+use super::window_stats::ArticleWindowStats;
 
 /// The parameters of `related`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelatedSpec {
     /// `cooc_window`.
     pub window: u64,
-    /// Window step.
+    /// `cooc_slide`: lists are evaluated at its multiples.
+    pub cooc_slide: u64,
+    /// The dataflow's tick.
     pub slide: u64,
     /// List length.
     pub top_n: usize,
@@ -53,100 +61,62 @@ pub struct RelatedSpec {
     pub interval: u64,
 }
 
-/// One side of a pair: `partner` was read with `article` at `ts`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectedPair {
-    /// The site.
-    pub portal: Id,
-    /// The article whose list this counts towards.
-    pub article_id: Id,
-    /// The partner.
-    pub partner: Id,
-    /// When the pair was formed.
-    pub ts: u64,
-}
-
 /// The broadcast side input of `related`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelatedSideInput {
     /// A change of an article's views in the co-occurrence window.
     Views(ArticleWindowStats),
-    /// The event horizon.
+    /// The event horizon: `tick(max ts) + slide` over every accepted event.
     Horizon(u64),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct PairWindow {
-    count: u64,
-    /// `(tick, count)` of buckets not entered yet; a handful at most, so a vector beats a map.
-    pending: Vec<(u64, u64)>,
-    entered: VecDeque<(u64, u64)>,
-}
-
-/// A worker's article keys as small integers, so that per-window work hashes and copies `u32`s.
-#[derive(Clone, Debug, Default)]
-struct ArticleIds {
-    /// portal → article → id (nested so that lookups by `&str` allocate nothing).
-    ids: FastMap<String, FastMap<String, u32>>,
-    keys: Vec<ArticleKey>,
-}
-
-impl ArticleIds {
-    fn intern(&mut self, portal: &str, article: &str) -> u32 {
-        if let Some(&id) = self
-            .ids
-            .get(portal)
-            .and_then(|articles| articles.get(article))
-        {
-            return id;
-        }
-        let id = self.keys.len() as u32;
-        self.keys.push((Id::from(portal), Id::from(article)));
-        self.ids
-            .entry(portal.to_string())
-            .or_default()
-            .insert(article.to_string(), id);
-        id
-    }
-
-    fn key(&self, id: u32) -> &ArticleKey {
-        &self.keys[id as usize]
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ArticleRelated {
-    partners: FastMap<u32, PairWindow>,
     /// Partners with `cooc ≥ min_support`: the only candidates for the list.
-    qualified: FastSet<u32>,
-    /// The list as last computed (see `stale`).
-    current: Vec<RelatedItem>,
-    /// Something changed since `current` was computed; it is recomputed before it can be emitted.
-    stale: bool,
+    partners: FastMap<Article, u32>,
     last_emitted: Vec<RelatedItem>,
     last_emitted_at: Option<u64>,
-    /// The window at which a list that differs, but was throttled, may be emitted.
-    wakeup: Option<u64>,
+    /// Something the list depends on changed since it was last computed.
+    stale: bool,
+    /// The list last computed differs from the last one emitted (it was held back).
+    differs: bool,
 }
 
-/// The co-occurrence windows and related lists of the articles routed to one worker.
+/// An article's related state in a checkpoint (partners of its own portal, by id).
+#[derive(Serialize, Deserialize)]
+struct SavedArticle {
+    partners: Vec<(String, u32)>,
+    last_emitted: Vec<RelatedItem>,
+    last_emitted_at: Option<u64>,
+}
+
+const ARTICLE_TAG: u8 = 0;
+const VIEWS_TAG: u8 = 1;
+const COOC_STASH_TAG: u8 = 2;
+const VIEWS_STASH_TAG: u8 = 3;
+const MARKS_TAG: u8 = 4;
+
+/// The related lists of the articles routed to one worker.
 #[derive(Clone, Debug)]
 pub struct RelatedState {
     spec: RelatedSpec,
-    ids: ArticleIds,
-    articles: FastMap<u32, ArticleRelated>,
-    /// Window end → `(article, partner)` pairs whose bucket enters or leaves then.
-    visits: BTreeMap<u64, Vec<(u32, u32)>>,
-    /// Window end → articles whose throttled list may be emitted then.
-    wakeups: BTreeMap<u64, Vec<u32>>,
-    /// Views of every article (all workers') in the current window.
-    views: FastMap<u32, u64>,
+    articles: FastMap<Article, ArticleRelated>,
+    /// Views of every article (all workers') in the current co-occurrence window.
+    views: FastMap<Article, u64>,
+    cooc_stash: BTreeMap<u64, Vec<CoocChange>>,
     views_stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
-    /// Partner `b` → local articles `a` for which `b` is qualified.
-    qualified_by_partner: FastMap<u32, FastSet<u32>>,
     /// The last window processed.
     processed_until: Option<u64>,
+    /// `tick(max ts) + slide` over every accepted event.
     horizon: u64,
+    // What the next checkpoint writes.
+    changed_articles: FastSet<Article>,
+    changed_views: FastSet<Article>,
+    cooc_stash_unsaved: BTreeMap<u64, usize>,
+    views_stash_unsaved: BTreeMap<u64, usize>,
+    cooc_stash_parts: BucketParts,
+    views_stash_parts: BucketParts,
+    saved_marks: Option<(Option<u64>, u64)>,
 }
 
 impl RelatedState {
@@ -154,82 +124,87 @@ impl RelatedState {
     pub fn new(spec: RelatedSpec) -> Self {
         RelatedState {
             spec,
-            ids: ArticleIds::default(),
             articles: FastMap::default(),
-            visits: BTreeMap::new(),
-            wakeups: BTreeMap::new(),
             views: FastMap::default(),
+            cooc_stash: BTreeMap::new(),
             views_stash: BTreeMap::new(),
-            qualified_by_partner: FastMap::default(),
             processed_until: None,
             horizon: 0,
+            changed_articles: FastSet::default(),
+            changed_views: FastSet::default(),
+            cooc_stash_unsaved: BTreeMap::new(),
+            views_stash_unsaved: BTreeMap::new(),
+            cooc_stash_parts: BucketParts::new(COOC_STASH_TAG),
+            views_stash_parts: BucketParts::new(VIEWS_STASH_TAG),
+            saved_marks: None,
         }
     }
 
-    /// Counts one side of a pair into its bucket (its window must not be final yet).
-    pub fn insert_pair(&mut self, pair: DirectedPair) {
-        let RelatedSpec { window, slide, .. } = self.spec;
-        let tick = pair.ts - pair.ts % slide;
-        let article_id = self.ids.intern(&pair.portal, &pair.article_id);
-        let partner_id = self.ids.intern(&pair.portal, &pair.partner);
-        let article = self.articles.entry(article_id).or_default();
-        let pending = &mut article.partners.entry(partner_id).or_default().pending;
-        let new_bucket = match pending.iter_mut().find(|(bucket, _)| *bucket == tick) {
-            Some((_, count)) => {
-                *count += 1;
-                false
-            }
-            None => {
-                pending.push((tick, 1));
-                true
-            }
-        };
-        if new_bucket {
-            let enter = tick + slide;
-            for time in [enter, enter + window] {
-                self.visits
-                    .entry(time)
-                    .or_default()
-                    .push((article_id, partner_id));
-            }
-        }
+    /// Takes a change of an article's co-occurrence with a partner (for a window not final yet).
+    pub fn insert_cooc(&mut self, change: CoocChange) {
+        self.cooc_stash
+            .entry(change.window_end)
+            .or_default()
+            .push(change);
+        *self
+            .cooc_stash_unsaved
+            .entry(change.window_end)
+            .or_default() += 1;
     }
 
     /// Applies a side input.
     pub fn insert_side(&mut self, side: RelatedSideInput) {
         match side {
-            RelatedSideInput::Views(stats) => self
-                .views_stash
-                .entry(stats.window_end)
-                .or_default()
-                .push(stats),
+            RelatedSideInput::Views(stats) => {
+                self.views_stash
+                    .entry(stats.window_end)
+                    .or_default()
+                    .push(stats);
+                *self
+                    .views_stash_unsaved
+                    .entry(stats.window_end)
+                    .or_default() += 1;
+            }
             RelatedSideInput::Horizon(horizon) => self.horizon = self.horizon.max(horizon),
         }
     }
 
     /// Whether no state is left.
     pub fn is_idle(&self) -> bool {
-        self.articles.is_empty() && self.views_stash.is_empty() && self.views.is_empty()
+        self.articles.is_empty()
+            && self.cooc_stash.is_empty()
+            && self.views_stash.is_empty()
+            && self.views.is_empty()
     }
 
-    /// The end of the last window holding an event (all workers).
-    pub fn horizon(&self) -> u64 {
-        self.horizon
+    /// The last final co-occurrence window at the end of a replay (`L_c`, N9), from the horizon.
+    pub fn last_window(&self) -> u64 {
+        if self.horizon == 0 {
+            return 0; // no event yet
+        }
+        let cooc_slide = self.spec.cooc_slide;
+        let last_tick = self.horizon.saturating_sub(self.spec.slide);
+        last_tick - last_tick % cooc_slide + cooc_slide
     }
 
     fn next_window(&self) -> Option<u64> {
-        [
-            self.visits.keys().next(),
-            self.wakeups.keys().next(),
+        let stashed = [
+            self.cooc_stash.keys().next(),
             self.views_stash.keys().next(),
         ]
         .into_iter()
         .flatten()
         .min()
-        .copied()
+        .copied();
+        match self.processed_until {
+            // Throttled lists may become due at any window: every window is visited while
+            // there are lists.
+            Some(last) if !self.articles.is_empty() => Some(last + self.spec.cooc_slide),
+            _ => stashed,
+        }
     }
 
-    /// Processes every window `T ≤ limit` at which something changes, in order.
+    /// Processes every co-occurrence window `T ≤ limit`, in order.
     pub fn advance(&mut self, limit: u64, out: &mut Vec<Feature>) {
         while let Some(window_end) = self.next_window().filter(|next| *next <= limit) {
             self.process(window_end, out);
@@ -237,383 +212,332 @@ impl RelatedState {
         }
     }
 
-    /// The end of a replay: after the last window `L`, every list that differs from the one last
-    /// emitted is emitted at `L`, whatever the interval (N17).
-    pub fn finish(&mut self, last_window: u64, out: &mut Vec<Feature>) {
+    /// The end of a replay: after the last window `L_c`, every list that differs from the one last
+    /// emitted is emitted at `L_c`, whatever the interval (N17).
+    pub fn finish(&mut self, out: &mut Vec<Feature>) {
+        let last_window = self.last_window();
         self.advance(last_window, out);
         let start = last_window.saturating_sub(self.spec.window);
-        for (&id, article) in &self.articles {
-            // A throttled list may have changed since it was last computed.
-            let current = if article.stale {
-                self.compute(id)
-            } else {
-                article.current.clone()
-            };
-            if current != article.last_emitted {
-                let (portal, article_id) = self.ids.key(id);
+        let mut ids: Vec<Article> = self.articles.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let current = self.compute(id);
+            if let Some(article) = self.articles.get(&id)
+                && current != article.last_emitted
+            {
                 out.push(Feature::related(
-                    portal,
-                    article_id,
+                    id.portal().name(),
+                    id.id(),
                     start,
                     last_window,
                     current,
                 ));
             }
         }
-        *self = RelatedState {
-            horizon: self.horizon,
-            ..RelatedState::new(self.spec)
-        };
+        // Everything is out: the state is dropped (and deleted by the next checkpoint).
+        self.changed_articles.extend(self.articles.keys().copied());
+        self.changed_views.extend(self.views.keys().copied());
+        self.articles.clear();
+        self.views.clear();
+        self.cooc_stash.clear();
+        self.views_stash.clear();
+        self.cooc_stash_unsaved.clear();
+        self.views_stash_unsaved.clear();
+        self.cooc_stash_parts.drop_all();
+        self.views_stash_parts.drop_all();
     }
 
     fn process(&mut self, window_end: u64, out: &mut Vec<Feature>) {
         let RelatedSpec {
             window,
-            slide,
             min_support,
             interval,
             ..
         } = self.spec;
-        let mut dirty: Vec<u32> = Vec::new();
-
+        let mut views_changed: FastSet<Article> = FastSet::default();
         for stats in self.views_stash.remove(&window_end).unwrap_or_default() {
-            let id = self.ids.intern(&stats.portal, &stats.article_id);
             if stats.views == 0 {
-                self.views.remove(&id);
+                self.views.remove(&stats.article);
             } else {
-                self.views.insert(id, stats.views);
+                self.views.insert(stats.article, stats.views);
             }
-            if let Some(articles) = self.qualified_by_partner.get(&id) {
-                dirty.extend(articles.iter().copied());
-            }
-            if self.articles.contains_key(&id) {
-                dirty.push(id);
-            }
+            views_changed.insert(stats.article);
+            self.changed_views.insert(stats.article);
         }
+        self.views_stash_unsaved.remove(&window_end);
+        self.views_stash_parts.drop_bucket(window_end);
+        for change in self.cooc_stash.remove(&window_end).unwrap_or_default() {
+            let article = self.articles.entry(change.article).or_default();
+            if u64::from(change.cooc) >= min_support {
+                article.partners.insert(change.partner, change.cooc);
+            } else {
+                article.partners.remove(&change.partner);
+            }
+            article.stale = true;
+            self.changed_articles.insert(change.article);
+        }
+        self.cooc_stash_unsaved.remove(&window_end);
+        self.cooc_stash_parts.drop_bucket(window_end);
 
         let window_start = window_end.saturating_sub(window);
-        for (id, partner) in self.visits.remove(&window_end).unwrap_or_default() {
+        let mut ids: Vec<Article> = self.articles.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
             let Some(article) = self.articles.get_mut(&id) else {
                 continue;
             };
-            let Some(pair) = article.partners.get_mut(&partner) else {
-                continue;
-            };
-            let was_qualified = pair.count >= min_support;
-            let entering = window_end - slide;
-            if let Some(position) = pair.pending.iter().position(|(tick, _)| *tick == entering) {
-                let (_, count) = pair.pending.swap_remove(position);
-                pair.count += count;
-                pair.entered.push_back((window_end - slide, count));
-            }
-            while pair
-                .entered
-                .front()
-                .is_some_and(|(tick, _)| *tick < window_start)
+            if views_changed.contains(&id)
+                || article.partners.keys().any(|p| views_changed.contains(p))
             {
-                if let Some((_, count)) = pair.entered.pop_front() {
-                    pair.count -= count;
-                }
-            }
-            let qualified = pair.count >= min_support;
-            if pair.count == 0 && pair.pending.is_empty() {
-                article.partners.remove(&partner);
-            }
-            if qualified && !was_qualified {
-                article.qualified.insert(partner);
-                self.qualified_by_partner
-                    .entry(partner)
-                    .or_default()
-                    .insert(id);
-            } else if was_qualified && !qualified {
-                article.qualified.remove(&partner);
-                if let Some(set) = self.qualified_by_partner.get_mut(&partner) {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        self.qualified_by_partner.remove(&partner);
-                    }
-                }
-            }
-            dirty.push(id);
-        }
-
-        dirty.extend(self.wakeups.remove(&window_end).unwrap_or_default());
-        dirty.sort_unstable();
-        dirty.dedup();
-
-        for id in dirty {
-            let Some(article) = self.articles.get_mut(&id) else {
-                continue;
-            };
-            if article.wakeup.is_some_and(|due| window_end < due) {
-                // Already differs and throttled: only its value at the wake-up matters (N17).
                 article.stale = true;
-                continue;
             }
-            article.wakeup = None;
-            let current = self.compute(id);
-            let Some(article) = self.articles.get_mut(&id) else {
-                continue;
-            };
-            article.current = current;
-            article.stale = false;
-            if article.current != article.last_emitted {
-                let due = article
-                    .last_emitted_at
-                    .map_or(window_end, |at| at + interval);
-                if window_end >= due {
-                    let (portal, article_id) = self.ids.key(id);
+            let allowed = article
+                .last_emitted_at
+                .is_none_or(|at| window_end - at >= interval);
+            if allowed && (article.stale || article.differs) {
+                let current = self.compute(id);
+                let Some(article) = self.articles.get_mut(&id) else {
+                    continue;
+                };
+                article.stale = false;
+                article.differs = false;
+                if current != article.last_emitted {
                     out.push(Feature::related(
-                        portal,
-                        article_id,
+                        id.portal().name(),
+                        id.id(),
                         window_start,
                         window_end,
-                        article.current.clone(),
+                        current.clone(),
                     ));
-                    article.last_emitted = article.current.clone();
+                    article.last_emitted = current;
                     article.last_emitted_at = Some(window_end);
-                } else {
-                    article.wakeup = Some(due);
-                    self.wakeups.entry(due).or_default().push(id);
+                    self.changed_articles.insert(id);
                 }
+            } else if article.stale {
+                // Held back by the interval: computed (and emitted if it differs) when allowed.
+                article.differs = true;
             }
+            let Some(article) = self.articles.get(&id) else {
+                continue;
+            };
+            // Nothing left to list or to take back; once its interval has passed, a new list
+            // would be emitted at once anyway, so the article is forgotten.
             if article.partners.is_empty()
-                && article.current.is_empty()
                 && article.last_emitted.is_empty()
+                && article
+                    .last_emitted_at
+                    .is_none_or(|at| window_end - at >= interval)
             {
                 self.articles.remove(&id);
+                self.changed_articles.insert(id);
             }
         }
     }
 
-    fn compute(&self, id: u32) -> Vec<RelatedItem> {
-        let RelatedSpec { top_n, .. } = self.spec;
+    /// `related(id)` as the current partners and views make it.
+    fn compute(&self, id: Article) -> Vec<RelatedItem> {
         let Some(article) = self.articles.get(&id) else {
             return Vec::new();
         };
         let Some(&views_a) = self.views.get(&id) else {
             return Vec::new();
         };
-        let mut items: Vec<RelatedItem> = article
-            .qualified
+        let mut partners: Vec<(Article, u64, u64)> = article
+            .partners
             .iter()
-            .filter_map(|partner| {
-                let views_b = *self.views.get(partner)?;
-                let cooc = article.partners.get(partner)?.count;
-                Some(RelatedItem {
-                    article_id: self.ids.key(*partner).1.to_string(),
-                    cooc,
-                    score: related_score(cooc, views_a, views_b),
-                })
+            .filter_map(|(&partner, &cooc)| {
+                let views = *self.views.get(&partner)?;
+                Some((partner, u64::from(cooc), views))
             })
             .collect();
-        items.sort_by(|x, y| {
-            y.score
-                .total_cmp(&x.score)
-                .then_with(|| x.article_id.cmp(&y.article_id))
+        partners.sort_unstable_by(|(x, cooc_x, views_x), (y, cooc_y, views_y)| {
+            related_order(*cooc_x, *views_x, *cooc_y, *views_y).then_with(|| x.id().cmp(y.id()))
         });
-        items.truncate(top_n);
-        items
+        partners.truncate(self.spec.top_n);
+        partners
+            .into_iter()
+            .map(|(partner, cooc, views_b)| RelatedItem {
+                article_id: partner.id().to_string(),
+                cooc,
+                score: related_score(cooc, views_a, views_b),
+            })
+            .collect()
     }
 }
 
-/// An article's related state in a checkpoint, with its scheduled visits and wake-ups. Partners
-/// (always of the article's portal) are named once, in `partner_ids`, and referred to by index:
-/// this worker's interned ids mean nothing to another run.
-#[derive(Serialize, Deserialize)]
-struct SavedArticle {
-    key: ArticleKey,
-    partner_ids: Vec<Id>,
-    partners: Vec<(u32, PairWindow)>,
-    qualified: Vec<u32>,
-    current: Vec<RelatedItem>,
-    stale: bool,
-    last_emitted: Vec<RelatedItem>,
-    last_emitted_at: Option<u64>,
-    wakeup: Option<u64>,
-    visits: Vec<(u64, u32)>,
-    wakeups: Vec<u64>,
-}
-
-/// [`SavedArticle`] as written: borrowed, so saving copies no window (same encoding).
-#[derive(Serialize)]
-struct SavingArticle<'a> {
-    key: &'a ArticleKey,
-    partner_ids: Vec<Id>,
-    partners: Vec<(u32, &'a PairWindow)>,
-    qualified: Vec<u32>,
-    current: &'a [RelatedItem],
-    stale: bool,
-    last_emitted: &'a [RelatedItem],
-    last_emitted_at: Option<u64>,
-    wakeup: Option<u64>,
-    visits: Vec<(u64, u32)>,
-    wakeups: Vec<u64>,
-}
-
-/// Numbers the partners of one saved article.
-#[derive(Default)]
-struct PartnerTable {
-    index: FastMap<u32, u32>,
-    ids: Vec<Id>,
-}
-
-impl PartnerTable {
-    fn index(&mut self, ids: &ArticleIds, partner: u32) -> u32 {
-        *self.index.entry(partner).or_insert_with(|| {
-            self.ids.push(ids.key(partner).1.clone());
-            (self.ids.len() - 1) as u32
-        })
+/// Writes the stash records the checkpoint does not hold yet, as parts of their window.
+fn save_stash<T: Serialize>(
+    out: &mut ChangeWriter<'_>,
+    stash: &BTreeMap<u64, Vec<T>>,
+    unsaved: &mut BTreeMap<u64, usize>,
+    parts: &mut BucketParts,
+) -> Result<(), CheckpointError> {
+    parts.save_deletes(out)?;
+    for (window_end, count) in std::mem::take(unsaved) {
+        if let Some(records) = stash.get(&window_end) {
+            parts.write(
+                out,
+                window_end,
+                &records[records.len().saturating_sub(count)..],
+            )?;
+        }
     }
+    Ok(())
 }
 
-/// What every worker holds alike: the views received by broadcast, and how far it got.
-#[derive(Serialize, Deserialize)]
-struct SavedShared {
-    views: Vec<(ArticleKey, u64)>,
-    views_stash: BTreeMap<u64, Vec<ArticleWindowStats>>,
-    processed_until: Option<u64>,
-    horizon: u64,
-}
-
-/// One entry per article (routed like its pairs) and a shared entry with the views. Every worker
-/// saved the same views (they arrive by broadcast, and a checkpoint is taken when every worker has
-/// acted on the same frontier), so merging keeps the first copy of each window's views.
+/// Articles keyed by article; the views and their stash written by worker 0 only (every worker
+/// receives and holds the same); the co-occurrence stash as parts; the last window processed and
+/// the horizon per worker and run.
 impl Checkpointed for RelatedState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        let mut visits: FastMap<u32, Vec<(u64, u32)>> = FastMap::default();
-        for (time, pairs) in &self.visits {
-            for &(article, partner) in pairs {
-                visits.entry(article).or_default().push((*time, partner));
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        let mut changed: Vec<Article> = self.changed_articles.drain().collect();
+        changed.sort_unstable();
+        for id in changed {
+            let scope = Placement::of_route(id.route());
+            let key = (ARTICLE_TAG, id.portal().name(), id.id());
+            match self.articles.get(&id) {
+                Some(article) => {
+                    let mut partners: Vec<(String, u32)> = article
+                        .partners
+                        .iter()
+                        .map(|(p, c)| (p.id().to_string(), *c))
+                        .collect();
+                    partners.sort_unstable();
+                    out.put(
+                        scope,
+                        &key,
+                        &SavedArticle {
+                            partners,
+                            last_emitted: article.last_emitted.clone(),
+                            last_emitted_at: article.last_emitted_at,
+                        },
+                    )?;
+                }
+                None => out.delete(scope, &key)?,
             }
         }
-        let mut wakeups: FastMap<u32, Vec<u64>> = FastMap::default();
-        for (time, ids) in &self.wakeups {
-            for &id in ids {
-                wakeups.entry(id).or_default().push(*time);
+        save_stash(
+            out,
+            &self.cooc_stash,
+            &mut self.cooc_stash_unsaved,
+            &mut self.cooc_stash_parts,
+        )?;
+        if out.worker() == 0 {
+            let mut changed: Vec<Article> = self.changed_views.drain().collect();
+            changed.sort_unstable();
+            for id in changed {
+                let key = (VIEWS_TAG, id.portal().name(), id.id());
+                match self.views.get(&id) {
+                    Some(views) => out.put(Placement::Broadcast, &key, views)?,
+                    None => out.delete(Placement::Broadcast, &key)?,
+                }
             }
+            save_stash(
+                out,
+                &self.views_stash,
+                &mut self.views_stash_unsaved,
+                &mut self.views_stash_parts,
+            )?;
+        } else {
+            self.changed_views.clear();
+            self.views_stash_unsaved.clear();
         }
-        for (&id, article) in &self.articles {
-            let mut table = PartnerTable::default();
-            let partners = article
-                .partners
-                .iter()
-                .map(|(&partner, window)| (table.index(&self.ids, partner), window))
-                .collect();
-            let qualified = article
-                .qualified
-                .iter()
-                .map(|&partner| table.index(&self.ids, partner))
-                .collect();
-            let visits = visits
-                .remove(&id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(time, partner)| (time, table.index(&self.ids, partner)))
-                .collect();
-            let saved = SavingArticle {
-                key: self.ids.key(id),
-                partner_ids: table.ids,
-                partners,
-                qualified,
-                current: &article.current,
-                stale: article.stale,
-                last_emitted: &article.last_emitted,
-                last_emitted_at: article.last_emitted_at,
-                wakeup: article.wakeup,
-                visits,
-                wakeups: wakeups.remove(&id).unwrap_or_default(),
-            };
-            out.keyed(article_route(&saved.key.0, &saved.key.1), &saved)?;
+        let marks = (self.processed_until, self.horizon);
+        if self.saved_marks != Some(marks) {
+            out.put(
+                Placement::Broadcast,
+                &(MARKS_TAG, out.run(), out.worker() as u32),
+                &marks,
+            )?;
+            self.saved_marks = Some(marks);
         }
-        out.shared(&SavedShared {
-            views: self
-                .views
-                .iter()
-                .map(|(&id, &views)| (self.ids.key(id).clone(), views))
-                .collect(),
-            views_stash: self.views_stash.clone(),
-            processed_until: self.processed_until,
-            horizon: self.horizon,
-        })
+        Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        if entry.route.is_none() {
-            let shared: SavedShared = entry.decode()?;
-            for ((portal, article), views) in shared.views {
-                let id = self.ids.intern(&portal, &article);
-                self.views.insert(id, views);
-            }
-            for (window_end, stats) in shared.views_stash {
-                self.views_stash.entry(window_end).or_insert(stats);
-            }
-            self.processed_until = self.processed_until.max(shared.processed_until);
-            self.horizon = self.horizon.max(shared.horizon);
+        if self.cooc_stash_parts.is_part(&entry) {
+            let window_end = self.cooc_stash_parts.restored(&entry)?;
+            let changes: Vec<CoocChange> = entry.value()?;
+            let owned = changes
+                .into_iter()
+                .filter(|c| entry.owns(c.article.route()));
+            self.cooc_stash.entry(window_end).or_default().extend(owned);
             return Ok(());
         }
-        let saved: SavedArticle = entry.decode()?;
-        let portal = &saved.key.0;
-        let id = self.ids.intern(portal, &saved.key.1);
-        let interned: Vec<u32> = saved
-            .partner_ids
-            .iter()
-            .map(|partner| self.ids.intern(portal, partner))
-            .collect();
-        let partner = |index: u32| {
-            interned.get(index as usize).copied().ok_or_else(|| {
-                CheckpointError::Decode(format!(
-                    "related state of {}/{} names partner {index} of {}",
-                    portal,
-                    saved.key.1,
-                    interned.len()
-                ))
-            })
-        };
-        let partners = saved
-            .partners
-            .iter()
-            .map(|(index, window)| Ok((partner(*index)?, window.clone())))
-            .collect::<Result<_, CheckpointError>>()?;
-        let qualified: FastSet<u32> = saved
-            .qualified
-            .iter()
-            .map(|index| partner(*index))
-            .collect::<Result<_, _>>()?;
-        let visits: Vec<(u64, u32)> = saved
-            .visits
-            .iter()
-            .map(|(time, index)| Ok((*time, partner(*index)?)))
-            .collect::<Result<_, CheckpointError>>()?;
-        for &partner in &qualified {
-            self.qualified_by_partner
-                .entry(partner)
+        if self.views_stash_parts.is_part(&entry) {
+            let window_end = self.views_stash_parts.restored(&entry)?;
+            let stats: Vec<ArticleWindowStats> = entry.value()?;
+            self.views_stash
+                .entry(window_end)
                 .or_default()
-                .insert(id);
+                .extend(stats);
+            return Ok(());
         }
-        for (time, partner) in visits {
-            self.visits.entry(time).or_default().push((id, partner));
+        match entry.key.first() {
+            Some(&ARTICLE_TAG) => {
+                let (_, portal, article): (u8, String, String) = entry.key()?;
+                let saved: SavedArticle = entry.value()?;
+                let id = Article::intern_names(&portal, &article);
+                let portal = id.portal();
+                self.articles.insert(
+                    id,
+                    ArticleRelated {
+                        partners: saved
+                            .partners
+                            .iter()
+                            .map(|(p, c)| (Article::intern(portal, p), *c))
+                            .collect(),
+                        last_emitted: saved.last_emitted,
+                        last_emitted_at: saved.last_emitted_at,
+                        // Recomputed when next allowed: emitted again only if it differs.
+                        stale: true,
+                        differs: false,
+                    },
+                );
+            }
+            Some(&VIEWS_TAG) => {
+                let (_, portal, article): (u8, String, String) = entry.key()?;
+                self.views
+                    .insert(Article::intern_names(&portal, &article), entry.value()?);
+            }
+            _ => {
+                let (processed_until, horizon): (Option<u64>, u64) = entry.value()?;
+                self.processed_until = self.processed_until.max(processed_until);
+                self.horizon = self.horizon.max(horizon);
+            }
         }
-        for time in saved.wakeups {
-            self.wakeups.entry(time).or_default().push(id);
-        }
-        self.articles.insert(
-            id,
-            ArticleRelated {
-                partners,
-                qualified,
-                current: saved.current,
-                stale: saved.stale,
-                last_emitted: saved.last_emitted,
-                last_emitted_at: saved.last_emitted_at,
-                wakeup: saved.wakeup,
-            },
-        );
         Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        self.saved_marks = Some((self.processed_until, self.horizon));
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        let partners: usize = self.articles.values().map(|a| a.partners.capacity()).sum();
+        let emitted: usize = self
+            .articles
+            .values()
+            .map(|a| a.last_emitted.capacity() * (std::mem::size_of::<RelatedItem>() + 32))
+            .sum();
+        let stash: usize = self.cooc_stash.values().map(Vec::capacity).sum::<usize>()
+            * std::mem::size_of::<CoocChange>()
+            + self.views_stash.values().map(Vec::capacity).sum::<usize>()
+                * std::mem::size_of::<ArticleWindowStats>();
+        StateSize {
+            bytes: (self.articles.capacity()
+                * (std::mem::size_of::<(Article, ArticleRelated)>() + 1)
+                + partners * 13
+                + emitted
+                + self.views.capacity() * 17
+                + stash) as u64,
+            entries: self.articles.len() as u64,
+        }
     }
 }
 
-/// Maintains related lists from pairs and view counts.
+/// Maintains related lists from co-occurrence changes and view counts.
 pub trait Related<'scope> {
     /// `related` features at time `window_end − slide`.
     fn related(
@@ -625,7 +549,7 @@ pub trait Related<'scope> {
     ) -> StreamVec<'scope, u64, Feature>;
 }
 
-impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
+impl<'scope> Related<'scope> for StreamVec<'scope, u64, CoocChange> {
     fn related(
         self,
         views: StreamVec<'scope, u64, ArticleWindowStats>,
@@ -634,35 +558,13 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Feature> {
         let state = states.attach("related", RelatedState::new(spec));
-        let directed = self.flat_map(|pair: ArticlePair| {
-            let ArticlePair {
-                portal,
-                article_a,
-                article_b,
-                ts,
-            } = pair;
-            [
-                DirectedPair {
-                    portal: portal.clone(),
-                    article_id: article_a.clone(),
-                    partner: article_b.clone(),
-                    ts,
-                },
-                DirectedPair {
-                    portal,
-                    article_id: article_b,
-                    partner: article_a,
-                    ts,
-                },
-            ]
-        });
         let side = views
             .broadcast()
             .map(RelatedSideInput::Views)
             .concat(horizon.map(RelatedSideInput::Horizon));
         let route =
-            Exchange::new(|pair: &DirectedPair| article_route(&pair.portal, &pair.article_id));
-        directed.binary_frontier(
+            Exchange::new(|change: &CoocChange| u64::from(key_group(change.article.route())));
+        self.binary_frontier(
             side,
             route,
             Pipeline,
@@ -673,12 +575,13 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
                     held.hold_initial(capability);
                 }
                 let mut out = Vec::new();
-                move |(pairs, pairs_frontier), (side, side_frontier), output| {
+                let mut timed: Vec<(u64, Feature)> = Vec::new();
+                move |(changes, changes_frontier), (side, side_frontier), output| {
                     let mut state = state.borrow_mut();
-                    pairs.for_each(|cap, data| {
+                    changes.for_each(|cap, data| {
                         held.hold(&cap);
-                        for pair in data.drain(..) {
-                            state.insert_pair(pair);
+                        for change in data.drain(..) {
+                            state.insert_cooc(change);
                         }
                     });
                     side.for_each(|cap, data| {
@@ -687,24 +590,21 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
                             state.insert_side(input);
                         }
                     });
-                    let frontier = joint_frontier(pairs_frontier, side_frontier);
+                    let frontier = joint_frontier(changes_frontier, side_frontier);
                     match frontier {
                         // At the end of input, upstream flushes reach past the last event's window at
                         // finite times; those windows are never final (N9). Live, the frontier never
                         // passes the horizon, since the watermark trails the newest event.
                         Some(limit) => {
-                            let limit = limit.min(state.horizon());
+                            let limit = limit.min(state.last_window());
                             state.advance(limit, &mut out);
                         }
-                        None => {
-                            let last = state.horizon();
-                            state.finish(last, &mut out);
-                        }
+                        None => state.finish(&mut out),
                     }
-                    let mut timed: Vec<(u64, Feature)> = out
-                        .drain(..)
-                        .map(|f| (f.final_ts().saturating_sub(spec.slide), f))
-                        .collect();
+                    timed.extend(
+                        out.drain(..)
+                            .map(|f| (f.final_ts().saturating_sub(spec.slide), f)),
+                    );
                     emit_at(&held, &mut timed, output);
                     match frontier {
                         Some(time) if !state.is_idle() => held.downgrade(time),
@@ -713,5 +613,102 @@ impl<'scope> Related<'scope> for StreamVec<'scope, u64, ArticlePair> {
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 60_000;
+
+    fn spec(interval: u64) -> RelatedSpec {
+        RelatedSpec {
+            window: 60 * M,
+            cooc_slide: 10 * M,
+            slide: M,
+            top_n: 5,
+            min_support: 2,
+            interval,
+        }
+    }
+
+    fn views(id: &str, window_end: u64, views: u64) -> RelatedSideInput {
+        RelatedSideInput::Views(ArticleWindowStats {
+            article: Article::intern_names("g1", id),
+            window_end,
+            views,
+            engaged_views: 0,
+            older_views: views,
+            recent_users: 0,
+            recent_engaged_users: 0,
+            provisional: false,
+        })
+    }
+
+    fn cooc(a: &str, b: &str, window_end: u64, cooc: u32) -> [CoocChange; 2] {
+        let (a, b) = (
+            Article::intern_names("g1", a),
+            Article::intern_names("g1", b),
+        );
+        [
+            CoocChange {
+                article: a,
+                partner: b,
+                window_end,
+                cooc,
+            },
+            CoocChange {
+                article: b,
+                partner: a,
+                window_end,
+                cooc,
+            },
+        ]
+    }
+
+    #[test]
+    fn exact_ties_fall_to_article_id_and_lists_are_throttled() {
+        let mut state = RelatedState::new(spec(20 * M));
+        // a: 8 views; b: cooc 2 with 4 views; c: cooc 7 with 49 views — exactly equal scores.
+        for side in [
+            views("a", 10 * M, 8),
+            views("b", 10 * M, 4),
+            views("c", 10 * M, 49),
+        ] {
+            state.insert_side(side);
+        }
+        for change in cooc("a", "c", 10 * M, 7)
+            .into_iter()
+            .chain(cooc("a", "b", 10 * M, 2))
+        {
+            state.insert_cooc(change);
+        }
+        state.insert_side(RelatedSideInput::Horizon(60 * M));
+        let mut out = Vec::new();
+        state.advance(10 * M, &mut out);
+        let list = |feature: &Feature| match feature {
+            Feature::Related(list) => (
+                list.article_id.clone(),
+                list.window_end,
+                list.items
+                    .iter()
+                    .map(|i| i.article_id.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => panic!("not related"),
+        };
+        let a = out.iter().map(list).find(|(id, ..)| id == "a");
+        assert_eq!(a, Some(("a".into(), 10 * M, vec!["b".into(), "c".into()])));
+        // b's support drops at 20 min: a's list changes but is held back until 30 min.
+        out.clear();
+        for change in cooc("a", "b", 20 * M, 1) {
+            state.insert_cooc(change);
+        }
+        state.advance(20 * M, &mut out);
+        assert!(!out.iter().any(|f| list(f).0 == "a"), "throttled at 20 min");
+        state.advance(30 * M, &mut out);
+        let a = out.iter().map(list).find(|(id, ..)| id == "a");
+        assert_eq!(a, Some(("a".into(), 30 * M, vec!["c".into()])));
     }
 }

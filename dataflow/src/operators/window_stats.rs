@@ -1,30 +1,39 @@
-//! Window statistics: sliding-window counts per `(portal, article_id)`.
+//! Window statistics: sliding-window counts per article, for trending and for related.
 //!
-//! Windows of length `window` advance by `slide` and are aligned to the epoch: window `T` (named by
-//! its end) covers `[T − window, T)`. Events are counted into per-slide *buckets*; window `T` is the
+//! Windows of length `window` advance by `step` and are aligned to the epoch: window `T` (named by
+//! its end) covers `[T − window, T)`. Events are counted into per-step *buckets*; window `T` is the
 //! sum of the buckets `T − window ≤ b < T`. Because final windows are visited in order, each visit
-//! only adds the bucket that enters and subtracts the one that leaves, so a 24-hour window costs the
-//! same per step as a 1-hour one.
+//! only adds the bucket that enters and subtracts the one that leaves, so a 24-hour window costs
+//! the same per step as a 1-hour one.
 //!
-//! For trending the operator also tracks the *recent* part `[T − recent, T)`: distinct users (by a
+//! For trending the state also tracks the *recent* part `[T − recent, T)`: distinct users (by a
 //! 64-bit hash of `user_id`) and distinct engaged users, with a multiset of users over the recent
 //! buckets so that a user leaving the recent part is subtracted exactly.
+//!
+//! One operator keeps two such states per article, fed by one exchange: the trending windows
+//! (`trending_window` by `slide`, with the recent part) and the co-occurrence windows
+//! (`cooc_window` by `cooc_slide`, views only) that `related` normalises by.
 //!
 //! Output: for each final window `T`, one [`ArticleWindowStats`] per article whose statistics changed
 //! since the previous window (an article whose window became empty reports zero views once, then is
 //! forgotten). A record about window `T` travels at time `T − slide`, so a downstream operator knows
 //! window `T` is complete when its frontier reaches `T`.
 //!
+//! Checkpoints write what each bucket gained since the previous checkpoint as one more part of it
+//! (counts, and the recent part's readers apart, so they can go when they leave the recent part);
+//! the running sums, the reported statistics and the visits are rebuilt from the buckets at restore.
+//!
 //! ```
-//! use pageflow_dataflow::event::Event;
+//! use pageflow_dataflow::event::CompactEvent;
+//! use pageflow_dataflow::intern::Article;
 //! use pageflow_dataflow::operators::window_stats::{WindowSpec, WindowStatsState};
 //!
-//! let view = |user: &str, ts: u64| Event {
-//!     event_id: format!("{user}-{ts}").into(), portal: "g1".into(), user_id: user.into(),
-//!     article_id: "a".into(), ts, dwell_ms: 0, scroll_pct: 0, clicks: 0,
+//! let view = |user: &str, ts: u64| CompactEvent {
+//!     event_id: format!("{user}-{ts}").into(), user_id: user.into(),
+//!     article: Article::intern_names("g1", "a"), ts, dwell_ms: 0, clicks: 0, scroll_pct: 0,
 //! };
-//! // Windows of 3 s sliding by 1 s, the last second counting distinct readers.
-//! let mut state = WindowStatsState::new(WindowSpec { window: 3_000, slide: 1_000, recent: Some(1_000) });
+//! // Windows of 3 s stepping by 1 s, the last second counting distinct readers.
+//! let mut state = WindowStatsState::new(WindowSpec { window: 3_000, step: 1_000, recent: Some(1_000) });
 //! for event in [view("u1", 100), view("u1", 200), view("u2", 1_500)] {
 //!     state.insert(&event);
 //! }
@@ -42,10 +51,14 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::checkpoint::entries::{Entry, EntryWriter};
-use crate::checkpoint::{CheckpointError, Checkpointed, OperatorStates};
-use crate::event::{Event, Id};
-use crate::ids::{FastMap, FastSet, hash_str, stable_hash};
+use crate::checkpoint::parts::BucketParts;
+use crate::checkpoint::{
+    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
+    key_group,
+};
+use crate::event::CompactEvent;
+use crate::ids::{FastMap, FastSet, hash_str};
+use crate::intern::{Article, ArticleTable};
 
 use super::held::HeldCapability;
 
@@ -55,18 +68,16 @@ pub struct WindowSpec {
     /// Window length.
     pub window: u64,
     /// Window step and bucket size.
-    pub slide: u64,
+    pub step: u64,
     /// Length of the recent part whose distinct users are counted, if wanted.
     pub recent: Option<u64>,
 }
 
 /// The statistics of one article in one final window.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ArticleWindowStats {
-    /// The site.
-    pub portal: Id,
-    /// The article.
-    pub article_id: Id,
+    /// The article (and its portal).
+    pub article: Article,
     /// The window's end.
     pub window_end: u64,
     /// Views in the window.
@@ -83,27 +94,21 @@ pub struct ArticleWindowStats {
     pub provisional: bool,
 }
 
-/// An article key: `(portal, article_id)`.
-pub type ArticleKey = (Id, Id);
-
-/// The route of an article's records.
-pub fn article_route(portal: &str, article_id: &str) -> u64 {
-    stable_hash([portal.as_bytes(), article_id.as_bytes()])
-}
-
 /// `(user hash, engaged)` for each view of a bucket.
 type Readers = Vec<(u64, bool)>;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Bucket {
     views: u64,
     engaged: u64,
     /// `(user hash, engaged)` per view; only kept when the recent part is tracked.
     users: Readers,
+    /// How much of it the checkpoint holds: views, engaged views, readers.
+    saved: (u64, u64, usize),
 }
 
 /// The numbers reported for an article in a window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Counts {
     views: u64,
     engaged: u64,
@@ -112,7 +117,7 @@ struct Counts {
     engaged_users: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ArticleWindow {
     /// Buckets that have not entered a final window yet.
     pending: BTreeMap<u64, Bucket>,
@@ -160,16 +165,97 @@ impl ArticleWindow {
     fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.entered.is_empty()
     }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            views: self.views,
+            engaged: self.engaged,
+            older: self.views - self.recent_views,
+            users: self.distinct_users,
+            engaged_users: self.distinct_engaged,
+        }
+    }
+
+    /// Moves bucket `tick` into the window (and the recent part, if tracked).
+    fn enter(&mut self, tick: u64, bucket: Bucket, recent: bool) {
+        self.views += bucket.views;
+        self.engaged += bucket.engaged;
+        self.entered.push_back((tick, bucket.views, bucket.engaged));
+        if recent {
+            for &(user, engaged) in &bucket.users {
+                self.count_user(user, engaged, 1);
+            }
+            self.recent_views += bucket.views;
+            self.recent.push_back((tick, bucket.views, bucket.users));
+        }
+    }
+
+    /// Drops what left the window `[window_end − window, window_end)` and its recent part.
+    fn expire(&mut self, window_end: u64, spec: &WindowSpec) {
+        let window_start = window_end.saturating_sub(spec.window);
+        while let Some(&(tick, views, engaged)) = self.entered.front() {
+            if tick >= window_start {
+                break;
+            }
+            self.entered.pop_front();
+            self.views -= views;
+            self.engaged -= engaged;
+        }
+        if let Some(recent) = spec.recent {
+            let recent_start = window_end.saturating_sub(recent);
+            while self
+                .recent
+                .front()
+                .is_some_and(|(tick, _, _)| *tick < recent_start)
+            {
+                if let Some((_, views, users)) = self.recent.pop_front() {
+                    self.recent_views -= views;
+                    for (user, engaged) in users {
+                        self.count_user(user, engaged, -1);
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// A checkpoint part of a bucket's counts: `(article, views, engaged)` gained since the previous
+/// part, articles by index.
+#[derive(Serialize, Deserialize)]
+struct CountsPart {
+    articles: ArticleTable,
+    counts: Vec<(u32, u64, u64)>,
+}
+
+/// A checkpoint part of a bucket's readers: `(article, user hash, engaged)`.
+#[derive(Serialize, Deserialize)]
+struct ReadersPart {
+    articles: ArticleTable,
+    readers: Vec<(u32, u64, bool)>,
+}
+
+const COUNTS_TAG: u8 = 0;
+const READERS_TAG: u8 = 1;
+const PROCESSED_TAG: u8 = 2;
 
 /// The windows of every article on one worker.
 #[derive(Clone, Debug)]
 pub struct WindowStatsState {
     spec: WindowSpec,
-    articles: FastMap<ArticleKey, ArticleWindow>,
+    articles: FastMap<Article, ArticleWindow>,
     /// Window end → articles that must be visited then (a bucket enters, leaves the recent part,
     /// or leaves the window).
-    visits: BTreeMap<u64, Vec<ArticleKey>>,
+    visits: BTreeMap<u64, Vec<Article>>,
+    /// Buckets with increments the checkpoint does not hold yet, and their articles.
+    unsaved: BTreeMap<u64, FastSet<Article>>,
+    /// Increments the checkpoint does not hold of buckets that entered the window since:
+    /// `(tick, article, views, engaged, readers)`.
+    entered_unsaved: Vec<(u64, Article, u64, u64, Readers)>,
+    counts_parts: BucketParts,
+    readers_parts: BucketParts,
+    /// Every window up to this one was visited.
+    processed_until: u64,
+    saved_processed_until: u64,
 }
 
 impl WindowStatsState {
@@ -179,6 +265,12 @@ impl WindowStatsState {
             spec,
             articles: FastMap::default(),
             visits: BTreeMap::new(),
+            unsaved: BTreeMap::new(),
+            entered_unsaved: Vec::new(),
+            counts_parts: BucketParts::new(COUNTS_TAG),
+            readers_parts: BucketParts::new(READERS_TAG),
+            processed_until: 0,
+            saved_processed_until: 0,
         }
     }
 
@@ -193,33 +285,64 @@ impl WindowStatsState {
     }
 
     /// Counts an event into its bucket. It must not be final yet (its window not visited).
-    pub fn insert(&mut self, event: &Event) {
+    pub fn insert(&mut self, event: &CompactEvent) {
+        let user = self.spec.recent.map(|_| hash_str(&event.user_id));
+        self.add(
+            event.article,
+            event.ts,
+            1,
+            u64::from(event.engaged()),
+            user.map(|hash| (hash, event.engaged())),
+        );
+    }
+
+    /// Adds `views` (`engaged` of them engaged, and a reader if tracked) to `article`'s bucket of `ts`.
+    fn add(
+        &mut self,
+        article: Article,
+        ts: u64,
+        views: u64,
+        engaged: u64,
+        reader: Option<(u64, bool)>,
+    ) {
         let WindowSpec {
             window,
-            slide,
+            step,
             recent,
         } = self.spec;
-        let tick = event.ts - event.ts % slide;
-        let key = (event.portal.clone(), event.article_id.clone());
-        let article = self.articles.entry(key.clone()).or_default();
-        let new_bucket = !article.pending.contains_key(&tick);
-        let bucket = article.pending.entry(tick).or_default();
-        bucket.views += 1;
-        let engaged = event.engaged();
-        bucket.engaged += u64::from(engaged);
-        if recent.is_some() {
-            bucket.users.push((hash_str(&event.user_id), engaged));
+        let tick = ts - ts % step;
+        let state = self.articles.entry(article).or_default();
+        let new_bucket = !state.pending.contains_key(&tick);
+        let bucket = state.pending.entry(tick).or_default();
+        bucket.views += views;
+        bucket.engaged += engaged;
+        if let (Some(_), Some(reader)) = (recent, reader) {
+            bucket.users.push(reader);
         }
         if new_bucket {
-            let enter = tick + slide;
-            let mut when = vec![enter, enter + window];
+            let enter = tick + step;
+            self.visits.entry(enter).or_default().push(article);
+            self.visits.entry(enter + window).or_default().push(article);
             if let Some(recent) = recent {
-                when.push(enter + recent);
-            }
-            for time in when {
-                self.visits.entry(time).or_default().push(key.clone());
+                self.visits.entry(enter + recent).or_default().push(article);
             }
         }
+        self.unsaved.entry(tick).or_default().insert(article);
+    }
+
+    /// The oldest bucket still in the last window visited, and the oldest still in its recent
+    /// part (the window itself when there is none): older ones are gone for good.
+    fn oldest_needed(&self) -> (u64, u64) {
+        let WindowSpec {
+            window,
+            step,
+            recent,
+        } = self.spec;
+        let last_window = self.processed_until - self.processed_until % step;
+        (
+            last_window.saturating_sub(window),
+            last_window.saturating_sub(recent.unwrap_or(window)),
+        )
     }
 
     /// The next window end at which something changes.
@@ -240,6 +363,18 @@ impl WindowStatsState {
                 self.visit(key, window_end, out);
             }
         }
+        if limit == u64::MAX {
+            self.counts_parts.drop_all();
+            self.readers_parts.drop_all();
+            self.unsaved.clear();
+            self.entered_unsaved.clear();
+            return;
+        }
+        self.processed_until = self.processed_until.max(limit);
+        // Buckets that left every window (and the recent part) need no part any more.
+        let (in_window, in_recent) = self.oldest_needed();
+        self.counts_parts.drop_before(in_window);
+        self.readers_parts.drop_before(in_recent);
     }
 
     /// Previews window `window_end` before it is final: the statistics its visit would produce with
@@ -255,17 +390,7 @@ impl WindowStatsState {
             }
             if let Some(article) = self.articles.get(key) {
                 let counts = self.preview_counts(article, window_end);
-                out.push(ArticleWindowStats {
-                    portal: key.0.clone(),
-                    article_id: key.1.clone(),
-                    window_end,
-                    views: counts.views,
-                    engaged_views: counts.engaged,
-                    older_views: counts.older,
-                    recent_users: counts.users,
-                    recent_engaged_users: counts.engaged_users,
-                    provisional: true,
-                });
+                out.push(stats(*key, window_end, counts, true));
             }
         }
     }
@@ -274,10 +399,10 @@ impl WindowStatsState {
     fn preview_counts(&self, article: &ArticleWindow, window_end: u64) -> Counts {
         let WindowSpec {
             window,
-            slide,
+            step,
             recent,
         } = self.spec;
-        let entering = article.pending.get(&(window_end - slide));
+        let entering = article.pending.get(&(window_end - step));
         let window_start = window_end.saturating_sub(window);
         let (mut views, mut engaged) = (article.views, article.engaged);
         if let Some(bucket) = entering {
@@ -346,12 +471,8 @@ impl WindowStatsState {
         }
     }
 
-    fn visit(&mut self, key: ArticleKey, window_end: u64, out: &mut Vec<ArticleWindowStats>) {
-        let WindowSpec {
-            window,
-            slide,
-            recent,
-        } = self.spec;
+    fn visit(&mut self, key: Article, window_end: u64, out: &mut Vec<ArticleWindowStats>) {
+        let spec = self.spec;
         let Some(article) = self.articles.get_mut(&key) else {
             return;
         };
@@ -359,134 +480,366 @@ impl WindowStatsState {
             return;
         }
         article.visited = window_end;
-        let entering = window_end - slide;
+        let entering = window_end - spec.step;
         if let Some(bucket) = article.pending.remove(&entering) {
-            article.views += bucket.views;
-            article.engaged += bucket.engaged;
-            article
-                .entered
-                .push_back((entering, bucket.views, bucket.engaged));
-            if recent.is_some() {
-                for &(user, engaged) in &bucket.users {
-                    article.count_user(user, engaged, 1);
-                }
-                article.recent_views += bucket.views;
-                article
-                    .recent
-                    .push_back((entering, bucket.views, bucket.users));
+            let (views, engaged, users) = bucket.saved;
+            if bucket.views > views || bucket.engaged > engaged || bucket.users.len() > users {
+                self.entered_unsaved.push((
+                    entering,
+                    key,
+                    bucket.views - views,
+                    bucket.engaged - engaged,
+                    bucket.users[users..].to_vec(),
+                ));
             }
+            article.enter(entering, bucket, spec.recent.is_some());
         }
-        let window_start = window_end.saturating_sub(window);
-        while let Some(&(tick, views, engaged)) = article.entered.front() {
-            if tick >= window_start {
-                break;
-            }
-            article.entered.pop_front();
-            article.views -= views;
-            article.engaged -= engaged;
-        }
-        if let Some(recent) = recent {
-            let recent_start = window_end.saturating_sub(recent);
-            while article
-                .recent
-                .front()
-                .is_some_and(|(tick, _, _)| *tick < recent_start)
-            {
-                if let Some((_, views, users)) = article.recent.pop_front() {
-                    article.recent_views -= views;
-                    for (user, engaged) in users {
-                        article.count_user(user, engaged, -1);
-                    }
-                }
-            }
-        }
-        let now = Counts {
-            views: article.views,
-            engaged: article.engaged,
-            older: article.views - article.recent_views,
-            users: article.distinct_users,
-            engaged_users: article.distinct_engaged,
-        };
+        article.expire(window_end, &spec);
+        let now = article.counts();
         if now != article.reported {
             article.reported = now;
-            out.push(ArticleWindowStats {
-                portal: key.0.clone(),
-                article_id: key.1.clone(),
-                window_end,
-                views: now.views,
-                engaged_views: now.engaged,
-                older_views: now.older,
-                recent_users: now.users,
-                recent_engaged_users: now.engaged_users,
-                provisional: false,
-            });
+            out.push(stats(key, window_end, now, false));
         }
         if article.is_empty() {
             self.articles.remove(&key);
         }
     }
-}
 
-/// One entry per article with its scheduled visits, routed like the article's events.
-impl Checkpointed for WindowStatsState {
-    fn save(&self, out: &mut EntryWriter) -> Result<(), CheckpointError> {
-        let mut visits: FastMap<&ArticleKey, Vec<u64>> = FastMap::default();
-        for (time, keys) in &self.visits {
-            for key in keys {
-                visits.entry(key).or_default().push(*time);
+    /// The parts of the buckets with unsaved increments.
+    fn unsaved_parts(&mut self) -> Vec<(u64, CountsPart, Option<ReadersPart>)> {
+        let tracks_readers = self.spec.recent.is_some();
+        // Tick → (article, views, engaged, readers) gained since the last checkpoint.
+        let mut gained: BTreeMap<u64, Vec<(Article, u64, u64, Readers)>> = BTreeMap::new();
+        for (tick, article, views, engaged, readers) in std::mem::take(&mut self.entered_unsaved) {
+            gained
+                .entry(tick)
+                .or_default()
+                .push((article, views, engaged, readers));
+        }
+        for (tick, articles) in std::mem::take(&mut self.unsaved) {
+            for article in articles {
+                let Some(bucket) = self
+                    .articles
+                    .get_mut(&article)
+                    .and_then(|a| a.pending.get_mut(&tick))
+                else {
+                    continue; // it entered the window: `entered_unsaved` has its increments
+                };
+                let (views, engaged, users) = bucket.saved;
+                gained.entry(tick).or_default().push((
+                    article,
+                    bucket.views - views,
+                    bucket.engaged - engaged,
+                    bucket.users[users..].to_vec(),
+                ));
+                bucket.saved = (bucket.views, bucket.engaged, bucket.users.len());
             }
         }
-        for (key, article) in &self.articles {
-            let times = visits.remove(key).unwrap_or_default();
-            out.keyed(article_route(&key.0, &key.1), &(key, article, times))?;
+        let mut parts = Vec::new();
+        for (tick, mut increments) in gained {
+            increments.sort_unstable_by_key(|(article, ..)| *article);
+            let mut counts = CountsPart {
+                articles: ArticleTable::default(),
+                counts: Vec::new(),
+            };
+            let mut readers = ReadersPart {
+                articles: ArticleTable::default(),
+                readers: Vec::new(),
+            };
+            for (article, views, engaged, users) in increments {
+                if views > 0 || engaged > 0 {
+                    let index = counts.articles.index(article);
+                    counts.counts.push((index, views, engaged));
+                }
+                if tracks_readers && !users.is_empty() {
+                    let index = readers.articles.index(article);
+                    readers.readers.extend(
+                        users
+                            .into_iter()
+                            .map(|(user, engaged)| (index, user, engaged)),
+                    );
+                }
+            }
+            let readers = (!readers.readers.is_empty()).then_some(readers);
+            if !counts.counts.is_empty() || readers.is_some() {
+                parts.push((tick, counts, readers));
+            }
+        }
+        parts
+    }
+}
+
+fn stats(
+    article: Article,
+    window_end: u64,
+    counts: Counts,
+    provisional: bool,
+) -> ArticleWindowStats {
+    ArticleWindowStats {
+        article,
+        window_end,
+        views: counts.views,
+        engaged_views: counts.engaged,
+        older_views: counts.older,
+        recent_users: counts.users,
+        recent_engaged_users: counts.engaged_users,
+        provisional,
+    }
+}
+
+/// Buckets as parts (see the module docs); how far the visits got, per worker and run.
+impl Checkpointed for WindowStatsState {
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        self.counts_parts.save_deletes(out)?;
+        self.readers_parts.save_deletes(out)?;
+        // Buckets that left every window since (tiny windows) need no part.
+        let (in_window, in_recent) = self.oldest_needed();
+        for (tick, counts, readers) in self.unsaved_parts() {
+            if !counts.counts.is_empty() && tick >= in_window {
+                self.counts_parts.write(out, tick, &counts)?;
+            }
+            if let Some(readers) = readers.filter(|_| tick >= in_recent) {
+                self.readers_parts.write(out, tick, &readers)?;
+            }
+        }
+        if self.processed_until != self.saved_processed_until {
+            out.put(
+                Placement::Broadcast,
+                &(PROCESSED_TAG, out.run(), out.worker() as u32),
+                &self.processed_until,
+            )?;
+            self.saved_processed_until = self.processed_until;
         }
         Ok(())
     }
 
     fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
-        let (key, article, times): (ArticleKey, ArticleWindow, Vec<u64>) = entry.decode()?;
-        for time in times {
-            self.visits.entry(time).or_default().push(key.clone());
+        let missing = |index: u32, articles: &ArticleTable| {
+            CheckpointError::Decode(format!(
+                "a window part names article {index} of {}",
+                articles.len()
+            ))
+        };
+        if self.counts_parts.is_part(&entry) {
+            let tick = self.counts_parts.restored(&entry)?;
+            let part: CountsPart = entry.value()?;
+            for (index, views, engaged) in part.counts {
+                let article = part
+                    .articles
+                    .get(index)
+                    .ok_or_else(|| missing(index, &part.articles))?;
+                if entry.owns(article.route()) {
+                    self.add(article, tick, views, engaged, None);
+                }
+            }
+        } else if self.readers_parts.is_part(&entry) {
+            let tick = self.readers_parts.restored(&entry)?;
+            let part: ReadersPart = entry.value()?;
+            for (index, user, engaged) in part.readers {
+                let article = part
+                    .articles
+                    .get(index)
+                    .ok_or_else(|| missing(index, &part.articles))?;
+                if entry.owns(article.route()) {
+                    self.add(article, tick, 0, 0, Some((user, engaged)));
+                }
+            }
+        } else {
+            let processed: u64 = entry.value()?;
+            self.processed_until = self.processed_until.max(processed);
         }
-        self.articles.insert(key, article);
         Ok(())
+    }
+
+    /// Rebuilds every article as the visits up to the restored `processed_until` left it: buckets
+    /// that entered are in the window (and the recent part), the sums and the reported statistics
+    /// follow from them (the statistics only change at visits), and the remaining visits are
+    /// scheduled again.
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        let spec = self.spec;
+        let processed = self.processed_until;
+        self.saved_processed_until = processed;
+        // The last window visited ends at a step; the frontier may have been past it.
+        let last_window = processed - processed % spec.step;
+        self.unsaved.clear();
+        self.entered_unsaved.clear();
+        self.visits.clear();
+        let mut visits: Vec<(u64, Article)> = Vec::new();
+        for (&key, article) in self.articles.iter_mut() {
+            let pending = std::mem::take(&mut article.pending);
+            for (tick, mut bucket) in pending {
+                bucket.saved = (bucket.views, bucket.engaged, bucket.users.len());
+                let enter = tick + spec.step;
+                let times = [
+                    Some(enter),
+                    Some(enter + spec.window),
+                    spec.recent.map(|r| enter + r),
+                ];
+                visits.extend(
+                    times
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| *t > processed)
+                        .map(|t| (t, key)),
+                );
+                if enter <= processed {
+                    article.enter(tick, bucket, spec.recent.is_some());
+                } else {
+                    article.pending.insert(tick, bucket);
+                }
+            }
+            article.expire(last_window, &spec);
+            article.reported = article.counts();
+            article.visited = 0;
+        }
+        self.articles.retain(|_, article| !article.is_empty());
+        visits.sort_unstable_by(|(ta, a), (tb, b)| (ta, a).cmp(&(tb, b)));
+        visits.dedup();
+        for (time, key) in visits {
+            if self.articles.contains_key(&key) {
+                self.visits.entry(time).or_default().push(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> StateSize {
+        let mut bytes =
+            self.articles.capacity() * (std::mem::size_of::<(Article, ArticleWindow)>() + 1);
+        for article in self.articles.values() {
+            bytes += article.pending.len() * (std::mem::size_of::<(u64, Bucket)>() + 16)
+                + article.entered.capacity() * 24
+                + article.recent_users.capacity() * 17;
+            for bucket in article.pending.values() {
+                bytes += bucket.users.capacity() * 16;
+            }
+            for (_, _, users) in &article.recent {
+                bytes += 40 + users.capacity() * 16;
+            }
+        }
+        let visits: usize = self.visits.values().map(|v| 16 + v.capacity() * 8).sum();
+        StateSize {
+            bytes: (bytes + visits) as u64,
+            entries: self.articles.len() as u64,
+        }
     }
 }
 
-/// Sliding-window statistics per article.
-pub trait WindowStats<'scope> {
-    /// Changed statistics of each article at each final window, at time `window_end − slide`.
-    ///
-    /// With `live` set, also previews the window still filling at that processing-time interval
-    /// (records with `provisional: true`, for the live view; never used for features). The
-    /// windows are checkpointed under `name` in `states`.
-    fn window_stats(
-        self,
-        spec: WindowSpec,
-        live: Option<Duration>,
-        name: &str,
-        states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, ArticleWindowStats>;
+/// What the window statistics operator emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowOutput {
+    /// A trending-window change (final or provisional), for the rankings.
+    Trending(ArticleWindowStats),
+    /// A co-occurrence-window change, for `related`.
+    CoocViews(ArticleWindowStats),
 }
 
-impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
+/// The two windows of every article on one worker: trending and co-occurrence.
+#[derive(Clone, Debug)]
+pub struct ArticleWindows {
+    /// `trending_window` by `slide`, with the recent part.
+    pub trending: WindowStatsState,
+    /// `cooc_window` by `cooc_slide`, views only.
+    pub cooc: WindowStatsState,
+}
+
+impl ArticleWindows {
+    /// Empty windows of these shapes.
+    pub fn new(trending: WindowSpec, cooc: WindowSpec) -> Self {
+        ArticleWindows {
+            trending: WindowStatsState::new(trending),
+            cooc: WindowStatsState::new(cooc),
+        }
+    }
+}
+
+/// The two states as one: keys of the co-occurrence windows get a prefix byte of 100 added, so
+/// both keep their own part tags.
+impl Checkpointed for ArticleWindows {
+    fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        self.trending.save_changes(out)?;
+        let mut cooc = Vec::new();
+        {
+            let mut inner = ChangeWriter::new("", out.worker(), out.run(), &mut cooc);
+            self.cooc.save_changes(&mut inner)?;
+        }
+        for change in cooc {
+            // Re-key under this operator: `0x00` (operator), scope, then the state's own key.
+            let Some((_, placement, key)) = crate::checkpoint::changes::parse_key(&change.key)
+            else {
+                continue;
+            };
+            let mut own = vec![COOC_PREFIX];
+            own.extend_from_slice(key);
+            out.put_raw(placement, own, change.value);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entry: Entry<'_>) -> Result<(), CheckpointError> {
+        match entry.key.split_first() {
+            Some((&COOC_PREFIX, key)) => self.cooc.restore(Entry { key, ..entry }),
+            _ => self.trending.restore(entry),
+        }
+    }
+
+    fn finish_restore(&mut self) -> Result<(), CheckpointError> {
+        self.trending.finish_restore()?;
+        self.cooc.finish_restore()
+    }
+
+    fn size(&self) -> StateSize {
+        let mut size = self.trending.size();
+        size += self.cooc.size();
+        size
+    }
+}
+
+/// The first key byte of the co-occurrence windows' entries (the trending ones use 0–2).
+const COOC_PREFIX: u8 = 100;
+
+/// Sliding-window statistics per article.
+pub trait WindowStats<'scope> {
+    /// Changed statistics of each article at each final window, at time `window_end − slide`:
+    /// trending windows and co-occurrence windows.
+    ///
+    /// With `live` set, also previews the trending window still filling at that processing-time
+    /// interval (records with `provisional: true`, for the live view; never used for features).
+    /// The windows are checkpointed under `"window_stats"` in `states`.
     fn window_stats(
         self,
-        spec: WindowSpec,
+        trending: WindowSpec,
+        cooc: WindowSpec,
+        slide: u64,
         live: Option<Duration>,
-        name: &str,
         states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, ArticleWindowStats> {
-        let route = Exchange::new(|event: &Event| article_route(&event.portal, &event.article_id));
+    ) -> StreamVec<'scope, u64, WindowOutput>;
+}
+
+impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, CompactEvent> {
+    fn window_stats(
+        self,
+        trending: WindowSpec,
+        cooc: WindowSpec,
+        slide: u64,
+        live: Option<Duration>,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, WindowOutput> {
+        let route =
+            Exchange::new(|event: &CompactEvent| u64::from(key_group(event.article.route())));
         let scope = self.scope();
-        let state = states.attach(name, WindowStatsState::new(spec));
+        let state = states.attach("window_stats", ArticleWindows::new(trending, cooc));
         self.unary_frontier(route, "WindowStats", move |capability, info| {
             let activator = scope.activator_for(info.address);
             let mut held = HeldCapability::default();
-            if !state.borrow().is_empty() {
-                held.hold_initial(capability);
+            {
+                let state = state.borrow();
+                if !(state.trending.is_empty() && state.cooc.is_empty()) {
+                    held.hold_initial(capability);
+                }
             }
-            let mut out = Vec::new();
+            let (mut trending_out, mut cooc_out) = (Vec::new(), Vec::new());
+            let mut out: Vec<(u64, WindowOutput)> = Vec::new();
             let mut last_preview = Instant::now();
             let mut unpreviewed = false;
             move |(input, frontier), output| {
@@ -495,41 +848,43 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
                     held.hold(&cap);
                     unpreviewed = true;
                     for event in data.drain(..) {
-                        state.insert(&event);
+                        state.trending.insert(&event);
+                        state.cooc.insert(&event);
                     }
                 });
                 let limit = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                state.advance(limit, &mut out);
+                state.trending.advance(limit, &mut trending_out);
+                state.cooc.advance(limit, &mut cooc_out);
                 if let (Some(interval), true) = (live, limit != u64::MAX) {
                     if unpreviewed && last_preview.elapsed() >= interval {
-                        // The window still filling ends one slide after the last final one.
-                        state.preview(limit - limit % spec.slide + spec.slide, &mut out);
+                        // The window still filling ends one step after the last final one.
+                        let step = trending.step;
+                        state
+                            .trending
+                            .preview(limit - limit % step + step, &mut trending_out);
                         last_preview = Instant::now();
                         unpreviewed = false;
                     } else if unpreviewed {
                         activator.activate_after(interval);
                     }
                 }
-                if let Some(cap) = held.get() {
-                    // Group by window so each goes out at its own time, `window_end − slide`.
-                    let mut start = 0;
-                    while start < out.len() {
-                        let window_end = out[start].window_end;
-                        let end = out[start..]
-                            .iter()
-                            .position(|s| s.window_end != window_end)
-                            .map_or(out.len(), |offset| start + offset);
-                        let time = (window_end - spec.slide).max(*cap.time());
-                        output
-                            .session(&cap.delayed(&time))
-                            .give_iterator(out[start..end].iter().cloned());
-                        start = end;
-                    }
-                }
-                out.clear();
-                match state.next_visit() {
-                    Some(_) if limit != u64::MAX => held.downgrade(limit),
-                    _ => held.release(),
+                out.extend(
+                    trending_out
+                        .drain(..)
+                        .map(|s| (s.window_end - slide, WindowOutput::Trending(s))),
+                );
+                out.extend(
+                    cooc_out
+                        .drain(..)
+                        .map(|s| (s.window_end - slide, WindowOutput::CoocViews(s))),
+                );
+                super::held::emit_at(&held, &mut out, output);
+                let pending =
+                    state.trending.next_visit().is_some() || state.cooc.next_visit().is_some();
+                if pending && limit != u64::MAX {
+                    held.downgrade(limit);
+                } else {
+                    held.release();
                 }
             }
         })
@@ -539,34 +894,35 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::StateImage;
 
-    fn event(user: &str, article: &str, ts: u64, engaged: bool) -> Event {
-        Event {
+    fn event(user: &str, article: &str, ts: u64, engaged: bool) -> CompactEvent {
+        CompactEvent {
             event_id: format!("{user}-{ts}").into(),
-            portal: "g1".into(),
             user_id: user.into(),
-            article_id: article.into(),
+            article: Article::intern_names("g1", article),
             ts,
             dwell_ms: if engaged { 20_000 } else { 0 },
-            scroll_pct: 0,
             clicks: 0,
+            scroll_pct: 0,
         }
     }
 
+    const SPEC: WindowSpec = WindowSpec {
+        window: 3_000,
+        step: 1_000,
+        recent: Some(1_000),
+    };
+
     #[test]
     fn counts_enter_and_leave_and_recent_users_are_distinct() {
-        let spec = WindowSpec {
-            window: 3_000,
-            slide: 1_000,
-            recent: Some(1_000),
-        };
-        let mut state = WindowStatsState::new(spec);
+        let mut state = WindowStatsState::new(SPEC);
         state.insert(&event("u1", "a", 100, true));
         state.insert(&event("u1", "a", 200, false));
         state.insert(&event("u2", "a", 1_500, false));
         let mut out = Vec::new();
         state.advance(u64::MAX, &mut out);
-        let at = |t: u64| out.iter().find(|s| s.window_end == t).cloned();
+        let at = |t: u64| out.iter().find(|s| s.window_end == t).copied();
         let w1 = at(1_000).unwrap_or_else(|| panic!("window 1000 reported: {out:?}"));
         assert_eq!(
             (
@@ -592,5 +948,50 @@ mod tests {
         let w5 = at(5_000).unwrap_or_else(|| panic!("window 5000 reported"));
         assert_eq!(w5.views, 0, "an emptied window is reported once");
         assert!(state.is_empty());
+    }
+
+    #[test]
+    fn a_restore_continues_with_the_same_reports() -> Result<(), CheckpointError> {
+        let mut original = WindowStatsState::new(SPEC);
+        let mut image = StateImage::default();
+        let mut out = Vec::new();
+        for step in 0..30u64 {
+            let ts = step * 300;
+            original.insert(&event(
+                &format!("u{}", step % 4),
+                &format!("a{}", step % 3),
+                ts,
+                step % 2 == 0,
+            ));
+            if step % 4 == 3 {
+                original.advance(ts - ts % 1_000, &mut out);
+                let mut changes = Vec::new();
+                let mut writer = ChangeWriter::new("w", 0, 1, &mut changes);
+                original.save_changes(&mut writer)?;
+                image.apply(changes);
+            }
+        }
+        let mut changes = Vec::new();
+        let mut writer = ChangeWriter::new("w", 0, 1, &mut changes);
+        original.save_changes(&mut writer)?;
+        image.apply(changes);
+        let mut expected = Vec::new();
+        original.clone().advance(u64::MAX, &mut expected);
+        expected.sort();
+        for workers in [1, 2] {
+            let mut got = Vec::new();
+            for mut worker in image.split(workers)?.workers {
+                let mut state = WindowStatsState::new(SPEC);
+                if let Some(entries) = worker.take("w") {
+                    entries.for_each(|entry| state.restore(entry))?;
+                }
+                state.finish_restore()?;
+                state.advance(u64::MAX, &mut got);
+            }
+            got.sort();
+            assert_eq!(got, expected, "{workers} workers");
+        }
+        assert!(!expected.is_empty());
+        Ok(())
     }
 }

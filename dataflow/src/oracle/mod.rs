@@ -6,7 +6,8 @@
 //! `[N6]` etc.), computed in batch, from scratch, with no incremental state shared between windows.
 //! It shares no code with the job's operators; it only uses the crate's common vocabulary: the
 //! validator ([`crate::event::validate`]), the feature records and their ids ([`crate::features`]),
-//! the two scores ([`crate::score`], so floats are bit-identical) and the user hash
+//! the scores and the exact order of related partners ([`crate::score`], so floats are
+//! bit-identical and ties fall the same way) and the user hash
 //! ([`crate::ids::hash_str`], N14).
 //!
 //! The pipeline, one public function per step so operator tests can compare against each:
@@ -16,12 +17,14 @@
 //! 2. [`sessions`]: the accepted events of each `(portal, user_id)` split by `session_gap`; all
 //!    sessions close at the end of the replay. [`session_events`] gives the events of each session.
 //! 3. [`last_window_end`]: the last final window `L` of the replay (N9), and [`window_ends`] every
-//!    final window `T` (multiples of `slide`, after the first accepted event, up to `L`).
+//!    final window `T` (multiples of `slide`, after the first accepted event, up to `L`); likewise
+//!    [`last_cooc_window_end`] and [`cooc_window_ends`] for the co-occurrence windows (multiples of
+//!    `cooc_slide`, up to `L_c`).
 //! 4. [`rankings`] / [`rankings_at`]: `popular` and `trending` for each final window (N12–N14), each
 //!    window counted from scratch over every accepted event.
 //! 5. [`pairs`]: the co-occurrence pairs formed in each session (N15).
-//! 6. [`related`] / [`related_lists_at`]: the related lists of each window (N16) and their throttled
-//!    emission with the end-of-replay flush (N17).
+//! 6. [`related`] / [`related_lists_at`]: the related lists of each final co-occurrence window (N16)
+//!    and their throttled emission with the end-of-replay flush at `L_c` (N17).
 //!
 //! [`run`] chains them and sorts the features into the canonical replay order (N20).
 //!
@@ -82,9 +85,12 @@ pub fn run(records: &[RawRecord], config: &SemanticsConfig) -> OracleOutput {
         .into_iter()
         .map(Feature::Session)
         .collect();
+    // Rankings end at `L`, related lists at `L_c`: each kind of window has its own last one (N9).
     if let Some(last) = last_window_end(&accepted, config) {
         features.extend(rankings(&accepted, config, last));
-        features.extend(related(&accepted, config, last));
+    }
+    if let Some(last_cooc) = last_cooc_window_end(&accepted, config) {
+        features.extend(related(&accepted, config, last_cooc));
     }
     sort_features(&mut features);
     OracleOutput {
@@ -118,6 +124,36 @@ pub fn window_ends(accepted: &[Event], config: &SemanticsConfig, last_window_end
     ends
 }
 
+/// The last final co-occurrence window of a replay (N9):
+/// `L_c = floor(last_ts / cooc_slide)·cooc_slide + cooc_slide`, where `last_ts` is the largest `ts`
+/// of the accepted events; `None` when nothing was accepted. (`L ≤ L_c < L + cooc_slide`: the first
+/// co-occurrence window to contain the last event ends no earlier than the first slide window to.)
+pub fn last_cooc_window_end(accepted: &[Event], config: &SemanticsConfig) -> Option<u64> {
+    let last_ts = accepted.iter().map(|event| event.ts).max()?;
+    Some(config.cooc_tick(last_ts) + config.cooc_slide.ms())
+}
+
+/// Every final co-occurrence window end `T` of a replay, in increasing order: the multiples of
+/// `cooc_slide` with `first_ts < T ≤ last_cooc_window_end`, where `first_ts` is the smallest
+/// accepted `ts`. (Windows ending at or before the first event are empty and produce nothing.)
+pub fn cooc_window_ends(
+    accepted: &[Event],
+    config: &SemanticsConfig,
+    last_cooc_window_end: u64,
+) -> Vec<u64> {
+    let Some(first_ts) = accepted.iter().map(|event| event.ts).min() else {
+        return Vec::new();
+    };
+    let cooc_slide = config.cooc_slide.ms();
+    let mut ends = Vec::new();
+    let mut end = config.cooc_tick(first_ts) + cooc_slide;
+    while end <= last_cooc_window_end {
+        ends.push(end);
+        end += cooc_slide;
+    }
+    ends
+}
+
 /// Whether `ts` is in the window `[end − length, end)` (saturating at 0).
 fn in_window(ts: u64, end: u64, length: u64) -> bool {
     end.saturating_sub(length) <= ts && ts < end
@@ -132,7 +168,7 @@ fn window_slice<T>(sorted: &[(u64, T)], end: u64, length: u64) -> &[(u64, T)] {
 }
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 #[cfg(test)]
 mod tests {
@@ -159,6 +195,39 @@ mod tests {
         let events = vec![event("e1", "u", "a", 60_000)];
         assert_eq!(last_window_end(&events, &config), Some(120_000));
         assert_eq!(window_ends(&events, &config, 120_000), vec![120_000]);
+    }
+
+    #[test]
+    fn last_cooc_window_end_and_cooc_window_ends() {
+        const M: u64 = 60_000;
+        let config = SemanticsConfig::default();
+        assert_eq!(config.cooc_slide, Millis::minutes(10));
+        assert_eq!(last_cooc_window_end(&[], &config), None);
+        assert!(cooc_window_ends(&[], &config, 20 * M).is_empty());
+        // last_ts just below a cooc_slide boundary: it is in the window ending at that boundary.
+        let events = vec![
+            event("e1", "u", "a", 61_000),
+            event("e2", "u", "a", 20 * M - 1),
+        ];
+        assert_eq!(last_cooc_window_end(&events, &config), Some(20 * M));
+        assert_eq!(last_window_end(&events, &config), Some(20 * M));
+        assert_eq!(
+            cooc_window_ends(&events, &config, 20 * M),
+            vec![10 * M, 20 * M]
+        );
+        // last_ts on the boundary opens the next co-occurrence window: L_c = 30 min, while the
+        // slide windows end one minute later, at L = 21 min.
+        let events = vec![event("e1", "u", "a", 61_000), event("e2", "u", "a", 20 * M)];
+        assert_eq!(last_cooc_window_end(&events, &config), Some(30 * M));
+        assert_eq!(last_window_end(&events, &config), Some(21 * M));
+        assert_eq!(
+            cooc_window_ends(&events, &config, 30 * M),
+            vec![10 * M, 20 * M, 30 * M]
+        );
+        // A first event on a boundary is not in the window ending there.
+        let events = vec![event("e1", "u", "a", 10 * M)];
+        assert_eq!(last_cooc_window_end(&events, &config), Some(20 * M));
+        assert_eq!(cooc_window_ends(&events, &config, 20 * M), vec![20 * M]);
     }
 
     #[test]
@@ -256,18 +325,20 @@ mod tests {
                     .copied()
                     .unwrap_or(0);
                 if p == portal && *count >= config.cooc_min_support && views_partner > 0 {
-                    items.push(crate::features::RelatedItem {
+                    let item = crate::features::RelatedItem {
                         article_id: partner.clone(),
                         cooc: *count,
                         score: crate::score::related_score(*count, *views_x, views_partner),
-                    });
+                    };
+                    items.push((item, views_partner));
                 }
             }
-            items.sort_by(|i, j| {
-                j.score
-                    .total_cmp(&i.score)
+            // Score descending decided exactly (N16a), then article_id.
+            items.sort_by(|(i, views_i), (j, views_j)| {
+                crate::score::related_order(i.cooc, *views_i, j.cooc, *views_j)
                     .then(i.article_id.cmp(&j.article_id))
             });
+            let mut items: Vec<_> = items.into_iter().map(|(item, _)| item).collect();
             items.truncate(config.top_n);
             if !items.is_empty() {
                 lists.insert((portal.clone(), x.clone()), items);
@@ -321,8 +392,32 @@ mod tests {
     fn a_day_of_twenty_thousand_events_is_computed_whole() {
         // Test-sized files span a day: every record is counted and related lists appear.
         let records = generated(20_000, 24 * 3_600_000, 7);
-        let output = run(&records, &SemanticsConfig::default());
+        let config = SemanticsConfig::default();
+        let output = run(&records, &config);
         assert_eq!(output.summary.records, 20_000);
         assert!(output.features.iter().any(|f| f.kind() == "related"));
+        // Related lists only at final co-occurrence windows, up to L_c; rankings every slide.
+        let (accepted, _, _) = classify(&records, &config);
+        let last_cooc = last_cooc_window_end(&accepted, &config).unwrap_or_default();
+        let related_ends: std::collections::BTreeSet<u64> = output
+            .features
+            .iter()
+            .filter(|f| f.kind() == "related")
+            .map(|f| f.final_ts())
+            .collect();
+        assert!(related_ends.len() > 10, "{related_ends:?}");
+        assert!(
+            related_ends
+                .iter()
+                .all(|end| end.is_multiple_of(config.cooc_slide.ms()) && *end <= last_cooc),
+            "{related_ends:?}"
+        );
+        assert!(
+            output
+                .features
+                .iter()
+                .filter(|f| f.kind() == "popular")
+                .any(|f| !f.final_ts().is_multiple_of(config.cooc_slide.ms()))
+        );
     }
 }

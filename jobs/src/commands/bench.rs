@@ -16,11 +16,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use pageflow_connectors::JsonLinesFile;
+use pageflow_dataflow::checkpoint::Checkpointed;
 use pageflow_dataflow::config::SemanticsConfig;
-use pageflow_dataflow::event::{Event, RawRecord, validate};
+use pageflow_dataflow::event::{CompactEvent, RawRecord, validate};
+use pageflow_dataflow::intern::{Article, Portal};
 use pageflow_dataflow::operators::rankings::{RankingSpec, Rankings};
-use pageflow_dataflow::operators::sessionize::SessionizeState;
-use pageflow_dataflow::operators::window_stats::{WindowSpec, WindowStats};
+use pageflow_dataflow::operators::sessionize::{SessionSpec, SessionizeState};
+use pageflow_dataflow::operators::window_stats::{WindowOutput, WindowSpec, WindowStats};
 use pageflow_dataflow::source::{PollStatus, RecordSource};
 use serde::Serialize;
 use timely::dataflow::InputHandle;
@@ -70,12 +72,19 @@ pub fn run(
     }
 
     // First, while the heap is still small, so that growth is the state's own.
-    let (keys, bytes) = bytes_per_session(200_000, config);
-    record(
-        format!("sessionize: bytes per open session ({keys} sessions)"),
-        bytes,
-        "bytes",
-    );
+    for reads in [1, 5] {
+        let (keys, rss, accounted) = bytes_per_session(200_000, reads, config);
+        record(
+            format!("sessionize: bytes per open session of {reads} read(s), RSS ({keys} sessions)"),
+            rss,
+            "bytes",
+        );
+        record(
+            format!("sessionize: bytes per open session of {reads} read(s), accounted"),
+            accounted,
+            "bytes",
+        );
+    }
 
     let (records, seconds) = read_and_validate(&input)?;
     record(
@@ -149,7 +158,7 @@ fn read_and_validate(input: &Path) -> Result<(u64, f64)> {
     Ok((total, started.elapsed().as_secs_f64()))
 }
 
-fn load_events(input: &Path) -> Result<Vec<Event>> {
+fn load_events(input: &Path) -> Result<Vec<CompactEvent>> {
     let mut file = JsonLinesFile::open(input)?;
     let mut buffer = Vec::new();
     let mut events = Vec::new();
@@ -159,7 +168,7 @@ fn load_events(input: &Path) -> Result<Vec<Event>> {
         events.extend(
             buffer
                 .iter()
-                .filter_map(|r| validate(&r.bytes).ok().map(|v| Event::from(&v))),
+                .filter_map(|r| validate(&r.bytes).ok().map(|v| CompactEvent::from(&v))),
         );
         if status == PollStatus::Finished {
             break;
@@ -170,13 +179,12 @@ fn load_events(input: &Path) -> Result<Vec<Event>> {
 
 /// Each stateful stage alone, single-threaded, on the events in file order, with the frontier
 /// advancing every 4096 events to the watermark as the job would (largest ts − 5 s, in ticks).
-fn stage_times(events: &[Event], config: &SemanticsConfig) -> Vec<(&'static str, f64)> {
-    use pageflow_dataflow::operators::cooccurrence::CooccurrenceState;
+fn stage_times(events: &[CompactEvent], config: &SemanticsConfig) -> Vec<(&'static str, f64)> {
     use pageflow_dataflow::operators::dedup::DedupState;
+    use pageflow_dataflow::operators::pair_counts::{PairCountsSpec, PairCountsState};
     use pageflow_dataflow::operators::rankings::RankingsState;
-    use pageflow_dataflow::operators::related::{
-        DirectedPair, RelatedSideInput, RelatedSpec, RelatedState,
-    };
+    use pageflow_dataflow::operators::related::{RelatedSideInput, RelatedSpec, RelatedState};
+    use pageflow_dataflow::operators::sessionize::SessionSpec;
     use pageflow_dataflow::operators::window_stats::WindowStatsState;
 
     let slide = config.slide.ms();
@@ -195,50 +203,43 @@ fn stage_times(events: &[Event], config: &SemanticsConfig) -> Vec<(&'static str,
     let mut times = Vec::new();
 
     let started = Instant::now();
-    let mut dedup = DedupState::default();
+    let mut dedup = DedupState::new(config.dedup_window.ms(), slide);
     let mut accepted = Vec::with_capacity(events.len());
     for (chunk, frontier) in events.chunks(4096).zip(&frontiers) {
         for event in chunk {
-            if event.ts >= *frontier
-                && dedup.accept(&event.event_id, event.ts, config.dedup_window.ms())
-            {
+            if event.ts >= *frontier && dedup.accept(&event.event_id, event.ts) {
                 accepted.push(event.clone());
             }
         }
-        dedup.expire(*frontier, config.dedup_window.ms());
+        dedup.expire(*frontier);
     }
     times.push(("deduplicate", started.elapsed().as_secs_f64()));
 
     let started = Instant::now();
-    let mut sessions = SessionizeState::new(config.session_gap.ms());
-    let mut updates = Vec::new();
+    let mut sessions = SessionizeState::new(SessionSpec {
+        gap: config.session_gap.ms(),
+        slide,
+        cooc_slide: config.cooc_slide.ms(),
+        cooc_recent: config.cooc_recent,
+    });
+    let (mut closed, mut pairs) = (Vec::new(), Vec::new());
     for (chunk, frontier) in accepted.chunks(4096).zip(&frontiers) {
         for event in chunk {
             sessions.insert(event.clone());
         }
-        sessions.advance(*frontier, &mut updates);
+        sessions.advance(*frontier, &mut closed, &mut pairs);
     }
-    sessions.advance(u64::MAX, &mut updates);
-    times.push(("sessionize", started.elapsed().as_secs_f64()));
-
-    let started = Instant::now();
-    let mut cooc = CooccurrenceState::default();
-    let mut pairs = Vec::new();
-    for update in updates {
-        cooc.apply(update, config.cooc_recent, &mut pairs);
-    }
-    times.push(("co-occurrence", started.elapsed().as_secs_f64()));
+    sessions.advance(u64::MAX, &mut closed, &mut pairs);
+    times.push((
+        "sessionize (with co-occurrence pairs)",
+        started.elapsed().as_secs_f64(),
+    ));
 
     let horizon = accepted
         .iter()
         .map(|e| e.ts - e.ts % slide + slide)
         .max()
         .unwrap_or(0);
-    let window_spec = |window: u64, recent| WindowSpec {
-        window,
-        slide,
-        recent,
-    };
     let run_windows = |spec: WindowSpec| {
         let mut state = WindowStatsState::new(spec);
         let mut out = Vec::new();
@@ -252,10 +253,11 @@ fn stage_times(events: &[Event], config: &SemanticsConfig) -> Vec<(&'static str,
         out
     };
     let started = Instant::now();
-    let stats = run_windows(window_spec(
-        config.trending_window.ms(),
-        Some(config.trending_recent.ms()),
-    ));
+    let stats = run_windows(WindowSpec {
+        window: config.trending_window.ms(),
+        step: slide,
+        recent: Some(config.trending_recent.ms()),
+    });
     times.push((
         "window stats (1 h, recent users)",
         started.elapsed().as_secs_f64(),
@@ -277,51 +279,63 @@ fn stage_times(events: &[Event], config: &SemanticsConfig) -> Vec<(&'static str,
     times.push(("rankings (top-N)", started.elapsed().as_secs_f64()));
 
     let started = Instant::now();
-    let views = run_windows(window_spec(config.cooc_window.ms(), None));
+    let views = run_windows(WindowSpec {
+        window: config.cooc_window.ms(),
+        step: config.cooc_slide.ms(),
+        recent: None,
+    });
     times.push(("window stats (24 h)", started.elapsed().as_secs_f64()));
+
+    let started = Instant::now();
+    let mut counts = PairCountsState::new(PairCountsSpec {
+        window: config.cooc_window.ms(),
+        cooc_slide: config.cooc_slide.ms(),
+        slide,
+        min_support: config.cooc_min_support,
+    });
+    let mut changes = Vec::new();
+    for count in pairs {
+        counts.insert(count);
+    }
+    counts.advance(u64::MAX, &mut changes);
+    times.push(("pair counts (24 h)", started.elapsed().as_secs_f64()));
 
     let started = Instant::now();
     let mut related = RelatedState::new(RelatedSpec {
         window: config.cooc_window.ms(),
+        cooc_slide: config.cooc_slide.ms(),
         slide,
         top_n: config.top_n,
         min_support: config.cooc_min_support,
         interval: config.related_interval.ms(),
     });
-    for pair in pairs {
-        let (a, b) = (pair.article_a, pair.article_b);
-        related.insert_pair(DirectedPair {
-            portal: pair.portal.clone(),
-            article_id: a.clone(),
-            partner: b.clone(),
-            ts: pair.ts,
-        });
-        related.insert_pair(DirectedPair {
-            portal: pair.portal,
-            article_id: b,
-            partner: a,
-            ts: pair.ts,
-        });
+    for change in changes {
+        related.insert_cooc(change);
     }
     for change in views {
         related.insert_side(RelatedSideInput::Views(change));
     }
     related.insert_side(RelatedSideInput::Horizon(horizon));
     let mut out = Vec::new();
-    related.finish(horizon, &mut out);
+    related.finish(&mut out);
     times.push(("related", started.elapsed().as_secs_f64()));
-    std::hint::black_box((&features, &out));
+    std::hint::black_box((&features, &out, &closed));
     times
 }
 
 /// Window statistics and rankings alone, fed pre-parsed events in event-time order of ticks.
-fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64> {
+fn counting_and_top_n(events: &[CompactEvent], config: &SemanticsConfig) -> Result<f64> {
     let slide = config.slide.ms();
     let events = Arc::new(events.to_vec());
     let spec = WindowSpec {
         window: config.trending_window.ms(),
-        slide,
+        step: slide,
         recent: Some(config.trending_recent.ms()),
+    };
+    let cooc_spec = WindowSpec {
+        window: config.cooc_window.ms(),
+        step: config.cooc_slide.ms(),
+        recent: None,
     };
     let ranking = RankingSpec {
         window: config.trending_window.ms(),
@@ -336,10 +350,14 @@ fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64>
             let stream = input.to_stream(scope);
             let horizon = stream
                 .clone()
-                .map(move |event: Event| event.ts - event.ts % slide + slide);
+                .map(move |event: CompactEvent| event.ts - event.ts % slide + slide);
             let states = pageflow_dataflow::checkpoint::OperatorStates::default();
             stream
-                .window_stats(spec, None, "window_stats", &states)
+                .window_stats(spec, cooc_spec, slide, None, &states)
+                .flat_map(|output| match output {
+                    WindowOutput::Trending(stats) => Some(stats),
+                    WindowOutput::CoocViews(_) => None,
+                })
                 .rankings(horizon, ranking, &states)
                 .probe()
                 .0
@@ -370,26 +388,51 @@ fn counting_and_top_n(events: &[Event], config: &SemanticsConfig) -> Result<f64>
 }
 
 /// Grows a sessionize state to `keys` open sessions and reports the RSS growth per key.
-fn bytes_per_session(keys: u64, config: &SemanticsConfig) -> (u64, f64) {
+/// Bytes per open session: `keys` readers each with an open session of `reads` distinct
+/// articles, measured as the growth of the resident set and as the state's own accounting.
+fn bytes_per_session(keys: u64, reads: u64, config: &SemanticsConfig) -> (u64, f64, f64) {
     let before = current_rss_bytes().unwrap_or(0);
-    let mut state = SessionizeState::new(config.session_gap.ms());
-    let mut out = Vec::new();
-    for user in 0..keys {
-        state.insert(Event {
-            event_id: format!("e{user}").into(),
-            portal: "g1".into(),
-            user_id: format!("u-{user:08}").into(),
-            article_id: format!("g1/politica/noticia-{:05}", user % 2000).into(),
-            ts: 1_795_435_200_000 + user,
-            dwell_ms: 1000,
-            scroll_pct: 50,
-            clicks: 0,
-        });
+    let slide = config.slide.ms();
+    let mut state = SessionizeState::new(SessionSpec {
+        gap: config.session_gap.ms(),
+        slide,
+        cooc_slide: config.cooc_slide.ms(),
+        cooc_recent: config.cooc_recent,
+    });
+    let (mut closed, mut pairs) = (Vec::new(), Vec::new());
+    let start = 1_795_435_200_000u64;
+    let g1 = Portal::intern("g1");
+    let articles: Vec<Article> = (0..2_000)
+        .map(|n| Article::intern(g1, &format!("g1/politica/noticia-{n:05}")))
+        .collect();
+    let mut ts = start;
+    for read in 0..reads {
+        for user in 0..keys {
+            ts += 1;
+            state.insert(CompactEvent {
+                event_id: format!("e{user}-{read}").into(),
+                user_id: format!("u-{user:08}").into(),
+                article: articles[((user + read * 7) % 2_000) as usize],
+                ts,
+                dwell_ms: 1000,
+                clicks: 0,
+                scroll_pct: 50,
+            });
+            if ts.is_multiple_of(4096) {
+                state.advance(ts - ts % slide, &mut closed, &mut pairs);
+                pairs.clear();
+            }
+        }
     }
-    state.advance(1_795_435_200_000 + keys + 1, &mut out);
+    state.advance(ts - ts % slide + slide, &mut closed, &mut pairs);
     let after = current_rss_bytes().unwrap_or(0);
-    std::hint::black_box((&state, &out));
-    (keys, after.saturating_sub(before) as f64 / keys as f64)
+    let accounted = state.size().bytes as f64 / state.open_sessions().max(1) as f64;
+    std::hint::black_box((&state, &closed, &pairs));
+    (
+        state.open_sessions() as u64,
+        after.saturating_sub(before) as f64 / keys as f64,
+        accounted,
+    )
 }
 
 fn status_field(name: &str) -> Option<u64> {

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::checkpoint_store::{Checkpoints, LocalDirStore};
+use pageflow_connectors::checkpoint_store::{Checkpoints, LocalDirStore, StateEntry};
 use pageflow_dataflow::algorithms::restart::run_half;
-use pageflow_dataflow::checkpoint::{SavedState, WorkerSnapshot};
+use pageflow_dataflow::checkpoint::{Change, StateImage};
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 
@@ -186,22 +186,19 @@ fn large_state(
     }
     let checkpoints = Checkpoints::new(Arc::new(LocalDirStore::new(&store_dir)?), 1);
     let written = Instant::now();
-    let mut parts = Vec::new();
-    for snapshot in saved.snapshots() {
-        parts.push((
-            format!("worker-{}.bin", snapshot.worker),
-            snapshot.encode()?,
-        ));
-    }
-    let size: usize = parts.iter().map(|(_, bytes)| bytes.len()).sum();
-    checkpoints.write(1, saved.workers(), "bench", Default::default(), parts)?;
+    let size = saved.bytes();
+    let entries: Vec<StateEntry> = saved
+        .entries()
+        .map(|(key, value)| StateEntry::put(key.to_vec(), value.to_vec()))
+        .collect();
+    checkpoints.commit(1, None, entries, 2, "bench", Default::default())?;
     record(
         format!("checkpoint of {LIVE_USERS} live users: size"),
         size as f64 / (1024.0 * 1024.0),
         "MiB",
     );
     record(
-        format!("checkpoint of {LIVE_USERS} live users: encode + write"),
+        format!("checkpoint of {LIVE_USERS} live users: sort, encode + write (writer thread)"),
         written.elapsed().as_secs_f64() * 1000.0,
         "ms",
     );
@@ -211,11 +208,14 @@ fn large_state(
     let loaded = checkpoints
         .load_latest()?
         .ok_or_else(|| anyhow!("the checkpoint just written is not there"))?;
-    let mut snapshots = Vec::new();
-    for bytes in loaded.parts.values() {
-        snapshots.push(WorkerSnapshot::decode(bytes)?);
+    let mut state = StateImage::default();
+    for entry in loaded.entries() {
+        let (key, value) = entry?;
+        state.apply([Change {
+            key,
+            value: Some(value),
+        }]);
     }
-    let state = SavedState::new(snapshots)?;
     let loaded_after = restart.elapsed();
     let tail: Vec<RawRecord> = (LIVE_USERS..LIVE_USERS + TAIL)
         .map(|index| pageview(index, index % LIVE_USERS, start_ts))

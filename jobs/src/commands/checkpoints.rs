@@ -40,11 +40,13 @@ pub fn list(config: &JobConfig) -> Result<String> {
             .as_ref()
             .map(|m| {
                 format!(
-                    "created_ms={} workers={} watermark={} parts={}",
+                    "created_ms={} workers={} watermark_ms={} runs={} stored_bytes={} written_bytes={}",
                     m.created_ms,
                     m.workers,
-                    m.info.get("watermark").map_or("?", String::as_str),
-                    m.parts.len()
+                    m.info.get("watermark_ms").map_or("?", String::as_str),
+                    summary.runs,
+                    summary.state_bytes,
+                    summary.bytes_written
                 )
             })
             .unwrap_or_default();
@@ -65,6 +67,7 @@ pub fn list(config: &JobConfig) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pageflow_connectors::checkpoint_store::StateEntry;
 
     #[test]
     fn lists_committed_and_torn_checkpoints_and_the_one_a_restart_uses() -> Result<()> {
@@ -73,19 +76,21 @@ mod tests {
         config.checkpoint.dir = Some(dir.path().to_path_buf());
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let checkpoints = crate::checkpoints::open_store(&config, &runtime)?;
-        for id in [1, 2] {
-            checkpoints.write(
-                id,
+        let mut parent = None;
+        for id in [1u8, 2] {
+            let commit = checkpoints.commit(
+                u64::from(id),
+                parent.as_ref(),
+                vec![StateEntry::put(vec![id], vec![id])],
                 1,
                 "f",
                 Default::default(),
-                vec![("worker-0.bin".into(), vec![id as u8])],
             )?;
+            parent = Some(commit.manifest);
         }
-        // A third whose manifest was never written (a crash during the write).
-        let torn = dir.path().join(format!("chk-{:020}", 3));
-        std::fs::create_dir_all(&torn)?;
-        std::fs::write(torn.join("worker-0.bin"), b"x")?;
+        // A third whose manifest was never written (a crash during the write): its run only.
+        let runs = dir.path().join("runs");
+        std::fs::write(runs.join(format!("{:020}-delta.run", 3)), b"x")?;
 
         let text = list(&config)?;
         let lines: Vec<&str> = text.lines().collect();

@@ -33,8 +33,11 @@ use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
 use pageflow_connectors::personalize::EventForwarder;
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
-use pageflow_dataflow::checkpoint::{CheckpointCoordinator, OperatorStates, WorkerCheckpoint};
-use pageflow_dataflow::event::{DeadLetter, Event, Reason};
+use pageflow_dataflow::checkpoint::coordinator::SIZE_REPORT_INTERVAL;
+use pageflow_dataflow::checkpoint::{
+    ChangeWriter, CheckpointCoordinator, OperatorStates, WorkerCheckpoint, WorkerRestore,
+};
+use pageflow_dataflow::event::{CompactEvent, DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
@@ -44,7 +47,7 @@ use pageflow_dataflow::time::{Opinion, WatermarkBoard};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::checkpoints::{CheckpointDriver, PartsInbox, Restored, ToWrite};
+use crate::checkpoints::{ChainStart, CheckpointDriver, PartsInbox, Restored, ToWrite};
 use crate::config::{JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName};
 use crate::metrics::Metrics;
 use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
@@ -52,6 +55,7 @@ use crate::serve::auth::ServeSecurity;
 use crate::serve::personalize::{
     PersonalizeRecommendations, Trackers, personalize_event, trackers,
 };
+use crate::serve::state::SERVING_STATE;
 use crate::serve::{App, ServingState, app_router, serve};
 
 /// What the workers hand to the sink thread.
@@ -66,7 +70,7 @@ pub enum SinkMessage {
     /// Rankings and related lists for the live view.
     Live(Vec<LiveUpdate>),
     /// The counted events: readers' recent articles, and the Personalize event trackers.
-    Accepted(Vec<Event>),
+    Accepted(Vec<CompactEvent>),
     /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
     Checkpoint(WorkerCheckpoint),
 }
@@ -398,37 +402,50 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let workers = config.runtime.workers;
     let coordinator = CheckpointCoordinator::new(workers);
     let checkpointing = config.checkpoint.enabled;
-    let (restored, driver) = if checkpointing {
+    let (mut restored, driver, run_id) = if checkpointing {
         let store = crate::checkpoints::open_store(&config, &runtime)?;
-        let restored = crate::checkpoints::restore(&store, &config.semantics)?;
+        let restored = crate::checkpoints::restore(&store, &config.semantics, workers)?;
         let first_id = store.next_id()?;
         if let Some(restored) = &restored {
             for update in &restored.serving {
                 serving.apply(update.clone());
             }
+            serving.mark_saved();
             tracing::info!(
                 checkpoint = restored.id,
                 location = store.location(),
                 partitions = restored.partitions.len(),
+                entries = restored.restore.entries,
+                bytes = restored.restore.bytes,
+                load_ms = restored.loaded_in.as_millis() as u64,
                 "restored from checkpoint {}; every source resumes after its saved position",
                 restored.id
             );
         }
+        let chain = ChainStart {
+            parent: restored.as_ref().map(|r| r.manifest.clone()),
+            sources: restored
+                .as_ref()
+                .map(|r| r.restore.sources.clone())
+                .unwrap_or_default(),
+            workers,
+            first_id,
+            fingerprint: crate::checkpoints::fingerprint(&config.semantics),
+        };
         let driver = CheckpointDriver::start(
             Arc::clone(&coordinator),
             store,
-            first_id,
+            chain,
             config.checkpoint.interval.into(),
-            crate::checkpoints::fingerprint(&config.semantics),
             Arc::clone(&metrics),
         )?;
-        (restored, Some(Arc::new(driver)))
+        (restored, Some(Arc::new(driver)), first_id)
     } else {
-        (None, None)
+        (None, None, 0)
     };
-    let restores = match &restored {
-        Some(restored) => restored.state.split(workers)?,
-        None => vec![Default::default(); workers],
+    let restores: Vec<WorkerRestore> = match restored.as_mut() {
+        Some(restored) => std::mem::take(&mut restored.restore.workers),
+        None => (0..workers).map(|_| WorkerRestore::default()).collect(),
     };
 
     let (sender, receiver) = sync_channel::<SinkMessage>(SINK_CHANNEL_BATCHES);
@@ -445,7 +462,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         std::thread::Builder::new()
             .name("pageflow-sink".into())
             .spawn(move || {
-                let checkpoints = driver.map(|driver| (driver, PartsInbox::new(workers)));
+                let checkpoints = driver.map(|driver| (driver, PartsInbox::new(workers), run_id));
                 sink_loop(
                     receiver,
                     outputs,
@@ -517,10 +534,11 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                     if let Err(error) = coordinator.attach(worker) {
                         fatal(&format!("{error}"));
                     }
-                    coordinator.states(restore)
+                    coordinator.states(index, run_id, restore)
                 } else {
                     OperatorStates::default()
                 };
+                let sizes = Arc::clone(&stats);
                 worker.dataflow::<u64, _, _>(|scope| {
                     let outputs =
                         build(scope, sources, board, &semantics, &options, stats, &states);
@@ -547,10 +565,12 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
                     serving_for_workers.mark_loaded();
                 }
                 if checkpointing {
-                    coordinator.run(worker, &states, |part| {
+                    coordinator.run(worker, &states, &sizes.state_sizes, |part| {
                         // A closed channel means the job is stopping: the part is dropped with it.
                         let _ = sender.send(SinkMessage::Checkpoint(part));
                     });
+                } else {
+                    run_without_checkpoints(worker, &states, &sizes.state_sizes);
                 }
             });
             match result {
@@ -630,6 +650,24 @@ fn start_personalize(
     Ok((recommendations, feed))
 }
 
+/// Steps a worker until its dataflow completes, reporting its state's sizes every few seconds
+/// (the job without checkpoints; with them, the coordinator does this).
+fn run_without_checkpoints(
+    worker: &mut timely::worker::Worker,
+    states: &OperatorStates,
+    sizes: &pageflow_dataflow::stats::StateSizes,
+) {
+    let mut reported = Instant::now();
+    sizes.report(worker.index(), states.sizes());
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if reported.elapsed() >= SIZE_REPORT_INTERVAL {
+            sizes.report(worker.index(), states.sizes());
+            reported = Instant::now();
+        }
+    }
+    sizes.report(worker.index(), states.sizes());
+}
+
 /// Sends every batch of a stream to the sink thread (blocking when it is full: backpressure).
 fn forward<'scope, D: Clone + 'static>(
     stream: timely::dataflow::StreamVec<'scope, u64, D>,
@@ -655,7 +693,7 @@ fn sink_loop(
     metrics: &Metrics,
     stats: &JobStats,
     stop: &AtomicBool,
-    mut checkpoints: Option<(Arc<CheckpointDriver>, PartsInbox)>,
+    mut checkpoints: Option<(Arc<CheckpointDriver>, PartsInbox, u64)>,
     personalize: Option<&PersonalizeFeed>,
 ) -> Result<()> {
     let mut mirrored = StatsSnapshot::default();
@@ -666,16 +704,22 @@ fn sink_loop(
     while !stop.load(Ordering::SeqCst) {
         match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(SinkMessage::Checkpoint(part)) => {
-                let Some((driver, inbox)) = checkpoints.as_mut() else {
+                let Some((driver, inbox, run)) = checkpoints.as_mut() else {
                     continue;
                 };
                 if let Some(parts) = inbox.add(part) {
                     // Everything before the checkpoint is delivered before it may be committed.
                     outputs.flush()?;
                     after_final |= parts.is_final;
+                    let mut changes = Vec::new();
+                    let mut writer = ChangeWriter::new(SERVING_STATE, 0, *run, &mut changes);
+                    if let Err(error) = serving.save_changes(&mut writer) {
+                        tracing::error!("cannot save the serving state: {error}");
+                    }
                     driver.write(ToWrite {
                         parts,
-                        serving: serving.export(),
+                        serving: changes,
+                        watermark_ms: stats.watermark_ms.load(Ordering::Relaxed),
                     });
                 }
             }
@@ -696,7 +740,12 @@ fn sink_loop(
             Ok(SinkMessage::Accepted(events)) => {
                 let reads = serving.recent_reads();
                 for event in &events {
-                    reads.record(&event.portal, &event.user_id, &event.article_id, event.ts);
+                    reads.record(
+                        event.portal().name(),
+                        &event.user_id,
+                        event.article.id(),
+                        event.ts,
+                    );
                 }
                 if let Some(feed) = personalize {
                     // Never waits: a full queue drops the event and counts it.
@@ -745,6 +794,14 @@ fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metric
         metrics.set_watermark(watermark);
     }
     metrics.set_live_keys(stats.open_sessions.load(Ordering::Relaxed));
+    metrics.set_state_sizes(
+        stats
+            .state_sizes
+            .totals()
+            .into_iter()
+            .map(|(operator, size)| (operator, (size.bytes, size.entries)))
+            .collect(),
+    );
     *previous = now;
 }
 

@@ -18,7 +18,7 @@ use pageflow_connectors::personalize::recommender::MAX_NUM_RESULTS;
 use pageflow_connectors::personalize::{
     PersonalizeEvent, RecommendOutcome, RecommendationRequest, RecommendationSource, Recommender,
 };
-use pageflow_dataflow::event::Event;
+use pageflow_dataflow::event::CompactEvent;
 use pageflow_dataflow::ids::stable_id;
 
 use super::blend::Candidate;
@@ -165,16 +165,17 @@ pub fn trackers(config: &PersonalizeConfig) -> Trackers {
 /// sends the same one). The event id is the beacon's, so Personalize sees a replayed event as the
 /// same event. Engagement goes in `properties` (`dwellMs`, `scrollPct`, `clicks`), for datasets
 /// whose schema has them.
-pub fn personalize_event(trackers: &Trackers, event: &Event) -> Option<PersonalizeEvent> {
-    let tracking_id = trackers.get(&*event.portal)?;
+pub fn personalize_event(trackers: &Trackers, event: &CompactEvent) -> Option<PersonalizeEvent> {
+    let portal = event.portal().name();
+    let tracking_id = trackers.get(portal)?;
     let day = (event.ts / 86_400_000).to_string();
     Some(PersonalizeEvent {
         tracking_id: tracking_id.clone(),
         user_id: event.user_id.to_string(),
-        session_id: stable_id(&["personalize-session", &event.portal, &event.user_id, &day]),
+        session_id: stable_id(&["personalize-session", portal, &event.user_id, &day]),
         event_id: event.event_id.to_string(),
         event_type: PAGEVIEW_EVENT_TYPE.to_string(),
-        item_id: event.article_id.to_string(),
+        item_id: event.article.id().to_string(),
         sent_at_ms: event.ts,
         properties: Some(format!(
             "{{\"dwellMs\":{},\"scrollPct\":{},\"clicks\":{}}}",
@@ -187,16 +188,15 @@ pub fn personalize_event(trackers: &Trackers, event: &Event) -> Option<Personali
 mod tests {
     use super::*;
 
-    fn event(portal: &str, user: &str, ts: u64) -> Event {
-        Event {
+    fn event(portal: &str, user: &str, ts: u64) -> CompactEvent {
+        CompactEvent {
             event_id: "e1".into(),
-            portal: portal.into(),
             user_id: user.into(),
-            article_id: "a1".into(),
+            article: pageflow_dataflow::intern::Article::intern_names(portal, "a1"),
             ts,
             dwell_ms: 12_000,
-            scroll_pct: 40,
             clicks: 2,
+            scroll_pct: 40,
         }
     }
 

@@ -60,13 +60,22 @@ struct Shard {
     readers: FastMap<Arc<str>, FastMap<Arc<str>, Vec<Read>>>,
     /// Every article id held by a read of this shard, once.
     articles: FastSet<Arc<str>>,
+    /// `(portal, user)` whose reads changed (or who were forgotten) since the last checkpoint.
+    changed: FastSet<(Arc<str>, Arc<str>)>,
 }
 
 impl Shard {
     /// Drops readers `keep` refuses, then the article ids no read holds any more.
     fn retain_readers(&mut self, mut keep: impl FnMut(&[Read]) -> bool) {
-        for users in self.readers.values_mut() {
-            users.retain(|_, reads| keep(reads));
+        let changed = &mut self.changed;
+        for (portal, users) in self.readers.iter_mut() {
+            users.retain(|user, reads| {
+                let kept = keep(reads);
+                if !kept {
+                    changed.insert((Arc::clone(portal), Arc::clone(user)));
+                }
+                kept
+            });
         }
         self.readers.retain(|_, users| !users.is_empty());
         // Held only here: no read refers to it.
@@ -127,21 +136,40 @@ impl RecentReads {
         let added_user = {
             let mut guard = self.shard(user_id);
             let shard = &mut *guard;
-            let users = match shard.readers.get_mut(portal) {
-                Some(users) => users,
-                None => shard.readers.entry(Arc::from(portal)).or_default(),
+            let (portal, users) = match shard.readers.get_key_value(portal) {
+                Some((held, _)) => {
+                    let held = Arc::clone(held);
+                    let users = shard.readers.get_mut(&held);
+                    (held, users)
+                }
+                None => {
+                    let held: Arc<str> = Arc::from(portal);
+                    let users = Some(shard.readers.entry(Arc::clone(&held)).or_default());
+                    (held, users)
+                }
             };
-            match users.get_mut(user_id) {
-                Some(reads) => {
+            let Some(users) = users else {
+                return;
+            };
+            match users
+                .get_key_value(user_id)
+                .map(|(user, _)| Arc::clone(user))
+            {
+                Some(user) => {
                     let articles = &mut shard.articles;
-                    insert_read(reads, article_id, ts, self.limits.per_user, |id| {
-                        intern(articles, id)
-                    });
+                    if let Some(reads) = users.get_mut(&user) {
+                        insert_read(reads, article_id, ts, self.limits.per_user, |id| {
+                            intern(articles, id)
+                        });
+                    }
+                    shard.changed.insert((portal, user));
                     false
                 }
                 None => {
                     let article_id = intern(&mut shard.articles, article_id);
-                    users.insert(Arc::from(user_id), vec![Read { article_id, ts }]);
+                    let user: Arc<str> = Arc::from(user_id);
+                    users.insert(Arc::clone(&user), vec![Read { article_id, ts }]);
+                    shard.changed.insert((portal, user));
                     true
                 }
             }
@@ -247,6 +275,46 @@ impl RecentReads {
             }
         }
         updates
+    }
+
+    /// The readers whose reads changed since the last call, with their reads now (newest
+    /// first), or `None` for a reader forgotten since (saved with incremental checkpoints).
+    #[allow(
+        clippy::type_complexity,
+        reason = "(portal, user, reads or gone), read once by the caller"
+    )]
+    pub fn take_changes(&self) -> Vec<(String, String, Option<Vec<(String, u64)>>)> {
+        let mut changes = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = std::mem::take(&mut shard.changed);
+            for (portal, user) in changed {
+                let reads = shard
+                    .readers
+                    .get(&portal)
+                    .and_then(|users| users.get(&user))
+                    .map(|reads| {
+                        reads
+                            .iter()
+                            .map(|read| (read.article_id.to_string(), read.ts))
+                            .collect()
+                    });
+                changes.push((portal.to_string(), user.to_string(), reads));
+            }
+        }
+        changes
+    }
+
+    /// Forgets which readers changed: what is held now is what the checkpoint holds (after a
+    /// restore).
+    pub fn mark_saved(&self) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .changed
+                .clear();
+        }
     }
 
     /// Distinct article ids held (interned once per shard).

@@ -20,8 +20,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use pageflow_dataflow::checkpoint::{ChangeWriter, CheckpointError, Placement};
 use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
 use pageflow_dataflow::live::LiveUpdate;
+use serde::{Deserialize, Serialize};
 
 use super::recent_reads::{RecentReads, RecentReadsLimits};
 
@@ -121,6 +123,39 @@ impl RankingSlot {
 
 /// The latest live rankings and related lists; shared as `Arc<ServingState>` between the dataflow
 /// (writer) and the HTTP handlers (readers).
+/// The operator name under which checkpoints hold the serving state.
+pub const SERVING_STATE: &str = "serving";
+
+/// The keys of the serving state in checkpoints; values are [`LiveUpdate`]s that rebuild it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum ServingKey {
+    Ranking {
+        portal: String,
+        kind: RankingKind,
+        is_final: bool,
+    },
+    Related {
+        portal: String,
+        article_id: String,
+    },
+    Reads {
+        portal: String,
+        user_id: String,
+    },
+}
+
+fn ranking_update(ranking: &Ranking) -> LiveUpdate {
+    LiveUpdate::Ranking {
+        kind: ranking.kind,
+        portal: ranking.portal.clone(),
+        window_start: ranking.window_start,
+        window_end: ranking.window_end,
+        watermark: ranking.watermark,
+        is_final: ranking.is_final,
+        items: ranking.items.clone(),
+    }
+}
+
 #[derive(Debug)]
 pub struct ServingState {
     /// Bumped after every stored ranking: change streams wait on it (see
@@ -129,6 +164,8 @@ pub struct ServingState {
     rankings: RwLock<HashMap<(String, RankingKind), RankingSlot>>,
     /// portal → article → latest related list.
     related: RwLock<HashMap<String, HashMap<String, Arc<Related>>>>,
+    /// `(portal, article)` whose related list changed since the last checkpoint.
+    related_changed: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// Each reader's recent articles (for recommendations).
     reads: RecentReads,
     /// The job has restored its state (if any) and built its dataflow: `/readyz` may say yes.
@@ -150,6 +187,7 @@ impl ServingState {
             ranking_changes: tokio::sync::watch::Sender::new(0),
             rankings: RwLock::default(),
             related: RwLock::default(),
+            related_changed: std::sync::Mutex::default(),
             reads: RecentReads::new(limits),
             loaded: std::sync::atomic::AtomicBool::default(),
             closed: std::sync::atomic::AtomicBool::default(),
@@ -233,15 +271,21 @@ impl ServingState {
                     window_end,
                     items,
                 });
+                let key = (related.portal.clone(), related.article_id.clone());
                 let mut map = write(&self.related);
                 let articles = map.entry(related.portal.clone()).or_default();
                 match articles.get_mut(&related.article_id) {
-                    Some(held) if held.window_end > related.window_end => {}
+                    Some(held) if held.window_end > related.window_end => return,
                     Some(held) => *held = related,
                     None => {
                         articles.insert(related.article_id.clone(), related);
                     }
                 }
+                drop(map);
+                self.related_changed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key);
             }
             reads @ LiveUpdate::Reads { .. } => self.reads.apply(&reads),
         }
@@ -250,15 +294,6 @@ impl ServingState {
     /// Everything held, as the updates that rebuild it with [`ServingState::apply`]: saved in
     /// checkpoints, so a restarted job serves at once what it served before.
     pub fn export(&self) -> Vec<LiveUpdate> {
-        let ranking_update = |ranking: &Ranking| LiveUpdate::Ranking {
-            kind: ranking.kind,
-            portal: ranking.portal.clone(),
-            window_start: ranking.window_start,
-            window_end: ranking.window_end,
-            watermark: ranking.watermark,
-            is_final: ranking.is_final,
-            items: ranking.items.clone(),
-        };
         let mut updates = Vec::new();
         for slot in read(&self.rankings).values() {
             updates.extend(slot.final_.as_deref().map(ranking_update));
@@ -274,6 +309,79 @@ impl ServingState {
         }
         updates.extend(self.reads.export());
         updates
+    }
+
+    /// Writes what changed since the previous call for an incremental checkpoint (under the
+    /// operator name [`SERVING_STATE`], broadcast): every ranking (a few per portal), the related
+    /// lists that changed, and the readers whose recent reads changed or who were forgotten.
+    pub fn save_changes(&self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        for ((portal, kind), slot) in read(&self.rankings).iter() {
+            for ranking in [&slot.final_, &slot.provisional].into_iter().flatten() {
+                let key = ServingKey::Ranking {
+                    portal: portal.clone(),
+                    kind: *kind,
+                    is_final: ranking.is_final,
+                };
+                out.put(Placement::Broadcast, &key, &ranking_update(ranking))?;
+            }
+        }
+        let changed = std::mem::take(
+            &mut *self
+                .related_changed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        {
+            let related = read(&self.related);
+            for (portal, article_id) in changed {
+                let held = related.get(&portal).and_then(|a| a.get(&article_id));
+                let key = ServingKey::Related {
+                    portal: portal.clone(),
+                    article_id: article_id.clone(),
+                };
+                match held {
+                    Some(list) => out.put(
+                        Placement::Broadcast,
+                        &key,
+                        &LiveUpdate::Related {
+                            portal,
+                            article_id,
+                            window_end: list.window_end,
+                            items: list.items.clone(),
+                        },
+                    )?,
+                    None => out.delete(Placement::Broadcast, &key)?,
+                }
+            }
+        }
+        for (portal, user_id, reads) in self.reads.take_changes() {
+            let key = ServingKey::Reads {
+                portal: portal.clone(),
+                user_id: user_id.clone(),
+            };
+            match reads {
+                Some(reads) => out.put(
+                    Placement::Broadcast,
+                    &key,
+                    &LiveUpdate::Reads {
+                        portal,
+                        user_id,
+                        reads,
+                    },
+                )?,
+                None => out.delete(Placement::Broadcast, &key)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets what changed: the state now equals what the checkpoint holds (after a restore).
+    pub fn mark_saved(&self) {
+        self.related_changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.reads.mark_saved();
     }
 
     /// The ranking to serve for `(portal, kind)`: the latest provisional one when its window ends

@@ -318,19 +318,36 @@ fn checkpoint_dir_name(id: u64) -> String {
     format!("chk-{id:020}")
 }
 
-/// Every checkpoint directory by id, and whether it has its manifest (is committed).
+/// The delta run checkpoint `id` writes (incremental checkpoints: one run per checkpoint, then
+/// its manifest).
+fn delta_run(dir: &Path, id: u64) -> PathBuf {
+    dir.join("runs").join(format!("{id:020}-delta.run"))
+}
+
+/// Every checkpoint by id, committed (it has its manifest) or not (only its delta run is there: a
+/// write cut short, or one under way).
 fn checkpoints_in(dir: &Path) -> BTreeMap<u64, bool> {
     let mut found = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(id) = name
             .strip_prefix("chk-")
             .and_then(|d| d.parse::<u64>().ok())
         {
             found.insert(id, entry.path().join(MANIFEST_NAME).is_file());
+        }
+    }
+    for entry in std::fs::read_dir(dir.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_suffix("-delta.run")
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            found.entry(id).or_insert(false);
         }
     }
     found
@@ -344,20 +361,23 @@ fn committed(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Whether a checkpoint directory holds at least one complete part (not only temporary files).
-fn has_a_part(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            name.ends_with(".bin") && !name.starts_with('.')
-        })
-    })
+/// The run keys checkpoint `id`'s manifest lists.
+fn runs_of(dir: &Path, id: u64) -> Result<Vec<String>, String> {
+    let path = dir.join(checkpoint_dir_name(id)).join(MANIFEST_NAME);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(manifest["runs"]
+        .as_array()
+        .ok_or_else(|| format!("no runs in {text}"))?
+        .iter()
+        .filter_map(|run| run["key"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// Watches `dir` closely and kills `job` with SIGKILL the moment a checkpoint that was not there
-/// before (`known`) has a part but no manifest yet: in the middle of its write. Returns the id of
-/// the checkpoint left torn, or `None` when the manifest won the race, the job ended by itself, or
-/// no write was caught within `limit` (then the job is killed too, unless it had ended).
+/// before (`known`) has its delta run but no manifest yet: in the middle of its write. Returns the
+/// id of the checkpoint left torn, or `None` when the manifest won the race, the job ended by
+/// itself, or no write was caught within `limit` (then the job is killed too, unless it had ended).
 fn kill_during_checkpoint_write(
     job: &mut JobProcess,
     dir: &Path,
@@ -374,13 +394,14 @@ fn kill_during_checkpoint_write(
             .iter()
             .next_back()
             .filter(|(id, committed)| !known.contains(id) && !**committed)
+            && delta_run(dir, id).is_file()
         {
-            let path = dir.join(checkpoint_dir_name(id));
-            if has_a_part(&path) {
-                job.kill();
-                let torn = path.is_dir() && !path.join(MANIFEST_NAME).exists();
-                return torn.then_some(id);
-            }
+            job.kill();
+            let torn = !dir
+                .join(checkpoint_dir_name(id))
+                .join(MANIFEST_NAME)
+                .exists();
+            return torn.then_some(id);
         }
         if Instant::now() >= deadline {
             job.kill();
@@ -788,18 +809,25 @@ fn damaged_checkpoints_are_skipped_and_unknown_formats_or_other_semantics_refuse
     let [third, second, newest] = ids[ids.len() - 3..] else {
         return Err(format!("not 3 checkpoints: {ids:?}").into());
     };
-    flip_a_byte(
-        &checkpoints
-            .join(checkpoint_dir_name(newest))
-            .join("worker-0.bin"),
-    )?;
-    let truncated = checkpoints
-        .join(checkpoint_dir_name(second))
-        .join("worker-1.bin");
-    let length = std::fs::metadata(&truncated)?.len();
+    // Runs are shared by the checkpoints built on them: damage runs the third newest does not list.
+    let third_runs = runs_of(&checkpoints, third)?;
+    let own = |id: u64| -> Result<String, String> {
+        runs_of(&checkpoints, id)?
+            .into_iter()
+            .rfind(|run| !third_runs.contains(run))
+            .ok_or_else(|| format!("checkpoint {id} lists no run of its own"))
+    };
+    let (flipped, truncated) = (own(newest)?, own(second)?);
+    if flipped == truncated {
+        return Err(
+            format!("checkpoints {second} and {newest} share their newest run {flipped}").into(),
+        );
+    }
+    flip_a_byte(&checkpoints.join(&flipped))?;
+    let length = std::fs::metadata(checkpoints.join(&truncated))?.len();
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&truncated)?
+        .open(checkpoints.join(&truncated))?
         .set_len(length / 2)?;
 
     let mut job = start_job(&config, &[])?;
@@ -812,14 +840,11 @@ fn damaged_checkpoints_are_skipped_and_unknown_formats_or_other_semantics_refuse
         })
     };
     assert!(
-        skipped(newest, "part worker-0.bin has SHA-256"),
+        skipped(newest, &format!("run {flipped} has SHA-256")),
         "the corrupt checkpoint {newest} is skipped with a warning:\n{stderr}"
     );
     assert!(
-        skipped(
-            second,
-            &format!("part worker-1.bin has {} bytes", length / 2)
-        ),
+        skipped(second, &format!("run {truncated} has {} bytes", length / 2)),
         "the truncated checkpoint {second} is skipped with a warning:\n{stderr}"
     );
     assert!(
@@ -840,10 +865,12 @@ fn damaged_checkpoints_are_skipped_and_unknown_formats_or_other_semantics_refuse
         + 1;
     let future_dir = checkpoints.join(checkpoint_dir_name(future));
     std::fs::create_dir(&future_dir)?;
-    for entry in std::fs::read_dir(checkpoints.join(checkpoint_dir_name(last)))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), future_dir.join(entry.file_name()))?;
-    }
+    std::fs::copy(
+        checkpoints
+            .join(checkpoint_dir_name(last))
+            .join(MANIFEST_NAME),
+        future_dir.join(MANIFEST_NAME),
+    )?;
     let manifest_path = future_dir.join(MANIFEST_NAME);
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)?;
@@ -1060,7 +1087,7 @@ fn a_restart_serves_the_rankings_held_at_the_stop() -> TestResult {
 
     // What the final checkpoint holds: the serving state and the file position.
     let store = Checkpoints::new(Arc::new(LocalDirStore::new(data.join("checkpoints"))?), 3);
-    let restored = pageflow::checkpoints::restore(&store, &SemanticsConfig::default())?
+    let restored = pageflow::checkpoints::restore(&store, &SemanticsConfig::default(), 1)?
         .ok_or("no checkpoint to restore")?;
     assert_eq!(restored.id, id, "the final checkpoint is the newest");
     let state = ServingState::new();

@@ -1,23 +1,25 @@
 //! Checkpoints in S3 against a real S3 API on loopback (moto, started per test by
-//! `pageflow_tests::aws::MotoServer`): the same write, load, retention, fallback and create-only
-//! behaviour as on a local disk, through `S3Store`.
+//! `pageflow_tests::aws::MotoServer`): the same incremental commits, compaction, load, retention,
+//! fallback and create-only behaviour as on a local disk, through `S3Store`.
 //!
 //! `S3Store`'s methods block on a runtime, so the tests are plain `#[test]`s that own a
-//! multi-thread runtime and call the store from the test thread, as the job does from its own.
+//! multi-thread runtime and call the store from the test thread, as the job does from its own
+//! (and as the background compaction does from its thread).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pageflow_connectors::checkpoint_store::{
-    CheckpointError, CheckpointStatus, CheckpointStore, Checkpoints, FORMAT_VERSION, S3Store,
-    StoreError,
+    CheckpointError, CheckpointStatus, CheckpointStore, Checkpoints, CompactionPolicy,
+    FORMAT_VERSION, Manifest, RunKind, S3Store, StateEntry, StoreError,
 };
 use pageflow_connectors::retry::Backoff;
 use pageflow_tests::aws::MotoServer;
 use pageflow_tests::clients::{credentials, s3_client};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
 const BUCKET: &str = "pageflow-checkpoints";
 
@@ -49,9 +51,9 @@ impl Fixture {
     }
 
     /// Every key in the bucket, through the raw API.
-    fn bucket_keys(&self) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    fn bucket_keys(&self) -> Result<BTreeSet<String>, Box<dyn std::error::Error>> {
         let s3 = s3_client(&self.moto.endpoint);
-        let mut keys = Vec::new();
+        let mut keys = BTreeSet::new();
         let mut token = None;
         loop {
             let page = self.runtime.block_on(
@@ -73,67 +75,120 @@ impl Fixture {
     }
 }
 
-fn parts_of(id: u64) -> Vec<(String, Vec<u8>)> {
-    (0..2)
-        .map(|worker| {
-            (
-                format!("worker-{worker}.bin"),
-                format!("state of worker {worker} at checkpoint {id}").into_bytes(),
-            )
-        })
-        .collect()
+/// Checkpoints that compact only when asked, so that the objects present are predictable.
+fn manual(store: Arc<S3Store>, keep: usize) -> Checkpoints {
+    Checkpoints::new(store, keep).with_compaction(CompactionPolicy {
+        min_base_parts: 4,
+        ..CompactionPolicy::manual()
+    })
 }
 
-fn write(checkpoints: &Checkpoints, id: u64) -> Result<(), CheckpointError> {
+/// What checkpoint `id` changes: `page:<id % 5>` gets a new count, `page:<(id + 2) % 5>` goes.
+fn delta_of(id: u64) -> Vec<StateEntry> {
+    vec![
+        StateEntry::put(format!("page:{}", id % 5), format!("{} views", id * 10)),
+        StateEntry::delete(format!("page:{}", (id + 2) % 5)),
+    ]
+}
+
+fn apply(state: &mut State, delta: &[StateEntry]) {
+    for entry in delta {
+        match &entry.value {
+            Some(value) => state.insert(entry.key.clone(), value.clone()),
+            None => state.remove(&entry.key),
+        };
+    }
+}
+
+fn commit(
+    checkpoints: &Checkpoints,
+    id: u64,
+    parent: Option<&Manifest>,
+) -> Result<Manifest, CheckpointError> {
     let info = BTreeMap::from([("watermark".to_string(), (id * 1000).to_string())]);
-    checkpoints.write(id, 2, "fp", info, parts_of(id)).map(drop)
+    Ok(checkpoints
+        .commit(id, parent, delta_of(id), 2, "fp", info)?
+        .manifest)
 }
 
-fn key_of(id: u64, name: &str) -> String {
-    format!("chk-{id:020}/{name}")
+fn state_at(checkpoints: &Checkpoints) -> Result<(u64, State), Box<dyn std::error::Error>> {
+    let loaded = checkpoints.load_latest()?.ok_or("nothing loaded")?;
+    let state = loaded.entries().collect::<Result<State, _>>()?;
+    Ok((loaded.manifest.id, state))
+}
+
+fn manifest_key(id: u64) -> String {
+    format!("chk-{id:020}/MANIFEST.json")
+}
+
+fn delta_key(id: u64) -> String {
+    format!("runs/{id:020}-delta.run")
 }
 
 #[test]
-fn s3_checkpoints_round_trip_and_keep_the_newest_k() -> TestResult {
+fn s3_checkpoints_round_trip_and_keep_the_newest_k_with_shared_runs() -> TestResult {
     let fixture = Fixture::start()?;
     let store = fixture.store("jobs/portal-stats");
     assert_eq!(
         store.location(),
         format!("s3://{BUCKET}/jobs/portal-stats/")
     );
-    let checkpoints = Checkpoints::new(store.clone(), 2);
+    let checkpoints = manual(store.clone(), 2);
     assert!(checkpoints.load_latest()?.is_none());
     assert_eq!(checkpoints.next_id()?, 1);
 
-    for id in 1..=4 {
-        write(&checkpoints, checkpoints.next_id()?)?;
-        assert_eq!(checkpoints.next_id()?, id + 1);
+    let mut model = State::new();
+    let mut parent: Option<Manifest> = None;
+    for id in 1..=6 {
+        assert_eq!(checkpoints.next_id()?, id);
+        let manifest = commit(&checkpoints, id, parent.as_ref())?;
+        apply(&mut model, &delta_of(id));
+        if id == 3 {
+            let report = checkpoints.compact(&manifest)?.ok_or("deltas to compact")?;
+            assert_eq!(report.deltas_merged, 3);
+            assert_eq!(report.bytes_read, manifest.state_bytes());
+        }
+        parent = Some(manifest);
     }
+    let newest = parent.ok_or("committed")?;
+    // 4 built on the base of 3's compaction; 5 and 6 added their deltas.
+    assert!(!newest.base_parts().is_empty());
+    let deltas: Vec<u64> = newest.deltas().iter().map(|run| run.checkpoint).collect();
+    assert_eq!(deltas, vec![4, 5, 6]);
+    assert!(newest.runs.iter().all(|run| run.key.starts_with("runs/")));
+
     let loaded = checkpoints.load_latest()?.ok_or("nothing loaded")?;
-    assert_eq!(loaded.manifest.id, 4);
+    assert_eq!(loaded.manifest, newest);
     assert_eq!(loaded.manifest.format_version, FORMAT_VERSION);
     assert_eq!(loaded.manifest.workers, 2);
-    assert_eq!(loaded.manifest.info["watermark"], "4000");
-    assert_eq!(loaded.parts, parts_of(4).into_iter().collect());
+    assert_eq!(loaded.manifest.info["watermark"], "6000");
+    assert_eq!(loaded.entries().collect::<Result<State, _>>()?, model);
 
     let summaries = checkpoints.list()?;
     let ids: Vec<(u64, CheckpointStatus)> =
-        summaries.into_iter().map(|s| (s.id, s.status)).collect();
+        summaries.iter().map(|s| (s.id, s.status.clone())).collect();
     assert_eq!(
         ids,
         vec![
-            (4, CheckpointStatus::Committed),
-            (3, CheckpointStatus::Committed)
+            (6, CheckpointStatus::Committed),
+            (5, CheckpointStatus::Committed)
         ]
     );
-    let mut expected: Vec<String> = [3, 4]
-        .iter()
-        .flat_map(|id| {
-            ["MANIFEST.json", "worker-0.bin", "worker-1.bin"]
-                .map(|name| format!("jobs/portal-stats/{}", key_of(*id, name)))
-        })
+    assert_eq!(summaries[0].runs, newest.runs.len());
+    assert_eq!(summaries[0].state_bytes, newest.state_bytes());
+    assert_eq!(summaries[0].bytes_written, newest.bytes_written());
+
+    // The bucket holds the two kept manifests and exactly the runs they list (4's delta is shared
+    // although 4's manifest is gone; 1–3's deltas were merged into the base and are gone).
+    let mut expected: BTreeSet<String> = [manifest_key(5), manifest_key(6)].into();
+    for summary in &summaries {
+        let manifest = summary.manifest.as_ref().ok_or("a manifest")?;
+        expected.extend(manifest.runs.iter().map(|run| run.key.clone()));
+    }
+    let expected: BTreeSet<String> = expected
+        .into_iter()
+        .map(|key| format!("jobs/portal-stats/{key}"))
         .collect();
-    expected.sort();
     assert_eq!(
         fixture.bucket_keys()?,
         expected,
@@ -143,32 +198,75 @@ fn s3_checkpoints_round_trip_and_keep_the_newest_k() -> TestResult {
 }
 
 #[test]
+fn s3_compacts_in_the_background() -> TestResult {
+    let fixture = Fixture::start()?;
+    let store = fixture.store("background");
+    let checkpoints = Checkpoints::new(store.clone(), 3).with_compaction(CompactionPolicy {
+        max_deltas: 1,
+        min_base_parts: 2,
+        ..CompactionPolicy::default()
+    });
+    let mut model = State::new();
+    let first = commit(&checkpoints, 1, None)?;
+    let second = commit(&checkpoints, 2, Some(&first))?;
+    apply(&mut model, &delta_of(1));
+    apply(&mut model, &delta_of(2));
+    // Two deltas are due: the commit of 2 started a compaction on a thread of its own.
+    let report = checkpoints
+        .wait_for_compaction()
+        .ok_or("a background compaction")?;
+    assert_eq!((report.checkpoint, report.deltas_merged), (2, 2));
+    let third = checkpoints.commit(3, Some(&second), delta_of(3), 2, "fp", BTreeMap::new())?;
+    apply(&mut model, &delta_of(3));
+    assert_eq!(third.compaction, Some(report));
+    assert_eq!(third.manifest.base_part_count(), Some(2));
+    checkpoints.wait_for_compaction();
+    assert_eq!(state_at(&checkpoints)?, (3, model));
+    Ok(())
+}
+
+#[test]
 fn s3_load_falls_back_past_torn_and_corrupt_checkpoints() -> TestResult {
     let fixture = Fixture::start()?;
     let store = fixture.store("checkpoints/");
-    let checkpoints = Checkpoints::new(store.clone(), 5);
-    write(&checkpoints, 1)?;
-    write(&checkpoints, 2)?;
-    write(&checkpoints, 3)?;
+    let checkpoints = manual(store.clone(), 5);
+    let first = commit(&checkpoints, 1, None)?;
+    // 2 and 3 both build on 1, so that each is damaged by its own delta only.
+    commit(&checkpoints, 2, Some(&first))?;
+    commit(&checkpoints, 3, Some(&first))?;
 
-    // 3: one flipped byte in a part; 2: a truncated part; 4: torn (a part, no manifest).
-    let key = key_of(3, "worker-1.bin");
-    let mut bytes = store.get(&key)?.ok_or("part missing")?;
-    bytes[0] ^= 0x20;
-    store.put(&key, &bytes, false)?;
-    let key = key_of(2, "worker-0.bin");
-    let bytes = store.get(&key)?.ok_or("part missing")?;
-    store.put(&key, &bytes[..bytes.len() - 2], false)?;
-    store.put(&key_of(4, "worker-0.bin"), b"half", true)?;
+    // 3: one flipped byte in its delta; 2: its delta truncated; 4: torn (a delta, no manifest).
+    let mut bytes = store.get(&delta_key(3))?.ok_or("run missing")?;
+    bytes[7] ^= 0x20;
+    store.put(&delta_key(3), &bytes, false)?;
+    let bytes = store.get(&delta_key(2))?.ok_or("run missing")?;
+    store.put(&delta_key(2), &bytes[..bytes.len() - 2], false)?;
+    let torn = store.get(&delta_key(1))?.ok_or("run missing")?;
+    store.put(&delta_key(4), &torn, true)?;
 
     let loaded = checkpoints.load_latest()?.ok_or("nothing loaded")?;
     assert_eq!(loaded.manifest.id, 1);
-    assert_eq!(loaded.parts, parts_of(1).into_iter().collect());
+    let mut model = State::new();
+    apply(&mut model, &delta_of(1));
+    assert_eq!(loaded.entries().collect::<Result<State, _>>()?, model);
+    let location = store.location();
+    assert_eq!(loaded.skipped.len(), 3, "{:?}", loaded.skipped);
+    assert!(loaded.skipped[0].starts_with(&format!("checkpoint 4 at {location} has no manifest")));
+    assert!(loaded.skipped[1].starts_with(&format!(
+        "checkpoint 3 at {location} is damaged: run {} has SHA-256 ",
+        delta_key(3)
+    )));
+    assert!(loaded.skipped[1].contains(" but the manifest says "));
+    assert!(loaded.skipped[2].starts_with(&format!(
+        "checkpoint 2 at {location} is damaged: run {} has ",
+        delta_key(2)
+    )));
+    assert!(loaded.skipped[2].ends_with("; skipping it and trying the previous one, 1"));
     assert_eq!(checkpoints.next_id()?, 5, "ids never repeat");
 
-    // A missing part and a manifest that is not JSON are listed as corrupt.
-    store.delete(&[key_of(3, "worker-0.bin")])?;
-    store.put(&key_of(2, "MANIFEST.json"), b"not json", false)?;
+    // A missing run and a manifest that is not JSON are listed as corrupt.
+    store.delete(&[delta_key(3)])?;
+    store.put(&manifest_key(2), b"not json", false)?;
     let statuses: Vec<(u64, CheckpointStatus)> = checkpoints
         .list()?
         .into_iter()
@@ -180,7 +278,7 @@ fn s3_load_falls_back_past_torn_and_corrupt_checkpoints() -> TestResult {
         statuses[1],
         (
             3,
-            CheckpointStatus::Corrupt("part worker-0.bin is missing".to_string())
+            CheckpointStatus::Corrupt(format!("run {} is missing", delta_key(3)))
         )
     );
     assert!(
@@ -195,11 +293,46 @@ fn s3_load_falls_back_past_torn_and_corrupt_checkpoints() -> TestResult {
         Some(1)
     );
 
-    // The next write deletes torn 4 (older than 5); 2 and 3 have manifests, so they count among
-    // the `keep` = 5 committed ones and stay.
-    write(&checkpoints, 5)?;
+    // The next commit deletes torn 4's run (older than 5); 2 and 3 have manifests, so they count
+    // among the `keep` = 5 committed ones and stay.
+    commit(&checkpoints, 5, Some(&first))?;
     let ids: Vec<u64> = checkpoints.list()?.iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![5, 3, 2, 1]);
+    assert!(store.get(&delta_key(4))?.is_none());
+    Ok(())
+}
+
+#[test]
+fn s3_a_damaged_base_part_falls_back_to_a_checkpoint_before_its_compaction() -> TestResult {
+    let fixture = Fixture::start()?;
+    let store = fixture.store("base");
+    let checkpoints = manual(store.clone(), 4);
+    let first = commit(&checkpoints, 1, None)?;
+    let second = commit(&checkpoints, 2, Some(&first))?;
+    checkpoints.compact(&second)?;
+    let third = commit(&checkpoints, 3, Some(&second))?;
+    commit(&checkpoints, 4, Some(&third))?;
+    let part = third.base_parts().first().ok_or("a base")?;
+    assert!(matches!(part.kind, RunKind::Base { parts: 4, .. }));
+    let mut bytes = store.get(&part.key)?.ok_or("part missing")?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    store.put(&part.key, &bytes, false)?;
+
+    let loaded = checkpoints
+        .load_latest()?
+        .ok_or("2 does not list the base")?;
+    assert_eq!(loaded.manifest.id, 2);
+    for (warning, id) in loaded.skipped.iter().zip([4, 3]) {
+        assert!(
+            warning.starts_with(&format!("checkpoint {id} at ")) && warning.contains(&part.key),
+            "{warning}"
+        );
+    }
+    let mut model = State::new();
+    apply(&mut model, &delta_of(1));
+    apply(&mut model, &delta_of(2));
+    assert_eq!(loaded.entries().collect::<Result<State, _>>()?, model);
     Ok(())
 }
 
@@ -207,10 +340,10 @@ fn s3_load_falls_back_past_torn_and_corrupt_checkpoints() -> TestResult {
 fn s3_unknown_format_version_is_a_hard_error() -> TestResult {
     let fixture = Fixture::start()?;
     let store = fixture.store("checkpoints");
-    let checkpoints = Checkpoints::new(store.clone(), 3);
-    write(&checkpoints, 1)?;
-    write(&checkpoints, 2)?;
-    let key = key_of(2, "MANIFEST.json");
+    let checkpoints = manual(store.clone(), 3);
+    let first = commit(&checkpoints, 1, None)?;
+    commit(&checkpoints, 2, Some(&first))?;
+    let key = manifest_key(2);
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&store.get(&key)?.ok_or("manifest missing")?)?;
     manifest["format_version"] = serde_json::json!(7);
@@ -221,7 +354,7 @@ fn s3_unknown_format_version_is_a_hard_error() -> TestResult {
             error @ CheckpointError::UnknownFormat {
                 id: 2,
                 found: 7,
-                supported: 1,
+                supported: FORMAT_VERSION,
                 ..
             },
         ) => {
@@ -231,6 +364,7 @@ fn s3_unknown_format_version_is_a_hard_error() -> TestResult {
                 "{message}"
             );
             assert!(message.contains("release"), "{message}");
+            assert!(!error.is_retryable());
         }
         other => panic!("expected UnknownFormat, got {other:?}"),
     }
@@ -255,18 +389,19 @@ fn s3_create_only_put_of_an_existing_key_fails_with_412() -> TestResult {
     assert_eq!(store.get("a/missing")?, None);
 
     // A second writer of the same checkpoint id cannot replace the first one's objects.
-    let checkpoints = Checkpoints::new(store.clone(), 3);
-    write(&checkpoints, 1)?;
-    let mut other = parts_of(1);
-    other[1].1 = b"another writer's state".to_vec();
-    let error = checkpoints.write(1, 2, "fp", BTreeMap::new(), other);
+    let checkpoints = manual(store.clone(), 3);
+    commit(&checkpoints, 1, None)?;
+    let other = vec![StateEntry::put("page:1", "another writer's state")];
+    let error = checkpoints.commit(1, None, other, 2, "fp", BTreeMap::new());
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { id: 1, key, .. })
-            if key.ends_with("worker-1.bin")),
+            if *key == delta_key(1)),
         "{error:?}"
     );
-    let loaded = checkpoints.load_latest()?.ok_or("nothing loaded")?;
-    assert_eq!(loaded.parts, parts_of(1).into_iter().collect());
+    assert!(error.is_err_and(|error| !error.is_retryable()));
+    let mut model = State::new();
+    apply(&mut model, &delta_of(1));
+    assert_eq!(state_at(&checkpoints)?, (1, model));
     Ok(())
 }
 
@@ -306,6 +441,12 @@ fn s3_errors_say_whether_a_retry_can_help() -> TestResult {
         }
         other => panic!("expected an AWS error, got {other:?}"),
     }
+    // Through `Checkpoints`, a failing store is an error, never a reason to fall back.
+    let checkpoints = Checkpoints::new(Arc::new(missing_bucket), 3);
+    match checkpoints.load_latest() {
+        Err(error @ CheckpointError::Store(_)) => assert!(!error.is_retryable(), "{error}"),
+        other => panic!("expected a store error, got {other:?}"),
+    }
 
     // Nothing listens on a port just released.
     let port = {
@@ -337,6 +478,11 @@ fn s3_errors_say_whether_a_retry_can_help() -> TestResult {
             );
         }
         other => panic!("expected an AWS error, got {other:?}"),
+    }
+    let checkpoints = Checkpoints::new(Arc::new(unreachable), 3);
+    match checkpoints.commit(1, None, delta_of(1), 1, "fp", BTreeMap::new()) {
+        Err(error @ CheckpointError::Store(_)) => assert!(error.is_retryable(), "{error}"),
+        other => panic!("expected a store error, got {other:?}"),
     }
     Ok(())
 }

@@ -5,14 +5,11 @@
 
 mod aws_sink_faults;
 mod aws_sinks;
-mod checkpoint_restore;
 mod checkpoint_store;
-mod graph_vs_oracle;
 mod iam_policy;
 mod idleness;
 mod kinesis_consumer;
 mod kinesis_local;
 mod kinesis_source;
 mod moto_harness;
-mod operators_vs_oracle;
 mod personalize;

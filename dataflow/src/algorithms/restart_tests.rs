@@ -2,15 +2,17 @@
 //! duplicate beacons and invalid records, a run stopped at a random record, checkpointed, and
 //! restored (on the same or another number of workers) emits, together with what the first run
 //! emitted before its checkpoint, exactly what one uninterrupted run emits: no feature lost, none
-//! twice, the same dead letters.
+//! twice, the same dead letters. Checkpoints are incremental: a chain of runs, each restored from
+//! the previous one's state and checkpointing only what it changed, continues exactly too.
 
-use pageflow_dataflow::algorithms::graph::GraphOptions;
-use pageflow_dataflow::algorithms::replay::replay;
-use pageflow_dataflow::algorithms::restart::run_half;
-use pageflow_dataflow::features::sort_features;
-use pageflow_tests::{one_partition, pageview_line, records, small_config};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+
+use super::graph::GraphOptions;
+use super::replay::replay;
+use super::restart::run_half;
+use crate::features::sort_features;
+use crate::test_support::{one_partition, pageview_line, records, small_config};
 
 /// `(user, article, jitter, advance, engaged)` per line, or a broken line.
 fn lines(ops: &[(u8, u8, i64, u64, bool, bool)]) -> Vec<Vec<u8>> {
@@ -56,42 +58,64 @@ fn op() -> impl Strategy<Value = (u8, u8, i64, u64, bool, bool)> {
 }
 
 fn check(ops: &[(u8, u8, i64, u64, bool, bool)], cut: usize, first: usize, second: usize) {
+    check_chain(ops, &[cut], &[first, second]);
+}
+
+/// Runs the input in stages cut at `cuts`, each stage on `workers[i]` workers, restored from the
+/// state the previous stages checkpointed (their changes applied one after the other), and
+/// compares everything emitted with one uninterrupted run.
+fn check_chain(ops: &[(u8, u8, i64, u64, bool, bool)], cuts: &[usize], workers: &[usize]) {
     let config = small_config();
     let lines = lines(ops);
-    let cut = cut.min(lines.len());
     let all = records("file:test", &lines);
     let expected = replay(&config, one_partition(&lines, 1), &GraphOptions::default())
         .unwrap_or_else(|e| panic!("{e}"));
 
-    let before = run_half(&config, "file:test", all[..cut].to_vec(), first, None, true)
-        .unwrap_or_else(|e| panic!("first half: {e}"));
-    let saved = before
-        .checkpoint
-        .as_ref()
-        .unwrap_or_else(|| panic!("no checkpoint"));
-    let after = run_half(
-        &config,
-        "file:test",
-        all[cut..].to_vec(),
-        second,
-        Some(saved),
-        false,
-    )
-    .unwrap_or_else(|e| panic!("second half: {e}"));
-
-    let mut features = before.features;
-    features.extend(after.features);
+    let mut bounds: Vec<usize> = cuts.iter().map(|cut| (*cut).min(lines.len())).collect();
+    bounds.sort_unstable();
+    bounds.push(lines.len());
+    let (mut features, mut letters) = (Vec::new(), Vec::new());
+    let mut saved = None;
+    let mut from = 0;
+    for (stage, &to) in bounds.iter().enumerate() {
+        let last = stage + 1 == bounds.len();
+        let half = run_half(
+            &config,
+            "file:test",
+            all[from..to].to_vec(),
+            workers[stage.min(workers.len() - 1)],
+            saved.as_ref(),
+            !last,
+        )
+        .unwrap_or_else(|e| panic!("stage {stage} ({from}..{to}): {e}"));
+        features.extend(half.features);
+        letters.extend(half.dead_letters);
+        if !last {
+            saved = Some(half.checkpoint.unwrap_or_else(|| panic!("no checkpoint")));
+        }
+        from = to;
+    }
     sort_features(&mut features);
-    assert_eq!(
-        features,
-        expected.features,
-        "features, cut at {cut} of {}",
-        lines.len()
-    );
-    let mut letters: Vec<_> = before.dead_letters;
-    letters.extend(after.dead_letters);
-    let key =
-        |l: &pageflow_dataflow::event::DeadLetter| l.position.position.parse::<u64>().unwrap_or(0);
+    if features != expected.features {
+        let got: Vec<String> = features
+            .iter()
+            .map(crate::features::Feature::to_json)
+            .collect();
+        let want: Vec<String> = expected
+            .features
+            .iter()
+            .map(crate::features::Feature::to_json)
+            .collect();
+        let missing: Vec<&String> = want.iter().filter(|f| !got.contains(f)).take(4).collect();
+        let extra: Vec<&String> = got.iter().filter(|f| !want.contains(f)).take(4).collect();
+        panic!(
+            "features differ, cut at {cuts:?} of {} on {workers:?} workers: {} vs {} expected\nmissing {missing:#?}\nextra {extra:#?}",
+            lines.len(),
+            got.len(),
+            want.len()
+        );
+    }
+    let key = |l: &crate::event::DeadLetter| l.position.position.parse::<u64>().unwrap_or(0);
     letters.sort_by_key(key);
     assert_eq!(letters, expected.dead_letters, "dead letters");
 }
@@ -99,7 +123,7 @@ fn check(ops: &[(u8, u8, i64, u64, bool, bool)], cut: usize, first: usize, secon
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 48,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/restore.txt"))),
         ..ProptestConfig::default()
     })]
 
@@ -111,6 +135,15 @@ proptest! {
         second in 1usize..4,
     ) {
         check(&ops, cut, first, second);
+    }
+
+    #[test]
+    fn a_chain_of_incremental_checkpoints_continues_exactly(
+        ops in prop::collection::vec(op(), 1..150),
+        cuts in prop::collection::vec(0usize..150, 1..4),
+        workers in prop::collection::vec(1usize..4, 4),
+    ) {
+        check_chain(&ops, &cuts, &workers);
     }
 }
 

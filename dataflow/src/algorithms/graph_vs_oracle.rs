@@ -2,12 +2,13 @@
 //! duplicate beacons and invalid records, `replay` with 1 and 2 workers must produce exactly the
 //! oracle's features, dead letters and counts.
 
-use pageflow_dataflow::algorithms::graph::GraphOptions;
-use pageflow_dataflow::algorithms::replay::replay;
-use pageflow_dataflow::oracle;
-use pageflow_tests::{one_partition, pageview_line, records, small_config};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+
+use super::graph::GraphOptions;
+use super::replay::replay;
+use crate::oracle;
+use crate::test_support::{one_partition, pageview_line, records, small_config};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -113,7 +114,7 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
             )));
         }
         // Everything but the `detail` prose must agree.
-        let strip = |letters: &[pageflow_dataflow::event::DeadLetter]| {
+        let strip = |letters: &[crate::event::DeadLetter]| {
             letters
                 .iter()
                 .map(|l| {
@@ -198,7 +199,7 @@ fn a_planted_spike_tops_trending() {
         .features
         .iter()
         .filter_map(|f| match f {
-            pageflow_dataflow::features::Feature::Trending(t) => Some(t),
+            crate::features::Feature::Trending(t) => Some(t),
             _ => None,
         })
         .next_back()
