@@ -24,6 +24,15 @@ pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     hasher.digest()
 }
 
+/// The stable route hash of a key made of two strings (a portal and a user or article id): the
+/// hash of the second seeded with the hash of the first. One-shot xxh3 on each part is several
+/// times faster than the streaming [`stable_hash`] on these short keys, and routes are computed
+/// for every record an exchange moves. (Routes decide which worker owns a key; ids that leave the
+/// job use [`stable_id`], which never changes.)
+pub fn route_hash(first: &str, second: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(second.as_bytes(), hash_str(first))
+}
+
 /// A stable 64-bit hash of one string (user ids for distinct counts, keys for worker routing).
 pub fn hash_str(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())

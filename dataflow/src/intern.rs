@@ -41,7 +41,7 @@ use std::sync::{OnceLock, RwLock};
 use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ids::{hash_str, stable_hash};
+use crate::ids::{hash_str, route_hash};
 
 /// A site, interned.
 #[derive(Clone, Copy)]
@@ -105,7 +105,7 @@ thread_local! {
 
 /// The route of an article's records: a stable hash of `(portal, article_id)`.
 pub fn article_route(portal: &str, article_id: &str) -> u64 {
-    stable_hash([portal.as_bytes(), article_id.as_bytes()])
+    route_hash(portal, article_id)
 }
 
 /// Bytes an entry holds on the heap besides its table slot: the entry and its string, rounded

@@ -23,8 +23,10 @@ use super::graph::{GraphOptions, build};
 /// Everything a finite run produced.
 #[derive(Debug, Default)]
 pub struct ReplayOutput {
-    /// Features in canonical order.
+    /// Features in canonical order ([`replay`]; empty from [`replay_lines`]).
     pub features: Vec<Feature>,
+    /// Features as JSON lines in canonical order ([`replay_lines`]; empty from [`replay`]).
+    pub feature_lines: Vec<String>,
     /// Dead letters in input order (by partition, then position).
     pub dead_letters: Vec<DeadLetter>,
     /// Valid records as received (when asked for), in no particular order.
@@ -50,6 +52,29 @@ pub fn replay(
     sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
 ) -> Result<ReplayOutput, ReplayError> {
+    run(config, sources_by_worker, options, false)
+}
+
+/// Like [`replay`], with the features as JSON lines: each worker writes the lines of the features
+/// it emits, so that turning them into text runs in parallel with the rest of the graph rather
+/// than after it (what `pageflow replay` writes to `features.jsonl`).
+pub fn replay_lines(
+    config: &SemanticsConfig,
+    sources_by_worker: SourcesByWorker,
+    options: &GraphOptions,
+) -> Result<ReplayOutput, ReplayError> {
+    run(config, sources_by_worker, options, true)
+}
+
+/// A feature's place in the canonical order (N20) and its JSON line.
+type FeatureLine = ((u64, &'static str, String), String);
+
+fn run(
+    config: &SemanticsConfig,
+    sources_by_worker: SourcesByWorker,
+    options: &GraphOptions,
+    as_lines: bool,
+) -> Result<ReplayOutput, ReplayError> {
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(ReplayError::Config(problems));
@@ -67,11 +92,13 @@ pub fn replay(
         sources_by_worker.into_iter().map(Some).collect::<Vec<_>>(),
     ));
     let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
+    let lines: Arc<Mutex<Vec<FeatureLine>>> = Arc::default();
 
     let config = config.clone();
     let options = options.clone();
     let worker_stats = Arc::clone(&stats);
     let sink = Arc::clone(&collected);
+    let lines_sink = Arc::clone(&lines);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let sources = slots
@@ -96,7 +123,27 @@ pub fn replay(
                 stats,
                 &Default::default(),
             );
-            collect(outputs.features, &sink, |out| &mut out.features);
+            if as_lines {
+                let lines = Arc::clone(&lines_sink);
+                outputs
+                    .features
+                    .sink(Pipeline, "CollectLines", move |(input, _frontier)| {
+                        input.for_each(|_cap, data| {
+                            let batch: Vec<FeatureLine> = data
+                                .iter()
+                                .map(|f| {
+                                    let (ts, kind, id) = f.sort_key();
+                                    ((ts, kind, id.to_string()), f.to_json())
+                                })
+                                .collect();
+                            if let Ok(mut lines) = lines.lock() {
+                                lines.extend(batch);
+                            }
+                        });
+                    });
+            } else {
+                collect(outputs.features, &sink, |out| &mut out.features);
+            }
             collect(outputs.dead_letters, &sink, |out| &mut out.dead_letters);
             collect(outputs.raw, &sink, |out| &mut out.raw);
         });
@@ -112,11 +159,18 @@ pub fn replay(
             .map_err(|e| ReplayError::Workers(e.to_string()))?,
     );
     sort_features(&mut output.features);
+    let mut lines = std::mem::take(
+        &mut *lines
+            .lock()
+            .map_err(|e| ReplayError::Workers(e.to_string()))?,
+    );
+    lines.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    output.feature_lines = lines.into_iter().map(|(_, line)| line).collect();
     output
         .dead_letters
         .sort_by(|a, b| position_key(a).cmp(&position_key(b)));
     let mut snapshot = stats.snapshot();
-    snapshot.features = output.features.len() as u64;
+    snapshot.features = (output.features.len() + output.feature_lines.len()) as u64;
     output.stats = snapshot;
     Ok(output)
 }

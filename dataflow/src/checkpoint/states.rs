@@ -54,6 +54,10 @@ pub trait Checkpointed {
 
     /// The memory the state holds.
     fn size(&self) -> StateSize;
+
+    /// Whether the state must keep track of what changed (it does by default). A job without
+    /// checkpoints turns it off, so that logs of changes no checkpoint takes do not grow.
+    fn track_changes(&mut self, _on: bool) {}
 }
 
 trait SaveState {
@@ -78,6 +82,8 @@ struct Register {
     restore_errors: Vec<String>,
     worker: usize,
     run: u64,
+    /// Checkpoints are taken: states keep track of their changes.
+    checkpointing: bool,
 }
 
 /// One worker's operator state for checkpoints, and the flag that pauses its sources.
@@ -117,6 +123,7 @@ impl OperatorStates {
                 restore,
                 worker,
                 run,
+                checkpointing: true,
                 ..Register::default()
             })),
             paused,
@@ -132,6 +139,7 @@ impl OperatorStates {
     pub fn attach<S: Checkpointed + 'static>(&self, name: &str, initial: S) -> Rc<RefCell<S>> {
         let state = Rc::new(RefCell::new(initial));
         let mut register = self.register.borrow_mut();
+        state.borrow_mut().track_changes(register.checkpointing);
         if let Some(entries) = register.restore.take(name) {
             let mut restored = state.borrow_mut();
             let result = entries

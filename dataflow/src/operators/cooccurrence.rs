@@ -27,7 +27,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::stable_hash;
 use crate::intern::Article;
 
 /// `count` pairs `{a, b}` (`a < b`, one portal) formed in the co-occurrence bucket starting at
@@ -46,10 +45,7 @@ pub struct PairCount {
 
 /// The route of a pair's records: a stable hash of both articles' routes.
 pub fn pair_route(a: Article, b: Article) -> u64 {
-    stable_hash([
-        a.route().to_le_bytes().as_slice(),
-        b.route().to_le_bytes().as_slice(),
-    ])
+    xxhash_rust::xxh3::xxh3_64_with_seed(&b.route().to_le_bytes(), a.route())
 }
 
 /// The distinct articles of a session, in first-read order, and the most recently read of them.

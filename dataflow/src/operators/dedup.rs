@@ -74,6 +74,8 @@ pub struct DedupState {
     ticks: BTreeMap<u64, TickIds>,
     /// Each tick's parts in the checkpoint.
     parts: BucketParts,
+    /// Emptied id buffers of forgotten ticks, reused (see sessionize's).
+    spare: Vec<Vec<u128>>,
 }
 
 impl DedupState {
@@ -86,6 +88,7 @@ impl DedupState {
             repeats: FastMap::default(),
             ticks: BTreeMap::new(),
             parts: BucketParts::new(0),
+            spare: Vec::new(),
         }
     }
 
@@ -124,7 +127,15 @@ impl DedupState {
 
     fn remember(&mut self, id: u128, ts: u64) {
         let tick = ts - ts % self.slide;
-        self.ticks.entry(tick).or_default().ids.push(id);
+        let spare = &mut self.spare;
+        self.ticks
+            .entry(tick)
+            .or_insert_with(|| TickIds {
+                ids: spare.pop().unwrap_or_default(),
+                saved: 0,
+            })
+            .ids
+            .push(id);
     }
 
     /// Forgets every id whose tick ends `window` or more before `frontier`.
@@ -134,9 +145,12 @@ impl DedupState {
             if entry.key().saturating_add(slide).saturating_add(window) > frontier {
                 break;
             }
-            let (tick, ids) = entry.remove_entry();
-            for id in ids.ids {
+            let (tick, mut ids) = entry.remove_entry();
+            for id in ids.ids.drain(..) {
                 self.forget(id, tick);
+            }
+            if self.spare.len() < 4 {
+                self.spare.push(ids.ids);
             }
             self.parts.drop_bucket(tick);
         }

@@ -125,6 +125,8 @@ pub struct PairCountsState {
     /// The last window visited.
     processed_until: u64,
     saved_processed_until: u64,
+    /// Changes are tracked for checkpoints.
+    tracking: bool,
 }
 
 impl PairCountsState {
@@ -141,6 +143,7 @@ impl PairCountsState {
             parts: BucketParts::new(PARTS_TAG),
             processed_until: 0,
             saved_processed_until: 0,
+            tracking: true,
         }
     }
 
@@ -207,7 +210,7 @@ impl PairCountsState {
             pair.buckets += 1;
         }
         *held += count;
-        if unsaved {
+        if unsaved && self.tracking {
             filling.unsaved.push((slot, count));
         }
     }
@@ -255,7 +258,9 @@ impl PairCountsState {
                 }
             }
             self.entered.push_back((entering, counts));
-            self.to_consolidate.push(entering);
+            if self.tracking {
+                self.to_consolidate.push(entering);
+            }
         }
         let mut emptied = Vec::new();
         while let Some((bucket, _)) = self.entered.front() {
@@ -421,6 +426,10 @@ impl Checkpointed for PairCountsState {
             }
         }
         Ok(())
+    }
+
+    fn track_changes(&mut self, on: bool) {
+        self.tracking = on;
     }
 
     fn size(&self) -> StateSize {

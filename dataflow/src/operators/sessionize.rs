@@ -60,7 +60,7 @@ use crate::checkpoint::{
 };
 use crate::event::CompactEvent;
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
-use crate::ids::{FastMap, stable_hash};
+use crate::ids::{FastMap, route_hash};
 use crate::intern::{Article, Portal};
 use crate::stats::JobStats;
 
@@ -91,7 +91,7 @@ pub enum SessionOutput {
 
 /// The route of a reader's records: a stable hash of `(portal, user_id)`.
 pub fn user_route(portal: &str, user_id: &str) -> u64 {
-    stable_hash([portal.as_bytes(), user_id.as_bytes()])
+    route_hash(portal, user_id)
 }
 
 /// An open session and its reader.
@@ -163,6 +163,13 @@ pub struct SessionizeState {
     closed: Vec<(u16, CompactString)>,
     /// Pairs formed in the current pass.
     pairs: FastMap<(Article, Article, u64), u32>,
+    /// Final events of the current pass, by reader (kept for its capacity).
+    finals: Vec<(u64, CompactEvent)>,
+    /// Emptied buffers of waiting ticks, reused (a busy tick holds a minute of events: growing a
+    /// fresh buffer every tick would copy them and fault fresh pages over and over).
+    spare: Vec<Vec<CompactEvent>>,
+    /// Changes are tracked for checkpoints.
+    tracking: bool,
 }
 
 impl SessionizeState {
@@ -184,6 +191,9 @@ impl SessionizeState {
             dirty: Vec::new(),
             closed: Vec::new(),
             pairs: FastMap::default(),
+            finals: Vec::new(),
+            spare: Vec::new(),
+            tracking: true,
         }
     }
 
@@ -200,7 +210,15 @@ impl SessionizeState {
     /// Adds an on-time, de-duplicated event; it is processed once final.
     pub fn insert(&mut self, event: CompactEvent) {
         let tick = event.ts - event.ts % self.spec.slide;
-        self.waiting.entry(tick).or_default().events.push(event);
+        let spare = &mut self.spare;
+        self.waiting
+            .entry(tick)
+            .or_insert_with(|| WaitingTick {
+                events: spare.pop().unwrap_or_default(),
+                saved: 0,
+            })
+            .events
+            .push(event);
     }
 
     fn portal_index(&mut self, portal: Portal) -> u16 {
@@ -279,7 +297,9 @@ impl SessionizeState {
             .saturating_sub(session.articles.heap_bytes() + long_id_bytes(&session.user_id));
         let portal = self.portals[usize::from(session.portal)];
         out.push(feature(portal, &session));
-        self.closed.push((session.portal, session.user_id));
+        if self.tracking {
+            self.closed.push((session.portal, session.user_id));
+        }
     }
 
     /// Processes everything below `frontier` (`u64::MAX` at the end of input): final events in
@@ -291,14 +311,19 @@ impl SessionizeState {
         sessions: &mut Vec<SessionFeature>,
         pairs: &mut Vec<PairCount>,
     ) {
-        let mut finals: Vec<CompactEvent> = Vec::new();
+        let mut finals = std::mem::take(&mut self.finals);
+        let keyed = |event: CompactEvent| (user_route(event.portal().name(), &event.user_id), event);
         while let Some(mut entry) = self.waiting.first_entry() {
             let tick = *entry.key();
             if tick >= frontier {
                 break;
             }
             if tick.saturating_add(self.spec.slide) <= frontier {
-                finals.append(&mut entry.remove().events);
+                let mut events = entry.remove().events;
+                finals.extend(events.drain(..).map(keyed));
+                if self.spare.len() < 4 {
+                    self.spare.push(events);
+                }
                 self.waiting_parts.drop_bucket(tick);
             } else {
                 // Only part of this tick is final (a frontier between ticks, in tests): what
@@ -306,7 +331,7 @@ impl SessionizeState {
                 let waiting = entry.get_mut();
                 let (done, rest): (Vec<_>, Vec<_>) =
                     waiting.events.drain(..).partition(|e| e.ts < frontier);
-                finals.extend(done);
+                finals.extend(done.into_iter().map(keyed));
                 waiting.events = rest;
                 waiting.saved = 0;
                 self.waiting_parts.drop_bucket(tick);
@@ -315,11 +340,7 @@ impl SessionizeState {
         }
         if !finals.is_empty() {
             // Per reader (by route, then id), each reader's events by (ts, event_id).
-            let mut keyed: Vec<(u64, CompactEvent)> = finals
-                .into_iter()
-                .map(|e| (user_route(e.portal().name(), &e.user_id), e))
-                .collect();
-            keyed.sort_unstable_by(|(ra, a), (rb, b)| {
+            finals.sort_unstable_by(|(ra, a), (rb, b)| {
                 (ra, a.portal().name(), &a.user_id, a.ts, &a.event_id).cmp(&(
                     rb,
                     b.portal().name(),
@@ -328,10 +349,11 @@ impl SessionizeState {
                     &b.event_id,
                 ))
             });
-            for (route, event) in keyed {
+            for (route, event) in finals.drain(..) {
                 self.apply(route, event, sessions);
             }
         }
+        self.finals = finals;
         self.close_due(frontier, sessions);
         self.processed_until = self.processed_until.max(frontier);
         pairs.extend(self.pairs.drain().map(|((a, b, bucket), count)| PairCount {
@@ -390,7 +412,7 @@ impl SessionizeState {
         session.dwell_ms_total += u64::from(event.dwell_ms);
         session.clicks_total += u64::from(event.clicks);
         session.max_scroll_pct = session.max_scroll_pct.max(event.scroll_pct);
-        if !session.dirty {
+        if self.tracking && !session.dirty {
             session.dirty = true;
             self.dirty.push(slot);
         }
@@ -600,6 +622,10 @@ impl Checkpointed for SessionizeState {
                 + waiting * std::mem::size_of::<CompactEvent>()) as u64,
             entries: self.open as u64,
         }
+    }
+
+    fn track_changes(&mut self, on: bool) {
+        self.tracking = on;
     }
 }
 

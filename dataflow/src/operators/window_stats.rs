@@ -256,6 +256,8 @@ pub struct WindowStatsState {
     /// Every window up to this one was visited.
     processed_until: u64,
     saved_processed_until: u64,
+    /// Changes are tracked for checkpoints.
+    tracking: bool,
 }
 
 impl WindowStatsState {
@@ -271,6 +273,7 @@ impl WindowStatsState {
             readers_parts: BucketParts::new(READERS_TAG),
             processed_until: 0,
             saved_processed_until: 0,
+            tracking: true,
         }
     }
 
@@ -327,7 +330,9 @@ impl WindowStatsState {
                 self.visits.entry(enter + recent).or_default().push(article);
             }
         }
-        self.unsaved.entry(tick).or_default().insert(article);
+        if self.tracking {
+            self.unsaved.entry(tick).or_default().insert(article);
+        }
     }
 
     /// The oldest bucket still in the last window visited, and the oldest still in its recent
@@ -483,7 +488,9 @@ impl WindowStatsState {
         let entering = window_end - spec.step;
         if let Some(bucket) = article.pending.remove(&entering) {
             let (views, engaged, users) = bucket.saved;
-            if bucket.views > views || bucket.engaged > engaged || bucket.users.len() > users {
+            if self.tracking
+                && (bucket.views > views || bucket.engaged > engaged || bucket.users.len() > users)
+            {
                 self.entered_unsaved.push((
                     entering,
                     key,
@@ -723,6 +730,10 @@ impl Checkpointed for WindowStatsState {
             entries: self.articles.len() as u64,
         }
     }
+
+    fn track_changes(&mut self, on: bool) {
+        self.tracking = on;
+    }
 }
 
 /// What the window statistics operator emits.
@@ -792,6 +803,11 @@ impl Checkpointed for ArticleWindows {
         let mut size = self.trending.size();
         size += self.cooc.size();
         size
+    }
+
+    fn track_changes(&mut self, on: bool) {
+        self.trending.track_changes(on);
+        self.cooc.track_changes(on);
     }
 }
 

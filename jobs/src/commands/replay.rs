@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use pageflow_connectors::JsonLinesFile;
 use pageflow_dataflow::algorithms::graph::GraphOptions;
-use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay};
+use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay_lines};
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::source::SourcesByWorker;
 use pageflow_dataflow::stats::StatsSnapshot;
@@ -50,7 +50,7 @@ pub fn replay_file(
     let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     sources_by_worker[0].push(Box::new(file));
     let started = Instant::now();
-    let output = replay(config, sources_by_worker, &GraphOptions::default())?;
+    let output = replay_lines(config, sources_by_worker, &GraphOptions::default())?;
     let elapsed = started.elapsed();
     let summary = ReplaySummary {
         input: input.to_path_buf(),
@@ -72,10 +72,7 @@ pub fn run(
     let (output, summary) = replay_file(input, workers, config)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    write_lines(
-        &out.join("features.jsonl"),
-        output.features.iter().map(|f| f.to_json()),
-    )?;
+    write_lines(&out.join("features.jsonl"), output.feature_lines.into_iter())?;
     write_lines(
         &out.join("dead-letter.jsonl"),
         output.dead_letters.iter().map(|d| d.to_json()),
