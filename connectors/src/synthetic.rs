@@ -128,6 +128,14 @@ impl Default for SyntheticConfig {
 }
 
 impl SyntheticConfig {
+    /// Enough readers for `rate` events per second that a reader's sessions stay apart (the model
+    /// needs about 750 per event per second, see the module docs), and never fewer than the
+    /// default.
+    pub fn readers_for_rate(rate: f64) -> u32 {
+        let needed = (rate.max(0.0) * 750.0).ceil();
+        (needed.min(f64::from(u32::MAX)) as u32).max(SyntheticConfig::default().users)
+    }
+
     /// Checks every key and reports every problem at once.
     pub fn validate(&self) -> Result<(), ConnectorError> {
         let mut problems = Vec::new();

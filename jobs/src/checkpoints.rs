@@ -693,8 +693,6 @@ impl Writer {
                 format!("{} bytes, {} entries", size.bytes, size.entries),
             );
         }
-        // The store sorts the delta it takes; a copy is kept in case the commit fails.
-        let delta_for_retry = delta.clone();
         match self.checkpoints.commit(
             id,
             self.parent.as_ref(),
@@ -722,10 +720,10 @@ impl Writer {
                 self.parent = Some(commit.manifest);
                 Ok(written)
             }
-            Err(error) => {
+            Err(failed) => {
                 // The changes are in no checkpoint: the next commit carries them.
-                self.carried = delta_for_retry;
-                Err(error.into())
+                self.carried = failed.delta;
+                Err(failed.error.into())
             }
         }
     }

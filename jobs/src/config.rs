@@ -462,6 +462,17 @@ pub struct SourceConfig {
     pub portals: Vec<String>,
     /// Synthetic: independent generator partitions (spread over the workers).
     pub partitions: usize,
+    /// Synthetic: distinct readers per partition; by default enough for the partition's rate
+    /// (750 per event per second, at least 50,000), so that readers' sessions stay apart.
+    pub users: Option<u32>,
+    /// Synthetic: simulated time instead of the wall clock: event time starts at `start_ts` and
+    /// advances at `events_per_second` while the job reads as fast as it can (a day of traffic in
+    /// minutes; `pageflow bench --soak` uses it).
+    pub simulated: bool,
+    /// Synthetic, simulated: the event time of the first event (ms since the epoch).
+    pub start_ts: Option<u64>,
+    /// Synthetic: stop after this many events over all partitions (the input then ends).
+    pub limit: Option<u64>,
     /// Files: the JSON-lines files to read, one partition each.
     pub paths: Vec<PathBuf>,
     /// Kinesis: the streams and how to read them.
@@ -558,6 +569,10 @@ impl Default for SourceConfig {
             seed: 42,
             portals: vec!["g1".into(), "ge".into(), "gshow".into()],
             partitions: 2,
+            users: None,
+            simulated: false,
+            start_ts: None,
+            limit: None,
             paths: Vec::new(),
             kinesis: KinesisSourceSection::default(),
         }
@@ -800,6 +815,18 @@ impl JobConfig {
                 }
                 if self.source.partitions == 0 {
                     problems.push("[source] `partitions` must be at least 1".to_string());
+                }
+                if self.source.users == Some(0) {
+                    problems.push(
+                        "[source] `users` must be at least 1 (or absent: enough for the rate)"
+                            .to_string(),
+                    );
+                }
+                if self.source.start_ts.is_some() && !self.source.simulated {
+                    problems.push(
+                        "[source] `start_ts` only applies with `simulated = true` (paced traffic follows the wall clock)"
+                            .to_string(),
+                    );
                 }
             }
             SourceKind::Files => {

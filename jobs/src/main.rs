@@ -100,6 +100,25 @@ enum Command {
         /// Serving benchmark: open connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Only the soak: the job over hours of synthetic event time (virtual time, as fast as
+        /// it goes), with checkpoints, printing memory, state and checkpoint costs per event-hour.
+        #[arg(long)]
+        soak: bool,
+        /// Soak: events per second of event time.
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
+        /// Soak: hours of event time (more than 24 to see the day-long windows full).
+        #[arg(long, default_value_t = 30.0)]
+        hours: f64,
+        /// Soak: worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Soak: a checkpoint every this much event time (a live job's interval at the same rate).
+        #[arg(long, default_value = "30s")]
+        checkpoint_every: String,
+        /// Soak: also write the raw/processed/dead-letter archive (about 35 GB a day at 2,000/s).
+        #[arg(long)]
+        archive: bool,
     },
     /// List the job's checkpoints (newest first) with their state: committed, torn or corrupt.
     Checkpoints {
@@ -248,6 +267,33 @@ fn run(cli: Cli) -> Result<()> {
                 connections,
                 ..commands::bench_serve::LoadSettings::default()
             })?;
+            Ok(())
+        }
+        Command::Bench {
+            soak: true,
+            rate,
+            hours,
+            workers,
+            checkpoint_every,
+            archive,
+            dir,
+            ..
+        } => {
+            let config = load_config(None)?;
+            let every = pageflow_dataflow::config::Millis::parse(&checkpoint_every)
+                .map_err(|problem| anyhow::anyhow!("--checkpoint-every: {problem}"))?;
+            let settings = commands::bench_soak::SoakSettings {
+                rate,
+                hours,
+                workers: workers.max(1),
+                checkpoint_every: every,
+                archive,
+                dir: dir
+                    .unwrap_or_else(commands::bench::default_dir)
+                    .join("soak"),
+                semantics: config.semantics,
+            };
+            commands::bench_soak::run(&settings)?;
             Ok(())
         }
         Command::Bench {

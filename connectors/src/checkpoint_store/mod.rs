@@ -181,6 +181,33 @@ use manifest::{
 };
 use runs::{PartMerge, Run, RunWriter, fetch_run};
 
+/// A commit that failed, with its delta given back: its changes are in no checkpoint yet.
+#[derive(Debug)]
+pub struct CommitFailed {
+    /// Why it failed.
+    pub error: CheckpointError,
+    /// The delta, to commit with the next changes (newer ones win).
+    pub delta: Vec<StateEntry>,
+}
+
+impl std::fmt::Display for CommitFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for CommitFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<CommitFailed> for CheckpointError {
+    fn from(failed: CommitFailed) -> Self {
+        failed.error
+    }
+}
+
 /// What [`Checkpoints::commit`] did, for the caller's metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
@@ -626,6 +653,9 @@ impl Checkpoints {
     /// request that had succeeded) is fine. A failure of the clean-up after the commit is logged
     /// and does not fail the commit: the checkpoint is committed, and the next commit cleans up
     /// again.
+    ///
+    /// When the commit fails, the error gives the delta back ([`CommitFailed`]): its changes are
+    /// in no checkpoint, and the caller commits them with its next changes.
     pub fn commit(
         &self,
         id: u64,
@@ -634,42 +664,81 @@ impl Checkpoints {
         workers: usize,
         fingerprint: &str,
         info: BTreeMap<String, String>,
-    ) -> Result<Commit, CheckpointError> {
+    ) -> Result<Commit, CommitFailed> {
+        let mut delta = Some(delta);
+        match self.try_commit(id, parent, &mut delta, workers, fingerprint, info) {
+            Ok(commit) => Ok(commit),
+            Err((error, run)) => {
+                // The delta itself, or the run it became (read back: a failure is rare, the copy
+                // only happens then).
+                let delta = match (delta, run) {
+                    (Some(delta), _) => delta,
+                    (None, Some(bytes)) => Run::parse(bytes)
+                        .and_then(|run| run.entries())
+                        .unwrap_or_default(),
+                    (None, None) => Vec::new(),
+                };
+                Err(CommitFailed { error, delta })
+            }
+        }
+    }
+
+    /// [`Checkpoints::commit`]: takes the delta out of `delta` when it writes it; on an error
+    /// after that, gives back the run it wrote.
+    fn try_commit(
+        &self,
+        id: u64,
+        parent: Option<&Manifest>,
+        delta: &mut Option<Vec<StateEntry>>,
+        workers: usize,
+        fingerprint: &str,
+        info: BTreeMap<String, String>,
+    ) -> Result<Commit, (CheckpointError, Option<Vec<u8>>)> {
+        let early = |error: CheckpointError| (error, None);
         let location = self.location();
         if let Some(parent) = parent {
             if parent.format_version != FORMAT_VERSION {
-                return Err(CheckpointError::Invalid {
+                return Err(early(CheckpointError::Invalid {
                     id,
                     problem: format!(
                         "its parent, checkpoint {}, is in format {}, not {FORMAT_VERSION}",
                         parent.id, parent.format_version
                     ),
-                });
+                }));
             }
             if parent.id >= id {
-                return Err(CheckpointError::Invalid {
+                return Err(early(CheckpointError::Invalid {
                     id,
                     problem: format!("its parent, checkpoint {}, is not older", parent.id),
-                });
+                }));
             }
         }
 
-        let (mut runs, compacted) = self.runs_to_build_on(id, parent)?;
+        let (mut runs, compacted) = self.runs_to_build_on(id, parent).map_err(early)?;
         // A parent's run that retention has deleted (the parent was not among the newest `keep`)
         // would make this checkpoint damaged from the start.
-        let present: BTreeSet<String> = self.store.list(RUNS_PREFIX)?.into_iter().collect();
+        let present: BTreeSet<String> = self
+            .store
+            .list(RUNS_PREFIX)
+            .map_err(|error| early(error.into()))?
+            .into_iter()
+            .collect();
         if let Some(missing) = runs.iter().find(|run| !present.contains(&run.key)) {
-            return Err(CheckpointError::Damaged {
+            return Err(early(CheckpointError::Damaged {
                 id: parent.map_or(id, |parent| parent.id),
                 location,
                 reason: format!(
                     "run {} is missing (was the parent deleted by retention?)",
                     missing.key
                 ),
-            });
+            }));
         }
 
-        let own_run = self.write_delta(id, delta)?;
+        let (own_run, run_bytes) = match self.write_delta(id, delta.take().unwrap_or_default()) {
+            Ok(Some((info, bytes))) => (Some(info), Some(bytes)),
+            Ok(None) => (None, None),
+            Err((error, bytes)) => return Err((error, bytes)),
+        };
         let bytes_written = own_run.as_ref().map_or(0, |run| run.bytes);
         runs.extend(own_run);
         let manifest = Manifest {
@@ -685,12 +754,22 @@ impl Checkpoints {
             runs,
             info,
         };
-        let json =
-            serde_json::to_vec_pretty(&manifest).map_err(|error| CheckpointError::Invalid {
-                id,
-                problem: format!("the manifest cannot be encoded: {error}"),
-            })?;
-        put_create_only(self.store.as_ref(), id, &manifest_key(id), &json, &location)?;
+        let json = match serde_json::to_vec_pretty(&manifest) {
+            Ok(json) => json,
+            Err(error) => {
+                let error = CheckpointError::Invalid {
+                    id,
+                    problem: format!("the manifest cannot be encoded: {error}"),
+                };
+                return Err((error, run_bytes));
+            }
+        };
+        if let Err(error) =
+            put_create_only(self.store.as_ref(), id, &manifest_key(id), &json, &location)
+        {
+            return Err((error, run_bytes));
+        }
+        drop(run_bytes);
 
         if let Some(compacted) = &compacted {
             // A manifest references the new base now: it needs no protection any more.
@@ -771,11 +850,17 @@ impl Checkpoints {
     }
 
     /// Writes checkpoint `id`'s delta as a run; `None` when it is empty.
+    /// Writes the delta as one run; returns it and its bytes (kept until the manifest is written,
+    /// so that a failed commit can give the delta back), or on failure the bytes encoded so far.
+    #[allow(
+        clippy::type_complexity,
+        reason = "the run and its bytes, or the error and the bytes: used once, by try_commit"
+    )]
     fn write_delta(
         &self,
         id: u64,
         delta: Vec<StateEntry>,
-    ) -> Result<Option<RunInfo>, CheckpointError> {
+    ) -> Result<Option<(RunInfo, Vec<u8>)>, (CheckpointError, Option<Vec<u8>>)> {
         if delta.is_empty() {
             return Ok(None);
         }
@@ -786,15 +871,19 @@ impl Checkpoints {
         }
         let (bytes, entries) = writer.finish();
         let key = delta_run_key(id);
-        put_create_only(self.store.as_ref(), id, &key, &bytes, &self.location())?;
-        Ok(Some(RunInfo {
+        if let Err(error) = put_create_only(self.store.as_ref(), id, &key, &bytes, &self.location())
+        {
+            return Err((error, Some(bytes)));
+        }
+        let info = RunInfo {
             key,
             kind: RunKind::Delta,
             checkpoint: id,
             entries,
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
-        }))
+        };
+        Ok(Some((info, bytes)))
     }
 
     /// Compacts `manifest`'s state now, on the calling thread (after waiting for a background

@@ -351,8 +351,7 @@ impl Run {
         Ok(groups)
     }
 
-    /// Every entry, in key order (for tests and tools).
-    #[cfg(test)]
+    /// Every entry, in key order (tests, tools, and a failed commit giving its delta back).
     pub(super) fn entries(&self) -> Result<Vec<StateEntry>, String> {
         let mut entries = Vec::new();
         let mut at = self.body.start;

@@ -601,7 +601,8 @@ fn checkpoint_store_second_writer_of_an_id_conflicts() -> TestResult {
     let checkpoints = manual(store.clone(), 3);
     let delta = || vec![put("a", "1")];
     checkpoints.commit(1, None, delta(), 1, "fp", BTreeMap::new())?;
-    let error = checkpoints.commit(1, None, vec![put("a", "other")], 1, "fp", BTreeMap::new());
+    let error = checkpoints.commit(1, None, vec![put("a", "other")], 1, "fp", BTreeMap::new())
+        .map_err(|failed| failed.error);
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { id: 1, key, .. }) if key.ends_with("-delta.run")),
         "{error:?}"
@@ -609,13 +610,25 @@ fn checkpoint_store_second_writer_of_an_id_conflicts() -> TestResult {
     // The same delta again (a retried request that had succeeded) is fine up to the manifest,
     // whose creation time differs.
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let error = checkpoints.commit(1, None, delta(), 1, "fp", BTreeMap::new());
+    let error = checkpoints.commit(1, None, delta(), 1, "fp", BTreeMap::new())
+        .map_err(|failed| failed.error);
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { key, .. }) if key.ends_with(MANIFEST_NAME)),
         "{error:?}"
     );
     assert!(error.is_err_and(|error| !error.is_retryable()));
     assert_eq!(latest(&checkpoints)?, (1, state(&[("a", "1")])));
+    // A failed commit gives its delta back, whether it failed before or after writing its run.
+    let given = vec![put("b", "2"), put("a", "3")];
+    let failed = checkpoints
+        .commit(1, None, given.clone(), 1, "fp", BTreeMap::new())
+        .err()
+        .ok_or("the second writer of checkpoint 1 must fail")?;
+    let mut back = failed.delta;
+    back.sort();
+    let mut expected = given;
+    expected.sort();
+    assert_eq!(back, expected);
     Ok(())
 }
 
@@ -625,7 +638,8 @@ fn checkpoint_store_refuses_parents_it_cannot_build_on() -> TestResult {
     let checkpoints = manual(store.clone(), 1);
     let first = commit(&checkpoints, None, vec![put("a", "1")])?;
     let second = commit(&checkpoints, Some(&first), vec![put("b", "2")])?;
-    let error = checkpoints.commit(2, Some(&second), vec![], 1, "fp", BTreeMap::new());
+    let error = checkpoints.commit(2, Some(&second), vec![], 1, "fp", BTreeMap::new())
+        .map_err(|failed| failed.error);
     assert!(
         matches!(error, Err(CheckpointError::Invalid { id: 2, .. })),
         "{error:?}"
@@ -643,7 +657,8 @@ fn checkpoint_store_refuses_parents_it_cannot_build_on() -> TestResult {
         1,
         "fp",
         BTreeMap::new(),
-    );
+    )
+        .map_err(|failed| failed.error);
     match error {
         Err(error @ CheckpointError::Damaged { id: 2, .. }) => {
             assert!(error.to_string().contains("is missing"), "{error}");
@@ -678,7 +693,8 @@ fn checkpoint_store_a_compaction_that_finds_a_damaged_run_stops_commits_on_it() 
         1,
         "fp",
         BTreeMap::new(),
-    );
+    )
+        .map_err(|failed| failed.error);
     match error {
         Err(error @ CheckpointError::Damaged { .. }) => {
             let message = error.to_string();

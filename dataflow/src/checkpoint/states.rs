@@ -183,8 +183,17 @@ impl OperatorStates {
         let register = self.register.borrow();
         let mut changes = Vec::new();
         for (name, state) in &register.operators {
+            let started = std::time::Instant::now();
             let mut out = ChangeWriter::new(name, register.worker, register.run, &mut changes);
             state.save_changes(&mut out)?;
+            let bytes = out.bytes();
+            tracing::debug!(
+                operator = name.as_str(),
+                worker = register.worker,
+                bytes,
+                micros = started.elapsed().as_micros() as u64,
+                "saved the operator's changes"
+            );
         }
         Ok(changes)
     }

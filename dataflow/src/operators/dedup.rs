@@ -227,13 +227,20 @@ impl Checkpointed for DedupState {
                 continue;
             };
             let mut new: Vec<(u128, u64)> = Vec::with_capacity(ids.ids.len() - ids.saved);
+            // An id is listed once per acceptance; ids accepted more than once (rare) take their
+            // acceptances of this tick in turn.
+            let mut repeated: FastMap<u128, usize> = FastMap::default();
             for &id in &ids.ids[ids.saved..] {
-                // One record per acceptance: an id accepted twice in a tick is listed twice.
-                let unsaved = self
-                    .accepted_in(id, tick)
-                    .into_iter()
-                    .find(|ts| !new.contains(&(id, *ts)));
-                if let Some(ts) = unsaved {
+                if self.repeats.contains_key(&id) {
+                    // Acceptances saved in earlier parts of this tick come first.
+                    let turn = repeated
+                        .entry(id)
+                        .or_insert_with(|| ids.ids[..ids.saved].iter().filter(|x| **x == id).count());
+                    if let Some(ts) = self.accepted_in(id, tick).get(*turn) {
+                        new.push((id, *ts));
+                    }
+                    *turn += 1;
+                } else if let Some(&ts) = self.seen.get(&id) {
                     new.push((id, ts));
                 }
             }

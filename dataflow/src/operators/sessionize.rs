@@ -128,10 +128,32 @@ struct SavedSession {
     dwell_ms_total: u64,
     clicks_total: u64,
     max_scroll_pct: u8,
-    /// The most recent distinct articles, most recent first.
-    recent: Vec<String>,
+    /// The most recent distinct articles, most recent first, as positions in `distinct`.
+    recent: Vec<u32>,
     /// The distinct articles in first-read order.
     distinct: Vec<String>,
+}
+
+/// [`SavedSession`] as written: borrowed from the open session, nothing copied (same encoding).
+#[derive(Serialize)]
+struct SavingSession<'a> {
+    start_ts: u64,
+    last_ts: u64,
+    views: u32,
+    dwell_ms_total: u64,
+    clicks_total: u64,
+    max_scroll_pct: u8,
+    recent: Vec<u32>,
+    distinct: ArticleIds<'a>,
+}
+
+/// Article ids of one portal, serialized as a sequence of strings.
+struct ArticleIds<'a>(&'a [Article]);
+
+impl Serialize for ArticleIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|article| article.id()))
+    }
 }
 
 /// Broadcast keys besides the waiting events' parts.
@@ -446,27 +468,24 @@ impl SessionizeState {
         }
     }
 
-    fn saved(&self, session: &OpenSession) -> SavedSession {
-        SavedSession {
-            start_ts: session.start_ts,
-            last_ts: session.last_ts,
-            views: session.views,
-            dwell_ms_total: session.dwell_ms_total,
-            clicks_total: session.clicks_total,
-            max_scroll_pct: session.max_scroll_pct,
-            recent: session
-                .articles
-                .recent()
-                .iter()
-                .map(|a| a.id().to_string())
-                .collect(),
-            distinct: session
-                .articles
-                .distinct()
-                .iter()
-                .map(|a| a.id().to_string())
-                .collect(),
-        }
+}
+
+fn saving(session: &OpenSession) -> SavingSession<'_> {
+    let distinct = session.articles.distinct();
+    SavingSession {
+        start_ts: session.start_ts,
+        last_ts: session.last_ts,
+        views: session.views,
+        dwell_ms_total: session.dwell_ms_total,
+        clicks_total: session.clicks_total,
+        max_scroll_pct: session.max_scroll_pct,
+        recent: session
+            .articles
+            .recent()
+            .iter()
+            .filter_map(|a| distinct.iter().position(|d| d == a).map(|p| p as u32))
+            .collect(),
+        distinct: ArticleIds(distinct),
     }
 }
 
@@ -522,12 +541,11 @@ impl Checkpointed for SessionizeState {
                 continue;
             }
             session.dirty = false;
-            let session = session.clone();
             let name = self.portals[usize::from(session.portal)].name();
             out.put(
                 Placement::of_route(user_route(name, &session.user_id)),
                 &(name, session.user_id.as_str()),
-                &self.saved(&session),
+                &saving(session),
             )?;
         }
         self.waiting_parts.save_deletes(out)?;
@@ -576,8 +594,13 @@ impl Checkpointed for SessionizeState {
         let intern = |ids: &[String]| -> Vec<Article> {
             ids.iter().map(|id| Article::intern(portal, id)).collect()
         };
-        let articles =
-            SessionArticles::from_parts(&intern(&saved.recent), &intern(&saved.distinct));
+        let distinct = intern(&saved.distinct);
+        let recent: Vec<Article> = saved
+            .recent
+            .iter()
+            .filter_map(|&at| distinct.get(at as usize).copied())
+            .collect();
+        let articles = SessionArticles::from_parts(&recent, &distinct);
         let portal = self.portal_index(portal);
         let route = user_route(self.portals[usize::from(portal)].name(), &user_id);
         self.open_slot(

@@ -17,7 +17,7 @@ pub struct GenerateOptions {
     pub invalid_share: f64,
     /// Events per second of event time.
     pub rate: f64,
-    /// Distinct readers; `None` for [`readers_for_rate`].
+    /// Distinct readers; `None` for [`SyntheticConfig::readers_for_rate`].
     pub users: Option<u32>,
 }
 
@@ -32,13 +32,6 @@ impl Default for GenerateOptions {
     }
 }
 
-/// Enough readers for `rate` events per second that a reader's sessions stay apart (the synthetic
-/// model needs about 750 per event per second), and never fewer than the model's default.
-pub fn readers_for_rate(rate: f64) -> u32 {
-    let needed = (rate.max(0.0) * 750.0).ceil();
-    (needed.min(f64::from(u32::MAX)) as u32).max(SyntheticConfig::default().users)
-}
-
 /// Writes `events` synthetic pageviews to `out` and returns how many lines were written.
 pub fn run(events: u64, options: &GenerateOptions, out: &Path) -> Result<u64> {
     let config = SyntheticConfig {
@@ -47,7 +40,7 @@ pub fn run(events: u64, options: &GenerateOptions, out: &Path) -> Result<u64> {
         simulated_events_per_second: options.rate,
         users: options
             .users
-            .unwrap_or_else(|| readers_for_rate(options.rate)),
+            .unwrap_or_else(|| SyntheticConfig::readers_for_rate(options.rate)),
         ..SyntheticConfig::default()
     };
     config.validate()?;

@@ -122,6 +122,14 @@ impl RunningJob {
         }
     }
 
+    /// Asks for a checkpoint now (besides the timer's); its id, or `None` when checkpoints are
+    /// off or one is still being taken.
+    pub fn request_checkpoint(&self) -> Option<u64> {
+        self.checkpoints
+            .as_ref()
+            .and_then(|driver| driver.request(false))
+    }
+
     /// Flushes the sinks and stops serving. The dataflow threads end with the process.
     pub fn shutdown(mut self) -> Result<()> {
         if let Some(driver) = &self.checkpoints {
@@ -195,12 +203,24 @@ fn worker_sources(
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
+            let source = &config.source;
+            let rate = source.events_per_second / partitions as f64;
             for index in 0..partitions {
+                // A limit over all partitions, shared out (the first ones take the remainder).
+                let limit = source.limit.map(|limit| {
+                    let (share, rest) = (limit / partitions as u64, limit % partitions as u64);
+                    share + u64::from((index as u64) < rest)
+                });
                 let synthetic = SyntheticConfig {
-                    seed: config.source.seed,
-                    portals: config.source.portals.clone(),
-                    events_per_second: Some(config.source.events_per_second / partitions as f64),
-                    start_ts: now,
+                    seed: source.seed,
+                    portals: source.portals.clone(),
+                    users: source
+                        .users
+                        .unwrap_or_else(|| SyntheticConfig::readers_for_rate(rate)),
+                    events_per_second: (!source.simulated).then_some(rate),
+                    simulated_events_per_second: rate,
+                    start_ts: source.start_ts.unwrap_or(now),
+                    limit,
                     ..SyntheticConfig::default()
                 };
                 let mut source = SyntheticSource::new(synthetic, index as u32)

@@ -1,0 +1,287 @@
+//! `pageflow bench --soak`: the job as it runs for days, compressed into minutes.
+//!
+//! The synthetic traffic model runs in *virtual time*: event time advances at `rate` events per
+//! second from a fixed start, while the job reads as fast as it can. Everything else is `pageflow
+//! run`: two workers by default, the streaming local sinks (features and dead letters; the raw
+//! archive with `--archive`), checkpoints on (to a local store, every `checkpoint_interval` of
+//! processing time). So `hours` of event time cover every window the job keeps (the 24-hour
+//! co-occurrence windows fill up after a day) in a fraction of the time.
+//!
+//! Checkpoints are taken every `checkpoint_every` of *event time* (30 s by default), so that each
+//! covers what a live job's checkpoint every 30 s of processing time covers at the same rate: its
+//! bytes and its pause are those of the live job.
+//!
+//! Every event-hour (by the job watermark) it prints a row: the process's resident set, the state
+//! every operator holds (bytes and keys, as the operators account for them), the checkpoints taken
+//! during that hour (how many, bytes written, the longest pause of the dataflow) and the bytes the
+//! newest checkpoint is made of. At the end: whether memory reached a plateau once the windows
+//! were full, and how long a restart from the final checkpoint (a full day's state) takes to be
+//! ready (restored, dataflow built).
+//!
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use pageflow_dataflow::config::{Millis, SemanticsConfig};
+use serde::Serialize;
+
+use super::run;
+use crate::config::{JobConfig, SourceKind};
+
+/// What `--soak` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoakSettings {
+    /// Events per second of event time.
+    pub rate: f64,
+    /// Hours of event time.
+    pub hours: f64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Checkpoint interval in event time.
+    pub checkpoint_every: Millis,
+    /// Also write the layered raw/processed/dead-letter archive (a day at 2,000 events/s is about
+    /// 35 GB of raw JSON).
+    pub archive: bool,
+    /// Where the job's outputs and checkpoints go (cleared first, removed after).
+    pub dir: PathBuf,
+    /// The semantics.
+    pub semantics: SemanticsConfig,
+}
+
+/// One event-hour of the soak.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HourRow {
+    /// The event-hour that ended (1 for the first).
+    pub hour: u64,
+    /// Events read by its end.
+    pub events: u64,
+    /// Processing seconds since the start.
+    pub elapsed_s: f64,
+    /// Events per second of processing during the hour.
+    pub events_per_second: f64,
+    /// Resident set of the process, MiB.
+    pub rss_mib: f64,
+    /// State in memory by operator: `(bytes, keys)`.
+    pub state: BTreeMap<String, (u64, u64)>,
+    /// Checkpoints committed during the hour.
+    pub checkpoints: u64,
+    /// Bytes they wrote.
+    pub checkpoint_bytes: u64,
+    /// The longest the dataflow stood still for one of them, ms.
+    pub max_pause_ms: f64,
+    /// Bytes of the newest checkpoint's state (base and deltas), MiB.
+    pub stored_mib: f64,
+}
+
+/// Runs the soak and prints a table as it goes; returns the rows and the restart time.
+pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> {
+    let dir = &settings.dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    let config = job_config(settings, dir);
+    let start_ts = config.source.start_ts.unwrap_or(0);
+    let total = config.source.limit.unwrap_or(0);
+    println!(
+        "soak: {} events/s of event time for {} h ({total} events), {} workers, checkpoints every {} of event time, archive {}",
+        settings.rate,
+        settings.hours,
+        settings.workers,
+        settings.checkpoint_every,
+        if settings.archive { "on" } else { "off" }
+    );
+    let started = Instant::now();
+    let job = run::start(config.clone())?;
+    let metrics = std::sync::Arc::clone(&job.metrics);
+    let mut rows: Vec<HourRow> = Vec::new();
+    let mut hour_checkpoints = (0u64, 0u64, 0f64);
+    let mut seen_checkpoint = None;
+    let mut last_hour = (0u64, started, 0u64);
+    let mut printed_header = false;
+    let mut last_request = start_ts;
+    loop {
+        let ended = job.has_ended();
+        let watermark = metrics.watermark().unwrap_or(0);
+        if watermark >= last_request + settings.checkpoint_every.ms()
+            && job.request_checkpoint().is_some()
+        {
+            last_request = watermark;
+        }
+        let figures = metrics.checkpoints();
+        if figures.last_id.is_some() && figures.last_id != seen_checkpoint {
+            seen_checkpoint = figures.last_id;
+            hour_checkpoints.0 += 1;
+            hour_checkpoints.1 += figures.last_size_bytes;
+            hour_checkpoints.2 = hour_checkpoints.2.max(figures.last_pause_s * 1000.0);
+        }
+        let hour = watermark.saturating_sub(start_ts) / 3_600_000;
+        if hour > last_hour.0 || ended {
+            let events = metrics.events_in();
+            let now = Instant::now();
+            let row = HourRow {
+                hour: if ended { last_hour.0 + 1 } else { hour },
+                events,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                events_per_second: (events - last_hour.2) as f64
+                    / now.duration_since(last_hour.1).as_secs_f64().max(1e-9),
+                rss_mib: current_rss_mib(),
+                state: metrics.state_sizes(),
+                checkpoints: hour_checkpoints.0,
+                checkpoint_bytes: hour_checkpoints.1,
+                max_pause_ms: hour_checkpoints.2,
+                stored_mib: figures.stored_bytes as f64 / (1024.0 * 1024.0),
+            };
+            if !printed_header {
+                println!("{}", header(&row));
+                printed_header = true;
+            }
+            println!("{}", line(&row));
+            rows.push(row);
+            hour_checkpoints = (0, 0, 0.0);
+            last_hour = (hour, now, events);
+        }
+        if ended {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    job.shutdown()?;
+    let _ = total;
+    if let Some(plateau) = plateau(&rows) {
+        println!("{plateau}");
+    }
+
+    // A restart from the final checkpoint: the whole state of the last day, to ready.
+    let restart = if settings.hours >= 1.0 {
+        let mut again = config;
+        // Nothing more to read: the restart restores and is ready; the input has ended.
+        again.source.limit = Some(total);
+        let begun = Instant::now();
+        let job = run::start(again)?;
+        let deadline = begun + Duration::from_secs(600);
+        while !job.serving.is_loaded() {
+            if Instant::now() > deadline {
+                return Err(anyhow!("the restarted job was not ready after 10 minutes"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ready = begun.elapsed();
+        println!(
+            "restart from the final checkpoint ({} MiB stored) to ready: {:.2} s",
+            rows.last().map_or(0.0, |r| r.stored_mib),
+            ready.as_secs_f64()
+        );
+        job.shutdown()?;
+        Some(ready)
+    } else {
+        None
+    };
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        eprintln!("could not remove {}: {error}", dir.display());
+    }
+    Ok((rows, restart))
+}
+
+/// The job the soak runs.
+fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
+    let mut config = JobConfig {
+        semantics: settings.semantics.clone(),
+        ..JobConfig::default()
+    };
+    config.source.kind = SourceKind::Synthetic;
+    config.source.simulated = true;
+    config.source.events_per_second = settings.rate;
+    // A fixed start (2026-11-23T12:00:00Z), so runs compare.
+    config.source.start_ts = Some(1_795_435_200_000);
+    config.source.limit = Some((settings.rate * settings.hours * 3600.0).round() as u64);
+    config.sinks.dir = dir.to_path_buf();
+    config.sinks.archive = settings.archive;
+    config.serve.enabled = false;
+    config.runtime.workers = settings.workers;
+    config.checkpoint.enabled = true;
+    // The soak asks for checkpoints by event time; the timer stays out of the way.
+    config.checkpoint.interval = Millis::hours(24 * 365);
+    config
+}
+
+fn header(row: &HourRow) -> String {
+    let mut text = format!(
+        "{:>4} {:>11} {:>8} {:>9} {:>8}",
+        "hour", "events", "wall s", "events/s", "RSS MiB"
+    );
+    for operator in row.state.keys() {
+        let _ = write!(text, " {:>13}", short(operator));
+    }
+    let _ = write!(
+        text,
+        " {:>4} {:>9} {:>9} {:>10}",
+        "ckpt", "ckpt MiB", "pause ms", "stored MiB"
+    );
+    text.push_str("\n     (state columns: MiB in memory / thousands of keys)");
+    text
+}
+
+fn short(operator: &str) -> String {
+    operator.chars().take(13).collect()
+}
+
+fn line(row: &HourRow) -> String {
+    let mut text = format!(
+        "{:>4} {:>11} {:>8.1} {:>9.0} {:>8.0}",
+        row.hour, row.events, row.elapsed_s, row.events_per_second, row.rss_mib
+    );
+    for (bytes, keys) in row.state.values() {
+        let cell = format!(
+            "{:.1}/{:.0}",
+            *bytes as f64 / (1024.0 * 1024.0),
+            *keys as f64 / 1000.0
+        );
+        let _ = write!(text, " {cell:>13}");
+    }
+    let _ = write!(
+        text,
+        " {:>4} {:>9.1} {:>9.0} {:>10.1}",
+        row.checkpoints,
+        row.checkpoint_bytes as f64 / (1024.0 * 1024.0),
+        row.max_pause_ms,
+        row.stored_mib
+    );
+    text
+}
+
+/// Whether memory stopped growing once the 24-hour windows were full: RSS and state at hour 24
+/// against the last hour.
+fn plateau(rows: &[HourRow]) -> Option<String> {
+    let full = rows.iter().find(|r| r.hour == 24)?;
+    let last = rows.last()?;
+    if last.hour <= full.hour {
+        return None;
+    }
+    let state = |row: &HourRow| row.state.values().map(|(b, _)| *b).sum::<u64>() as f64 / 1048576.0;
+    Some(format!(
+        "plateau: from hour 24 to hour {}: RSS {:.0} -> {:.0} MiB ({:+.1} %), state {:.0} -> {:.0} MiB ({:+.1} %)",
+        last.hour,
+        full.rss_mib,
+        last.rss_mib,
+        (last.rss_mib / full.rss_mib - 1.0) * 100.0,
+        state(full),
+        state(last),
+        (state(last) / state(full) - 1.0) * 100.0
+    ))
+}
+
+fn current_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
