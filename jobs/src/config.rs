@@ -680,11 +680,20 @@ impl Default for ServeConfig {
 pub struct RuntimeConfig {
     /// Timely worker threads in this process.
     pub workers: usize,
+    /// Watermark alignment: a source partition more than this much event time ahead of the job
+    /// watermark is not read until the others catch up, so that catching up on a backlog does
+    /// not pile events up in the windows; `0` turns it off. Results are the same either way.
+    pub watermark_alignment: Millis,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 2 }
+        RuntimeConfig {
+            workers: 2,
+            watermark_alignment: Millis(
+                pageflow_dataflow::algorithms::graph::DEFAULT_WATERMARK_ALIGNMENT_MS,
+            ),
+        }
     }
 }
 

@@ -601,7 +601,8 @@ fn checkpoint_store_second_writer_of_an_id_conflicts() -> TestResult {
     let checkpoints = manual(store.clone(), 3);
     let delta = || vec![put("a", "1")];
     checkpoints.commit(1, None, delta(), 1, "fp", BTreeMap::new())?;
-    let error = checkpoints.commit(1, None, vec![put("a", "other")], 1, "fp", BTreeMap::new())
+    let error = checkpoints
+        .commit(1, None, vec![put("a", "other")], 1, "fp", BTreeMap::new())
         .map_err(|failed| failed.error);
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { id: 1, key, .. }) if key.ends_with("-delta.run")),
@@ -610,7 +611,8 @@ fn checkpoint_store_second_writer_of_an_id_conflicts() -> TestResult {
     // The same delta again (a retried request that had succeeded) is fine up to the manifest,
     // whose creation time differs.
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let error = checkpoints.commit(1, None, delta(), 1, "fp", BTreeMap::new())
+    let error = checkpoints
+        .commit(1, None, delta(), 1, "fp", BTreeMap::new())
         .map_err(|failed| failed.error);
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { key, .. }) if key.ends_with(MANIFEST_NAME)),
@@ -638,7 +640,8 @@ fn checkpoint_store_refuses_parents_it_cannot_build_on() -> TestResult {
     let checkpoints = manual(store.clone(), 1);
     let first = commit(&checkpoints, None, vec![put("a", "1")])?;
     let second = commit(&checkpoints, Some(&first), vec![put("b", "2")])?;
-    let error = checkpoints.commit(2, Some(&second), vec![], 1, "fp", BTreeMap::new())
+    let error = checkpoints
+        .commit(2, Some(&second), vec![], 1, "fp", BTreeMap::new())
         .map_err(|failed| failed.error);
     assert!(
         matches!(error, Err(CheckpointError::Invalid { id: 2, .. })),
@@ -650,14 +653,15 @@ fn checkpoint_store_refuses_parents_it_cannot_build_on() -> TestResult {
     checkpoints.compact(&second)?;
     let third = commit(&checkpoints, Some(&second), vec![])?;
     assert_eq!(third.base_part_count(), Some(4));
-    let error = checkpoints.commit(
-        4,
-        Some(&second),
-        vec![put("c", "4")],
-        1,
-        "fp",
-        BTreeMap::new(),
-    )
+    let error = checkpoints
+        .commit(
+            4,
+            Some(&second),
+            vec![put("c", "4")],
+            1,
+            "fp",
+            BTreeMap::new(),
+        )
         .map_err(|failed| failed.error);
     match error {
         Err(error @ CheckpointError::Damaged { id: 2, .. }) => {
@@ -686,14 +690,15 @@ fn checkpoint_store_a_compaction_that_finds_a_damaged_run_stops_commits_on_it() 
         matches!(error, Err(CheckpointError::Damaged { id: 2, .. })),
         "{error:?}"
     );
-    let error = checkpoints.commit(
-        3,
-        Some(&second),
-        vec![put("c", "3")],
-        1,
-        "fp",
-        BTreeMap::new(),
-    )
+    let error = checkpoints
+        .commit(
+            3,
+            Some(&second),
+            vec![put("c", "3")],
+            1,
+            "fp",
+            BTreeMap::new(),
+        )
         .map_err(|failed| failed.error);
     match error {
         Err(error @ CheckpointError::Damaged { .. }) => {

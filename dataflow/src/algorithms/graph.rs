@@ -43,13 +43,30 @@ use crate::stats::JobStats;
 use crate::time::WatermarkBoard;
 
 /// Options of the graph that are not part of the semantics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GraphOptions {
     /// Emit every valid record's bytes for the `raw/` archive.
     pub keep_raw: bool,
     /// Preview the windows still filling at this processing-time interval (the live view);
     /// `None` for replays, which only need final results.
     pub live_interval: Option<std::time::Duration>,
+    /// Watermark alignment: a partition whose watermark is more than this (event time, ms)
+    /// ahead of the job watermark is not read until the others catch up (see
+    /// [`IngestConfig::alignment`]). `None` reads every partition as fast as it goes.
+    pub watermark_alignment: Option<u64>,
+}
+
+/// Partitions may run a minute of event time ahead of the job watermark.
+pub const DEFAULT_WATERMARK_ALIGNMENT_MS: u64 = 60_000;
+
+impl Default for GraphOptions {
+    fn default() -> Self {
+        GraphOptions {
+            keep_raw: false,
+            live_interval: None,
+            watermark_alignment: Some(DEFAULT_WATERMARK_ALIGNMENT_MS),
+        }
+    }
 }
 
 /// The graph's outputs on one worker.
@@ -82,6 +99,7 @@ pub fn build<'scope>(
     let slide = config.slide.ms();
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
+    ingest_config.alignment = options.watermark_alignment;
     let ingested = ingest(
         scope,
         sources.into(),

@@ -233,9 +233,9 @@ impl Checkpointed for DedupState {
             for &id in &ids.ids[ids.saved..] {
                 if self.repeats.contains_key(&id) {
                     // Acceptances saved in earlier parts of this tick come first.
-                    let turn = repeated
-                        .entry(id)
-                        .or_insert_with(|| ids.ids[..ids.saved].iter().filter(|x| **x == id).count());
+                    let turn = repeated.entry(id).or_insert_with(|| {
+                        ids.ids[..ids.saved].iter().filter(|x| **x == id).count()
+                    });
                     if let Some(ts) = self.accepted_in(id, tick).get(*turn) {
                         new.push((id, *ts));
                     }

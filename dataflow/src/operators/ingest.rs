@@ -72,6 +72,13 @@ pub struct IngestConfig {
     pub batch: usize,
     /// How long to wait before polling again when every partition is caught up.
     pub poll_interval: Duration,
+    /// Watermark alignment (Flink's): a partition whose own watermark is more than this ahead of
+    /// the job watermark is not polled until the job watermark catches up. When partitions are
+    /// read faster than real time (a backlog, a replay of several files, a restart after
+    /// downtime), the fastest would otherwise run far ahead in event time, and every stateful
+    /// operator would hold its events until the slowest catches up. Results do not change: the
+    /// job watermark, and so what is late, never depends on how fast a partition ahead is read.
+    pub alignment: Option<u64>,
 }
 
 impl IngestConfig {
@@ -84,6 +91,7 @@ impl IngestConfig {
             keep_raw: false,
             batch: 4096,
             poll_interval: Duration::from_millis(5),
+            alignment: None,
         }
     }
 }
@@ -297,8 +305,25 @@ pub fn ingest<'scope>(
             let others = board.others(worker);
             let mut more_ready = false;
 
+            let ahead_of = match (config.alignment, *job_watermark) {
+                (Some(lead), Watermark::At(wm)) => Some(wm.saturating_add(lead)),
+                _ => None,
+            };
+            let mut held_back = false;
             for index in 0..partitions.len() {
                 if partitions[index].clock.finished {
+                    continue;
+                }
+                if let (Some(limit), Some(own)) = (
+                    ahead_of,
+                    partitions[index]
+                        .clock
+                        .watermark(config.max_out_of_orderness),
+                ) && own > limit
+                {
+                    // Far enough ahead: wait for the others (not idle: it has records).
+                    partitions[index].last_activity = now;
+                    held_back = true;
                     continue;
                 }
                 buffer.clear();
@@ -442,6 +467,9 @@ pub fn ingest<'scope>(
                 capability = None;
             } else if more_ready {
                 activator.activate();
+            } else if held_back {
+                // The partitions behind are read elsewhere: look again soon.
+                activator.activate_after(Duration::from_millis(1));
             } else {
                 activator.activate_after(config.poll_interval);
             }
@@ -455,5 +483,128 @@ fn to_watermark(opinion: Opinion, current: Watermark) -> Watermark {
         Opinion::At(wm) => Watermark::At(wm),
         Opinion::Idle => current,
         Opinion::Finished => Watermark::PlusInfinity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use crate::algorithms::graph::GraphOptions;
+    use crate::algorithms::replay::replay;
+    use crate::config::SemanticsConfig;
+    use crate::event::RawRecord;
+    use crate::source::{PollStatus, RecordSource, SourceError, SourcesByWorker, VecSource};
+    use crate::test_support::pageview_line;
+
+    /// `(partition, newest event time in the batch)` for every non-empty poll, in poll order.
+    type PollLog = Arc<Mutex<Vec<(&'static str, u64)>>>;
+
+    /// A partition over in-memory lines that logs each poll's newest event time.
+    struct LoggedPartition {
+        label: &'static str,
+        inner: VecSource,
+        times: std::collections::VecDeque<u64>,
+        log: PollLog,
+    }
+
+    impl RecordSource for LoggedPartition {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+
+        fn poll(
+            &mut self,
+            max: usize,
+            out: &mut Vec<RawRecord>,
+        ) -> Result<PollStatus, SourceError> {
+            let before = out.len();
+            let status = self.inner.poll(max, out)?;
+            let read = out.len() - before;
+            if let Some(newest) = self.times.drain(..read).max() {
+                self.log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((self.label, newest));
+            }
+            Ok(status)
+        }
+
+        fn is_replay(&self) -> bool {
+            true
+        }
+    }
+
+    /// Two partitions over the same ten minutes: `dense` with 100 events a second, `sparse` with
+    /// 10. Read in equal batches, the sparse one runs minutes ahead in event time.
+    fn partitions(log: &PollLog) -> SourcesByWorker {
+        let partition = |label: &'static str, per_second: u64| {
+            let times: Vec<u64> = (0..600 * per_second)
+                .map(|i| 1_000_000 + i * 1000 / per_second)
+                .collect();
+            let lines = times.iter().enumerate().map(|(i, &ts)| {
+                pageview_line(
+                    &format!("{label}{i}"),
+                    "g1",
+                    &format!("u{}", i % 50),
+                    "a",
+                    ts,
+                    0,
+                    0,
+                )
+            });
+            Box::new(LoggedPartition {
+                label,
+                inner: VecSource::from_lines(&format!("file:{label}"), lines),
+                times: times.into(),
+                log: Arc::clone(log),
+            }) as Box<dyn RecordSource>
+        };
+        vec![vec![partition("dense", 100), partition("sparse", 10)]]
+    }
+
+    /// The furthest the sparse partition had been read ahead of the dense one when it was polled.
+    fn largest_lead(alignment: Option<u64>) -> u64 {
+        let log = PollLog::default();
+        let options = GraphOptions {
+            watermark_alignment: alignment,
+            ..GraphOptions::default()
+        };
+        let output = replay(&SemanticsConfig::default(), partitions(&log), &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(output.dead_letters.is_empty(), "{:?}", output.dead_letters);
+        let log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut dense, mut sparse) = (0u64, 0u64);
+        let mut lead = 0;
+        for &(label, newest) in log.iter() {
+            if label == "sparse" {
+                // Polled again while already `sparse - dense` ahead.
+                lead = lead.max(sparse.saturating_sub(dense));
+                sparse = sparse.max(newest);
+            } else {
+                dense = dense.max(newest);
+            }
+        }
+        lead
+    }
+
+    #[test]
+    fn a_partition_ahead_waits_for_the_job_watermark() {
+        let config = SemanticsConfig::default();
+        let alignment = 60_000;
+        let aligned = largest_lead(Some(alignment));
+        // Held once its own watermark is `alignment` past the job watermark; the dense partition
+        // sets that, `max_out_of_orderness` behind its newest event time.
+        assert!(
+            aligned <= alignment + config.max_out_of_orderness.ms(),
+            "aligned: polled {aligned} ms ahead"
+        );
+        let free = largest_lead(None);
+        assert!(
+            free > 2 * alignment,
+            "without alignment the sparse partition should run ahead; it ran {free} ms ahead"
+        );
     }
 }

@@ -334,7 +334,8 @@ impl SessionizeState {
         pairs: &mut Vec<PairCount>,
     ) {
         let mut finals = std::mem::take(&mut self.finals);
-        let keyed = |event: CompactEvent| (user_route(event.portal().name(), &event.user_id), event);
+        let keyed =
+            |event: CompactEvent| (user_route(event.portal().name(), &event.user_id), event);
         while let Some(mut entry) = self.waiting.first_entry() {
             let tick = *entry.key();
             if tick >= frontier {
@@ -467,7 +468,6 @@ impl SessionizeState {
             }
         }
     }
-
 }
 
 fn saving(session: &OpenSession) -> SavingSession<'_> {

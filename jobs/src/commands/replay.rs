@@ -72,7 +72,10 @@ pub fn run(
     let (output, summary) = replay_file(input, workers, config)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    write_lines(&out.join("features.jsonl"), output.feature_lines.into_iter())?;
+    write_lines(
+        &out.join("features.jsonl"),
+        output.feature_lines.into_iter(),
+    )?;
     write_lines(
         &out.join("dead-letter.jsonl"),
         output.dead_letters.iter().map(|d| d.to_json()),

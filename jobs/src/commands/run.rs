@@ -422,6 +422,9 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let workers = config.runtime.workers;
     let coordinator = CheckpointCoordinator::new(workers);
     let checkpointing = config.checkpoint.enabled;
+    if checkpointing {
+        serving.recent_reads().track_changes();
+    }
     let (mut restored, driver, run_id) = if checkpointing {
         let store = crate::checkpoints::open_store(&config, &runtime)?;
         let restored = crate::checkpoints::restore(&store, &config.semantics, workers)?;
@@ -529,6 +532,8 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
     let options = GraphOptions {
         keep_raw: config.sinks.archive,
         live_interval: Some(config.serve.live_interval.into()),
+        watermark_alignment: (config.runtime.watermark_alignment.ms() > 0)
+            .then_some(config.runtime.watermark_alignment.ms()),
     };
     let worker_stats = Arc::clone(&stats);
     let worker_coordinator = Arc::clone(&coordinator);
@@ -760,12 +765,7 @@ fn sink_loop(
             Ok(SinkMessage::Accepted(events)) => {
                 let reads = serving.recent_reads();
                 for event in &events {
-                    reads.record(
-                        event.portal().name(),
-                        &event.user_id,
-                        event.article.id(),
-                        event.ts,
-                    );
+                    reads.record_article(event.article, &event.user_id, event.ts);
                 }
                 if let Some(feed) = personalize {
                     // Never waits: a full queue drops the event and counts it.
@@ -783,17 +783,22 @@ fn sink_loop(
         }
         outputs.tick()?;
         if last_mirror.elapsed() >= Duration::from_millis(500) {
-            mirror_stats(stats, &mut mirrored, metrics);
+            mirror_stats(stats, &mut mirrored, metrics, serving);
             last_mirror = Instant::now();
         }
     }
     outputs.flush()?;
-    mirror_stats(stats, &mut mirrored, metrics);
+    mirror_stats(stats, &mut mirrored, metrics, serving);
     Ok(())
 }
 
 /// Adds what the dataflow counted since the last call to the metrics.
-fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metrics) {
+fn mirror_stats(
+    stats: &JobStats,
+    previous: &mut StatsSnapshot,
+    metrics: &Metrics,
+    serving: &ServingState,
+) {
     let now = stats.snapshot();
     metrics.add_events_in(now.records - previous.records);
     metrics.add_events_accepted(now.accepted - previous.accepted);
@@ -814,14 +819,14 @@ fn mirror_stats(stats: &JobStats, previous: &mut StatsSnapshot, metrics: &Metric
         metrics.set_watermark(watermark);
     }
     metrics.set_live_keys(stats.open_sessions.load(Ordering::Relaxed));
-    metrics.set_state_sizes(
-        stats
-            .state_sizes
-            .totals()
-            .into_iter()
-            .map(|(operator, size)| (operator, (size.bytes, size.entries)))
-            .collect(),
-    );
+    let mut sizes: std::collections::BTreeMap<String, (u64, u64)> = stats
+        .state_sizes
+        .totals()
+        .into_iter()
+        .map(|(operator, size)| (operator, (size.bytes, size.entries)))
+        .collect();
+    sizes.insert("serving_reads".to_string(), serving.recent_reads().size());
+    metrics.set_state_sizes(sizes);
     *previous = now;
 }
 

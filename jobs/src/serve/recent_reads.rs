@@ -9,15 +9,17 @@
 //!
 //! Memory stays bounded: a reader whose newest read is older than `ttl` (event time, measured from
 //! the newest read seen) is forgotten, and when more than `max_users` readers are held the least
-//! recently active are dropped. Article ids are interned (a portal has thousands of articles and
-//! millions of readers: a read is one shared pointer and a time, 24 bytes); ids no reader holds any
-//! more are dropped at each sweep. Readers are spread over [`SHARDS`] maps, each behind its own
-//! mutex held only for one map operation, so recording and serving do not queue behind each other.
+//! recently active are dropped. A reader is one map entry keyed by the interned portal and the user
+//! id inline (up to 24 bytes), and a read is an interned article and a time (16 bytes), in a list
+//! sized to what it holds. Readers are spread over [`SHARDS`] maps, each behind its own mutex held
+//! only for one map operation, so recording and serving do not queue behind each other.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use compact_str::CompactString;
 use pageflow_dataflow::ids::{FastMap, FastSet, hash_str};
+use pageflow_dataflow::intern::{Article, Portal};
 use pageflow_dataflow::live::LiveUpdate;
 
 /// How many maps readers are spread over.
@@ -53,34 +55,37 @@ pub struct Read {
     pub ts: u64,
 }
 
-/// The readers of one shard and the article ids they share.
+/// One held read: an interned article and the event time of its latest read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeldRead {
+    article: Article,
+    ts: u64,
+}
+
+/// A reader: `(portal, user_id)`.
+type Reader = (Portal, CompactString);
+
+/// The readers of one shard.
 #[derive(Debug, Default)]
 struct Shard {
-    /// portal → user → their reads, newest first.
-    readers: FastMap<Arc<str>, FastMap<Arc<str>, Vec<Read>>>,
-    /// Every article id held by a read of this shard, once.
-    articles: FastSet<Arc<str>>,
-    /// `(portal, user)` whose reads changed (or who were forgotten) since the last checkpoint.
-    changed: FastSet<(Arc<str>, Arc<str>)>,
+    /// `(portal, user)` → their reads, newest first.
+    readers: FastMap<Reader, Vec<HeldRead>>,
+    /// Readers whose reads changed (or who were forgotten) since the last checkpoint; only
+    /// kept when checkpoints are taken.
+    changed: FastSet<Reader>,
 }
 
 impl Shard {
-    /// Drops readers `keep` refuses, then the article ids no read holds any more.
-    fn retain_readers(&mut self, mut keep: impl FnMut(&[Read]) -> bool) {
+    /// Drops readers `keep` refuses.
+    fn retain_readers(&mut self, tracking: bool, mut keep: impl FnMut(&[HeldRead]) -> bool) {
         let changed = &mut self.changed;
-        for (portal, users) in self.readers.iter_mut() {
-            users.retain(|user, reads| {
-                let kept = keep(reads);
-                if !kept {
-                    changed.insert((Arc::clone(portal), Arc::clone(user)));
-                }
-                kept
-            });
-        }
-        self.readers.retain(|_, users| !users.is_empty());
-        // Held only here: no read refers to it.
-        self.articles
-            .retain(|article| Arc::strong_count(article) > 1);
+        self.readers.retain(|reader, reads| {
+            let kept = keep(reads);
+            if !kept && tracking {
+                changed.insert(reader.clone());
+            }
+            kept
+        });
     }
 }
 
@@ -93,6 +98,8 @@ pub struct RecentReads {
     users: AtomicUsize,
     /// The newest read time seen: readers are forgotten `ttl_ms` before it.
     newest_ts: AtomicU64,
+    /// Checkpoints are taken: changed readers are tracked.
+    tracking: AtomicBool,
 }
 
 impl Default for RecentReads {
@@ -109,7 +116,13 @@ impl RecentReads {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             users: AtomicUsize::new(0),
             newest_ts: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps track of changed readers from now on, for incremental checkpoints.
+    pub fn track_changes(&self) {
+        self.tracking.store(true, Ordering::Relaxed);
     }
 
     /// The limits this keeps within.
@@ -126,6 +139,11 @@ impl RecentReads {
 
     /// Records that `user_id` read `article_id` in `portal` at `ts`.
     pub fn record(&self, portal: &str, user_id: &str, article_id: &str, ts: u64) {
+        self.record_article(Article::intern_names(portal, article_id), user_id, ts);
+    }
+
+    /// Records that `user_id` read `article` (of its portal) at `ts`.
+    pub fn record_article(&self, article: Article, user_id: &str, ts: u64) {
         if self.limits.per_user == 0 {
             return;
         }
@@ -133,46 +151,28 @@ impl RecentReads {
         if ts.saturating_add(self.limits.ttl_ms) < self.newest_ts.load(Ordering::Relaxed) {
             return; // Forgotten already: the reader would be swept at once.
         }
+        let tracking = self.tracking.load(Ordering::Relaxed);
+        let reader: Reader = (article.portal(), CompactString::from(user_id));
         let added_user = {
             let mut guard = self.shard(user_id);
             let shard = &mut *guard;
-            let (portal, users) = match shard.readers.get_key_value(portal) {
-                Some((held, _)) => {
-                    let held = Arc::clone(held);
-                    let users = shard.readers.get_mut(&held);
-                    (held, users)
-                }
-                None => {
-                    let held: Arc<str> = Arc::from(portal);
-                    let users = Some(shard.readers.entry(Arc::clone(&held)).or_default());
-                    (held, users)
-                }
-            };
-            let Some(users) = users else {
-                return;
-            };
-            match users
-                .get_key_value(user_id)
-                .map(|(user, _)| Arc::clone(user))
-            {
-                Some(user) => {
-                    let articles = &mut shard.articles;
-                    if let Some(reads) = users.get_mut(&user) {
-                        insert_read(reads, article_id, ts, self.limits.per_user, |id| {
-                            intern(articles, id)
-                        });
-                    }
-                    shard.changed.insert((portal, user));
+            let added = match shard.readers.get_mut(&reader) {
+                Some(reads) => {
+                    insert_read(reads, article, ts, self.limits.per_user);
                     false
                 }
                 None => {
-                    let article_id = intern(&mut shard.articles, article_id);
-                    let user: Arc<str> = Arc::from(user_id);
-                    users.insert(Arc::clone(&user), vec![Read { article_id, ts }]);
-                    shard.changed.insert((portal, user));
+                    // `vec!` allocates exactly one read.
+                    shard
+                        .readers
+                        .insert(reader.clone(), vec![HeldRead { article, ts }]);
                     true
                 }
+            };
+            if tracking {
+                shard.changed.insert(reader);
             }
+            added
         };
         if added_user {
             let held = self.users.fetch_add(1, Ordering::Relaxed) + 1;
@@ -199,12 +199,38 @@ impl RecentReads {
 
     /// `user_id`'s recent reads in `portal`, newest first (empty for an unknown reader).
     pub fn recent(&self, portal: &str, user_id: &str) -> Vec<Read> {
+        let reader: Reader = (Portal::intern(portal), CompactString::from(user_id));
         self.shard(user_id)
             .readers
-            .get(portal)
-            .and_then(|users| users.get(user_id))
-            .cloned()
+            .get(&reader)
+            .map(|reads| {
+                reads
+                    .iter()
+                    .map(|read| Read {
+                        article_id: Arc::from(read.article.id()),
+                        ts: read.ts,
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Bytes held (estimated from the maps' capacities and the reads' lists) and readers held.
+    pub fn size(&self) -> (u64, u64) {
+        let mut bytes = 0usize;
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            bytes += shard.readers.capacity()
+                * (std::mem::size_of::<(Reader, Vec<HeldRead>)>() + 1)
+                + shard.changed.capacity() * (std::mem::size_of::<Reader>() + 1);
+            for ((_, user), reads) in &shard.readers {
+                bytes += (reads.capacity() * std::mem::size_of::<HeldRead>()).div_ceil(16) * 16;
+                if user.is_heap_allocated() {
+                    bytes += user.capacity().div_ceil(16) * 16;
+                }
+            }
+        }
+        (bytes as u64, self.users() as u64)
     }
 
     /// How many `(portal, user)` pairs are held.
@@ -219,13 +245,19 @@ impl RecentReads {
             .newest_ts
             .load(Ordering::Relaxed)
             .saturating_sub(self.limits.ttl_ms);
+        let tracking = self.tracking.load(Ordering::Relaxed);
         let mut newest_per_user = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            shard.retain_readers(|reads| reads.first().is_some_and(|r| r.ts >= horizon));
-            for users in shard.readers.values() {
-                newest_per_user.extend(users.values().filter_map(|r| r.first().map(|r| r.ts)));
-            }
+            shard.retain_readers(tracking, |reads| {
+                reads.first().is_some_and(|r| r.ts >= horizon)
+            });
+            newest_per_user.extend(
+                shard
+                    .readers
+                    .values()
+                    .filter_map(|r| r.first().map(|r| r.ts)),
+            );
         }
         let target = self.limits.max_users - self.limits.max_users / 10;
         if newest_per_user.len() > target {
@@ -236,7 +268,7 @@ impl RecentReads {
             let cut = *cut;
             for shard in &self.shards {
                 let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                shard.retain_readers(|reads| reads.first().is_some_and(|r| r.ts > cut));
+                shard.retain_readers(tracking, |reads| reads.first().is_some_and(|r| r.ts > cut));
             }
         }
         let held = self
@@ -247,9 +279,7 @@ impl RecentReads {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .readers
-                    .values()
-                    .map(FastMap::len)
-                    .sum::<usize>()
+                    .len()
             })
             .sum();
         self.users.store(held, Ordering::Relaxed);
@@ -261,18 +291,16 @@ impl RecentReads {
         let mut updates = Vec::with_capacity(self.users());
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for (portal, users) in &shard.readers {
-                updates.extend(users.iter().map(|(user, reads)| {
-                    LiveUpdate::Reads {
-                        portal: portal.to_string(),
-                        user_id: user.to_string(),
-                        reads: reads
-                            .iter()
-                            .map(|read| (read.article_id.to_string(), read.ts))
-                            .collect(),
-                    }
-                }));
-            }
+            updates.extend(shard.readers.iter().map(|((portal, user), reads)| {
+                LiveUpdate::Reads {
+                    portal: portal.name().to_string(),
+                    user_id: user.to_string(),
+                    reads: reads
+                        .iter()
+                        .map(|read| (read.article.id().to_string(), read.ts))
+                        .collect(),
+                }
+            }));
         }
         updates
     }
@@ -288,18 +316,14 @@ impl RecentReads {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let changed = std::mem::take(&mut shard.changed);
-            for (portal, user) in changed {
-                let reads = shard
-                    .readers
-                    .get(&portal)
-                    .and_then(|users| users.get(&user))
-                    .map(|reads| {
-                        reads
-                            .iter()
-                            .map(|read| (read.article_id.to_string(), read.ts))
-                            .collect()
-                    });
-                changes.push((portal.to_string(), user.to_string(), reads));
+            for reader in changed {
+                let reads = shard.readers.get(&reader).map(|reads| {
+                    reads
+                        .iter()
+                        .map(|read| (read.article.id().to_string(), read.ts))
+                        .collect()
+                });
+                changes.push((reader.0.name().to_string(), reader.1.to_string(), reads));
             }
         }
         changes
@@ -316,70 +340,38 @@ impl RecentReads {
                 .clear();
         }
     }
-
-    /// Distinct article ids held (interned once per shard).
-    pub fn articles(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .articles
-                    .len()
-            })
-            .sum()
-    }
 }
 
-/// The shared copy of `article_id` in `articles`.
-fn intern(articles: &mut FastSet<Arc<str>>, article_id: &str) -> Arc<str> {
-    if let Some(held) = articles.get(article_id) {
-        return Arc::clone(held);
-    }
-    let article: Arc<str> = Arc::from(article_id);
-    articles.insert(Arc::clone(&article));
-    article
-}
-
-/// Puts `article_id` read at `ts` into `reads` (newest first, at most `limit`): a later read of a
-/// held article moves it up, an earlier one changes nothing. `intern` gives the id's shared copy.
-fn insert_read(
-    reads: &mut Vec<Read>,
-    article_id: &str,
-    ts: u64,
-    limit: usize,
-    intern: impl FnOnce(&str) -> Arc<str>,
-) {
-    if let Some(at) = reads.iter().position(|r| &*r.article_id == article_id) {
+/// Puts `article` read at `ts` into `reads` (newest first, at most `limit`): a later read of a
+/// held article moves it up, an earlier one changes nothing. The list grows one read at a time
+/// (most readers read a few articles).
+fn insert_read(reads: &mut Vec<HeldRead>, article: Article, ts: u64, limit: usize) {
+    if let Some(at) = reads.iter().position(|r| r.article == article) {
         if reads[at].ts >= ts {
             return;
         }
         let mut read = reads.remove(at);
         read.ts = ts;
-        let to = position_for(reads, &read.article_id, ts);
+        let to = position_for(reads, article, ts);
         reads.insert(to, read);
         return;
     }
-    let to = position_for(reads, article_id, ts);
+    let to = position_for(reads, article, ts);
     if to >= limit {
         return;
     }
-    reads.insert(
-        to,
-        Read {
-            article_id: intern(article_id),
-            ts,
-        },
-    );
+    if reads.len() == reads.capacity() {
+        reads.reserve_exact(1);
+    }
+    reads.insert(to, HeldRead { article, ts });
     reads.truncate(limit);
 }
 
 /// Where a read goes in a newest-first list; equal times are ordered by article id, so the order
 /// does not depend on arrival.
-fn position_for(reads: &[Read], article_id: &str, ts: u64) -> usize {
+fn position_for(reads: &[HeldRead], article: Article, ts: u64) -> usize {
     reads.partition_point(|r| {
-        (r.ts, std::cmp::Reverse(&*r.article_id)) > (ts, std::cmp::Reverse(article_id))
+        (r.ts, std::cmp::Reverse(r.article.id())) > (ts, std::cmp::Reverse(article.id()))
     })
 }
 
@@ -453,26 +445,35 @@ mod tests {
     }
 
     #[test]
-    fn article_ids_are_shared_and_dropped_with_their_last_reader() {
+    fn readers_are_forgotten_with_their_reads_and_changes_tracked_when_asked() {
         let recent = RecentReads::new(RecentReadsLimits {
             per_user: 2,
             ttl_ms: 100,
             max_users: 1_000,
         });
-        // Users u0 and u16 may land in different shards; each shard holds "a" once.
         for user in 0..40 {
             recent.record("g1", &format!("u{user}"), "a", 10);
         }
-        assert!(recent.articles() <= SHARDS, "{}", recent.articles());
-        let one = recent.recent("g1", "u1");
-        let two = recent.recent("g1", "u2");
-        assert_eq!(one[0].article_id, two[0].article_id);
-        // The readers of "a" expire; a new reader of "b" keeps only "b".
+        assert!(
+            recent.take_changes().is_empty(),
+            "not tracked without checkpoints"
+        );
+        recent.track_changes();
         recent.record("g1", "late", "b", 500);
-        drop((one, two));
         recent.sweep();
         assert_eq!(recent.users(), 1);
-        assert_eq!(recent.articles(), 1);
+        let changes = recent.take_changes();
+        assert_eq!(changes.len(), 41, "the new reader and the forgotten ones");
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|(_, _, reads)| reads.is_none())
+                .count(),
+            40
+        );
+        let (bytes, readers) = recent.size();
+        assert_eq!(readers, 1);
+        assert!(bytes > 0);
     }
 
     #[test]

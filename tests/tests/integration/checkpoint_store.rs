@@ -392,7 +392,8 @@ fn s3_create_only_put_of_an_existing_key_fails_with_412() -> TestResult {
     let checkpoints = manual(store.clone(), 3);
     commit(&checkpoints, 1, None)?;
     let other = vec![StateEntry::put("page:1", "another writer's state")];
-    let error = checkpoints.commit(1, None, other, 2, "fp", BTreeMap::new())
+    let error = checkpoints
+        .commit(1, None, other, 2, "fp", BTreeMap::new())
         .map_err(|failed| failed.error);
     assert!(
         matches!(&error, Err(CheckpointError::Conflict { id: 1, key, .. })
