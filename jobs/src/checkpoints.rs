@@ -302,6 +302,8 @@ pub struct CheckpointDriver {
     next_id: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    /// The store (shared with the writer), for waiting on its background compaction.
+    store: Checkpoints,
 }
 
 /// What the driver, its timer and its writer share about checkpoints under way.
@@ -380,6 +382,7 @@ impl CheckpointDriver {
             next_id: Arc::new(AtomicU64::new(first_id)),
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::default(),
+            store: checkpoints.clone(),
         };
         {
             let progress = Arc::clone(&driver.progress);
@@ -514,6 +517,14 @@ impl CheckpointDriver {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits until the store's background compaction (if one runs) has ended. A process that
+    /// exits instead leaves a half-written base that no manifest lists (deleted later); one that
+    /// goes on using the location in-process (a benchmark restarting the job, a test removing
+    /// the directory) waits here first.
+    pub fn wait_for_compaction(&self) {
+        self.store.wait_for_compaction();
     }
 
     /// Stops taking checkpoints on the timer.

@@ -7,6 +7,7 @@
 pub mod checkpoints;
 pub mod commands;
 pub mod config;
+pub mod heap;
 pub mod metrics;
 pub mod outputs;
 pub mod serve;

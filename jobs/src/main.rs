@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 // The operators allocate many small strings and maps across worker threads; glibc's allocator
 // spent a large share of the time consolidating and splitting chunks (see README, Benchmarks).
+// Counted, so that benchmarks and `/metrics` can tell live heap from resident set.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: pageflow::heap::Counting<mimalloc::MiMalloc> =
+    pageflow::heap::Counting(mimalloc::MiMalloc);
 use std::process::ExitCode;
 
 use anyhow::Result;

@@ -17,6 +17,7 @@
 //! | `pageflow_watermark_delay_ms` | gauge | wall clock minus watermark, computed when rendered |
 //! | `pageflow_events_per_second` | gauge | records read per second over the last ~10 s |
 //! | `pageflow_live_keys` | gauge | keys held in live state (open sessions, windows …), as set by the job |
+//! | `pageflow_heap_bytes` | gauge | live heap of the process: bytes allocated and not freed (see [`crate::heap`]; 0 when the counting allocator is not installed) |
 //! | `pageflow_sink_records_total{sink}` | counter | records written by the AWS sinks (`kinesis`, `firehose_raw`, `firehose_processed`, `firehose_dead_letter`) |
 //! | `pageflow_sink_retried_total{sink}` | counter | entries the AWS sinks had to send again (partial failures, throttling) |
 //! | `pageflow_kinesis_shards{state}` | gauge | shards being read (`reading`) and read to their end (`finished`) |
@@ -552,6 +553,13 @@ impl Metrics {
             "gauge",
         );
         let _ = writeln!(out, "pageflow_live_keys {}", self.live_keys());
+        header(
+            &mut out,
+            "pageflow_heap_bytes",
+            "Live heap of the process: bytes allocated and not yet freed.",
+            "gauge",
+        );
+        let _ = writeln!(out, "pageflow_heap_bytes {}", crate::heap::live_bytes());
         for (name, help, values) in [
             (
                 "pageflow_sink_records_total",
@@ -911,6 +919,7 @@ mod tests {
             ("pageflow_watermark_delay_ms", "gauge"),
             ("pageflow_events_per_second", "gauge"),
             ("pageflow_live_keys", "gauge"),
+            ("pageflow_heap_bytes", "gauge"),
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}\n{text}");
             assert!(

@@ -11,12 +11,14 @@
 //! covers what a live job's checkpoint every 30 s of processing time covers at the same rate: its
 //! bytes and its pause are those of the live job.
 //!
-//! Every event-hour (by the job watermark) it prints a row: the process's resident set, the state
+//! Every event-hour (by the job watermark) it prints a row: the process's resident set and live
+//! heap (see [`crate::heap`]), the state
 //! every operator holds (bytes and keys, as the operators account for them), the checkpoints taken
 //! during that hour (how many, bytes written, the longest pause of the dataflow) and the bytes the
 //! newest checkpoint is made of. At the end: whether memory reached a plateau once the windows
-//! were full, and how long a restart from the final checkpoint (a full day's state) takes to be
-//! ready (restored, dataflow built).
+//! were full. Then it stops the job as SIGTERM does (a final checkpoint, the windows still open)
+//! and measures how long a restart from that checkpoint (with 30 h, a full day's state) takes to
+//! be ready (restored, dataflow built).
 //!
 
 use std::collections::BTreeMap;
@@ -64,6 +66,8 @@ pub struct HourRow {
     pub events_per_second: f64,
     /// Resident set of the process, MiB.
     pub rss_mib: f64,
+    /// Live heap of the process (allocated, not freed), MiB.
+    pub heap_mib: f64,
     /// State in memory by operator: `(bytes, keys)`.
     pub state: BTreeMap<String, (u64, u64)>,
     /// Checkpoints committed during the hour.
@@ -84,7 +88,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
     }
     let config = job_config(settings, dir);
     let start_ts = config.source.start_ts.unwrap_or(0);
-    let total = config.source.limit.unwrap_or(0);
+    let total = (settings.rate * settings.hours * 3600.0).round() as u64;
     println!(
         "soak: {} events/s of event time for {} h ({total} events), {} workers, checkpoints every {} of event time, archive {}",
         settings.rate,
@@ -102,6 +106,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
     let mut last_hour = (0u64, started, 0u64);
     let mut printed_header = false;
     let mut last_request = start_ts;
+    let hours = settings.hours.ceil() as u64;
     loop {
         let ended = job.has_ended();
         let watermark = metrics.watermark().unwrap_or(0);
@@ -118,16 +123,17 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
             hour_checkpoints.2 = hour_checkpoints.2.max(figures.last_pause_s * 1000.0);
         }
         let hour = watermark.saturating_sub(start_ts) / 3_600_000;
-        if hour > last_hour.0 || ended {
+        if hour > last_hour.0 {
             let events = metrics.events_in();
             let now = Instant::now();
             let row = HourRow {
-                hour: if ended { last_hour.0 + 1 } else { hour },
+                hour,
                 events,
                 elapsed_s: started.elapsed().as_secs_f64(),
                 events_per_second: (events - last_hour.2) as f64
                     / now.duration_since(last_hour.1).as_secs_f64().max(1e-9),
                 rss_mib: current_rss_mib(),
+                heap_mib: crate::heap::live_bytes() as f64 / (1024.0 * 1024.0),
                 state: metrics.state_sizes(),
                 checkpoints: hour_checkpoints.0,
                 checkpoint_bytes: hour_checkpoints.1,
@@ -143,41 +149,55 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
             hour_checkpoints = (0, 0, 0.0);
             last_hour = (hour, now, events);
         }
-        if ended {
+        if hour >= hours {
             break;
+        }
+        if ended {
+            // The traffic never ends by itself: the job stopped on an error (logged).
+            job.shutdown()?;
+            return Err(anyhow!(
+                "the job stopped after {} event-hours of the {hours} asked for; see the log above",
+                last_hour.0
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Stopped as `pageflow run` stops on SIGTERM: a final checkpoint of the whole state, windows
+    // still open (the input has not ended), which the restart below starts from.
+    let stopped = job.checkpoint_and_stop(Duration::from_secs(600))?;
+    job.wait_for_compaction();
     job.shutdown()?;
-    let _ = total;
     if let Some(plateau) = plateau(&rows) {
         println!("{plateau}");
     }
 
-    // A restart from the final checkpoint: the whole state of the last day, to ready.
-    let restart = if settings.hours >= 1.0 {
-        let mut again = config;
-        // Nothing more to read: the restart restores and is ready; the input has ended.
-        again.source.limit = Some(total);
-        let begun = Instant::now();
-        let job = run::start(again)?;
-        let deadline = begun + Duration::from_secs(600);
-        while !job.serving.is_loaded() {
-            if Instant::now() > deadline {
-                return Err(anyhow!("the restarted job was not ready after 10 minutes"));
+    let restart = match stopped {
+        run::Stopped::Checkpointed(id) => {
+            let begun = Instant::now();
+            let job = run::start(config)?;
+            let deadline = begun + Duration::from_secs(600);
+            while !job.serving.is_loaded() {
+                if Instant::now() > deadline {
+                    return Err(anyhow!("the restarted job was not ready after 10 minutes"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            let ready = begun.elapsed();
+            println!(
+                "restart from checkpoint {id} ({:.0} MiB stored, {} h of state) to ready: {:.2} s",
+                metrics.checkpoints().stored_bytes as f64 / (1024.0 * 1024.0),
+                hours,
+                ready.as_secs_f64()
+            );
+            job.checkpoint_and_stop(Duration::from_secs(60))?;
+            job.wait_for_compaction();
+            job.shutdown()?;
+            Some(ready)
         }
-        let ready = begun.elapsed();
-        println!(
-            "restart from the final checkpoint ({} MiB stored) to ready: {:.2} s",
-            rows.last().map_or(0.0, |r| r.stored_mib),
-            ready.as_secs_f64()
-        );
-        job.shutdown()?;
-        Some(ready)
-    } else {
-        None
+        other => {
+            println!("no final checkpoint ({other:?}): the restart is not measured");
+            None
+        }
     };
     if let Err(error) = std::fs::remove_dir_all(dir) {
         eprintln!("could not remove {}: {error}", dir.display());
@@ -196,7 +216,8 @@ fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
     config.source.events_per_second = settings.rate;
     // A fixed start (2026-11-23T12:00:00Z), so runs compare.
     config.source.start_ts = Some(1_795_435_200_000);
-    config.source.limit = Some((settings.rate * settings.hours * 3600.0).round() as u64);
+    // Unbounded: the soak stops the job (as SIGTERM does) once `hours` of event time are in.
+    config.source.limit = None;
     config.sinks.dir = dir.to_path_buf();
     config.sinks.archive = settings.archive;
     config.serve.enabled = false;
@@ -209,8 +230,8 @@ fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
 
 fn header(row: &HourRow) -> String {
     let mut text = format!(
-        "{:>4} {:>11} {:>8} {:>9} {:>8}",
-        "hour", "events", "wall s", "events/s", "RSS MiB"
+        "{:>4} {:>11} {:>8} {:>9} {:>8} {:>8}",
+        "hour", "events", "wall s", "events/s", "RSS MiB", "heap MiB"
     );
     for operator in row.state.keys() {
         let _ = write!(text, " {:>13}", short(operator));
@@ -230,8 +251,8 @@ fn short(operator: &str) -> String {
 
 fn line(row: &HourRow) -> String {
     let mut text = format!(
-        "{:>4} {:>11} {:>8.1} {:>9.0} {:>8.0}",
-        row.hour, row.events, row.elapsed_s, row.events_per_second, row.rss_mib
+        "{:>4} {:>11} {:>8.1} {:>9.0} {:>8.0} {:>8.0}",
+        row.hour, row.events, row.elapsed_s, row.events_per_second, row.rss_mib, row.heap_mib
     );
     for (bytes, keys) in row.state.values() {
         let cell = format!(

@@ -130,6 +130,14 @@ impl RunningJob {
             .and_then(|driver| driver.request(false))
     }
 
+    /// Waits until the checkpoint store's background compaction has ended (see
+    /// [`CheckpointDriver::wait_for_compaction`]).
+    pub fn wait_for_compaction(&self) {
+        if let Some(driver) = &self.checkpoints {
+            driver.wait_for_compaction();
+        }
+    }
+
     /// Flushes the sinks and stops serving. The dataflow threads end with the process.
     pub fn shutdown(mut self) -> Result<()> {
         if let Some(driver) = &self.checkpoints {
