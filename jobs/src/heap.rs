@@ -98,7 +98,8 @@ mod tests {
     #[test]
     fn counts_what_is_allocated_and_freed() {
         let allocator = Counting(std::alloc::System);
-        let layout = Layout::from_size_align(FLUSH_BYTES as usize * 4, 8).expect("valid layout");
+        let layout =
+            Layout::from_size_align(FLUSH_BYTES as usize * 4, 8).unwrap_or_else(|e| panic!("{e}"));
         // On a fresh thread: its own count starts at zero.
         std::thread::spawn(move || {
             let before = LIVE_BYTES.load(Ordering::Relaxed);
@@ -117,6 +118,6 @@ mod tests {
             assert!(held.abs() < FLUSH_BYTES, "after freeing it: {held}");
         })
         .join()
-        .expect("the counting thread");
+        .unwrap_or_else(|_| panic!("the counting thread panicked"));
     }
 }
