@@ -32,7 +32,7 @@ use pageflow_dataflow::checkpoint::changes::{decode, parse_key};
 use pageflow_dataflow::checkpoint::snapshot::{INGEST_STATE, IngestKey};
 use pageflow_dataflow::checkpoint::{
     Change, CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, Restore, RestorePlan,
-    RestoredSources, StateSize, WorkerCheckpoint,
+    RestoredSources, StateSize, WorkerCheckpoint, WorkerSnapshot,
 };
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::live::LiveUpdate;
@@ -178,8 +178,9 @@ pub struct CompleteParts {
     /// The checkpoint's id.
     pub id: u64,
     /// What changed on every worker (and in earlier parts that never completed), in order, or
-    /// the first failure.
-    pub changes: Result<Vec<Change>, String>,
+    /// the first failure. Their deferred changes are encoded by the writer, each snapshot's
+    /// after its direct ones, snapshot by snapshot (a later part's changes win).
+    pub changes: Result<Vec<WorkerSnapshot>, String>,
     /// The size of every operator's state, summed over the workers.
     pub sizes: BTreeMap<String, StateSize>,
     /// The longest any worker stood still.
@@ -234,13 +235,13 @@ impl PartsInbox {
         for (index, (_, parts)) in taken.into_iter().enumerate() {
             for part in parts {
                 match (part.snapshot, &mut changes) {
-                    (Ok(snapshot), Ok(all)) => {
+                    (Ok(mut snapshot), Ok(all)) => {
                         if index == last {
-                            for (operator, size) in snapshot.sizes {
+                            for (operator, size) in std::mem::take(&mut snapshot.sizes) {
                                 *sizes.entry(operator).or_default() += size;
                             }
                         }
-                        all.extend(snapshot.changes);
+                        all.push(snapshot);
                     }
                     (Err(error), Ok(_)) => changes = Err(error.to_string()),
                     (_, Err(_)) => {}
@@ -672,7 +673,17 @@ impl Writer {
                 "checkpoints are stopped since a worker's state could not be saved ({why}); restart the job to take checkpoints again"
             ));
         }
-        let changes = match parts.changes {
+        let encoded = parts.changes.and_then(|snapshots| {
+            let mut changes = Vec::new();
+            for mut snapshot in snapshots {
+                snapshot
+                    .encode_deferred()
+                    .map_err(|error| format!("worker {}: {error}", snapshot.worker))?;
+                changes.append(&mut snapshot.changes);
+            }
+            Ok(changes)
+        });
+        let changes = match encoded {
             Ok(changes) => changes,
             Err(why) => {
                 self.broken = Some(why.clone());

@@ -263,7 +263,8 @@ pub fn run_half(
         collected.dead_letters.truncate(letters);
         let mut image = restore.cloned().unwrap_or_default();
         for part in collected.parts {
-            let snapshot = part.snapshot.map_err(|e| e.to_string())?;
+            let mut snapshot = part.snapshot.map_err(|e| e.to_string())?;
+            snapshot.encode_deferred().map_err(|e| e.to_string())?;
             half.checkpoint_bytes += snapshot.changed_bytes();
             image.apply(snapshot.changes);
         }

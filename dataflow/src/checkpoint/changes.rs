@@ -117,6 +117,73 @@ pub fn parse_key(key: &[u8]) -> Option<(&str, Placement, &[u8])> {
     }
 }
 
+/// Changes an operator copied out of its state while the dataflow stood still for a checkpoint,
+/// to be encoded after it has resumed (by the checkpoint writer, off the workers' threads).
+///
+/// Copying a changed entry (interned ids are pointers, short user ids are inline) costs a
+/// fraction of encoding it, so an operator with many changes per checkpoint (sessions, pair
+/// counts) keeps the pause short by copying and deferring. An operator writes a given key either
+/// always directly or always deferred: the two kinds of changes are merged in that order.
+pub trait DeferredChanges: Send {
+    /// Writes the changes (with [`ChangeWriter::put`] and [`ChangeWriter::delete`]).
+    fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError>;
+}
+
+/// One entry to set, owned, encoded later: the simplest [`DeferredChanges`].
+#[derive(Debug)]
+pub struct DeferredPut<K, V> {
+    /// Where it is restored.
+    pub placement: Placement,
+    /// The operator's key.
+    pub key: K,
+    /// The value.
+    pub value: V,
+}
+
+impl<K, V> DeferredChanges for DeferredPut<K, V>
+where
+    K: Serialize + Send,
+    V: Serialize + Send,
+{
+    fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        out.put(self.placement, &self.key, &self.value)
+    }
+}
+
+/// One operator's deferred changes, with what its writer needs to encode them later.
+pub struct DeferredPart {
+    operator: String,
+    worker: usize,
+    run: u64,
+    prefix: Option<u8>,
+    changes: Box<dyn DeferredChanges>,
+}
+
+impl std::fmt::Debug for DeferredPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredPart")
+            .field("operator", &self.operator)
+            .field("worker", &self.worker)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeferredPart {
+    /// Encodes the changes, appending them to `out`; returns the bytes written.
+    pub fn encode_into(self, out: &mut Vec<Change>) -> Result<u64, CheckpointError> {
+        let mut writer = ChangeWriter::new(&self.operator, self.worker, self.run, out);
+        writer.prefix = self.prefix;
+        self.changes.write(&mut writer)?;
+        Ok(writer.bytes())
+    }
+
+    /// The operator whose changes these are.
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+}
+
 /// Collects one operator's changes for a checkpoint.
 #[derive(Debug)]
 pub struct ChangeWriter<'a> {
@@ -124,6 +191,10 @@ pub struct ChangeWriter<'a> {
     worker: usize,
     run: u64,
     out: &'a mut Vec<Change>,
+    /// Where deferred changes go; without it they are encoded at once.
+    deferred: Option<&'a mut Vec<DeferredPart>>,
+    /// A byte put before every key of the operator's own (see [`ChangeWriter::prefixed`]).
+    prefix: Option<u8>,
     bytes: u64,
 }
 
@@ -136,8 +207,59 @@ impl<'a> ChangeWriter<'a> {
             worker,
             run,
             out,
+            deferred: None,
+            prefix: None,
             bytes: 0,
         }
+    }
+
+    /// A writer for a part of the operator's state kept apart from the rest: every key it
+    /// writes starts with `prefix` (for an operator made of two states; its restore tells them
+    /// apart by that first byte of the key).
+    pub fn prefixed(&mut self, prefix: u8) -> ChangeWriter<'_> {
+        ChangeWriter {
+            operator: self.operator,
+            worker: self.worker,
+            run: self.run,
+            out: &mut *self.out,
+            deferred: self.deferred.as_deref_mut(),
+            prefix: Some(prefix),
+            bytes: 0,
+        }
+    }
+
+    /// Like [`ChangeWriter::new`], handing what the operator defers ([`ChangeWriter::defer`]) to
+    /// `deferred` unencoded.
+    pub fn with_deferred(
+        operator: &'a str,
+        worker: usize,
+        run: u64,
+        out: &'a mut Vec<Change>,
+        deferred: &'a mut Vec<DeferredPart>,
+    ) -> Self {
+        ChangeWriter {
+            deferred: Some(deferred),
+            ..ChangeWriter::new(operator, worker, run, out)
+        }
+    }
+
+    /// Hands over changes copied out of the state, to be encoded after the dataflow resumes (see
+    /// [`DeferredChanges`]); a writer without a place for them encodes them now.
+    pub fn defer(
+        &mut self,
+        changes: impl DeferredChanges + 'static,
+    ) -> Result<(), CheckpointError> {
+        if let Some(deferred) = self.deferred.as_deref_mut() {
+            deferred.push(DeferredPart {
+                operator: self.operator.to_string(),
+                worker: self.worker,
+                run: self.run,
+                prefix: self.prefix,
+                changes: Box::new(changes),
+            });
+            return Ok(());
+        }
+        Box::new(changes).write(self)
     }
 
     /// The worker writing.
@@ -167,6 +289,9 @@ impl<'a> ChangeWriter<'a> {
                 bytes.extend_from_slice(&group.to_be_bytes());
             }
             Placement::Broadcast => bytes.push(BROADCAST),
+        }
+        if let Some(prefix) = self.prefix {
+            bytes.push(prefix);
         }
         encoding()
             .serialize_into(&mut bytes, key)
@@ -201,24 +326,6 @@ impl<'a> ChangeWriter<'a> {
         self.bytes += key.len() as u64;
         self.out.push(Change { key, value: None });
         Ok(())
-    }
-
-    /// Writes a change whose key is already encoded (the operator's own key bytes, after the
-    /// scope): for an operator made of two states that re-keys one of them.
-    pub fn put_raw(&mut self, placement: Placement, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let mut stored = Vec::with_capacity(self.operator.len() + 4 + key.len());
-        stored.extend_from_slice(self.operator.as_bytes());
-        stored.push(0);
-        match placement {
-            Placement::Keyed(group) => {
-                stored.push(KEYED);
-                stored.extend_from_slice(&group.to_be_bytes());
-            }
-            Placement::Broadcast => stored.push(BROADCAST),
-        }
-        stored.extend_from_slice(&key);
-        self.bytes += (stored.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-        self.out.push(Change { key: stored, value });
     }
 
     /// Bytes written so far (keys and values).
@@ -280,6 +387,37 @@ mod tests {
         assert!(changes[1].key < changes[0].key, "operators sort together");
         assert!(Placement::Keyed(5).restores_on(1, 2) && !Placement::Keyed(5).restores_on(0, 2));
         assert_eq!(key_group(KEY_GROUPS + 3), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn deferred_changes_encode_as_direct_ones_would() -> Result<(), Box<dyn std::error::Error>> {
+        let put = || DeferredPut {
+            placement: Placement::Keyed(3),
+            key: ("g1".to_string(), 7u64),
+            value: vec![1u32, 2, 3],
+        };
+        // Direct: a writer without a place for deferred changes encodes them at once.
+        let mut direct = Vec::new();
+        ChangeWriter::new("op", 1, 5, &mut direct)
+            .prefixed(9)
+            .defer(put())?;
+        // Deferred: nothing encoded until the part is.
+        let (mut now, mut later) = (Vec::new(), Vec::new());
+        ChangeWriter::with_deferred("op", 1, 5, &mut now, &mut later)
+            .prefixed(9)
+            .defer(put())?;
+        assert!(now.is_empty());
+        assert_eq!(later.len(), 1);
+        let mut encoded = Vec::new();
+        for part in later {
+            part.encode_into(&mut encoded)?;
+        }
+        assert_eq!(encoded, direct);
+        let (operator, placement, key) = parse_key(&encoded[0].key).ok_or("parse")?;
+        assert_eq!((operator, placement), ("op", Placement::Keyed(3)));
+        assert_eq!(key[0], 9, "the prefix comes before the operator's key");
+        assert_eq!(decode::<(String, u64)>(&key[1..])?, ("g1".to_string(), 7));
         Ok(())
     }
 }

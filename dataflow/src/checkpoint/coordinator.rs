@@ -11,8 +11,9 @@
 //!    At that point nothing is in flight anywhere, every operator has acted on the same
 //!    frontier, and the state of the operators is exactly the effect of the records read so far.
 //! 3. Every worker saves what changed in its operators' state since the previous checkpoint
-//!    ([`OperatorStates::save_changes`]) and hands it on, then the sources resume. Only encoding
-//!    the changes happens while the dataflow stands still; sorting, checksums, the write and the
+//!    ([`OperatorStates::save_changes`]) and hands it on, then the sources resume. Only copying
+//!    the changes out happens while the dataflow stands still (the large ones are encoded later,
+//!    see [`super::changes::DeferredChanges`]); encoding, sorting, checksums, the write and the
 //!    merging of runs happen elsewhere.
 //!
 //! A worker whose dataflow ends leaves the meeting; a checkpoint in progress then fails (the job is
@@ -354,10 +355,12 @@ impl CheckpointCoordinator {
         worker: usize,
         states: &OperatorStates,
     ) -> Result<WorkerSnapshot, CheckpointError> {
+        let (changes, deferred) = states.save_changes()?;
         Ok(WorkerSnapshot {
             worker,
             workers: self.workers,
-            changes: states.save_changes()?,
+            changes,
+            deferred,
             sizes: states.sizes(),
         })
     }

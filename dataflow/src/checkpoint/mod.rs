@@ -33,7 +33,9 @@ pub mod parts;
 pub mod snapshot;
 pub mod states;
 
-pub use changes::{Change, ChangeWriter, Entry, KEY_GROUPS, Placement, key_group};
+pub use changes::{
+    Change, ChangeWriter, DeferredChanges, DeferredPart, Entry, KEY_GROUPS, Placement, key_group,
+};
 pub use coordinator::{CheckpointCoordinator, END_OF_INPUT, WorkerCheckpoint};
 pub use image::{Restore, RestorePlan, RestoredSources, StateImage, WorkerRestore};
 pub use snapshot::{PartitionCheckpoint, WorkerSnapshot};

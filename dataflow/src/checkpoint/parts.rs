@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::changes::DeferredPut;
 use super::{ChangeWriter, CheckpointError, Entry, Placement};
 
 /// The key of one part: `(tag, bucket, run, worker, part number)`.
@@ -65,6 +66,28 @@ impl BucketParts {
         bucket: u64,
         records: &T,
     ) -> Result<(), CheckpointError> {
+        let key = self.next_key(out, bucket);
+        out.put(Placement::Broadcast, &key, records)
+    }
+
+    /// Like [`BucketParts::write`], with records copied out of the state: encoded after the
+    /// dataflow resumes (see [`super::changes::DeferredChanges`]).
+    pub fn write_later<T: Serialize + Send + 'static>(
+        &mut self,
+        out: &mut ChangeWriter<'_>,
+        bucket: u64,
+        records: T,
+    ) -> Result<(), CheckpointError> {
+        let key = self.next_key(out, bucket);
+        out.defer(DeferredPut {
+            placement: Placement::Broadcast,
+            key,
+            value: records,
+        })
+    }
+
+    /// The key of the next part of `bucket`, noted as held.
+    fn next_key(&mut self, out: &ChangeWriter<'_>, bucket: u64) -> PartKey {
         let key: PartKey = (
             self.tag,
             bucket,
@@ -73,9 +96,8 @@ impl BucketParts {
             self.next_part,
         );
         self.next_part = self.next_part.wrapping_add(1);
-        out.put(Placement::Broadcast, &key, records)?;
         self.parts.entry(bucket).or_default().push(key);
-        Ok(())
+        key
     }
 
     /// Notes a restored part; returns its bucket.

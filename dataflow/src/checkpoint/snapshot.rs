@@ -4,27 +4,40 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::Change;
+use super::CheckpointError;
+use super::changes::{Change, DeferredPart};
 use super::states::StateSize;
 
 /// The name under which ingest saves source positions and the watermark.
 pub const INGEST_STATE: &str = "ingest";
 
 /// One worker's part of a checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct WorkerSnapshot {
     /// The worker that saved it.
     pub worker: usize,
     /// How many workers the run has.
     pub workers: usize,
-    /// Everything that changed in its operators since its previous part.
+    /// Everything that changed in its operators since its previous part (encoded during the
+    /// pause).
     pub changes: Vec<Change>,
+    /// Changes copied out during the pause, encoded later ([`WorkerSnapshot::encode_deferred`]).
+    pub deferred: Vec<DeferredPart>,
     /// The size of each operator's state when it was saved.
     pub sizes: BTreeMap<String, StateSize>,
 }
 
 impl WorkerSnapshot {
-    /// Bytes of the changes (keys and values).
+    /// Encodes the deferred changes into `changes` (after the direct ones: see
+    /// [`super::changes::DeferredChanges`]).
+    pub fn encode_deferred(&mut self) -> Result<(), CheckpointError> {
+        for part in std::mem::take(&mut self.deferred) {
+            part.encode_into(&mut self.changes)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the encoded changes (keys and values).
     pub fn changed_bytes(&self) -> u64 {
         self.changes
             .iter()

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::CheckpointError;
-use super::changes::{Change, ChangeWriter, Entry};
+use super::changes::{Change, ChangeWriter, DeferredPart, Entry};
 use super::image::WorkerRestore;
 
 /// How big a state is: bytes held (estimated from the capacities of its structures) and entries
@@ -178,13 +178,21 @@ impl OperatorStates {
         errors
     }
 
-    /// Every declared state's changes since the previous call.
-    pub fn save_changes(&self) -> Result<Vec<Change>, CheckpointError> {
+    /// Every declared state's changes since the previous call: those encoded now, and those
+    /// copied out to be encoded later (see [`super::changes::DeferredChanges`]).
+    pub fn save_changes(&self) -> Result<(Vec<Change>, Vec<DeferredPart>), CheckpointError> {
         let register = self.register.borrow();
         let mut changes = Vec::new();
+        let mut deferred = Vec::new();
         for (name, state) in &register.operators {
             let started = std::time::Instant::now();
-            let mut out = ChangeWriter::new(name, register.worker, register.run, &mut changes);
+            let mut out = ChangeWriter::with_deferred(
+                name,
+                register.worker,
+                register.run,
+                &mut changes,
+                &mut deferred,
+            );
             state.save_changes(&mut out)?;
             let bytes = out.bytes();
             tracing::debug!(
@@ -195,7 +203,7 @@ impl OperatorStates {
                 "saved the operator's changes"
             );
         }
-        Ok(changes)
+        Ok((changes, deferred))
     }
 
     /// The size of every declared state, by name (in declaration order).

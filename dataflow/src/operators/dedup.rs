@@ -244,7 +244,7 @@ impl Checkpointed for DedupState {
                     new.push((id, ts));
                 }
             }
-            self.parts.write(out, tick, &new)?;
+            self.parts.write_later(out, tick, new)?;
             if let Some(ids) = self.ticks.get_mut(&tick) {
                 ids.saved = ids.ids.len();
             }

@@ -105,6 +105,24 @@ struct SavedPart {
     counts: Vec<(u32, u32, u32)>,
 }
 
+/// A part's pairs as copied out of the state; written as a [`SavedPart`] (its article table is
+/// built when it is encoded, after the dataflow has resumed).
+struct CopiedPart(Vec<(Article, Article, u32)>);
+
+impl Serialize for CopiedPart {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut part = SavedPart {
+            articles: ArticleTable::default(),
+            counts: Vec::with_capacity(self.0.len()),
+        };
+        for &(a, b, count) in &self.0 {
+            let (a, b) = (part.articles.index(a), part.articles.index(b));
+            part.counts.push((a, b, count));
+        }
+        part.serialize(serializer)
+    }
+}
+
 const PARTS_TAG: u8 = 0;
 const PROCESSED_TAG: u8 = 1;
 
@@ -330,18 +348,16 @@ impl PairCountsState {
         self.parts.drop_all();
     }
 
-    fn part(&self, counts: impl Iterator<Item = (u32, u32)>) -> SavedPart {
-        let mut part = SavedPart {
-            articles: ArticleTable::default(),
-            counts: Vec::new(),
-        };
-        for (slot, count) in counts {
-            if let Some(pair) = self.pairs[slot as usize].as_ref() {
-                let (a, b) = (part.articles.index(pair.a), part.articles.index(pair.b));
-                part.counts.push((a, b, count));
-            }
-        }
-        part
+    /// The pairs of `counts` (by slot) copied out, for a part encoded later.
+    fn part(&self, counts: impl Iterator<Item = (u32, u32)>) -> CopiedPart {
+        CopiedPart(
+            counts
+                .filter_map(|(slot, count)| {
+                    let pair = self.pairs[slot as usize].as_ref()?;
+                    Some((pair.a, pair.b, count))
+                })
+                .collect(),
+        )
     }
 }
 
@@ -354,7 +370,7 @@ impl Checkpointed for PairCountsState {
             };
             let part = self.part(counts.iter().copied());
             self.parts.drop_bucket(bucket);
-            self.parts.write(out, bucket, &part)?;
+            self.parts.write_later(out, bucket, part)?;
         }
         self.parts.save_deletes(out)?;
         let filling: Vec<u64> = self
@@ -370,7 +386,7 @@ impl Checkpointed for PairCountsState {
                 .map(|b| std::mem::take(&mut b.unsaved))
                 .unwrap_or_default();
             let part = self.part(unsaved.into_iter());
-            self.parts.write(out, bucket, &part)?;
+            self.parts.write_later(out, bucket, part)?;
         }
         if self.processed_until != self.saved_processed_until {
             out.put(

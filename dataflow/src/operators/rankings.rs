@@ -15,8 +15,8 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::checkpoint::parts::BucketParts;
 use crate::checkpoint::{
-    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
-    key_group,
+    ChangeWriter, CheckpointError, Checkpointed, DeferredChanges, Entry, OperatorStates, Placement,
+    StateSize, key_group,
 };
 use crate::features::{Feature, RankedItem, RankingKind};
 use crate::ids::{FastMap, FastSet};
@@ -300,6 +300,24 @@ struct SavedStats {
     recent_engaged_users: u64,
 }
 
+/// Articles whose statistics changed since the previous checkpoint (`None`: dropped).
+struct StatsChanges(Vec<(Article, Option<SavedStats>)>);
+
+impl DeferredChanges for StatsChanges {
+    fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        for (article, stats) in &self.0 {
+            let portal = article.portal();
+            let scope = Placement::of_route(portal.route());
+            let key = (STATS_TAG, portal.name(), article.id());
+            match stats {
+                Some(stats) => out.put(scope, &key, stats)?,
+                None => out.delete(scope, &key)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 const STATS_TAG: u8 = 0;
 const STASH_TAG: u8 = 1;
 const MARKS_TAG: u8 = 2;
@@ -310,32 +328,28 @@ const MARKS_TAG: u8 = 2;
 /// provisional rankings are not kept (the next preview makes them again).
 impl Checkpointed for RankingsState {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        // Copied out now (numbers), encoded once the dataflow has resumed.
         let mut changed: Vec<Article> = self.changed.drain().collect();
         changed.sort_unstable();
-        for article in changed {
-            let portal = article.portal();
-            let scope = Placement::of_route(portal.route());
-            let key = (STATS_TAG, portal.name(), article.id());
-            match self
-                .portals
-                .get(&portal)
-                .and_then(|p| p.stats.get(&article))
-            {
-                Some(stats) => out.put(
-                    scope,
-                    &key,
-                    &SavedStats {
+        let stats = changed
+            .into_iter()
+            .map(|article| {
+                let saved = self
+                    .portals
+                    .get(&article.portal())
+                    .and_then(|p| p.stats.get(&article))
+                    .map(|stats| SavedStats {
                         window_end: stats.window_end,
                         views: stats.views,
                         engaged_views: stats.engaged_views,
                         older_views: stats.older_views,
                         recent_users: stats.recent_users,
                         recent_engaged_users: stats.recent_engaged_users,
-                    },
-                )?,
-                None => out.delete(scope, &key)?,
-            }
-        }
+                    });
+                (article, saved)
+            })
+            .collect();
+        out.defer(StatsChanges(stats))?;
         self.stash_parts.save_deletes(out)?;
         for (window_end, unsaved) in std::mem::take(&mut self.stash_unsaved) {
             if let Some(stash) = self.stash.get(&window_end) {

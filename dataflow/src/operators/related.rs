@@ -32,8 +32,8 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 
 use crate::checkpoint::parts::BucketParts;
 use crate::checkpoint::{
-    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
-    key_group,
+    ChangeWriter, CheckpointError, Checkpointed, DeferredChanges, Entry, OperatorStates, Placement,
+    StateSize, key_group,
 };
 use crate::features::{Feature, RelatedItem};
 use crate::ids::{FastMap, FastSet};
@@ -87,6 +87,53 @@ struct ArticleRelated {
 struct SavedArticle {
     partners: Vec<(String, u32)>,
     last_emitted: Vec<RelatedItem>,
+    last_emitted_at: Option<u64>,
+}
+
+/// An article's related state copied out at a checkpoint (`None`: forgotten).
+struct CopiedArticle {
+    partners: Vec<(Article, u32)>,
+    last_emitted: Vec<RelatedItem>,
+    last_emitted_at: Option<u64>,
+}
+
+/// The articles whose partners or emitted list changed since the previous checkpoint.
+struct ArticleChanges {
+    articles: Vec<(Article, Option<CopiedArticle>)>,
+}
+
+impl DeferredChanges for ArticleChanges {
+    fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        for (id, copy) in self.articles {
+            let scope = Placement::of_route(id.route());
+            let key = (ARTICLE_TAG, id.portal().name(), id.id());
+            match copy {
+                Some(article) => {
+                    let mut partners: Vec<(&str, u32)> =
+                        article.partners.iter().map(|(p, c)| (p.id(), *c)).collect();
+                    partners.sort_unstable();
+                    out.put(
+                        scope,
+                        &key,
+                        &SavingArticle {
+                            partners,
+                            last_emitted: &article.last_emitted,
+                            last_emitted_at: article.last_emitted_at,
+                        },
+                    )?;
+                }
+                None => out.delete(scope, &key)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`SavedArticle`] as written, borrowing the ids (same encoding).
+#[derive(Serialize)]
+struct SavingArticle<'a> {
+    partners: Vec<(&'a str, u32)>,
+    last_emitted: &'a [RelatedItem],
     last_emitted_at: Option<u64>,
 }
 
@@ -366,7 +413,7 @@ impl RelatedState {
 }
 
 /// Writes the stash records the checkpoint does not hold yet, as parts of their window.
-fn save_stash<T: Serialize>(
+fn save_stash<T: Serialize + Copy + Send + 'static>(
     out: &mut ChangeWriter<'_>,
     stash: &BTreeMap<u64, Vec<T>>,
     unsaved: &mut BTreeMap<u64, usize>,
@@ -375,11 +422,8 @@ fn save_stash<T: Serialize>(
     parts.save_deletes(out)?;
     for (window_end, count) in std::mem::take(unsaved) {
         if let Some(records) = stash.get(&window_end) {
-            parts.write(
-                out,
-                window_end,
-                &records[records.len().saturating_sub(count)..],
-            )?;
+            let new = records[records.len().saturating_sub(count)..].to_vec();
+            parts.write_later(out, window_end, new)?;
         }
     }
     Ok(())
@@ -390,32 +434,22 @@ fn save_stash<T: Serialize>(
 /// the horizon per worker and run.
 impl Checkpointed for RelatedState {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        // Copied out now (partners as interned ids), encoded once the dataflow has resumed: at
+        // a co-occurrence window most articles' partners change at once.
         let mut changed: Vec<Article> = self.changed_articles.drain().collect();
         changed.sort_unstable();
-        for id in changed {
-            let scope = Placement::of_route(id.route());
-            let key = (ARTICLE_TAG, id.portal().name(), id.id());
-            match self.articles.get(&id) {
-                Some(article) => {
-                    let mut partners: Vec<(String, u32)> = article
-                        .partners
-                        .iter()
-                        .map(|(p, c)| (p.id().to_string(), *c))
-                        .collect();
-                    partners.sort_unstable();
-                    out.put(
-                        scope,
-                        &key,
-                        &SavedArticle {
-                            partners,
-                            last_emitted: article.last_emitted.clone(),
-                            last_emitted_at: article.last_emitted_at,
-                        },
-                    )?;
-                }
-                None => out.delete(scope, &key)?,
-            }
-        }
+        let articles = changed
+            .into_iter()
+            .map(|id| {
+                let copy = self.articles.get(&id).map(|article| CopiedArticle {
+                    partners: article.partners.iter().map(|(p, c)| (*p, *c)).collect(),
+                    last_emitted: article.last_emitted.clone(),
+                    last_emitted_at: article.last_emitted_at,
+                });
+                (id, copy)
+            })
+            .collect();
+        out.defer(ArticleChanges { articles })?;
         save_stash(
             out,
             &self.cooc_stash,

@@ -55,8 +55,8 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::checkpoint::parts::BucketParts;
 use crate::checkpoint::{
-    ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, Placement, StateSize,
-    key_group,
+    ChangeWriter, CheckpointError, Checkpointed, DeferredChanges, Entry, OperatorStates, Placement,
+    StateSize, key_group,
 };
 use crate::event::CompactEvent;
 use crate::features::{SESSION_ARTICLES_MAX, SessionFeature};
@@ -470,22 +470,89 @@ impl SessionizeState {
     }
 }
 
-fn saving(session: &OpenSession) -> SavingSession<'_> {
-    let distinct = session.articles.distinct();
-    SavingSession {
-        start_ts: session.start_ts,
-        last_ts: session.last_ts,
-        views: session.views,
-        dwell_ms_total: session.dwell_ms_total,
-        clicks_total: session.clicks_total,
-        max_scroll_pct: session.max_scroll_pct,
-        recent: session
-            .articles
-            .recent()
-            .iter()
-            .filter_map(|a| distinct.iter().position(|d| d == a).map(|p| p as u32))
-            .collect(),
-        distinct: ArticleIds(distinct),
+/// Sessions closed and changed since the previous checkpoint, copied out of the state: the
+/// numbers of each session, and its articles in one shared list (no allocation per session).
+#[derive(Default)]
+struct SessionChanges {
+    closed: Vec<(Portal, CompactString)>,
+    sessions: Vec<CopiedSession>,
+    /// Each session's recent articles, then its distinct ones.
+    articles: Vec<Article>,
+}
+
+/// One open session's numbers; its articles are `recent` then `distinct` entries of
+/// [`SessionChanges::articles`] from `first`.
+struct CopiedSession {
+    portal: Portal,
+    user_id: CompactString,
+    start_ts: u64,
+    last_ts: u64,
+    dwell_ms_total: u64,
+    clicks_total: u64,
+    views: u32,
+    max_scroll_pct: u8,
+    first: u32,
+    recent: u8,
+    distinct: u32,
+}
+
+impl SessionChanges {
+    fn copy(&mut self, portal: Portal, session: &OpenSession) {
+        let recent = session.articles.recent();
+        let distinct = session.articles.distinct();
+        self.sessions.push(CopiedSession {
+            portal,
+            user_id: session.user_id.clone(),
+            start_ts: session.start_ts,
+            last_ts: session.last_ts,
+            dwell_ms_total: session.dwell_ms_total,
+            clicks_total: session.clicks_total,
+            views: session.views,
+            max_scroll_pct: session.max_scroll_pct,
+            first: self.articles.len() as u32,
+            recent: recent.len() as u8,
+            distinct: distinct.len() as u32,
+        });
+        self.articles.extend_from_slice(recent);
+        self.articles.extend_from_slice(distinct);
+    }
+}
+
+impl DeferredChanges for SessionChanges {
+    fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
+        // Deletions first: a user whose session closed and who opened another keeps the new one.
+        for (portal, user_id) in &self.closed {
+            let name = portal.name();
+            out.delete(
+                Placement::of_route(user_route(name, user_id)),
+                &(name, user_id.as_str()),
+            )?;
+        }
+        for session in &self.sessions {
+            let name = session.portal.name();
+            let first = session.first as usize;
+            let split = first + usize::from(session.recent);
+            let recent = &self.articles[first..split];
+            let distinct = &self.articles[split..split + session.distinct as usize];
+            out.put(
+                Placement::of_route(user_route(name, &session.user_id)),
+                &(name, session.user_id.as_str()),
+                &SavingSession {
+                    start_ts: session.start_ts,
+                    last_ts: session.last_ts,
+                    views: session.views,
+                    dwell_ms_total: session.dwell_ms_total,
+                    clicks_total: session.clicks_total,
+                    max_scroll_pct: session.max_scroll_pct,
+                    recent: recent
+                        .iter()
+                        .filter_map(|a| distinct.iter().position(|d| d == a).map(|p| p as u32))
+                        .collect(),
+                    distinct: ArticleIds(distinct),
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -526,13 +593,16 @@ fn feature(portal: Portal, session: &OpenSession) -> SessionFeature {
 /// and drops waiting events below it, which were processed).
 impl Checkpointed for SessionizeState {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
-        for (portal, user_id) in std::mem::take(&mut self.closed) {
-            let name = self.portals[usize::from(portal)].name();
-            out.delete(
-                Placement::of_route(user_route(name, &user_id)),
-                &(name, user_id.as_str()),
-            )?;
-        }
+        // Copied out now, encoded once the dataflow has resumed.
+        let closed: Vec<(Portal, CompactString)> = std::mem::take(&mut self.closed)
+            .into_iter()
+            .map(|(portal, user_id)| (self.portals[usize::from(portal)], user_id))
+            .collect();
+        let mut changes = SessionChanges {
+            closed,
+            sessions: Vec::with_capacity(self.dirty.len()),
+            articles: Vec::new(),
+        };
         for slot in std::mem::take(&mut self.dirty) {
             let Some(session) = self.slots[slot as usize].as_mut() else {
                 continue;
@@ -541,13 +611,9 @@ impl Checkpointed for SessionizeState {
                 continue;
             }
             session.dirty = false;
-            let name = self.portals[usize::from(session.portal)].name();
-            out.put(
-                Placement::of_route(user_route(name, &session.user_id)),
-                &(name, session.user_id.as_str()),
-                &saving(session),
-            )?;
+            changes.copy(self.portals[usize::from(session.portal)], session);
         }
+        out.defer(changes)?;
         self.waiting_parts.save_deletes(out)?;
         let unsaved: Vec<u64> = self
             .waiting
@@ -557,8 +623,8 @@ impl Checkpointed for SessionizeState {
             .collect();
         for tick in unsaved {
             if let Some(waiting) = self.waiting.get_mut(&tick) {
-                let new = &waiting.events[waiting.saved..];
-                self.waiting_parts.write(out, tick, new)?;
+                let new = waiting.events[waiting.saved..].to_vec();
+                self.waiting_parts.write_later(out, tick, new)?;
                 waiting.saved = waiting.events.len();
             }
         }

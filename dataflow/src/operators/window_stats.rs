@@ -603,10 +603,10 @@ impl Checkpointed for WindowStatsState {
         let (in_window, in_recent) = self.oldest_needed();
         for (tick, counts, readers) in self.unsaved_parts() {
             if !counts.counts.is_empty() && tick >= in_window {
-                self.counts_parts.write(out, tick, &counts)?;
+                self.counts_parts.write_later(out, tick, counts)?;
             }
             if let Some(readers) = readers.filter(|_| tick >= in_recent) {
-                self.readers_parts.write(out, tick, &readers)?;
+                self.readers_parts.write_later(out, tick, readers)?;
             }
         }
         if self.processed_until != self.saved_processed_until {
@@ -769,21 +769,8 @@ impl ArticleWindows {
 impl Checkpointed for ArticleWindows {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
         self.trending.save_changes(out)?;
-        let mut cooc = Vec::new();
-        {
-            let mut inner = ChangeWriter::new("", out.worker(), out.run(), &mut cooc);
-            self.cooc.save_changes(&mut inner)?;
-        }
-        for change in cooc {
-            // Re-key under this operator: `0x00` (operator), scope, then the state's own key.
-            let Some((_, placement, key)) = crate::checkpoint::changes::parse_key(&change.key)
-            else {
-                continue;
-            };
-            let mut own = vec![COOC_PREFIX];
-            own.extend_from_slice(key);
-            out.put_raw(placement, own, change.value);
-        }
+        // The co-occurrence windows' keys start with `COOC_PREFIX`.
+        self.cooc.save_changes(&mut out.prefixed(COOC_PREFIX))?;
         Ok(())
     }
 

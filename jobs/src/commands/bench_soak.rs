@@ -1,15 +1,15 @@
 //! `pageflow bench --soak`: the job as it runs for days, compressed into minutes.
 //!
-//! The synthetic traffic model runs in *virtual time*: event time advances at `rate` events per
-//! second from a fixed start, while the job reads as fast as it can. Everything else is `pageflow
-//! run`: two workers by default, the streaming local sinks (features and dead letters; the raw
-//! archive with `--archive`), checkpoints on (to a local store, every `checkpoint_interval` of
-//! processing time). So `hours` of event time cover every window the job keeps (the 24-hour
-//! co-occurrence windows fill up after a day) in a fraction of the time.
-//!
-//! Checkpoints are taken every `checkpoint_every` of *event time* (30 s by default), so that each
-//! covers what a live job's checkpoint every 30 s of processing time covers at the same rate: its
-//! bytes and its pause are those of the live job.
+//! The job is `pageflow run` on the synthetic traffic model, paced as live traffic is, but by a
+//! clock the soak moves instead of the wall clock: two workers by default, the streaming local
+//! sinks (features and dead letters; the raw archive with `--archive`), checkpoints on (to a local
+//! store). The soak moves the clock a second of event time at a time (more at low rates, see
+//! [`clock_step`]) and waits until the job has read up to it; every `checkpoint_every` (30 s of
+//! event time by default) it asks for a checkpoint, as the live job's timer does every 30 s. So every
+//! checkpoint covers what a live job's covers at `rate` events per second (its bytes and its pause
+//! are the live job's), while a day of event time passes in minutes: `hours` of it cover every
+//! window the job keeps (the 24-hour co-occurrence windows fill up after a day). A checkpoint still
+//! being written holds the clock, as it would hold the live job's timer.
 //!
 //! Every event-hour (by the job watermark) it prints a row: the process's resident set and live
 //! heap (see [`crate::heap`]), the state
@@ -30,7 +30,9 @@ use anyhow::{Context, Result, anyhow};
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use serde::Serialize;
 
-use super::run;
+use pageflow_connectors::synthetic::ManualClock;
+
+use super::run::{self, RunHooks};
 use crate::config::{JobConfig, SourceKind};
 
 /// What `--soak` runs.
@@ -74,8 +76,11 @@ pub struct HourRow {
     pub checkpoints: u64,
     /// Bytes they wrote.
     pub checkpoint_bytes: u64,
-    /// The longest the dataflow stood still for one of them, ms.
+    /// The longest the dataflow stood still for one of them (draining what was in flight, then
+    /// saving), ms.
     pub max_pause_ms: f64,
+    /// The longest a worker took to save its operators' changes (part of the pause), ms.
+    pub max_save_ms: f64,
     /// Bytes of the newest checkpoint's state (base and deltas), MiB.
     pub stored_mib: f64,
 }
@@ -87,7 +92,6 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     let config = job_config(settings, dir);
-    let start_ts = config.source.start_ts.unwrap_or(0);
     let total = (settings.rate * settings.hours * 3600.0).round() as u64;
     println!(
         "soak: {} events/s of event time for {} h ({total} events), {} workers, checkpoints every {} of event time, archive {}",
@@ -98,22 +102,47 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
         if settings.archive { "on" } else { "off" }
     );
     let started = Instant::now();
-    let job = run::start(config.clone())?;
+    let clock = ManualClock::new(START_TS);
+    let job = run::start_with(
+        config.clone(),
+        RunHooks {
+            synthetic_clock: Some(clock.clone()),
+        },
+    )?;
     let metrics = std::sync::Arc::clone(&job.metrics);
     let mut rows: Vec<HourRow> = Vec::new();
-    let mut hour_checkpoints = (0u64, 0u64, 0f64);
+    let mut hour_checkpoints = (0u64, 0u64, 0f64, 0f64);
     let mut seen_checkpoint = None;
     let mut last_hour = (0u64, started, 0u64);
     let mut printed_header = false;
-    let mut last_request = start_ts;
     let hours = settings.hours.ceil() as u64;
+    let every = settings.checkpoint_every.ms();
+    let step = clock_step(settings.rate, every);
+    let out_of_orderness = config.semantics.max_out_of_orderness.ms();
+    let mut next_checkpoint = START_TS + every;
+    let mut now_ts = START_TS;
+    let mut stalls = 0u64;
     loop {
-        let ended = job.has_ended();
-        let watermark = metrics.watermark().unwrap_or(0);
-        if watermark >= last_request + settings.checkpoint_every.ms()
-            && job.request_checkpoint().is_some()
-        {
-            last_request = watermark;
+        now_ts += step;
+        clock.set(now_ts);
+        if !caught_up(&job, now_ts, out_of_orderness, step) {
+            stalls += 1;
+        }
+        if now_ts >= next_checkpoint {
+            // The live job's checkpoint timer fires now; a checkpoint still being written holds
+            // the clock, as it would hold the timer.
+            wait_for(Duration::from_secs(600), || {
+                job.has_ended() || job.request_checkpoint().is_some()
+            });
+            next_checkpoint += every;
+        }
+        if job.has_ended() {
+            // The traffic never ends by itself: the job stopped on an error (logged).
+            job.shutdown()?;
+            return Err(anyhow!(
+                "the job stopped after {} event-hours of the {hours} asked for; see the log above",
+                last_hour.0
+            ));
         }
         let figures = metrics.checkpoints();
         if figures.last_id.is_some() && figures.last_id != seen_checkpoint {
@@ -121,8 +150,9 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
             hour_checkpoints.0 += 1;
             hour_checkpoints.1 += figures.last_size_bytes;
             hour_checkpoints.2 = hour_checkpoints.2.max(figures.last_pause_s * 1000.0);
+            hour_checkpoints.3 = hour_checkpoints.3.max(figures.last_save_s * 1000.0);
         }
-        let hour = watermark.saturating_sub(start_ts) / 3_600_000;
+        let hour = (now_ts - START_TS) / 3_600_000;
         if hour > last_hour.0 {
             let events = metrics.events_in();
             let now = Instant::now();
@@ -138,6 +168,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
                 checkpoints: hour_checkpoints.0,
                 checkpoint_bytes: hour_checkpoints.1,
                 max_pause_ms: hour_checkpoints.2,
+                max_save_ms: hour_checkpoints.3,
                 stored_mib: figures.stored_bytes as f64 / (1024.0 * 1024.0),
             };
             if !printed_header {
@@ -146,21 +177,17 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
             }
             println!("{}", line(&row));
             rows.push(row);
-            hour_checkpoints = (0, 0, 0.0);
+            hour_checkpoints = (0, 0, 0.0, 0.0);
             last_hour = (hour, now, events);
         }
         if hour >= hours {
             break;
         }
-        if ended {
-            // The traffic never ends by itself: the job stopped on an error (logged).
-            job.shutdown()?;
-            return Err(anyhow!(
-                "the job stopped after {} event-hours of the {hours} asked for; see the log above",
-                last_hour.0
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    }
+    if stalls > 0 {
+        println!(
+            "note: {stalls} times the job had not caught up with the clock after 30 s; the soak went on"
+        );
     }
     // Stopped as `pageflow run` stops on SIGTERM: a final checkpoint of the whole state, windows
     // still open (the input has not ended), which the restart below starts from.
@@ -174,13 +201,14 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
     let restart = match stopped {
         run::Stopped::Checkpointed(id) => {
             let begun = Instant::now();
-            let job = run::start(config)?;
-            let deadline = begun + Duration::from_secs(600);
-            while !job.serving.is_loaded() {
-                if Instant::now() > deadline {
-                    return Err(anyhow!("the restarted job was not ready after 10 minutes"));
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            let job = run::start_with(
+                config,
+                RunHooks {
+                    synthetic_clock: Some(ManualClock::new(now_ts)),
+                },
+            )?;
+            if !wait_for(Duration::from_secs(600), || job.serving.is_loaded()) {
+                return Err(anyhow!("the restarted job was not ready after 10 minutes"));
             }
             let ready = begun.elapsed();
             println!(
@@ -205,6 +233,59 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
     Ok((rows, restart))
 }
 
+/// Where the soak's clock starts (2026-11-23T12:00:00Z): a fixed start, so runs compare.
+const START_TS: u64 = 1_795_435_200_000;
+
+/// How far the soak moves its clock at a time: a second of event time, or more at low rates (at
+/// least a thousand events' worth, so that waiting on the job does not dominate), never more
+/// than a checkpoint interval.
+fn clock_step(rate: f64, checkpoint_every: u64) -> u64 {
+    let thousand_events = (1000.0 * 1000.0 / rate.max(1e-3)) as u64;
+    thousand_events.clamp(1000, checkpoint_every.max(1000))
+}
+
+/// Waits (at most 30 s) until the job has read every record due by `now_ts`: its watermark is
+/// within the out-of-orderness bound of the clock, give or take half a step (each partition's
+/// newest record is a little before the clock), or no record came for 20 ms and the watermark is
+/// within a step (sparse traffic). Returns whether it caught up in time.
+fn caught_up(job: &run::RunningJob, now_ts: u64, out_of_orderness: u64, step: u64) -> bool {
+    let mut records = job.records_in();
+    let mut quiet_since = Instant::now();
+    wait_for(Duration::from_secs(30), || {
+        if job.has_ended() {
+            return true;
+        }
+        let Some(watermark) = job.watermark() else {
+            return false;
+        };
+        let behind = now_ts.saturating_sub(watermark + out_of_orderness);
+        if behind <= step / 2 {
+            return true;
+        }
+        let now = job.records_in();
+        if now != records {
+            records = now;
+            quiet_since = Instant::now();
+            return false;
+        }
+        behind <= step && quiet_since.elapsed() >= Duration::from_millis(20)
+    })
+}
+
+/// Polls `done` until it holds or `timeout` passes; returns whether it held.
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
 /// The job the soak runs.
 fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
     let mut config = JobConfig {
@@ -212,10 +293,10 @@ fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
         ..JobConfig::default()
     };
     config.source.kind = SourceKind::Synthetic;
-    config.source.simulated = true;
+    // Paced by the soak's clock (see `RunHooks`), as live traffic is by the wall clock.
+    config.source.simulated = false;
     config.source.events_per_second = settings.rate;
-    // A fixed start (2026-11-23T12:00:00Z), so runs compare.
-    config.source.start_ts = Some(1_795_435_200_000);
+    // (`start_ts` stays unset: paced traffic starts at its clock's time, `START_TS`.)
     // Unbounded: the soak stops the job (as SIGTERM does) once `hours` of event time are in.
     config.source.limit = None;
     config.sinks.dir = dir.to_path_buf();
@@ -238,8 +319,8 @@ fn header(row: &HourRow) -> String {
     }
     let _ = write!(
         text,
-        " {:>4} {:>9} {:>9} {:>10}",
-        "ckpt", "ckpt MiB", "pause ms", "stored MiB"
+        " {:>4} {:>9} {:>9} {:>8} {:>10}",
+        "ckpt", "ckpt MiB", "pause ms", "save ms", "stored MiB"
     );
     text.push_str("\n     (state columns: MiB in memory / thousands of keys)");
     text
@@ -264,10 +345,11 @@ fn line(row: &HourRow) -> String {
     }
     let _ = write!(
         text,
-        " {:>4} {:>9.1} {:>9.0} {:>10.1}",
+        " {:>4} {:>9.1} {:>9.0} {:>8.0} {:>10.1}",
         row.checkpoints,
         row.checkpoint_bytes as f64 / (1024.0 * 1024.0),
         row.max_pause_ms,
+        row.max_save_ms,
         row.stored_mib
     );
     text

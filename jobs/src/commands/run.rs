@@ -31,6 +31,7 @@ use pageflow_connectors::kinesis_consumer::{
 use pageflow_connectors::kinesis_sink::KinesisStream;
 use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
 use pageflow_connectors::personalize::EventForwarder;
+use pageflow_connectors::synthetic::{ManualClock, SystemClock, WallClock};
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
 use pageflow_dataflow::checkpoint::coordinator::SIZE_REPORT_INTERVAL;
@@ -98,6 +99,8 @@ pub struct RunningJob {
     /// Forwarding to Personalize, flushed at shutdown.
     personalize_events: Option<Arc<EventForwarder>>,
     runtime: tokio::runtime::Runtime,
+    /// What the workers count, read directly (the metrics mirror it every half second).
+    stats: Arc<JobStats>,
 }
 
 impl RunningJob {
@@ -105,6 +108,16 @@ impl RunningJob {
     /// sink failed (then [`RunningJob::shutdown`] returns the error).
     pub fn has_ended(&self) -> bool {
         self.sink.as_ref().is_none_or(|sink| sink.is_finished())
+    }
+
+    /// The job watermark as the workers see it now (`None` until there is one).
+    pub fn watermark(&self) -> Option<u64> {
+        Some(self.stats.watermark_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// Records read from the sources so far, as the workers count them.
+    pub fn records_in(&self) -> u64 {
+        self.stats.records_in.load(Ordering::Relaxed)
     }
 
     /// Stops reading and takes a final checkpoint (when checkpoints are on), within `budget`;
@@ -191,6 +204,7 @@ fn worker_sources(
     config: &JobConfig,
     runtime: &tokio::runtime::Runtime,
     restored: Option<&Restored>,
+    hooks: &RunHooks,
 ) -> Result<(Vec<WorkerSources>, Option<KinesisConsumer>)> {
     // Where a restored partition resumes: after its last record; ended ones are not read again.
     let saved = |name: &str| restored.and_then(|r| r.partition(name));
@@ -231,7 +245,11 @@ fn worker_sources(
                     limit,
                     ..SyntheticConfig::default()
                 };
-                let mut source = SyntheticSource::new(synthetic, index as u32)
+                let clock: Box<dyn WallClock> = match &hooks.synthetic_clock {
+                    Some(clock) => Box::new(clock.clone()),
+                    None => Box::new(SystemClock),
+                };
+                let mut source = SyntheticSource::with_clock(synthetic, index as u32, clock)
                     .with_context(|| format!("synthetic partition {index}"))?;
                 if let Some(delivered) = resume_after(&format!("synthetic:{index}"))? {
                     source = source.resume_after(delivered);
@@ -359,8 +377,22 @@ fn job_outputs(
     }
 }
 
+/// What a benchmark can put into a job besides its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunHooks {
+    /// Paces the synthetic source (when it is paced, i.e. not `simulated`) by this clock instead
+    /// of the system's: `pageflow bench --soak` moves it forward in steps, so that the job sees
+    /// live traffic whose time it controls.
+    pub synthetic_clock: Option<ManualClock>,
+}
+
 /// Starts the job in the background and returns its handles.
 pub fn start(config: JobConfig) -> Result<RunningJob> {
+    start_with(config, RunHooks::default())
+}
+
+/// [`start`], with [`RunHooks`].
+pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(anyhow!(
@@ -508,7 +540,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
             .context("cannot start the sink thread")?
     };
 
-    let (sources, kinesis) = worker_sources(&config, &runtime, restored.as_ref())?;
+    let (sources, kinesis) = worker_sources(&config, &runtime, restored.as_ref(), &hooks)?;
     if let Some(consumer) = &kinesis {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
     }
@@ -626,6 +658,7 @@ pub fn start(config: JobConfig) -> Result<RunningJob> {
         stop_timeout: config.checkpoint.stop_timeout.into(),
         personalize_events: personalize_feed.map(|feed| feed.forwarder),
         runtime,
+        stats,
     })
 }
 
