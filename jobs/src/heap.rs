@@ -86,6 +86,32 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (v3's option enum; libmimalloc-sys 0.1.49 does not name
+/// it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc's `mi_option_arena_purge_mult`.
+const MI_OPTION_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
+
+/// Has mimalloc give freed memory back to the system at once rather than after a delay.
+///
+/// The job frees in bursts (windows leaving, a checkpoint's copies encoded, a compaction's runs
+/// merged); with the default delays mimalloc kept ~280 MiB more resident than the live heap in
+/// the soak at 500 events/s (README, Memory), and ~125 MiB with these, for ~5 % of throughput.
+/// Call it first in `main`, before the threads start. `MIMALLOC_PURGE_DELAY` and
+/// `MIMALLOC_ARENA_PURGE_MULT` in the environment, if set, win.
+pub fn release_freed_memory_promptly() {
+    for (option, env, value) in [
+        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+        (MI_OPTION_ARENA_PURGE_MULT, "MIMALLOC_ARENA_PURGE_MULT", 1),
+    ] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: `mi_option_set` only stores an option value; both options exist in the
+            // vendored mimalloc v3 (see its `mimalloc.h`).
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
+    }
+}
+
 /// Live heap bytes of the process (0 unless [`Counting`] is the global allocator).
 pub fn live_bytes() -> u64 {
     LIVE_BYTES.load(Ordering::Relaxed).max(0) as u64

@@ -164,6 +164,7 @@ enum AwsCommand {
 }
 
 fn main() -> ExitCode {
+    pageflow::heap::release_freed_memory_promptly();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
