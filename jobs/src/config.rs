@@ -467,7 +467,7 @@ pub struct SourceConfig {
     pub users: Option<u32>,
     /// Synthetic: simulated time instead of the wall clock: event time starts at `start_ts` and
     /// advances at `events_per_second` while the job reads as fast as it can (a day of traffic in
-    /// minutes; `pageflow bench --soak` uses it).
+    /// minutes, as a backlog would be read).
     pub simulated: bool,
     /// Synthetic, simulated: the event time of the first event (ms since the epoch).
     pub start_ts: Option<u64>,

@@ -94,8 +94,9 @@ struct Pair {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct FillingBucket {
     counts: FastMap<u32, u32>,
-    /// Increments since the last checkpoint.
-    unsaved: Vec<(u32, u32)>,
+    /// Increments since the last checkpoint, as they came (so that a checkpoint only hands
+    /// them on).
+    unsaved: Vec<(Article, Article, u32)>,
 }
 
 /// A checkpoint part of a bucket: `(a, b, count)` with articles by index into `articles`.
@@ -107,6 +108,7 @@ struct SavedPart {
 
 /// A part's pairs as copied out of the state; written as a [`SavedPart`] (its article table is
 /// built when it is encoded, after the dataflow has resumed).
+#[derive(Clone, Debug)]
 struct CopiedPart(Vec<(Article, Article, u32)>);
 
 impl Serialize for CopiedPart {
@@ -137,8 +139,9 @@ pub struct PairCountsState {
     filling: BTreeMap<u64, FillingBucket>,
     /// Buckets in the window, oldest first.
     entered: VecDeque<(u64, Vec<(u32, u32)>)>,
-    /// Buckets entered since the last checkpoint: their parts are replaced by one.
-    to_consolidate: Vec<u64>,
+    /// Buckets entered since the last checkpoint, with their final counts: their parts are
+    /// replaced by one.
+    to_consolidate: Vec<(u64, CopiedPart)>,
     parts: BucketParts,
     /// The last window visited.
     processed_until: u64,
@@ -213,10 +216,17 @@ impl PairCountsState {
     /// Counts pairs into their bucket (which must not have entered a final window yet).
     pub fn insert(&mut self, pairs: PairCount) {
         let slot = self.slot_of(pairs.a, pairs.b);
-        self.add(slot, pairs.bucket, pairs.count, true);
+        if self.tracking && pairs.count > 0 {
+            self.filling.entry(pairs.bucket).or_default().unsaved.push((
+                pairs.a,
+                pairs.b,
+                pairs.count,
+            ));
+        }
+        self.add(slot, pairs.bucket, pairs.count);
     }
 
-    fn add(&mut self, slot: u32, bucket: u64, count: u32, unsaved: bool) {
+    fn add(&mut self, slot: u32, bucket: u64, count: u32) {
         if count == 0 {
             return;
         }
@@ -228,9 +238,6 @@ impl PairCountsState {
             pair.buckets += 1;
         }
         *held += count;
-        if unsaved && self.tracking {
-            filling.unsaved.push((slot, count));
-        }
     }
 
     fn next_window(&self) -> Option<u64> {
@@ -275,10 +282,12 @@ impl PairCountsState {
                     pair.total += count;
                 }
             }
-            self.entered.push_back((entering, counts));
             if self.tracking {
-                self.to_consolidate.push(entering);
+                // Copied now, while processing, rather than in a checkpoint's pause.
+                let part = self.part(counts.iter().copied());
+                self.to_consolidate.push((entering, part));
             }
+            self.entered.push_back((entering, counts));
         }
         let mut emptied = Vec::new();
         while let Some((bucket, _)) = self.entered.front() {
@@ -364,11 +373,10 @@ impl PairCountsState {
 impl Checkpointed for PairCountsState {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
         // Buckets that entered the window hold their final counts: one part replaces the others.
-        for bucket in std::mem::take(&mut self.to_consolidate) {
-            let Some((_, counts)) = self.entered.iter().find(|(b, _)| *b == bucket) else {
-                continue;
-            };
-            let part = self.part(counts.iter().copied());
+        for (bucket, part) in std::mem::take(&mut self.to_consolidate) {
+            if !self.entered.iter().any(|(b, _)| *b == bucket) {
+                continue; // it left the window already: its parts are being deleted
+            }
             self.parts.drop_bucket(bucket);
             self.parts.write_later(out, bucket, part)?;
         }
@@ -385,8 +393,7 @@ impl Checkpointed for PairCountsState {
                 .get_mut(&bucket)
                 .map(|b| std::mem::take(&mut b.unsaved))
                 .unwrap_or_default();
-            let part = self.part(unsaved.into_iter());
-            self.parts.write_later(out, bucket, part)?;
+            self.parts.write_later(out, bucket, CopiedPart(unsaved))?;
         }
         if self.processed_until != self.saved_processed_until {
             out.put(
@@ -412,7 +419,7 @@ impl Checkpointed for PairCountsState {
                 };
                 if entry.owns(pair_route(a, b)) {
                     let slot = self.slot_of(a, b);
-                    self.add(slot, bucket, count, false);
+                    self.add(slot, bucket, count);
                 }
             }
             return Ok(());
@@ -453,14 +460,21 @@ impl Checkpointed for PairCountsState {
         let filling: usize = self
             .filling
             .values()
-            .map(|b| b.counts.capacity() * 9 + b.unsaved.capacity() * 8)
+            .map(|b| b.counts.capacity() * 9 + b.unsaved.capacity() * 24)
+            .sum();
+        let consolidating: usize = self
+            .to_consolidate
+            .iter()
+            .map(|(_, p)| p.0.capacity())
             .sum();
         StateSize {
             bytes: (self.pairs.capacity() * std::mem::size_of::<Option<Pair>>()
                 + self.index.allocation_size()
                 + self.free.capacity() * 4
                 + entered * 8
-                + filling) as u64,
+                + filling
+                + consolidating * std::mem::size_of::<(Article, Article, u32)>())
+                as u64,
             entries: self.len() as u64,
         }
     }

@@ -17,9 +17,9 @@
 //! one emitted then. It is emitted when it differs from the last one emitted, and once more at the
 //! end of a replay.
 //!
-//! Checkpoints write each article whose partners or emitted list changed (keyed by article), the
-//! views as worker 0 holds them (every worker holds the same), and the inputs not processed yet as
-//! parts of their window.
+//! Checkpoints write each `(article, partner)` count that changed and each article whose emitted
+//! list changed (keyed by article, both), the views as worker 0 holds them (every worker holds the
+//! same), and the inputs not processed yet as parts of their window.
 
 use std::collections::BTreeMap;
 
@@ -82,7 +82,9 @@ struct ArticleRelated {
     differs: bool,
 }
 
-/// An article's related state in a checkpoint (partners of its own portal, by id).
+/// An article's emitted list in a checkpoint. Its partners are entries of their own, one per
+/// pair (so that a checkpoint writes the pairs that changed, not every partner of an article
+/// that gained one); `partners` here is empty, and read only from checkpoints of earlier builds.
 #[derive(Serialize, Deserialize)]
 struct SavedArticle {
     partners: Vec<(String, u32)>,
@@ -90,38 +92,54 @@ struct SavedArticle {
     last_emitted_at: Option<u64>,
 }
 
-/// An article's related state copied out at a checkpoint (`None`: forgotten).
-struct CopiedArticle {
-    partners: Vec<(Article, u32)>,
-    last_emitted: Vec<RelatedItem>,
-    last_emitted_at: Option<u64>,
-}
+/// An emitted list and when it was emitted.
+type EmittedList = (Vec<RelatedItem>, Option<u64>);
 
-/// The articles whose partners or emitted list changed since the previous checkpoint.
+/// What changed in the articles since the previous checkpoint, copied out of the state.
 struct ArticleChanges {
-    articles: Vec<(Article, Option<CopiedArticle>)>,
+    /// Articles whose emitted list changed (`None`: forgotten).
+    lists: Vec<(Article, Option<EmittedList>)>,
+    /// `(article, partner)` pairs as their counts changed, in order (`None`: no longer a
+    /// partner); a pair may change more than once.
+    partners: Vec<(Article, Article, Option<u32>)>,
 }
 
 impl DeferredChanges for ArticleChanges {
     fn write(self: Box<Self>, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
-        for (id, copy) in self.articles {
+        for (id, list) in &self.lists {
             let scope = Placement::of_route(id.route());
             let key = (ARTICLE_TAG, id.portal().name(), id.id());
-            match copy {
-                Some(article) => {
-                    let mut partners: Vec<(&str, u32)> =
-                        article.partners.iter().map(|(p, c)| (p.id(), *c)).collect();
-                    partners.sort_unstable();
-                    out.put(
-                        scope,
-                        &key,
-                        &SavingArticle {
-                            partners,
-                            last_emitted: &article.last_emitted,
-                            last_emitted_at: article.last_emitted_at,
-                        },
-                    )?;
-                }
+            match list {
+                Some((last_emitted, last_emitted_at)) => out.put(
+                    scope,
+                    &key,
+                    &SavingArticle {
+                        partners: Vec::new(),
+                        last_emitted,
+                        last_emitted_at: *last_emitted_at,
+                    },
+                )?,
+                None => out.delete(scope, &key)?,
+            }
+        }
+        // Each pair once, with its last count: sorted by pair, stably (later changes after
+        // earlier ones), the last of each run of a pair kept.
+        let mut partners = self.partners;
+        partners.sort_by_key(|(id, partner, _)| (*id, *partner));
+        let last_of_each = partners
+            .iter()
+            .enumerate()
+            .filter(|(at, (id, partner, _))| {
+                partners
+                    .get(at + 1)
+                    .is_none_or(|(next, next_partner, _)| (next, next_partner) != (id, partner))
+            })
+            .map(|(_, change)| change);
+        for (id, partner, count) in last_of_each {
+            let scope = Placement::of_route(id.route());
+            let key = (PARTNER_TAG, id.portal().name(), id.id(), partner.id());
+            match count {
+                Some(count) => out.put(scope, &key, count)?,
                 None => out.delete(scope, &key)?,
             }
         }
@@ -129,7 +147,7 @@ impl DeferredChanges for ArticleChanges {
     }
 }
 
-/// [`SavedArticle`] as written, borrowing the ids (same encoding).
+/// [`SavedArticle`] as written, borrowing the list (same encoding).
 #[derive(Serialize)]
 struct SavingArticle<'a> {
     partners: Vec<(&'a str, u32)>,
@@ -142,6 +160,7 @@ const VIEWS_TAG: u8 = 1;
 const COOC_STASH_TAG: u8 = 2;
 const VIEWS_STASH_TAG: u8 = 3;
 const MARKS_TAG: u8 = 4;
+const PARTNER_TAG: u8 = 5;
 
 /// The related lists of the articles routed to one worker.
 #[derive(Clone, Debug)]
@@ -157,7 +176,13 @@ pub struct RelatedState {
     /// `tick(max ts) + slide` over every accepted event.
     horizon: u64,
     // What the next checkpoint writes.
+    /// Articles whose emitted list changed or that were forgotten.
     changed_articles: FastSet<Article>,
+    /// `(article, partner, count)` as each pair's count changed (`None`: it stopped qualifying),
+    /// in order; recorded as the change is applied, so that a checkpoint only hands the list on.
+    changed_partners: Vec<(Article, Article, Option<u32>)>,
+    /// Checkpoints are taken: `changed_partners` is kept (it grows until the next one).
+    tracking: bool,
     changed_views: FastSet<Article>,
     cooc_stash_unsaved: BTreeMap<u64, usize>,
     views_stash_unsaved: BTreeMap<u64, usize>,
@@ -178,6 +203,8 @@ impl RelatedState {
             processed_until: None,
             horizon: 0,
             changed_articles: FastSet::default(),
+            changed_partners: Vec::new(),
+            tracking: true,
             changed_views: FastSet::default(),
             cooc_stash_unsaved: BTreeMap::new(),
             views_stash_unsaved: BTreeMap::new(),
@@ -283,6 +310,12 @@ impl RelatedState {
         }
         // Everything is out: the state is dropped (and deleted by the next checkpoint).
         self.changed_articles.extend(self.articles.keys().copied());
+        if self.tracking {
+            for (id, article) in &self.articles {
+                self.changed_partners
+                    .extend(article.partners.keys().map(|partner| (*id, *partner, None)));
+            }
+        }
         self.changed_views.extend(self.views.keys().copied());
         self.articles.clear();
         self.views.clear();
@@ -315,13 +348,18 @@ impl RelatedState {
         self.views_stash_parts.drop_bucket(window_end);
         for change in self.cooc_stash.remove(&window_end).unwrap_or_default() {
             let article = self.articles.entry(change.article).or_default();
-            if u64::from(change.cooc) >= min_support {
+            let count = if u64::from(change.cooc) >= min_support {
                 article.partners.insert(change.partner, change.cooc);
+                Some(change.cooc)
             } else {
                 article.partners.remove(&change.partner);
-            }
+                None
+            };
             article.stale = true;
-            self.changed_articles.insert(change.article);
+            if self.tracking {
+                self.changed_partners
+                    .push((change.article, change.partner, count));
+            }
         }
         self.cooc_stash_unsaved.remove(&window_end);
         self.cooc_stash_parts.drop_bucket(window_end);
@@ -429,27 +467,28 @@ fn save_stash<T: Serialize + Copy + Send + 'static>(
     Ok(())
 }
 
-/// Articles keyed by article; the views and their stash written by worker 0 only (every worker
+/// Partner counts keyed by pair and emitted lists keyed by article; the views and their stash
+/// written by worker 0 only (every worker
 /// receives and holds the same); the co-occurrence stash as parts; the last window processed and
 /// the horizon per worker and run.
 impl Checkpointed for RelatedState {
     fn save_changes(&mut self, out: &mut ChangeWriter<'_>) -> Result<(), CheckpointError> {
-        // Copied out now (partners as interned ids), encoded once the dataflow has resumed: at
-        // a co-occurrence window most articles' partners change at once.
+        // Copied out now, encoded once the dataflow has resumed: the pairs whose counts changed
+        // (at a co-occurrence window, many) and the lists emitted since.
         let mut changed: Vec<Article> = self.changed_articles.drain().collect();
         changed.sort_unstable();
-        let articles = changed
+        let lists = changed
             .into_iter()
             .map(|id| {
-                let copy = self.articles.get(&id).map(|article| CopiedArticle {
-                    partners: article.partners.iter().map(|(p, c)| (*p, *c)).collect(),
-                    last_emitted: article.last_emitted.clone(),
-                    last_emitted_at: article.last_emitted_at,
-                });
-                (id, copy)
+                let list = self
+                    .articles
+                    .get(&id)
+                    .map(|article| (article.last_emitted.clone(), article.last_emitted_at));
+                (id, list)
             })
             .collect();
-        out.defer(ArticleChanges { articles })?;
+        let partners = std::mem::take(&mut self.changed_partners);
+        out.defer(ArticleChanges { lists, partners })?;
         save_stash(
             out,
             &self.cooc_stash,
@@ -513,21 +552,26 @@ impl Checkpointed for RelatedState {
                 let saved: SavedArticle = entry.value()?;
                 let id = Article::intern_names(&portal, &article);
                 let portal = id.portal();
-                self.articles.insert(
-                    id,
-                    ArticleRelated {
-                        partners: saved
-                            .partners
-                            .iter()
-                            .map(|(p, c)| (Article::intern(portal, p), *c))
-                            .collect(),
-                        last_emitted: saved.last_emitted,
-                        last_emitted_at: saved.last_emitted_at,
-                        // Recomputed when next allowed: emitted again only if it differs.
-                        stale: true,
-                        differs: false,
-                    },
-                );
+                let restored = self.articles.entry(id).or_default();
+                for (partner, count) in &saved.partners {
+                    // An earlier build's layout: written as pairs of their own from now on.
+                    let partner = Article::intern(portal, partner);
+                    restored.partners.insert(partner, *count);
+                    self.changed_partners.push((id, partner, Some(*count)));
+                }
+                restored.last_emitted = saved.last_emitted;
+                restored.last_emitted_at = saved.last_emitted_at;
+                // Recomputed when next allowed: emitted again only if it differs.
+                restored.stale = true;
+            }
+            Some(&PARTNER_TAG) => {
+                let (_, portal, article, partner): (u8, String, String, String) = entry.key()?;
+                let id = Article::intern_names(&portal, &article);
+                let restored = self.articles.entry(id).or_default();
+                restored
+                    .partners
+                    .insert(Article::intern(id.portal(), &partner), entry.value()?);
+                restored.stale = true;
             }
             Some(&VIEWS_TAG) => {
                 let (_, portal, article): (u8, String, String) = entry.key()?;
@@ -548,6 +592,13 @@ impl Checkpointed for RelatedState {
         Ok(())
     }
 
+    fn track_changes(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.changed_partners = Vec::new();
+        }
+    }
+
     fn size(&self) -> StateSize {
         let partners: usize = self.articles.values().map(|a| a.partners.capacity()).sum();
         let emitted: usize = self
@@ -565,6 +616,8 @@ impl Checkpointed for RelatedState {
                 + partners * 13
                 + emitted
                 + self.views.capacity() * 17
+                + self.changed_partners.capacity()
+                    * std::mem::size_of::<(Article, Article, Option<u32>)>()
                 + stash) as u64,
             entries: self.articles.len() as u64,
         }

@@ -603,7 +603,10 @@ impl Checkpointed for SessionizeState {
             sessions: Vec::with_capacity(self.dirty.len()),
             articles: Vec::new(),
         };
-        for slot in std::mem::take(&mut self.dirty) {
+        // In slot order: the copy walks the slots forward instead of jumping about.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        for slot in dirty {
             let Some(session) = self.slots[slot as usize].as_mut() else {
                 continue;
             };
