@@ -165,8 +165,8 @@ mod stores;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use compaction::{CompactionPolicy, CompactionReport};
@@ -258,6 +258,7 @@ impl LoadedCheckpoint {
             delta_offsets: None,
             base: None,
             merge: None,
+            prefetch: None,
             finished: false,
         }
     }
@@ -280,10 +281,35 @@ pub struct LiveEntries<'a> {
     base: Option<Run>,
     /// The merge of the current part.
     merge: Option<PartMerge>,
+    /// The next part's base run, being read and checked on another thread meanwhile.
+    prefetch: Option<(u32, PartFetch)>,
     finished: bool,
 }
 
+/// A base part being read and checked on a thread of its own.
+type PartFetch = std::thread::JoinHandle<Result<Result<Run, String>, StoreError>>;
+
 impl LiveEntries<'_> {
+    /// The base's run of `part`, if the base has that part.
+    fn base_info(&self, part: u32) -> Option<&RunInfo> {
+        self.checkpoint
+            .manifest
+            .base_parts()
+            .iter()
+            .find(|run| matches!(run.kind, RunKind::Base { part: p, .. } if p == part))
+    }
+
+    /// Starts reading `part`'s base run on a thread of its own (`None`: no such part, or no
+    /// thread could be started, and it is read when needed).
+    fn start_fetch(&self, part: u32) -> Option<PartFetch> {
+        let info = self.base_info(part)?.clone();
+        let store = Arc::clone(&self.checkpoint.store);
+        std::thread::Builder::new()
+            .name("checkpoint-read".to_string())
+            .spawn(move || fetch_run(store.as_ref(), &info))
+            .ok()
+    }
+
     fn damaged(&self, reason: String) -> CheckpointError {
         CheckpointError::Damaged {
             id: self.checkpoint.manifest.id,
@@ -323,13 +349,24 @@ impl LiveEntries<'_> {
             }
             let part = self.next_part;
             self.next_part += 1;
-            let base_info = checkpoint
-                .manifest
-                .base_parts()
-                .iter()
-                .find(|run| matches!(run.kind, RunKind::Base { part: p, .. } if p == part));
-            self.base = match base_info {
-                Some(info) => Some(fetch_run(checkpoint.store.as_ref(), info)?.map_err(|why| {
+            let fetched = match self.prefetch.take() {
+                Some((fetching, handle)) if fetching == part => {
+                    Some(handle.join().map_err(|_| {
+                        self.damaged(format!("the thread reading base part {part} panicked"))
+                    })?)
+                }
+                _ => self
+                    .base_info(part)
+                    .map(|info| fetch_run(checkpoint.store.as_ref(), info)),
+            };
+            // The next part is read and checked while this one is merged.
+            if self.next_part < self.parts {
+                self.prefetch = self
+                    .start_fetch(self.next_part)
+                    .map(|h| (self.next_part, h));
+            }
+            self.base = match fetched {
+                Some(fetched) => Some(fetched?.map_err(|why| {
                     self.damaged(format!("{why} (it changed after it was checked)"))
                 })?),
                 None => None,
@@ -1142,33 +1179,42 @@ impl Checkpoints {
         }
     }
 
-    /// Reads and checks every run of `manifest`, one at a time (runs `checked` already knows are
-    /// not read again); returns its deltas' runs, or what is wrong with the first bad run.
+    /// Reads and checks every run of `manifest` (runs `checked` already knows are not read again;
+    /// the others several at a time, see [`fetch_runs`]); returns its deltas' runs, or what is
+    /// wrong with the first bad run in the manifest's order.
     fn check_runs(
         &self,
         manifest: &Manifest,
         checked: &mut CheckedRuns,
     ) -> Result<Result<Vec<Run>, String>, CheckpointError> {
-        for info in &manifest.runs {
-            if let Some(problem) = checked.problems.get(info) {
-                return Ok(Err(problem.clone()));
-            }
-            if checked.good.contains(info) {
-                continue;
-            }
-            match fetch_run(self.store.as_ref(), info)? {
+        let unchecked: Vec<&RunInfo> = manifest
+            .runs
+            .iter()
+            .filter(|info| !checked.problems.contains_key(*info) && !checked.good.contains(*info))
+            .collect();
+        for (info, outcome) in unchecked
+            .iter()
+            .zip(fetch_runs(self.store.as_ref(), &unchecked)?)
+        {
+            match outcome {
                 Err(problem) => {
-                    checked.problems.insert(info.clone(), problem.clone());
-                    return Ok(Err(problem));
+                    checked.problems.insert((*info).clone(), problem);
                 }
                 Ok(run) => {
-                    checked.good.insert(info.clone());
-                    if info.kind == RunKind::Delta {
-                        checked.deltas.insert(info.clone(), run);
+                    checked.good.insert((*info).clone());
+                    // A base part was dropped: it is read again while streaming.
+                    if let Some(run) = run {
+                        checked.deltas.insert((*info).clone(), run);
                     }
-                    // A base part is dropped here: it is read again while streaming.
                 }
             }
+        }
+        if let Some(problem) = manifest
+            .runs
+            .iter()
+            .find_map(|info| checked.problems.get(info))
+        {
+            return Ok(Err(problem.clone()));
         }
         let mut deltas = Vec::with_capacity(manifest.deltas().len());
         for info in manifest.deltas() {
@@ -1280,6 +1326,48 @@ impl Checkpoints {
         }
         Ok(Inspection::Good(manifest))
     }
+}
+
+/// Reads and checks `runs`, as many at a time as there are cores (at most 8): the hashing of a
+/// large local state uses every core, and S3's requests overlap. Returns, in `runs`' order, each
+/// one's problem or, for a delta, the run (base parts are dropped once checked: a restore reads
+/// them again one at a time). The first store failure, in order, is the error.
+fn fetch_runs(
+    store: &dyn CheckpointStore,
+    runs: &[&RunInfo],
+) -> Result<Vec<Result<Option<Run>, String>>, StoreError> {
+    type Fetched = Result<Result<Option<Run>, String>, StoreError>;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 8)
+        .min(runs.len());
+    let next = AtomicUsize::new(0);
+    let outcomes: Vec<Mutex<Option<Fetched>>> = runs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(info) = runs.get(index) else { break };
+                    let fetched = fetch_run(store, info)
+                        .map(|run| run.map(|run| (info.kind == RunKind::Delta).then_some(run)));
+                    *outcomes[index]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(fetched);
+                }
+            });
+        }
+    });
+    outcomes
+        .into_iter()
+        .zip(runs)
+        .map(|(outcome, info)| {
+            outcome
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or_else(|| Ok(Err(format!("run {} was not read", info.key))))
+        })
+        .collect()
 }
 
 /// What [`Checkpoints::check_runs`] learnt about runs, shared by the checkpoints one

@@ -180,20 +180,21 @@ impl RestorePlan {
             }
         }
         let own_key = own_key.to_vec();
-        let operator = operator.to_string();
+        // Millions of entries name a handful of operators: the name is allocated once.
+        fn push_to<T>(lists: &mut BTreeMap<String, Vec<T>>, operator: &str, item: T) {
+            match lists.get_mut(operator) {
+                Some(list) => list.push(item),
+                None => {
+                    lists.insert(operator.to_string(), vec![item]);
+                }
+            }
+        }
         match placement {
             Placement::Keyed(group) => {
                 let worker = usize::from(group) % self.workers.len();
-                self.workers[worker]
-                    .entry(operator)
-                    .or_default()
-                    .push((group, own_key, value));
+                push_to(&mut self.workers[worker], operator, (group, own_key, value));
             }
-            Placement::Broadcast => self
-                .broadcast
-                .entry(operator)
-                .or_default()
-                .push((own_key, value)),
+            Placement::Broadcast => push_to(&mut self.broadcast, operator, (own_key, value)),
         }
         Ok(())
     }

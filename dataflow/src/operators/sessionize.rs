@@ -111,6 +111,55 @@ struct OpenSession {
     dirty: bool,
 }
 
+/// The session slots, in chunks of [`SessionSlots::CHUNK`]: a `Vec` would double its allocation
+/// as readers arrive and hold up to twice the slots in use, tens of megabytes at a million open
+/// sessions; chunks hold at most one partly used chunk more. Indexed as a `Vec` is.
+#[derive(Clone, Debug, Default)]
+struct SessionSlots {
+    chunks: Vec<Box<[Option<OpenSession>]>>,
+    len: usize,
+}
+
+impl SessionSlots {
+    const CHUNK: usize = 4096;
+
+    /// Slots handed out so far (used or free).
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a slot holding `session`.
+    fn push(&mut self, session: OpenSession) {
+        if self.len == self.chunks.len() * Self::CHUNK {
+            self.chunks
+                .push((0..Self::CHUNK).map(|_| None).collect::<Box<[_]>>());
+        }
+        let at = self.len;
+        self.len += 1;
+        self[at] = Some(session);
+    }
+
+    /// Bytes of the chunks (the slots' own size; their heap data is counted apart).
+    fn allocated_bytes(&self) -> usize {
+        self.chunks.len() * Self::CHUNK * std::mem::size_of::<Option<OpenSession>>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[Option<OpenSession>]>>()
+    }
+}
+
+impl std::ops::Index<usize> for SessionSlots {
+    type Output = Option<OpenSession>;
+
+    fn index(&self, slot: usize) -> &Option<OpenSession> {
+        &self.chunks[slot / Self::CHUNK][slot % Self::CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for SessionSlots {
+    fn index_mut(&mut self, slot: usize) -> &mut Option<OpenSession> {
+        &mut self.chunks[slot / Self::CHUNK][slot % Self::CHUNK]
+    }
+}
+
 /// Events of one tick that are not final yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct WaitingTick {
@@ -165,7 +214,7 @@ const PROCESSED_TAG: u8 = 1;
 pub struct SessionizeState {
     spec: SessionSpec,
     portals: Vec<Portal>,
-    slots: Vec<Option<OpenSession>>,
+    slots: SessionSlots,
     free: Vec<u32>,
     /// Slot numbers, found by the reader's route.
     index: HashTable<u32>,
@@ -200,7 +249,7 @@ impl SessionizeState {
         SessionizeState {
             spec,
             portals: Vec::new(),
-            slots: Vec::new(),
+            slots: SessionSlots::default(),
             free: Vec::new(),
             index: HashTable::new(),
             closing: BTreeMap::new(),
@@ -286,7 +335,7 @@ impl SessionizeState {
                 slot
             }
             None => {
-                self.slots.push(Some(session));
+                self.slots.push(session);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -706,7 +755,7 @@ impl Checkpointed for SessionizeState {
         let waiting: usize = self.waiting.values().map(|w| w.events.capacity()).sum();
         let closing: usize = self.closing.values().map(Vec::capacity).sum();
         StateSize {
-            bytes: (self.slots.capacity() * std::mem::size_of::<Option<OpenSession>>()
+            bytes: (self.slots.allocated_bytes()
                 + self.heap_bytes
                 + self.index.allocation_size()
                 + closing * 4
@@ -849,6 +898,45 @@ mod tests {
         );
         state.advance(GAP + 60_000, &mut sessions, &mut pairs);
         assert_eq!(sessions.len(), 1);
+    }
+
+    #[test]
+    fn sessions_past_a_chunk_of_slots_keep_their_own_numbers() {
+        // More readers than one chunk of slots holds, in two waves: the second reuses the first's
+        // freed slots and needs new chunks too.
+        let readers = SessionSlots::CHUNK * 2 + 10;
+        let mut state = SessionizeState::new(SPEC);
+        let (mut sessions, mut pairs) = (Vec::new(), Vec::new());
+        for wave in 0..2u64 {
+            let ts = wave * 10 * GAP;
+            let count = readers + wave as usize * SessionSlots::CHUNK;
+            for n in 0..count {
+                let user = format!("u{wave}-{n}");
+                state.insert(read(&user, &format!("{user}-1"), "a", ts));
+                state.insert(read(&user, &format!("{user}-2"), "b", ts + n as u64 % 1000));
+            }
+            state.advance(ts + 60_000, &mut sessions, &mut pairs);
+            assert_eq!(state.open_sessions(), count, "wave {wave}");
+        }
+        state.advance(u64::MAX, &mut sessions, &mut pairs);
+        assert_eq!(sessions.len(), readers * 2 + SessionSlots::CHUNK);
+        for session in &sessions {
+            let n: u64 = session
+                .user_id
+                .rsplit('-')
+                .next()
+                .unwrap_or("")
+                .parse()
+                .unwrap_or(u64::MAX);
+            assert_eq!(session.views, 2, "{}", session.user_id);
+            assert_eq!(
+                session.end_ts - session.start_ts,
+                n % 1000,
+                "{}",
+                session.user_id
+            );
+        }
+        assert!(state.is_idle());
     }
 
     fn save(state: &mut SessionizeState) -> Vec<crate::checkpoint::Change> {
