@@ -27,6 +27,16 @@ pub enum ConnectorError {
         /// The operating system's reason.
         source: io::Error,
     },
+    /// An input path names a directory (or another non-file), which has no lines to read.
+    #[error(
+        "`{}` is a directory, not a file: pageflow reads JSON-lines files; name the file itself (to \
+         read every file of a directory, list each one in `source.paths`)",
+        path.display()
+    )]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+    },
     /// Reading an open file failed.
     #[error(
         "cannot read `{}` after line {line}: {source}; check that the file is not being truncated or \
@@ -178,7 +188,9 @@ impl ConnectorError {
             | ConnectorError::Read { source, .. }
             | ConnectorError::CreateDir { source, .. }
             | ConnectorError::Write { source, .. } => io_error_is_transient(source),
-            ConnectorError::Closed { .. } | ConnectorError::InvalidConfig { .. } => false,
+            ConnectorError::Closed { .. }
+            | ConnectorError::InvalidConfig { .. }
+            | ConnectorError::NotAFile { .. } => false,
             ConnectorError::Aws { retryable, .. }
             | ConnectorError::PersonalizeService { retryable, .. } => *retryable,
             // Later the breaker lets a probe through; a timeout or throttling is transient.

@@ -143,10 +143,18 @@ impl JsonLinesFile<File> {
     /// Opens `path` for replay. The partition is named `file:<path as given>`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| ConnectorError::Open {
+        let open_error = |source| ConnectorError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(open_error)?;
+        // A directory opens fine on Unix and fails only at the first read, where a source would
+        // report it again on every poll: refuse it here, where the caller can say so and stop.
+        if file.metadata().map_err(open_error)?.is_dir() {
+            return Err(ConnectorError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Self::from_reader(path, file))
     }
 }
@@ -632,6 +640,15 @@ mod tests {
         };
         assert!(!error.is_retryable());
         assert!(error.to_string().contains("missing.jsonl"), "{error}");
+
+        let error = match JsonLinesFile::open(dir.path()) {
+            Ok(_) => return Err("opening a directory succeeded".into()),
+            Err(error) => error,
+        };
+        assert!(!error.is_retryable());
+        let message = error.to_string();
+        assert!(message.contains("is a directory"), "{message}");
+        assert!(message.contains("source.paths"), "{message}");
         Ok(())
     }
 

@@ -11,3 +11,4 @@ pub mod heap;
 pub mod metrics;
 pub mod outputs;
 pub mod serve;
+pub mod stderr;

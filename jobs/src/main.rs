@@ -170,12 +170,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| pageflow::stderr::LossyStderr)
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("pageflow: {error:#}");
+            pageflow::stderr::say(format_args!("pageflow: {error:#}"));
             // A checkpoint that cannot be used needs a person, not a restart: a distinct code
             // (EX_CONFIG) lets the supervisor tell it apart from a crash.
             if error
@@ -228,7 +228,10 @@ fn run(cli: Cli) -> Result<()> {
                 users,
             };
             let written = commands::generate::run(events, &options, &out)?;
-            eprintln!("wrote {written} pageviews to {}", out.display());
+            pageflow::stderr::say(format_args!(
+                "wrote {written} pageviews to {}",
+                out.display()
+            ));
             Ok(())
         }
         Command::Aws(AwsCommand::Setup {
@@ -244,14 +247,17 @@ fn run(cli: Cli) -> Result<()> {
                 firehose_role_arn,
             };
             for created in commands::aws::setup(&config, &options)? {
-                eprintln!("created {created}");
+                pageflow::stderr::say(format_args!("created {created}"));
             }
             Ok(())
         }
         Command::Aws(AwsCommand::Put { config, input }) => {
             let config = load_config(config.as_deref())?;
             let written = commands::aws::put(&config, &input)?;
-            eprintln!("wrote {written} records from {}", input.display());
+            pageflow::stderr::say(format_args!(
+                "wrote {written} records from {}",
+                input.display()
+            ));
             Ok(())
         }
         Command::Checkpoints { config } => {

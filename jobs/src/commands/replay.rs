@@ -41,12 +41,8 @@ pub fn replay_file(
     config: &SemanticsConfig,
 ) -> Result<(ReplayOutput, ReplaySummary)> {
     let workers = workers.max(1);
-    let file = JsonLinesFile::open(input).with_context(|| {
-        format!(
-            "cannot replay {}: check that the file exists and is readable",
-            input.display()
-        )
-    })?;
+    let file =
+        JsonLinesFile::open(input).with_context(|| format!("cannot replay {}", input.display()))?;
     let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     sources_by_worker[0].push(Box::new(file));
     let started = Instant::now();

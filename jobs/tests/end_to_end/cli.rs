@@ -167,6 +167,67 @@ fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
     assert_eq!(summary["accepted"], 1);
 }
 
+/// Waits for `child` to exit, killing it after `limit` (a hang is the failure being tested for).
+fn exit_code_within(mut child: std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pageflow was still running after {limit:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn replaying_a_directory_fails_at_once_and_says_why() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = dir.path().join("inputs");
+    std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out");
+    let args = [
+        "replay",
+        "--input",
+        input.to_str().unwrap_or_default(),
+        "--out",
+    ];
+    let log = dir.path().join("stderr.txt");
+    let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let child = Command::new(BIN)
+        .args(args)
+        .arg(&out)
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
+    let stderr = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert!(stderr.contains("source.paths"), "{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one message, no warnings: {stderr}"
+    );
+
+    // The same with standard error closed (`… 2>&1 | head` after head has gone): the message is
+    // lost, but the process exits with its error code instead of panicking (101).
+    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    drop(reader);
+    let child = Command::new(BIN)
+        .args(args)
+        .arg(&out)
+        .stderr(writer)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
+}
+
 #[test]
 fn run_reports_every_configuration_problem_at_once() {
     let out = Command::new(BIN)
