@@ -37,6 +37,19 @@ pub enum ConnectorError {
         /// The path given.
         path: PathBuf,
     },
+    /// Another job holds the directory (see [`crate::dir_lock`]).
+    #[error(
+        "`{}` is in use by {holder}: two jobs on one directory would write the same outputs and \
+         checkpoints; stop that one first, or give this one another directory (`sinks.dir`, \
+         `checkpoint.dir`)",
+        dir.display()
+    )]
+    DirectoryInUse {
+        /// The directory.
+        dir: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: String,
+    },
     /// Reading an open file failed.
     #[error(
         "cannot read `{}` after line {line}: {source}; check that the file is not being truncated or \
@@ -190,7 +203,8 @@ impl ConnectorError {
             | ConnectorError::Write { source, .. } => io_error_is_transient(source),
             ConnectorError::Closed { .. }
             | ConnectorError::InvalidConfig { .. }
-            | ConnectorError::NotAFile { .. } => false,
+            | ConnectorError::NotAFile { .. }
+            | ConnectorError::DirectoryInUse { .. } => false,
             ConnectorError::Aws { retryable, .. }
             | ConnectorError::PersonalizeService { retryable, .. } => *retryable,
             // Later the breaker lets a probe through; a timeout or throttling is transient.

@@ -24,6 +24,7 @@
 pub mod aws;
 pub mod batch;
 pub mod checkpoint_store;
+pub mod dir_lock;
 pub mod error;
 pub mod file_source;
 pub mod firehose_sink;

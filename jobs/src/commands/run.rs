@@ -24,6 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::dir_lock::{DirLock, this_process};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
 use pageflow_connectors::kinesis_consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
@@ -49,7 +50,9 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::checkpoints::{ChainStart, CheckpointDriver, PartsInbox, Restored, ToWrite};
-use crate::config::{JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName};
+use crate::config::{
+    CheckpointStoreKind, JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName,
+};
 use crate::metrics::Metrics;
 use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
 use crate::serve::auth::ServeSecurity;
@@ -101,6 +104,8 @@ pub struct RunningJob {
     runtime: tokio::runtime::Runtime,
     /// What the workers count, read directly (the metrics mirror it every half second).
     stats: Arc<JobStats>,
+    /// Held until the job is dropped: another job on the same directories is refused.
+    _directory_locks: Vec<DirLock>,
 }
 
 impl RunningJob {
@@ -400,6 +405,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             problems.join("\n  ")
         ));
     }
+    let directory_locks = lock_directories(&config)?;
     let metrics = Arc::new(Metrics::new());
     let serving = Arc::new(ServingState::with_read_limits(
         config.recommendations.read_limits(),
@@ -659,7 +665,24 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         personalize_events: personalize_feed.map(|feed| feed.forwarder),
         runtime,
         stats,
+        _directory_locks: directory_locks,
     })
+}
+
+/// Locks the directories this job writes to (the sinks' and, when local and elsewhere, the
+/// checkpoints'), so that a second job on them refuses to start instead of writing the same files.
+fn lock_directories(config: &JobConfig) -> Result<Vec<DirLock>> {
+    let holder = this_process("pageflow run");
+    let mut dirs = vec![config.sinks.dir.clone()];
+    if config.checkpoint.enabled && config.checkpoint.store == CheckpointStoreKind::Local {
+        let checkpoints = config.checkpoint.local_dir(&config.sinks);
+        if !checkpoints.starts_with(&config.sinks.dir) {
+            dirs.push(checkpoints);
+        }
+    }
+    dirs.iter()
+        .map(|dir| DirLock::acquire(dir, &holder).map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// Stops the process when a worker cannot go on: a restore that failed half-way must not run on

@@ -229,6 +229,51 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
 }
 
 #[test]
+fn a_second_run_on_the_same_directory_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run_on_dir = || {
+        let mut command = Command::new(BIN);
+        command
+            .arg("run")
+            .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+            .env("PAGEFLOW__SINKS__DIR", dir.path())
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let mut first = JobProcess::spawn(&mut run_on_dir()).unwrap_or_else(|e| panic!("{e}"));
+    // Listening means it is past start-up, so it holds the directory.
+    first
+        .http_address(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let log = dir.path().join("second.txt");
+    let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let second = run_on_dir()
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(exit_code_within(second, Duration::from_secs(120)), Some(1));
+    let stderr = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let holder = format!("pageflow run (process {} on ", first.id());
+    assert!(stderr.contains(&holder), "names the first job: {stderr}");
+    assert!(stderr.contains("sinks.dir"), "says what to do: {stderr}");
+    assert!(
+        first.try_status().is_none(),
+        "the first job runs on: {}",
+        first.stderr()
+    );
+    first.terminate().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first
+            .wait_timeout(Duration::from_secs(60))
+            .and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        first.stderr()
+    );
+}
+
+#[test]
 fn run_reports_every_configuration_problem_at_once() {
     let out = Command::new(BIN)
         .arg("run")
