@@ -269,6 +269,9 @@ fn the_job_forwards_its_pageviews_and_serves_recommendations() {
             )
             .env("PAGEFLOW__PERSONALIZE__PORTALS__G1__CAMPAIGN_ARN", CAMPAIGN)
             .env("PAGEFLOW__PERSONALIZE__EVENTS__LINGER", "\"200ms\"")
+            // The budget is not what this test checks (`a_slow_personalize_is_skipped_after_the_budget`
+            // does): a loaded machine must not turn a prompt fake into a timeout.
+            .env("PAGEFLOW__PERSONALIZE__TIMEOUT", "\"10s\"")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("RUST_LOG", "info"),
