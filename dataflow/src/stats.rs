@@ -34,6 +34,29 @@ pub struct JobStats {
     pub features: AtomicU64,
     /// The size of each operator's state on each worker, as last reported.
     pub state_sizes: StateSizes,
+    /// The first source failure no retry can fix (see [`JobStats::fail_source`]).
+    source_failure: Mutex<Option<String>>,
+}
+
+impl JobStats {
+    /// Records that a partition cannot be read and no retry will help (a missing stream, access
+    /// denied, a file gone): the job cannot produce correct results and must stop. The first
+    /// failure is kept.
+    pub fn fail_source(&self, message: String) {
+        let mut failure = self
+            .source_failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        failure.get_or_insert(message);
+    }
+
+    /// The first source failure, if a partition failed for good.
+    pub fn source_failure(&self) -> Option<String> {
+        self.source_failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
 }
 
 /// The size of each operator's state on each worker: workers report theirs every few seconds

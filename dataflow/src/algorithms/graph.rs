@@ -54,6 +54,9 @@ pub struct GraphOptions {
     /// ahead of the job watermark is not read until the others catch up (see
     /// [`IngestConfig::alignment`]). `None` reads every partition as fast as it goes.
     pub watermark_alignment: Option<u64>,
+    /// A partition that fails for good ends (see [`IngestConfig::end_on_failure`]): for bounded
+    /// runs that report the failure at the end; a long-running job holds and stops instead.
+    pub end_on_source_failure: bool,
 }
 
 /// Partitions may run a minute of event time ahead of the job watermark.
@@ -65,6 +68,7 @@ impl Default for GraphOptions {
             keep_raw: false,
             live_interval: None,
             watermark_alignment: Some(DEFAULT_WATERMARK_ALIGNMENT_MS),
+            end_on_source_failure: false,
         }
     }
 }
@@ -100,6 +104,7 @@ pub fn build<'scope>(
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
     ingest_config.alignment = options.watermark_alignment;
+    ingest_config.end_on_failure = options.end_on_source_failure;
     let ingested = ingest(
         scope,
         sources.into(),

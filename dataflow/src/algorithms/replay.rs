@@ -44,6 +44,9 @@ pub enum ReplayError {
     /// The configuration is invalid.
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
+    /// A partition could not be read and no retry would help; the results would be incomplete.
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Runs the graph over `sources_by_worker` (one list of partitions per worker thread) to the end.
@@ -95,7 +98,11 @@ fn run(
     let lines: Arc<Mutex<Vec<FeatureLine>>> = Arc::default();
 
     let config = config.clone();
-    let options = options.clone();
+    // A partition that cannot be read ends the replay (with the error below), not a wait.
+    let options = GraphOptions {
+        end_on_source_failure: true,
+        ..options.clone()
+    };
     let worker_stats = Arc::clone(&stats);
     let sink = Arc::clone(&collected);
     let lines_sink = Arc::clone(&lines);
@@ -151,6 +158,9 @@ fn run(
     .map_err(ReplayError::Workers)?;
     for result in guards.join() {
         result.map_err(ReplayError::Workers)?;
+    }
+    if let Some(failure) = stats.source_failure() {
+        return Err(ReplayError::Source(failure));
     }
 
     let mut output = std::mem::take(

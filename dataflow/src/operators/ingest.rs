@@ -79,6 +79,12 @@ pub struct IngestConfig {
     /// operator would hold its events until the slowest catches up. Results do not change: the
     /// job watermark, and so what is late, never depends on how fast a partition ahead is read.
     pub alignment: Option<u64>,
+    /// What a partition that fails for good (an error no retry fixes) does besides stopping the
+    /// job ([`crate::stats::JobStats::fail_source`]): `false` holds the watermark where it is, so
+    /// nothing is final that the partition's records could still change, while the job stops
+    /// (`pageflow run`); `true` ends the partition, so that a bounded run ends and reports the
+    /// failure instead of waiting for ever (replays, whose results are then discarded).
+    pub end_on_failure: bool,
 }
 
 impl IngestConfig {
@@ -92,6 +98,7 @@ impl IngestConfig {
             batch: 4096,
             poll_interval: Duration::from_millis(5),
             alignment: None,
+            end_on_failure: false,
         }
     }
 }
@@ -104,6 +111,8 @@ struct Partition {
     /// Processing time of the last record or of the start, for idleness.
     last_activity: Instant,
     blank_lines_reported: u64,
+    /// Failed for good: not polled again.
+    failed: bool,
 }
 
 impl Partition {
@@ -114,6 +123,7 @@ impl Partition {
             last_position: None,
             last_activity: now,
             blank_lines_reported: 0,
+            failed: false,
         }
     }
 
@@ -311,7 +321,7 @@ pub fn ingest<'scope>(
             };
             let mut held_back = false;
             for index in 0..partitions.len() {
-                if partitions[index].clock.finished {
+                if partitions[index].clock.finished || partitions[index].failed {
                     continue;
                 }
                 if let (Some(limit), Some(own)) = (
@@ -329,13 +339,20 @@ pub fn ingest<'scope>(
                 buffer.clear();
                 let status = match partitions[index].source.poll(config.batch, &mut buffer) {
                     Ok(status) => status,
-                    Err(error) => {
-                        // The source decides about retries; a failure here just means "nothing now".
+                    Err(error) if error.retryable => {
+                        // The source retries; a failure here just means "nothing now".
                         tracing::warn!(
                             partition = partitions[index].source.name(),
-                            retryable = error.retryable,
-                            "reading the partition failed: {error}"
+                            "reading the partition failed; it is tried again: {error}"
                         );
+                        PollStatus::Pending
+                    }
+                    Err(error) => {
+                        let name = partitions[index].source.name();
+                        tracing::error!(partition = name, "reading the partition failed: {error}");
+                        stats.fail_source(format!("partition `{name}` cannot be read: {error}"));
+                        partitions[index].failed = true;
+                        partitions[index].clock.finished = config.end_on_failure;
                         PollStatus::Pending
                     }
                 };
@@ -606,5 +623,69 @@ mod tests {
             free > 2 * alignment,
             "without alignment the sparse partition should run ahead; it ran {free} ms ahead"
         );
+    }
+
+    /// Ten records with failures after the fifth: for good (`retryable` false) or three that go
+    /// away.
+    struct FailingPartition {
+        inner: VecSource,
+        retryable: bool,
+        failures_left: u32,
+        polled: u32,
+    }
+
+    impl RecordSource for FailingPartition {
+        fn name(&self) -> &str {
+            "file:failing"
+        }
+
+        fn poll(
+            &mut self,
+            max: usize,
+            out: &mut Vec<RawRecord>,
+        ) -> Result<PollStatus, SourceError> {
+            // Five records, then the failures, then the rest.
+            if self.polled > 0 && self.failures_left > 0 {
+                self.failures_left -= 1;
+                return Err(SourceError {
+                    message: "the disk went away".to_string(),
+                    retryable: self.retryable,
+                });
+            }
+            self.polled += 1;
+            self.inner.poll(max.min(5), out)
+        }
+
+        fn is_replay(&self) -> bool {
+            true
+        }
+    }
+
+    fn failing(retryable: bool) -> SourcesByWorker {
+        let lines = (0..10u64)
+            .map(|i| pageview_line(&format!("e{i}"), "g1", "u", "a", 1_000_000 + i, 0, 0));
+        vec![vec![Box::new(FailingPartition {
+            inner: VecSource::from_lines("file:failing", lines),
+            retryable,
+            failures_left: 3,
+            polled: 0,
+        }) as Box<dyn RecordSource>]]
+    }
+
+    #[test]
+    fn a_partition_that_fails_for_good_ends_a_replay_with_its_error() {
+        let config = SemanticsConfig::default();
+        let options = GraphOptions::default();
+        match replay(&config, failing(false), &options) {
+            Ok(output) => panic!("a failed partition gave results: {:?}", output.stats),
+            Err(error) => {
+                let message = error.to_string();
+                assert!(message.contains("file:failing"), "{message}");
+                assert!(message.contains("the disk went away"), "{message}");
+            }
+        }
+        // A failure that goes away is retried: every record is read.
+        let output = replay(&config, failing(true), &options).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(output.stats.records, 10);
     }
 }

@@ -115,6 +115,11 @@ impl RunningJob {
         self.sink.as_ref().is_none_or(|sink| sink.is_finished())
     }
 
+    /// A partition that failed for good (no retry can help), if any: the job must stop.
+    pub fn source_failure(&self) -> Option<String> {
+        self.stats.source_failure()
+    }
+
     /// The job watermark as the workers see it now (`None` until there is one).
     pub fn watermark(&self) -> Option<u64> {
         Some(self.stats.watermark_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
@@ -580,6 +585,8 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         live_interval: Some(config.serve.live_interval.into()),
         watermark_alignment: (config.runtime.watermark_alignment.ms() > 0)
             .then_some(config.runtime.watermark_alignment.ms()),
+        // The partition holds the watermark and the job stops (`run` below).
+        end_on_source_failure: false,
     };
     let worker_stats = Arc::clone(&stats);
     let worker_coordinator = Arc::clone(&coordinator);
@@ -894,6 +901,10 @@ fn mirror_stats(
     *previous = now;
 }
 
+/// The exit code when a source cannot be read and no retry would help (EX_UNAVAILABLE): a
+/// supervisor restarting the job at once would meet the same failure.
+pub const SOURCE_FAILED_EXIT_CODE: i32 = 69;
+
 /// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.
 pub fn run(config: JobConfig) -> Result<()> {
     let budget: Duration = config.checkpoint.stop_timeout.into();
@@ -909,7 +920,7 @@ pub fn run(config: JobConfig) -> Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let ended = async {
-            while !job.has_ended() {
+            while !job.has_ended() && job.source_failure().is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -920,6 +931,17 @@ pub fn run(config: JobConfig) -> Result<()> {
         };
         Ok::<_, std::io::Error>(signalled)
     })?;
+    if let Some(failure) = job.source_failure() {
+        // No final checkpoint (the last one is consistent, and stopping soon matters more): the
+        // sinks deliver what was emitted, the dataflow ends with the process.
+        crate::stderr::say(format_args!(
+            "pageflow: {failure}; the job stops without a final checkpoint. Fix the source (or \
+             remove it from the configuration), then start again: it resumes from the last \
+             checkpoint and emits what followed it again, with the same feature ids"
+        ));
+        job.shutdown()?;
+        std::process::exit(SOURCE_FAILED_EXIT_CODE)
+    }
     if !signalled {
         eprintln!("pageflow: the input has ended; every result is written");
         job.shutdown()?;
