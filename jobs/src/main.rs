@@ -1,5 +1,6 @@
 //! The `pageflow` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 // The operators allocate many small strings and maps across worker threads; glibc's allocator
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            pageflow::stderr::say(format_args!("pageflow: {error:#}"));
+            pageflow::say!("pageflow: {error:#}");
             // A checkpoint that cannot be used needs a person, not a restart: a distinct code
             // (EX_CONFIG) lets the supervisor tell it apart from a crash.
             if error
@@ -210,7 +211,12 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = load_config(config.as_deref())?;
             let summary = commands::replay::run(&input, &out, workers, &config.semantics)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            // A closed standard output (`| head`) loses the summary; it must not panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&summary)?
+            );
             Ok(())
         }
         Command::Generate {
@@ -228,10 +234,7 @@ fn run(cli: Cli) -> Result<()> {
                 users,
             };
             let written = commands::generate::run(events, &options, &out)?;
-            pageflow::stderr::say(format_args!(
-                "wrote {written} pageviews to {}",
-                out.display()
-            ));
+            pageflow::say!("wrote {written} pageviews to {}", out.display());
             Ok(())
         }
         Command::Aws(AwsCommand::Setup {
@@ -247,17 +250,14 @@ fn run(cli: Cli) -> Result<()> {
                 firehose_role_arn,
             };
             for created in commands::aws::setup(&config, &options)? {
-                pageflow::stderr::say(format_args!("created {created}"));
+                pageflow::say!("created {created}");
             }
             Ok(())
         }
         Command::Aws(AwsCommand::Put { config, input }) => {
             let config = load_config(config.as_deref())?;
             let written = commands::aws::put(&config, &input)?;
-            pageflow::stderr::say(format_args!(
-                "wrote {written} records from {}",
-                input.display()
-            ));
+            pageflow::say!("wrote {written} records from {}", input.display());
             Ok(())
         }
         Command::Checkpoints { config } => {

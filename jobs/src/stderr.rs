@@ -29,3 +29,11 @@ impl Write for LossyStderr {
 pub fn say(line: fmt::Arguments<'_>) {
     let _ = writeln!(LossyStderr, "{line}");
 }
+
+/// `eprintln!` that never panics: `say!("pageflow: {message}")`.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::stderr::say(format_args!($($arg)*))
+    };
+}

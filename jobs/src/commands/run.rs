@@ -696,7 +696,7 @@ fn lock_directories(config: &JobConfig) -> Result<Vec<DirLock>> {
 /// partial state. Exit code 78 (EX_CONFIG): the data or the settings need a person.
 fn fatal(message: &str) -> ! {
     tracing::error!("{message}");
-    eprintln!("pageflow: {message}");
+    crate::say!("pageflow: {message}");
     std::process::exit(78)
 }
 
@@ -911,7 +911,7 @@ pub fn run(config: JobConfig) -> Result<()> {
     let job = start(config)?;
     if let Some(addr) = job.http_addr {
         tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
-        eprintln!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+        crate::say!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
     }
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -934,39 +934,39 @@ pub fn run(config: JobConfig) -> Result<()> {
     if let Some(failure) = job.source_failure() {
         // No final checkpoint (the last one is consistent, and stopping soon matters more): the
         // sinks deliver what was emitted, the dataflow ends with the process.
-        crate::stderr::say(format_args!(
+        crate::say!(
             "pageflow: {failure}; the job stops without a final checkpoint. Fix the source (or \
              remove it from the configuration), then start again: it resumes from the last \
              checkpoint and emits what followed it again, with the same feature ids"
-        ));
+        );
         job.shutdown()?;
         std::process::exit(SOURCE_FAILED_EXIT_CODE)
     }
     if !signalled {
-        eprintln!("pageflow: the input has ended; every result is written");
+        crate::say!("pageflow: the input has ended; every result is written");
         job.shutdown()?;
         std::process::exit(0)
     }
-    eprintln!("pageflow: stopping: reading stopped, taking the final checkpoint");
+    crate::say!("pageflow: stopping: reading stopped, taking the final checkpoint");
     let stopped = job.checkpoint_and_stop(budget);
     job.shutdown()?;
     match stopped {
         Ok(Stopped::Checkpointed(id)) => {
-            eprintln!("pageflow: stopped after checkpoint {id}; a restart resumes from it");
+            crate::say!("pageflow: stopped after checkpoint {id}; a restart resumes from it");
             std::process::exit(0)
         }
         Ok(Stopped::InputEnded) => {
-            eprintln!("pageflow: the input ended while stopping; every result is written");
+            crate::say!("pageflow: the input ended while stopping; every result is written");
             std::process::exit(0)
         }
         Ok(Stopped::WithoutCheckpoint) => {
-            eprintln!(
+            crate::say!(
                 "pageflow: stopped without a checkpoint (checkpoints are off): open sessions and windows are lost"
             );
             std::process::exit(0)
         }
         Err(error) => {
-            eprintln!(
+            crate::say!(
                 "pageflow: {error:#}; a restart resumes from the previous checkpoint and emits what followed it again"
             );
             std::process::exit(1)

@@ -226,6 +226,34 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
+
+    // Commands that succeed succeed with their messages (stderr) or summary (stdout) unread.
+    let events = dir.path().join("events.jsonl");
+    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    drop(reader);
+    let generate = Command::new(BIN)
+        .args(["generate", "--events", "200", "--out"])
+        .arg(&events)
+        .stderr(writer)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(
+        exit_code_within(generate, Duration::from_secs(120)),
+        Some(0)
+    );
+    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    drop(reader);
+    let replay = Command::new(BIN)
+        .arg("replay")
+        .arg("--input")
+        .arg(&events)
+        .arg("--out")
+        .arg(&out)
+        .stdout(writer)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(exit_code_within(replay, Duration::from_secs(120)), Some(0));
+    assert!(out.join("features.jsonl").exists());
 }
 
 #[test]
