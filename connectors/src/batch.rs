@@ -328,7 +328,7 @@ mod tests {
             .enable_time()
             .build()
             .map(|rt| rt.block_on(future))
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     }
 
     #[test]

@@ -596,7 +596,7 @@ mod tests {
             .partition_key("u")
             .data(aws_sdk_kinesis::primitives::Blob::new(data))
             .build()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     }
 
     fn event(
@@ -615,10 +615,10 @@ mod tests {
                                 .starting_hash_key("0")
                                 .ending_hash_key("1")
                                 .build()
-                                .unwrap_or_else(|e| panic!("{e}")),
+                                .unwrap(),
                         )
                         .build()
-                        .unwrap_or_else(|e| panic!("{e}"))
+                        .unwrap()
                 })
                 .collect()
         });
@@ -628,7 +628,7 @@ mod tests {
             .millis_behind_latest(7)
             .set_child_shards(children)
             .build()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     }
 
     #[test]
@@ -718,7 +718,7 @@ mod tests {
         let mut reader = reader(None);
         reader.accept(event(vec![], "", Some(&[])));
         assert!(reader.is_finished());
-        let batch = reader.next_batch().await.unwrap_or_else(|e| panic!("{e}"));
+        let batch = reader.next_batch().await.unwrap();
         assert_eq!(batch, ShardBatch::default());
         assert_eq!(reader.subscription_count(), 0);
     }

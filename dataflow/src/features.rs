@@ -276,7 +276,7 @@ mod tests {
             "{json}"
         );
         assert!(json.ends_with(r#""portal":"g1","window_start":0,"window_end":60000,"items":[{"article_id":"a","views":2,"engaged_views":1,"score":2.0}]}"#), "{json}");
-        let back: Feature = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        let back: Feature = serde_json::from_str(&json).unwrap();
         assert_eq!(back, feature);
     }
 }

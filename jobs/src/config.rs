@@ -1080,9 +1080,9 @@ mod tests {
             sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
             per_second = 10.0
         "#;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pageflow.toml");
-        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, toml).unwrap();
         let problems = load(Some(&path), Vec::new()).err().unwrap_or_default();
         for needle in [
             "`related_share` + `trending_share`",

@@ -124,8 +124,7 @@ mod tests {
     #[test]
     fn counts_what_is_allocated_and_freed() {
         let allocator = Counting(std::alloc::System);
-        let layout =
-            Layout::from_size_align(FLUSH_BYTES as usize * 4, 8).unwrap_or_else(|e| panic!("{e}"));
+        let layout = Layout::from_size_align(FLUSH_BYTES as usize * 4, 8).unwrap();
         // On a fresh thread: its own count starts at zero.
         std::thread::spawn(move || {
             let before = LIVE_BYTES.load(Ordering::Relaxed);

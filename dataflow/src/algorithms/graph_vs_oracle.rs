@@ -193,8 +193,7 @@ fn a_planted_spike_tops_trending() {
             }
         }
     }
-    let output = replay(&config, one_partition(&lines, 1), &GraphOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let output = replay(&config, one_partition(&lines, 1), &GraphOptions::default()).unwrap();
     let last_trending = output
         .features
         .iter()

@@ -234,7 +234,7 @@ mod tests {
                 one_partition(records, workers),
                 &GraphOptions::default(),
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
             let features: Vec<String> = output.features.iter().map(Feature::to_json).collect();
             let missing: Vec<&String> = expected
                 .iter()

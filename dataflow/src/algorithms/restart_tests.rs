@@ -68,8 +68,7 @@ fn check_chain(ops: &[(u8, u8, i64, u64, bool, bool)], cuts: &[usize], workers: 
     let config = small_config();
     let lines = lines(ops);
     let all = records("file:test", &lines);
-    let expected = replay(&config, one_partition(&lines, 1), &GraphOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = replay(&config, one_partition(&lines, 1), &GraphOptions::default()).unwrap();
 
     let mut bounds: Vec<usize> = cuts.iter().map(|cut| (*cut).min(lines.len())).collect();
     bounds.sort_unstable();

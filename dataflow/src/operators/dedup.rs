@@ -362,9 +362,7 @@ mod tests {
     fn save(state: &mut DedupState, run: u64, worker: usize) -> Vec<crate::checkpoint::Change> {
         let mut changes = Vec::new();
         let mut out = ChangeWriter::new("dedup", worker, run, &mut changes);
-        state
-            .save_changes(&mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        state.save_changes(&mut out).unwrap();
         changes
     }
 

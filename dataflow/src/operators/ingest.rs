@@ -587,8 +587,7 @@ mod tests {
             watermark_alignment: alignment,
             ..GraphOptions::default()
         };
-        let output = replay(&SemanticsConfig::default(), partitions(&log), &options)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let output = replay(&SemanticsConfig::default(), partitions(&log), &options).unwrap();
         assert!(output.dead_letters.is_empty(), "{:?}", output.dead_letters);
         let log = log
             .lock()
@@ -685,7 +684,7 @@ mod tests {
             }
         }
         // A failure that goes away is retried: every record is read.
-        let output = replay(&config, failing(true), &options).unwrap_or_else(|e| panic!("{e}"));
+        let output = replay(&config, failing(true), &options).unwrap();
         assert_eq!(output.stats.records, 10);
     }
 }

@@ -942,9 +942,7 @@ mod tests {
     fn save(state: &mut SessionizeState) -> Vec<crate::checkpoint::Change> {
         let mut changes = Vec::new();
         let mut out = ChangeWriter::new("sessionize", 0, 1, &mut changes);
-        state
-            .save_changes(&mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        state.save_changes(&mut out).unwrap();
         changes
     }
 

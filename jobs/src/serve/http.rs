@@ -627,14 +627,8 @@ mod tests {
     }
 
     async fn get(router: &Router, uri: &str) -> Answer {
-        let request = Request::get(uri)
-            .body(Body::empty())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
         let header_of = |name: header::HeaderName| {
             response
                 .headers()
@@ -646,9 +640,7 @@ mod tests {
         let status = response.status();
         let content_type = header_of(header::CONTENT_TYPE);
         let cache_control = header_of(header::CACHE_CONTROL);
-        let bytes = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         Answer {
             status,
             content_type,
@@ -1045,9 +1037,7 @@ mod tests {
     #[tokio::test]
     async fn serve_stops_on_shutdown() {
         let (router, _, _) = setup();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let result = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             serve(listener, router, async {}),

@@ -102,7 +102,7 @@ mod tests {
     }
 
     fn served(policy_of: &dyn Fn(RouteGroup) -> Policy) -> Value {
-        serde_json::from_slice(&document(policy_of)).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::from_slice(&document(policy_of)).unwrap()
     }
 
     fn route_paths() -> BTreeSet<String> {
@@ -304,11 +304,7 @@ mod tests {
                 (&secured, &[("x-api-key", KEY)][..]),
             ] {
                 let request: Request<Body> = get(&uri, headers);
-                let response = router
-                    .clone()
-                    .oneshot(request)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let response = router.clone().oneshot(request).await.unwrap();
                 assert!(
                     documented(route.path, response.status()),
                     "GET {uri} answered {}, which openapi.json does not list",
@@ -321,10 +317,7 @@ mod tests {
     #[tokio::test]
     async fn the_document_is_served_with_the_running_policies() {
         let open = router(Arc::new(ServingState::new()), Arc::new(Metrics::new()));
-        let response = open
-            .oneshot(get("/openapi.json", &[]))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let response = open.oneshot(get("/openapi.json", &[])).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers().get(header::CONTENT_TYPE),
@@ -332,8 +325,8 @@ mod tests {
         );
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let document: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
+        let document: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(document["openapi"], "3.0.3");
         assert_eq!(
             document["paths"]["/v1/portals"]["get"]["security"],

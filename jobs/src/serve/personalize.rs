@@ -212,8 +212,7 @@ mod tests {
         assert_eq!(sent.event_type, "pageview");
         assert_eq!(sent.sent_at_ms, 1_000);
         let properties: serde_json::Value =
-            serde_json::from_str(sent.properties.as_deref().unwrap_or_default())
-                .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str(sent.properties.as_deref().unwrap_or_default()).unwrap();
         assert_eq!(properties["dwellMs"], 12_000);
         assert_eq!(properties["scrollPct"], 40);
         // One session per reader and UTC day.

@@ -133,19 +133,11 @@ mod tests {
     const MIN: u64 = 60_000;
 
     async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
-        let request = Request::get(uri)
-            .body(Body::empty())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
         let status = response.status();
-        let bytes = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap();
         (status, body)
     }
 
@@ -232,8 +224,7 @@ mod tests {
     /// The OpenAPI document lists exactly the outcomes an answer can carry.
     #[test]
     fn the_documented_personalize_outcomes_are_the_real_ones() {
-        let document: Value =
-            serde_json::from_str(include_str!("openapi.json")).unwrap_or_else(|e| panic!("{e}"));
+        let document: Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
         let documented: Vec<&str> = document["components"]["schemas"]["Recommendations"]
             ["properties"]["personalize"]["enum"]
             .as_array()

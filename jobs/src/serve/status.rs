@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn a_fresh_job_has_zeros_and_nulls() {
         let status = job_status(&ServingState::new(), &Metrics::new(), inputs(None));
-        let value = serde_json::to_value(&status).unwrap_or_else(|e| panic!("{e}"));
+        let value = serde_json::to_value(&status).unwrap();
         assert_eq!(value["ready"], false);
         assert!(
             value["not_ready"][0]
@@ -430,13 +430,9 @@ mod tests {
         let router = router(Arc::clone(&state), Arc::clone(&metrics));
         let get = |router: Router| async move {
             let response = router
-                .oneshot(
-                    Request::get("/v1/status")
-                        .body(Body::empty())
-                        .unwrap_or_else(|e| panic!("{e}")),
-                )
+                .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             assert_eq!(response.status(), StatusCode::OK);
             let header = |name| {
                 response
@@ -448,10 +444,8 @@ mod tests {
             };
             assert_eq!(header(header::CONTENT_TYPE), "application/json");
             assert_eq!(header(header::CACHE_CONTROL), "no-store");
-            let bytes = to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("{e}"))
+            let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
         };
         let body = get(router.clone()).await;
         assert_eq!(body["ready"], false);

@@ -338,7 +338,7 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("no frame within {FRAME_TIMEOUT:?}"))
                 .unwrap_or_else(|| panic!("the stream ended"))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             let text = String::from_utf8_lossy(&chunk).into_owned();
             assert!(text.ends_with("\n\n"), "one frame per chunk: {text:?}");
             Frame::parse(&text)
@@ -358,14 +358,8 @@ mod tests {
         if let Some(id) = last_event_id {
             request = request.header(LAST_EVENT_ID, id);
         }
-        let request = request
-            .body(Body::empty())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let request = request.body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response
@@ -471,13 +465,13 @@ mod tests {
             .oneshot(
                 Request::get("/v1/portals/g1/popular?n=2")
                     .body(Body::empty())
-                    .unwrap_or_else(|e| panic!("{e}")),
+                    .unwrap(),
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let bytes = axum::body::to_bytes(get.into_body(), usize::MAX)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(changed.data.as_deref().map(str::as_bytes), Some(&bytes[..]));
 
         // The same window becomes final with the same items: a change.
@@ -610,18 +604,14 @@ mod tests {
         ] {
             let response = router
                 .clone()
-                .oneshot(
-                    Request::get(uri)
-                        .body(Body::empty())
-                        .unwrap_or_else(|e| panic!("{e}")),
-                )
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
             let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(body["error"]["code"], code, "{uri}");
         }
     }

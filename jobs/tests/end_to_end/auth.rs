@@ -91,16 +91,15 @@ fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
 
 /// A Cognito-style access token signed with the test-only key of `tests/fixtures/jwt`.
 fn token(exp_from_now: i64) -> String {
-    let pem = std::fs::read_to_string(fixtures().join("test-rsa-private.pem"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pem = std::fs::read_to_string(fixtures().join("test-rsa-private.pem")).unwrap();
     let der = STANDARD
         .decode(
             pem.lines()
                 .filter(|l| !l.starts_with("-----"))
                 .collect::<String>(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pair = RsaKeyPair::from_pkcs8(&der).unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let pair = RsaKeyPair::from_pkcs8(&der).unwrap();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -121,13 +120,13 @@ fn token(exp_from_now: i64) -> String {
         signed.as_bytes(),
         &mut signature,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 #[test]
 fn run_guards_route_groups_limits_callers_and_answers_cors() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let key_sha256: String = Sha256::digest(KEY.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -165,11 +164,9 @@ fn run_guards_route_groups_limits_callers_and_answers_cors() {
             )
             .env("RUST_LOG", "warn"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     // The job announces its address once it serves (or exits).
-    let addr = job
-        .http_address(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = job.http_address(Duration::from_secs(60)).unwrap();
 
     // Probes are open.
     assert_eq!(get(&addr, "/healthz", &[]).status, 200);

@@ -23,7 +23,7 @@ fn pageflow(args: &[&str]) -> std::process::Output {
 
 /// The file's records as the file source reads them: blank lines skipped, positions by line number.
 fn file_records(path: &Path) -> Vec<RawRecord> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = std::fs::read(path).unwrap();
     let partition = format!("file:{}", path.display());
     bytes
         .split(|b| *b == b'\n')
@@ -42,7 +42,7 @@ fn file_records(path: &Path) -> Vec<RawRecord> {
 
 #[test]
 fn generate_then_replay_matches_the_oracle_with_one_and_two_workers() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     let input_str = input.to_string_lossy().to_string();
     let out = pageflow(&[
@@ -95,20 +95,16 @@ fn generate_then_replay_matches_the_oracle_with_one_and_two_workers() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let features = std::fs::read_to_string(out_dir.join("features.jsonl"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let features = std::fs::read_to_string(out_dir.join("features.jsonl")).unwrap();
         assert!(
             features == expected_features,
             "features with {workers} workers differ from the oracle"
         );
-        let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl")).unwrap();
         assert_eq!(letters.lines().count(), expected.dead_letters.len());
-        let summary: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out_dir.join("summary.json"))
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+                .unwrap();
         assert_eq!(summary["accepted"], expected.summary.accepted);
         assert_eq!(summary["duplicates"], expected.summary.duplicates);
         assert!(summary["events_per_second"].as_f64().unwrap_or(0.0) > 0.0);
@@ -119,7 +115,7 @@ fn generate_then_replay_matches_the_oracle_with_one_and_two_workers() {
 
 #[test]
 fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.jsonl");
     let good =
         r#"{"event_id":"e1","portal":"g1","user_id":"u","article_id":"a","ts":1795435200000}"#;
@@ -127,7 +123,7 @@ fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
         &input,
         format!("{good}\n\n   \nnot json\n{{\"event_id\":\"e2\"}}\r\n[1]\n"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let out_dir = dir.path().join("out");
     let out = pageflow(&[
         "replay",
@@ -141,8 +137,7 @@ fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let letters = std::fs::read_to_string(out_dir.join("dead-letter.jsonl")).unwrap();
     let reasons: Vec<String> = letters
         .lines()
         .map(|l| {
@@ -159,10 +154,9 @@ fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
             r#""not_object"@"6""#
         ]
     );
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("summary.json")).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["blank_lines"], 2);
     assert_eq!(summary["accepted"], 1);
 }
@@ -187,9 +181,9 @@ fn exit_code_within(mut child: std::process::Child, limit: Duration) -> Option<i
 
 #[test]
 fn replaying_a_directory_fails_at_once_and_says_why() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("inputs");
-    std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&input).unwrap();
     let out = dir.path().join("out");
     let args = [
         "replay",
@@ -198,7 +192,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
         "--out",
     ];
     let log = dir.path().join("stderr.txt");
-    let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let log_file = std::fs::File::create(&log).unwrap();
     let child = Command::new(BIN)
         .args(args)
         .arg(&out)
@@ -206,7 +200,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
-    let stderr = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("is a directory"), "{stderr}");
     assert!(stderr.contains("source.paths"), "{stderr}");
     assert_eq!(
@@ -217,7 +211,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
 
     // The same with standard error closed (`… 2>&1 | head` after head has gone): the message is
     // lost, but the process exits with its error code instead of panicking (101).
-    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let child = Command::new(BIN)
         .args(args)
@@ -229,7 +223,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
 
     // Commands that succeed succeed with their messages (stderr) or summary (stdout) unread.
     let events = dir.path().join("events.jsonl");
-    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let generate = Command::new(BIN)
         .args(["generate", "--events", "200", "--out"])
@@ -241,7 +235,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
         exit_code_within(generate, Duration::from_secs(120)),
         Some(0)
     );
-    let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+    let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let replay = Command::new(BIN)
         .arg("replay")
@@ -258,7 +252,7 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
 
 #[test]
 fn a_second_run_on_the_same_directory_is_refused_naming_the_first() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let run_on_dir = || {
         let mut command = Command::new(BIN);
         command
@@ -268,20 +262,18 @@ fn a_second_run_on_the_same_directory_is_refused_naming_the_first() {
             .env("RUST_LOG", "warn");
         command
     };
-    let mut first = JobProcess::spawn(&mut run_on_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let mut first = JobProcess::spawn(&mut run_on_dir()).unwrap();
     // Listening means it is past start-up, so it holds the directory.
-    first
-        .http_address(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
+    first.http_address(Duration::from_secs(30)).unwrap();
 
     let log = dir.path().join("second.txt");
-    let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let log_file = std::fs::File::create(&log).unwrap();
     let second = run_on_dir()
         .stderr(log_file)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     assert_eq!(exit_code_within(second, Duration::from_secs(120)), Some(1));
-    let stderr = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = std::fs::read_to_string(&log).unwrap();
     let holder = format!("pageflow run (process {} on ", first.id());
     assert!(stderr.contains(&holder), "names the first job: {stderr}");
     assert!(stderr.contains("sinks.dir"), "says what to do: {stderr}");
@@ -290,7 +282,7 @@ fn a_second_run_on_the_same_directory_is_refused_naming_the_first() {
         "the first job runs on: {}",
         first.stderr()
     );
-    first.terminate().unwrap_or_else(|e| panic!("{e}"));
+    first.terminate().unwrap();
     assert_eq!(
         first
             .wait_timeout(Duration::from_secs(60))
@@ -309,7 +301,7 @@ fn run_reports_every_configuration_problem_at_once() {
         .env("PAGEFLOW__RUNTIME__WORKERS", "0")
         .env("PAGEFLOW__SERVE__LISTEN", "nowhere")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for key in ["top_n", "workers", "listen"] {
@@ -322,7 +314,7 @@ const EVERY: Duration = Duration::from_millis(100);
 
 #[test]
 fn run_serves_changing_rankings_within_seconds() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let mut job = JobProcess::spawn(
         Command::new(BIN)
             .arg("run")
@@ -335,10 +327,8 @@ fn run_serves_changing_rankings_within_seconds() {
             .envs(FAST_WINDOWS.iter().copied())
             .env("RUST_LOG", "warn"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let addr = job
-        .http_address(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    let addr = job.http_address(Duration::from_secs(30)).unwrap();
 
     let window_end = |body: &str| -> Option<(u64, usize)> {
         let value: serde_json::Value = serde_json::from_str(body).ok()?;

@@ -28,10 +28,8 @@ fn start_job(dir: &std::path::Path) -> (JobProcess, String) {
             .envs(FAST_WINDOWS.iter().copied())
             .env("RUST_LOG", "warn"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let addr = job
-        .http_address(START_LIMIT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    let addr = job.http_address(START_LIMIT).unwrap();
     (job, addr)
 }
 
@@ -56,7 +54,7 @@ fn next_ranking_id(lines: &mut impl Iterator<Item = std::io::Result<String>>) ->
 
 #[test]
 fn the_job_streams_changing_rankings_and_reports_its_status() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let (job, addr) = start_job(dir.path());
     poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
         let (status, _) = http_get(&addr, "/readyz")?;
@@ -73,17 +71,14 @@ fn the_job_streams_changing_rankings_and_reports_its_status() {
     let mut socket = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     write!(
         socket,
         "GET /v1/portals/g1/popular/stream?n=5 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let mut lines = BufReader::new(socket).lines();
-    let status_line = lines
-        .next()
-        .unwrap_or_else(|| panic!("no answer"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let status_line = lines.next().unwrap_or_else(|| panic!("no answer")).unwrap();
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
     let headers: Vec<String> = lines
         .by_ref()

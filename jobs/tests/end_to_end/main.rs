@@ -2,6 +2,9 @@
 //! module per area, linked into one test binary (one link of the AWS SDK instead of one per file).
 //! Run one area with e.g. `cargo test -p pageflow --test end_to_end checkpoints::`.
 
+// Test code: a panic with the error is what a failing test should do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod aws_end_to_end;
 mod checkpoints;

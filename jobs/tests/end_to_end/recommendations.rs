@@ -83,17 +83,11 @@ fn router(fake: &FakePersonalize, config: &PersonalizeConfig, metrics: &Arc<Metr
 async fn recommendations(router: &Router, user: &str) -> Value {
     let request = Request::get(format!("/v1/users/{user}/recommendations?portal=g1&n=5"))
         .body(Body::empty())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let response = router
-        .clone()
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), 200);
-    let bytes = to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"))
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn sources(body: &Value) -> Vec<(String, String)> {
@@ -112,9 +106,7 @@ fn sources(body: &Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personalize_answers_are_blended_without_what_was_read() {
-    let fake = FakePersonalize::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakePersonalize::start().await.unwrap();
     // Personalize does not know u1 read a1 a moment ago: it recommends it first.
     fake.set_recommendations(
         "u1",
@@ -161,9 +153,7 @@ async fn personalize_answers_are_blended_without_what_was_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_personalize_is_skipped_after_the_budget() {
-    let fake = FakePersonalize::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakePersonalize::start().await.unwrap();
     fake.set_recommendations("u1", &[("p1", Some(0.5))]);
     fake.set_default_mode(FakeMode::Slow(Duration::from_secs(30)));
     let metrics = Arc::new(Metrics::new());
@@ -187,9 +177,7 @@ async fn a_slow_personalize_is_skipped_after_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_open_the_breaker_and_personalize_is_not_called() {
-    let fake = FakePersonalize::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakePersonalize::start().await.unwrap();
     fake.set_default_mode(FakeMode::ServiceUnavailable);
     let metrics = Arc::new(Metrics::new());
     let router = router(&fake, &personalize_config(Millis(2_000), 3), &metrics);
@@ -216,9 +204,7 @@ async fn failures_open_the_breaker_and_personalize_is_not_called() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_missing_campaigns_fall_back_and_say_why() {
-    let fake = FakePersonalize::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakePersonalize::start().await.unwrap();
     let metrics = Arc::new(Metrics::new());
     let router = router(&fake, &personalize_config(Millis(2_000), 5), &metrics);
     fake.push_modes([FakeMode::Throttle, FakeMode::NotFound]);
@@ -230,12 +216,8 @@ async fn throttling_and_missing_campaigns_fall_back_and_say_why() {
     let calls = fake.recommendation_requests().len();
     let request = Request::get("/v1/users/u1/recommendations?portal=ge")
         .body(Body::empty())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let response = router
-        .clone()
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
     // Nothing known about ge: 404, without asking Personalize.
     assert_eq!(response.status(), 404);
     assert_eq!(fake.recommendation_requests().len(), calls);
@@ -249,11 +231,9 @@ fn the_job_forwards_its_pageviews_and_serves_recommendations() {
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let fake = runtime
-        .block_on(FakePersonalize::start())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let fake = runtime.block_on(FakePersonalize::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let mut job = JobProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_pageflow"))
             .arg("run")
@@ -276,10 +256,8 @@ fn the_job_forwards_its_pageviews_and_serves_recommendations() {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("RUST_LOG", "info"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let addr = job
-        .http_address(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    let addr = job.http_address(Duration::from_secs(60)).unwrap();
 
     let calls = poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
         let calls = fake.accepted_put_events();

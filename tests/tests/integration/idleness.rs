@@ -85,8 +85,7 @@ fn run(idle_timeout: Millis) -> Vec<Reason> {
         ends_after: Duration::from_millis(800),
     };
     let sources: SourcesByWorker = vec![vec![Box::new(a), Box::new(b)]];
-    let output =
-        replay(&config, sources, &GraphOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let output = replay(&config, sources, &GraphOptions::default()).unwrap();
     output
         .dead_letters
         .iter()

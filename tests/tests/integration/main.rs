@@ -3,6 +3,9 @@
 //! gigabytes of disk. Run one area with e.g. `cargo test -p pageflow-tests --test integration
 //! personalize::`.
 
+// Test code: a panic with the error is what a failing test should do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod aws_sink_faults;
 mod aws_sinks;
 mod checkpoint_store;

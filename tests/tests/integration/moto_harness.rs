@@ -33,7 +33,7 @@ fn kinesis(server: &MotoServer, action: &str, body: &str) -> HttpResponse {
 #[test]
 fn moto_serves_kinesis_and_frees_its_port_when_dropped() {
     let started = Instant::now();
-    let server = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let server = MotoServer::start().unwrap();
     eprintln!(
         "moto ready at {} after {:?}",
         server.endpoint,
@@ -83,8 +83,8 @@ fn moto_serves_kinesis_and_frees_its_port_when_dropped() {
 
 #[test]
 fn servers_of_parallel_tests_get_their_own_ports() {
-    let first = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let second = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let first = MotoServer::start().unwrap();
+    let second = MotoServer::start().unwrap();
     assert_ne!(first.port(), second.port());
 
     kinesis(

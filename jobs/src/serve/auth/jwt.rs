@@ -659,12 +659,12 @@ mod tests {
     }
 
     async fn verifier(token_use: TokenUse) -> Verifier {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let jwks = jwks_file(dir.path(), &["test-key-1"]);
         let clock = Arc::new(ManualClock::default());
         let verifier = JwtVerifier::start(&jwt_config(jwks.clone(), token_use), clock.clone())
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         Verifier {
             verifier,
             clock,
@@ -853,7 +853,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_fetch_keeps_the_last_good_keys() {
         let v = verifier(TokenUse::Access).await;
-        std::fs::write(&v.jwks, "not json").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&v.jwks, "not json").unwrap();
         assert!(v.verifier.keys.refresh("test").await.is_err());
         let token = sign(&header("test-key-1"), &access_claims(NOW + 600));
         assert!(v.verifier.verify_at(&token, NOW).await.is_ok());
@@ -873,8 +873,7 @@ mod tests {
     #[tokio::test]
     async fn keys_are_fetched_over_http_and_kept_when_the_server_fails() {
         use axum::routing::get;
-        let jwks = std::fs::read_to_string(fixtures().join("test-jwks.json"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let jwks = std::fs::read_to_string(fixtures().join("test-jwks.json")).unwrap();
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let server_failing = Arc::clone(&failing);
         let app = Router::new().route(
@@ -891,10 +890,8 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         let config = JwtConfig {
@@ -905,7 +902,7 @@ mod tests {
         };
         let verifier = JwtVerifier::start(&config, Arc::new(ManualClock::default()))
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let token = sign(&header("test-key-1"), &access_claims(NOW + 600));
         assert!(verifier.verify_at(&token, NOW).await.is_ok());
 
@@ -934,7 +931,7 @@ mod tests {
         };
         let verifier = JwtVerifier::start(&config, Arc::new(ManualClock::default()))
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let token = sign(&header("test-key-1"), &access_claims(NOW + 600));
         assert_eq!(
             verifier.verify_at(&token, NOW).await,

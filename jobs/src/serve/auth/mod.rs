@@ -1030,7 +1030,7 @@ pub(crate) mod tests {
         rate_limit: RateLimitConfig,
         cors: CorsConfig,
     ) -> (ServeSecurity, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
         if auth.jwt.is_none() {
             auth.jwt = Some(jwt_config(
@@ -1061,7 +1061,7 @@ pub(crate) mod tests {
             Some(config) => Some(
                 JwtVerifier::start(config, Arc::clone(&clock))
                     .await
-                    .unwrap_or_else(|e| panic!("{e}")),
+                    .unwrap(),
             ),
             None => None,
         };
@@ -1097,16 +1097,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) async fn call(router: &Router, request: axum::http::Request<Body>) -> Answer {
-        let response = router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let response = router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Answer {
             status,
@@ -1120,9 +1114,7 @@ pub(crate) mod tests {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request
-            .body(Body::empty())
-            .unwrap_or_else(|e| panic!("{e}"))
+        request.body(Body::empty()).unwrap()
     }
 
     fn assert_unauthorized(answer: &Answer, challenge: &str) {
@@ -1438,7 +1430,7 @@ pub(crate) mod tests {
                 .header("access-control-request-method", "GET")
                 .header("access-control-request-headers", "x-api-key")
                 .body(Body::empty())
-                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap()
         };
         let header_of = |answer: &Answer, name: &str| {
             answer
@@ -1533,13 +1525,8 @@ pub(crate) mod tests {
         let text = |request: axum::http::Request<Body>| {
             let router = router.clone();
             async move {
-                let response = router
-                    .oneshot(request)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let bytes = to_bytes(response.into_body(), usize::MAX)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let response = router.oneshot(request).await.unwrap();
+                let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
                 String::from_utf8_lossy(&bytes).into_owned()
             }
         };

@@ -34,16 +34,15 @@ pub(crate) fn sha256_hex(text: &str) -> String {
 
 /// The test-only key pair of `tests/fixtures/jwt`.
 fn key_pair() -> RsaKeyPair {
-    let pem = std::fs::read_to_string(fixtures().join("test-rsa-private.pem"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pem = std::fs::read_to_string(fixtures().join("test-rsa-private.pem")).unwrap();
     let base64: String = pem
         .lines()
         .filter(|line| !line.starts_with("-----"))
         .collect();
     let der = base64::engine::general_purpose::STANDARD
         .decode(base64)
-        .unwrap_or_else(|e| panic!("{e}"));
-    RsaKeyPair::from_pkcs8(&der).unwrap_or_else(|e| panic!("{e}"))
+        .unwrap();
+    RsaKeyPair::from_pkcs8(&der).unwrap()
 }
 
 pub(crate) fn b64(value: &Value) -> String {
@@ -61,7 +60,7 @@ pub(crate) fn sign(header: &Value, claims: &Value) -> String {
         signed.as_bytes(),
         &mut signature,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
@@ -95,11 +94,9 @@ pub(crate) fn valid_token() -> String {
 
 /// A JWKS file in a fresh directory with the fixture's key under `kids`.
 pub(crate) fn jwks_file(dir: &Path, kids: &[&str]) -> PathBuf {
-    let fixture: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("test-jwks.json"))
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("test-jwks.json")).unwrap())
+            .unwrap();
     let key = &fixture["keys"][0];
     let mut keys: Vec<Value> = kids
         .iter()
@@ -113,7 +110,7 @@ pub(crate) fn jwks_file(dir: &Path, kids: &[&str]) -> PathBuf {
     keys.push(json!({"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"}));
     keys.push(json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"}));
     let path = dir.join("jwks.json");
-    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
     path
 }
 
