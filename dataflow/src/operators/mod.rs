@@ -18,4 +18,6 @@ pub mod top_n;
 pub mod window_stats;
 
 #[cfg(test)]
+mod idleness_tests;
+#[cfg(test)]
 mod oracle_tests;

@@ -10,7 +10,6 @@ mod aws_sink_faults;
 mod aws_sinks;
 mod checkpoint_store;
 mod iam_policy;
-mod idleness;
 mod kinesis_consumer;
 mod kinesis_local;
 mod kinesis_source;

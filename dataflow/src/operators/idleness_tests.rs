@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use pageflow_dataflow::algorithms::graph::GraphOptions;
-use pageflow_dataflow::algorithms::replay::replay;
-use pageflow_dataflow::config::{Millis, SemanticsConfig};
-use pageflow_dataflow::event::{RawRecord, Reason, SourcePosition};
-use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError, SourcesByWorker};
-use pageflow_tests::pageview_line;
+use crate::algorithms::graph::GraphOptions;
+use crate::algorithms::replay::replay;
+use crate::config::{Millis, SemanticsConfig};
+use crate::event::{RawRecord, Reason, SourcePosition};
+use crate::source::{PollStatus, RecordSource, SourceError, SourcesByWorker};
+use crate::test_support::pageview_line;
 
 /// A live partition that releases each record once its processing-time deadline has passed.
 struct TimedPartition {
