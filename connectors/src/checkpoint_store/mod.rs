@@ -165,8 +165,8 @@ mod stores;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use compaction::{CompactionPolicy, CompactionReport};
@@ -1336,38 +1336,39 @@ fn fetch_runs(
     store: &dyn CheckpointStore,
     runs: &[&RunInfo],
 ) -> Result<Vec<Result<Option<Run>, String>>, StoreError> {
-    type Fetched = Result<Result<Option<Run>, String>, StoreError>;
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, 8)
         .min(runs.len());
     let next = AtomicUsize::new(0);
-    let outcomes: Vec<Mutex<Option<Fetched>>> = runs.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(info) = runs.get(index) else { break };
-                    let fetched = fetch_run(store, info)
-                        .map(|run| run.map(|run| (info.kind == RunKind::Delta).then_some(run)));
-                    *outcomes[index]
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(fetched);
-                }
-            });
-        }
+    // Each thread takes the next run still unread and keeps what it found, by index.
+    let mut found: Vec<_> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut found = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(info) = runs.get(index) else { break };
+                        let fetched = fetch_run(store, info)
+                            .map(|run| run.map(|run| (info.kind == RunKind::Delta).then_some(run)));
+                        found.push((index, fetched));
+                    }
+                    found
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .flat_map(|reader| {
+                reader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     });
-    outcomes
-        .into_iter()
-        .zip(runs)
-        .map(|(outcome, info)| {
-            outcome
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .unwrap_or_else(|| Ok(Err(format!("run {} was not read", info.key))))
-        })
-        .collect()
+    found.sort_unstable_by_key(|(index, _)| *index);
+    found.into_iter().map(|(_, fetched)| fetched).collect()
 }
 
 /// What [`Checkpoints::check_runs`] learnt about runs, shared by the checkpoints one

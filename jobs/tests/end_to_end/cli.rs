@@ -161,8 +161,13 @@ fn replay_dead_letters_malformed_lines_and_counts_blank_ones() {
     assert_eq!(summary["accepted"], 1);
 }
 
-/// Waits for `child` to exit, killing it after `limit` (a hang is the failure being tested for).
-fn exit_code_within(mut child: std::process::Child, limit: Duration) -> Option<i32> {
+/// Runs `command` and returns its exit code, killing it after two minutes (a hang is one of the
+/// failures these tests look for).
+fn exit_code(command: &mut Command) -> Option<i32> {
+    let limit = Duration::from_secs(120);
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     let deadline = std::time::Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -179,6 +184,13 @@ fn exit_code_within(mut child: std::process::Child, limit: Duration) -> Option<i
     }
 }
 
+/// The writing end of a pipe whose reader has gone (`… | head` once head has exited).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
 #[test]
 fn replaying_a_directory_fails_at_once_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,13 +205,8 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
     ];
     let log = dir.path().join("stderr.txt");
     let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .args(args)
-        .arg(&out)
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
+    let refused = exit_code(Command::new(BIN).args(args).arg(&out).stderr(log_file));
+    assert_eq!(refused, Some(1));
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("is a directory"), "{stderr}");
     assert!(stderr.contains("source.paths"), "{stderr}");
@@ -211,42 +218,28 @@ fn replaying_a_directory_fails_at_once_and_says_why() {
 
     // The same with standard error closed (`… 2>&1 | head` after head has gone): the message is
     // lost, but the process exits with its error code instead of panicking (101).
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let child = Command::new(BIN)
-        .args(args)
-        .arg(&out)
-        .stderr(writer)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    assert_eq!(exit_code_within(child, Duration::from_secs(120)), Some(1));
+    let refused = exit_code(Command::new(BIN).args(args).arg(&out).stderr(closed_pipe()));
+    assert_eq!(refused, Some(1));
 
     // Commands that succeed succeed with their messages (stderr) or summary (stdout) unread.
     let events = dir.path().join("events.jsonl");
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let generate = Command::new(BIN)
-        .args(["generate", "--events", "200", "--out"])
-        .arg(&events)
-        .stderr(writer)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    assert_eq!(
-        exit_code_within(generate, Duration::from_secs(120)),
-        Some(0)
+    let generated = exit_code(
+        Command::new(BIN)
+            .args(["generate", "--events", "200", "--out"])
+            .arg(&events)
+            .stderr(closed_pipe()),
     );
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let replay = Command::new(BIN)
-        .arg("replay")
-        .arg("--input")
-        .arg(&events)
-        .arg("--out")
-        .arg(&out)
-        .stdout(writer)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    assert_eq!(exit_code_within(replay, Duration::from_secs(120)), Some(0));
+    assert_eq!(generated, Some(0));
+    let replayed = exit_code(
+        Command::new(BIN)
+            .arg("replay")
+            .arg("--input")
+            .arg(&events)
+            .arg("--out")
+            .arg(&out)
+            .stdout(closed_pipe()),
+    );
+    assert_eq!(replayed, Some(0));
     assert!(out.join("features.jsonl").exists());
 }
 
@@ -268,11 +261,7 @@ fn a_second_run_on_the_same_directory_is_refused_naming_the_first() {
 
     let log = dir.path().join("second.txt");
     let log_file = std::fs::File::create(&log).unwrap();
-    let second = run_on_dir()
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    assert_eq!(exit_code_within(second, Duration::from_secs(120)), Some(1));
+    assert_eq!(exit_code(run_on_dir().stderr(log_file)), Some(1));
     let stderr = std::fs::read_to_string(&log).unwrap();
     let holder = format!("pageflow run (process {} on ", first.id());
     assert!(stderr.contains(&holder), "names the first job: {stderr}");
