@@ -187,6 +187,6 @@ stop_job
 if [ "$status" -ne 0 ]; then
   echo "---- the job's log ----" >&2
   tail -n 50 "$WORK/job.log" >&2
-  fail "schemathesis found answers that do not match jobs/src/serve/openapi.json (exit $status; see above)"
+  fail "schemathesis found answers that do not match serve/src/openapi.json (exit $status; see above)"
 fi
 say "the API matches its OpenAPI document"

@@ -39,8 +39,8 @@ use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::time::Watermark;
 
 use crate::config::{CheckpointStoreKind, JobConfig};
-use crate::metrics::Metrics;
-use crate::serve::state::SERVING_STATE;
+use pageflow_metrics::Metrics;
+use pageflow_serve::state::SERVING_STATE;
 
 /// What the state depends on besides the code: the semantics. A checkpoint taken with other
 /// windows or gaps cannot continue, so the job refuses it.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 // spent a large share of the time consolidating and splitting chunks (see README, Benchmarks).
 // Counted, so that benchmarks and `/metrics` can tell live heap from resident set.
 #[global_allocator]
-static ALLOCATOR: pageflow::heap::Counting<mimalloc::MiMalloc> =
-    pageflow::heap::Counting(mimalloc::MiMalloc);
+static ALLOCATOR: pageflow_metrics::heap::Counting<mimalloc::MiMalloc> =
+    pageflow_metrics::heap::Counting(mimalloc::MiMalloc);
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -165,7 +165,7 @@ enum AwsCommand {
 }
 
 fn main() -> ExitCode {
-    pageflow::heap::release_freed_memory_promptly();
+    pageflow_metrics::heap::release_freed_memory_promptly();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -27,7 +27,7 @@ use pageflow_dataflow::event::{DeadLetter, Reason, SourcePosition};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::operators::ingest::RawValid;
 
-use crate::metrics::Metrics;
+use pageflow_metrics::Metrics;
 
 /// A destination for the job's results.
 pub trait JobOutputs: Send {

@@ -104,7 +104,7 @@ fn whole_job(
     dir: &Path,
     semantics: &SemanticsConfig,
     checkpoints: Option<Millis>,
-) -> Result<(f64, Option<crate::metrics::CheckpointFigures>)> {
+) -> Result<(f64, Option<pageflow_metrics::CheckpointFigures>)> {
     let out = dir.join(if checkpoints.is_some() {
         "job-ck-on"
     } else {

@@ -12,7 +12,7 @@
 //! being written holds the clock, as it would hold the live job's timer.
 //!
 //! Every event-hour (by the job watermark) it prints a row: the process's resident set and live
-//! heap (see [`crate::heap`]), the state
+//! heap (see [`pageflow_metrics::heap`]), the state
 //! every operator holds (bytes and keys, as the operators account for them), the checkpoints taken
 //! during that hour (how many, bytes written, the longest pause of the dataflow) and the bytes the
 //! newest checkpoint is made of. At the end: whether memory reached a plateau once the windows
@@ -163,7 +163,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
                 events_per_second: (events - last_hour.2) as f64
                     / now.duration_since(last_hour.1).as_secs_f64().max(1e-9),
                 rss_mib: current_rss_mib(),
-                heap_mib: crate::heap::live_bytes() as f64 / (1024.0 * 1024.0),
+                heap_mib: pageflow_metrics::heap::live_bytes() as f64 / (1024.0 * 1024.0),
                 state: metrics.state_sizes(),
                 checkpoints: hour_checkpoints.0,
                 checkpoint_bytes: hour_checkpoints.1,

@@ -53,14 +53,14 @@ use crate::checkpoints::{ChainStart, CheckpointDriver, PartsInbox, Restored, ToW
 use crate::config::{
     CheckpointStoreKind, JobConfig, ReadMode, SinksKind, SourceKind, StartPositionName,
 };
-use crate::metrics::Metrics;
 use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
-use crate::serve::auth::ServeSecurity;
-use crate::serve::personalize::{
+use pageflow_metrics::Metrics;
+use pageflow_serve::auth::ServeSecurity;
+use pageflow_serve::personalize::{
     PersonalizeRecommendations, Trackers, personalize_event, trackers,
 };
-use crate::serve::state::SERVING_STATE;
-use crate::serve::{App, ServingState, app_router, serve};
+use pageflow_serve::state::SERVING_STATE;
+use pageflow_serve::{App, ServingState, app_router, serve};
 
 /// What the workers hand to the sink thread.
 #[derive(Debug)]
@@ -442,7 +442,11 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         let addr = listener.local_addr()?;
         // API keys, Cognito tokens (the user pool's keys are fetched here), rate limits, CORS.
         let security = runtime
-            .block_on(ServeSecurity::start(&config.serve))
+            .block_on(ServeSecurity::start(
+                &config.serve.auth,
+                &config.serve.rate_limit,
+                &config.serve.cors,
+            ))
             .map_err(|problem| anyhow!("cannot set up the HTTP API's security: {problem}"))?;
         let mut app = App::new(Arc::clone(&serving), Arc::clone(&metrics))
             .with_security(security)

@@ -21,7 +21,7 @@ const CLIENT: &str = "e2e-app-client";
 const KEY: &str = "end-to-end-test-key-7f3a";
 
 fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../serve/tests/fixtures/jwt")
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     request(addr, "GET", path, headers)
 }
 
-/// A Cognito-style access token signed with the test-only key of `tests/fixtures/jwt`.
+/// A Cognito-style access token signed with the test-only key of `serve/tests/fixtures/jwt`.
 fn token(exp_from_now: i64) -> String {
     let pem = std::fs::read_to_string(fixtures().join("test-rsa-private.pem")).unwrap();
     let der = STANDARD

@@ -316,10 +316,10 @@ async fn aws_mode_run_equals_replay_on_the_same_pageviews() -> TestResult {
 fn features_no_stream_would_take_are_kept_as_undeliverable_dead_letters() -> TestResult {
     use std::sync::Arc;
 
-    use pageflow::metrics::Metrics;
     use pageflow::outputs::{AwsOutputs, JobOutputs};
     use pageflow_connectors::kinesis_sink::KinesisStream;
     use pageflow_dataflow::event::Reason;
+    use pageflow_metrics::Metrics;
 
     let moto = MotoServer::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

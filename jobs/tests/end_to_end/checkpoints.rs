@@ -15,10 +15,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pageflow::serve::ServingState;
 use pageflow_connectors::checkpoint_store::{Checkpoints, LocalDirStore, MANIFEST_NAME};
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::features::RankingKind;
+use pageflow_serve::ServingState;
 use pageflow_tests::http_get;
 use pageflow_tests::job_process::{JobProcess, poll_until};
 

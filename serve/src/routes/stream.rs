@@ -7,7 +7,7 @@
 //! | `GET /v1/portals/{portal}/trending/stream?n=` | the portal's trending ranking (first `n` items) |
 //!
 //! `portal` and `n` are checked as for `GET /v1/portals/{portal}/popular` (400 `invalid_portal`,
-//! `invalid_n`, `invalid_query`, JSON error bodies, see [`super::http`]); after that the answer is
+//! `invalid_n`, `invalid_query`, JSON error bodies, see [`crate::api`]); after that the answer is
 //! `200 text/event-stream` and stays open.
 //!
 //! # What is sent
@@ -76,10 +76,10 @@ use futures_util::Stream;
 use pageflow_dataflow::features::RankingKind;
 use tokio::sync::watch;
 
-use super::http::{
-    ApiError, App, QueryParams, parse_n, portal_from_path, query_params, ranking_body,
-};
-use super::state::{Ranking, ServingState};
+use super::rankings::{portal_from_path, ranking_body};
+use crate::api::{ApiError, QueryParams, parse_n, query_params};
+use crate::app::App;
+use crate::state::{Ranking, ServingState};
 
 /// The SSE `event:` name of a ranking.
 pub const RANKING_EVENT: &str = "ranking";
@@ -272,9 +272,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::serve::http::router;
-    use crate::serve::state::tests::ranking as ranking_update;
+    use crate::router::router;
+    use crate::state::tests::ranking as ranking_update;
+    use pageflow_metrics::Metrics;
 
     const MIN: u64 = 60_000;
     /// A bound on waiting for a frame that must come (never reached when the code is right).

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::recent_reads::Read;
-use super::state::Related;
+use crate::recent_reads::Read;
+use crate::state::Related;
 
 /// Where a recommended article comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -1,16 +1,16 @@
 //! `GET /v1/users/{user_id}/recommendations?portal=&n=`: what this reader should read next.
 //!
-//! The answer blends three sources (see [`super::blend`]): Amazon Personalize's recommendations for
+//! The answer blends three sources (see [`crate::blend`]): Amazon Personalize's recommendations for
 //! the reader, when the portal has a campaign or recommender configured; articles read together with
 //! what the reader just read (the job keeps every reader's recent articles, see
-//! [`super::recent_reads`]); and the portal's trending ranking. Articles the reader already read are
+//! [`crate::recent_reads`]); and the portal's trending ranking. Articles the reader already read are
 //! left out, and each item says which source placed it.
 //!
 //! Personalize is asked within a time budget and behind a circuit breaker (see
-//! [`super::personalize`]): when it is slow, failing, throttled, not configured or has nothing for
+//! [`crate::personalize`]): when it is slow, failing, throttled, not configured or has nothing for
 //! a cold reader, the answer comes from pageflow's own lists alone, at once. The answer says what
 //! happened in `personalize` (`ok`, `not_configured`, `timeout`, `throttled`, `not_found`,
-//! `invalid_input`, `error`, `breaker_open`: [`crate::metrics::RECOMMENDATION_OUTCOMES`]) and
+//! `invalid_input`, `error`, `breaker_open`: [`pageflow_metrics::RECOMMENDATION_OUTCOMES`]) and
 //! carries Personalize's `recommendation_id` when it answered.
 //!
 //! ```text
@@ -30,12 +30,13 @@ use axum::routing::get;
 use pageflow_dataflow::features::RankingKind;
 use serde::Serialize;
 
-use super::blend::{Candidate, Recommended, blend, related_candidates};
-use super::http::{
-    ApiError, App, MAX_USER_ID_CHARS, QueryParams, id_from_path, json, parse_n, portal_from_query,
+use crate::api::{
+    ApiError, MAX_USER_ID_CHARS, QueryParams, id_from_path, json, parse_n, portal_from_query,
     query_params,
 };
-use super::personalize::PersonalizeAnswer;
+use crate::app::App;
+use crate::blend::{Candidate, Recommended, blend, related_candidates};
+use crate::personalize::PersonalizeAnswer;
 
 /// The recommendation routes.
 pub(crate) fn routes() -> Router<App> {
@@ -125,10 +126,10 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::serve::ServingState;
-    use crate::serve::http::app_router;
-    use crate::serve::state::tests::{ranking, related};
+    use crate::ServingState;
+    use crate::router::app_router;
+    use crate::state::tests::{ranking, related};
+    use pageflow_metrics::Metrics;
 
     const MIN: u64 = 60_000;
 
@@ -224,7 +225,7 @@ mod tests {
     /// The OpenAPI document lists exactly the outcomes an answer can carry.
     #[test]
     fn the_documented_personalize_outcomes_are_the_real_ones() {
-        let document: Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let document: Value = serde_json::from_str(crate::openapi::TEMPLATE).unwrap();
         let documented: Vec<&str> = document["components"]["schemas"]["Recommendations"]
             ["properties"]["personalize"]["enum"]
             .as_array()
@@ -232,7 +233,7 @@ mod tests {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert_eq!(documented, crate::metrics::RECOMMENDATION_OUTCOMES);
+        assert_eq!(documented, pageflow_metrics::RECOMMENDATION_OUTCOMES);
         for outcome in [
             pageflow_connectors::personalize::RecommendOutcome::Ok,
             pageflow_connectors::personalize::RecommendOutcome::Timeout,

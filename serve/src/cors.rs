@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use pageflow_dataflow::config::Millis;
 use serde::{Deserialize, Serialize};
 
-use super::http::ApiError;
+use crate::api::ApiError;
 
 /// The request headers a page may send.
 pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, last-event-id";

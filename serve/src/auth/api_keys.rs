@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiKeyConfig, RouteGroup};
-use crate::serve::rate_limit::{Quota, RateLimitConfig};
+use crate::rate_limit::{Quota, RateLimitConfig};
 
 impl ApiKeyConfig {
     pub(super) fn validate(&self, index: usize, problems: &mut Vec<String>) {
@@ -25,7 +25,7 @@ impl ApiKeyConfig {
         }
         if self.per_second.is_some() || self.burst.is_some() {
             let defaults = RateLimitConfig::default();
-            if let Err(problem) = crate::serve::rate_limit::check_quota(
+            if let Err(problem) = crate::rate_limit::check_quota(
                 &at,
                 self.per_second.unwrap_or(defaults.per_second),
                 self.burst.unwrap_or(defaults.burst),
@@ -107,7 +107,7 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::auth::test_support::{KEY, sha256_hex};
+    use crate::auth::test_support::{KEY, sha256_hex};
 
     #[test]
     fn api_keys_match_by_hash_only() {

@@ -17,7 +17,7 @@ use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde::Deserialize;
 
 use super::{JwtConfig, TokenUse};
-use crate::serve::rate_limit::Clock;
+use crate::rate_limit::Clock;
 
 /// The least time between two JWKS fetches caused by tokens naming an unknown `kid`.
 pub const UNKNOWN_KID_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
@@ -646,10 +646,10 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::serve::auth::test_support::{
+    use crate::auth::test_support::{
         CLIENT, ISSUER, NOW, access_claims, b64, fixtures, header, jwks_file, jwt_config, sign,
     };
-    use crate::serve::rate_limit::ManualClock;
+    use crate::rate_limit::ManualClock;
 
     struct Verifier {
         verifier: Arc<JwtVerifier>,

@@ -30,7 +30,7 @@
 //!
 //! - `ready`/`not_ready`: what `/readyz` decides, with its reasons (empty when ready).
 //! - `events.per_second`: records read per second over the last ~10 s
-//!   ([`crate::metrics::RATE_WINDOW`]); the totals count since the process started;
+//!   ([`pageflow_metrics::RATE_WINDOW`]); the totals count since the process started;
 //!   `dead_letters_by_reason` has every reason code, zeros included.
 //! - `watermark.ms`: the job's event-time watermark, `null` before the first one; `delay_ms`:
 //!   wall clock minus watermark (negative when the event times are ahead of this clock);
@@ -55,9 +55,11 @@ use pageflow_connectors::kinesis_consumer::ShardStatus;
 use pageflow_dataflow::event::Reason;
 use serde::Serialize;
 
-use super::http::{App, json, readiness_problems};
-use super::state::ServingState;
-use crate::metrics::Metrics;
+use super::health::readiness_problems;
+use crate::api::json;
+use crate::app::App;
+use crate::state::ServingState;
+use pageflow_metrics::Metrics;
 
 /// The status route.
 pub(crate) fn routes() -> Router<App> {
@@ -274,8 +276,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::serve::http::router;
-    use crate::serve::state::tests::ranking as ranking_update;
+    use crate::router::router;
+    use crate::state::tests::ranking as ranking_update;
 
     const NOW_MS: u64 = 1_764_000_000_000;
 

@@ -21,7 +21,7 @@ use pageflow_connectors::personalize::{
 use pageflow_dataflow::event::CompactEvent;
 use pageflow_dataflow::ids::stable_id;
 
-use super::blend::Candidate;
+use crate::blend::Candidate;
 use crate::config::PersonalizeConfig;
 
 /// What asking Personalize gave.

@@ -43,13 +43,13 @@
 //! ```
 //!
 //! Browsers: a page of another origin may send these headers once `[serve.cors]` allows it (see
-//! [`super::cors`]), but the browser's `EventSource` cannot send headers at all: pages that follow
+//! [`crate::cors`]), but the browser's `EventSource` cannot send headers at all: pages that follow
 //! the SSE change streams of a guarded `rankings` group need a fetch-based SSE client.
 //!
 //! Errors use the API's error body: 401 `unauthorized` (no, unknown, malformed, expired or
 //! otherwise invalid credentials; with `WWW-Authenticate` naming what the endpoint takes), 403
 //! `forbidden` (a valid key that is not allowed for the group), 429 `rate_limited` (see
-//! [`super::rate_limit`]).
+//! [`crate::rate_limit`]).
 //!
 //! # API keys
 //!
@@ -100,7 +100,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -108,10 +107,9 @@ use axum::response::{IntoResponse, Response};
 use pageflow_dataflow::config::Millis;
 use serde::{Deserialize, Serialize};
 
-use super::cors::{Cors, CorsConfig};
-use super::http::ApiError;
-use super::rate_limit::{Clock, Decision, Quota, RateLimitConfig, RateLimiter, SystemClock};
-use crate::config::ServeConfig;
+use crate::api::ApiError;
+use crate::cors::{Cors, CorsConfig};
+use crate::rate_limit::{Clock, Decision, Quota, RateLimitConfig, RateLimiter, SystemClock};
 use api_keys::{ApiKeys, parse_sha256_hex};
 use jwt::JwtVerifier;
 pub use jwt::UNKNOWN_KID_REFRESH_COOLDOWN;
@@ -488,7 +486,7 @@ struct Limits {
 }
 
 /// Everything the serving layer needs to decide who may call what: the policies, keys, token
-/// verifier, rate limits and CORS rules, and the OpenAPI document describing them.
+/// verifier, rate limits and CORS rules.
 #[derive(Debug)]
 pub struct ServeSecurity {
     auth: AuthConfig,
@@ -496,7 +494,6 @@ pub struct ServeSecurity {
     jwt: Option<Arc<JwtVerifier>>,
     limits: Option<Limits>,
     pub(crate) cors: Option<Arc<Cors>>,
-    pub(crate) openapi: Bytes,
 }
 
 impl Default for ServeSecurity {
@@ -506,7 +503,7 @@ impl Default for ServeSecurity {
 }
 
 impl ServeSecurity {
-    /// Every route open, no rate limit, no CORS: what [`super::App::new`] starts with.
+    /// Every route open, no rate limit, no CORS: what [`crate::App::new`] starts with.
     pub fn open() -> Self {
         Self::assemble(
             AuthConfig::default(),
@@ -520,22 +517,20 @@ impl ServeSecurity {
         )
     }
 
-    /// The security of `serve` (`[serve.auth]`, `[serve.rate_limit]`, `[serve.cors]`); the JWKS,
+    /// The security that `[serve.auth]`, `[serve.rate_limit]` and `[serve.cors]` configure; the JWKS,
     /// when a user pool is configured, is fetched before this returns, and then kept fresh by a
     /// task on the current tokio runtime.
-    pub async fn start(serve: &ServeConfig) -> Result<Self, String> {
+    pub async fn start(
+        auth: &AuthConfig,
+        rate_limit: &RateLimitConfig,
+        cors: &CorsConfig,
+    ) -> Result<Self, String> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-        let jwt = match &serve.auth.jwt {
+        let jwt = match &auth.jwt {
             Some(config) => Some(JwtVerifier::start(config, Arc::clone(&clock)).await?),
             None => None,
         };
-        Ok(Self::assemble(
-            serve.auth.clone(),
-            jwt,
-            &serve.rate_limit,
-            &serve.cors,
-            clock,
-        ))
+        Ok(Self::assemble(auth.clone(), jwt, rate_limit, cors, clock))
     }
 
     fn assemble(
@@ -551,14 +546,12 @@ impl ServeSecurity {
             default: rate_limit.quota(),
             trust_x_forwarded_for: rate_limit.trust_x_forwarded_for,
         });
-        let openapi = super::openapi::document(&|group| auth.policy(group));
         ServeSecurity {
             auth,
             api_keys,
             jwt,
             limits,
             cors: Cors::new(cors).map(Arc::new),
-            openapi,
         }
     }
 
@@ -928,9 +921,9 @@ pub(crate) mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::serve::rate_limit::ManualClock;
-    use crate::serve::{App, ServingState, app_router};
+    use crate::rate_limit::ManualClock;
+    use crate::{App, ServingState, app_router};
+    use pageflow_metrics::Metrics;
     // `KEY` is re-exported: other modules' tests (e.g. `openapi`) take it from here.
     pub(crate) use super::test_support::KEY;
     use super::test_support::{

@@ -1,6 +1,6 @@
 //! Per-caller rate limits: one token bucket per identity.
 //!
-//! Every caller of a guarded endpoint (see [`super::auth`]) has an *identity*: the name of its API
+//! Every caller of a guarded endpoint (see [`crate::auth`]) has an *identity*: the name of its API
 //! key, the `sub` of its JWT (the Cognito user, or the app client for client-credentials tokens),
 //! or, for anonymous callers, its IP address. Each identity owns a token bucket holding up to
 //! `burst` tokens that refills at `per_second` tokens a second; a request takes one token, and a

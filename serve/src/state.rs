@@ -25,7 +25,7 @@ use pageflow_dataflow::features::{RankedItem, RankingKind, RelatedItem};
 use pageflow_dataflow::live::LiveUpdate;
 use serde::{Deserialize, Serialize};
 
-use super::recent_reads::{RecentReads, RecentReadsLimits};
+use crate::recent_reads::{RecentReads, RecentReadsLimits};
 
 /// One ranking of one portal, as pushed by the dataflow.
 #[derive(Clone, Debug, PartialEq)]

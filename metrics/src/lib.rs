@@ -35,6 +35,8 @@
 //! oldest and the newest sample of the last [`RATE_WINDOW`] (the oldest sample kept is the newest one
 //! at least that old, so a single scrape every 15 s still gives a rate).
 
+pub mod heap;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
