@@ -3,6 +3,17 @@
 //! "Full jitter" exponential backoff (the delay is drawn uniformly from zero to an exponentially
 //! growing cap, see the AWS Architecture Blog's "Exponential Backoff And Jitter"): many workers
 //! retrying a throttled shard or stream spread out instead of retrying in lockstep.
+//!
+//! This is a policy (how long to wait), not a retry loop: each caller keeps its own loop because
+//! each retries differently: the batch sinks resend only the entries the service refused, the
+//! checkpoint store sleeps on a plain thread, the fan-out setup gives up at a deadline, and each
+//! decides what is retryable from its own AWS SDK error classification (`is_retryable`). Why not a
+//! retry crate: `backon` adds its jitter on top of the delay (`[d, 2d)`), not full jitter, so the
+//! delays would change, and draws it from its own generator (seedable, but no value can be given
+//! per delay, as the tests here do); `backoff` is unmaintained (RUSTSEC-2025-0012); `tokio-retry`'s strategies could give
+//! the caps (in whole milliseconds), but its `jitter` draws from `rand`'s thread generator, so
+//! tests could not choose the draw either. What would move to a crate is the three lines of
+//! `Backoff::delay`.
 
 use std::time::Duration;
 

@@ -27,6 +27,13 @@
 //! clients reaching the job directly could otherwise pick their own identity. API keys' own
 //! `per_second`/`burst` apply only while limits are on.
 //!
+//! Why not the `governor` crate: its GCRA is the same arithmetic as these buckets, and it takes
+//! an injected clock, but its keyed limiter gives every key the same quota (API keys have their
+//! own) and its store only grows: `retain_recent` forgets refilled keys, nothing forgets busy
+//! ones, so callers spread over many addresses (IPv6) would grow it without bound. Covering
+//! both means writing its `StateStore` (the sharded, bounded map below) and a limiter per quota
+//! around it; what the crate would then replace is `Bucket::take`, twenty lines.
+//!
 //! The buckets live in a map split into [`SHARDS`] shards, each behind a mutex held only for the
 //! bucket's update. Memory is bounded: a shard that is full first drops the buckets that have
 //! refilled completely (forgetting them changes nothing: a new bucket starts full), then, if

@@ -21,3 +21,5 @@ pub mod window_stats;
 mod idleness_tests;
 #[cfg(test)]
 mod oracle_tests;
+#[cfg(test)]
+mod rankings_tests;

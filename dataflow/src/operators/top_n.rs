@@ -113,3 +113,62 @@ impl<K: Ord + Hash + Clone, R: Ord + Clone> TopN<K, R> {
         self.ranks.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(ranking: &TopN<&'static str, Descending<u64>>, n: usize) -> Vec<(&'static str, u64)> {
+        ranking.top(n).map(|(key, rank)| (*key, rank.0)).collect()
+    }
+
+    #[test]
+    fn an_upsert_moves_the_item_and_leaves_no_trace_of_its_old_rank() {
+        let mut ranking = TopN::default();
+        ranking.upsert("a", Descending(3));
+        ranking.upsert("b", Descending(2));
+        ranking.upsert("b", Descending(5));
+        assert_eq!(top(&ranking, 10), [("b", 5), ("a", 3)]);
+        assert_eq!(ranking.len(), 2, "one entry per item");
+        ranking.upsert("b", Descending(1));
+        assert_eq!(top(&ranking, 10), [("a", 3), ("b", 1)]);
+        assert_eq!(ranking.rank_of(&"b"), Some(&Descending(1)));
+    }
+
+    #[test]
+    fn top_cuts_at_n_and_ties_go_by_key() {
+        let mut ranking = TopN::default();
+        for (key, views) in [("d", 4), ("c", 4), ("a", 1), ("b", 4)] {
+            ranking.upsert(key, Descending(views));
+        }
+        assert_eq!(top(&ranking, 2), [("b", 4), ("c", 4)]);
+        assert_eq!(top(&ranking, 0), []);
+        assert_eq!(top(&ranking, 10).len(), 4);
+    }
+
+    #[test]
+    fn removing_an_unknown_item_changes_nothing() {
+        let mut ranking = TopN::default();
+        ranking.upsert("a", Descending(1));
+        ranking.remove(&"z");
+        assert_eq!(top(&ranking, 10), [("a", 1)]);
+        ranking.remove(&"a");
+        assert!(ranking.is_empty() && ranking.rank_of(&"a").is_none());
+        assert_eq!(top(&ranking, 10), []);
+    }
+
+    #[test]
+    fn scores_are_totally_ordered_largest_first() {
+        let mut ranking = TopN::default();
+        for (key, score) in [("neg", -1.0), ("zero", 0.0), ("big", 7.5), ("small", 0.25)] {
+            ranking.upsert(key, Descending(OrderedScore(score)));
+        }
+        let order: Vec<&str> = ranking.top(10).map(|(key, _)| *key).collect();
+        assert_eq!(order, ["big", "small", "zero", "neg"]);
+        // total_cmp: -0.0 sorts below 0.0, and NaN is equal to itself (so it can be removed).
+        assert!(OrderedScore(-0.0) < OrderedScore(0.0));
+        ranking.upsert("nan", Descending(OrderedScore(f64::NAN)));
+        ranking.remove(&"nan");
+        assert_eq!(ranking.top(10).count(), 4, "the ordered set forgot it too");
+    }
+}

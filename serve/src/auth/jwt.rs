@@ -1,6 +1,13 @@
 //! Amazon Cognito JWTs: the checks of `[serve.auth.jwt]`, the JWKS source (a URL or a file) and
 //! the cache of the user pool's signing keys with its refreshes, and [`JwtVerifier`], which
-//! decodes and verifies RS256 bearer tokens (the steps are in the [`super`] module docs).
+//! verifies RS256 bearer tokens (the steps are in the [`super`] module docs).
+//!
+//! The cryptography and the standard checks stand on the `jsonwebtoken` crate (with its aws-lc-rs
+//! backend, the crypto rustls already uses here): the RS256 signature, the algorithm allow-list,
+//! the header's form, `iss`, and `aud` of ID tokens. On top, this module keeps what is Cognito's
+//! or ours: the `kid` lookup in the cached JWKS, `alg` refused by name before any key is looked
+//! up, `token_use`, `client_id` of access tokens, and `exp`/`nbf` with the leeway, compared with
+//! the `now` the verifier is given (the library reads the system clock, which tests cannot set).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +20,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, Uri, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{JwtConfig, TokenUse};
@@ -206,8 +213,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-type PublicKey = RsaPublicKeyComponents<Vec<u8>>;
-type KeySet = HashMap<String, Arc<PublicKey>>;
+type KeySet = HashMap<String, Arc<DecodingKey>>;
 
 /// The RS256 signing keys of a JWKS document, by `kid`. Keys of other types or algorithms are
 /// skipped; a document without any usable key is an error.
@@ -246,7 +252,7 @@ fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
         // Leading zero bytes are not part of the modulus' big-endian form.
         let zeros = n.iter().take_while(|b| **b == 0).count();
         n.drain(..zeros);
-        keys.insert(kid, Arc::new(RsaPublicKeyComponents { n, e }));
+        keys.insert(kid, Arc::new(DecodingKey::from_rsa_raw_components(&n, &e)));
     }
     if keys.is_empty() {
         return Err("the JWKS has no RS256 signing key (kty RSA, with kid, n and e)".to_string());
@@ -337,7 +343,7 @@ impl JwksCache {
 
     /// The key `kid`, fetching the keys again first when it is unknown and the last fetch was
     /// at least [`UNKNOWN_KID_REFRESH_COOLDOWN`] ago.
-    async fn key(&self, kid: &str) -> Option<Arc<PublicKey>> {
+    async fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
         if let Some(key) = self.current().get(kid) {
             return Some(Arc::clone(key));
         }
@@ -469,6 +475,8 @@ pub(crate) struct JwtVerifier {
     token_use: TokenUse,
     client_ids: Vec<String>,
     leeway_secs: i64,
+    /// What `jsonwebtoken` checks: RS256 only, the signature, `iss`, and for ID tokens `aud`.
+    validation: Validation,
     keys: Arc<JwksCache>,
 }
 
@@ -484,6 +492,10 @@ impl JwtVerifier {
             Some(path) => JwksSource::File(path.clone()),
             None => JwksSource::url(&config.jwks_url())?,
         };
+        // The aws-lc-rs backend, the one rustls already uses here. Installed explicitly so that a
+        // second backend enabled by another crate cannot make the library's choice ambiguous (it
+        // would panic); when a provider is already installed this changes nothing.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
         let is_file = matches!(source, JwksSource::File(_));
         let cache = Arc::new(JwksCache::new(source, clock));
         let first = cache.refresh("start-up").await;
@@ -497,11 +509,25 @@ impl JwtVerifier {
     }
 
     fn with_cache(config: &JwtConfig, keys: Arc<JwksCache>) -> Self {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_required_spec_claims(&["iss"]);
+        // `exp` and `nbf` are compared in `verify_at` with the `now` it is given: the library
+        // reads the system clock, which the tests of the leeway cannot set.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        match config.token_use {
+            // Access tokens name their app client in `client_id`, checked in `verify_at`.
+            TokenUse::Access => validation.validate_aud = false,
+            TokenUse::Id => validation.set_audience(&config.client_ids),
+        }
         JwtVerifier {
             issuer: config.issuer.clone(),
             token_use: config.token_use,
             client_ids: config.client_ids.clone(),
             leeway_secs: i64::try_from(config.leeway.ms() / 1000).unwrap_or(i64::MAX),
+            validation,
             keys,
         }
     }
@@ -518,20 +544,17 @@ impl JwtVerifier {
     /// Verifies `token` at `now` (seconds since the epoch).
     pub(crate) async fn verify_at(&self, token: &str, now: i64) -> Result<VerifiedToken, JwtError> {
         #[derive(Deserialize)]
-        struct JoseHeader {
-            alg: String,
-            kid: Option<String>,
-            crit: Option<serde_json::Value>,
-        }
-        #[derive(Deserialize)]
         #[serde(untagged)]
         enum Audience {
             One(String),
             Many(Vec<String>),
         }
         #[derive(Deserialize)]
-        struct Claims {
-            iss: Option<String>,
+        struct CognitoClaims {
+            /// Checked by `jsonwebtoken`; read here only so that an `iss` that is not one string
+            /// (an array, which the library would accept if one entry matched) is malformed.
+            #[serde(rename = "iss")]
+            _single_issuer: Option<String>,
             sub: Option<String>,
             exp: Option<f64>,
             nbf: Option<f64>,
@@ -540,44 +563,16 @@ impl JwtVerifier {
             aud: Option<Audience>,
         }
 
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwtError::Malformed("not three parts".into()));
-        };
-        let header: JoseHeader = decode_part(header_b64, "header")?;
-        if header.alg != "RS256" {
-            return Err(JwtError::UnsupportedAlgorithm(header.alg));
-        }
-        if header.crit.is_some() {
-            return Err(JwtError::Malformed(
-                "the header has critical extensions (crit)".into(),
-            ));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| JwtError::Malformed("the header has no kid".into()))?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| JwtError::Malformed("the signature is not base64url".into()))?;
+        let kid = signing_key_id(token)?;
         let key = self
             .keys
             .key(&kid)
             .await
             .ok_or_else(|| JwtError::UnknownKey(kid.clone()))?;
-        let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
-        key.verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &signature)
-            .map_err(|_| JwtError::BadSignature)?;
+        let claims = jsonwebtoken::decode::<CognitoClaims>(token, &key, &self.validation)
+            .map_err(|error| self.refusal(token, &error))?
+            .claims;
 
-        let claims: Claims = decode_part(claims_b64, "claims")?;
-        let issuer = claims.iss.ok_or(JwtError::MissingClaim("iss"))?;
-        if issuer != self.issuer {
-            return Err(JwtError::WrongIssuer {
-                found: issuer,
-                expected: self.issuer.clone(),
-            });
-        }
         let exp = claims.exp.ok_or(JwtError::MissingClaim("exp"))? as i64;
         if now > exp.saturating_add(self.leeway_secs) {
             return Err(JwtError::Expired { exp });
@@ -604,6 +599,8 @@ impl JwtVerifier {
                 "client_id",
             ),
             TokenUse::Id => {
+                // `jsonwebtoken` checked that one audience is an accepted client when `aud` is
+                // present; its presence and which client it names are checked here.
                 let audiences = match claims.aud.ok_or(JwtError::MissingClaim("aud"))? {
                     Audience::One(aud) => vec![aud],
                     Audience::Many(auds) => auds,
@@ -627,15 +624,94 @@ impl JwtVerifier {
         let subject = claims.sub.unwrap_or_else(|| client_id.clone());
         Ok(VerifiedToken { subject, client_id })
     }
+
+    /// Why `jsonwebtoken` refused `token`, in this module's terms. The claims named in the
+    /// message are read from the token again: the library refuses `iss` and `aud` only after the
+    /// signature has verified, so they are the issuer's words, not an attacker's.
+    fn refusal(&self, token: &str, error: &jsonwebtoken::errors::Error) -> JwtError {
+        use jsonwebtoken::errors::ErrorKind;
+        #[derive(Deserialize)]
+        struct Named {
+            iss: Option<serde_json::Value>,
+            aud: Option<serde_json::Value>,
+        }
+        let named = || {
+            jsonwebtoken::dangerous::insecure_decode_claims::<Named>(token).unwrap_or(Named {
+                iss: None,
+                aud: None,
+            })
+        };
+        let text = |value: Option<serde_json::Value>| match value {
+            Some(serde_json::Value::String(text)) => text,
+            Some(serde_json::Value::Array(values)) => values
+                .iter()
+                .map(|value| {
+                    value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string)
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        match error.kind() {
+            ErrorKind::InvalidSignature => JwtError::BadSignature,
+            ErrorKind::InvalidIssuer => JwtError::WrongIssuer {
+                found: text(named().iss),
+                expected: self.issuer.clone(),
+            },
+            ErrorKind::InvalidAudience => JwtError::WrongClient {
+                found: text(named().aud),
+                claim: "aud",
+            },
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                JwtError::MissingClaim("iss")
+            }
+            ErrorKind::InvalidClaimFormat(claim) => {
+                JwtError::Malformed(format!("the `{claim}` claim does not have its JSON type"))
+            }
+            ErrorKind::Json(error) => {
+                JwtError::Malformed(format!("the claims are not the expected JSON: {error}"))
+            }
+            ErrorKind::Base64(_) => JwtError::Malformed("a part is not base64url".into()),
+            _ => JwtError::Malformed(error.to_string()),
+        }
+    }
 }
 
-/// A base64url JSON part of a token.
-fn decode_part<T: serde::de::DeserializeOwned>(part: &str, what: &str) -> Result<T, JwtError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| JwtError::Malformed(format!("the {what} is not base64url")))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| JwtError::Malformed(format!("the {what} is not the expected JSON: {e}")))
+/// The `kid` of `token`'s header, after the checks that come before any key is looked up: three
+/// parts, `alg` RS256 (so `none` and `HS256` never reach a key and are named in the refusal), no
+/// critical extensions. `jsonwebtoken` checks the header again when it verifies the token.
+fn signing_key_id(token: &str) -> Result<String, JwtError> {
+    #[derive(Deserialize)]
+    struct JoseHeader {
+        alg: String,
+        kid: Option<String>,
+        crit: Option<serde_json::Value>,
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(_claims), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three parts".into()));
+    };
+    let header = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| JwtError::Malformed("the header is not base64url".into()))?;
+    let header: JoseHeader = serde_json::from_slice(&header)
+        .map_err(|e| JwtError::Malformed(format!("the header is not the expected JSON: {e}")))?;
+    if header.alg != "RS256" {
+        return Err(JwtError::UnsupportedAlgorithm(header.alg));
+    }
+    if header.crit.is_some() {
+        return Err(JwtError::Malformed(
+            "the header has critical extensions (crit)".into(),
+        ));
+    }
+    header
+        .kid
+        .ok_or_else(|| JwtError::Malformed("the header has no kid".into()))
 }
 
 #[cfg(test)]
@@ -813,6 +889,93 @@ mod tests {
                 "{garbage}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn refusals_by_the_library_name_the_claim_at_fault() {
+        let v = verifier(TokenUse::Access).await;
+        let mut claims = access_claims(NOW + 600);
+        claims.as_object_mut().map(|c| c.remove("iss"));
+        assert_eq!(
+            v.verifier
+                .verify_at(&sign(&header("test-key-1"), &claims), NOW)
+                .await,
+            Err(JwtError::MissingClaim("iss"))
+        );
+        // RFC 7519's `iss` is one string: an array naming the pool is not accepted.
+        claims["iss"] = json!([ISSUER, "https://elsewhere"]);
+        assert!(matches!(
+            v.verifier
+                .verify_at(&sign(&header("test-key-1"), &claims), NOW)
+                .await,
+            Err(JwtError::Malformed(_))
+        ));
+        // A number where a time is expected.
+        let mut claims = access_claims(NOW + 600);
+        claims["exp"] = json!("tomorrow");
+        assert!(matches!(
+            v.verifier
+                .verify_at(&sign(&header("test-key-1"), &claims), NOW)
+                .await,
+            Err(JwtError::Malformed(_))
+        ));
+        // Critical header extensions are refused, even when the signature is good.
+        let crit = json!({"alg": "RS256", "kid": "test-key-1", "crit": ["b64"], "b64": true});
+        assert!(matches!(
+            v.verifier
+                .verify_at(&sign(&crit, &access_claims(NOW + 600)), NOW)
+                .await,
+            Err(JwtError::Malformed(_))
+        ));
+        // A signature from another token (valid, but not over these bytes).
+        let other = sign(&header("test-key-1"), &access_claims(NOW + 601));
+        let good = sign(&header("test-key-1"), &access_claims(NOW + 600));
+        let (signed, _) = good.rsplit_once('.').unwrap();
+        let (_, other_signature) = other.rsplit_once('.').unwrap();
+        assert_eq!(
+            v.verifier
+                .verify_at(&format!("{signed}.{other_signature}"), NOW)
+                .await,
+            Err(JwtError::BadSignature)
+        );
+    }
+
+    #[tokio::test]
+    async fn id_tokens_may_name_several_audiences_and_must_name_one() {
+        let v = verifier(TokenUse::Id).await;
+        let claims = |aud: Option<Value>| {
+            let mut claims =
+                json!({"sub": "user-2", "iss": ISSUER, "token_use": "id", "exp": NOW + 600});
+            if let Some(aud) = aud {
+                claims["aud"] = aud;
+            }
+            sign(&header("test-key-1"), &claims)
+        };
+        assert_eq!(
+            v.verifier
+                .verify_at(
+                    &claims(Some(json!(["stranger", "other-allowed-client"]))),
+                    NOW
+                )
+                .await,
+            Ok(VerifiedToken {
+                subject: "user-2".into(),
+                client_id: "other-allowed-client".into()
+            })
+        );
+        assert_eq!(
+            v.verifier
+                .verify_at(&claims(Some(json!(["stranger", "another"]))), NOW)
+                .await,
+            Err(JwtError::WrongClient {
+                found: "stranger,another".into(),
+                claim: "aud"
+            })
+        );
+        assert_eq!(
+            v.verifier.verify_at(&claims(None), NOW).await,
+            Err(JwtError::MissingClaim("aud"))
+        );
     }
 
     #[tokio::test]

@@ -83,6 +83,9 @@
 //! 6. the app client must be one of `client_ids`: the `client_id` claim of access tokens, the
 //!    `aud` claim of ID tokens.
 //!
+//! The signature, the algorithm, `iss` and `aud` are checked by the `jsonwebtoken` crate; the
+//! rest, and the JWKS cache, in `auth/jwt.rs`.
+//!
 //! The JWKS is fetched from `jwks_url` (default `<issuer>/.well-known/jwks.json`) at start-up,
 //! every `refresh_interval`, and when a token names a `kid` that is not known (a key rotation),
 //! at most once per [`UNKNOWN_KID_REFRESH_COOLDOWN`] so that made-up `kid`s cannot make the job
