@@ -13,6 +13,10 @@
 //! kind = "local"         # or "aws": features to Kinesis, archive through Firehose
 //! dir = "./pageflow-data"
 //!
+//! [sinks.retention]      # local sinks: the archive and features files are kept within both
+//! max_bytes = "4GiB"     # oldest closed files go first; the file being written never does
+//! max_age = "7d"
+//!
 //! [aws]                  # only for kind = "kinesis" / "aws"; credentials from the usual chain
 //! region = "sa-east-1"
 //!
@@ -375,7 +379,9 @@ pub struct CheckpointConfig {
     pub bucket: String,
     /// S3 store: the key prefix.
     pub prefix: String,
-    /// Committed checkpoints kept (older ones are deleted).
+    /// Committed checkpoints kept (older ones are deleted). The default, 2, is the newest and one
+    /// to fall back to if it is damaged; on disk that is about twice the state at most (the
+    /// checkpoints share their runs; see the README's "Disk use in local mode").
     pub keep: usize,
     /// On SIGTERM/SIGINT: the longest the final checkpoint and the sink flush may take before
     /// the job exits anyway (keep it below ECS's `stopTimeout`, 30 s by default).
@@ -391,7 +397,7 @@ impl Default for CheckpointConfig {
             dir: None,
             bucket: String::new(),
             prefix: "pageflow/checkpoints".to_string(),
-            keep: 3,
+            keep: 2,
             stop_timeout: Millis::seconds(25),
         }
     }
@@ -608,6 +614,8 @@ pub struct SinksConfig {
     pub firehose: FirehoseSection,
     /// AWS: the longest a record waits in the sink before it is sent.
     pub max_batch_delay: Millis,
+    /// Local: how much of the output stays on disk.
+    pub retention: RetentionSection,
 }
 
 impl Default for SinksConfig {
@@ -619,6 +627,174 @@ impl Default for SinksConfig {
             kinesis: FeaturesStreamSection::default(),
             firehose: FirehoseSection::default(),
             max_batch_delay: Millis(500),
+            retention: RetentionSection::default(),
+        }
+    }
+}
+
+/// The `[sinks.retention]` section (local sinks): the archive, the features files and the dead
+/// letters under `dir` are kept within `max_bytes` and `max_age`, as a rolling file sink in Flink
+/// or a Kafka topic would keep them. `features.jsonl` rolls at `roll_bytes` or after
+/// `roll_interval`; the archive's files roll by event hour. Closed files go, oldest first
+/// (see `pageflow_connectors::retention`); the files being written never do. The checkpoints under
+/// `dir` are not counted: `[checkpoint] keep` bounds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Delete old output at all (`false` keeps everything: watch the disk).
+    pub enabled: bool,
+    /// The most the archive and features files may take together.
+    pub max_bytes: ByteSize,
+    /// The longest a closed file is kept after its last write.
+    pub max_age: Millis,
+    /// `features.jsonl` is rolled (renamed `features-<unix-ms>.jsonl`) at this size…
+    pub roll_bytes: ByteSize,
+    /// …or after this long.
+    pub roll_interval: Millis,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            enabled: true,
+            max_bytes: ByteSize(4 * ByteSize::GIB),
+            max_age: Millis::hours(7 * 24),
+            roll_bytes: ByteSize(256 * ByteSize::MIB),
+            roll_interval: Millis::hours(1),
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The retention policy (unlimited when disabled).
+    pub fn policy(&self) -> pageflow_connectors::retention::RetentionPolicy {
+        if !self.enabled {
+            return pageflow_connectors::retention::RetentionPolicy::UNLIMITED;
+        }
+        pageflow_connectors::retention::RetentionPolicy {
+            max_bytes: Some(self.max_bytes.0),
+            max_age: Some(self.max_age.into()),
+        }
+    }
+
+    /// When `features.jsonl` rolls (never when retention is off: nothing would delete the rolled
+    /// files, and one file is easier to read).
+    pub fn roll(&self) -> Option<pageflow_connectors::local_sink::RollPolicy> {
+        self.enabled
+            .then(|| pageflow_connectors::local_sink::RollPolicy {
+                max_bytes: self.roll_bytes.0,
+                max_age: self.roll_interval.into(),
+            })
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        if self.roll_bytes.0 < ByteSize::MIB {
+            problems.push(format!(
+                "[sinks.retention] `roll_bytes` = {} is below 1MiB: write e.g. `256MiB`",
+                self.roll_bytes
+            ));
+        }
+        if self.max_bytes.0 < 2 * self.roll_bytes.0 {
+            problems.push(format!(
+                "[sinks.retention] `max_bytes` = {} must be at least twice `roll_bytes` = {} (the file being written is never deleted): raise it, e.g. `4GiB`, or lower `roll_bytes`",
+                self.max_bytes, self.roll_bytes
+            ));
+        }
+        if self.roll_interval.ms() < 60_000 {
+            problems.push(format!(
+                "[sinks.retention] `roll_interval` = {} is below 1m: write e.g. `1h`",
+                self.roll_interval
+            ));
+        }
+        if self.max_age < self.roll_interval {
+            problems.push(format!(
+                "[sinks.retention] `max_age` = {} is shorter than `roll_interval` = {}: a file would be due for deletion before it is closed; write e.g. `7d`",
+                self.max_age, self.roll_interval
+            ));
+        }
+    }
+}
+
+/// A number of bytes, written `"4GiB"`, `"500MB"`, `"64KiB"` or as a bare number of bytes
+/// (`KB`/`MB`/`GB` are powers of 1000, `KiB`/`MiB`/`GiB` of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// 1024 bytes.
+    pub const KIB: u64 = 1024;
+    /// 1024² bytes.
+    pub const MIB: u64 = 1024 * 1024;
+    /// 1024³ bytes.
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+
+    /// Parses `"256MiB"`, `"4GB"`, `"1024"`…
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let value: u64 = digits.parse().map_err(|_| {
+            format!(
+                "`{text}` is not a size: write a whole number with a unit, e.g. `256MiB`, `4GiB`"
+            )
+        })?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => Self::KIB,
+            "MiB" => Self::MIB,
+            "GiB" => Self::GIB,
+            "TiB" => Self::GIB * 1024,
+            other => {
+                return Err(format!(
+                    "`{text}` has an unknown unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ));
+            }
+        };
+        value
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0;
+        for (unit, size) in [("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
+            if bytes >= size && bytes % size == 0 {
+                return write!(f, "{}{unit}", bytes / size);
+            }
+        }
+        write!(f, "{bytes}B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(u64),
+            Text(String),
+        }
+        match Repr::deserialize(deserializer)? {
+            Repr::Number(bytes) => Ok(ByteSize(bytes)),
+            Repr::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -809,6 +985,9 @@ impl JobConfig {
             }
         }
         self.checkpoint.validate(&mut problems);
+        if self.sinks.kind == SinksKind::Local {
+            self.sinks.retention.validate(&mut problems);
+        }
         self.recommendations.validate(&mut problems);
         self.personalize.validate(&mut problems);
         match self.source.kind {

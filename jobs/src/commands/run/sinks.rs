@@ -37,7 +37,7 @@ use super::personalize::PersonalizeFeed;
 use crate::checkpoints::{CheckpointDriver, PartsInbox, ToWrite};
 use crate::config::{JobConfig, SinksKind};
 use crate::metrics::Metrics;
-use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs};
+use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs, LocalRetention};
 use crate::serve::ServingState;
 use crate::serve::personalize::personalize_event;
 use crate::serve::state::SERVING_STATE;
@@ -75,7 +75,15 @@ pub(super) fn job_outputs(
 ) -> Result<Box<dyn JobOutputs>> {
     let sinks = &config.sinks;
     match sinks.kind {
-        SinksKind::Local => Ok(Box::new(LocalOutputs::open(&sinks.dir, sinks.archive)?)),
+        SinksKind::Local => Ok(Box::new(LocalOutputs::with_retention(
+            &sinks.dir,
+            sinks.archive,
+            LocalRetention {
+                policy: sinks.retention.policy(),
+                roll: sinks.retention.roll(),
+            },
+            Some(Arc::clone(metrics)),
+        )?)),
         SinksKind::Aws => {
             std::fs::create_dir_all(&sinks.dir).with_context(|| {
                 format!("cannot create the data directory {}", sinks.dir.display())
