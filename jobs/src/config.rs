@@ -770,7 +770,7 @@ impl std::fmt::Display for ByteSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bytes = self.0;
         for (unit, size) in [("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
-            if bytes >= size && bytes % size == 0 {
+            if bytes >= size && bytes.is_multiple_of(size) {
                 return write!(f, "{}{unit}", bytes / size);
             }
         }
@@ -786,16 +786,32 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(u64),
-            Text(String),
+        /// A number of bytes or a size with a unit; anything else is named in the error.
+        struct ByteSizeVisitor;
+
+        impl serde::de::Visitor<'_> for ByteSizeVisitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"256MiB\", \"4GiB\" or a number of bytes")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(bytes))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<ByteSize, E> {
+                u64::try_from(bytes)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{bytes} is negative: a size is at least 0")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(text).map_err(E::custom)
+            }
         }
-        match Repr::deserialize(deserializer)? {
-            Repr::Number(bytes) => Ok(ByteSize(bytes)),
-            Repr::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
-        }
+
+        deserializer.deserialize_any(ByteSizeVisitor)
     }
 }
 
@@ -911,17 +927,14 @@ pub fn load(
         }
     }
 
-    // Each section is read on its own so that a mistake in one does not hide those in the others.
+    // Each section is read on its own, and each of its keys too (`read_section`), so that no
+    // mistake hides another: every type error is reported, and the section is then built from its
+    // good keys so that validation reports the problems of those as well.
     let mut config = JobConfig::default();
     macro_rules! section {
         ($name:literal, $field:ident) => {
             if let Some(value) = table.remove($name) {
-                match value.try_into() {
-                    Ok(section) => config.$field = section,
-                    Err(error) => {
-                        problems.push(format!("[{}]: {}", $name, error.to_string().trim()))
-                    }
-                }
+                config.$field = read_section($name, value, &mut problems);
             }
         };
     }
@@ -1137,6 +1150,108 @@ impl KinesisSourceSection {
     }
 }
 
+// Why not a layering crate such as `figment` (TOML + `PAGEFLOW__` env in a few lines): it extracts
+// through serde too, and serde's derived `Deserialize` stops at a struct's first bad field, so one
+// type error would still hide the others. Reporting every problem at once needs the file and the
+// overrides as one `toml::Value` to probe key by key (below); merging them is the 20 lines of
+// `set_path`, so the crate would add a dependency without removing the probing.
+
+/// Reads one section, reporting every key that does not deserialize (unknown keys, wrong types,
+/// bad durations…) with its TOML path and the environment variable that could also have set it.
+/// The section is built from the defaults and the keys that do deserialize, so that validation
+/// still sees them; if those together fail (keys that only fail in combination), the defaults.
+fn read_section<T>(name: &str, value: toml::Value, problems: &mut Vec<String>) -> T
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    let first_error = match value.clone().try_into::<T>() {
+        Ok(section) => return section,
+        Err(error) => error.to_string(),
+    };
+    let defaults = match toml::Value::try_from(T::default()) {
+        Ok(toml::Value::Table(defaults)) => defaults,
+        // Not expected (every section serialises to a table); report serde's first error.
+        _ => {
+            problems.push(format!("[{name}]: {}", first_error.trim()));
+            return T::default();
+        }
+    };
+    let toml::Value::Table(user) = value else {
+        problems.push(format!(
+            "`{name}` must be a section (`[{name}]` with keys under it), not a single value"
+        ));
+        return T::default();
+    };
+    let mut good = defaults.clone();
+    let before = problems.len();
+    probe_keys::<T>(name, &defaults, &mut Vec::new(), &user, &mut good, problems);
+    if problems.len() == before {
+        // Every key alone is fine, but not all together: say so with serde's words.
+        problems.push(format!("[{name}]: {}", first_error.trim()));
+    }
+    toml::Value::Table(good).try_into().unwrap_or_default()
+}
+
+/// Tries each key of `user` (at `path` inside the section) on top of the defaults, recursing into
+/// subsections; keeps the good ones in `good` and reports the others.
+fn probe_keys<T: serde::de::DeserializeOwned>(
+    section: &str,
+    defaults: &toml::Table,
+    path: &mut Vec<String>,
+    user: &toml::Table,
+    good: &mut toml::Table,
+    problems: &mut Vec<String>,
+) {
+    for (key, value) in user {
+        path.push(key.clone());
+        let default_is_table = lookup(defaults, path).is_some_and(toml::Value::is_table);
+        match value {
+            toml::Value::Table(inner) if default_is_table => {
+                probe_keys::<T>(section, defaults, path, inner, good, problems);
+            }
+            _ => {
+                let mut candidate = defaults.clone();
+                let _ = set_path(&mut candidate, path, value.clone());
+                match toml::Value::Table(candidate).try_into::<T>() {
+                    Ok(_) => {
+                        let _ = set_path(good, path, value.clone());
+                    }
+                    Err(error) => {
+                        let (key, parents) = path.split_last().unwrap_or((key, &[]));
+                        let at = std::iter::once(section)
+                            .chain(parents.iter().map(String::as_str))
+                            .collect::<Vec<_>>();
+                        let env = std::iter::once(ENV_PREFIX.trim_end_matches('_'))
+                            .chain(at.iter().copied())
+                            .chain(std::iter::once(key.as_str()))
+                            .map(str::to_ascii_uppercase)
+                            .collect::<Vec<_>>()
+                            .join("__");
+                        problems.push(format!(
+                            "[{}] `{key}`: {}; fix it in the config file (or in {env} if set there)",
+                            at.join("."),
+                            // The first line: serde's words; toml adds "in `key`", said above.
+                            error.to_string().lines().next().unwrap_or_default().trim_end_matches('.'),
+                        ));
+                    }
+                }
+            }
+        }
+        path.pop();
+    }
+}
+
+/// The value at `path` in `table`, if any.
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    if rest.is_empty() {
+        Some(value)
+    } else {
+        value.as_table().and_then(|inner| lookup(inner, rest))
+    }
+}
+
 fn parse_env_value(text: &str) -> toml::Value {
     // `key = <text>` parses for numbers, booleans, quoted strings, arrays; anything else is a string.
     format!("value = {text}")
@@ -1168,6 +1283,82 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_default_can_be_probed_key_by_key() {
+        // `read_section` starts from the defaults as a TOML table: each must serialise to one.
+        let defaults = toml::Value::try_from(JobConfig::default()).unwrap();
+        let table = defaults.as_table().unwrap();
+        for section in [
+            "semantics",
+            "source",
+            "sinks",
+            "serve",
+            "runtime",
+            "aws",
+            "checkpoint",
+            "recommendations",
+            "personalize",
+        ] {
+            assert!(
+                table.get(section).is_some_and(toml::Value::is_table),
+                "{section}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_type_error_does_not_hide_the_other_problems_of_its_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pageflow.toml");
+        std::fs::write(
+            &path,
+            r#"
+[checkpoint]
+keep = "three"
+interval = "5ms"
+stop_timeout = true
+nope = 1
+
+[sinks.retention]
+max_bytes = "lots"
+roll_interval = "1s"
+"#,
+        )
+        .unwrap();
+        let env = vec![("PAGEFLOW__RUNTIME__WORKERS".to_string(), "0".to_string())];
+        let problems = load(Some(&path), env).unwrap_err();
+        for needle in [
+            // Type errors, each with its path and the environment variable that could set it.
+            "[checkpoint] `keep`: invalid type: string \"three\"",
+            "PAGEFLOW__CHECKPOINT__KEEP",
+            "[checkpoint] `stop_timeout`: invalid type: boolean `true`, expected a duration such as \"30s\"",
+            "[checkpoint] `nope`: unknown field `nope`",
+            "[sinks.retention] `max_bytes`: `lots` is not a size",
+            "PAGEFLOW__SINKS__RETENTION__MAX_BYTES",
+            // Validation problems of the same sections' good keys.
+            "[checkpoint] `interval` must be at least 10ms",
+            "[sinks.retention] `roll_interval` = 1s is below 1m",
+            // And of other sections.
+            "[runtime] `workers`",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "no problem contains {needle:?}:\n{}",
+                problems.join("\n")
+            );
+        }
+        assert_eq!(problems.len(), 7, "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("4GiB"), Ok(ByteSize(4 << 30)));
+        assert_eq!(ByteSize::parse("500MB"), Ok(ByteSize(500_000_000)));
+        assert_eq!(ByteSize::parse("1024"), Ok(ByteSize(1024)));
+        assert!(ByteSize::parse("4 parsecs").is_err());
+        assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
+    }
 
     #[test]
     fn defaults_are_valid() {

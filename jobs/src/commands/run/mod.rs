@@ -380,7 +380,8 @@ pub fn run(config: JobConfig) -> Result<()> {
         }
         Err(error) => {
             crate::say!(
-                "pageflow: {error:#}; a restart resumes from the previous checkpoint and emits what followed it again"
+                "pageflow: {}; a restart resumes from the previous checkpoint and emits what followed it again",
+                crate::stderr::describe(&error)
             );
             std::process::exit(1)
         }
