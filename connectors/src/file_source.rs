@@ -612,6 +612,26 @@ mod tests {
     }
 
     #[test]
+    fn a_100_kb_line_is_a_dead_letter_that_does_not_claim_the_kept_length() -> TestResult {
+        let mut data = vec![b'x'; 100 * 1024];
+        data.push(b'\n');
+        let source = JsonLinesFile::from_reader("big", &data[..]);
+        let (records, _) = read_all(source, 10)?;
+        let invalid = pageflow_dataflow::event::validate(&records[0].1)
+            .err()
+            .ok_or("a 100 KB line is too large")?;
+        assert_eq!(invalid.reason, pageflow_dataflow::event::Reason::TooLarge);
+        // The source kept 65,537 bytes; the line had 102,400: the reason says only what is known.
+        assert!(
+            invalid.detail.contains("more than 65536 bytes"),
+            "{}",
+            invalid.detail
+        );
+        assert!(!invalid.detail.contains("65537"), "{}", invalid.detail);
+        Ok(())
+    }
+
+    #[test]
     fn crlf_right_at_the_size_limit_is_not_content() -> TestResult {
         // 65536 bytes of content plus `\r\n`: exactly at the limit, so not too large.
         let mut data = vec![b'y'; MAX_RECORD_BYTES];

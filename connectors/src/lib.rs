@@ -8,6 +8,8 @@
 //! - [`local_sink`]: the [`Sink`] trait and the local sinks: [`FeatureFileSink`] (the features
 //!   stream as `features.jsonl`) and [`ArchiveSink`] (the raw/processed/dead-letter archive laid out
 //!   like the Firehose-to-S3 one).
+//! - [`retention`]: deleting the oldest closed sink files beyond a size budget or an age, so the
+//!   local sinks do not fill the disk.
 //! - [`checkpoint_store`]: where checkpoints of the job's state live
 //!   ([`checkpoint_store::LocalDirStore`], [`checkpoint_store::S3Store`]), and
 //!   [`checkpoint_store::Checkpoints`]: incremental checkpoints as immutable sorted runs shared
@@ -35,6 +37,7 @@ pub mod kinesis_source;
 pub mod kpl;
 pub mod local_sink;
 pub mod personalize;
+pub mod retention;
 pub mod retry;
 pub mod shard_discovery;
 pub mod shards;

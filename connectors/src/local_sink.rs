@@ -7,7 +7,11 @@
 //!   durable (or delivered), `close` flushes and releases resources. Errors are [`ConnectorError`]s,
 //!   which say whether a retry can help.
 //! - **Features file.** [`FeatureFileSink`] appends the features stream, one JSON object per line,
-//!   to `<root>/features.jsonl`: the local stand-in for the second Kinesis stream.
+//!   to `<root>/features.jsonl`: the local stand-in for the second Kinesis stream. With a
+//!   [`RollPolicy`] it rolls like a Flink file sink's part file: once `features.jsonl` is over a size
+//!   or has been written for longer than an interval, it is closed and renamed
+//!   `features-<unix-ms>.jsonl` (the time it was rolled) and a new `features.jsonl` is started.
+//!   Readers take every `features*.jsonl` file; [`crate::retention`] deletes the oldest rolled ones.
 //! - **Archive.** [`ArchiveSink`] writes newline-delimited JSON laid out like the Firehose-to-S3
 //!   archive, partitioned by layer, portal and event hour (UTC):
 //!   `<root>/archive/{raw,processed,dead-letter}/portal=<portal>/date=YYYY-MM-DD/hour=HH/part-<writer-id>.jsonl`.
@@ -27,6 +31,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use pageflow_dataflow::event::DeadLetter;
 use pageflow_dataflow::features::Feature;
@@ -58,6 +63,15 @@ const MILLIS_PER_HOUR: u64 = 3_600_000;
 /// The file name of the features stream under the root.
 pub const FEATURES_FILE_NAME: &str = "features.jsonl";
 
+/// When the features file is rolled (closed, renamed, and started again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RollPolicy {
+    /// Roll once the file holds at least this many bytes.
+    pub max_bytes: u64,
+    /// Roll once the file has been written for this long.
+    pub max_age: std::time::Duration,
+}
+
 /// Appends the features stream to `<root>/features.jsonl`, one JSON object per line.
 #[derive(Debug)]
 pub struct FeatureFileSink {
@@ -65,6 +79,12 @@ pub struct FeatureFileSink {
     path: PathBuf,
     /// The buffered file; `None` once closed.
     writer: Option<BufWriter<File>>,
+    /// When to roll; `None`: never.
+    roll: Option<RollPolicy>,
+    /// The bytes in the file (what was there when it was opened, and what was written since).
+    bytes: u64,
+    /// When this file was started (or opened).
+    started: SystemTime,
 }
 
 impl FeatureFileSink {
@@ -74,10 +94,56 @@ impl FeatureFileSink {
         create_dir_all(root)?;
         let path = root.join(FEATURES_FILE_NAME);
         let file = open_for_append(&path)?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(FeatureFileSink {
             path,
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
+            roll: None,
+            bytes,
+            started: SystemTime::now(),
         })
+    }
+
+    /// Rolls the file by `policy` (see the module docs); `started` is when the current file counts
+    /// as started (the caller's clock, usually now).
+    pub fn with_rolling(mut self, policy: RollPolicy, started: SystemTime) -> Self {
+        self.roll = Some(policy);
+        self.started = started;
+        self
+    }
+
+    /// Rolls the file if it is due at `now`: flushes and renames it `features-<unix-ms>.jsonl` and
+    /// starts a new `features.jsonl`. Returns the rolled file's path. Never rolls an empty file.
+    pub fn roll_if_due(&mut self, now: SystemTime) -> Result<Option<PathBuf>, ConnectorError> {
+        let Some(policy) = self.roll else {
+            return Ok(None);
+        };
+        let age = now.duration_since(self.started).unwrap_or_default();
+        if self.bytes == 0 || (self.bytes < policy.max_bytes && age < policy.max_age) {
+            return Ok(None);
+        }
+        self.flush()?;
+        self.writer = None;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let millis = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut rolled = dir.join(format!("features-{millis}.jsonl"));
+        let mut suffix = 1;
+        while rolled.exists() {
+            rolled = dir.join(format!("features-{millis}-{suffix}.jsonl"));
+            suffix += 1;
+        }
+        fs::rename(&self.path, &rolled).map_err(|source| ConnectorError::Write {
+            path: rolled.clone(),
+            source,
+        })?;
+        let file = open_for_append(&self.path)?;
+        self.writer = Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file));
+        self.bytes = 0;
+        self.started = now;
+        Ok(Some(rolled))
     }
 
     /// The file written.
@@ -96,7 +162,9 @@ impl FeatureFileSink {
         write_line(writer, json).map_err(|source| ConnectorError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        self.bytes += json.len() as u64 + 1;
+        Ok(())
     }
 
     /// Writes the buffered lines to the file.
@@ -266,6 +334,40 @@ impl ArchiveSink {
     /// How many files are open now (never more than the budget).
     pub fn open_files(&self) -> usize {
         self.open_parts.len()
+    }
+
+    /// The files open now: being written, so retention must leave them.
+    pub fn open_paths(&self) -> impl Iterator<Item = &Path> {
+        self.open_parts.iter().map(|part| part.path.as_path())
+    }
+
+    /// A mark of the writes so far, for [`ArchiveSink::close_parts_unused_since`].
+    pub fn use_mark(&self) -> u64 {
+        self.use_clock
+    }
+
+    /// Flushes and closes the files not written since `mark` (an earlier [`ArchiveSink::use_mark`]):
+    /// the hours the data has moved past, so that retention may delete them. A late record
+    /// re-opens its file in append mode. Returns how many were closed.
+    pub fn close_parts_unused_since(&mut self, mark: u64) -> Result<usize, ConnectorError> {
+        let mut closed = 0;
+        let mut index = 0;
+        while index < self.open_parts.len() {
+            let part = &mut self.open_parts[index];
+            if part.last_used > mark {
+                index += 1;
+                continue;
+            }
+            part.writer
+                .flush()
+                .map_err(|source| ConnectorError::Write {
+                    path: part.path.clone(),
+                    source,
+                })?;
+            self.open_parts.swap_remove(index);
+            closed += 1;
+        }
+        Ok(closed)
     }
 
     /// The part file a record of `layer` with `portal` and `ts` goes to.
@@ -643,6 +745,39 @@ mod tests {
             days += month_days[(m - 1) as usize];
         }
         days + i64::from(day) - 1
+    }
+
+    #[test]
+    fn the_features_file_rolls_by_size_and_by_age_on_the_injected_clock() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let hour = std::time::Duration::from_secs(3600);
+        let policy = RollPolicy {
+            max_bytes: 10,
+            max_age: hour,
+        };
+        let mut sink = FeatureFileSink::open(root.path())?.with_rolling(policy, t0);
+        // Empty: nothing to roll, however old.
+        assert_eq!(sink.roll_if_due(t0 + 2 * hour)?, None);
+        sink.write_line(b"{\"a\":1}")?; // 8 bytes with the line break
+        assert_eq!(sink.roll_if_due(t0)?, None, "under the size and young");
+        sink.write_line(b"{}")?; // 11 bytes: over the size
+        let rolled = sink.roll_if_due(t0)?.ok_or("rolled by size")?;
+        assert_eq!(std::fs::read_to_string(&rolled)?, "{\"a\":1}\n{}\n");
+        assert_eq!(
+            rolled.file_name().and_then(|n| n.to_str()),
+            Some("features-1700000000000.jsonl")
+        );
+        // The new file is young and small; an hour later it rolls by age.
+        sink.write_line(b"{}")?;
+        assert_eq!(sink.roll_if_due(t0 + hour / 2)?, None);
+        let by_age = sink.roll_if_due(t0 + hour)?.ok_or("rolled by age")?;
+        assert_ne!(by_age, rolled);
+        assert_eq!(std::fs::read_to_string(&by_age)?, "{}\n");
+        sink.write_line(b"{\"b\":2}")?;
+        sink.close()?;
+        assert_eq!(std::fs::read_to_string(sink.path())?, "{\"b\":2}\n");
+        Ok(())
     }
 
     #[test]

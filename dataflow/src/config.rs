@@ -90,16 +90,34 @@ impl Serialize for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(u64),
-            Text(String),
+        /// A number of milliseconds or a duration with a unit; anything else is named in the error.
+        struct MillisVisitor;
+
+        impl serde::de::Visitor<'_> for MillisVisitor {
+            type Value = Millis;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration such as \"30s\", \"10m\", \"24h\" or a number of milliseconds",
+                )
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, ms: u64) -> Result<Millis, E> {
+                Ok(Millis(ms))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, ms: i64) -> Result<Millis, E> {
+                u64::try_from(ms)
+                    .map(Millis)
+                    .map_err(|_| E::custom(format!("{ms} is negative: a duration is at least 0")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Millis, E> {
+                Millis::parse(text).map_err(E::custom)
+            }
         }
-        match Repr::deserialize(deserializer)? {
-            Repr::Number(ms) => Ok(Millis(ms)),
-            Repr::Text(text) => Millis::parse(&text).map_err(serde::de::Error::custom),
-        }
+
+        deserializer.deserialize_any(MillisVisitor)
     }
 }
 

@@ -13,6 +13,10 @@
 //! kind = "local"         # or "aws": features to Kinesis, archive through Firehose
 //! dir = "./pageflow-data"
 //!
+//! [sinks.retention]      # local sinks: the archive and features files are kept within both
+//! max_bytes = "4GiB"     # oldest closed files go first; the file being written never does
+//! max_age = "7d"
+//!
 //! [aws]                  # only for kind = "kinesis" / "aws"; credentials from the usual chain
 //! region = "sa-east-1"
 //!
@@ -114,7 +118,9 @@ pub struct CheckpointConfig {
     pub bucket: String,
     /// S3 store: the key prefix.
     pub prefix: String,
-    /// Committed checkpoints kept (older ones are deleted).
+    /// Committed checkpoints kept (older ones are deleted). The default, 2, is the newest and one
+    /// to fall back to if it is damaged; on disk that is about twice the state at most (the
+    /// checkpoints share their runs; see the README's "Disk use in local mode").
     pub keep: usize,
     /// On SIGTERM/SIGINT: the longest the final checkpoint and the sink flush may take before
     /// the job exits anyway (keep it below ECS's `stopTimeout`, 30 s by default).
@@ -130,7 +136,7 @@ impl Default for CheckpointConfig {
             dir: None,
             bucket: String::new(),
             prefix: "pageflow/checkpoints".to_string(),
-            keep: 3,
+            keep: 2,
             stop_timeout: Millis::seconds(25),
         }
     }
@@ -347,6 +353,8 @@ pub struct SinksConfig {
     pub firehose: FirehoseSection,
     /// AWS: the longest a record waits in the sink before it is sent.
     pub max_batch_delay: Millis,
+    /// Local: how much of the output stays on disk.
+    pub retention: RetentionSection,
 }
 
 impl Default for SinksConfig {
@@ -358,7 +366,191 @@ impl Default for SinksConfig {
             kinesis: FeaturesStreamSection::default(),
             firehose: FirehoseSection::default(),
             max_batch_delay: Millis(500),
+            retention: RetentionSection::default(),
         }
+    }
+}
+
+/// The `[sinks.retention]` section (local sinks): the archive, the features files and the dead
+/// letters under `dir` are kept within `max_bytes` and `max_age`, as a rolling file sink in Flink
+/// or a Kafka topic would keep them. `features.jsonl` rolls at `roll_bytes` or after
+/// `roll_interval`; the archive's files roll by event hour. Closed files go, oldest first
+/// (see `pageflow_connectors::retention`); the files being written never do. The checkpoints under
+/// `dir` are not counted: `[checkpoint] keep` bounds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Delete old output at all (`false` keeps everything: watch the disk).
+    pub enabled: bool,
+    /// The most the archive and features files may take together.
+    pub max_bytes: ByteSize,
+    /// The longest a closed file is kept after its last write.
+    pub max_age: Millis,
+    /// `features.jsonl` is rolled (renamed `features-<unix-ms>.jsonl`) at this size…
+    pub roll_bytes: ByteSize,
+    /// …or after this long.
+    pub roll_interval: Millis,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            enabled: true,
+            max_bytes: ByteSize(4 * ByteSize::GIB),
+            max_age: Millis::hours(7 * 24),
+            roll_bytes: ByteSize(256 * ByteSize::MIB),
+            roll_interval: Millis::hours(1),
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The retention policy (unlimited when disabled).
+    pub fn policy(&self) -> pageflow_connectors::retention::RetentionPolicy {
+        if !self.enabled {
+            return pageflow_connectors::retention::RetentionPolicy::UNLIMITED;
+        }
+        pageflow_connectors::retention::RetentionPolicy {
+            max_bytes: Some(self.max_bytes.0),
+            max_age: Some(self.max_age.into()),
+        }
+    }
+
+    /// When `features.jsonl` rolls (never when retention is off: nothing would delete the rolled
+    /// files, and one file is easier to read).
+    pub fn roll(&self) -> Option<pageflow_connectors::local_sink::RollPolicy> {
+        self.enabled
+            .then(|| pageflow_connectors::local_sink::RollPolicy {
+                max_bytes: self.roll_bytes.0,
+                max_age: self.roll_interval.into(),
+            })
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        if self.roll_bytes.0 < ByteSize::MIB {
+            problems.push(format!(
+                "[sinks.retention] `roll_bytes` = {} is below 1MiB: write e.g. `256MiB`",
+                self.roll_bytes
+            ));
+        }
+        if self.max_bytes.0 < 2 * self.roll_bytes.0 {
+            problems.push(format!(
+                "[sinks.retention] `max_bytes` = {} must be at least twice `roll_bytes` = {} (the file being written is never deleted): raise it, e.g. `4GiB`, or lower `roll_bytes`",
+                self.max_bytes, self.roll_bytes
+            ));
+        }
+        if self.roll_interval.ms() < 60_000 {
+            problems.push(format!(
+                "[sinks.retention] `roll_interval` = {} is below 1m: write e.g. `1h`",
+                self.roll_interval
+            ));
+        }
+        if self.max_age < self.roll_interval {
+            problems.push(format!(
+                "[sinks.retention] `max_age` = {} is shorter than `roll_interval` = {}: a file would be due for deletion before it is closed; write e.g. `7d`",
+                self.max_age, self.roll_interval
+            ));
+        }
+    }
+}
+
+/// A number of bytes, written `"4GiB"`, `"500MB"`, `"64KiB"` or as a bare number of bytes
+/// (`KB`/`MB`/`GB` are powers of 1000, `KiB`/`MiB`/`GiB` of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// 1024 bytes.
+    pub const KIB: u64 = 1024;
+    /// 1024² bytes.
+    pub const MIB: u64 = 1024 * 1024;
+    /// 1024³ bytes.
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+
+    /// Parses `"256MiB"`, `"4GB"`, `"1024"`…
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let value: u64 = digits.parse().map_err(|_| {
+            format!(
+                "`{text}` is not a size: write a whole number with a unit, e.g. `256MiB`, `4GiB`"
+            )
+        })?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => Self::KIB,
+            "MiB" => Self::MIB,
+            "GiB" => Self::GIB,
+            "TiB" => Self::GIB * 1024,
+            other => {
+                return Err(format!(
+                    "`{text}` has an unknown unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ));
+            }
+        };
+        value
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0;
+        for (unit, size) in [("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
+            if bytes >= size && bytes.is_multiple_of(size) {
+                return write!(f, "{}{unit}", bytes / size);
+            }
+        }
+        write!(f, "{bytes}B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A number of bytes or a size with a unit; anything else is named in the error.
+        struct ByteSizeVisitor;
+
+        impl serde::de::Visitor<'_> for ByteSizeVisitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"256MiB\", \"4GiB\" or a number of bytes")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(bytes))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<ByteSize, E> {
+                u64::try_from(bytes)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{bytes} is negative: a size is at least 0")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(text).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(ByteSizeVisitor)
     }
 }
 
@@ -443,17 +635,14 @@ pub fn load(
         }
     }
 
-    // Each section is read on its own so that a mistake in one does not hide those in the others.
+    // Each section is read on its own, and each of its keys too (`read_section`), so that no
+    // mistake hides another: every type error is reported, and the section is then built from its
+    // good keys so that validation reports the problems of those as well.
     let mut config = JobConfig::default();
     macro_rules! section {
         ($name:literal, $field:ident) => {
             if let Some(value) = table.remove($name) {
-                match value.try_into() {
-                    Ok(section) => config.$field = section,
-                    Err(error) => {
-                        problems.push(format!("[{}]: {}", $name, error.to_string().trim()))
-                    }
-                }
+                config.$field = read_section($name, value, &mut problems);
             }
         };
     }
@@ -517,6 +706,9 @@ impl JobConfig {
             }
         }
         self.checkpoint.validate(&mut problems);
+        if self.sinks.kind == SinksKind::Local {
+            self.sinks.retention.validate(&mut problems);
+        }
         self.recommendations.validate(&mut problems);
         self.personalize.validate(&mut problems);
         match self.source.kind {
@@ -666,6 +858,108 @@ impl KinesisSourceSection {
     }
 }
 
+// Why not a layering crate such as `figment` (TOML + `PAGEFLOW__` env in a few lines): it extracts
+// through serde too, and serde's derived `Deserialize` stops at a struct's first bad field, so one
+// type error would still hide the others. Reporting every problem at once needs the file and the
+// overrides as one `toml::Value` to probe key by key (below); merging them is the 20 lines of
+// `set_path`, so the crate would add a dependency without removing the probing.
+
+/// Reads one section, reporting every key that does not deserialize (unknown keys, wrong types,
+/// bad durations…) with its TOML path and the environment variable that could also have set it.
+/// The section is built from the defaults and the keys that do deserialize, so that validation
+/// still sees them; if those together fail (keys that only fail in combination), the defaults.
+fn read_section<T>(name: &str, value: toml::Value, problems: &mut Vec<String>) -> T
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    let first_error = match value.clone().try_into::<T>() {
+        Ok(section) => return section,
+        Err(error) => error.to_string(),
+    };
+    let defaults = match toml::Value::try_from(T::default()) {
+        Ok(toml::Value::Table(defaults)) => defaults,
+        // Not expected (every section serialises to a table); report serde's first error.
+        _ => {
+            problems.push(format!("[{name}]: {}", first_error.trim()));
+            return T::default();
+        }
+    };
+    let toml::Value::Table(user) = value else {
+        problems.push(format!(
+            "`{name}` must be a section (`[{name}]` with keys under it), not a single value"
+        ));
+        return T::default();
+    };
+    let mut good = defaults.clone();
+    let before = problems.len();
+    probe_keys::<T>(name, &defaults, &mut Vec::new(), &user, &mut good, problems);
+    if problems.len() == before {
+        // Every key alone is fine, but not all together: say so with serde's words.
+        problems.push(format!("[{name}]: {}", first_error.trim()));
+    }
+    toml::Value::Table(good).try_into().unwrap_or_default()
+}
+
+/// Tries each key of `user` (at `path` inside the section) on top of the defaults, recursing into
+/// subsections; keeps the good ones in `good` and reports the others.
+fn probe_keys<T: serde::de::DeserializeOwned>(
+    section: &str,
+    defaults: &toml::Table,
+    path: &mut Vec<String>,
+    user: &toml::Table,
+    good: &mut toml::Table,
+    problems: &mut Vec<String>,
+) {
+    for (key, value) in user {
+        path.push(key.clone());
+        let default_is_table = lookup(defaults, path).is_some_and(toml::Value::is_table);
+        match value {
+            toml::Value::Table(inner) if default_is_table => {
+                probe_keys::<T>(section, defaults, path, inner, good, problems);
+            }
+            _ => {
+                let mut candidate = defaults.clone();
+                let _ = set_path(&mut candidate, path, value.clone());
+                match toml::Value::Table(candidate).try_into::<T>() {
+                    Ok(_) => {
+                        let _ = set_path(good, path, value.clone());
+                    }
+                    Err(error) => {
+                        let (key, parents) = path.split_last().unwrap_or((key, &[]));
+                        let at = std::iter::once(section)
+                            .chain(parents.iter().map(String::as_str))
+                            .collect::<Vec<_>>();
+                        let env = std::iter::once(ENV_PREFIX.trim_end_matches('_'))
+                            .chain(at.iter().copied())
+                            .chain(std::iter::once(key.as_str()))
+                            .map(str::to_ascii_uppercase)
+                            .collect::<Vec<_>>()
+                            .join("__");
+                        problems.push(format!(
+                            "[{}] `{key}`: {}; fix it in the config file (or in {env} if set there)",
+                            at.join("."),
+                            // The first line: serde's words; toml adds "in `key`", said above.
+                            error.to_string().lines().next().unwrap_or_default().trim_end_matches('.'),
+                        ));
+                    }
+                }
+            }
+        }
+        path.pop();
+    }
+}
+
+/// The value at `path` in `table`, if any.
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    if rest.is_empty() {
+        Some(value)
+    } else {
+        value.as_table().and_then(|inner| lookup(inner, rest))
+    }
+}
+
 fn parse_env_value(text: &str) -> toml::Value {
     // `key = <text>` parses for numbers, booleans, quoted strings, arrays; anything else is a string.
     format!("value = {text}")
@@ -697,6 +991,82 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_default_can_be_probed_key_by_key() {
+        // `read_section` starts from the defaults as a TOML table: each must serialise to one.
+        let defaults = toml::Value::try_from(JobConfig::default()).unwrap();
+        let table = defaults.as_table().unwrap();
+        for section in [
+            "semantics",
+            "source",
+            "sinks",
+            "serve",
+            "runtime",
+            "aws",
+            "checkpoint",
+            "recommendations",
+            "personalize",
+        ] {
+            assert!(
+                table.get(section).is_some_and(toml::Value::is_table),
+                "{section}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_type_error_does_not_hide_the_other_problems_of_its_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pageflow.toml");
+        std::fs::write(
+            &path,
+            r#"
+[checkpoint]
+keep = "three"
+interval = "5ms"
+stop_timeout = true
+nope = 1
+
+[sinks.retention]
+max_bytes = "lots"
+roll_interval = "1s"
+"#,
+        )
+        .unwrap();
+        let env = vec![("PAGEFLOW__RUNTIME__WORKERS".to_string(), "0".to_string())];
+        let problems = load(Some(&path), env).unwrap_err();
+        for needle in [
+            // Type errors, each with its path and the environment variable that could set it.
+            "[checkpoint] `keep`: invalid type: string \"three\"",
+            "PAGEFLOW__CHECKPOINT__KEEP",
+            "[checkpoint] `stop_timeout`: invalid type: boolean `true`, expected a duration such as \"30s\"",
+            "[checkpoint] `nope`: unknown field `nope`",
+            "[sinks.retention] `max_bytes`: `lots` is not a size",
+            "PAGEFLOW__SINKS__RETENTION__MAX_BYTES",
+            // Validation problems of the same sections' good keys.
+            "[checkpoint] `interval` must be at least 10ms",
+            "[sinks.retention] `roll_interval` = 1s is below 1m",
+            // And of other sections.
+            "[runtime] `workers`",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "no problem contains {needle:?}:\n{}",
+                problems.join("\n")
+            );
+        }
+        assert_eq!(problems.len(), 7, "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("4GiB"), Ok(ByteSize(4 << 30)));
+        assert_eq!(ByteSize::parse("500MB"), Ok(ByteSize(500_000_000)));
+        assert_eq!(ByteSize::parse("1024"), Ok(ByteSize(1024)));
+        assert!(ByteSize::parse("4 parsecs").is_err());
+        assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -176,7 +176,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            pageflow::say!("pageflow: {error:#}");
+            pageflow::say!("pageflow: {}", pageflow::stderr::describe(&error));
             // A checkpoint that cannot be used needs a person, not a restart: a distinct code
             // (EX_CONFIG) lets the supervisor tell it apart from a crash.
             if error

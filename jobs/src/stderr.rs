@@ -37,3 +37,44 @@ macro_rules! say {
         $crate::stderr::say(format_args!($($arg)*))
     };
 }
+
+/// An error and its causes on one line, as `{:#}` writes them, but without repeating a cause that
+/// a message already includes: our errors say their OS reason in their message *and* keep it as
+/// their source, so `{:#}` would print "No such file or directory" twice.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let opened = pageflow_connectors::JsonLinesFile::open("/nonexistent/pageflow-input.jsonl");
+        let error = anyhow::Error::from(opened.unwrap_err()).context("cannot replay it");
+        let text = describe(&error);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.starts_with("cannot replay it: cannot open `/nonexistent/pageflow-input.jsonl`")
+        );
+        // A cause that adds something is still said.
+        let error = anyhow::anyhow!("disk full").context("cannot write features.jsonl");
+        assert_eq!(describe(&error), "cannot write features.jsonl: disk full");
+    }
+}

@@ -19,6 +19,7 @@
 //! | `pageflow_live_keys` | gauge | keys held in live state (open sessions, windows …), as set by the job |
 //! | `pageflow_heap_bytes` | gauge | live heap of the process: bytes allocated and not freed (see [`crate::heap`]; 0 when the counting allocator is not installed) |
 //! | `pageflow_sink_records_total{sink}` | counter | records written by the AWS sinks (`kinesis`, `firehose_raw`, `firehose_processed`, `firehose_dead_letter`) |
+//! | `pageflow_sink_retention_deleted_files_total` / `_bytes_total` | counter | closed local sink files (and their bytes) deleted by `[sinks.retention]` |
 //! | `pageflow_sink_retried_total{sink}` | counter | entries the AWS sinks had to send again (partial failures, throttling) |
 //! | `pageflow_kinesis_shards{state}` | gauge | shards being read (`reading`) and read to their end (`finished`) |
 //! | `pageflow_kinesis_millis_behind_latest{stream,shard}` | gauge | how far behind the tip of each shard being read the consumer is |
@@ -70,6 +71,8 @@ pub struct Metrics {
     dead_letters: [AtomicU64; Reason::ALL.len()],
     duplicates: AtomicU64,
     blank_lines: AtomicU64,
+    retention_deleted_files: AtomicU64,
+    retention_deleted_bytes: AtomicU64,
     features_emitted: [AtomicU64; FEATURE_TYPES.len()],
     /// `watermark + 1`, saturating, or [`NO_WATERMARK`].
     watermark: AtomicU64,
@@ -150,6 +153,8 @@ impl Default for Metrics {
             dead_letters: std::array::from_fn(|_| AtomicU64::new(0)),
             duplicates: AtomicU64::new(0),
             blank_lines: AtomicU64::new(0),
+            retention_deleted_files: AtomicU64::new(0),
+            retention_deleted_bytes: AtomicU64::new(0),
             features_emitted: std::array::from_fn(|_| AtomicU64::new(0)),
             watermark: AtomicU64::new(NO_WATERMARK),
             live_keys: AtomicU64::new(0),
@@ -296,6 +301,19 @@ impl Metrics {
     /// Counts `n` blank lines skipped.
     pub fn add_blank_lines(&self, n: u64) {
         self.blank_lines.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts closed local sink files deleted by retention, and their bytes.
+    pub fn add_retention_deleted(&self, files: u64, bytes: u64) {
+        self.retention_deleted_files
+            .fetch_add(files, Ordering::Relaxed);
+        self.retention_deleted_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Local sink files deleted by retention so far.
+    pub fn retention_deleted_files(&self) -> u64 {
+        self.retention_deleted_files.load(Ordering::Relaxed)
     }
 
     /// Counts one emitted feature record, by its type.
@@ -495,6 +513,18 @@ impl Metrics {
             "pageflow_blank_lines_total",
             "Empty or whitespace-only input lines skipped.",
             self.blank_lines(),
+        );
+        counter(
+            &mut out,
+            "pageflow_sink_retention_deleted_files_total",
+            "Closed local sink files deleted by [sinks.retention] (over max_bytes or older than max_age).",
+            self.retention_deleted_files(),
+        );
+        counter(
+            &mut out,
+            "pageflow_sink_retention_deleted_bytes_total",
+            "Bytes of the local sink files deleted by [sinks.retention].",
+            self.retention_deleted_bytes.load(Ordering::Relaxed),
         );
         header(
             &mut out,
@@ -916,6 +946,8 @@ mod tests {
             ("pageflow_dead_letters_total", "counter"),
             ("pageflow_duplicates_total", "counter"),
             ("pageflow_blank_lines_total", "counter"),
+            ("pageflow_sink_retention_deleted_files_total", "counter"),
+            ("pageflow_sink_retention_deleted_bytes_total", "counter"),
             ("pageflow_features_emitted_total", "counter"),
             ("pageflow_watermark_ms", "gauge"),
             ("pageflow_watermark_delay_ms", "gauge"),

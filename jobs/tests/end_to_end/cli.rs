@@ -108,9 +108,25 @@ fn generate_then_replay_matches_the_oracle_with_one_and_two_workers() {
         assert_eq!(summary["accepted"], expected.summary.accepted);
         assert_eq!(summary["duplicates"], expected.summary.duplicates);
         assert!(summary["events_per_second"].as_f64().unwrap_or(0.0) > 0.0);
-        outputs.push(features);
+        outputs.push((features, letters, summary));
     }
-    assert_eq!(outputs[0], outputs[1], "byte-identical for 1 and 2 workers");
+    let [
+        (features_1, letters_1, summary_1),
+        (features_2, letters_2, summary_2),
+    ] = <[_; 2]>::try_from(outputs).unwrap();
+    assert_eq!(features_1, features_2, "byte-identical for 1 and 2 workers");
+    assert_eq!(letters_1, letters_2, "byte-identical for 1 and 2 workers");
+    // As the README says: summary.json differs only in the settings and the timing.
+    let without_run_fields = |mut summary: serde_json::Value| {
+        let fields = summary.as_object_mut().unwrap();
+        for key in ["workers", "elapsed_ms", "events_per_second"] {
+            assert!(fields.remove(key).is_some(), "summary.json has `{key}`");
+        }
+        summary
+    };
+    assert_eq!(summary_1["workers"], 1);
+    assert_eq!(summary_2["workers"], 2);
+    assert_eq!(without_run_fields(summary_1), without_run_fields(summary_2));
 }
 
 #[test]
@@ -189,6 +205,28 @@ fn closed_pipe() -> std::io::PipeWriter {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     writer
+}
+
+#[test]
+fn a_missing_input_is_reported_once_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let out = dir.path().join("out");
+    let output = pageflow(&[
+        "replay",
+        "--input",
+        missing.to_str().unwrap_or_default(),
+        "--out",
+        out.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.jsonl"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the reason is said once: {stderr}"
+    );
 }
 
 #[test]

@@ -65,13 +65,14 @@ fn invalid(reason: Reason, detail: String) -> Invalid {
 /// Validates one record (without its line break).
 pub fn validate(bytes: &[u8]) -> Result<Pageview<'_>, Invalid> {
     if bytes.len() > MAX_RECORD_BYTES {
+        // "More than", not a length: sources keep only the first bytes of an oversized record
+        // (the file source keeps 65,537 of a line of any length), so its length is not known here.
         return Err(invalid(
             Reason::TooLarge,
             format!(
-                "the record is {} bytes long: a record may have at most {MAX_RECORD_BYTES} bytes \
-                 (64 KiB) without its line break; send less, e.g. shorter strings or fewer extra \
-                 properties",
-                bytes.len()
+                "the record is more than {MAX_RECORD_BYTES} bytes (64 KiB) long without its line \
+                 break, the most a record may have; send less, e.g. shorter strings or fewer extra \
+                 properties"
             ),
         ));
     }

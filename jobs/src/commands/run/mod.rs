@@ -1,0 +1,389 @@
+//! `pageflow run`: the long-running job.
+//!
+//! ```text
+//!  sources ─► timely workers (graph) ──bounded channel──► sink thread ──► JobOutputs
+//!  (synthetic, files,                                         │          (local files, or
+//!   Kinesis shards)                                           │           Kinesis + Firehose)
+//!                                                             └──► serving state ◄── HTTP (axum)
+//! ```
+//!
+//! The channel is bounded: when the sink falls behind (a slow disk, a throttled stream), the
+//! workers block on it and stop reading their sources, so memory stays bounded. The sink thread
+//! also mirrors the dataflow's counters into the Prometheus metrics. Kinesis readers and the AWS
+//! sinks run on the job's tokio runtime, beside HTTP.
+//!
+//! The job ends by itself when its input does (files; Kinesis with `stop_at_latest`), and
+//! otherwise on SIGINT or SIGTERM: then it stops reading, takes a final checkpoint, flushes the
+//! sinks and exits 0 within `[checkpoint] stop_timeout`. At start it restores from the newest good
+//! checkpoint, if there is one (see [`crate::checkpoints`]).
+//!
+//! The job's parts, one module each, in the order [`start_with`] assembles them:
+//! [`personalize`] and [`serving`] (HTTP), [`checkpointing`] (restore and the checkpoint driver),
+//! [`sinks`] (the sink thread and the outputs), [`sources`] (resumed from the checkpoint) and
+//! [`workers`] (the timely workers running the graph).
+
+mod checkpointing;
+mod personalize;
+mod serving;
+mod sinks;
+mod sources;
+mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::dir_lock::{DirLock, this_process};
+use pageflow_connectors::kinesis_consumer::KinesisConsumer;
+use pageflow_connectors::personalize::EventForwarder;
+use pageflow_connectors::synthetic::ManualClock;
+use pageflow_dataflow::checkpoint::CheckpointCoordinator;
+use pageflow_dataflow::stats::JobStats;
+
+use self::checkpointing::{Checkpointing, start_checkpointing};
+use self::personalize::start_personalize;
+use self::serving::start_http;
+pub use self::sinks::SinkMessage;
+use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
+use self::sources::worker_sources;
+use self::workers::{WorkerContext, start_workers, watermark_board};
+use crate::checkpoints::{CheckpointDriver, PartsInbox};
+use crate::config::{CheckpointStoreKind, JobConfig};
+use pageflow_metrics::Metrics;
+use pageflow_serve::ServingState;
+
+/// A running job's handles, for tests and the binary.
+#[derive(Debug)]
+pub struct RunningJob {
+    /// Where HTTP listens.
+    pub http_addr: Option<SocketAddr>,
+    /// The live state served over HTTP.
+    pub serving: Arc<ServingState>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The checkpoint the job restored from, if any.
+    pub restored_from: Option<u64>,
+    stop: Arc<AtomicBool>,
+    sink: Option<std::thread::JoinHandle<Result<()>>>,
+    kinesis: Option<KinesisConsumer>,
+    checkpoints: Option<Arc<CheckpointDriver>>,
+    coordinator: Arc<CheckpointCoordinator>,
+    stop_timeout: Duration,
+    /// Forwarding to Personalize, flushed at shutdown.
+    personalize_events: Option<Arc<EventForwarder>>,
+    runtime: tokio::runtime::Runtime,
+    /// What the workers count, read directly (the metrics mirror it every half second).
+    stats: Arc<JobStats>,
+    /// Held until the job is dropped: another job on the same directories is refused.
+    _directory_locks: Vec<DirLock>,
+}
+
+impl RunningJob {
+    /// Whether the job has ended by itself: its input ended and every result is written, or a
+    /// sink failed (then [`RunningJob::shutdown`] returns the error).
+    pub fn has_ended(&self) -> bool {
+        self.sink.as_ref().is_none_or(|sink| sink.is_finished())
+    }
+
+    /// A partition that failed for good (no retry can help), if any: the job must stop.
+    pub fn source_failure(&self) -> Option<String> {
+        self.stats.source_failure()
+    }
+
+    /// The job watermark as the workers see it now (`None` until there is one).
+    pub fn watermark(&self) -> Option<u64> {
+        Some(self.stats.watermark_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// Records read from the sources so far, as the workers count them.
+    pub fn records_in(&self) -> u64 {
+        self.stats.records_in.load(Ordering::Relaxed)
+    }
+
+    /// Stops reading and takes a final checkpoint (when checkpoints are on), within `budget`;
+    /// then [`RunningJob::shutdown`] flushes the sinks.
+    pub fn checkpoint_and_stop(&self, budget: Duration) -> Result<Stopped> {
+        match &self.checkpoints {
+            Some(driver) => Ok(match driver.checkpoint_and_stop(budget)? {
+                Some(id) => Stopped::Checkpointed(id),
+                None => Stopped::InputEnded,
+            }),
+            None => {
+                self.coordinator.pause_sources();
+                Ok(Stopped::WithoutCheckpoint)
+            }
+        }
+    }
+
+    /// Asks for a checkpoint now (besides the timer's); its id, or `None` when checkpoints are
+    /// off or one is still being taken.
+    pub fn request_checkpoint(&self) -> Option<u64> {
+        self.checkpoints
+            .as_ref()
+            .and_then(|driver| driver.request(false))
+    }
+
+    /// Waits until the checkpoint store's background compaction has ended (see
+    /// [`CheckpointDriver::wait_for_compaction`]).
+    pub fn wait_for_compaction(&self) {
+        if let Some(driver) = &self.checkpoints {
+            driver.wait_for_compaction();
+        }
+    }
+
+    /// Flushes the sinks and stops serving. The dataflow threads end with the process.
+    pub fn shutdown(mut self) -> Result<()> {
+        if let Some(driver) = &self.checkpoints {
+            driver.stop();
+        }
+        if let Some(kinesis) = self.kinesis.take() {
+            kinesis.stop();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(sink) = self.sink.take() {
+            sink.join()
+                .map_err(|_| anyhow!("the sink thread panicked"))??;
+        }
+        // A checkpoint being written (the end-of-input one, say) is finished, not left torn.
+        if let Some(driver) = &self.checkpoints
+            && !driver.finish(self.stop_timeout)
+        {
+            tracing::warn!(
+                "a checkpoint was still being written after {:?}; the next start skips it",
+                self.stop_timeout
+            );
+        }
+        // Events already counted are sent to Personalize, within the stop budget (a restart
+        // from the last checkpoint sends those after it again, with the same event ids).
+        if let Some(forwarder) = &self.personalize_events {
+            let stats = self.runtime.block_on(forwarder.shutdown(self.stop_timeout));
+            if stats.failed_events > 0 {
+                tracing::warn!(
+                    "{} events could not be sent to Personalize (see pageflow_personalize_events_total)",
+                    stats.failed_events
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a graceful stop went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// After this final checkpoint: a restart resumes from it without duplicates.
+    Checkpointed(u64),
+    /// The input ended first: every result is written.
+    InputEnded,
+    /// Checkpoints are off: open sessions and windows are lost.
+    WithoutCheckpoint,
+}
+
+/// What a benchmark can put into a job besides its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunHooks {
+    /// Paces the synthetic source (when it is paced, i.e. not `simulated`) by this clock instead
+    /// of the system's: `pageflow bench --soak` moves it forward in steps, so that the job sees
+    /// live traffic whose time it controls.
+    pub synthetic_clock: Option<ManualClock>,
+}
+
+/// Starts the job in the background and returns its handles.
+pub fn start(config: JobConfig) -> Result<RunningJob> {
+    start_with(config, RunHooks::default())
+}
+
+/// [`start`], with [`RunHooks`]. The job is assembled in the order its parts depend on each
+/// other: the serving state and metrics, HTTP, checkpoints (restoring the serving state before
+/// anything reads it), the sink thread, the sources (resumed from the checkpoint), the workers.
+pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(anyhow!(
+            "invalid configuration:\n  {}",
+            problems.join("\n  ")
+        ));
+    }
+    let directory_locks = lock_directories(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let serving = Arc::new(ServingState::with_read_limits(
+        config.recommendations.read_limits(),
+    ));
+    let stats = Arc::new(JobStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pageflow-io")
+        .build()
+        .context("cannot start the I/O runtime")?;
+    // The events/s gauge stays fresh between scrapes (the dashboard reads it every 2 s).
+    {
+        let _guard = runtime.enter();
+        drop(Arc::clone(&metrics).spawn_rate_sampler(Duration::from_secs(1)));
+    }
+    let (personalize, personalize_feed) = start_personalize(&config, &runtime, &metrics)?;
+    let http_addr = start_http(
+        &config,
+        &runtime,
+        &serving,
+        &metrics,
+        personalize.as_ref(),
+        &stop,
+    )?;
+
+    let workers = config.runtime.workers;
+    let coordinator = CheckpointCoordinator::new(workers);
+    let Checkpointing {
+        restored,
+        restores,
+        driver,
+        run_id,
+    } = start_checkpointing(&config, &runtime, &coordinator, &serving, &metrics)?;
+
+    let (sender, receiver) = sink_channel();
+    let sink = SinkThread {
+        receiver,
+        outputs: job_outputs(&config, &runtime, &metrics)?,
+        serving: Arc::clone(&serving),
+        metrics: Arc::clone(&metrics),
+        stats: Arc::clone(&stats),
+        stop: Arc::clone(&stop),
+        checkpoints: driver.clone().map(|driver| CheckpointParts {
+            driver,
+            inbox: PartsInbox::new(workers),
+            run: run_id,
+        }),
+        personalize: personalize_feed.clone(),
+    }
+    .spawn()?;
+
+    let (sources, kinesis) = worker_sources(&config, &runtime, restored.as_ref(), &hooks)?;
+    if let Some(consumer) = &kinesis {
+        metrics.watch_kinesis(Arc::clone(&consumer.status));
+    }
+    let board = watermark_board(&config, &sources, restored.as_ref());
+    start_workers(
+        &config,
+        sources,
+        restores,
+        board,
+        WorkerContext {
+            coordinator: Arc::clone(&coordinator),
+            run_id,
+            stats: Arc::clone(&stats),
+            serving: Arc::clone(&serving),
+            sender,
+        },
+    )?;
+
+    Ok(RunningJob {
+        http_addr,
+        serving,
+        metrics,
+        restored_from: restored.as_ref().map(|r| r.id),
+        stop,
+        sink: Some(sink),
+        kinesis,
+        checkpoints: driver,
+        coordinator,
+        stop_timeout: config.checkpoint.stop_timeout.into(),
+        personalize_events: personalize_feed.map(|feed| feed.forwarder),
+        runtime,
+        stats,
+        _directory_locks: directory_locks,
+    })
+}
+
+/// Locks the directories this job writes to (the sinks' and, when local and elsewhere, the
+/// checkpoints'), so that a second job on them refuses to start instead of writing the same files.
+fn lock_directories(config: &JobConfig) -> Result<Vec<DirLock>> {
+    let holder = this_process("pageflow run");
+    let mut dirs = vec![config.sinks.dir.clone()];
+    if config.checkpoint.enabled && config.checkpoint.store == CheckpointStoreKind::Local {
+        let checkpoints = config.checkpoint.local_dir(&config.sinks);
+        if !checkpoints.starts_with(&config.sinks.dir) {
+            dirs.push(checkpoints);
+        }
+    }
+    dirs.iter()
+        .map(|dir| DirLock::acquire(dir, &holder).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// The exit code when a source cannot be read and no retry would help (EX_UNAVAILABLE): a
+/// supervisor restarting the job at once would meet the same failure.
+pub const SOURCE_FAILED_EXIT_CODE: i32 = 69;
+
+/// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.
+pub fn run(config: JobConfig) -> Result<()> {
+    let budget: Duration = config.checkpoint.stop_timeout.into();
+    let job = start(config)?;
+    if let Some(addr) = job.http_addr {
+        tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
+        crate::say!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+    }
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signalled = signals.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let ended = async {
+            while !job.has_ended() && job.source_failure().is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let signalled = tokio::select! {
+            _ = tokio::signal::ctrl_c() => true,
+            _ = terminate.recv() => true,
+            _ = ended => false,
+        };
+        Ok::<_, std::io::Error>(signalled)
+    })?;
+    if let Some(failure) = job.source_failure() {
+        // No final checkpoint (the last one is consistent, and stopping soon matters more): the
+        // sinks deliver what was emitted, the dataflow ends with the process.
+        crate::say!(
+            "pageflow: {failure}; the job stops without a final checkpoint. Fix the source (or \
+             remove it from the configuration), then start again: it resumes from the last \
+             checkpoint and emits what followed it again, with the same feature ids"
+        );
+        job.shutdown()?;
+        std::process::exit(SOURCE_FAILED_EXIT_CODE)
+    }
+    if !signalled {
+        crate::say!("pageflow: the input has ended; every result is written");
+        job.shutdown()?;
+        std::process::exit(0)
+    }
+    crate::say!("pageflow: stopping: reading stopped, taking the final checkpoint");
+    let stopped = job.checkpoint_and_stop(budget);
+    job.shutdown()?;
+    match stopped {
+        Ok(Stopped::Checkpointed(id)) => {
+            crate::say!("pageflow: stopped after checkpoint {id}; a restart resumes from it");
+            std::process::exit(0)
+        }
+        Ok(Stopped::InputEnded) => {
+            crate::say!("pageflow: the input ended while stopping; every result is written");
+            std::process::exit(0)
+        }
+        Ok(Stopped::WithoutCheckpoint) => {
+            crate::say!(
+                "pageflow: stopped without a checkpoint (checkpoints are off): open sessions and windows are lost"
+            );
+            std::process::exit(0)
+        }
+        Err(error) => {
+            crate::say!(
+                "pageflow: {}; a restart resumes from the previous checkpoint and emits what followed it again",
+                crate::stderr::describe(&error)
+            );
+            std::process::exit(1)
+        }
+    }
+}

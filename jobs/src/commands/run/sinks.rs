@@ -1,0 +1,287 @@
+//! The job's sinks: the thread that takes everything the timely workers emit and delivers it.
+//!
+//! The workers [`forward`] their output streams into one bounded channel of [`SinkMessage`]s; the
+//! [`SinkThread`] drains it and
+//!
+//! - writes features, dead letters and the raw archive to the [`JobOutputs`] (local files, or
+//!   Kinesis + Firehose: [`job_outputs`]);
+//! - applies rankings and related lists to the serving state, and records readers' recent articles
+//!   (and offers them to Personalize, when configured);
+//! - assembles the workers' checkpoint parts: once every worker's part is in, the outputs are
+//!   flushed (everything before the checkpoint is delivered before it may be committed) and the
+//!   checkpoint is handed to the [`CheckpointDriver`] with the serving state's changes;
+//! - mirrors the dataflow's counters into the Prometheus metrics every half second.
+//!
+//! The channel is bounded ([`SINK_CHANNEL_BATCHES`]): when the sink falls behind, the workers block
+//! on it and stop reading their sources, so memory stays bounded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pageflow_connectors::firehose_sink::FirehoseArchive;
+use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_dataflow::checkpoint::{ChangeWriter, WorkerCheckpoint};
+use pageflow_dataflow::event::{CompactEvent, DeadLetter, Reason};
+use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::live::LiveUpdate;
+use pageflow_dataflow::operators::ingest::RawValid;
+use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use super::personalize::PersonalizeFeed;
+use crate::checkpoints::{CheckpointDriver, PartsInbox, ToWrite};
+use crate::config::{JobConfig, SinksKind};
+use crate::outputs::{AwsOutputs, JobOutputs, LocalOutputs, LocalRetention};
+use pageflow_metrics::Metrics;
+use pageflow_serve::ServingState;
+use pageflow_serve::personalize::personalize_event;
+use pageflow_serve::state::SERVING_STATE;
+
+/// What the workers hand to the sink thread.
+#[derive(Debug)]
+pub enum SinkMessage {
+    /// Final features.
+    Features(Vec<Feature>),
+    /// Records that were not counted.
+    DeadLetters(Vec<DeadLetter>),
+    /// Valid records as received.
+    Raw(Vec<RawValid>),
+    /// Rankings and related lists for the live view.
+    Live(Vec<LiveUpdate>),
+    /// The counted events: readers' recent articles, and the Personalize event trackers.
+    Accepted(Vec<CompactEvent>),
+    /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
+    Checkpoint(WorkerCheckpoint),
+}
+
+/// Batches buffered between the workers and the sink before the workers wait.
+const SINK_CHANNEL_BATCHES: usize = 256;
+
+/// The channel from the workers to the sink thread.
+pub(super) fn sink_channel() -> (SyncSender<SinkMessage>, Receiver<SinkMessage>) {
+    sync_channel(SINK_CHANNEL_BATCHES)
+}
+
+/// The sink thread's outputs, from the configuration.
+pub(super) fn job_outputs(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+    metrics: &Arc<Metrics>,
+) -> Result<Box<dyn JobOutputs>> {
+    let sinks = &config.sinks;
+    match sinks.kind {
+        SinksKind::Local => Ok(Box::new(LocalOutputs::with_retention(
+            &sinks.dir,
+            sinks.archive,
+            LocalRetention {
+                policy: sinks.retention.policy(),
+                roll: sinks.retention.roll(),
+            },
+            Some(Arc::clone(metrics)),
+        )?)),
+        SinksKind::Aws => {
+            std::fs::create_dir_all(&sinks.dir).with_context(|| {
+                format!("cannot create the data directory {}", sinks.dir.display())
+            })?;
+            let sdk = runtime.block_on(config.aws.load());
+            let features =
+                KinesisStream::with_client(config.aws.kinesis_client(&sdk), &sinks.kinesis.stream);
+            let archive = sinks.archive.then(|| {
+                FirehoseArchive::with_client(
+                    &aws_sdk_firehose::Client::new(&sdk),
+                    &sinks.firehose.raw,
+                    &sinks.firehose.processed,
+                    &sinks.firehose.dead_letter,
+                )
+            });
+            Ok(Box::new(AwsOutputs::new(
+                runtime.handle().clone(),
+                features,
+                archive,
+                sinks.max_batch_delay.into(),
+                &sinks.dir,
+                Arc::clone(metrics),
+            )))
+        }
+    }
+}
+
+/// Sends every batch of a stream to the sink thread (blocking when it is full: backpressure).
+pub(super) fn forward<'scope, D: Clone + 'static>(
+    stream: timely::dataflow::StreamVec<'scope, u64, D>,
+    sender: SyncSender<SinkMessage>,
+    wrap: fn(Vec<D>) -> SinkMessage,
+) {
+    stream.sink(Pipeline, "ForwardToSink", move |(input, _frontier)| {
+        input.for_each(|_cap, data| {
+            // A closed channel means the job is stopping: the records are dropped with it.
+            let _ = sender.send(wrap(std::mem::take(data)));
+        });
+    });
+}
+
+/// Where the sink thread sends a checkpoint once every worker's part of it is in.
+#[derive(Debug)]
+pub(super) struct CheckpointParts {
+    /// Writes checkpoints to the store.
+    pub driver: Arc<CheckpointDriver>,
+    /// Collects the workers' parts of each checkpoint.
+    pub inbox: PartsInbox,
+    /// The run the serving state's changes belong to (the first checkpoint id of this run).
+    pub run: u64,
+}
+
+/// The sink thread's whole context, moved into the thread at its start.
+pub(super) struct SinkThread {
+    /// What the workers emit.
+    pub receiver: Receiver<SinkMessage>,
+    /// Where features, dead letters and the archive go.
+    pub outputs: Box<dyn JobOutputs>,
+    /// The live state served over HTTP.
+    pub serving: Arc<ServingState>,
+    /// The metrics the dataflow's counters are mirrored into.
+    pub metrics: Arc<Metrics>,
+    /// What the workers count.
+    pub stats: Arc<JobStats>,
+    /// Set when the job stops.
+    pub stop: Arc<AtomicBool>,
+    /// Assembling checkpoints, when they are on.
+    pub checkpoints: Option<CheckpointParts>,
+    /// Forwarding counted events to Personalize, when configured.
+    pub personalize: Option<PersonalizeFeed>,
+}
+
+impl SinkThread {
+    /// Starts the thread; it ends when the workers have all finished (the input has ended), when
+    /// `stop` is set, or with the first error of the outputs.
+    pub(super) fn spawn(self) -> Result<JoinHandle<Result<()>>> {
+        std::thread::Builder::new()
+            .name("pageflow-sink".into())
+            .spawn(move || self.run())
+            .context("cannot start the sink thread")
+    }
+
+    fn run(mut self) -> Result<()> {
+        let mut mirrored = StatsSnapshot::default();
+        let mut last_mirror = Instant::now();
+        // After the final checkpoint of a graceful stop, whatever the dataflow still emits is
+        // after the checkpoint: a restart emits it again, so it is not written now (no duplicates).
+        let mut after_final = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(SinkMessage::Checkpoint(part)) => after_final |= self.checkpoint_part(part)?,
+                Ok(_) if after_final => {}
+                Ok(SinkMessage::Features(features)) => {
+                    for feature in &features {
+                        self.metrics.record_feature(feature);
+                    }
+                    self.outputs.features(&features)?;
+                }
+                Ok(SinkMessage::DeadLetters(letters)) => self.outputs.dead_letters(&letters)?,
+                Ok(SinkMessage::Raw(records)) => self.outputs.raw(&records)?,
+                Ok(SinkMessage::Live(updates)) => {
+                    for update in updates {
+                        self.serving.apply(update);
+                    }
+                }
+                Ok(SinkMessage::Accepted(events)) => self.accepted(&events),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every worker has finished: the input has ended.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.outputs.tick()?;
+            if last_mirror.elapsed() >= Duration::from_millis(500) {
+                mirror_stats(&self.stats, &mut mirrored, &self.metrics, &self.serving);
+                last_mirror = Instant::now();
+            }
+        }
+        self.outputs.flush()?;
+        mirror_stats(&self.stats, &mut mirrored, &self.metrics, &self.serving);
+        Ok(())
+    }
+
+    /// Adds one worker's part of a checkpoint; once all are in, delivers everything before it and
+    /// hands the checkpoint to the driver. Returns whether that was the final checkpoint.
+    fn checkpoint_part(&mut self, part: WorkerCheckpoint) -> Result<bool> {
+        let Some(CheckpointParts { driver, inbox, run }) = self.checkpoints.as_mut() else {
+            return Ok(false);
+        };
+        let Some(parts) = inbox.add(part) else {
+            return Ok(false);
+        };
+        // Everything before the checkpoint is delivered before it may be committed.
+        self.outputs.flush()?;
+        let is_final = parts.is_final;
+        let mut changes = Vec::new();
+        let mut writer = ChangeWriter::new(SERVING_STATE, 0, *run, &mut changes);
+        if let Err(error) = self.serving.save_changes(&mut writer) {
+            tracing::error!("cannot save the serving state: {error}");
+        }
+        driver.write(ToWrite {
+            parts,
+            serving: changes,
+            watermark_ms: self.stats.watermark_ms.load(Ordering::Relaxed),
+        });
+        Ok(is_final)
+    }
+
+    /// The counted events: readers' recent articles, and the Personalize event trackers.
+    fn accepted(&self, events: &[CompactEvent]) {
+        let reads = self.serving.recent_reads();
+        for event in events {
+            reads.record_article(event.article, &event.user_id, event.ts);
+        }
+        if let Some(feed) = &self.personalize {
+            // Never waits: a full queue drops the event and counts it.
+            for sent in events
+                .iter()
+                .filter_map(|e| personalize_event(&feed.trackers, e))
+            {
+                feed.forwarder.offer(sent);
+            }
+        }
+    }
+}
+
+/// Adds what the dataflow counted since the last call to the metrics.
+fn mirror_stats(
+    stats: &JobStats,
+    previous: &mut StatsSnapshot,
+    metrics: &Metrics,
+    serving: &ServingState,
+) {
+    let now = stats.snapshot();
+    metrics.add_events_in(now.records - previous.records);
+    metrics.add_events_accepted(now.accepted - previous.accepted);
+    metrics.add_duplicates(now.duplicates - previous.duplicates);
+    metrics.add_blank_lines(now.blank_lines - previous.blank_lines);
+    for reason in Reason::ALL {
+        let count = |s: &StatsSnapshot| {
+            if reason == Reason::Late {
+                s.late
+            } else {
+                s.invalid.get(reason.code()).copied().unwrap_or(0)
+            }
+        };
+        metrics.add_dead_letters(reason, count(&now) - count(previous));
+    }
+    let watermark = stats.watermark_ms.load(Ordering::Relaxed);
+    if watermark > 0 {
+        metrics.set_watermark(watermark);
+    }
+    metrics.set_live_keys(stats.open_sessions.load(Ordering::Relaxed));
+    let mut sizes: std::collections::BTreeMap<String, (u64, u64)> = stats
+        .state_sizes
+        .totals()
+        .into_iter()
+        .map(|(operator, size)| (operator, (size.bytes, size.entries)))
+        .collect();
+    sizes.insert("serving_reads".to_string(), serving.recent_reads().size());
+    metrics.set_state_sizes(sizes);
+    *previous = now;
+}

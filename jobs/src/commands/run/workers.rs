@@ -1,0 +1,191 @@
+//! The timely workers: each builds its part of the dataflow graph over its sources, with its
+//! restored state, and forwards what the graph emits to the sink thread. With checkpoints on, the
+//! coordinator steps the worker and injects checkpoint barriers; without, the worker just runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
+use pageflow_dataflow::checkpoint::coordinator::SIZE_REPORT_INTERVAL;
+use pageflow_dataflow::checkpoint::{CheckpointCoordinator, OperatorStates, WorkerRestore};
+use pageflow_dataflow::source::WorkerSources;
+use pageflow_dataflow::stats::{JobStats, StateSizes};
+use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+
+use super::sinks::{SinkMessage, forward};
+use crate::checkpoints::Restored;
+use crate::config::JobConfig;
+use pageflow_serve::ServingState;
+
+/// What the workers share with the rest of the job.
+pub(super) struct WorkerContext {
+    /// Takes checkpoints across the workers.
+    pub coordinator: Arc<CheckpointCoordinator>,
+    /// The run the operators' state changes belong to (the first checkpoint id of this run).
+    pub run_id: u64,
+    /// What the workers count.
+    pub stats: Arc<JobStats>,
+    /// Marked loaded once every worker has built its dataflow (`/readyz`).
+    pub serving: Arc<ServingState>,
+    /// To the sink thread.
+    pub sender: SyncSender<SinkMessage>,
+}
+
+/// The job watermark's board: each partition's initial opinion and, after a restore, where the
+/// partitions not yet back stood.
+pub(super) fn watermark_board(
+    config: &JobConfig,
+    sources: &[WorkerSources],
+    restored: Option<&Restored>,
+) -> Arc<WatermarkBoard> {
+    let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
+    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    if let Some(restored) = restored {
+        // Partitions that come back later (Kinesis shards await discovery) hold the watermark
+        // where they stood meanwhile, as they would have had the job not stopped.
+        let lag = config.semantics.max_out_of_orderness.ms();
+        board.expect(
+            restored.partitions.iter().filter(|p| !p.finished).map(|p| {
+                let opinion = match p.max_ts {
+                    Some(ts) => Opinion::At(ts.saturating_sub(lag)),
+                    None => Opinion::Undefined,
+                };
+                (p.partition.clone(), opinion)
+            }),
+            config.semantics.idle_timeout.into(),
+        );
+    }
+    board
+}
+
+/// Starts `[runtime] workers` timely workers on a thread of their own; worker `i` reads
+/// `sources[i]` and restores `restores[i]`.
+pub(super) fn start_workers(
+    config: &JobConfig,
+    sources: Vec<WorkerSources>,
+    restores: Vec<WorkerRestore>,
+    board: Arc<WatermarkBoard>,
+    context: WorkerContext,
+) -> Result<()> {
+    let WorkerContext {
+        coordinator: worker_coordinator,
+        run_id,
+        stats: worker_stats,
+        serving: serving_for_workers,
+        sender,
+    } = context;
+    let workers = config.runtime.workers;
+    let checkpointing = config.checkpoint.enabled;
+    let slots = Arc::new(Mutex::new(
+        sources
+            .into_iter()
+            .zip(restores)
+            .map(Some)
+            .collect::<Vec<_>>(),
+    ));
+    let semantics = config.semantics.clone();
+    let options = GraphOptions {
+        keep_raw: config.sinks.archive,
+        live_interval: Some(config.serve.live_interval.into()),
+        watermark_alignment: (config.runtime.watermark_alignment.ms() > 0)
+            .then_some(config.runtime.watermark_alignment.ms()),
+        // The partition holds the watermark and the job stops (`run` in the parent module).
+        end_on_source_failure: false,
+    };
+    let built = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("pageflow-timely".into())
+        .spawn(move || {
+            let result = timely::execute(timely::Config::process(workers), move |worker| {
+                let index = worker.index();
+                let (sources, restore) = slots
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.get_mut(index).and_then(Option::take))
+                    .unwrap_or_default();
+                let (board, stats, sender) = (
+                    Arc::clone(&board),
+                    Arc::clone(&worker_stats),
+                    sender.clone(),
+                );
+                let coordinator = Arc::clone(&worker_coordinator);
+                let states = if checkpointing {
+                    if let Err(error) = coordinator.attach(worker) {
+                        fatal(&format!("{error}"));
+                    }
+                    coordinator.states(index, run_id, restore)
+                } else {
+                    OperatorStates::default()
+                };
+                let sizes = Arc::clone(&stats);
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let outputs =
+                        build(scope, sources, board, &semantics, &options, stats, &states);
+                    forward(outputs.features, sender.clone(), SinkMessage::Features);
+                    forward(
+                        outputs.dead_letters,
+                        sender.clone(),
+                        SinkMessage::DeadLetters,
+                    );
+                    forward(outputs.raw, sender.clone(), SinkMessage::Raw);
+                    forward(outputs.live, sender.clone(), SinkMessage::Live);
+                    forward(outputs.accepted, sender.clone(), SinkMessage::Accepted);
+                });
+                let errors = states.restore_errors();
+                if !errors.is_empty() {
+                    fatal(&format!(
+                        "restoring the checkpoint failed on worker {index}: {}",
+                        errors.join("; ")
+                    ));
+                }
+                // Every worker has built its part of the dataflow with its state: /readyz may say
+                // yes once the sources are caught up.
+                if built.fetch_add(1, Ordering::SeqCst) + 1 == workers {
+                    serving_for_workers.mark_loaded();
+                }
+                if checkpointing {
+                    coordinator.run(worker, &states, &sizes.state_sizes, |part| {
+                        // A closed channel means the job is stopping: the part is dropped with it.
+                        let _ = sender.send(SinkMessage::Checkpoint(part));
+                    });
+                } else {
+                    run_without_checkpoints(worker, &states, &sizes.state_sizes);
+                }
+            });
+            match result {
+                Ok(guards) => drop(guards.join()),
+                Err(error) => tracing::error!("the timely workers failed to start: {error}"),
+            }
+        })
+        .context("cannot start the dataflow")?;
+    Ok(())
+}
+
+/// Stops the process when a worker cannot go on: a restore that failed half-way must not run on
+/// partial state. Exit code 78 (EX_CONFIG): the data or the settings need a person.
+fn fatal(message: &str) -> ! {
+    tracing::error!("{message}");
+    crate::say!("pageflow: {message}");
+    std::process::exit(78)
+}
+
+/// Steps a worker until its dataflow completes, reporting its state's sizes every few seconds
+/// (the job without checkpoints; with them, the coordinator does this).
+fn run_without_checkpoints(
+    worker: &mut timely::worker::Worker,
+    states: &OperatorStates,
+    sizes: &StateSizes,
+) {
+    let mut reported = Instant::now();
+    sizes.report(worker.index(), states.sizes());
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if reported.elapsed() >= SIZE_REPORT_INTERVAL {
+            sizes.report(worker.index(), states.sizes());
+            reported = Instant::now();
+        }
+    }
+    sizes.report(worker.index(), states.sizes());
+}
