@@ -139,16 +139,26 @@ pub(crate) fn id_from_path(
             format!("the {what} in the path cannot be decoded ({e}); percent-encode it as UTF-8"),
         )
     })?;
-    let chars = id.chars().count();
-    if !(1..=max).contains(&chars) {
-        return Err(ApiError::bad_request(
-            code,
-            format!(
-                "the {what} has {chars} characters: give 1 to {max}, percent-encoded in the path"
-            ),
-        ));
-    }
+    check_id_length(&id, code, what, max)?;
     Ok(id)
+}
+
+/// An id of 1 to `max` characters, else 400 with `code`.
+pub(crate) fn check_id_length(
+    id: &str,
+    code: &'static str,
+    what: &str,
+    max: usize,
+) -> Result<(), ApiError> {
+    let chars = id.chars().count();
+    if (1..=max).contains(&chars) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            code,
+            format!("the {what} has {chars} characters: give 1 to {max}"),
+        ))
+    }
 }
 
 /// The `portal` query parameter, required and checked; `why` says why the route needs one.

@@ -33,7 +33,7 @@ pub fn app_router(app: App) -> Router {
         .route("/v1/portals", get(rankings::portals))
         .route("/v1/portals/{portal}/popular", get(rankings::popular))
         .route("/v1/portals/{portal}/trending", get(rankings::trending))
-        .route("/v1/articles/{article_id}/related", get(related::related))
+        .route(crate::auth::RELATED_ROUTER_PATH, get(related::related))
         .merge(stream::routes())
         .merge(status::routes())
         .merge(recommendations::routes())

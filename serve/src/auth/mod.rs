@@ -169,11 +169,15 @@ pub enum RouteAccess {
     Group(RouteGroup),
 }
 
-/// One route of the API: its path as written in the router, and who may reach it.
+/// One route of the API: its path as documented and as written in the router, and who may
+/// reach it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
-    /// The path template, e.g. `/v1/portals/{portal}/popular`.
+    /// The path template as documented, e.g. `/v1/portals/{portal}/popular`.
     pub path: &'static str,
+    /// The path template as written in the router: the same as `path`, except where the router
+    /// needs a catch-all (article ids may contain `/`).
+    pub router_path: &'static str,
     /// Who may reach it.
     pub access: RouteAccess,
 }
@@ -181,6 +185,7 @@ pub struct Route {
 const fn open(path: &'static str) -> Route {
     Route {
         path,
+        router_path: path,
         access: RouteAccess::AlwaysOpen,
     }
 }
@@ -188,9 +193,24 @@ const fn open(path: &'static str) -> Route {
 const fn grouped(path: &'static str, group: RouteGroup) -> Route {
     Route {
         path,
+        router_path: path,
         access: RouteAccess::Group(group),
     }
 }
+
+/// A route the router matches with another template than the documented one.
+const fn grouped_as(path: &'static str, router_path: &'static str, group: RouteGroup) -> Route {
+    Route {
+        path,
+        router_path,
+        access: RouteAccess::Group(group),
+    }
+}
+
+/// The router's template of `GET /v1/articles/{article_id}/related`: article ids may contain
+/// `/` (they are often URL paths), so the router takes everything after `/v1/articles/` and the
+/// handler splits off the trailing `/related`.
+pub const RELATED_ROUTER_PATH: &str = "/v1/articles/{*article_id_then_related}";
 
 /// Every route the API serves (all `GET`). The router, this list and the paths of the OpenAPI
 /// document must agree (a test checks it): add a route here, and to `openapi.json`, when adding
@@ -207,7 +227,11 @@ pub const ROUTES: &[Route] = &[
     grouped("/v1/portals/{portal}/trending", RouteGroup::Rankings),
     grouped("/v1/portals/{portal}/popular/stream", RouteGroup::Rankings),
     grouped("/v1/portals/{portal}/trending/stream", RouteGroup::Rankings),
-    grouped("/v1/articles/{article_id}/related", RouteGroup::Rankings),
+    grouped_as(
+        "/v1/articles/{article_id}/related",
+        RELATED_ROUTER_PATH,
+        RouteGroup::Rankings,
+    ),
     grouped(
         "/v1/users/{user_id}/recommendations",
         RouteGroup::Recommendations,
@@ -219,7 +243,7 @@ pub const ROUTES: &[Route] = &[
 pub fn route_access(path: &str) -> RouteAccess {
     ROUTES
         .iter()
-        .find(|route| route.path == path)
+        .find(|route| route.router_path == path)
         .map_or(RouteAccess::Group(RouteGroup::Rankings), |route| {
             route.access
         })

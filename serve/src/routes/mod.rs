@@ -5,9 +5,9 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `GET /v1/portals/{portal}/popular?n=` | the portal's popular ranking (first `n` items) |
-//! | `GET /v1/portals/{portal}/trending?n=` | the portal's trending ranking (first `n` items) |
-//! | `GET /v1/articles/{article_id}/related?portal=&n=` | the article's related articles in `portal` |
+//! | `GET /v1/portals/{portal}/popular?n=&final=` | the portal's popular ranking (first `n` items); `final=true` for the last final one only |
+//! | `GET /v1/portals/{portal}/trending?n=&final=` | the portal's trending ranking (first `n` items); `final=true` for the last final one only |
+//! | `GET /v1/articles/{article_id}/related?portal=&n=` | the article's related articles in `portal`; the id as it is (slashes included) or percent-encoded |
 //! | `GET /v1/users/{user_id}/recommendations?portal=&n=` | what the reader should read next: Amazon Personalize blended with related-to-recent-reads and trending, without what they read (see [`recommendations`]) |
 //! | `GET /v1/portals/{portal}/popular/stream?n=`, `…/trending/stream?n=` | the same rankings as Server-Sent Events, pushed when they change (see [`stream`]) |
 //! | `GET /v1/status` | the job's health as JSON: events/s, totals, dead letters, lag, watermark delay, checkpoints, readiness (see [`status`]) |
@@ -36,6 +36,7 @@
 //! |---|---|---|
 //! | 400 | `invalid_portal` | the portal (path, or `portal=` query parameter) is missing or does not match the pattern |
 //! | 400 | `invalid_n` | `n` is not a whole number from 1 to 100 |
+//! | 400 | `invalid_final` | `final` is not `true` or `false` |
 //! | 400 | `invalid_article_id` | the article id is empty, longer than 256 characters or not UTF-8 |
 //! | 400 | `invalid_user_id` | the user id is empty, longer than 256 characters or not UTF-8 |
 //! | 400 | `invalid_query` | the query string cannot be decoded |

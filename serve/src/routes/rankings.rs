@@ -60,17 +60,40 @@ fn ranking(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let portal = portal_from_path(portal)?;
-    let n = parse_n(&query_params(query)?)?;
-    let Some(ranking) = app.state.ranking(&portal, kind) else {
+    let params = query_params(query)?;
+    let n = parse_n(&params)?;
+    let only_final = parse_final(&params)?;
+    let ranking = if only_final {
+        app.state.final_ranking(&portal, kind)
+    } else {
+        app.state.ranking(&portal, kind)
+    };
+    let Some(ranking) = ranking else {
+        let which = if only_final { "final " } else { "" };
         return Err(ApiError::not_found(
             "portal_not_found",
             format!(
-                "no {} ranking for portal {portal:?} yet: check the name (GET /v1/portals lists the known ones) or retry once its first events are processed",
+                "no {which}{} ranking for portal {portal:?} yet: check the name (GET /v1/portals lists the known ones) or retry once its first window is complete",
                 kind.name()
             ),
         ));
     };
     Ok(json(&ranking_body(&ranking, n)))
+}
+
+/// `final` from the query: absent or `false` → the ranking to serve (the provisional preview of
+/// the window still filling when it is newer); `true` → the last final ranking only.
+fn parse_final(params: &std::collections::HashMap<String, String>) -> Result<bool, ApiError> {
+    match params.get("final").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_final",
+            format!(
+                "final={other:?} is not allowed: give final=true for the last final ranking, or leave it out for the newest (possibly provisional) one"
+            ),
+        )),
+    }
 }
 
 /// The portal of a `/v1/portals/{portal}/…` path, decoded and checked (`invalid_portal`).

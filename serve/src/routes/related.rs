@@ -1,4 +1,9 @@
 //! An article's related articles: `GET /v1/articles/{article_id}/related?portal=`.
+//!
+//! Article ids are often URL paths (`/noticia/2026/12/06/x.ghtml`), so the id may be given as it
+//! is, slashes and all (`/v1/articles//noticia/2026/12/06/x.ghtml/related?portal=g1`), or
+//! percent-encoded (`%2F` for `/`); both name the same article. The router hands over everything
+//! after `/v1/articles/` and the handler splits off the trailing `/related`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -7,7 +12,7 @@ use pageflow_dataflow::features::RelatedItem;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, MAX_ARTICLE_ID_CHARS, QueryParams, id_from_path, json, parse_n, portal_from_query,
+    ApiError, MAX_ARTICLE_ID_CHARS, QueryParams, check_id_length, json, parse_n, portal_from_query,
     query_params,
 };
 use crate::app::App;
@@ -27,10 +32,26 @@ struct RelatedBody<'a> {
 /// `GET /v1/articles/{article_id}/related?portal=`.
 pub(crate) async fn related(
     State(app): State<App>,
-    article_id: Result<Path<String>, PathRejection>,
+    article_id_then_related: Result<Path<String>, PathRejection>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let article_id = id_from_path(
+    let Path(rest) = article_id_then_related.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_article_id",
+            format!(
+                "the article id in the path cannot be decoded ({e}); percent-encode it as UTF-8"
+            ),
+        )
+    })?;
+    let Some(article_id) = rest.strip_suffix("/related") else {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!(
+                "no such endpoint: /v1/articles/{rest} does not end in /related; ask GET /v1/articles/{{article_id}}/related?portal=<name> (the id may contain '/')"
+            ),
+        ));
+    };
+    check_id_length(
         article_id,
         "invalid_article_id",
         "article id",
@@ -39,7 +60,7 @@ pub(crate) async fn related(
     let params = query_params(query)?;
     let portal = portal_from_query(&params, "article ids are per portal")?;
     let n = parse_n(&params)?;
-    let Some(list) = app.state.related(portal, &article_id) else {
+    let Some(list) = app.state.related(portal, article_id) else {
         return Err(if app.state.knows_portal(portal) {
             ApiError::not_found(
                 "article_not_found",

@@ -300,6 +300,68 @@ async fn related_decodes_article_ids() {
 }
 
 #[tokio::test]
+async fn related_takes_article_ids_with_slashes_as_they_are() {
+    let (router, state, _) = setup();
+    // An id that is a URL path, and one that ends in "/related" itself.
+    for id in ["/noticia/2026/12/06/x.ghtml", "g1/politica/related"] {
+        state.apply(related_update("g1", id, MIN, &["b"]));
+        for path in [
+            format!("/v1/articles/{id}/related?portal=g1"),
+            format!("/v1/articles/{}/related?portal=g1", id.replace('/', "%2F")),
+        ] {
+            let answer = get(&router, &path).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+            assert_eq!(answer.json()["article_id"], id, "{path}");
+            assert_eq!(answer.json()["items"][0]["article_id"], "b", "{path}");
+        }
+    }
+    // A path under /v1/articles that does not end in /related is no endpoint.
+    get(&router, "/v1/articles/a00/other?portal=g1")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // An empty id between the slashes.
+    get(&router, "/v1/articles//related?portal=g1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_article_id");
+}
+
+#[tokio::test]
+async fn final_true_asks_for_the_last_final_ranking() {
+    let (router, state, _) = setup();
+    // g1's trending has a final window and a newer provisional one: by default the provisional.
+    let newest = get(&router, "/v1/portals/g1/trending").await.json();
+    assert_eq!(newest["final"], false);
+    let last_final = get(&router, "/v1/portals/g1/trending?final=true")
+        .await
+        .json();
+    assert_eq!(last_final["final"], true);
+    assert!(last_final["window_end"].as_u64() < newest["window_end"].as_u64());
+    let explicit = get(&router, "/v1/portals/g1/trending?final=false")
+        .await
+        .json();
+    assert_eq!(explicit, newest);
+    get(&router, "/v1/portals/g1/trending?final=yes")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_final");
+    // A portal with only a provisional ranking has no final one yet.
+    state.apply(ranking_update(
+        RankingKind::Popular,
+        "ge",
+        61 * MIN,
+        61 * MIN,
+        false,
+        &["p"],
+    ));
+    assert_eq!(
+        get(&router, "/v1/portals/ge/popular").await.status,
+        StatusCode::OK
+    );
+    get(&router, "/v1/portals/ge/popular?final=true")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "portal_not_found");
+}
+
+#[tokio::test]
 async fn related_errors() {
     let (router, _, _) = setup();
     let too_long = "a".repeat(MAX_ARTICLE_ID_CHARS + 1);
