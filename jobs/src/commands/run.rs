@@ -60,7 +60,7 @@ use pageflow_serve::personalize::{
     PersonalizeRecommendations, Trackers, personalize_event, trackers,
 };
 use pageflow_serve::state::SERVING_STATE;
-use pageflow_serve::{App, ServingState, app_router, serve};
+use pageflow_serve::{App, JobView, ServingState, app_router, serve};
 
 /// What the workers hand to the sink thread.
 #[derive(Debug)]
@@ -417,6 +417,9 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     ));
     let stats = Arc::new(JobStats::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // The operator view (`/v1/job`): the workers attach to its monitor, the checkpoint writer
+    // records into its history, and it shows the watermark board once there is one.
+    let job_view = Arc::new(JobView::default());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -450,7 +453,8 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             .map_err(|problem| anyhow!("cannot set up the HTTP API's security: {problem}"))?;
         let mut app = App::new(Arc::clone(&serving), Arc::clone(&metrics))
             .with_security(security)
-            .with_blend_shares(config.recommendations.shares());
+            .with_blend_shares(config.recommendations.shares())
+            .with_job_view(Arc::clone(&job_view));
         if let Some(personalize) = &personalize {
             app = app.with_personalize(Arc::clone(personalize));
         }
@@ -516,6 +520,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             chain,
             config.checkpoint.interval.into(),
             Arc::clone(&metrics),
+            Arc::clone(job_view.checkpoints()),
         )?;
         (restored, Some(Arc::new(driver)), first_id)
     } else {
@@ -561,6 +566,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     }
     let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
     let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    job_view.watch_board(Arc::clone(&board));
     if let Some(restored) = &restored {
         // Partitions that come back later (Kinesis shards await discovery) hold the watermark
         // where they stood meanwhile, as they would have had the job not stopped.
@@ -593,6 +599,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         end_on_source_failure: false,
     };
     let worker_stats = Arc::clone(&stats);
+    let monitor = Arc::clone(job_view.monitor());
     let worker_coordinator = Arc::clone(&coordinator);
     let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let serving_for_workers = Arc::clone(&serving);
@@ -600,6 +607,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         .name("pageflow-timely".into())
         .spawn(move || {
             let result = timely::execute(timely::Config::process(workers), move |worker| {
+                monitor.attach(worker);
                 let index = worker.index();
                 let (sources, restore) = slots
                     .lock()
