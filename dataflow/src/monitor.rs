@@ -111,13 +111,23 @@ impl DataflowMonitor {
     }
 
     /// Listens to `worker`'s timely log. Call it before the worker builds its dataflow: the
-    /// operators and channels are logged as they are built. It replaces any other listener of
-    /// the `timely` log.
+    /// operators and channels are logged as they are built.
+    ///
+    /// A log has one listener; one already installed (the checkpoint coordinator's, which counts
+    /// the channel traffic) is kept behind this one: it gets every event, moved rather than
+    /// copied, at the moment it would have got it on its own.
     pub fn attach(self: &Arc<Self>, worker: &mut timely::worker::Worker) {
         let mut log = WorkerLog::new(worker.index(), Arc::clone(self));
         if let Some(mut registry) = worker.log_register() {
+            let previous = registry.get::<TimelyEventBuilder>("timely");
             registry.insert::<TimelyEventBuilder, _>("timely", move |time, events| {
                 log.take(*time, events.as_ref());
+                if let Some(previous) = &previous {
+                    if let Some(events) = events.as_mut() {
+                        previous.log_many(events.drain(..).map(|(_, event)| event));
+                    }
+                    previous.flush();
+                }
             });
         }
     }
@@ -484,6 +494,39 @@ mod tests {
                 .all(|o| (0.0..=1.0).contains(&o.busy_ratio)),
             "{snapshot:#?}"
         );
+    }
+
+    #[test]
+    fn a_listener_installed_before_keeps_every_event() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let monitor = Arc::new(DataflowMonitor::new());
+        let attached = Arc::clone(&monitor);
+        let sent_batches = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&sent_batches);
+        timely::execute_directly(move |worker| {
+            if let Some(mut registry) = worker.log_register() {
+                registry.insert::<TimelyEventBuilder, _>("timely", move |_, events| {
+                    for (_, event) in events.iter().flatten() {
+                        if let TimelyEvent::Messages(message) = event
+                            && message.is_send
+                        {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            attached.attach(worker);
+            worker.dataflow::<u64, _, _>(|scope| {
+                (0..10u64)
+                    .to_stream(scope)
+                    .sink(Pipeline, "Sink", |(input, _)| input.for_each(|_, _| {}));
+            });
+        });
+        assert!(
+            sent_batches.load(Ordering::Relaxed) > 0,
+            "the first listener saw no batch"
+        );
+        assert_eq!(by_name(&monitor.snapshot(), "Sink").records_in, 10);
     }
 
     #[test]

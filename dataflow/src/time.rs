@@ -118,6 +118,9 @@ pub struct PartitionWatermark {
     pub idle: bool,
     /// It has ended: it never holds the job watermark back again.
     pub finished: bool,
+    /// The job watermark as its worker saw it at the same moment (the partition's lead over it
+    /// is then measured at one instant, not across a second of progress).
+    pub job_watermark_ms: Option<u64>,
 }
 
 #[derive(Debug)]

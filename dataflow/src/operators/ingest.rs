@@ -133,11 +133,12 @@ impl Partition {
     }
 
     /// What the partition shows operators on the board (see [`WatermarkBoard::partitions`]).
-    fn report(&self, config: &IngestConfig, now: Instant) -> PartitionWatermark {
+    fn report(&self, config: &IngestConfig, now: Instant, job: Watermark) -> PartitionWatermark {
         PartitionWatermark {
             watermark_ms: self.clock.watermark(config.max_out_of_orderness),
             idle: self.opinion(config, now) == Opinion::Idle,
             finished: self.clock.finished,
+            job_watermark_ms: job.ms(),
         }
     }
 
@@ -466,7 +467,7 @@ pub fn ingest<'scope>(
             }
             partitions.retain(|p| {
                 if report || p.clock.finished {
-                    board.report_partition(p.source.name(), p.report(&config, now));
+                    board.report_partition(p.source.name(), p.report(&config, now, *job_watermark));
                 }
                 if p.clock.finished {
                     ended.push(PartitionCheckpoint {

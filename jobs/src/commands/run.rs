@@ -607,7 +607,6 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         .name("pageflow-timely".into())
         .spawn(move || {
             let result = timely::execute(timely::Config::process(workers), move |worker| {
-                monitor.attach(worker);
                 let index = worker.index();
                 let (sources, restore) = slots
                     .lock()
@@ -629,6 +628,8 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
                     OperatorStates::default()
                 };
                 let sizes = Arc::clone(&stats);
+                // After the coordinator's listener, which it keeps (see `DataflowMonitor::attach`).
+                monitor.attach(worker);
                 worker.dataflow::<u64, _, _>(|scope| {
                     let outputs =
                         build(scope, sources, board, &semantics, &options, stats, &states);

@@ -29,7 +29,8 @@
 //!   worker's dataflow, and `outcome` `completed` or `failed` (then `error` says why).
 //! - `partitions`: each source partition as its worker last reported it (about once a second),
 //!   by name: its watermark (`null` before its first valid record), how far it is ahead of the
-//!   job watermark (`0`: it holds the job back; `null` when either is unknown), whether it is idle
+//!   job watermark as its worker saw both at that moment (`0`: it holds the job back; `null` when
+//!   either is unknown), whether it is idle
 //!   (no record for `idle_timeout`, so it does not hold the job back) or finished.
 //! - `watermark`: the job watermark (`ms` `null` before the first and after the input ended).
 //!
@@ -112,7 +113,7 @@ impl JobView {
             .map(|(partition, report)| PartitionEntry {
                 partition,
                 watermark_ms: report.watermark_ms,
-                ahead_of_job_ms: match (report.watermark_ms, job_watermark.ms()) {
+                ahead_of_job_ms: match (report.watermark_ms, report.job_watermark_ms) {
                     (Some(own), Some(job)) => Some(signed_difference(own, job)),
                     _ => None,
                 },
@@ -290,6 +291,7 @@ mod tests {
             "synthetic:0",
             PartitionWatermark {
                 watermark_ms: Some(5_000),
+                job_watermark_ms: Some(5_000),
                 ..PartitionWatermark::default()
             },
         );
@@ -299,6 +301,7 @@ mod tests {
                 watermark_ms: Some(7_500),
                 idle: true,
                 finished: false,
+                job_watermark_ms: Some(5_000),
             },
         );
         view.watch_board(board);
