@@ -218,6 +218,8 @@ struct LocalChannel {
     counts_out: bool,
     sent: u64,
     received: u64,
+    /// Whether the shared monitor knows the edge (shown before its first record).
+    published: bool,
 }
 
 impl WorkerLog {
@@ -302,6 +304,7 @@ impl WorkerLog {
                     counts_out,
                     sent: 0,
                     received: 0,
+                    published: false,
                 });
             }
             _ => {}
@@ -345,9 +348,10 @@ impl WorkerLog {
             operator.busy = Duration::ZERO;
         }
         for channel in self.channels.iter_mut().flatten() {
-            if channel.sent == 0 && channel.received == 0 {
+            if channel.published && channel.sent == 0 && channel.received == 0 {
                 continue;
             }
+            channel.published = true;
             let (sent, received) = (channel.sent, channel.received);
             channel.sent = 0;
             channel.received = 0;
@@ -527,6 +531,23 @@ mod tests {
             "the first listener saw no batch"
         );
         assert_eq!(by_name(&monitor.snapshot(), "Sink").records_in, 10);
+    }
+
+    #[test]
+    fn an_edge_is_shown_before_its_first_record() {
+        let monitor = Arc::new(DataflowMonitor::new());
+        let attached = Arc::clone(&monitor);
+        timely::execute_directly(move |worker| {
+            attached.attach(worker);
+            worker.dataflow::<u64, _, _>(|scope| {
+                (0..0u64)
+                    .to_stream(scope)
+                    .sink(Pipeline, "Sink", |(input, _)| input.for_each(|_, _| {}));
+            });
+        });
+        let snapshot = monitor.snapshot();
+        assert_eq!(snapshot.edges.len(), 1, "{snapshot:#?}");
+        assert_eq!(snapshot.edges[0].records, 0);
     }
 
     #[test]
