@@ -5,7 +5,8 @@
 # tests/browser/package-lock.json, with `npm ci`), starts `target/debug/pageflow run` on the
 # embedded synthetic source with one-second windows on a free loopback port, and runs
 # tests/browser/dashboard.test.mjs against it: the live lists render and change by themselves,
-# the related explorer answers, the health panel shows events per second, a 401 is explained.
+# the related explorer answers, the health panel shows events per second, the operator view shows
+# the job graph with records, checkpoints and partition watermarks, a 401 is explained.
 # The screenshot is kept as target/artifacts/dashboard.png (dashboard-failure.png on a failure).
 # The job is always stopped. Exits non-zero, saying why, on any failure.
 #
@@ -67,7 +68,8 @@ trap 'exit 130' INT TERM
 # Small windows so that rankings appear and change within seconds, and related lists too.
 PAGEFLOW__SERVE__LISTEN=127.0.0.1:0 \
   PAGEFLOW__SINKS__DIR="$WORK/data" \
-  PAGEFLOW__CHECKPOINT__ENABLED=false \
+  PAGEFLOW__CHECKPOINT__ENABLED=true \
+  PAGEFLOW__CHECKPOINT__INTERVAL='"2s"' \
   PAGEFLOW__SOURCE__EVENTS_PER_SECOND=3000 \
   PAGEFLOW__SEMANTICS__SLIDE='"1s"' \
   PAGEFLOW__SEMANTICS__TRENDING_WINDOW='"20s"' \

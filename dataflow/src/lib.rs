@@ -13,6 +13,7 @@
 //! - [`oracle`]: the same computation done in batch from scratch, the reference for tests.
 //! - [`features`]: the records emitted to the ML team.
 //! - [`checkpoint`]: consistent snapshots of operator state and source positions, and restores.
+//! - [`monitor`]: the job graph with records in and out and busy time per operator, from timely's log.
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
@@ -24,6 +25,7 @@ pub mod features;
 pub mod ids;
 pub mod intern;
 pub mod live;
+pub mod monitor;
 pub mod operators;
 pub mod oracle;
 pub mod score;

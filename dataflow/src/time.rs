@@ -104,6 +104,23 @@ pub fn combine(opinions: impl IntoIterator<Item = Opinion>) -> Opinion {
 #[derive(Debug)]
 pub struct WatermarkBoard {
     state: Mutex<BoardState>,
+    /// What each partition last reported, for operators to see (apart from `state`, so that a
+    /// reader never delays a worker publishing its opinion).
+    partitions: Mutex<BTreeMap<String, PartitionWatermark>>,
+}
+
+/// One source partition's event time as its worker last reported it (about once a second).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionWatermark {
+    /// Its watermark (`max_ts − max_out_of_orderness`), `None` before its first valid record.
+    pub watermark_ms: Option<u64>,
+    /// No record for `idle_timeout` (live sources): it does not hold the job watermark back.
+    pub idle: bool,
+    /// It has ended: it never holds the job watermark back again.
+    pub finished: bool,
+    /// The job watermark as its worker saw it at the same moment (the partition's lead over it
+    /// is then measured at one instant, not across a second of progress).
+    pub job_watermark_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -143,6 +160,7 @@ impl WatermarkBoard {
                 expected: BTreeMap::new(),
                 expected_until: None,
             }),
+            partitions: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -156,6 +174,7 @@ impl WatermarkBoard {
                 expected: BTreeMap::new(),
                 expected_until: None,
             }),
+            partitions: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -209,6 +228,28 @@ impl WatermarkBoard {
     /// The current job watermark.
     pub fn watermark(&self) -> Watermark {
         self.lock().watermark
+    }
+
+    /// Records what `partition` says now (its worker calls this about once a second).
+    pub fn report_partition(&self, partition: &str, report: PartitionWatermark) {
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match partitions.get_mut(partition) {
+            Some(slot) => *slot = report,
+            None => {
+                partitions.insert(partition.to_string(), report);
+            }
+        }
+    }
+
+    /// Every partition's last report, by name.
+    pub fn partitions(&self) -> BTreeMap<String, PartitionWatermark> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
     }
 }
 
@@ -269,6 +310,22 @@ mod tests {
             Watermark::At(20),
             "past idle_after it no longer holds"
         );
+    }
+
+    #[test]
+    fn the_board_keeps_each_partitions_last_report() {
+        let board = WatermarkBoard::new(1);
+        let at = |ms| PartitionWatermark {
+            watermark_ms: Some(ms),
+            ..PartitionWatermark::default()
+        };
+        board.report_partition("file:a", at(10));
+        board.report_partition("file:b", at(30));
+        board.report_partition("file:a", at(20));
+        let partitions = board.partitions();
+        assert_eq!(partitions.len(), 2);
+        assert_eq!(partitions["file:a"], at(20));
+        assert_eq!(partitions["file:b"], at(30));
     }
 
     #[test]

@@ -40,6 +40,9 @@ use pageflow_dataflow::time::Watermark;
 
 use crate::config::{CheckpointStoreKind, JobConfig};
 use pageflow_metrics::Metrics;
+use pageflow_metrics::checkpoint_history::{
+    CheckpointHistory, CheckpointOutcome, CheckpointRecord,
+};
 use pageflow_serve::state::SERVING_STATE;
 
 /// What the state depends on besides the code: the semantics. A checkpoint taken with other
@@ -367,6 +370,7 @@ impl CheckpointDriver {
         chain: ChainStart,
         interval: Duration,
         metrics: Arc<Metrics>,
+        history: Arc<CheckpointHistory>,
     ) -> Result<Self> {
         let ChainStart {
             parent,
@@ -403,7 +407,7 @@ impl CheckpointDriver {
             };
             std::thread::Builder::new()
                 .name("pageflow-checkpoint-writer".into())
-                .spawn(move || writer.run(to_write, &metrics, &progress))
+                .spawn(move || writer.run(to_write, &metrics, &history, &progress))
                 .context("cannot start the checkpoint writer")?;
         }
         {
@@ -599,25 +603,44 @@ impl Writer {
         }
     }
 
-    fn run(&mut self, to_write: Receiver<ToWrite>, metrics: &Metrics, progress: &Progress) {
+    fn run(
+        &mut self,
+        to_write: Receiver<ToWrite>,
+        metrics: &Metrics,
+        history: &CheckpointHistory,
+        progress: &Progress,
+    ) {
         while let Ok(checkpoint) = to_write.recv() {
             let id = checkpoint.parts.id;
             let (paused_for, saved_in) = (checkpoint.parts.paused_for, checkpoint.parts.saved_in);
             let sizes = checkpoint.parts.sizes.clone();
-            match self.write(checkpoint) {
+            let outcome = self.write(checkpoint);
+            let duration = progress
+                .requested_at
+                .lock()
+                .ok()
+                .and_then(|at| *at)
+                .filter(|(requested, _)| *requested == id)
+                .map(|(_, at)| at.elapsed())
+                .unwrap_or_default();
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            history.record(CheckpointRecord {
+                id,
+                at_ms: now_ms,
+                bytes_written: outcome.as_ref().map_or(0, |w| w.bytes_written),
+                total_bytes: outcome.as_ref().map_or(0, |w| w.stored_bytes),
+                duration_ms: duration.as_millis() as u64,
+                pause_ms: paused_for.as_millis() as u64,
+                outcome: match &outcome {
+                    Ok(_) => CheckpointOutcome::Completed,
+                    Err(error) => CheckpointOutcome::Failed(format!("{error:#}")),
+                },
+            });
+            match outcome {
                 Ok(written) => {
-                    let duration = progress
-                        .requested_at
-                        .lock()
-                        .ok()
-                        .and_then(|at| *at)
-                        .filter(|(requested, _)| *requested == id)
-                        .map(|(_, at)| at.elapsed())
-                        .unwrap_or_default();
-                    let now_ms = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
                     metrics.checkpoint_completed(|figures| {
                         figures.last_id = Some(id);
                         figures.last_success_ms = Some(now_ms);

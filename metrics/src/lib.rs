@@ -36,6 +36,7 @@
 //! oldest and the newest sample of the last [`RATE_WINDOW`] (the oldest sample kept is the newest one
 //! at least that old, so a single scrape every 15 s still gives a rate).
 
+pub mod checkpoint_history;
 pub mod heap;
 
 use std::collections::VecDeque;

@@ -23,6 +23,8 @@ pub struct App {
     pub(crate) security: Arc<crate::auth::ServeSecurity>,
     /// The OpenAPI document, with the security of each route group as `security` sets it.
     pub(crate) openapi: Bytes,
+    /// What `/v1/job` shows: the job graph, the checkpoint history, the partitions' watermarks.
+    pub(crate) job: Arc<crate::routes::job::JobView>,
 }
 
 impl App {
@@ -36,6 +38,7 @@ impl App {
             blend_shares: crate::blend::BlendShares::default(),
             openapi: openapi::document(&|group| security.policy(group)),
             security: Arc::new(security),
+            job: Arc::default(),
         }
     }
 
@@ -53,6 +56,12 @@ impl App {
         personalize: Arc<crate::personalize::PersonalizeRecommendations>,
     ) -> Self {
         self.personalize = Some(personalize);
+        self
+    }
+
+    /// `/v1/job` shows what `view` reads (by default it answers empty lists).
+    pub fn with_job_view(mut self, view: Arc<crate::routes::job::JobView>) -> Self {
+        self.job = view;
         self
     }
 

@@ -58,4 +58,5 @@ pub mod state;
 
 pub use app::App;
 pub use router::{app_router, router, serve};
+pub use routes::job::JobView;
 pub use state::{Ranking, Related, ServingState};

@@ -12,7 +12,7 @@ use pageflow_metrics::Metrics;
 use crate::api::ApiError;
 use crate::app::App;
 use crate::routes::{
-    dashboard, health, openapi, rankings, recommendations, related, status, stream,
+    dashboard, health, job, openapi, rankings, recommendations, related, status, stream,
 };
 use crate::state::ServingState;
 
@@ -36,6 +36,7 @@ pub fn app_router(app: App) -> Router {
         .route(crate::auth::RELATED_ROUTER_PATH, get(related::related))
         .merge(stream::routes())
         .merge(status::routes())
+        .merge(job::routes())
         .merge(recommendations::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         // Every route above (not the fallback) goes through the guard; `auth::ROUTES` says

@@ -144,6 +144,32 @@ async function main() {
       if (!/\d/.test(delay)) throw new TestFailure(`the watermark delay should be shown, shows "${delay}"`);
       log(`health: ${rate} events/s, watermark delay ${delay}, ${deadLetters} dead letters, lag ${await text(page, "health-lag")}`);
 
+      // Operator view: the job graph with records per operator, checkpoints, partition watermarks.
+      const operators = async () => page.$$eval('[data-testid="operator"]', gs => gs.map(g => ({
+        name: g.dataset.name, in: Number(g.dataset.recordsIn), out: Number(g.dataset.recordsOut),
+        busy: Number(g.dataset.busyRatio),
+      })));
+      const ingested = async () => (await operators()).find(o => o.name === "Ingest")?.out ?? 0;
+      const graph = await waitFor("the operator view to show the job graph with records", 20_000, async () => {
+        const ops = await operators();
+        const sinks = ops.filter(o => o.name === "ForwardToSink");
+        return ops.length >= 10 && ops.some(o => o.name === "Ingest" && o.out > 0) &&
+          sinks.some(o => o.in > 0) && ops.every(o => o.busy >= 0 && o.busy <= 1) && ops;
+      });
+      const edges = await page.$$eval('[data-testid="job-graph"] path.edge', ps => ps.length);
+      if (edges < graph.length - 1) throw new TestFailure(`the job graph should connect its ${graph.length} operators, it draws ${edges} edges`);
+      const before = await ingested();
+      await waitFor("the records out of Ingest to grow", 15_000, async () => (await ingested()) > before);
+      await waitFor("a checkpoint in the history", 20_000,
+        async () => (await page.$$('[data-testid="checkpoint-row"]')).length > 0);
+      const partitions = await waitFor("the partitions' watermarks", 10_000, async () => {
+        const rows = await page.$$eval('[data-testid="partition-row"]', trs => trs.map(tr => tr.textContent));
+        return rows.length > 0 && rows.some(row => /\d\d:\d\d:\d\d UTC/.test(row)) && rows;
+      });
+      log(`operator view: ${graph.length} operators, ${edges} edges, Ingest out ${await ingested()}, ` +
+        `${partitions.length} partition(s), checkpoints shown`);
+      checkProblems();
+
       // Related explorer: click articles of the popular list until one has related articles.
       const related = await waitFor("an article of the popular list with related articles", 30_000, async () => {
         const ids = await page.$$eval('[data-testid="popular-item"]', items => items.map(li => li.dataset.articleId));
@@ -221,6 +247,10 @@ async function main() {
         const visible = await locked.isVisible('[data-testid="notice"]');
         return visible && (await locked.textContent('[data-testid="notice"]')).includes("401");
       });
+      // An empty list's message runs across the panel, not one word per line.
+      const emptyHeight = await waitFor("the empty popular list's message", 10_000, async () =>
+        locked.$eval('[data-testid="popular-empty"]', li => li.textContent.includes("portals") && li.getBoundingClientRect().height));
+      if (emptyHeight > 60) throw new TestFailure(`the empty list's message wraps: ${emptyHeight}px high for one line`);
       await locked.close();
       log("a 401 shows a readable notice");
       checkProblems();

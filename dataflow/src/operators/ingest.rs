@@ -33,7 +33,9 @@ use crate::event::{CompactEvent, DeadLetter, RawRecord, Reason, validate};
 use crate::ids::FastMap;
 use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
-use crate::time::{Opinion, PartitionClock, Watermark, WatermarkBoard, combine};
+use crate::time::{
+    Opinion, PartitionClock, PartitionWatermark, Watermark, WatermarkBoard, combine,
+};
 
 /// What ingest emits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,9 @@ impl IngestConfig {
     }
 }
 
+/// How often a worker shows its partitions' watermarks on the board.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Partition {
     source: Box<dyn RecordSource>,
     clock: PartitionClock,
@@ -124,6 +129,16 @@ impl Partition {
             last_activity: now,
             blank_lines_reported: 0,
             failed: false,
+        }
+    }
+
+    /// What the partition shows operators on the board (see [`WatermarkBoard::partitions`]).
+    fn report(&self, config: &IngestConfig, now: Instant, job: Watermark) -> PartitionWatermark {
+        PartitionWatermark {
+            watermark_ms: self.clock.watermark(config.max_out_of_orderness),
+            idle: self.opinion(config, now) == Opinion::Idle,
+            finished: self.clock.finished,
+            job_watermark_ms: job.ms(),
         }
     }
 
@@ -276,6 +291,8 @@ pub fn ingest<'scope>(
         let mut capability = Some(capability);
         let mut buffer: Vec<RawRecord> = Vec::new();
         let mut out: Vec<Ingested> = Vec::new();
+        // When the partitions' watermarks were last shown on the board (for operators).
+        let mut reported: Option<Instant> = None;
 
         move |output| {
             if states.is_paused() {
@@ -444,7 +461,14 @@ pub fn ingest<'scope>(
             }
 
             // Closed shards and ended files are dropped: they never hold the watermark back again.
+            let report = reported.is_none_or(|at| now.duration_since(at) >= REPORT_INTERVAL);
+            if report {
+                reported = Some(now);
+            }
             partitions.retain(|p| {
+                if report || p.clock.finished {
+                    board.report_partition(p.source.name(), p.report(&config, now, *job_watermark));
+                }
                 if p.clock.finished {
                     ended.push(PartitionCheckpoint {
                         partition: p.source.name().to_string(),

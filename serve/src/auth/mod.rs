@@ -4,7 +4,7 @@
 //!
 //! Every route belongs to a group ([`ROUTES`] is the one list, also checked against the router
 //! and the OpenAPI document): `rankings` (popular, trending, related, the portal list, the SSE
-//! change streams and `/v1/status`), `recommendations`, `dashboard` (the live page at `/`) and
+//! change streams, `/v1/status` and `/v1/job`), `recommendations`, `dashboard` (the live page at `/`) and
 //! `metrics` (`/metrics`). Each group has a [`Policy`] in `[serve.auth]`:
 //!
 //! | policy | a request needs |
@@ -222,6 +222,7 @@ pub const ROUTES: &[Route] = &[
     grouped("/", RouteGroup::Dashboard),
     grouped("/metrics", RouteGroup::Metrics),
     grouped("/v1/status", RouteGroup::Rankings),
+    grouped("/v1/job", RouteGroup::Rankings),
     grouped("/v1/portals", RouteGroup::Rankings),
     grouped("/v1/portals/{portal}/popular", RouteGroup::Rankings),
     grouped("/v1/portals/{portal}/trending", RouteGroup::Rankings),

@@ -11,6 +11,7 @@
 //! | `GET /v1/users/{user_id}/recommendations?portal=&n=` | what the reader should read next: Amazon Personalize blended with related-to-recent-reads and trending, without what they read (see [`recommendations`]) |
 //! | `GET /v1/portals/{portal}/popular/stream?n=`, `…/trending/stream?n=` | the same rankings as Server-Sent Events, pushed when they change (see [`stream`]) |
 //! | `GET /v1/status` | the job's health as JSON: events/s, totals, dead letters, lag, watermark delay, checkpoints, readiness (see [`status`]) |
+//! | `GET /v1/job` | the operator's view: the job graph with records in/out and busy ratio per operator, the last checkpoints, each source partition's watermark (see [`job`]) |
 //! | `GET /v1/portals` | `{"portals":[...]}`, the portals with a ranking, sorted |
 //! | `GET /healthz` | `{"status":"ok"}` while the process serves |
 //! | `GET /readyz` | `{"status":"ready"}` once the state is loaded and the sources caught up, else 503 |
@@ -55,6 +56,7 @@
 
 pub mod dashboard;
 pub mod health;
+pub mod job;
 pub mod openapi;
 pub mod rankings;
 pub mod recommendations;

@@ -505,7 +505,13 @@ async fn index_is_a_self_contained_page() {
     );
     assert!(answer.body.starts_with("<!doctype html>"));
     assert!(answer.body.contains("<script>"));
-    for endpoint in ["/v1/portals", "popular?n=", "trending?n=", "2000"] {
+    for endpoint in [
+        "/v1/portals",
+        "popular?n=",
+        "trending?n=",
+        "2000",
+        "/v1/job",
+    ] {
         assert!(answer.body.contains(endpoint), "{endpoint}");
     }
     // No external assets.

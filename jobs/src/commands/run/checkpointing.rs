@@ -10,7 +10,7 @@ use pageflow_dataflow::checkpoint::{CheckpointCoordinator, WorkerRestore};
 use crate::checkpoints::{ChainStart, CheckpointDriver, Restored};
 use crate::config::JobConfig;
 use pageflow_metrics::Metrics;
-use pageflow_serve::ServingState;
+use pageflow_serve::{JobView, ServingState};
 
 /// The job's checkpointing, set up.
 pub(super) struct Checkpointing {
@@ -32,6 +32,7 @@ pub(super) fn start_checkpointing(
     coordinator: &Arc<CheckpointCoordinator>,
     serving: &ServingState,
     metrics: &Arc<Metrics>,
+    job_view: &JobView,
 ) -> Result<Checkpointing> {
     let workers = config.runtime.workers;
     if !config.checkpoint.enabled {
@@ -78,6 +79,7 @@ pub(super) fn start_checkpointing(
         chain,
         config.checkpoint.interval.into(),
         Arc::clone(metrics),
+        Arc::clone(job_view.checkpoints()),
     )?;
     let restores = match restored.as_mut() {
         Some(restored) => std::mem::take(&mut restored.restore.workers),

@@ -52,7 +52,7 @@ use self::workers::{WorkerContext, start_workers, watermark_board};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
 use crate::config::{CheckpointStoreKind, JobConfig};
 use pageflow_metrics::Metrics;
-use pageflow_serve::ServingState;
+use pageflow_serve::{JobView, ServingState};
 
 /// A running job's handles, for tests and the binary.
 #[derive(Debug)]
@@ -213,6 +213,9 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     ));
     let stats = Arc::new(JobStats::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // The operator view (`/v1/job`): the workers attach to its monitor, the checkpoint writer
+    // records into its history, and it shows the watermark board once there is one.
+    let job_view = Arc::new(JobView::default());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -232,6 +235,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         &serving,
         &metrics,
         personalize.as_ref(),
+        &job_view,
         &stop,
     )?;
 
@@ -242,7 +246,14 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         restores,
         driver,
         run_id,
-    } = start_checkpointing(&config, &runtime, &coordinator, &serving, &metrics)?;
+    } = start_checkpointing(
+        &config,
+        &runtime,
+        &coordinator,
+        &serving,
+        &metrics,
+        &job_view,
+    )?;
 
     let (sender, receiver) = sink_channel();
     let sink = SinkThread {
@@ -266,6 +277,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
     }
     let board = watermark_board(&config, &sources, restored.as_ref());
+    job_view.watch_board(Arc::clone(&board));
     start_workers(
         &config,
         sources,
@@ -277,6 +289,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             stats: Arc::clone(&stats),
             serving: Arc::clone(&serving),
             sender,
+            monitor: Arc::clone(job_view.monitor()),
         },
     )?;
 

@@ -12,7 +12,7 @@ use crate::config::JobConfig;
 use pageflow_metrics::Metrics;
 use pageflow_serve::auth::ServeSecurity;
 use pageflow_serve::personalize::PersonalizeRecommendations;
-use pageflow_serve::{App, ServingState, app_router, serve};
+use pageflow_serve::{App, JobView, ServingState, app_router, serve};
 
 /// Starts serving HTTP on `[serve] listen` (when `[serve] enabled`) until `stop` is set; returns
 /// the address it listens on.
@@ -22,6 +22,7 @@ pub(super) fn start_http(
     serving: &Arc<ServingState>,
     metrics: &Arc<Metrics>,
     personalize: Option<&Arc<PersonalizeRecommendations>>,
+    job_view: &Arc<JobView>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Option<SocketAddr>> {
     if !config.serve.enabled {
@@ -44,7 +45,8 @@ pub(super) fn start_http(
         .map_err(|problem| anyhow!("cannot set up the HTTP API's security: {problem}"))?;
     let mut app = App::new(Arc::clone(serving), Arc::clone(metrics))
         .with_security(security)
-        .with_blend_shares(config.recommendations.shares());
+        .with_blend_shares(config.recommendations.shares())
+        .with_job_view(Arc::clone(job_view));
     if let Some(personalize) = personalize {
         app = app.with_personalize(Arc::clone(personalize));
     }

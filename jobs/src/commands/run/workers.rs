@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
 use pageflow_dataflow::checkpoint::coordinator::SIZE_REPORT_INTERVAL;
 use pageflow_dataflow::checkpoint::{CheckpointCoordinator, OperatorStates, WorkerRestore};
+use pageflow_dataflow::monitor::DataflowMonitor;
 use pageflow_dataflow::source::WorkerSources;
 use pageflow_dataflow::stats::{JobStats, StateSizes};
 use pageflow_dataflow::time::{Opinion, WatermarkBoard};
@@ -32,6 +33,8 @@ pub(super) struct WorkerContext {
     pub serving: Arc<ServingState>,
     /// To the sink thread.
     pub sender: SyncSender<SinkMessage>,
+    /// Counts each operator's records and busy time for the operator view (`/v1/job`).
+    pub monitor: Arc<DataflowMonitor>,
 }
 
 /// The job watermark's board: each partition's initial opinion and, after a restore, where the
@@ -76,6 +79,7 @@ pub(super) fn start_workers(
         stats: worker_stats,
         serving: serving_for_workers,
         sender,
+        monitor,
     } = context;
     let workers = config.runtime.workers;
     let checkpointing = config.checkpoint.enabled;
@@ -121,6 +125,8 @@ pub(super) fn start_workers(
                     OperatorStates::default()
                 };
                 let sizes = Arc::clone(&stats);
+                // After the coordinator's listener, which it keeps (see `DataflowMonitor::attach`).
+                monitor.attach(worker);
                 worker.dataflow::<u64, _, _>(|scope| {
                     let outputs =
                         build(scope, sources, board, &semantics, &options, stats, &states);
