@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pageflow_connectors::kinesis_consumer::ConsumerStatus;
+use pageflow_connectors::kinesis::consumer::ConsumerStatus;
 use pageflow_connectors::personalize::{EventForwarder, ForwarderStats};
 use pageflow_dataflow::event::Reason;
 use pageflow_dataflow::features::Feature;
@@ -779,7 +779,7 @@ fn render_kinesis(out: &mut String, status: &ConsumerStatus) {
         "pageflow_kinesis_listings_total {}",
         status.listings.load(Ordering::Relaxed)
     );
-    let label = |s: &pageflow_connectors::kinesis_consumer::ShardStatus| {
+    let label = |s: &pageflow_connectors::kinesis::consumer::ShardStatus| {
         format!(
             "stream=\"{}\",shard=\"{}\"",
             escape_label(&s.stream),

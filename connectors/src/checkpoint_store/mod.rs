@@ -158,9 +158,11 @@
 //! ```
 
 mod compaction;
+mod local_dir;
 mod manifest;
 mod runs;
-mod stores;
+mod s3;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -170,9 +172,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use compaction::{CompactionPolicy, CompactionReport};
+pub use local_dir::LocalDirStore;
 pub use manifest::{FORMAT_VERSION, MANIFEST_NAME, Manifest, RUNS_PREFIX, RunInfo, RunKind};
 pub use runs::StateEntry;
-pub use stores::{CheckpointStore, LocalDirStore, S3Store, StoreError};
+pub use s3::S3Store;
+pub use store::{CheckpointStore, StoreError};
 
 use compaction::{CompactedBase, Compactor};
 use manifest::{

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::dir_lock::{DirLock, this_process};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
-use pageflow_connectors::kinesis_consumer::{
+use pageflow_connectors::kinesis::consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
 };
-use pageflow_connectors::kinesis_sink::KinesisStream;
-use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
+use pageflow_connectors::kinesis::polling_reader::{ReaderSettings, StartPosition};
+use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_connectors::personalize::EventForwarder;
 use pageflow_connectors::synthetic::{ManualClock, SystemClock, WallClock};
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};

@@ -51,7 +51,7 @@
 
 use std::collections::HashMap;
 
-use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_connectors::kinesis::consumer::ShardStatus;
 use std::future::Future;
 use std::sync::Arc;
 

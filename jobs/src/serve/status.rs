@@ -51,7 +51,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_connectors::kinesis::consumer::ShardStatus;
 use pageflow_dataflow::event::Reason;
 use serde::Serialize;
 

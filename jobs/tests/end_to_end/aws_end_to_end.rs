@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
-use pageflow_connectors::kpl::{KPL_MAGIC, aggregate};
+use pageflow_connectors::kinesis::kpl::{KPL_MAGIC, aggregate};
 use pageflow_tests::aws::{MotoServer, aws_env};
 use pageflow_tests::clients::{kinesis_client, lines_of, read_objects, read_stream, s3_client};
 
@@ -318,7 +318,7 @@ fn features_no_stream_would_take_are_kept_as_undeliverable_dead_letters() -> Tes
 
     use pageflow::metrics::Metrics;
     use pageflow::outputs::{AwsOutputs, JobOutputs};
-    use pageflow_connectors::kinesis_sink::KinesisStream;
+    use pageflow_connectors::kinesis::sink::KinesisStream;
     use pageflow_dataflow::event::Reason;
 
     let moto = MotoServer::start()?;

@@ -26,13 +26,13 @@ use aws_sdk_kinesis::types::{
     ConsumerStatus, PutRecordsRequestEntry, ScalingType, Shard, StreamStatus,
 };
 use pageflow_connectors::ConnectorError;
-use pageflow_connectors::kinesis_fan_out::{
+use pageflow_connectors::kinesis::fan_out_reader::{
     FanOutReader, FanOutSettings, ensure_consumer, ensure_consumer_within, stream_arn,
 };
-use pageflow_connectors::kinesis_source::{
+use pageflow_connectors::kinesis::kpl::aggregate;
+use pageflow_connectors::kinesis::polling_reader::{
     ReaderSettings, ResumePoint, ShardBatch, ShardReader, ShardRecord, StartPosition,
 };
-use pageflow_connectors::kpl::aggregate;
 use pageflow_connectors::retry::Backoff;
 use pageflow_tests::aws::http_request;
 use pageflow_tests::clients::kinesis_client;

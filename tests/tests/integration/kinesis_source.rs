@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use pageflow_connectors::kinesis_source::{
+use pageflow_connectors::kinesis::kpl::aggregate;
+use pageflow_connectors::kinesis::polling_reader::{
     ReaderSettings, ResumePoint, ShardReader, ShardRecord, StartPosition,
 };
-use pageflow_connectors::kpl::aggregate;
 use pageflow_tests::aws::MotoServer;
 use pageflow_tests::clients::kinesis_client;
 

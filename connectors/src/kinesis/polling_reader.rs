@@ -11,12 +11,12 @@
 //!   last user record emitted: `AFTER_SEQUENCE_NUMBER` when that record was complete,
 //!   `AT_SEQUENCE_NUMBER` and skipping the already emitted user records when the saved position is
 //!   inside a KPL aggregate.
-//! - **KPL aggregates** are unpacked ([`crate::kpl`]); a corrupt one is returned as such, with its
+//! - **KPL aggregates** are unpacked ([`crate::kinesis::kpl`]); a corrupt one is returned as such, with its
 //!   bytes, for the dead-letter output.
 //! - **End of shard.** When the shard is closed and read to its end (no next iterator), the reader
 //!   reports the child shards, which may start only once every parent is fully read.
 //!
-//! The enhanced fan-out reader ([`crate::kinesis_fan_out`]) shares the unpacking and the choice of
+//! The enhanced fan-out reader ([`crate::kinesis::fan_out_reader`]) shares the unpacking and the choice of
 //! the starting position, so both readers emit and resume exactly alike.
 
 use std::time::{Duration, Instant};
@@ -27,9 +27,9 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 
 use crate::ConnectorError;
 use crate::aws::classify;
-use crate::kpl::{Deaggregated, deaggregate};
+use crate::kinesis::kpl::{Deaggregated, deaggregate};
+use crate::kinesis::shards::{Position, SequenceNumber};
 use crate::retry::{Backoff, Jitter};
-use crate::shards::{Position, SequenceNumber};
 
 /// Where to start a shard that has no saved position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,7 +318,7 @@ impl ReadStart {
 /// Unpacks one Kinesis record into `out` as user records (KPL aggregates de-aggregated, a corrupt
 /// one returned whole and flagged), skipping those at or before `resume` (emitted before a
 /// restart) and moving `resume` to the last one pushed. Shared by the polling [`ShardReader`] and
-/// the enhanced fan-out reader ([`crate::kinesis_fan_out`]), so both resume exactly alike.
+/// the enhanced fan-out reader ([`crate::kinesis::fan_out_reader`]), so both resume exactly alike.
 pub(crate) fn unpack_record(
     record: &aws_sdk_kinesis::types::Record,
     resume: &mut Option<ResumePoint>,

@@ -1,6 +1,6 @@
 //! Reading one Kinesis shard with enhanced fan-out (EFO): `SubscribeToShard`.
 //!
-//! **Polling versus fan-out.** A polling consumer ([`crate::kinesis_source::ShardReader`]) asks for
+//! **Polling versus fan-out.** A polling consumer ([`crate::kinesis::polling_reader::ShardReader`]) asks for
 //! records with `GetRecords`, and every polling consumer of a stream shares each shard's read
 //! budget: 2 MB/s and 5 calls per second. An enhanced fan-out consumer is registered on the stream
 //! once (`RegisterStreamConsumer`, see [`ensure_consumer`]) and then gets a budget of its own:
@@ -19,7 +19,7 @@
 //!   [`FanOutSettings::renew_after`]) the next one starts `AFTER_SEQUENCE_NUMBER` of it, or at the
 //!   last emitted user record when that is further on or inside a KPL aggregate. Started from a
 //!   saved [`ResumePoint`], it continues after it exactly like the polling reader (same unpacking,
-//!   [`crate::kinesis_source`]).
+//!   [`crate::kinesis::polling_reader`]).
 //! - **Throttling never kills it.** The service allows one `SubscribeToShard` per second per
 //!   consumer and shard and one live subscription per consumer and shard (a second one is refused
 //!   with `ResourceInUseException` until the first is released); those refusals,
@@ -45,9 +45,11 @@ use aws_sdk_kinesis::types::{
 
 use crate::ConnectorError;
 use crate::aws::classify;
-use crate::kinesis_source::{ReadStart, ResumePoint, ShardBatch, StartPosition, unpack_record};
+use crate::kinesis::polling_reader::{
+    ReadStart, ResumePoint, ShardBatch, StartPosition, unpack_record,
+};
+use crate::kinesis::shards::SequenceNumber;
 use crate::retry::{Backoff, Jitter};
-use crate::shards::SequenceNumber;
 
 /// How long [`ensure_consumer`] waits for a consumer to become `ACTIVE` (AWS takes seconds; the
 /// bound turns a stuck registration into an error instead of a hang).
@@ -559,7 +561,7 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shards::Position;
+    use crate::kinesis::shards::Position;
 
     fn reader(resume: Option<ResumePoint>) -> FanOutReader {
         let config = aws_sdk_kinesis::Config::builder()
@@ -661,7 +663,7 @@ mod tests {
         // an earlier subscription, not the start position).
         assert_eq!(reader.read_start(), start);
 
-        let packed = crate::kpl::aggregate(&[
+        let packed = crate::kinesis::kpl::aggregate(&[
             ("u", b"a0".as_slice()),
             ("u", b"a1".as_slice()),
             ("u", b"a2".as_slice()),

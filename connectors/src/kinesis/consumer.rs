@@ -12,7 +12,7 @@
 //!
 //! - **One place discovers.** The coordinator lists the shards (paginated `ListShards`), starts a
 //!   reader task for every shard whose parents are done, and hands the shard to the worker chosen
-//!   by the stable rendezvous hash ([`crate::shards::assign_shard`]). Workers never call
+//!   by the stable rendezvous hash ([`crate::kinesis::shards::assign_shard`]). Workers never call
 //!   `ListShards`.
 //! - **Children after parents, parents fully processed.** A shard counts as done only when its
 //!   worker has taken its last records into the dataflow (the partition reports it on the poll
@@ -24,7 +24,7 @@
 //! - **Metrics.** [`ConsumerStatus`] keeps, per shard, `MillisBehindLatest`, the iterator age (how
 //!   old the newest record read was when it was read) and the records read.
 //! - **Polling or enhanced fan-out**, per stream: [`StreamSpec::fan_out_consumer`] names the
-//!   consumer to register or reuse ([`crate::kinesis_fan_out`]); the records are the same.
+//!   consumer to register or reuse ([`crate::kinesis::fan_out_reader`]); the records are the same.
 //! - **Resuming after a checkpoint.** [`ConsumerSettings::saved`] holds what a checkpoint says of
 //!   each shard ([`SavedShards`]): a shard read to its end is never read again but counts as done,
 //!   so its children may start; a shard with a saved position continues right after its last
@@ -48,11 +48,13 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::ConnectorError;
-use crate::kinesis_fan_out::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
-use crate::kinesis_source::{ReaderSettings, ResumePoint, ShardBatch, ShardReader, StartPosition};
+use crate::kinesis::fan_out_reader::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
+use crate::kinesis::polling_reader::{
+    ReaderSettings, ResumePoint, ShardBatch, ShardReader, StartPosition,
+};
+use crate::kinesis::shard_discovery::{ShardLineage, list_shards};
+use crate::kinesis::shards::{Position, SequenceNumber, assign_shard};
 use crate::retry::{Backoff, Jitter};
-use crate::shard_discovery::{ShardLineage, list_shards};
-use crate::shards::{Position, SequenceNumber, assign_shard};
 
 /// One portal's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -669,7 +671,7 @@ impl EndProbe {
     async fn at_end(
         &mut self,
         shard: &str,
-        resume: Option<crate::kinesis_source::ResumePoint>,
+        resume: Option<crate::kinesis::polling_reader::ResumePoint>,
     ) -> Option<Vec<String>> {
         if !self.closed.load(Ordering::SeqCst)
             || self
