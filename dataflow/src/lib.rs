@@ -13,11 +13,14 @@
 //! - [`oracle`]: the same computation done in batch from scratch, the reference for tests.
 //! - [`features`]: the records emitted to the ML team.
 //! - [`checkpoint`]: consistent snapshots of operator state and source positions, and restores.
+//! - [`time`]: event time (watermarks, idleness); [`clock`]: processing time, the one [`clock::Clock`]
+//!   (system or manual) and [`clock::unix_now_ms`].
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
 pub mod algorithms;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod features;

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::checkpoint_store::{
@@ -614,10 +614,7 @@ impl Writer {
                         .filter(|(requested, _)| *requested == id)
                         .map(|(_, at)| at.elapsed())
                         .unwrap_or_default();
-                    let now_ms = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
+                    let now_ms = pageflow_dataflow::clock::unix_now_ms();
                     metrics.checkpoint_completed(|figures| {
                         figures.last_id = Some(id);
                         figures.last_success_ms = Some(now_ms);

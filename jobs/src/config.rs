@@ -220,7 +220,7 @@ impl PersonalizeConfig {
         }
         for (portal, resources) in &self.portals {
             let at = format!("[personalize.portals.{portal}]");
-            if !crate::serve::http::is_valid_portal(portal) {
+            if !pageflow_dataflow::event::is_valid_portal(portal) {
                 problems.push(format!(
                     "{at}: {portal:?} is not a portal name: use lowercase letters, digits or '-'"
                 ));
@@ -902,7 +902,7 @@ impl KinesisSourceSection {
         let mut portals = std::collections::BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = format!("[[source.kinesis.streams]] #{}", index + 1);
-            if !pageflow_connectors::files::sink::is_valid_portal(&stream.portal) {
+            if !pageflow_dataflow::event::is_valid_portal(&stream.portal) {
                 problems.push(format!(
                     "{at}: `portal` = `{}` is not a portal name: lowercase letters, digits and `-`, at most 32 characters, as in the pageview schema",
                     stream.portal

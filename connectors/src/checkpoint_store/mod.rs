@@ -169,7 +169,8 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use pageflow_dataflow::clock::unix_now_ms;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
 pub use local_dir::LocalDirStore;
@@ -785,10 +786,7 @@ impl Checkpoints {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id,
-            created_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|since| since.as_millis() as u64)
-                .unwrap_or(0),
+            created_ms: unix_now_ms(),
             workers,
             fingerprint: fingerprint.to_string(),
             parent: parent.map(|parent| parent.id),

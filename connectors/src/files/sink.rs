@@ -28,7 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use pageflow_dataflow::event::DeadLetter;
+use pageflow_dataflow::event::{DeadLetter, is_valid_portal};
 use pageflow_dataflow::features::Feature;
 
 use crate::error::ConnectorError;
@@ -449,21 +449,6 @@ impl<'a> Sink<ArchiveRecord<'a>> for ArchiveSink {
     }
 }
 
-/// Whether `portal` matches the schema's pattern `^[a-z0-9][a-z0-9-]{0,31}$` (so it is also a safe
-/// directory name).
-pub fn is_valid_portal(portal: &str) -> bool {
-    let bytes = portal.as_bytes();
-    let portal_byte = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            portal_byte(first)
-                && rest.len() <= 31
-                && rest.iter().all(|b| portal_byte(b) || *b == b'-')
-        }
-        None => false,
-    }
-}
-
 /// The directory name for a portal: itself when valid, else [`UNKNOWN_PORTAL`].
 fn portal_dir_name(portal: Option<&str>) -> &str {
     match portal {
@@ -817,18 +802,6 @@ mod tests {
                 "{id:?}"
             );
         }
-    }
-
-    #[test]
-    fn portal_names() {
-        assert!(is_valid_portal("g1"));
-        assert!(is_valid_portal("gshow-2"));
-        assert!(!is_valid_portal(""));
-        assert!(!is_valid_portal("-g1"));
-        assert!(!is_valid_portal("G1"));
-        assert!(!is_valid_portal(".."));
-        assert!(!is_valid_portal(&"a".repeat(33)));
-        assert!(is_valid_portal(&"a".repeat(32)));
     }
 
     #[test]

@@ -38,9 +38,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use pageflow_dataflow::clock::unix_now_ms;
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource, SourceError};
 use serde::Serialize;
@@ -785,10 +786,7 @@ impl ReaderTask {
     }
 
     fn record_status(&self, shard: &str, batch: &ShardBatch) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = unix_now_ms();
         let newest = batch.records.iter().filter_map(|r| r.arrival_ms).max();
         self.status.update(&self.stream, shard, |status| {
             status.millis_behind_latest =

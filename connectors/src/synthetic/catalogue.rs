@@ -2,10 +2,8 @@
 //! popularity. It depends on the seed only, so every partition shares it.
 
 use super::config::SyntheticConfig;
-use super::json::write_decimal;
-use super::json::write_padded_decimal;
-use super::random::Cumulative;
-use super::random::SplitMix64;
+use super::json::{write_decimal, write_padded_decimal};
+use super::random::{Cumulative, SplitMix64};
 
 /// Section names for topic clusters (suffixed when there are more topics than names).
 pub(super) const TOPIC_NAMES: [&str; 40] = [

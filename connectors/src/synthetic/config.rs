@@ -1,13 +1,13 @@
 //! [`SyntheticConfig`]: the synthetic traffic's parameters, their defaults and their validation,
 //! and [`PlannedSpike`], a breaking-news spike as the config plans it.
 
+use pageflow_dataflow::config::Millis;
+use pageflow_dataflow::event::is_valid_portal;
+use serde::{Deserialize, Serialize};
+
 use super::catalogue::write_breaking_article_id;
 use super::spikes::Spike;
 use crate::error::ConnectorError;
-use crate::files::sink::is_valid_portal;
-use pageflow_dataflow::config::Millis;
-use serde::Deserialize;
-use serde::Serialize;
 
 /// The largest `ts` the schema allows (9999-12-31T23:59:59.999Z).
 pub(super) const MAX_TS: u64 = 253_402_300_799_999;

@@ -1,11 +1,12 @@
 //! Hand-written JSON output: decimal and hex digits, escaped string literals, and
 //! [`write_json_lines`] (`pageflow generate`), all into reusable buffers.
 
+use std::io::Write;
+use std::path::PathBuf;
+
 use super::config::SyntheticConfig;
 use super::traffic::SyntheticTraffic;
 use crate::error::ConnectorError;
-use std::io::Write;
-use std::path::PathBuf;
 
 /// Appends `n` in decimal.
 pub(super) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {

@@ -54,10 +54,8 @@
 //! | `random.rs` | SplitMix64 and cumulative distributions |
 //! | `json.rs` | hand-written JSON output, [`write_json_lines`] |
 //! | `source.rs` | [`SyntheticSource`]: the traffic as a (paced) source partition |
-//! | `clock.rs` | the wall clock of paced sources |
 
 mod catalogue;
-mod clock;
 mod config;
 mod json;
 mod malformed;
@@ -69,7 +67,6 @@ mod traffic;
 #[cfg(test)]
 mod tests;
 
-pub use clock::{ManualClock, SystemClock, WallClock};
 pub use config::{PlannedSpike, SyntheticConfig};
 pub use json::{write_json_lines, write_json_string};
 pub use malformed::MalformedKind;

@@ -1,17 +1,13 @@
 //! [`SyntheticSource`]: the traffic as one source partition, paced by the wall clock or as fast as
 //! it is polled, and resumable after a checkpoint.
 
-use super::clock::SystemClock;
-use super::clock::WallClock;
-use super::config::MAX_TS;
-use super::config::SyntheticConfig;
+use pageflow_dataflow::clock::{Clock, SystemClock};
+use pageflow_dataflow::event::{RawRecord, SourcePosition};
+use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
+
+use super::config::{MAX_TS, SyntheticConfig};
 use super::traffic::SyntheticTraffic;
 use crate::error::ConnectorError;
-use pageflow_dataflow::event::RawRecord;
-use pageflow_dataflow::event::SourcePosition;
-use pageflow_dataflow::source::PollStatus;
-use pageflow_dataflow::source::RecordSource;
-use pageflow_dataflow::source::SourceError;
 
 /// Synthetic traffic as one source partition named `synthetic:<index>`.
 ///
@@ -28,24 +24,24 @@ pub struct SyntheticSource {
     /// The generator.
     traffic: SyntheticTraffic,
     /// The wall clock, when paced.
-    pacing: Option<Box<dyn WallClock>>,
+    pacing: Option<Box<dyn Clock>>,
 }
 
 impl SyntheticSource {
     /// Partition `partition_index` of the traffic, paced by the system clock if the config says so.
     pub fn new(config: SyntheticConfig, partition_index: u32) -> Result<Self, ConnectorError> {
-        Self::with_clock(config, partition_index, Box::new(SystemClock))
+        Self::with_clock(config, partition_index, Box::new(SystemClock::new()))
     }
 
     /// Like [`SyntheticSource::new`], with the wall clock given (used only when paced).
     pub fn with_clock(
         config: SyntheticConfig,
         partition_index: u32,
-        clock: Box<dyn WallClock>,
+        clock: Box<dyn Clock>,
     ) -> Result<Self, ConnectorError> {
         let (traffic, pacing) = match config.events_per_second {
             Some(rate) => {
-                let start_ts = clock.now_ms();
+                let start_ts = clock.unix_now_ms();
                 let traffic =
                     SyntheticTraffic::with_timeline(config, partition_index, start_ts, rate)?;
                 (traffic, Some(clock))
@@ -86,7 +82,7 @@ impl SyntheticSource {
     /// `resume_after(0)` is the same as a fresh source. Call it before the first poll.
     pub fn resume_after(mut self, delivered: u64) -> Self {
         let start_ts = match &self.pacing {
-            Some(clock) => clock.now_ms().min(MAX_TS),
+            Some(clock) => clock.unix_now_ms().min(MAX_TS),
             None => {
                 let config = self.traffic.config();
                 let came = (delivered as f64 * 1000.0 / config.simulated_events_per_second) as u64;
@@ -117,7 +113,7 @@ impl RecordSource for SyntheticSource {
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError> {
-        let now = self.pacing.as_ref().map(|clock| clock.now_ms());
+        let now = self.pacing.as_ref().map(|clock| clock.unix_now_ms());
         let mut appended = 0;
         let mut line = Vec::with_capacity(256);
         while appended < max {

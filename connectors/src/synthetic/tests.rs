@@ -2,20 +2,20 @@
 //! pacing and resuming.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
-use pageflow_dataflow::event::validate;
+use pageflow_dataflow::clock::ManualClock;
+use pageflow_dataflow::config::Millis;
+use pageflow_dataflow::event::{Event, RawRecord, validate};
+use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
 use proptest::prelude::*;
 
-use super::clock::*;
 use super::config::*;
 use super::json::*;
 use super::malformed::*;
 use super::source::*;
 use super::traffic::*;
 use crate::error::ConnectorError;
-use pageflow_dataflow::config::Millis;
-use pageflow_dataflow::event::{Event, RawRecord};
-use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -354,7 +354,7 @@ fn paced_source_follows_the_wall_clock() -> TestResult {
     assert_eq!(source.poll(10_000, &mut out)?, PollStatus::Pending);
     let first = out.len();
     assert!(first <= 2, "{first} records before the clock moved");
-    clock.advance(1_000);
+    clock.advance(Duration::from_millis(1_000));
     while source.poll(10_000, &mut out)? == PollStatus::Ready {}
     let in_one_second = out.len() - first;
     assert!(
@@ -513,7 +513,7 @@ fn paced_resumed_source_starts_at_the_wall_clock() -> TestResult {
         ..Default::default()
     };
     let mut before = SyntheticSource::with_clock(config.clone(), 0, Box::new(clock.clone()))?;
-    clock.advance(2_000);
+    clock.advance(Duration::from_millis(2_000));
     let first = ids_and_times(&poll_records(&mut before, 100_000)?)?;
     let delivered = first.len() as u64;
     assert!((1_900..2_100).contains(&delivered), "{delivered}");
@@ -531,7 +531,7 @@ fn paced_resumed_source_starts_at_the_wall_clock() -> TestResult {
         "{} records before the clock moved: a burst",
         out.len()
     );
-    clock.advance(1_000);
+    clock.advance(Duration::from_millis(1_000));
     while resumed.poll(10_000, &mut out)? == PollStatus::Ready {}
     assert!(
         (900..1_100).contains(&out.len()),

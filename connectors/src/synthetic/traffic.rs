@@ -2,26 +2,19 @@
 //! spikes, delivery order (late, duplicate and malformed beacons) and the rendering of each beacon
 //! as one JSON line, all driven by one seeded [`SplitMix64`](super::random) in a fixed order.
 
-use super::catalogue::PortalCatalogue;
-use super::catalogue::write_breaking_article_id;
-use super::config::MAX_TS;
-use super::config::SyntheticConfig;
-use super::json::write_decimal;
-use super::json::write_hex8;
-use super::json::write_json_string;
-use super::malformed::Field;
-use super::malformed::MalformedKind;
-use super::malformed::Required;
-use super::random::Cumulative;
-use super::random::SplitMix64;
-use super::random::mix64;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+
+use pageflow_dataflow::event::Event;
+
+use super::catalogue::{PortalCatalogue, write_breaking_article_id};
+use super::config::{MAX_TS, SyntheticConfig};
+use super::json::{write_decimal, write_hex8, write_json_string};
+use super::malformed::{Field, MalformedKind, Required};
+use super::random::{Cumulative, SplitMix64, mix64};
 use super::spikes::Spike;
 use crate::error::ConnectorError;
-use pageflow_dataflow::event::Event;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::collections::VecDeque;
-use std::fmt;
 
 /// One record of synthetic traffic, in delivery order.
 #[derive(Clone, Debug, PartialEq, Eq)]

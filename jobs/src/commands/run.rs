@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::dir_lock::{DirLock, this_process};
@@ -32,13 +32,13 @@ use pageflow_connectors::kinesis::consumer::{
 use pageflow_connectors::kinesis::polling_reader::{ReaderSettings, StartPosition};
 use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_connectors::personalize::EventForwarder;
-use pageflow_connectors::synthetic::{ManualClock, SystemClock, WallClock};
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::algorithms::graph::{GraphOptions, build};
 use pageflow_dataflow::checkpoint::coordinator::SIZE_REPORT_INTERVAL;
 use pageflow_dataflow::checkpoint::{
     ChangeWriter, CheckpointCoordinator, OperatorStates, WorkerCheckpoint, WorkerRestore,
 };
+use pageflow_dataflow::clock::{Clock, ManualClock, SystemClock, unix_now_ms};
 use pageflow_dataflow::event::{CompactEvent, DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
@@ -231,10 +231,7 @@ fn worker_sources(
     match config.source.kind {
         SourceKind::Synthetic => {
             let partitions = config.source.partitions;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = unix_now_ms();
             let source = &config.source;
             let rate = source.events_per_second / partitions as f64;
             for index in 0..partitions {
@@ -255,9 +252,9 @@ fn worker_sources(
                     limit,
                     ..SyntheticConfig::default()
                 };
-                let clock: Box<dyn WallClock> = match &hooks.synthetic_clock {
+                let clock: Box<dyn Clock> = match &hooks.synthetic_clock {
                     Some(clock) => Box::new(clock.clone()),
-                    None => Box::new(SystemClock),
+                    None => Box::new(SystemClock::new()),
                 };
                 let mut source = SyntheticSource::with_clock(synthetic, index as u32, clock)
                     .with_context(|| format!("synthetic partition {index}"))?;
