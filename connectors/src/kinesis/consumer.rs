@@ -50,10 +50,9 @@ use tokio::task::AbortHandle;
 
 use crate::ConnectorError;
 use crate::kinesis::fan_out_reader::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
-use crate::kinesis::polling_reader::{
-    ReaderSettings, ResumePoint, ShardBatch, ShardReader, StartPosition,
-};
+use crate::kinesis::polling_reader::{PollingReader, ReaderSettings};
 use crate::kinesis::shard_discovery::{ShardLineage, list_shards};
+use crate::kinesis::shard_reader::{ResumePoint, ShardBatch, StartPosition};
 use crate::kinesis::shards::{Position, SequenceNumber, assign_shard};
 use crate::retry::{Backoff, Jitter};
 
@@ -583,7 +582,7 @@ impl Coordinator {
                 resume,
                 self.settings.fan_out,
             ))),
-            None => AnyReader::Polling(Box::new(ShardReader::new(
+            None => AnyReader::Polling(Box::new(PollingReader::new(
                 self.client.clone(),
                 &spec.stream,
                 shard,
@@ -629,7 +628,7 @@ impl Coordinator {
 
 /// A shard's reader: polling or enhanced fan-out, the same records either way.
 enum AnyReader {
-    Polling(Box<ShardReader>),
+    Polling(Box<PollingReader>),
     FanOut(Box<FanOutReader>),
 }
 
@@ -669,11 +668,7 @@ const END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl EndProbe {
     /// `Some(children)` when the shard is closed and nothing is left after `resume`.
-    async fn at_end(
-        &mut self,
-        shard: &str,
-        resume: Option<crate::kinesis::polling_reader::ResumePoint>,
-    ) -> Option<Vec<String>> {
+    async fn at_end(&mut self, shard: &str, resume: Option<ResumePoint>) -> Option<Vec<String>> {
         if !self.closed.load(Ordering::SeqCst)
             || self
                 .last
@@ -682,7 +677,7 @@ impl EndProbe {
             return None;
         }
         self.last = Some(std::time::Instant::now());
-        let mut reader = ShardReader::new(
+        let mut reader = PollingReader::new(
             self.client.clone(),
             &self.stream,
             shard,

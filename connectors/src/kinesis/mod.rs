@@ -16,10 +16,12 @@ pub mod fan_out_reader;
 pub mod kpl;
 pub mod polling_reader;
 pub mod shard_discovery;
+pub mod shard_reader;
 pub mod shards;
 pub mod sink;
 
 pub use consumer::{KinesisConsumer, ShardPartition};
 pub use fan_out_reader::FanOutReader;
-pub use polling_reader::ShardReader;
+pub use polling_reader::PollingReader;
+pub use shard_reader::{ResumePoint, ShardBatch, ShardReader, ShardRecord, StartPosition};
 pub use sink::KinesisStream;

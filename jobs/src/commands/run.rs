@@ -29,7 +29,8 @@ use pageflow_connectors::firehose_sink::FirehoseArchive;
 use pageflow_connectors::kinesis::consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
 };
-use pageflow_connectors::kinesis::polling_reader::{ReaderSettings, StartPosition};
+use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
+use pageflow_connectors::kinesis::shard_reader::StartPosition;
 use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_connectors::personalize::EventForwarder;
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
