@@ -11,8 +11,8 @@
 //! | [`files`] | [`JsonLinesFile`] (a JSON-lines file replayed as one partition); the [`Sink`] trait and the local sinks [`FeatureFileSink`] (`features.jsonl`) and [`ArchiveSink`] (the archive laid out like the Firehose-to-S3 one) | `RecordSource`; [`Sink`] |
 //! | [`synthetic`] | [`SyntheticTraffic`], a seeded generator of realistic news-portal traffic, split by concern (config, catalogue, spikes, sessions, malformed records, JSON output), and [`SyntheticSource`], the same traffic as a (paced or as-fast-as-possible) partition | `RecordSource` |
 //! | [`personalize`] | Amazon Personalize: a recommender (`GetRecommendations` within a time budget, behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced, retried, never blocking the caller) | — |
-//! | [`checkpoint_store`] | incremental checkpoints ([`checkpoint_store::Checkpoints`]: immutable sorted runs shared between checkpoints, their manifest, compaction, checksums, retention, fallback to the previous good one) and the stores they live in: [`checkpoint_store::LocalDirStore`] and [`checkpoint_store::S3Store`], one file each | [`checkpoint_store::CheckpointStore`] |
-//! | [`dir_lock`] | [`dir_lock::DirLock`]: one job per local directory | — |
+//! | [`checkpoint_store`] | incremental checkpoints ([`checkpoint_store::Checkpoints`]: immutable sorted runs shared between checkpoints, their manifest, compaction, checksums, retention, fallback to the previous good one) and the stores they live in: [`checkpoint_store::LocalDirStore`] and [`checkpoint_store::S3Store`], one file each; [`checkpoint_store::S3Lease`]: one job per S3 prefix | [`checkpoint_store::CheckpointStore`] |
+//! | [`dir_lock`] | [`dir_lock::DirLock`]: one job per local directory (the S3 counterpart is [`checkpoint_store::S3Lease`]) | — |
 //! | [`batch`] | batched delivery with per-entry retries, shared by the Kinesis and Firehose sinks | — |
 //! | [`aws`] | AWS client configuration and the classification of SDK errors | — |
 //! | [`retry`] | the one backoff-with-jitter policy every retry uses | — |

@@ -8,7 +8,10 @@
 //! ([`LocalDirStore`]) or an S3 bucket and prefix ([`S3Store`]). Every write is atomic (a reader
 //! sees all of an object or nothing), and a write can be *create-only*: it fails with
 //! [`StoreError::AlreadyExists`] instead of replacing an object that is already there (a hard link
-//! of a temporary file on a local disk, `If-None-Match: *` on S3).
+//! of a temporary file on a local disk, `If-None-Match: *` on S3). One file per store:
+//! `local_dir.rs`, `s3.rs`; the trait in `store.rs`. Only one job may write under a prefix: a
+//! local directory is locked ([`crate::dir_lock`]), an S3 prefix is held with a lease
+//! ([`S3Lease`], `s3_lease.rs`).
 //!
 //! # Incremental checkpoints
 //!
@@ -162,6 +165,7 @@ mod local_dir;
 mod manifest;
 mod runs;
 mod s3;
+mod s3_lease;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -177,6 +181,7 @@ pub use local_dir::LocalDirStore;
 pub use manifest::{FORMAT_VERSION, MANIFEST_NAME, Manifest, RUNS_PREFIX, RunInfo, RunKind};
 pub use runs::StateEntry;
 pub use s3::S3Store;
+pub use s3_lease::{LeaseRecord, LeaseSettings, S3Lease, lease_key};
 pub use store::{CheckpointStore, StoreError};
 
 use compaction::{CompactedBase, Compactor};

@@ -118,7 +118,7 @@ impl S3Store {
 
 /// What an S3 SDK error was: its message, whether a retry may help, and the HTTP status when the
 /// service answered.
-fn classify_s3<E>(error: &SdkError<E>) -> (String, bool, Option<u16>)
+pub(super) fn classify_s3<E>(error: &SdkError<E>) -> (String, bool, Option<u16>)
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

@@ -24,6 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::checkpoint_store::S3Lease;
 use pageflow_connectors::dir_lock::{DirLock, this_process};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
 use pageflow_connectors::kinesis::consumer::{
@@ -107,6 +108,8 @@ pub struct RunningJob {
     stats: Arc<JobStats>,
     /// Held until the job is dropped: another job on the same directories is refused.
     _directory_locks: Vec<DirLock>,
+    /// The lease of the S3 checkpoint prefix: renewed while the job runs, released at shutdown.
+    checkpoint_lease: Option<S3Lease>,
 }
 
 impl RunningJob {
@@ -194,6 +197,11 @@ impl RunningJob {
                     stats.failed_events
                 );
             }
+        }
+        if let Some(lease) = self.checkpoint_lease.take()
+            && let Err(error) = lease.release()
+        {
+            tracing::warn!("{error}");
         }
         Ok(())
     }
@@ -422,6 +430,8 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         .thread_name("pageflow-io")
         .build()
         .context("cannot start the I/O runtime")?;
+    let checkpoint_lease =
+        crate::checkpoints::lock_s3_prefix(&config, &runtime, &this_process("pageflow run"))?;
     // The events/s gauge stays fresh between scrapes (the dashboard reads it every 2 s).
     {
         let _guard = runtime.enter();
@@ -671,6 +681,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         runtime,
         stats,
         _directory_locks: directory_locks,
+        checkpoint_lease,
     })
 }
 
