@@ -5,7 +5,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pageflow_connectors::batch::{
     BatchApi, BatchLimits, CallFailure, EntryOutcome, OutRecord, RetryPolicy, deliver,
 };
-use pageflow_connectors::kpl::{Deaggregated, aggregate, deaggregate};
+use pageflow_connectors::kinesis::kpl::{Deaggregated, aggregate, deaggregate};
 use pageflow_dataflow::event::{CompactEvent, validate};
 use pageflow_dataflow::features::{Feature, RankedItem, RankingKind};
 use pageflow_dataflow::intern::Article;

@@ -22,7 +22,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::ConnectorError;
-use crate::synthetic::{SystemClock, WallClock};
 
 /// The lock file's name inside a locked directory.
 pub const LOCK_FILE_NAME: &str = ".pageflow.lock";
@@ -102,7 +101,7 @@ pub fn this_process(what: &str) -> String {
         .map(|name| name.trim().to_string())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "an unnamed host".to_string());
-    let started_ms = SystemClock.now_ms();
+    let started_ms = pageflow_dataflow::clock::unix_now_ms();
     format!(
         "{what} (process {} on {host}, started at {started_ms} ms since the epoch)",
         std::process::id()

@@ -50,6 +50,21 @@ pub enum ConnectorError {
         /// Who holds it, as its lock file says.
         holder: String,
     },
+    /// Another job holds the lease of the S3 checkpoint prefix (see
+    /// [`crate::checkpoint_store::S3Lease`]).
+    #[error(
+        "the checkpoint prefix `{location}` is in use by {holder} (its lease runs out in \
+         {expires_in_s} s unless renewed): two jobs on one prefix would overwrite each other's \
+         checkpoints; stop that one first, or give this one another prefix (`checkpoint.prefix`)"
+    )]
+    PrefixInUse {
+        /// The lease object, `s3://bucket/prefix/.pageflow.lock`.
+        location: String,
+        /// Who holds it, as the lease says.
+        holder: String,
+        /// Seconds until the lease runs out if its holder stops renewing it.
+        expires_in_s: u64,
+    },
     /// Reading an open file failed.
     #[error(
         "cannot read `{}` after line {line}: {source}; check that the file is not being truncated or \
@@ -204,7 +219,8 @@ impl ConnectorError {
             ConnectorError::Closed { .. }
             | ConnectorError::InvalidConfig { .. }
             | ConnectorError::NotAFile { .. }
-            | ConnectorError::DirectoryInUse { .. } => false,
+            | ConnectorError::DirectoryInUse { .. }
+            | ConnectorError::PrefixInUse { .. } => false,
             ConnectorError::Aws { retryable, .. }
             | ConnectorError::PersonalizeService { retryable, .. } => *retryable,
             // Later the breaker lets a probe through; a timeout or throttling is transient.

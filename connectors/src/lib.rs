@@ -1,51 +1,41 @@
 //! # pageflow-connectors
 //!
-//! pageflow's edges: where records come from and where results go, for local runs and tests.
+//! pageflow's edges: where records come from, where results go, and where checkpoints live. The
+//! dataflow itself (`pageflow_dataflow`) does no I/O; everything that touches a file, a clock or
+//! AWS is here, one folder per connector family.
 //!
-//! - [`file_source`]: [`JsonLinesFile`], a JSON-lines file replayed as one source partition.
-//! - [`synthetic`]: [`SyntheticTraffic`], a seeded generator of realistic news-portal traffic, and
-//!   [`SyntheticSource`], the same traffic as a (paced or as-fast-as-possible) source partition.
-//! - [`local_sink`]: the [`Sink`] trait and the local sinks: [`FeatureFileSink`] (the features
-//!   stream as `features.jsonl`) and [`ArchiveSink`] (the raw/processed/dead-letter archive laid out
-//!   like the Firehose-to-S3 one).
-//! - [`retention`]: deleting the oldest closed sink files beyond a size budget or an age, so the
-//!   local sinks do not fill the disk.
-//! - [`checkpoint_store`]: where checkpoints of the job's state live
-//!   ([`checkpoint_store::LocalDirStore`], [`checkpoint_store::S3Store`]), and
-//!   [`checkpoint_store::Checkpoints`]: incremental checkpoints as immutable sorted runs shared
-//!   between checkpoints (each commit writes only what changed, a background compaction merges the
-//!   deltas into a base split in parts), their manifest, checksums, retention, and fallback to the
-//!   previous good one.
-//! - [`personalize`]: Amazon Personalize: a recommender (`GetRecommendations` within a time budget,
-//!   behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced,
-//!   retried, never blocking the caller).
-//! - [`error`]: [`ConnectorError`], the crate's one error type, which says whether a retry can help.
+//! | module | what lives there | implements |
+//! |--------|------------------|------------|
+//! | [`kinesis`] | the Kinesis source ([`kinesis::KinesisConsumer`]: shard discovery and lineage, the polling and enhanced fan-out shard readers, KPL unpacking, positions and shard assignment) and the features sink ([`kinesis::KinesisStream`], `PutRecords`) | the consumer's partitions are `RecordSource`s fed through a `PartitionFeed`; the sink is a [`batch::BatchApi`] |
+//! | [`firehose_sink`] | the archive through Kinesis Data Firehose ([`firehose_sink::FirehoseArchive`], `PutRecordBatch`) | [`batch::BatchApi`] |
+//! | [`files`] | [`JsonLinesFile`] (a JSON-lines file replayed as one partition); the [`Sink`] trait and the local sinks [`FeatureFileSink`] (`features.jsonl`) and [`ArchiveSink`] (the archive laid out like the Firehose-to-S3 one) | `RecordSource`; [`Sink`] |
+//! | [`synthetic`] | [`SyntheticTraffic`], a seeded generator of realistic news-portal traffic, split by concern (config, catalogue, spikes, sessions, malformed records, JSON output), and [`SyntheticSource`], the same traffic as a (paced or as-fast-as-possible) partition | `RecordSource` |
+//! | [`personalize`] | Amazon Personalize: a recommender (`GetRecommendations` within a time budget, behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced, retried, never blocking the caller) | — |
+//! | [`checkpoint_store`] | incremental checkpoints ([`checkpoint_store::Checkpoints`]: immutable sorted runs shared between checkpoints, their manifest, compaction, checksums, retention, fallback to the previous good one) and the stores they live in: [`checkpoint_store::LocalDirStore`] and [`checkpoint_store::S3Store`], one file each; [`checkpoint_store::S3Lease`]: one job per S3 prefix | [`checkpoint_store::CheckpointStore`] |
+//! | [`files::retention`] | deleting the oldest closed local sink files beyond a size budget or an age, so the embedded default does not fill the disk | — |
+//! | [`dir_lock`] | [`dir_lock::DirLock`]: one job per local directory (the S3 counterpart is [`checkpoint_store::S3Lease`]) | — |
+//! | [`batch`] | batched delivery with per-entry retries, shared by the Kinesis and Firehose sinks | — |
+//! | [`aws`] | AWS client configuration and the classification of SDK errors | — |
+//! | [`retry`] | the one backoff-with-jitter policy every retry uses | — |
+//! | [`error`] | [`ConnectorError`], the crate's one error type, which says whether a retry can help | — |
 //!
-//! Sources implement `pageflow_dataflow::source::RecordSource`; the dataflow itself does no I/O.
+//! `RecordSource` and `PartitionFeed` are `pageflow_dataflow::source`'s traits: a source is polled
+//! by the dataflow's ingest, never pushes.
 
 pub mod aws;
 pub mod batch;
 pub mod checkpoint_store;
 pub mod dir_lock;
 pub mod error;
-pub mod file_source;
+pub mod files;
 pub mod firehose_sink;
-pub mod kinesis_consumer;
-pub mod kinesis_fan_out;
-pub mod kinesis_sink;
-pub mod kinesis_source;
-pub mod kpl;
-pub mod local_sink;
+pub mod kinesis;
 pub mod personalize;
-pub mod retention;
 pub mod retry;
-pub mod shard_discovery;
-pub mod shards;
 pub mod synthetic;
 
 pub use error::ConnectorError;
-pub use file_source::JsonLinesFile;
-pub use local_sink::{ArchiveSink, FeatureFileSink, Sink};
+pub use files::{ArchiveSink, FeatureFileSink, JsonLinesFile, Sink};
 pub use synthetic::{SyntheticConfig, SyntheticSource, SyntheticTraffic};
 
 #[cfg(test)]

@@ -14,11 +14,14 @@
 //! - [`features`]: the records emitted to the ML team.
 //! - [`checkpoint`]: consistent snapshots of operator state and source positions, and restores.
 //! - [`monitor`]: the job graph with records in and out and busy time per operator, from timely's log.
+//! - [`time`]: event time (watermarks, idleness); [`clock`]: processing time, the one [`clock::Clock`]
+//!   (system or manual) and [`clock::unix_now_ms`].
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
 pub mod algorithms;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod features;

@@ -22,11 +22,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::checkpoint_store::{
-    CheckpointStore, Checkpoints, LocalDirStore, Manifest, S3Store, StateEntry,
+    CheckpointStore, Checkpoints, LeaseSettings, LocalDirStore, Manifest, S3Lease, S3Store,
+    StateEntry,
 };
 use pageflow_dataflow::checkpoint::changes::{decode, parse_key};
 use pageflow_dataflow::checkpoint::snapshot::{INGEST_STATE, IngestKey};
@@ -34,6 +35,7 @@ use pageflow_dataflow::checkpoint::{
     Change, CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, Restore, RestorePlan,
     RestoredSources, StateSize, WorkerCheckpoint, WorkerSnapshot,
 };
+use pageflow_dataflow::clock::SystemClock;
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::time::Watermark;
@@ -67,12 +69,7 @@ pub fn open_store(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> Resu
             )
         }
         CheckpointStoreKind::S3 => {
-            let sdk = runtime.block_on(config.aws.load());
-            let client = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&sdk)
-                    .force_path_style(config.aws.endpoint_url.is_some())
-                    .build(),
-            );
+            let client = s3_client(config, runtime);
             Arc::new(S3Store::new(
                 client,
                 &settings.bucket,
@@ -82,6 +79,41 @@ pub fn open_store(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> Resu
         }
     };
     Ok(Checkpoints::new(store, settings.keep))
+}
+
+/// The S3 client of the checkpoint store (path-style addressing with a custom endpoint).
+fn s3_client(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+    let sdk = runtime.block_on(config.aws.load());
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(config.aws.endpoint_url.is_some())
+            .build(),
+    )
+}
+
+/// Takes the lease of the S3 checkpoint prefix for `holder` when checkpoints go to S3 (`None`
+/// otherwise; a local checkpoint directory is locked with the other directories): a second job
+/// on the same prefix is refused with a message naming the holder. Hold it for as long as the job
+/// runs and [`S3Lease::release`] it on a clean shutdown; dropped, it expires after its TTL.
+pub fn lock_s3_prefix(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+    holder: &str,
+) -> Result<Option<S3Lease>> {
+    let settings = &config.checkpoint;
+    if !settings.enabled || settings.store != CheckpointStoreKind::S3 {
+        return Ok(None);
+    }
+    let lease = S3Lease::acquire(
+        s3_client(config, runtime),
+        &settings.bucket,
+        &settings.prefix,
+        holder,
+        LeaseSettings::default(),
+        Arc::new(SystemClock::new()),
+        runtime.handle().clone(),
+    )?;
+    Ok(Some(lease))
 }
 
 /// A checkpoint loaded at start.
@@ -623,10 +655,7 @@ impl Writer {
                 .filter(|(requested, _)| *requested == id)
                 .map(|(_, at)| at.elapsed())
                 .unwrap_or_default();
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now_ms = pageflow_dataflow::clock::unix_now_ms();
             history.record(CheckpointRecord {
                 id,
                 at_ms: now_ms,

@@ -375,7 +375,7 @@ impl Default for SinksConfig {
 /// letters under `dir` are kept within `max_bytes` and `max_age`, as a rolling file sink in Flink
 /// or a Kafka topic would keep them. `features.jsonl` rolls at `roll_bytes` or after
 /// `roll_interval`; the archive's files roll by event hour. Closed files go, oldest first
-/// (see `pageflow_connectors::retention`); the files being written never do. The checkpoints under
+/// (see `pageflow_connectors::files::retention`); the files being written never do. The checkpoints under
 /// `dir` are not counted: `[checkpoint] keep` bounds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -406,11 +406,11 @@ impl Default for RetentionSection {
 
 impl RetentionSection {
     /// The retention policy (unlimited when disabled).
-    pub fn policy(&self) -> pageflow_connectors::retention::RetentionPolicy {
+    pub fn policy(&self) -> pageflow_connectors::files::retention::RetentionPolicy {
         if !self.enabled {
-            return pageflow_connectors::retention::RetentionPolicy::UNLIMITED;
+            return pageflow_connectors::files::retention::RetentionPolicy::UNLIMITED;
         }
-        pageflow_connectors::retention::RetentionPolicy {
+        pageflow_connectors::files::retention::RetentionPolicy {
             max_bytes: Some(self.max_bytes.0),
             max_age: Some(self.max_age.into()),
         }
@@ -418,9 +418,9 @@ impl RetentionSection {
 
     /// When `features.jsonl` rolls (never when retention is off: nothing would delete the rolled
     /// files, and one file is easier to read).
-    pub fn roll(&self) -> Option<pageflow_connectors::local_sink::RollPolicy> {
+    pub fn roll(&self) -> Option<pageflow_connectors::files::sink::RollPolicy> {
         self.enabled
-            .then(|| pageflow_connectors::local_sink::RollPolicy {
+            .then(|| pageflow_connectors::files::sink::RollPolicy {
                 max_bytes: self.roll_bytes.0,
                 max_age: self.roll_interval.into(),
             })
@@ -802,7 +802,7 @@ impl KinesisSourceSection {
         let mut portals = std::collections::BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = format!("[[source.kinesis.streams]] #{}", index + 1);
-            if !pageflow_connectors::local_sink::is_valid_portal(&stream.portal) {
+            if !pageflow_dataflow::event::is_valid_portal(&stream.portal) {
                 problems.push(format!(
                     "{at}: `portal` = `{}` is not a portal name: lowercase letters, digits and `-`, at most 32 characters, as in the pageview schema",
                     stream.portal

@@ -43,9 +43,9 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use pageflow_connectors::kinesis_consumer::ConsumerStatus;
+use pageflow_connectors::kinesis::consumer::ConsumerStatus;
 use pageflow_connectors::personalize::{EventForwarder, ForwarderStats};
 use pageflow_dataflow::event::Reason;
 use pageflow_dataflow::features::Feature;
@@ -463,9 +463,7 @@ impl Metrics {
     /// Every metric in the Prometheus text exposition format 0.0.4 (serve it with
     /// [`PROMETHEUS_CONTENT_TYPE`]). Takes a rate sample and reads the wall clock for the delay.
     pub fn render_prometheus(&self) -> String {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let wall_ms = pageflow_dataflow::clock::unix_now_ms();
         self.sample_rate();
         self.render_at(wall_ms)
     }
@@ -812,7 +810,7 @@ fn render_kinesis(out: &mut String, status: &ConsumerStatus) {
         "pageflow_kinesis_listings_total {}",
         status.listings.load(Ordering::Relaxed)
     );
-    let label = |s: &pageflow_connectors::kinesis_consumer::ShardStatus| {
+    let label = |s: &pageflow_connectors::kinesis::consumer::ShardStatus| {
         format!(
             "stream=\"{}\",shard=\"{}\"",
             escape_label(&s.stream),

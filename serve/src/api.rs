@@ -7,6 +7,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use pageflow_dataflow::event::is_valid_portal;
 use serde::Serialize;
 
 /// `n` when the query does not say.
@@ -15,8 +16,8 @@ pub const DEFAULT_N: usize = 10;
 pub const MAX_N: usize = 100;
 /// The longest article id accepted, in characters.
 pub const MAX_ARTICLE_ID_CHARS: usize = 256;
-/// The longest portal accepted, in characters.
-pub const MAX_PORTAL_CHARS: usize = 32;
+/// The longest portal accepted, in characters (the one portal rule is `pageflow_dataflow::event`'s).
+pub use pageflow_dataflow::event::MAX_PORTAL_CHARS;
 /// The longest user id accepted, in characters.
 pub const MAX_USER_ID_CHARS: usize = 256;
 
@@ -100,16 +101,6 @@ pub(crate) fn query_params(query: QueryParams) -> Result<HashMap<String, String>
             ),
         )
     })
-}
-
-/// Whether `portal` matches `^[a-z0-9][a-z0-9-]{0,31}$`.
-pub(crate) fn is_valid_portal(portal: &str) -> bool {
-    let bytes = portal.as_bytes();
-    let lower_alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_PORTAL_CHARS
-        && lower_alnum(&bytes[0])
-        && bytes[1..].iter().all(|b| lower_alnum(b) || *b == b'-')
 }
 
 pub(crate) fn check_portal(portal: &str) -> Result<(), ApiError> {

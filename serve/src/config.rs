@@ -176,7 +176,7 @@ impl PersonalizeConfig {
         }
         for (portal, resources) in &self.portals {
             let at = format!("[personalize.portals.{portal}]");
-            if !crate::api::is_valid_portal(portal) {
+            if !pageflow_dataflow::event::is_valid_portal(portal) {
                 problems.push(format!(
                     "{at}: {portal:?} is not a portal name: use lowercase letters, digits or '-'"
                 ));

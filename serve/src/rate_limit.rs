@@ -43,10 +43,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+/// The clock is the workspace's one ([`pageflow_dataflow::clock`]), re-exported for the callers of
+/// the rate limiter.
+pub use pageflow_dataflow::clock::{Clock, ManualClock, SystemClock};
 use serde::{Deserialize, Serialize};
 
 /// The number of independently locked parts of the bucket map.
@@ -132,59 +134,6 @@ impl Quota {
     /// How long an empty bucket takes to fill up.
     fn time_to_fill(self, tokens: f64) -> Duration {
         Duration::from_secs_f64(((f64::from(self.burst) - tokens) / self.per_second).max(0.0))
-    }
-}
-
-/// A monotonic clock: the time since an arbitrary origin.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Now, as the time since the clock's origin.
-    fn now(&self) -> Duration;
-}
-
-/// The real clock.
-#[derive(Debug)]
-pub struct SystemClock {
-    origin: Instant,
-}
-
-impl SystemClock {
-    /// A clock whose origin is now.
-    pub fn new() -> Self {
-        SystemClock {
-            origin: Instant::now(),
-        }
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        SystemClock::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-/// A clock that only moves when told to (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    nanos: AtomicU64,
-}
-
-impl ManualClock {
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(nanos, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::manifest::{Manifest, RunInfo, RunKind, base_run_key, base_run_prefix, sha256_hex};
 use super::runs::{PartMerge, Run, RunWriter, fetch_run};
-use super::stores::CheckpointStore;
+use super::store::CheckpointStore;
 use super::{CheckpointError, put_create_only};
 
 /// The most parts a base is split into.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::stores::validate_key;
+use super::store::validate_key;
 
 /// Format of checkpoints this build writes and reads: 2, incremental checkpoints as shared runs.
 /// (Format 1 wrote the whole state of every worker into each checkpoint's directory.)

@@ -8,7 +8,10 @@
 //! ([`LocalDirStore`]) or an S3 bucket and prefix ([`S3Store`]). Every write is atomic (a reader
 //! sees all of an object or nothing), and a write can be *create-only*: it fails with
 //! [`StoreError::AlreadyExists`] instead of replacing an object that is already there (a hard link
-//! of a temporary file on a local disk, `If-None-Match: *` on S3).
+//! of a temporary file on a local disk, `If-None-Match: *` on S3). One file per store:
+//! `local_dir.rs`, `s3.rs`; the trait in `store.rs`. Only one job may write under a prefix: a
+//! local directory is locked ([`crate::dir_lock`]), an S3 prefix is held with a lease
+//! ([`S3Lease`], `s3_lease.rs`).
 //!
 //! # Incremental checkpoints
 //!
@@ -158,21 +161,28 @@
 //! ```
 
 mod compaction;
+mod local_dir;
 mod manifest;
 mod runs;
-mod stores;
+mod s3;
+mod s3_lease;
+mod store;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use pageflow_dataflow::clock::unix_now_ms;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
+pub use local_dir::LocalDirStore;
 pub use manifest::{FORMAT_VERSION, MANIFEST_NAME, Manifest, RUNS_PREFIX, RunInfo, RunKind};
 pub use runs::StateEntry;
-pub use stores::{CheckpointStore, LocalDirStore, S3Store, StoreError};
+pub use s3::S3Store;
+pub use s3_lease::{LeaseRecord, LeaseSettings, S3Lease, lease_key};
+pub use store::{CheckpointStore, StoreError};
 
 use compaction::{CompactedBase, Compactor};
 use manifest::{
@@ -781,10 +791,7 @@ impl Checkpoints {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id,
-            created_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|since| since.as_millis() as u64)
-                .unwrap_or(0),
+            created_ms: unix_now_ms(),
             workers,
             fingerprint: fingerprint.to_string(),
             parent: parent.map(|parent| parent.id),

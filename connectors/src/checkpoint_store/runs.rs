@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use super::manifest::{RunInfo, RunKind, sha256_hex};
-use super::stores::{CheckpointStore, StoreError};
+use super::store::{CheckpointStore, StoreError};
 
 /// The first four bytes of every run.
 const RUN_MAGIC: &[u8; 4] = b"PFRN";

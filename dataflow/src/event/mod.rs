@@ -9,6 +9,7 @@
 //! [`CompactEvent`] is how it travels through the dataflow (portal and article interned, user and
 //! event ids inline, nothing allocated for typical ids).
 
+mod portal_name;
 mod validate;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intern::{Article, Portal};
 
+pub use portal_name::{MAX_PORTAL_CHARS, is_valid_portal};
 pub use validate::{Invalid, MAX_RECORD_BYTES, Pageview, validate};
 
 /// Reads with `dwell_ms` at least this long count as engaged.

@@ -20,7 +20,7 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::StreamStatus;
 use pageflow_connectors::aws::classify;
 use pageflow_connectors::batch::{OutRecord, RetryPolicy, deliver};
-use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_dataflow::ids::stable_hash;
 
 use crate::config::{JobConfig, SinksKind, SourceKind};

@@ -30,7 +30,7 @@ use anyhow::{Context, Result, anyhow};
 use pageflow_dataflow::config::{Millis, SemanticsConfig};
 use serde::Serialize;
 
-use pageflow_connectors::synthetic::ManualClock;
+use pageflow_dataflow::clock::ManualClock;
 
 use super::run::{self, RunHooks};
 use crate::config::{JobConfig, SourceKind};

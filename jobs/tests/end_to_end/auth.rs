@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -100,9 +100,7 @@ fn token(exp_from_now: i64) -> String {
         )
         .unwrap();
     let pair = RsaKeyPair::from_pkcs8(&der).unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = (pageflow_dataflow::clock::unix_now_ms() / 1000) as i64;
     let header = json!({"alg": "RS256", "kid": "test-key-1"});
     let claims = json!({
         "sub": "reader-1", "iss": ISSUER, "token_use": "access", "client_id": CLIENT,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
-use pageflow_connectors::kpl::{KPL_MAGIC, aggregate};
+use pageflow_connectors::kinesis::kpl::{KPL_MAGIC, aggregate};
 use pageflow_tests::aws::{MotoServer, aws_env};
 use pageflow_tests::clients::{kinesis_client, lines_of, read_objects, read_stream, s3_client};
 
@@ -317,7 +317,7 @@ fn features_no_stream_would_take_are_kept_as_undeliverable_dead_letters() -> Tes
     use std::sync::Arc;
 
     use pageflow::outputs::{AwsOutputs, JobOutputs};
-    use pageflow_connectors::kinesis_sink::KinesisStream;
+    use pageflow_connectors::kinesis::sink::KinesisStream;
     use pageflow_dataflow::event::Reason;
     use pageflow_metrics::Metrics;
 
@@ -372,6 +372,71 @@ fn features_no_stream_would_take_are_kept_as_undeliverable_dead_letters() -> Tes
     assert_eq!(
         metrics.dead_letters(Reason::Undeliverable),
         features.len() as u64
+    );
+    Ok(())
+}
+
+/// Two jobs checkpointing under one S3 prefix would overwrite each other's checkpoints: the second
+/// is refused, naming the first, and the first releases the prefix's lease when it stops.
+#[test]
+fn a_second_run_on_the_same_s3_checkpoint_prefix_is_refused_naming_the_first() -> TestResult {
+    use pageflow_tests::job_process::JobProcess;
+
+    let moto = MotoServer::start()?;
+    let bucket = "pageflow-checkpoints";
+    let runtime = tokio::runtime::Runtime::new()?;
+    let s3 = s3_client(&moto.endpoint);
+    runtime.block_on(s3.create_bucket().bucket(bucket).send())?;
+    let dir = tempfile::tempdir()?;
+    let run_with_sinks_in = |sinks: &Path| {
+        let mut command = Command::new(BIN);
+        command
+            .arg("run")
+            .envs(aws_env(&moto.endpoint))
+            .env("PAGEFLOW__AWS__ENDPOINT_URL", &moto.endpoint)
+            .env("PAGEFLOW__CHECKPOINT__ENABLED", "true")
+            .env("PAGEFLOW__CHECKPOINT__STORE", "s3")
+            .env("PAGEFLOW__CHECKPOINT__BUCKET", bucket)
+            .env("PAGEFLOW__CHECKPOINT__PREFIX", "jobs/one")
+            .env("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0")
+            .env("PAGEFLOW__SINKS__DIR", sinks)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let mut first = JobProcess::spawn(&mut run_with_sinks_in(&dir.path().join("first")))?;
+    // Listening means it is past start-up, so it holds the lease.
+    first.http_address(Duration::from_secs(60))?;
+
+    // Another data directory, the same prefix.
+    let second = run_with_sinks_in(&dir.path().join("second"))
+        .stdout(Stdio::null())
+        .output()?;
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let holder = format!("pageflow run (process {} on ", first.id());
+    assert!(stderr.contains(&holder), "names the first job: {stderr}");
+    assert!(
+        stderr.contains("checkpoint.prefix"),
+        "says what to do: {stderr}"
+    );
+    assert!(
+        first.try_status().is_none(),
+        "the first job runs on: {}",
+        first.stderr()
+    );
+
+    first.terminate()?;
+    let status = first.wait_timeout(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", first.stderr());
+    let lease = runtime.block_on(
+        s3.get_object()
+            .bucket(bucket)
+            .key("jobs/one/.pageflow.lock")
+            .send(),
+    );
+    assert!(
+        lease.is_err_and(|e| e.as_service_error().is_some_and(|e| e.is_no_such_key())),
+        "a clean stop releases the lease"
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pageflow_connectors::file_source::is_blank_line;
+use pageflow_connectors::files::source::is_blank_line;
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::oracle;

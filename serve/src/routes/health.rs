@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_connectors::kinesis::consumer::ShardStatus;
 use pageflow_metrics::PROMETHEUS_CONTENT_TYPE;
 use serde::Serialize;
 

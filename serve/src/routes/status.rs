@@ -45,13 +45,13 @@
 //! - `portals`: the portals with a ranking, sorted.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_connectors::kinesis::consumer::ShardStatus;
 use pageflow_dataflow::event::Reason;
 use serde::Serialize;
 
@@ -70,11 +70,7 @@ pub(crate) fn routes() -> Router<App> {
 async fn status(State(app): State<App>) -> Response {
     let events_per_second = app.metrics.sample_rate();
     let shards = app.metrics.kinesis_status().map(|status| status.shards());
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        });
+    let now_ms = pageflow_dataflow::clock::unix_now_ms();
     json(&job_status(
         &app.state,
         &app.metrics,

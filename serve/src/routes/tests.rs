@@ -11,7 +11,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use pageflow_metrics::Metrics;
 
-use pageflow_connectors::kinesis_consumer::ShardStatus;
+use pageflow_connectors::kinesis::consumer::ShardStatus;
 use pageflow_dataflow::features::RankingKind;
 use pageflow_metrics::PROMETHEUS_CONTENT_TYPE;
 

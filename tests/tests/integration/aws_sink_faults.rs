@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use pageflow_connectors::batch::{Delivery, RetryPolicy};
 use pageflow_connectors::firehose_sink::DeliveryStream;
-use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_connectors::retry::Backoff;
 use pageflow_dataflow::features::Feature;
 use pageflow_tests::aws::{self, MotoServer};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use pageflow_connectors::batch::RetryPolicy;
 use pageflow_connectors::firehose_sink::DeliveryStream;
-use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_tests::aws::MotoServer;
 use pageflow_tests::clients::{
     feature_id_of, firehose_client, kinesis_client, lines_of, read_objects, read_stream, s3_client,

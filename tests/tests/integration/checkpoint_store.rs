@@ -491,3 +491,158 @@ fn s3_errors_say_whether_a_retry_can_help() -> TestResult {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The lease of the prefix (moto honours `If-None-Match: *` and `If-Match` on PutObject and
+// `If-Match` on DeleteObject, answering 412 as S3 does).
+
+mod lease {
+    use pageflow_connectors::ConnectorError;
+    use pageflow_connectors::checkpoint_store::{LeaseRecord, LeaseSettings, S3Lease, lease_key};
+    use pageflow_dataflow::clock::{Clock, ManualClock};
+
+    use super::*;
+
+    const PREFIX: &str = "checkpoints/job-1";
+    const START_MS: u64 = 1_700_000_000_000;
+
+    fn acquire(
+        fixture: &Fixture,
+        holder: &str,
+        settings: LeaseSettings,
+        clock: &ManualClock,
+    ) -> Result<S3Lease, ConnectorError> {
+        let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        S3Lease::acquire(
+            s3_client(&fixture.moto.endpoint),
+            BUCKET,
+            PREFIX,
+            holder,
+            settings,
+            clock,
+            fixture.runtime.handle().clone(),
+        )
+    }
+
+    /// What the lease object says now, if there is one.
+    fn lease_record(fixture: &Fixture) -> Result<Option<LeaseRecord>, Box<dyn std::error::Error>> {
+        let s3 = s3_client(&fixture.moto.endpoint);
+        let got = fixture
+            .runtime
+            .block_on(s3.get_object().bucket(BUCKET).key(lease_key(PREFIX)).send());
+        match got {
+            Ok(output) => {
+                let bytes = fixture
+                    .runtime
+                    .block_on(output.body.collect())?
+                    .into_bytes();
+                Ok(Some(serde_json::from_slice(&bytes)?))
+            }
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Never renews within a test: expiry is driven by the manual clock alone.
+    fn no_renewal(ttl: Duration) -> LeaseSettings {
+        LeaseSettings {
+            ttl,
+            renew_every: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn a_second_job_is_refused_naming_the_first_until_it_releases() -> TestResult {
+        let fixture = Fixture::start()?;
+        let clock = ManualClock::new(START_MS);
+        let settings = no_renewal(Duration::from_secs(60));
+        let first = acquire(&fixture, "job A (process 1 on host-a)", settings, &clock)?;
+        assert_eq!(
+            first.location(),
+            format!("s3://{BUCKET}/{PREFIX}/.pageflow.lock")
+        );
+
+        let refused = acquire(&fixture, "job B", settings, &clock);
+        let Err(error) = refused else {
+            return Err("a second lease on a held prefix was granted".into());
+        };
+        assert!(
+            matches!(error, ConnectorError::PrefixInUse { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_retryable());
+        let message = error.to_string();
+        assert!(message.contains("job A (process 1 on host-a)"), "{message}");
+        assert!(message.contains(PREFIX), "{message}");
+        assert!(message.contains("runs out in 60 s"), "{message}");
+
+        first.release()?;
+        assert_eq!(lease_record(&fixture)?, None, "release deletes the lease");
+        let second = acquire(&fixture, "job B", settings, &clock)?;
+        assert_eq!(
+            lease_record(&fixture)?.map(|record| record.holder),
+            Some("job B".to_string())
+        );
+        second.release()?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_and_its_old_holder_does_not_delete_the_new_one() -> TestResult
+    {
+        let fixture = Fixture::start()?;
+        let clock = ManualClock::new(START_MS);
+        let settings = no_renewal(Duration::from_secs(10));
+        let stale = acquire(&fixture, "job A", settings, &clock)?;
+
+        clock.advance(Duration::from_secs(9));
+        assert!(
+            acquire(&fixture, "job B", settings, &clock).is_err(),
+            "a lease is held until it expires"
+        );
+        clock.advance(Duration::from_secs(2));
+        let taker = acquire(&fixture, "job B", settings, &clock)?;
+        let record = lease_record(&fixture)?.ok_or("the lease taken over is there")?;
+        assert_eq!(record.holder, "job B");
+        assert_eq!(record.expires_ms, START_MS + 11_000 + 10_000);
+
+        // The old holder's release finds another job's lease (its If-Match fails) and leaves it.
+        stale.release()?;
+        assert_eq!(
+            lease_record(&fixture)?.map(|record| record.holder),
+            Some("job B".to_string())
+        );
+        taker.release()?;
+        assert_eq!(lease_record(&fixture)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_holder_renews_its_lease_so_it_never_expires_while_the_job_runs() -> TestResult {
+        let fixture = Fixture::start()?;
+        let clock = ManualClock::new(START_MS);
+        let settings = LeaseSettings {
+            ttl: Duration::from_secs(10),
+            renew_every: Duration::from_millis(20),
+        };
+        let held = acquire(&fixture, "job A", settings, &clock)?;
+        clock.advance(Duration::from_secs(8));
+        // Wait for a renewal to move the expiry past the clock's time plus the TTL.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while lease_record(&fixture)?.is_none_or(|r| r.expires_ms < START_MS + 18_000) {
+            if std::time::Instant::now() > deadline {
+                return Err("the lease was not renewed within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        clock.advance(Duration::from_secs(7)); // past the first expiry, within the renewed one
+        let refused = acquire(&fixture, "job B", no_renewal(settings.ttl), &clock);
+        assert!(
+            matches!(refused, Err(ConnectorError::PrefixInUse { ref holder, .. }) if holder == "job A"),
+            "{refused:?}"
+        );
+        assert_eq!(held.lost(), None);
+        held.release()?;
+        Ok(())
+    }
+}

@@ -38,9 +38,9 @@ const CONNECTOR_SOURCES: &str = "connectors/src";
 /// SDK calls the connectors are known to make; if the scan stops finding one of them, the scan is
 /// broken (or the code moved away from the SDK, and this list should say so).
 const KNOWN_CALLS: &[&str] = &[
-    "get_records",        // kinesis_source.rs
-    "get_shard_iterator", // kinesis_source.rs
-    "put_records",        // kinesis_sink.rs
+    "get_records",        // kinesis/polling_reader.rs
+    "get_shard_iterator", // kinesis/polling_reader.rs
+    "put_records",        // kinesis/sink.rs
     "put_record_batch",   // firehose_sink.rs
 ];
 

@@ -17,12 +17,12 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType, StreamStatus};
-use pageflow_connectors::kinesis_consumer::{
+use pageflow_connectors::kinesis::consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, ShardFeed, StreamSpec,
 };
-use pageflow_connectors::kinesis_fan_out::FanOutSettings;
-use pageflow_connectors::kinesis_source::ReaderSettings;
-use pageflow_connectors::kpl::aggregate;
+use pageflow_connectors::kinesis::fan_out_reader::FanOutSettings;
+use pageflow_connectors::kinesis::kpl::aggregate;
+use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
 use pageflow_dataflow::event::RawRecord;
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource};
 use pageflow_tests::clients::kinesis_client;

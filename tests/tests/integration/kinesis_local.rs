@@ -26,13 +26,14 @@ use aws_sdk_kinesis::types::{
     ConsumerStatus, PutRecordsRequestEntry, ScalingType, Shard, StreamStatus,
 };
 use pageflow_connectors::ConnectorError;
-use pageflow_connectors::kinesis_fan_out::{
+use pageflow_connectors::kinesis::fan_out_reader::{
     FanOutReader, FanOutSettings, ensure_consumer, ensure_consumer_within, stream_arn,
 };
-use pageflow_connectors::kinesis_source::{
-    ReaderSettings, ResumePoint, ShardBatch, ShardReader, ShardRecord, StartPosition,
+use pageflow_connectors::kinesis::kpl::aggregate;
+use pageflow_connectors::kinesis::polling_reader::{PollingReader, ReaderSettings};
+use pageflow_connectors::kinesis::shard_reader::{
+    ResumePoint, ShardBatch, ShardRecord, StartPosition,
 };
-use pageflow_connectors::kpl::aggregate;
 use pageflow_connectors::retry::Backoff;
 use pageflow_tests::aws::http_request;
 use pageflow_tests::clients::kinesis_client;
@@ -270,7 +271,7 @@ trait Reader {
     async fn next(&mut self) -> Result<ShardBatch, ConnectorError>;
 }
 
-impl Reader for ShardReader {
+impl Reader for PollingReader {
     async fn next(&mut self) -> Result<ShardBatch, ConnectorError> {
         self.next_batch().await
     }
@@ -377,7 +378,7 @@ async fn polling_reader_reads_every_shard_in_order_and_resumes_exactly() -> Test
     assert_eq!(shards.len(), 3, "61 partition keys reach all 3 shards");
 
     for (shard, records) in &shards {
-        let mut reader = ShardReader::new(
+        let mut reader = PollingReader::new(
             client.clone(),
             "polled",
             shard,
@@ -400,7 +401,7 @@ async fn polling_reader_reads_every_shard_in_order_and_resumes_exactly() -> Test
     // Stop a reader part-way (a batch boundary), then resume a new one from its point.
     let (shard, records) = shards.iter().next().ok_or("a shard")?;
     let want = expected(records);
-    let mut first = ShardReader::new(
+    let mut first = PollingReader::new(
         client.clone(),
         "polled",
         shard,
@@ -413,7 +414,7 @@ async fn polling_reader_reads_every_shard_in_order_and_resumes_exactly() -> Test
     let resume = first.resume_point().cloned().ok_or("a resume point")?;
     assert_eq!(resume.position, head[head.len() - 1].position);
     drop(first);
-    let mut second = ShardReader::new(
+    let mut second = PollingReader::new(
         client.clone(),
         "polled",
         shard,
@@ -475,7 +476,7 @@ async fn polling_reader_ends_a_closed_parent_with_its_children_which_hold_the_la
     let Local { server, client } = local().await?;
     let (parent, early, late, children) = resharded(&client, "split", 1200, 1200).await?;
 
-    let mut reader = ShardReader::new(
+    let mut reader = PollingReader::new(
         client.clone(),
         "split",
         &parent,
@@ -503,7 +504,7 @@ async fn polling_reader_ends_a_closed_parent_with_its_children_which_hold_the_la
     let mut from_children = Vec::new();
     for child in &children {
         let want = expected(late_by_shard.get(child).map_or(&[][..], Vec::as_slice));
-        let mut reader = ShardReader::new(
+        let mut reader = PollingReader::new(
             client.clone(),
             "split",
             child,

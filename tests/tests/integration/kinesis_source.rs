@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use pageflow_connectors::kinesis_source::{
-    ReaderSettings, ResumePoint, ShardReader, ShardRecord, StartPosition,
-};
-use pageflow_connectors::kpl::aggregate;
+use pageflow_connectors::kinesis::kpl::aggregate;
+use pageflow_connectors::kinesis::polling_reader::{PollingReader, ReaderSettings};
+use pageflow_connectors::kinesis::shard_reader::{ResumePoint, ShardRecord, StartPosition};
 use pageflow_tests::aws::MotoServer;
 use pageflow_tests::clients::kinesis_client;
 
@@ -119,7 +118,7 @@ fn quick() -> ReaderSettings {
 
 /// Reads until the reader is caught up (an empty batch at the tip).
 async fn read_all(
-    reader: &mut ShardReader,
+    reader: &mut PollingReader,
 ) -> Result<Vec<ShardRecord>, Box<dyn std::error::Error>> {
     let mut records = Vec::new();
     loop {
@@ -136,7 +135,7 @@ async fn read_all(
 async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResult {
     let moto = MotoServer::start()?;
     let (client, shard, expected) = filled_shard(&moto).await?;
-    let mut reader = ShardReader::new(
+    let mut reader = PollingReader::new(
         client,
         "g1",
         &shard,
@@ -171,7 +170,7 @@ async fn reads_in_order_unpacks_aggregates_and_flags_corrupt_ones() -> TestResul
 async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> TestResult {
     let moto = MotoServer::start()?;
     let (client, shard, _) = filled_shard(&moto).await?;
-    let mut first = ShardReader::new(
+    let mut first = PollingReader::new(
         client.clone(),
         "g1",
         &shard,
@@ -190,7 +189,7 @@ async fn resumes_after_the_last_emitted_user_record_and_never_repeats_it() -> Te
             position: all[stop].position.clone(),
             record_complete,
         };
-        let mut again = ShardReader::new(
+        let mut again = PollingReader::new(
             client.clone(),
             "g1",
             &shard,
@@ -217,7 +216,7 @@ async fn calls_on_one_shard_are_spaced_by_the_rate_limit() -> TestResult {
         min_call_interval: Duration::from_millis(200),
         ..ReaderSettings::default()
     };
-    let mut reader = ShardReader::new(
+    let mut reader = PollingReader::new(
         client,
         "g1",
         &shard,

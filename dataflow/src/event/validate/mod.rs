@@ -21,7 +21,7 @@ mod tests;
 
 use std::borrow::Cow;
 
-use super::Reason;
+use super::{Reason, is_valid_portal};
 use json::{Kind, Slot};
 use number::IntClass;
 
@@ -259,18 +259,6 @@ fn number_text(text: &str) -> String {
     }
 }
 
-/// Whether `portal` matches `^[a-z0-9][a-z0-9-]{0,31}$` (as a whole: `$` is the end of the
-/// string, as in ECMA-262 without the multiline flag).
-fn portal_matches(portal: &str) -> bool {
-    let alnum = |byte: &u8| byte.is_ascii_lowercase() || byte.is_ascii_digit();
-    match portal.as_bytes().split_first() {
-        Some((first, rest)) => {
-            alnum(first) && rest.len() <= 31 && rest.iter().all(|b| alnum(b) || *b == b'-')
-        }
-        None => false,
-    }
-}
-
 /// Checks a syntactically valid record's properties against the schema, category by category.
 fn check<'a>(slots: &mut [Slot<'a>; FIELD_COUNT]) -> Result<Pageview<'a>, Invalid> {
     for (field, slot) in FIELDS.iter().zip(slots.iter()) {
@@ -345,7 +333,7 @@ fn check<'a>(slots: &mut [Slot<'a>; FIELD_COUNT]) -> Result<Pageview<'a>, Invali
 
     let [event_id, portal, user_id, article_id, ..] = slots;
     let portal = text(portal);
-    if !portal_matches(&portal) {
+    if !is_valid_portal(&portal) {
         return Err(invalid(
             Reason::BadPattern,
             format!(

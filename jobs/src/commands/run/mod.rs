@@ -35,11 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::checkpoint_store::S3Lease;
 use pageflow_connectors::dir_lock::{DirLock, this_process};
-use pageflow_connectors::kinesis_consumer::KinesisConsumer;
+use pageflow_connectors::kinesis::consumer::KinesisConsumer;
 use pageflow_connectors::personalize::EventForwarder;
-use pageflow_connectors::synthetic::ManualClock;
 use pageflow_dataflow::checkpoint::CheckpointCoordinator;
+use pageflow_dataflow::clock::ManualClock;
 use pageflow_dataflow::stats::JobStats;
 
 use self::checkpointing::{Checkpointing, start_checkpointing};
@@ -78,6 +79,8 @@ pub struct RunningJob {
     stats: Arc<JobStats>,
     /// Held until the job is dropped: another job on the same directories is refused.
     _directory_locks: Vec<DirLock>,
+    /// The lease of the S3 checkpoint prefix: renewed while the job runs, released at shutdown.
+    checkpoint_lease: Option<S3Lease>,
 }
 
 impl RunningJob {
@@ -166,6 +169,11 @@ impl RunningJob {
                 );
             }
         }
+        if let Some(lease) = self.checkpoint_lease.take()
+            && let Err(error) = lease.release()
+        {
+            tracing::warn!("{error}");
+        }
         Ok(())
     }
 }
@@ -223,6 +231,9 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         .thread_name("pageflow-io")
         .build()
         .context("cannot start the I/O runtime")?;
+    // One job per S3 checkpoint prefix (the local directories are locked above).
+    let checkpoint_lease =
+        crate::checkpoints::lock_s3_prefix(&config, &runtime, &this_process("pageflow run"))?;
     // The events/s gauge stays fresh between scrapes (the dashboard reads it every 2 s).
     {
         let _guard = runtime.enter();
@@ -308,6 +319,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         runtime,
         stats,
         _directory_locks: directory_locks,
+        checkpoint_lease,
     })
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
-use pageflow_connectors::kinesis_sink::KinesisStream;
+use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_dataflow::checkpoint::{ChangeWriter, WorkerCheckpoint};
 use pageflow_dataflow::event::{CompactEvent, DeadLetter, Reason};
 use pageflow_dataflow::features::Feature;

@@ -2,15 +2,14 @@
 //! restored checkpoint left them (synthetic partitions and files by record number; Kinesis shards
 //! by sequence number, through the consumer this also starts).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::kinesis_consumer::{
+use pageflow_connectors::kinesis::consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
 };
-use pageflow_connectors::kinesis_source::{ReaderSettings, StartPosition};
-use pageflow_connectors::synthetic::{SystemClock, WallClock};
+use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
+use pageflow_connectors::kinesis::shard_reader::StartPosition;
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
+use pageflow_dataflow::clock::{Clock, SystemClock, unix_now_ms};
 use pageflow_dataflow::source::{RecordSource, WorkerSources};
 
 use super::RunHooks;
@@ -39,10 +38,7 @@ pub(super) fn worker_sources(
     match config.source.kind {
         SourceKind::Synthetic => {
             let partitions = config.source.partitions;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = unix_now_ms();
             let source = &config.source;
             let rate = source.events_per_second / partitions as f64;
             for index in 0..partitions {
@@ -63,9 +59,9 @@ pub(super) fn worker_sources(
                     limit,
                     ..SyntheticConfig::default()
                 };
-                let clock: Box<dyn WallClock> = match &hooks.synthetic_clock {
+                let clock: Box<dyn Clock> = match &hooks.synthetic_clock {
                     Some(clock) => Box::new(clock.clone()),
-                    None => Box::new(SystemClock),
+                    None => Box::new(SystemClock::new()),
                 };
                 let mut source = SyntheticSource::with_clock(synthetic, index as u32, clock)
                     .with_context(|| format!("synthetic partition {index}"))?;

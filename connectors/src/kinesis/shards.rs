@@ -11,7 +11,7 @@
 //! shards of the added or removed workers move.
 //!
 //! ```
-//! use pageflow_connectors::shards::{SequenceNumber, assign_shard};
+//! use pageflow_connectors::kinesis::shards::{SequenceNumber, assign_shard};
 //! let older = SequenceNumber::new("49590338271490256608559692538361571095921575989136588898").unwrap();
 //! let newer = SequenceNumber::new("495903382714902566085596925383615710959215759891365888980").unwrap();
 //! assert!(older < newer);

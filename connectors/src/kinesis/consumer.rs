@@ -12,7 +12,7 @@
 //!
 //! - **One place discovers.** The coordinator lists the shards (paginated `ListShards`), starts a
 //!   reader task for every shard whose parents are done, and hands the shard to the worker chosen
-//!   by the stable rendezvous hash ([`crate::shards::assign_shard`]). Workers never call
+//!   by the stable rendezvous hash ([`crate::kinesis::shards::assign_shard`]). Workers never call
 //!   `ListShards`.
 //! - **Children after parents, parents fully processed.** A shard counts as done only when its
 //!   worker has taken its last records into the dataflow (the partition reports it on the poll
@@ -24,7 +24,7 @@
 //! - **Metrics.** [`ConsumerStatus`] keeps, per shard, `MillisBehindLatest`, the iterator age (how
 //!   old the newest record read was when it was read) and the records read.
 //! - **Polling or enhanced fan-out**, per stream: [`StreamSpec::fan_out_consumer`] names the
-//!   consumer to register or reuse ([`crate::kinesis_fan_out`]); the records are the same.
+//!   consumer to register or reuse ([`crate::kinesis::fan_out_reader`]); the records are the same.
 //! - **Resuming after a checkpoint.** [`ConsumerSettings::saved`] holds what a checkpoint says of
 //!   each shard ([`SavedShards`]): a shard read to its end is never read again but counts as done,
 //!   so its children may start; a shard with a saved position continues right after its last
@@ -38,9 +38,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use pageflow_dataflow::clock::unix_now_ms;
 use pageflow_dataflow::event::{RawRecord, SourcePosition};
 use pageflow_dataflow::source::{PartitionFeed, PollStatus, RecordSource, SourceError};
 use serde::Serialize;
@@ -48,11 +49,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::ConnectorError;
-use crate::kinesis_fan_out::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
-use crate::kinesis_source::{ReaderSettings, ResumePoint, ShardBatch, ShardReader, StartPosition};
+use crate::kinesis::fan_out_reader::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
+use crate::kinesis::polling_reader::{PollingReader, ReaderSettings};
+use crate::kinesis::shard_discovery::{ShardLineage, list_shards};
+use crate::kinesis::shard_reader::{ResumePoint, ShardBatch, StartPosition};
+use crate::kinesis::shards::{Position, SequenceNumber, assign_shard};
 use crate::retry::{Backoff, Jitter};
-use crate::shard_discovery::{ShardLineage, list_shards};
-use crate::shards::{Position, SequenceNumber, assign_shard};
 
 /// One portal's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -580,7 +582,7 @@ impl Coordinator {
                 resume,
                 self.settings.fan_out,
             ))),
-            None => AnyReader::Polling(Box::new(ShardReader::new(
+            None => AnyReader::Polling(Box::new(PollingReader::new(
                 self.client.clone(),
                 &spec.stream,
                 shard,
@@ -626,7 +628,7 @@ impl Coordinator {
 
 /// A shard's reader: polling or enhanced fan-out, the same records either way.
 enum AnyReader {
-    Polling(Box<ShardReader>),
+    Polling(Box<PollingReader>),
     FanOut(Box<FanOutReader>),
 }
 
@@ -666,11 +668,7 @@ const END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl EndProbe {
     /// `Some(children)` when the shard is closed and nothing is left after `resume`.
-    async fn at_end(
-        &mut self,
-        shard: &str,
-        resume: Option<crate::kinesis_source::ResumePoint>,
-    ) -> Option<Vec<String>> {
+    async fn at_end(&mut self, shard: &str, resume: Option<ResumePoint>) -> Option<Vec<String>> {
         if !self.closed.load(Ordering::SeqCst)
             || self
                 .last
@@ -679,7 +677,7 @@ impl EndProbe {
             return None;
         }
         self.last = Some(std::time::Instant::now());
-        let mut reader = ShardReader::new(
+        let mut reader = PollingReader::new(
             self.client.clone(),
             &self.stream,
             shard,
@@ -783,10 +781,7 @@ impl ReaderTask {
     }
 
     fn record_status(&self, shard: &str, batch: &ShardBatch) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = unix_now_ms();
         let newest = batch.records.iter().filter_map(|r| r.arrival_ms).max();
         self.status.update(&self.stream, shard, |status| {
             status.millis_behind_latest =

@@ -11,7 +11,7 @@
 //!   [`RollPolicy`] it rolls like a Flink file sink's part file: once `features.jsonl` is over a size
 //!   or has been written for longer than an interval, it is closed and renamed
 //!   `features-<unix-ms>.jsonl` (the time it was rolled) and a new `features.jsonl` is started.
-//!   Readers take every `features*.jsonl` file; [`crate::retention`] deletes the oldest rolled ones.
+//!   Readers take every `features*.jsonl` file; [`crate::files::retention`] deletes the oldest rolled ones.
 //! - **Archive.** [`ArchiveSink`] writes newline-delimited JSON laid out like the Firehose-to-S3
 //!   archive, partitioned by layer, portal and event hour (UTC):
 //!   `<root>/archive/{raw,processed,dead-letter}/portal=<portal>/date=YYYY-MM-DD/hour=HH/part-<writer-id>.jsonl`.
@@ -33,7 +33,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use pageflow_dataflow::event::DeadLetter;
+use pageflow_dataflow::event::{DeadLetter, is_valid_portal};
 use pageflow_dataflow::features::Feature;
 
 use crate::error::ConnectorError;
@@ -551,21 +551,6 @@ impl<'a> Sink<ArchiveRecord<'a>> for ArchiveSink {
     }
 }
 
-/// Whether `portal` matches the schema's pattern `^[a-z0-9][a-z0-9-]{0,31}$` (so it is also a safe
-/// directory name).
-pub fn is_valid_portal(portal: &str) -> bool {
-    let bytes = portal.as_bytes();
-    let portal_byte = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            portal_byte(first)
-                && rest.len() <= 31
-                && rest.iter().all(|b| portal_byte(b) || *b == b'-')
-        }
-        None => false,
-    }
-}
-
 /// The directory name for a portal: itself when valid, else [`UNKNOWN_PORTAL`].
 fn portal_dir_name(portal: Option<&str>) -> &str {
     match portal {
@@ -952,18 +937,6 @@ mod tests {
                 "{id:?}"
             );
         }
-    }
-
-    #[test]
-    fn portal_names() {
-        assert!(is_valid_portal("g1"));
-        assert!(is_valid_portal("gshow-2"));
-        assert!(!is_valid_portal(""));
-        assert!(!is_valid_portal("-g1"));
-        assert!(!is_valid_portal("G1"));
-        assert!(!is_valid_portal(".."));
-        assert!(!is_valid_portal(&"a".repeat(33)));
-        assert!(is_valid_portal(&"a".repeat(32)));
     }
 
     #[test]

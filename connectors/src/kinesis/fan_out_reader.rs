@@ -1,6 +1,6 @@
 //! Reading one Kinesis shard with enhanced fan-out (EFO): `SubscribeToShard`.
 //!
-//! **Polling versus fan-out.** A polling consumer ([`crate::kinesis_source::ShardReader`]) asks for
+//! **Polling versus fan-out.** A polling consumer ([`super::PollingReader`]) asks for
 //! records with `GetRecords`, and every polling consumer of a stream shares each shard's read
 //! budget: 2 MB/s and 5 calls per second. An enhanced fan-out consumer is registered on the stream
 //! once (`RegisterStreamConsumer`, see [`ensure_consumer`]) and then gets a budget of its own:
@@ -10,8 +10,10 @@
 //! most 5 minutes, after which the service simply ends the event stream and the consumer
 //! subscribes again from where it was.
 //!
-//! A [`FanOutReader`] has the same methods, and yields the same [`ShardBatch`]es, as the polling
-//! reader, so the rest of pageflow does not care which one reads a shard:
+//! A [`FanOutReader`] is the shared [`ShardReader`] skeleton (resume points, KPL unpacking, end of
+//! shard, backoff: see [`super::shard_reader`]) fetching with [`FanOut`], so it has the same
+//! methods, and yields the same [`ShardBatch`](super::ShardBatch)es, as the polling reader, and the rest of pageflow
+//! does not care which one reads a shard:
 //! - **One event, one batch.** [`FanOutReader::next_batch`] subscribes when there is no live
 //!   subscription and returns the records of the next event, with its `MillisBehindLatest`.
 //! - **Resubscribing never re-emits or skips.** Each event carries a *continuation sequence
@@ -19,7 +21,7 @@
 //!   [`FanOutSettings::renew_after`]) the next one starts `AFTER_SEQUENCE_NUMBER` of it, or at the
 //!   last emitted user record when that is further on or inside a KPL aggregate. Started from a
 //!   saved [`ResumePoint`], it continues after it exactly like the polling reader (same unpacking,
-//!   [`crate::kinesis_source`]).
+//!   [`super::shard_reader`]).
 //! - **Throttling never kills it.** The service allows one `SubscribeToShard` per second per
 //!   consumer and shard and one live subscription per consumer and shard (a second one is refused
 //!   with `ResourceInUseException` until the first is released); those refusals,
@@ -28,7 +30,7 @@
 //!   consumer or shard, no permission) are errors.
 //! - **End of shard.** The last event of a closed shard has no continuation sequence number and
 //!   names the child shards; the reader then reports them in
-//!   [`ShardBatch::finished_with_children`] and is finished.
+//!   [`ShardBatch::finished_with_children`](super::ShardBatch::finished_with_children) and is finished.
 //!
 //! The consumer is never deregistered here: a restarted job finds it by name and reuses it.
 
@@ -45,9 +47,12 @@ use aws_sdk_kinesis::types::{
 
 use crate::ConnectorError;
 use crate::aws::classify;
-use crate::kinesis_source::{ReadStart, ResumePoint, ShardBatch, StartPosition, unpack_record};
+use crate::kinesis::shard_reader::{
+    CallPacing, FetchRecords, Fetched, ReadStart, ResumePoint, ShardCursor, ShardReader,
+    StartPosition,
+};
+use crate::kinesis::shards::SequenceNumber;
 use crate::retry::{Backoff, Jitter};
-use crate::shards::SequenceNumber;
 
 /// How long [`ensure_consumer`] waits for a consumer to become `ACTIVE` (AWS takes seconds; the
 /// bound turns a stuck registration into an error instead of a hang).
@@ -81,33 +86,8 @@ impl Default for FanOutSettings {
     }
 }
 
-/// A live subscription: its events, when it started, whether an event has come.
-#[derive(Debug)]
-struct Subscription {
-    events: EventReceiver<SubscribeToShardEventStream, SubscribeToShardEventStreamError>,
-    started: Instant,
-    delivered: bool,
-}
-
 /// Reads one shard in order through an enhanced fan-out consumer.
-#[derive(Debug)]
-pub struct FanOutReader {
-    client: Client,
-    consumer_arn: String,
-    shard_id: String,
-    start: StartPosition,
-    settings: FanOutSettings,
-    resume: Option<ResumePoint>,
-    /// The continuation sequence number of the last event: where the shard's reading got to, even
-    /// past the last record (events without records move it too).
-    continuation: Option<SequenceNumber>,
-    subscription: Option<Subscription>,
-    last_subscribe: Option<Instant>,
-    subscriptions: u64,
-    failures: u32,
-    jitter: Jitter,
-    finished: bool,
-}
+pub type FanOutReader = ShardReader<FanOut>;
 
 impl FanOutReader {
     /// A reader of `shard_id` through the consumer `consumer_arn` (from [`ensure_consumer`]), from
@@ -120,108 +100,102 @@ impl FanOutReader {
         resume: Option<ResumePoint>,
         settings: FanOutSettings,
     ) -> Self {
-        FanOutReader {
+        let fetch = FanOut {
             client,
             consumer_arn: consumer_arn.to_string(),
-            shard_id: shard_id.to_string(),
-            start,
-            settings,
-            resume,
+            idle_timeout: settings.idle_timeout,
+            renew_after: settings.renew_after,
+            pacing: CallPacing::new(settings.min_subscribe_interval),
             continuation: None,
             subscription: None,
-            last_subscribe: None,
             subscriptions: 0,
-            failures: 0,
-            jitter: Jitter::new(),
-            finished: false,
-        }
-    }
-
-    /// The last user record emitted, to save in a checkpoint.
-    pub fn resume_point(&self) -> Option<&ResumePoint> {
-        self.resume.as_ref()
-    }
-
-    /// The shard's id.
-    pub fn shard_id(&self) -> &str {
-        &self.shard_id
-    }
-
-    /// Whether the shard is closed and fully read.
-    pub fn is_finished(&self) -> bool {
-        self.finished
+        };
+        ShardReader::with_fetch(fetch, shard_id, start, resume, settings.backoff)
     }
 
     /// How many subscriptions have delivered events so far (one per 5 minutes of reading, plus one
     /// per renewal after a failure; refused ones do not count): for metrics and tests.
     pub fn subscription_count(&self) -> u64 {
-        self.subscriptions
+        self.fetch.subscriptions
     }
+}
 
-    /// Returns the records of the next event (possibly none), subscribing first when there is no
-    /// live subscription, and waiting as the subscribe rate and backoff require.
-    ///
-    /// Errors only for failures no retry can fix (a missing consumer or shard, no permission).
-    pub async fn next_batch(&mut self) -> Result<ShardBatch, ConnectorError> {
-        if self.finished {
-            return Ok(ShardBatch::default());
-        }
-        loop {
-            let Some(subscription) = self.subscription.as_mut() else {
-                self.subscribe().await?;
-                continue;
-            };
-            let received =
-                tokio::time::timeout(self.settings.idle_timeout, subscription.events.recv()).await;
-            match received {
-                Err(_silent) => {
-                    // Hand control back (an empty batch) and subscribe afresh next time.
-                    self.subscription = None;
-                    return Ok(ShardBatch::default());
+/// A live subscription: its events, when it started, whether an event has come.
+#[derive(Debug)]
+struct Subscription {
+    events: EventReceiver<SubscribeToShardEventStream, SubscribeToShardEventStreamError>,
+    started: Instant,
+    delivered: bool,
+}
+
+/// Fetching with `SubscribeToShard`: one event of the live subscription per fetch.
+#[derive(Debug)]
+pub struct FanOut {
+    client: Client,
+    consumer_arn: String,
+    idle_timeout: Duration,
+    renew_after: Option<Duration>,
+    pacing: CallPacing,
+    /// The continuation sequence number of the last event: where the shard's reading got to, even
+    /// past the last record (events without records move it too).
+    continuation: Option<SequenceNumber>,
+    subscription: Option<Subscription>,
+    subscriptions: u64,
+}
+
+impl FetchRecords for FanOut {
+    /// Returns the records of the next event, subscribing first when there is no live
+    /// subscription.
+    async fn fetch(&mut self, cursor: &ShardCursor) -> Fetched {
+        let Some(subscription) = self.subscription.as_mut() else {
+            return self.subscribe(cursor).await;
+        };
+        let received = tokio::time::timeout(self.idle_timeout, subscription.events.recv()).await;
+        match received {
+            Err(_silent) => {
+                // Hand control back (an empty batch) and subscribe afresh next time.
+                self.subscription = None;
+                Fetched::Nothing
+            }
+            Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => {
+                if !subscription.delivered {
+                    subscription.delivered = true;
+                    self.subscriptions += 1;
                 }
-                Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => {
-                    self.failures = 0;
-                    if !subscription.delivered {
-                        subscription.delivered = true;
-                        self.subscriptions += 1;
-                    }
-                    let renew = self
-                        .settings
-                        .renew_after
-                        .is_some_and(|age| subscription.started.elapsed() >= age);
-                    if renew {
-                        // Ending it ourselves (after an event, so that every subscription reads
-                        // something) is like the service ending it: the next continues from here.
-                        self.subscription = None;
-                    }
-                    return Ok(self.accept(event));
-                }
-                Ok(Ok(Some(_unknown))) => {} // an event type newer than this SDK: nothing to read
-                Ok(Ok(None)) => {
-                    // The service ended the subscription (it does so after 5 minutes).
+                let renew = self
+                    .renew_after
+                    .is_some_and(|age| subscription.started.elapsed() >= age);
+                if renew {
+                    // Ending it ourselves (after an event, so that every subscription reads
+                    // something) is like the service ending it: the next continues from here.
                     self.subscription = None;
                 }
-                Ok(Err(error)) => {
-                    self.subscription = None;
-                    let (message, retryable) = classify_stream_error(&error);
-                    if !retryable {
-                        return Err(self.fatal("reading the event stream", &message));
-                    }
-                    self.back_off().await;
+                self.accept(event)
+            }
+            Ok(Ok(Some(_unknown))) => Fetched::Again, // an event type newer than this SDK
+            Ok(Ok(None)) => {
+                // The service ended the subscription (it does so after 5 minutes).
+                self.subscription = None;
+                Fetched::Again
+            }
+            Ok(Err(error)) => {
+                self.subscription = None;
+                let (message, retryable) = classify_stream_error(&error);
+                if retryable {
+                    Fetched::Transient
+                } else {
+                    Fetched::Fatal(self.fatal(cursor, "reading the event stream", &message))
                 }
             }
         }
     }
+}
 
-    /// Turns an event into a batch and moves the reader's positions past it.
-    fn accept(&mut self, event: SubscribeToShardEvent) -> ShardBatch {
-        let mut batch = ShardBatch {
-            millis_behind_latest: Some(event.millis_behind_latest),
-            ..ShardBatch::default()
-        };
-        for record in event.records() {
-            unpack_record(record, &mut self.resume, &mut batch.records);
-        }
+impl FanOut {
+    /// Takes an event's records and moves the continuation past it; the event without a
+    /// continuation that names child shards is the shard's last.
+    fn accept(&mut self, event: SubscribeToShardEvent) -> Fetched {
+        let mut children = None;
         match SequenceNumber::new(event.continuation_sequence_number()) {
             Some(continuation) => {
                 if self.continuation.as_ref().is_none_or(|c| *c < continuation) {
@@ -230,23 +204,30 @@ impl FanOutReader {
             }
             // No continuation: the shard is closed and this was its end.
             None => {
-                if let Some(children) = &event.child_shards {
-                    self.finished = true;
+                if let Some(child_shards) = &event.child_shards {
                     self.subscription = None;
-                    batch.finished_with_children =
-                        Some(children.iter().map(|c| c.shard_id().to_string()).collect());
+                    children = Some(
+                        child_shards
+                            .iter()
+                            .map(|c| c.shard_id().to_string())
+                            .collect(),
+                    );
                 }
             }
         }
-        batch
+        Fetched::Records {
+            millis_behind_latest: Some(event.millis_behind_latest),
+            records: event.records,
+            children,
+        }
     }
 
     /// Where the next subscription starts: after the last event's continuation sequence number,
     /// unless the last emitted user record is further on, or is inside an aggregate not read to
     /// its end (then at that record, skipping the user records already emitted).
-    fn read_start(&self) -> ReadStart {
+    fn read_start(&self, cursor: &ShardCursor) -> ReadStart {
         if let Some(continuation) = &self.continuation {
-            let continuation_is_ahead = match &self.resume {
+            let continuation_is_ahead = match &cursor.resume {
                 None => true,
                 Some(resume) => {
                     *continuation > resume.position.sequence
@@ -261,41 +242,41 @@ impl FanOutReader {
                 };
             }
         }
-        ReadStart::new(self.resume.as_ref(), self.start)
+        ReadStart::new(cursor.resume.as_ref(), cursor.start)
     }
 
-    /// One `SubscribeToShard` call, after the rate limit's wait; on a transient refusal it backs
-    /// off and leaves `self.subscription` empty for the caller to try again.
-    async fn subscribe(&mut self) -> Result<(), ConnectorError> {
-        if let Some(last) = self.last_subscribe {
-            let wait = self
-                .settings
-                .min_subscribe_interval
-                .saturating_sub(last.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let from = self.read_start();
-        let position = StartingPosition::builder()
+    /// One `SubscribeToShard` call, after the rate limit's wait: [`Fetched::Again`] once
+    /// subscribed, [`Fetched::Transient`] after a refusal that passes.
+    async fn subscribe(&mut self, cursor: &ShardCursor) -> Fetched {
+        self.pacing.wait().await;
+        let from = self.read_start(cursor);
+        let position = match StartingPosition::builder()
             .r#type(from.kind)
             .set_sequence_number(from.sequence)
             .set_timestamp(from.timestamp)
             .build()
-            .map_err(|e| self.fatal("building the starting position", &e.to_string()))?;
-        self.last_subscribe = Some(Instant::now());
+        {
+            Ok(position) => position,
+            Err(e) => {
+                return Fetched::Fatal(self.fatal(
+                    cursor,
+                    "building the starting position",
+                    &e.to_string(),
+                ));
+            }
+        };
+        self.pacing.calling();
         let call = self
             .client
             .subscribe_to_shard()
             .consumer_arn(&self.consumer_arn)
-            .shard_id(&self.shard_id)
+            .shard_id(&cursor.shard_id)
             .starting_position(position)
             .send();
         // `send` returns once the first message of the event stream has arrived: bound it like
         // the wait for any other event.
-        let Ok(result) = tokio::time::timeout(self.settings.idle_timeout, call).await else {
-            self.back_off().await;
-            return Ok(());
+        let Ok(result) = tokio::time::timeout(self.idle_timeout, call).await else {
+            return Fetched::Transient;
         };
         match result {
             Ok(output) => {
@@ -304,37 +285,27 @@ impl FanOutReader {
                     started: Instant::now(),
                     delivered: false,
                 });
-                Ok(())
+                Fetched::Again
             }
             Err(error) => {
                 let code = error.as_service_error().and_then(|e| e.code());
                 let (message, retryable) = classify(&error);
                 // `ResourceInUseException`: the previous subscription is not released yet, or the
                 // consumer is not `ACTIVE` yet; both pass.
-                if !(retryable || code == Some("ResourceInUseException")) {
-                    return Err(self.fatal("subscribing to a shard", &message));
+                if retryable || code == Some("ResourceInUseException") {
+                    Fetched::Transient
+                } else {
+                    Fetched::Fatal(self.fatal(cursor, "subscribing to a shard", &message))
                 }
-                self.back_off().await;
-                Ok(())
             }
         }
     }
 
-    async fn back_off(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        tokio::time::sleep(
-            self.settings
-                .backoff
-                .delay(self.failures, self.jitter.next_u64()),
-        )
-        .await;
-    }
-
-    fn fatal(&self, doing: &str, message: &str) -> ConnectorError {
+    fn fatal(&self, cursor: &ShardCursor, doing: &str, message: &str) -> ConnectorError {
         ConnectorError::Aws {
             what: format!(
                 "{doing} (shard {}, enhanced fan-out consumer {})",
-                self.shard_id, self.consumer_arn
+                cursor.shard_id, self.consumer_arn
             ),
             message: message.to_string(),
             retryable: false,
@@ -559,7 +530,25 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shards::Position;
+    use crate::kinesis::shard_reader::ShardBatch;
+    use crate::kinesis::shards::Position;
+
+    /// What the reader makes of one event.
+    fn accept(reader: &mut FanOutReader, event: SubscribeToShardEvent) -> ShardBatch {
+        match reader.fetch.accept(event) {
+            Fetched::Records {
+                records,
+                millis_behind_latest,
+                children,
+            } => reader.take(records, millis_behind_latest, children),
+            other => panic!("an event gives records, not {other:?}"),
+        }
+    }
+
+    /// Where the reader's next subscription would start.
+    fn read_start(reader: &FanOutReader) -> ReadStart {
+        reader.fetch.read_start(&reader.cursor)
+    }
 
     fn reader(resume: Option<ResumePoint>) -> FanOutReader {
         let config = aws_sdk_kinesis::Config::builder()
@@ -634,43 +623,46 @@ mod tests {
     #[test]
     fn starts_from_the_start_position_then_after_the_continuation() {
         let mut reader = reader(None);
-        assert_eq!(reader.read_start().kind, ShardIteratorType::TrimHorizon);
-        let batch = reader.accept(event(vec![record("100", b"a")], "100", None));
+        assert_eq!(read_start(&reader).kind, ShardIteratorType::TrimHorizon);
+        let batch = accept(&mut reader, event(vec![record("100", b"a")], "100", None));
         assert_eq!(batch.records.len(), 1);
         assert_eq!(batch.millis_behind_latest, Some(7));
         // An event without records still moves the continuation: no need to re-read from 100.
-        let batch = reader.accept(event(vec![], "250", None));
+        let batch = accept(&mut reader, event(vec![], "250", None));
         assert!(batch.records.is_empty());
-        let start = reader.read_start();
+        let start = read_start(&reader);
         assert_eq!(start.kind, ShardIteratorType::AfterSequenceNumber);
         assert_eq!(start.sequence.as_deref(), Some("250"));
         // An older continuation (never sent by the service) does not move it back.
-        reader.accept(event(vec![], "200", None));
-        assert_eq!(reader.read_start().sequence.as_deref(), Some("250"));
+        accept(&mut reader, event(vec![], "200", None));
+        assert_eq!(read_start(&reader).sequence.as_deref(), Some("250"));
     }
 
     #[test]
     fn resubscribes_at_a_partly_emitted_aggregate_and_skips_what_was_emitted() {
         // Saved inside the aggregate at 300 (user records 0..=1 of 3 emitted).
         let mut reader = reader(Some(resume("300", 1, false)));
-        let start = reader.read_start();
+        let start = read_start(&reader);
         assert_eq!(start.kind, ShardIteratorType::AtSequenceNumber);
         assert_eq!(start.sequence.as_deref(), Some("300"));
 
         // The subscription ends before any event: the same start again (not the continuation of
         // an earlier subscription, not the start position).
-        assert_eq!(reader.read_start(), start);
+        assert_eq!(read_start(&reader), start);
 
-        let packed = crate::kpl::aggregate(&[
+        let packed = crate::kinesis::kpl::aggregate(&[
             ("u", b"a0".as_slice()),
             ("u", b"a1".as_slice()),
             ("u", b"a2".as_slice()),
         ]);
-        let batch = reader.accept(event(
-            vec![record("300", &packed), record("301", b"b")],
-            "301",
-            None,
-        ));
+        let batch = accept(
+            &mut reader,
+            event(
+                vec![record("300", &packed), record("301", b"b")],
+                "301",
+                None,
+            ),
+        );
         let data: Vec<&[u8]> = batch.records.iter().map(|r| r.data.as_slice()).collect();
         assert_eq!(
             data,
@@ -678,7 +670,7 @@ mod tests {
             "a0, a1 were emitted before"
         );
         assert_eq!(reader.resume_point(), Some(&resume("301", 0, true)));
-        let start = reader.read_start();
+        let start = read_start(&reader);
         assert_eq!(start.kind, ShardIteratorType::AfterSequenceNumber);
         assert_eq!(start.sequence.as_deref(), Some("301"));
     }
@@ -686,8 +678,8 @@ mod tests {
     #[test]
     fn a_continuation_behind_the_resume_point_is_not_used() {
         let mut reader = reader(Some(resume("500", 0, true)));
-        reader.accept(event(vec![], "400", None));
-        let start = reader.read_start();
+        accept(&mut reader, event(vec![], "400", None));
+        let start = read_start(&reader);
         assert_eq!(start.kind, ShardIteratorType::AfterSequenceNumber);
         assert_eq!(start.sequence.as_deref(), Some("500"));
     }
@@ -695,13 +687,16 @@ mod tests {
     #[test]
     fn the_event_without_continuation_ends_the_shard_with_its_children() {
         let mut reader = reader(None);
-        reader.accept(event(vec![record("1", b"x")], "1", None));
+        accept(&mut reader, event(vec![record("1", b"x")], "1", None));
         assert!(!reader.is_finished());
-        let batch = reader.accept(event(
-            vec![record("2", b"y")],
-            "",
-            Some(&["shardId-000000000001", "shardId-000000000002"]),
-        ));
+        let batch = accept(
+            &mut reader,
+            event(
+                vec![record("2", b"y")],
+                "",
+                Some(&["shardId-000000000001", "shardId-000000000002"]),
+            ),
+        );
         assert!(reader.is_finished());
         assert_eq!(batch.records.len(), 1, "the last event's records are kept");
         assert_eq!(
@@ -716,7 +711,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_reader_returns_empty_batches_without_calling() {
         let mut reader = reader(None);
-        reader.accept(event(vec![], "", Some(&[])));
+        accept(&mut reader, event(vec![], "", Some(&[])));
         assert!(reader.is_finished());
         let batch = reader.next_batch().await.unwrap();
         assert_eq!(batch, ShardBatch::default());

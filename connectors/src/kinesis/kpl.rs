@@ -24,7 +24,7 @@
 //! and its index as *sub-sequence number*, so a consumer can resume in the middle of one.
 //!
 //! ```
-//! use pageflow_connectors::kpl::{Deaggregated, aggregate, deaggregate};
+//! use pageflow_connectors::kinesis::kpl::{Deaggregated, aggregate, deaggregate};
 //! let packed = aggregate(&[("u1", b"first".as_slice()), ("u2", b"second".as_slice())]);
 //! match deaggregate(&packed) {
 //!     Deaggregated::Aggregated(records) => assert_eq!(records[1].data, b"second"),
