@@ -834,7 +834,9 @@ fn sink_loop(
             Ok(SinkMessage::Raw(records)) => outputs.raw(&records)?,
             Ok(SinkMessage::Live(updates)) => {
                 for update in updates {
+                    let watermark = pageflow_metrics::ranking_watermark(&update);
                     serving.apply(update);
+                    metrics.record_ranking_visible(watermark);
                 }
             }
             Ok(SinkMessage::Accepted(events)) => {
