@@ -5,7 +5,7 @@
 //! of [`latency`]. The dataflow workers update them without locks (the counters are atomics) while
 //! the HTTP side encodes the registry for `GET /metrics` with the crate's Prometheus text encoder
 //! (format 0.0.4, [`PROMETHEUS_CONTENT_TYPE`]). Values that live elsewhere or depend on the
-//! moment of the scrape are encoded by a collector ([`scraped`]). There is no global registry: the
+//! moment of the scrape are encoded by a collector (`scraped.rs`). There is no global registry: the
 //! binary creates one `Arc<Metrics>` and hands clones to whoever reports or serves.
 //!
 //! | metric | type | meaning |
@@ -160,7 +160,7 @@ type HistogramFamily<L> = Family<L, LatencyHistogram, fn() -> LatencyHistogram>;
 #[derive(Debug)]
 pub struct Metrics {
     /// What `GET /metrics` encodes: every metric below (clones share their values) and the
-    /// collector of [`scraped`].
+    /// collector of `scraped.rs`.
     registry: Registry,
     /// Serialises encodings, each of which sets the scrape's wall clock first.
     encoding: Mutex<()>,
