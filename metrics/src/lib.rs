@@ -50,10 +50,12 @@
 //! oldest and the newest sample of the last [`RATE_WINDOW`] (the oldest sample kept is the newest one
 //! at least that old, so a single scrape every 15 s still gives a rate).
 //!
-//! Compared with the hand-written rendering this replaced, every metric name, label and value is
-//! the same; what changed is the spelling of some values (floats are written as `0.0`, `3.0`), the
-//! order of the series inside a labelled family (Prometheus does not read an order), and the
-//! `# HELP` texts of registered metrics, which the crate ends with a full stop.
+//! Compared with the hand-written rendering this replaced, every metric name (`# HELP`/`# TYPE`
+//! lines and samples alike, `_total` included), label, help text and value is the same; what
+//! changed is the spelling of float values (`0.0`, `3.0` where it wrote `0`, `3`: the same number
+//! to Prometheus), the order of the series inside a labelled family (Prometheus reads no order),
+//! and the order of the families. Counters are registered by their name without `_total`, which
+//! the crate's encoder appends.
 
 pub mod heap;
 pub mod latency;
