@@ -1,9 +1,12 @@
-//! Operational metrics of the job, rendered in the Prometheus text format.
+//! Operational metrics of the job, and how Prometheus sees them.
 //!
-//! A [`Metrics`] is a small hand-written registry: a fixed set of counters and gauges kept in
-//! atomics, so that the dataflow workers can update them without locks while the HTTP side renders
-//! them for `GET /metrics`. There is no global registry: the binary creates one `Arc<Metrics>` and
-//! hands clones to whoever reports or serves.
+//! A [`Metrics`] holds a `prometheus-client` [`Registry`] (the Prometheus project's own Rust
+//! client) with the job's typed counters, gauges and label families, and the latency histograms
+//! of [`latency`]. The dataflow workers update them without locks (the counters are atomics) while
+//! the HTTP side encodes the registry for `GET /metrics` with the crate's Prometheus text encoder
+//! (format 0.0.4, [`PROMETHEUS_CONTENT_TYPE`]). Values that live elsewhere or depend on the
+//! moment of the scrape are encoded by a collector (`scraped.rs`). There is no global registry: the
+//! binary creates one `Arc<Metrics>` and hands clones to whoever reports or serves.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -29,72 +32,163 @@
 //! | `pageflow_recommendations_total{personalize}` | counter | recommendation answers, by what Personalize did (`ok`, `not_configured`, `timeout`, `throttled`, `not_found`, `invalid_input`, `error`, `breaker_open`) |
 //! | `pageflow_personalize_events_total{outcome}` | counter | pageviews offered to the Personalize event trackers and what became of them (`offered`, `sent`, `failed`, `dropped_queue_full`, `dropped_invalid`, `dropped_closed`) |
 //! | `pageflow_personalize_calls_total{result}` | counter | `PutEvents` calls `sent` and `retried` |
+//! | `pageflow_checkpoints_total{result}` | counter | checkpoints `completed` and `failed` |
+//! | `pageflow_checkpoint_{duration,pause,save}_seconds`, `pageflow_checkpoint_{size,stored}_bytes`, `pageflow_checkpoint_last_success_timestamp_seconds` | gauge | the last committed checkpoint |
+//! | `pageflow_state_bytes{operator}`, `pageflow_state_keys{operator}` | gauge | operator state as last reported |
+//! | `pageflow_http_request_duration_seconds{group}` | histogram | time to answer an HTTP request (until the response head), by route group (see [`HTTP_ROUTE_GROUPS`]) |
+//! | `pageflow_event_to_ranking_seconds` | histogram | for each ranking made visible to the serving layer: wall clock then minus the ranking's watermark (see [`Metrics::record_ranking_visible`]) |
+//! | `pageflow_checkpoint_durations_seconds` | histogram | every committed checkpoint, from request to commit |
+//! | `pageflow_checkpoint_pauses_seconds` | histogram | every committed checkpoint, the longest the dataflow stood still for it |
+//!
+//! The histograms are HdrHistograms exported as Prometheus histograms (why not summaries: see
+//! [`latency`]); their p50/p99 are also in `/v1/status` ([`Metrics::latencies`]). The two
+//! checkpoint histograms are named in the plural because `pageflow_checkpoint_duration_seconds`
+//! and `pageflow_checkpoint_pause_seconds` already name the gauges of the last checkpoint.
 //!
 //! `pageflow_events_per_second` is derived from samples of `pageflow_events_in_total`: every render
 //! takes a sample, and [`Metrics::spawn_rate_sampler`] (or calls to [`Metrics::sample_rate`]) add one
 //! per period so that the rate stays fresh between scrapes. The rate is the increase between the
 //! oldest and the newest sample of the last [`RATE_WINDOW`] (the oldest sample kept is the newest one
 //! at least that old, so a single scrape every 15 s still gives a rate).
+//!
+//! Compared with the hand-written rendering this replaced, every metric name (`# HELP`/`# TYPE`
+//! lines and samples alike, `_total` included), label, help text and value is the same; what
+//! changed is the spelling of float values (`0.0`, `3.0` where it wrote `0`, `3`: the same number
+//! to Prometheus), the order of the series inside a labelled family (Prometheus reads no order),
+//! and the order of the families. Counters are registered by their name without `_total`, which
+//! the crate's encoder appends.
 
 pub mod checkpoint_history;
 pub mod heap;
+pub mod latency;
+mod scraped;
 
-use std::collections::VecDeque;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pageflow_connectors::kinesis::consumer::ConsumerStatus;
-use pageflow_connectors::personalize::{EventForwarder, ForwarderStats};
+use pageflow_connectors::personalize::EventForwarder;
 use pageflow_dataflow::event::Reason;
 use pageflow_dataflow::features::Feature;
+use pageflow_dataflow::live::LiveUpdate;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// The `Content-Type` of [`Metrics::render_prometheus`]: the text exposition format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use latency::{
+    CHECKPOINT_BUCKETS, EVENT_TO_RANKING_BUCKETS, HTTP_BUCKETS, LatencyHistogram, LatencySummary,
+};
+use scraped::{Observed, ScrapeTimeFamilies, lock};
+
+/// The `Content-Type` of [`Metrics::render_prometheus`]: the Prometheus text exposition format
+/// 0.0.4, as `prometheus-client`'s encoder writes it.
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The span over which `pageflow_events_per_second` is averaged.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The feature types, in the order they are rendered (the `type` label values).
+/// The feature types (the `type` label values).
 pub const FEATURE_TYPES: [&str; 4] = ["session", "popular", "trending", "related"];
 
-/// Marks "no watermark yet" in the watermark atomic.
-const NO_WATERMARK: u64 = 0;
-/// The stored watermark is the real one plus this, so that 0 can mean "none".
-const WATERMARK_OFFSET: u64 = 1;
+/// What Personalize did for a recommendation answer, as the `personalize` label names it.
+pub const RECOMMENDATION_OUTCOMES: [&str; 8] = [
+    "ok",
+    "not_configured",
+    "timeout",
+    "throttled",
+    "not_found",
+    "invalid_input",
+    "error",
+    "breaker_open",
+];
 
-/// The job's counters and gauges. Cheap to update from any thread; share it as `Arc<Metrics>`.
+/// The AWS sinks, as the `sink` label names them.
+pub const SINKS: [&str; 4] = [
+    "kinesis",
+    "firehose_raw",
+    "firehose_processed",
+    "firehose_dead_letter",
+];
+
+/// The route groups of the HTTP API as the `group` label of
+/// `pageflow_http_request_duration_seconds` names them: the serving layer's policy groups, and
+/// `open` for the probes and the API description that no policy guards.
+pub const HTTP_ROUTE_GROUPS: [&str; 5] = [
+    "rankings",
+    "recommendations",
+    "dashboard",
+    "metrics",
+    "open",
+];
+
+/// `{reason="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// `{type="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureTypeLabel {
+    r#type: &'static str,
+}
+
+/// `{sink="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: &'static str,
+}
+
+/// `{personalize="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PersonalizeLabel {
+    personalize: &'static str,
+}
+
+/// `{group="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteGroupLabel {
+    group: &'static str,
+}
+
+/// A family of latency histograms, one per label set, each made by a plain function.
+type HistogramFamily<L> = Family<L, LatencyHistogram, fn() -> LatencyHistogram>;
+
+/// The job's counters, gauges and histograms. Cheap to update from any thread; share it as
+/// `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
-    events_in: AtomicU64,
-    events_accepted: AtomicU64,
-    dead_letters: [AtomicU64; Reason::ALL.len()],
-    duplicates: AtomicU64,
-    blank_lines: AtomicU64,
-    retention_deleted_files: AtomicU64,
-    retention_deleted_bytes: AtomicU64,
-    features_emitted: [AtomicU64; FEATURE_TYPES.len()],
-    /// `watermark + 1`, saturating, or [`NO_WATERMARK`].
-    watermark: AtomicU64,
-    live_keys: AtomicU64,
-    /// `f64` bits of the last computed rate.
-    events_per_second: AtomicU64,
+    /// What `GET /metrics` encodes: every metric below (clones share their values) and the
+    /// collector of `scraped.rs`.
+    registry: Registry,
+    /// Serialises encodings, each of which sets the scrape's wall clock first.
+    encoding: Mutex<()>,
+    events_in: Counter,
+    events_accepted: Counter,
+    dead_letters: Family<ReasonLabel, Counter>,
+    duplicates: Counter,
+    blank_lines: Counter,
+    retention_deleted_files: Counter,
+    retention_deleted_bytes: Counter,
+    features_emitted: Family<FeatureTypeLabel, Counter>,
+    live_keys: Gauge<u64, AtomicU64>,
+    events_per_second: Gauge<f64, AtomicU64>,
     /// `(when, events_in)` samples, oldest first.
     rate_samples: Mutex<VecDeque<(Instant, u64)>>,
-    /// Records written and entries re-sent per AWS sink, in [`SINKS`] order.
-    sink_records: [AtomicU64; SINKS.len()],
-    sink_retried: [AtomicU64; SINKS.len()],
-    /// The Kinesis consumer's per-shard state, when the source is Kinesis.
-    kinesis: Mutex<Option<Arc<ConsumerStatus>>>,
-    /// What the last checkpoints did.
-    checkpoints: Mutex<CheckpointFigures>,
-    /// Each operator's state (summed over workers) as last reported: `(bytes, keys)`.
-    state: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
-    /// Recommendation answers by Personalize outcome, in [`RECOMMENDATION_OUTCOMES`] order.
-    recommendations: [AtomicU64; RECOMMENDATION_OUTCOMES.len()],
-    /// The Personalize event forwarder, when events are forwarded.
-    personalize_events: Mutex<Option<Arc<EventForwarder>>>,
+    sink_records: Family<SinkLabel, Counter>,
+    sink_retried: Family<SinkLabel, Counter>,
+    recommendations: Family<PersonalizeLabel, Counter>,
+    http_latency: HistogramFamily<RouteGroupLabel>,
+    event_to_ranking: LatencyHistogram,
+    checkpoint_durations: LatencyHistogram,
+    checkpoint_pauses: LatencyHistogram,
+    /// Values handed over rather than counted (watermark, sources, checkpoint figures …).
+    observed: Arc<Observed>,
     /// When this registry was created (the job's start), for [`Metrics::uptime`].
     started: Instant,
 }
@@ -121,55 +215,91 @@ pub struct CheckpointFigures {
     /// Bytes of every run the last committed checkpoint's state is made of.
     pub stored_bytes: u64,
     /// Bytes of state in memory by operator, when the last checkpoint was taken.
-    pub state_bytes: std::collections::BTreeMap<String, u64>,
+    pub state_bytes: BTreeMap<String, u64>,
     /// Keys held by operator, when the last checkpoint was taken.
-    pub state_entries: std::collections::BTreeMap<String, u64>,
+    pub state_entries: BTreeMap<String, u64>,
 }
 
-/// What Personalize did for a recommendation answer, as the `personalize` label names it.
-pub const RECOMMENDATION_OUTCOMES: [&str; 8] = [
-    "ok",
-    "not_configured",
-    "timeout",
-    "throttled",
-    "not_found",
-    "invalid_input",
-    "error",
-    "breaker_open",
-];
+/// The latency distributions at a glance, as `/v1/status` shows them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latencies {
+    /// HTTP requests by route group, in [`HTTP_ROUTE_GROUPS`] order.
+    pub http: Vec<(&'static str, LatencySummary)>,
+    /// Event time to a visible ranking (see [`Metrics::record_ranking_visible`]).
+    pub event_to_ranking: LatencySummary,
+    /// Committed checkpoints, request to commit.
+    pub checkpoint_duration: LatencySummary,
+    /// Committed checkpoints, the longest the dataflow stood still.
+    pub checkpoint_pause: LatencySummary,
+}
 
-/// The AWS sinks, as the `sink` label names them.
-pub const SINKS: [&str; 4] = [
-    "kinesis",
-    "firehose_raw",
-    "firehose_processed",
-    "firehose_dead_letter",
-];
+/// The registry's `# HELP` text: the crate ends it with a full stop, so ours are given without.
+fn help(text: &str) -> &str {
+    text.strip_suffix('.').unwrap_or(text)
+}
+
+/// A family with a series for each of `labels`, present (at zero) from the start.
+fn family_of<L, M, C>(
+    family: Family<L, M, C>,
+    labels: impl IntoIterator<Item = L>,
+) -> Family<L, M, C>
+where
+    L: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    for label in labels {
+        drop(family.get_or_create(&label));
+    }
+    family
+}
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            events_in: AtomicU64::new(0),
-            events_accepted: AtomicU64::new(0),
-            dead_letters: std::array::from_fn(|_| AtomicU64::new(0)),
-            duplicates: AtomicU64::new(0),
-            blank_lines: AtomicU64::new(0),
-            retention_deleted_files: AtomicU64::new(0),
-            retention_deleted_bytes: AtomicU64::new(0),
-            features_emitted: std::array::from_fn(|_| AtomicU64::new(0)),
-            watermark: AtomicU64::new(NO_WATERMARK),
-            live_keys: AtomicU64::new(0),
-            events_per_second: AtomicU64::new(0f64.to_bits()),
+        let dead_letters = family_of(
+            Family::default(),
+            Reason::ALL.map(|reason| ReasonLabel {
+                reason: reason.code(),
+            }),
+        );
+        let features_emitted = family_of(
+            Family::default(),
+            FEATURE_TYPES.map(|r#type| FeatureTypeLabel { r#type }),
+        );
+        let sink_records = family_of(Family::default(), SINKS.map(|sink| SinkLabel { sink }));
+        let sink_retried = family_of(Family::default(), SINKS.map(|sink| SinkLabel { sink }));
+        let recommendations = family_of(
+            Family::default(),
+            RECOMMENDATION_OUTCOMES.map(|personalize| PersonalizeLabel { personalize }),
+        );
+        let http_latency: HistogramFamily<RouteGroupLabel> = family_of(
+            Family::new_with_constructor(|| LatencyHistogram::new(HTTP_BUCKETS)),
+            HTTP_ROUTE_GROUPS.map(|group| RouteGroupLabel { group }),
+        );
+        let metrics = Metrics {
+            registry: Registry::default(),
+            encoding: Mutex::new(()),
+            events_in: Counter::default(),
+            events_accepted: Counter::default(),
+            dead_letters,
+            duplicates: Counter::default(),
+            blank_lines: Counter::default(),
+            retention_deleted_files: Counter::default(),
+            retention_deleted_bytes: Counter::default(),
+            features_emitted,
+            live_keys: Gauge::default(),
+            events_per_second: Gauge::default(),
             rate_samples: Mutex::new(VecDeque::new()),
-            sink_records: std::array::from_fn(|_| AtomicU64::new(0)),
-            sink_retried: std::array::from_fn(|_| AtomicU64::new(0)),
-            kinesis: Mutex::new(None),
-            checkpoints: Mutex::new(CheckpointFigures::default()),
-            state: Mutex::default(),
-            recommendations: std::array::from_fn(|_| AtomicU64::new(0)),
-            personalize_events: Mutex::new(None),
+            sink_records,
+            sink_retried,
+            recommendations,
+            http_latency,
+            event_to_ranking: LatencyHistogram::new(EVENT_TO_RANKING_BUCKETS),
+            checkpoint_durations: LatencyHistogram::new(CHECKPOINT_BUCKETS),
+            checkpoint_pauses: LatencyHistogram::new(CHECKPOINT_BUCKETS),
+            observed: Arc::default(),
             started: Instant::now(),
-        }
+        };
+        metrics.registered()
     }
 }
 
@@ -179,109 +309,196 @@ impl Metrics {
         Self::default()
     }
 
+    /// `self` with every metric registered (counters by their name without `_total`: the
+    /// encoder adds it).
+    fn registered(mut self) -> Self {
+        let registry = &mut self.registry;
+        registry.register(
+            "pageflow_events_in",
+            help("Records read from the sources, valid or not."),
+            self.events_in.clone(),
+        );
+        registry.register(
+            "pageflow_events_accepted",
+            help("Valid, on-time, de-duplicated events counted into the results."),
+            self.events_accepted.clone(),
+        );
+        registry.register(
+            "pageflow_dead_letters",
+            help("Records sent to the dead-letter output, by reason code."),
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "pageflow_duplicates",
+            help("Valid on-time events dropped as duplicate beacons (same event_id within dedup_window)."),
+            self.duplicates.clone(),
+        );
+        registry.register(
+            "pageflow_blank_lines",
+            help("Empty or whitespace-only input lines skipped."),
+            self.blank_lines.clone(),
+        );
+        registry.register(
+            "pageflow_sink_retention_deleted_files",
+            help("Closed local sink files deleted by [sinks.retention] (over max_bytes or older than max_age)."),
+            self.retention_deleted_files.clone(),
+        );
+        registry.register(
+            "pageflow_sink_retention_deleted_bytes",
+            help("Bytes of the local sink files deleted by [sinks.retention]."),
+            self.retention_deleted_bytes.clone(),
+        );
+        registry.register(
+            "pageflow_features_emitted",
+            help("Feature records emitted to the features stream, by type."),
+            self.features_emitted.clone(),
+        );
+        registry.register(
+            "pageflow_events_per_second",
+            help("Records read per second over the last 10 seconds."),
+            self.events_per_second.clone(),
+        );
+        registry.register(
+            "pageflow_live_keys",
+            help("Keys held in live state (open sessions, windows and the like)."),
+            self.live_keys.clone(),
+        );
+        registry.register(
+            "pageflow_sink_records",
+            help("Records written by the AWS sinks."),
+            self.sink_records.clone(),
+        );
+        registry.register(
+            "pageflow_sink_retried",
+            help("Entries the AWS sinks sent again after partial failures or throttling."),
+            self.sink_retried.clone(),
+        );
+        registry.register(
+            "pageflow_recommendations",
+            help("Recommendation answers, by what Personalize did for them."),
+            self.recommendations.clone(),
+        );
+        registry.register(
+            "pageflow_http_request_duration_seconds",
+            help("Time to answer an HTTP request, from the request reaching the route (authentication and rate limits included) to the response head being ready (a stream's body is not counted), by route group (`open`: probes and the API description)."),
+            self.http_latency.clone(),
+        );
+        registry.register(
+            "pageflow_event_to_ranking_seconds",
+            help("For each popular or trending ranking made visible to the serving layer: the wall clock at that moment minus the ranking's watermark, the event time it is complete up to. Event time to visible, so it includes the sources' own delay and the allowed out-of-orderness; the time since an event's arrival is at most this."),
+            self.event_to_ranking.clone(),
+        );
+        registry.register(
+            "pageflow_checkpoint_durations_seconds",
+            help("Every committed checkpoint, from request to commit (pause, sink flush, write); pageflow_checkpoint_duration_seconds is the last one."),
+            self.checkpoint_durations.clone(),
+        );
+        registry.register(
+            "pageflow_checkpoint_pauses_seconds",
+            help("Every committed checkpoint, the longest the dataflow stood still for it (drain and save); pageflow_checkpoint_pause_seconds is the last one."),
+            self.checkpoint_pauses.clone(),
+        );
+        registry.register_collector(Box::new(ScrapeTimeFamilies(Arc::clone(&self.observed))));
+        self
+    }
+
     /// Counts what one delivery of an AWS sink (one of [`SINKS`]) did.
     pub fn add_sink_delivery(&self, sink: &str, written: u64, retried: u64) {
-        if let Some(index) = SINKS.iter().position(|s| *s == sink) {
-            self.sink_records[index].fetch_add(written, Ordering::Relaxed);
-            self.sink_retried[index].fetch_add(retried, Ordering::Relaxed);
+        if let Some(sink) = SINKS.into_iter().find(|s| *s == sink) {
+            let label = SinkLabel { sink };
+            self.sink_records.get_or_create(&label).inc_by(written);
+            self.sink_retried.get_or_create(&label).inc_by(retried);
         }
     }
 
     /// Records written by an AWS sink so far.
     pub fn sink_records(&self, sink: &str) -> u64 {
-        SINKS
-            .iter()
-            .position(|s| *s == sink)
-            .map_or(0, |index| self.sink_records[index].load(Ordering::Relaxed))
+        SINKS.into_iter().find(|s| *s == sink).map_or(0, |sink| {
+            self.sink_records.get_or_create(&SinkLabel { sink }).get()
+        })
     }
 
     /// Replaces the operators' state sizes: operator → `(bytes, keys)`, summed over workers.
-    pub fn set_state_sizes(&self, sizes: std::collections::BTreeMap<String, (u64, u64)>) {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = sizes;
+    pub fn set_state_sizes(&self, sizes: BTreeMap<String, (u64, u64)>) {
+        *lock(&self.observed.state) = sizes;
     }
 
     /// The operators' state sizes as last set: operator → `(bytes, keys)`.
-    pub fn state_sizes(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub fn state_sizes(&self) -> BTreeMap<String, (u64, u64)> {
+        lock(&self.observed.state).clone()
     }
 
-    /// Records a committed checkpoint.
+    /// Records a committed checkpoint: `update` fills in its figures, whose duration and pause
+    /// also go into the checkpoint histograms.
     pub fn checkpoint_completed(&self, update: impl FnOnce(&mut CheckpointFigures)) {
-        let mut figures = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        figures.completed += 1;
-        update(&mut figures);
+        let (duration_s, pause_s) = {
+            let mut figures = lock(&self.observed.checkpoints);
+            figures.completed += 1;
+            update(&mut figures);
+            (figures.last_duration_s, figures.last_pause_s)
+        };
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
+        self.checkpoint_durations.record(seconds(duration_s));
+        self.checkpoint_pauses.record(seconds(pause_s));
     }
 
     /// Counts a checkpoint that was not committed.
     pub fn checkpoint_failed(&self) {
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .failed += 1;
+        lock(&self.observed.checkpoints).failed += 1;
     }
 
     /// The checkpoint figures so far.
     pub fn checkpoints(&self) -> CheckpointFigures {
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.observed.checkpoints).clone()
     }
 
     /// The Kinesis consumer's per-shard state, when the source is Kinesis.
     pub fn kinesis_status(&self) -> Option<Arc<ConsumerStatus>> {
-        self.kinesis
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.observed.kinesis).clone()
     }
 
     /// Renders the Kinesis consumer's per-shard state from now on.
     pub fn watch_kinesis(&self, status: Arc<ConsumerStatus>) {
-        *self.kinesis.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+        *lock(&self.observed.kinesis) = Some(status);
     }
 
     /// Counts one recommendation answer by what Personalize did (one of
     /// [`RECOMMENDATION_OUTCOMES`]; anything else is counted as `error`).
     pub fn record_recommendation(&self, personalize: &str) {
-        let index = RECOMMENDATION_OUTCOMES
-            .iter()
-            .position(|o| *o == personalize)
-            .or_else(|| RECOMMENDATION_OUTCOMES.iter().position(|o| *o == "error"))
-            .unwrap_or_default();
-        self.recommendations[index].fetch_add(1, Ordering::Relaxed);
+        let personalize = RECOMMENDATION_OUTCOMES
+            .into_iter()
+            .find(|o| *o == personalize)
+            .unwrap_or("error");
+        self.recommendations
+            .get_or_create(&PersonalizeLabel { personalize })
+            .inc();
     }
 
     /// Recommendation answers so far with this Personalize outcome.
     pub fn recommendations(&self, personalize: &str) -> u64 {
         RECOMMENDATION_OUTCOMES
-            .iter()
-            .position(|o| *o == personalize)
-            .map_or(0, |i| self.recommendations[i].load(Ordering::Relaxed))
+            .into_iter()
+            .find(|o| *o == personalize)
+            .map_or(0, |personalize| {
+                self.recommendations
+                    .get_or_create(&PersonalizeLabel { personalize })
+                    .get()
+            })
     }
 
     /// Reports the Personalize event forwarder's counters from now on.
     pub fn watch_personalize_events(&self, forwarder: Arc<EventForwarder>) {
-        *self
-            .personalize_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(forwarder);
+        *lock(&self.observed.personalize_events) = Some(forwarder);
     }
 
     /// Counts `n` records read from a source (before validation).
     pub fn add_events_in(&self, n: u64) {
-        self.events_in.fetch_add(n, Ordering::Relaxed);
+        self.events_in.inc_by(n);
     }
 
     /// Counts `n` events accepted (valid, on time, not duplicates).
     pub fn add_events_accepted(&self, n: u64) {
-        self.events_accepted.fetch_add(n, Ordering::Relaxed);
+        self.events_accepted.inc_by(n);
     }
 
     /// Counts one record sent to the dead-letter output for `reason`.
@@ -291,30 +508,32 @@ impl Metrics {
 
     /// Counts `n` records sent to the dead-letter output for `reason`.
     pub fn add_dead_letters(&self, reason: Reason, n: u64) {
-        self.dead_letters[reason_index(reason)].fetch_add(n, Ordering::Relaxed);
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .inc_by(n);
     }
 
     /// Counts `n` duplicate beacons dropped.
     pub fn add_duplicates(&self, n: u64) {
-        self.duplicates.fetch_add(n, Ordering::Relaxed);
+        self.duplicates.inc_by(n);
     }
 
     /// Counts `n` blank lines skipped.
     pub fn add_blank_lines(&self, n: u64) {
-        self.blank_lines.fetch_add(n, Ordering::Relaxed);
+        self.blank_lines.inc_by(n);
     }
 
     /// Counts closed local sink files deleted by retention, and their bytes.
     pub fn add_retention_deleted(&self, files: u64, bytes: u64) {
-        self.retention_deleted_files
-            .fetch_add(files, Ordering::Relaxed);
-        self.retention_deleted_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.retention_deleted_files.inc_by(files);
+        self.retention_deleted_bytes.inc_by(bytes);
     }
 
     /// Local sink files deleted by retention so far.
     pub fn retention_deleted_files(&self) -> u64 {
-        self.retention_deleted_files.load(Ordering::Relaxed)
+        self.retention_deleted_files.get()
     }
 
     /// Counts one emitted feature record, by its type.
@@ -325,9 +544,11 @@ impl Metrics {
     /// Counts `n` emitted feature records of type `kind` (`session`, `popular`, `trending` or
     /// `related`, as [`Feature::kind`] returns). Returns `false`, counting nothing, for another type.
     pub fn add_features_emitted(&self, kind: &str, n: u64) -> bool {
-        match FEATURE_TYPES.iter().position(|t| *t == kind) {
-            Some(i) => {
-                self.features_emitted[i].fetch_add(n, Ordering::Relaxed);
+        match FEATURE_TYPES.into_iter().find(|t| *t == kind) {
+            Some(r#type) => {
+                self.features_emitted
+                    .get_or_create(&FeatureTypeLabel { r#type })
+                    .inc_by(n);
                 true
             }
             None => false,
@@ -336,35 +557,87 @@ impl Metrics {
 
     /// Sets the job's watermark (ms since the epoch). `u64::MAX` means +∞ (the end of a replay).
     pub fn set_watermark(&self, ms: u64) {
-        self.watermark
-            .store(ms.saturating_add(WATERMARK_OFFSET), Ordering::Relaxed);
+        self.observed.set_watermark(ms);
     }
 
     /// Sets the number of keys held in live state.
     pub fn set_live_keys(&self, n: u64) {
-        self.live_keys.store(n, Ordering::Relaxed);
+        self.live_keys.set(n);
+    }
+
+    /// Records one HTTP request answered in `elapsed` by a route of `group` (one of
+    /// [`HTTP_ROUTE_GROUPS`]; another group is not recorded).
+    pub fn record_http_request(&self, group: &str, elapsed: Duration) {
+        if let Some(group) = HTTP_ROUTE_GROUPS.into_iter().find(|g| *g == group) {
+            self.http_latency
+                .get_or_create(&RouteGroupLabel { group })
+                .record(elapsed);
+        }
+    }
+
+    /// Records that a popular or trending ranking complete up to event time `watermark` (ms since
+    /// the epoch) became visible to the serving layer at wall clock `visible_ms`: the event-to-
+    /// ranking latency is `visible_ms − watermark` (0 when the event times are ahead of the
+    /// clock). A watermark of +∞ (the end of a bounded input) is not a latency and is skipped.
+    pub fn record_ranking_visible_at(&self, watermark: u64, visible_ms: u64) {
+        if watermark != u64::MAX {
+            self.event_to_ranking
+                .record(Duration::from_millis(visible_ms.saturating_sub(watermark)));
+        }
+    }
+
+    /// [`Metrics::record_ranking_visible_at`] now, for a ranking `update` just applied to the
+    /// serving state (other updates are not rankings and are skipped). See
+    /// [`ranking_watermark`] to take the watermark before the update is moved into the state.
+    pub fn record_ranking_visible(&self, watermark: Option<u64>) {
+        if let Some(watermark) = watermark {
+            self.record_ranking_visible_at(watermark, wall_clock_ms());
+        }
+    }
+
+    /// The latency distributions at a glance (count, sum and quantiles of each).
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            http: HTTP_ROUTE_GROUPS
+                .into_iter()
+                .map(|group| {
+                    let summary = self
+                        .http_latency
+                        .get_or_create(&RouteGroupLabel { group })
+                        .summary();
+                    (group, summary)
+                })
+                .collect(),
+            event_to_ranking: self.event_to_ranking.summary(),
+            checkpoint_duration: self.checkpoint_durations.summary(),
+            checkpoint_pause: self.checkpoint_pauses.summary(),
+        }
     }
 
     /// Records read so far.
     pub fn events_in(&self) -> u64 {
-        self.events_in.load(Ordering::Relaxed)
+        self.events_in.get()
     }
 
     /// Events accepted so far.
     pub fn events_accepted(&self) -> u64 {
-        self.events_accepted.load(Ordering::Relaxed)
+        self.events_accepted.get()
     }
 
     /// Dead letters so far for `reason`.
     pub fn dead_letters(&self, reason: Reason) -> u64 {
-        self.dead_letters[reason_index(reason)].load(Ordering::Relaxed)
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            })
+            .get()
     }
 
     /// Dead letters so far, all reasons together.
     pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters
+        Reason::ALL
             .iter()
-            .map(|count| count.load(Ordering::Relaxed))
+            .map(|reason| self.dead_letters(*reason))
             .sum()
     }
 
@@ -376,39 +649,39 @@ impl Metrics {
 
     /// Duplicates dropped so far.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates.load(Ordering::Relaxed)
+        self.duplicates.get()
     }
 
     /// Blank lines skipped so far.
     pub fn blank_lines(&self) -> u64 {
-        self.blank_lines.load(Ordering::Relaxed)
+        self.blank_lines.get()
     }
 
     /// Feature records of type `kind` emitted so far (0 for an unknown type).
     pub fn features_emitted(&self, kind: &str) -> u64 {
         FEATURE_TYPES
-            .iter()
-            .position(|t| *t == kind)
-            .map_or(0, |i| self.features_emitted[i].load(Ordering::Relaxed))
+            .into_iter()
+            .find(|t| *t == kind)
+            .map_or(0, |r#type| {
+                self.features_emitted
+                    .get_or_create(&FeatureTypeLabel { r#type })
+                    .get()
+            })
     }
 
     /// The last watermark set, if any (`u64::MAX` for +∞).
     pub fn watermark(&self) -> Option<u64> {
-        match self.watermark.load(Ordering::Relaxed) {
-            NO_WATERMARK => None,
-            u64::MAX => Some(u64::MAX),
-            stored => Some(stored - WATERMARK_OFFSET),
-        }
+        self.observed.watermark()
     }
 
     /// The last value set with [`Metrics::set_live_keys`].
     pub fn live_keys(&self) -> u64 {
-        self.live_keys.load(Ordering::Relaxed)
+        self.live_keys.get()
     }
 
     /// The rate computed at the last sample, in records per second.
     pub fn events_per_second(&self) -> f64 {
-        f64::from_bits(self.events_per_second.load(Ordering::Relaxed))
+        self.events_per_second.get()
     }
 
     /// Takes a sample of `pageflow_events_in_total` now and updates `pageflow_events_per_second`.
@@ -421,10 +694,7 @@ impl Metrics {
     pub fn sample_rate_at(&self, now: Instant) -> f64 {
         let count = self.events_in();
         let rate = {
-            let mut samples = self
-                .rate_samples
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut samples = lock(&self.rate_samples);
             if samples.back().is_none_or(|&(last, _)| last <= now) {
                 samples.push_back((now, count));
             }
@@ -442,8 +712,7 @@ impl Metrics {
                 _ => 0.0,
             }
         };
-        self.events_per_second
-            .store(rate.to_bits(), Ordering::Relaxed);
+        self.events_per_second.set(rate);
         rate
     }
 
@@ -463,439 +732,48 @@ impl Metrics {
     /// Every metric in the Prometheus text exposition format 0.0.4 (serve it with
     /// [`PROMETHEUS_CONTENT_TYPE`]). Takes a rate sample and reads the wall clock for the delay.
     pub fn render_prometheus(&self) -> String {
-        let wall_ms = pageflow_dataflow::clock::unix_now_ms();
         self.sample_rate();
-        self.render_at(wall_ms)
+        self.render_at(wall_clock_ms())
     }
 
     /// The rendering, with the wall clock given (ms since the epoch); takes no rate sample.
     fn render_at(&self, wall_ms: u64) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            header(out, name, help, "counter");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        counter(
-            &mut out,
-            "pageflow_events_in_total",
-            "Records read from the sources, valid or not.",
-            self.events_in(),
-        );
-        counter(
-            &mut out,
-            "pageflow_events_accepted_total",
-            "Valid, on-time, de-duplicated events counted into the results.",
-            self.events_accepted(),
-        );
-        header(
-            &mut out,
-            "pageflow_dead_letters_total",
-            "Records sent to the dead-letter output, by reason code.",
-            "counter",
-        );
-        for reason in Reason::ALL {
-            let _ = writeln!(
-                out,
-                "pageflow_dead_letters_total{{reason=\"{}\"}} {}",
-                reason.code(),
-                self.dead_letters(reason)
-            );
-        }
-        counter(
-            &mut out,
-            "pageflow_duplicates_total",
-            "Valid on-time events dropped as duplicate beacons (same event_id within dedup_window).",
-            self.duplicates(),
-        );
-        counter(
-            &mut out,
-            "pageflow_blank_lines_total",
-            "Empty or whitespace-only input lines skipped.",
-            self.blank_lines(),
-        );
-        counter(
-            &mut out,
-            "pageflow_sink_retention_deleted_files_total",
-            "Closed local sink files deleted by [sinks.retention] (over max_bytes or older than max_age).",
-            self.retention_deleted_files(),
-        );
-        counter(
-            &mut out,
-            "pageflow_sink_retention_deleted_bytes_total",
-            "Bytes of the local sink files deleted by [sinks.retention].",
-            self.retention_deleted_bytes.load(Ordering::Relaxed),
-        );
-        header(
-            &mut out,
-            "pageflow_features_emitted_total",
-            "Feature records emitted to the features stream, by type.",
-            "counter",
-        );
-        for kind in FEATURE_TYPES {
-            let _ = writeln!(
-                out,
-                "pageflow_features_emitted_total{{type=\"{kind}\"}} {}",
-                self.features_emitted(kind)
-            );
-        }
-        header(
-            &mut out,
-            "pageflow_watermark_ms",
-            "The job's event-time watermark in milliseconds since the Unix epoch (absent until there is one).",
-            "gauge",
-        );
-        let watermark = self.watermark();
-        match watermark {
-            Some(u64::MAX) => out.push_str("pageflow_watermark_ms +Inf\n"),
-            Some(ms) => {
-                let _ = writeln!(out, "pageflow_watermark_ms {ms}");
-            }
-            None => {}
-        }
-        header(
-            &mut out,
-            "pageflow_watermark_delay_ms",
-            "Wall clock minus the watermark, in milliseconds (absent until there is a watermark).",
-            "gauge",
-        );
-        match watermark {
-            Some(u64::MAX) => out.push_str("pageflow_watermark_delay_ms -Inf\n"),
-            Some(ms) => {
-                let delay = i128::from(wall_ms) - i128::from(ms);
-                let _ = writeln!(out, "pageflow_watermark_delay_ms {delay}");
-            }
-            None => {}
-        }
-        header(
-            &mut out,
-            "pageflow_events_per_second",
-            "Records read per second over the last 10 seconds.",
-            "gauge",
-        );
-        let _ = writeln!(
-            out,
-            "pageflow_events_per_second {}",
-            format_float(self.events_per_second())
-        );
-        header(
-            &mut out,
-            "pageflow_live_keys",
-            "Keys held in live state (open sessions, windows and the like).",
-            "gauge",
-        );
-        let _ = writeln!(out, "pageflow_live_keys {}", self.live_keys());
-        header(
-            &mut out,
-            "pageflow_heap_bytes",
-            "Live heap of the process: bytes allocated and not yet freed.",
-            "gauge",
-        );
-        let _ = writeln!(out, "pageflow_heap_bytes {}", crate::heap::live_bytes());
-        for (name, help, values) in [
-            (
-                "pageflow_sink_records_total",
-                "Records written by the AWS sinks.",
-                &self.sink_records,
-            ),
-            (
-                "pageflow_sink_retried_total",
-                "Entries the AWS sinks sent again after partial failures or throttling.",
-                &self.sink_retried,
-            ),
-        ] {
-            header(&mut out, name, help, "counter");
-            for (sink, value) in SINKS.iter().zip(values.iter()) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{sink=\"{sink}\"}} {}",
-                    value.load(Ordering::Relaxed)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "pageflow_recommendations_total",
-            "Recommendation answers, by what Personalize did for them.",
-            "counter",
-        );
-        for (outcome, value) in RECOMMENDATION_OUTCOMES.iter().zip(&self.recommendations) {
-            let _ = writeln!(
-                out,
-                "pageflow_recommendations_total{{personalize=\"{outcome}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let forwarder = self
-            .personalize_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(forwarder) = forwarder {
-            render_personalize_events(&mut out, &forwarder.stats());
-        }
-        render_checkpoints(&mut out, &self.checkpoints());
-        render_state(&mut out, &self.state_sizes());
-        let kinesis = self
-            .kinesis
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(status) = kinesis {
-            render_kinesis(&mut out, &status);
+        let _one_at_a_time = lock(&self.encoding);
+        self.observed
+            .scrape_wall_ms
+            .store(wall_ms, Ordering::Relaxed);
+        let mut out = String::with_capacity(8192);
+        // Writing into a `String` cannot fail, and our collector only fails when the writer does.
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            note_encoding_error(&mut out, error);
         }
         out
     }
 }
 
-/// The Personalize event forwarder's families.
-fn render_personalize_events(out: &mut String, stats: &ForwarderStats) {
-    header(
-        out,
-        "pageflow_personalize_events_total",
-        "Pageviews offered to the Personalize event trackers, and what became of them.",
-        "counter",
-    );
-    for (outcome, value) in [
-        ("offered", stats.offered),
-        ("sent", stats.sent_events),
-        ("failed", stats.failed_events),
-        ("dropped_queue_full", stats.dropped_queue_full),
-        ("dropped_invalid", stats.dropped_invalid),
-        ("dropped_closed", stats.dropped_closed),
-    ] {
-        let _ = writeln!(
-            out,
-            "pageflow_personalize_events_total{{outcome=\"{outcome}\"}} {value}"
-        );
-    }
-    header(
-        out,
-        "pageflow_personalize_calls_total",
-        "PutEvents calls sent, and calls retried after throttling or a failure.",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_personalize_calls_total{{result=\"sent\"}} {}",
-        stats.sent_calls
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_personalize_calls_total{{result=\"retried\"}} {}",
-        stats.retried_calls
-    );
-}
-
-/// The checkpoint families: outcomes, the last one's duration, pause and size, state by operator.
-fn render_checkpoints(out: &mut String, figures: &CheckpointFigures) {
-    header(
-        out,
-        "pageflow_checkpoints_total",
-        "Checkpoints taken, by result (completed: committed; failed: not written).",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_checkpoints_total{{result=\"completed\"}} {}",
-        figures.completed
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_checkpoints_total{{result=\"failed\"}} {}",
-        figures.failed
-    );
-    for (name, help, value) in [
-        (
-            "pageflow_checkpoint_duration_seconds",
-            "The last committed checkpoint, from request to commit (pause, sink flush, write).",
-            figures.last_duration_s,
-        ),
-        (
-            "pageflow_checkpoint_pause_seconds",
-            "The longest the dataflow stood still for the last checkpoint (drain and save).",
-            figures.last_pause_s,
-        ),
-        (
-            "pageflow_checkpoint_save_seconds",
-            "Of the last pause, the time spent saving operator state (the rest drained records in flight).",
-            figures.last_save_s,
-        ),
-        (
-            "pageflow_checkpoint_size_bytes",
-            "Bytes written by the last committed checkpoint (what changed since the one before).",
-            figures.last_size_bytes as f64,
-        ),
-        (
-            "pageflow_checkpoint_stored_bytes",
-            "Bytes of every run the last committed checkpoint's state is made of (base and deltas).",
-            figures.stored_bytes as f64,
-        ),
-    ] {
-        header(out, name, help, "gauge");
-        let _ = writeln!(out, "{name} {}", format_float(value));
-    }
-
-    header(
-        out,
-        "pageflow_checkpoint_last_success_timestamp_seconds",
-        "When the last checkpoint was committed (absent until one is).",
-        "gauge",
-    );
-    if let Some(ms) = figures.last_success_ms {
-        let _ = writeln!(
-            out,
-            "pageflow_checkpoint_last_success_timestamp_seconds {}",
-            format_float(ms as f64 / 1000.0)
-        );
+/// The watermark of a popular or trending ranking update, `None` for any other update: take it
+/// before the update moves into the serving state, then pass it to
+/// [`Metrics::record_ranking_visible`].
+pub fn ranking_watermark(update: &LiveUpdate) -> Option<u64> {
+    match update {
+        LiveUpdate::Ranking { watermark, .. } => Some(*watermark),
+        LiveUpdate::Related { .. } | LiveUpdate::Reads { .. } => None,
     }
 }
 
-/// The operators' state: bytes in memory and keys held, per operator.
-fn render_state(out: &mut String, sizes: &std::collections::BTreeMap<String, (u64, u64)>) {
-    header(
-        out,
-        "pageflow_state_bytes",
-        "Bytes of state held in memory, by operator (summed over workers; `interned` is the table of portal and article ids every worker shares).",
-        "gauge",
-    );
-    for (operator, (bytes, _)) in sizes {
-        let _ = writeln!(
-            out,
-            "pageflow_state_bytes{{operator=\"{}\"}} {bytes}",
-            escape_label(operator)
-        );
-    }
-    header(
-        out,
-        "pageflow_state_keys",
-        "Keys held, by operator: open sessions, remembered event ids, articles, article pairs.",
-        "gauge",
-    );
-    for (operator, (_, keys)) in sizes {
-        let _ = writeln!(
-            out,
-            "pageflow_state_keys{{operator=\"{}\"}} {keys}",
-            escape_label(operator)
-        );
-    }
+/// An encoding error (impossible into a `String`) ends the text with a comment saying so, so
+/// that a scrape shows it rather than a silently short page.
+fn note_encoding_error(out: &mut String, error: std::fmt::Error) {
+    out.push_str(&format!(
+        "# the metrics could not be encoded in full: {error}\n"
+    ));
 }
 
-/// The Kinesis consumer's families: shard counts and per-shard lag.
-fn render_kinesis(out: &mut String, status: &ConsumerStatus) {
-    let shards = status.shards();
-    header(
-        out,
-        "pageflow_kinesis_shards",
-        "Kinesis shards being read and read to their end.",
-        "gauge",
-    );
-    let finished = shards.iter().filter(|s| s.finished).count();
-    let _ = writeln!(
-        out,
-        "pageflow_kinesis_shards{{state=\"reading\"}} {}",
-        shards.len() - finished
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_kinesis_shards{{state=\"finished\"}} {finished}"
-    );
-    header(
-        out,
-        "pageflow_kinesis_listings_total",
-        "Completed ListShards discoveries.",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "pageflow_kinesis_listings_total {}",
-        status.listings.load(Ordering::Relaxed)
-    );
-    let label = |s: &pageflow_connectors::kinesis::consumer::ShardStatus| {
-        format!(
-            "stream=\"{}\",shard=\"{}\"",
-            escape_label(&s.stream),
-            escape_label(&s.shard)
-        )
-    };
-    header(
-        out,
-        "pageflow_kinesis_millis_behind_latest",
-        "How far behind the tip of each shard being read the consumer is (MillisBehindLatest).",
-        "gauge",
-    );
-    for shard in shards.iter().filter(|s| !s.finished) {
-        if let Some(behind) = shard.millis_behind_latest {
-            let _ = writeln!(
-                out,
-                "pageflow_kinesis_millis_behind_latest{{{}}} {behind}",
-                label(shard)
-            );
-        }
-    }
-    header(
-        out,
-        "pageflow_kinesis_iterator_age_ms",
-        "Age of the newest record of the last batch read from each shard (0 when caught up).",
-        "gauge",
-    );
-    for shard in shards.iter().filter(|s| !s.finished) {
-        if let Some(age) = shard.iterator_age_ms {
-            let _ = writeln!(
-                out,
-                "pageflow_kinesis_iterator_age_ms{{{}}} {age}",
-                label(shard)
-            );
-        }
-    }
-    header(
-        out,
-        "pageflow_kinesis_records_total",
-        "User records read from each shard.",
-        "counter",
-    );
-    for shard in &shards {
-        let _ = writeln!(
-            out,
-            "pageflow_kinesis_records_total{{{}}} {}",
-            label(shard),
-            shard.records
-        );
-    }
-}
-
-/// A label value with `\`, `"` and line breaks escaped, as the text format requires.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The position of `reason` in [`Reason::ALL`].
-fn reason_index(reason: Reason) -> usize {
-    Reason::ALL
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or_default()
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of one metric family.
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// A float as Prometheus reads it (`NaN`, `+Inf`, `-Inf` spelled its way).
-fn format_float(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_string()
-    } else if value == f64::INFINITY {
-        "+Inf".to_string()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{value}")
-    }
+/// The wall clock in ms since the epoch (0 before 1970).
+fn wall_clock_ms() -> u64 {
+    pageflow_dataflow::clock::unix_now_ms()
 }
 
 #[cfg(test)]
@@ -933,43 +811,255 @@ mod tests {
         }
         assert_eq!(metrics.sink_records("kinesis"), 500);
         assert!(!text.contains("no_such_sink"));
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// The metric families of a rendering in the Prometheus text format 0.0.4: name → type.
+    /// Fails the test on any line that format does not allow: a `# HELP`/`# TYPE` pair per family
+    /// (declared once, before its samples), samples `name{label="value",…} value` whose name is the
+    /// family's (or its `_bucket`/`_sum`/`_count` for a histogram), label values quoted and
+    /// escaped, values that are numbers, `+Inf`, `-Inf` or `NaN`.
+    pub(crate) fn parse_families(text: &str) -> BTreeMap<String, String> {
+        let mut families = BTreeMap::new();
+        let mut helped = std::collections::BTreeSet::new();
+        assert!(text.ends_with('\n'), "the text ends with a line break");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+                assert!(!help.is_empty(), "{line}");
+                assert!(helped.insert(name.to_string()), "HELP twice: {line}");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+                let earlier = families.insert(name.to_string(), kind.to_string());
+                assert!(earlier.is_none(), "TYPE twice: {line}");
+                continue;
+            }
+            assert!(!line.starts_with('#'), "an unknown comment: {line}");
+            let name_end = line
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or_else(|| panic!("no value: {line}"));
+            let (name, mut rest) = line.split_at(name_end);
+            let family = families
+                .iter()
+                .find(|(family, kind)| {
+                    name == family.as_str()
+                        || (kind.as_str() == "histogram"
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| name == format!("{family}{suffix}")))
+                })
+                .unwrap_or_else(|| panic!("a sample of no declared family: {line}"));
+            if let Some(labels) = rest.strip_prefix('{') {
+                rest = parse_labels(labels, line);
+                if family.1 == "histogram" && name.ends_with("_bucket") {
+                    assert!(line.contains("le=\""), "a bucket without `le`: {line}");
+                }
+            }
+            let value = rest
+                .strip_prefix(' ')
+                .unwrap_or_else(|| panic!("no space before the value: {line}"));
+            assert!(
+                value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+                "not a value: {line}"
+            );
+        }
+        families
+    }
+
+    /// Checks `label="value",…}` and returns what follows the `}`.
+    fn parse_labels<'a>(mut labels: &'a str, line: &str) -> &'a str {
+        loop {
+            let (key, rest) = labels
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("a label without a quoted value: {line}"));
+            assert!(
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            let mut chars = rest.char_indices();
+            let end = loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        let escaped = chars.next().map(|(_, c)| c);
+                        assert!(
+                            matches!(escaped, Some('\\' | '"' | 'n')),
+                            "a bad escape: {line}"
+                        );
+                    }
+                    Some((at, '"')) => break at,
+                    Some((_, '\n')) | None => panic!("an unterminated label value: {line}"),
+                    Some(_) => {}
+                }
+            };
+            labels = &rest[end + 1..];
+            if let Some(after) = labels.strip_prefix('}') {
+                return after;
+            }
+            labels = labels
+                .strip_prefix(',')
+                .unwrap_or_else(|| panic!("labels not separated by commas: {line}"));
+        }
+    }
+
+    /// Every metric name that dashboards and alarms know, with its type.
+    const EVERY_FAMILY: [(&str, &str); 35] = [
+        ("pageflow_events_in_total", "counter"),
+        ("pageflow_events_accepted_total", "counter"),
+        ("pageflow_dead_letters_total", "counter"),
+        ("pageflow_duplicates_total", "counter"),
+        ("pageflow_blank_lines_total", "counter"),
+        ("pageflow_sink_retention_deleted_files_total", "counter"),
+        ("pageflow_sink_retention_deleted_bytes_total", "counter"),
+        ("pageflow_features_emitted_total", "counter"),
+        ("pageflow_watermark_ms", "gauge"),
+        ("pageflow_watermark_delay_ms", "gauge"),
+        ("pageflow_events_per_second", "gauge"),
+        ("pageflow_live_keys", "gauge"),
+        ("pageflow_heap_bytes", "gauge"),
+        ("pageflow_sink_records_total", "counter"),
+        ("pageflow_sink_retried_total", "counter"),
+        ("pageflow_recommendations_total", "counter"),
+        ("pageflow_checkpoints_total", "counter"),
+        ("pageflow_checkpoint_duration_seconds", "gauge"),
+        ("pageflow_checkpoint_pause_seconds", "gauge"),
+        ("pageflow_checkpoint_save_seconds", "gauge"),
+        ("pageflow_checkpoint_size_bytes", "gauge"),
+        ("pageflow_checkpoint_stored_bytes", "gauge"),
+        (
+            "pageflow_checkpoint_last_success_timestamp_seconds",
+            "gauge",
+        ),
+        ("pageflow_state_bytes", "gauge"),
+        ("pageflow_state_keys", "gauge"),
+        ("pageflow_kinesis_shards", "gauge"),
+        ("pageflow_kinesis_listings_total", "counter"),
+        ("pageflow_kinesis_millis_behind_latest", "gauge"),
+        ("pageflow_kinesis_iterator_age_ms", "gauge"),
+        ("pageflow_kinesis_records_total", "counter"),
+        // New: the latency histograms.
+        ("pageflow_http_request_duration_seconds", "histogram"),
+        ("pageflow_event_to_ranking_seconds", "histogram"),
+        ("pageflow_checkpoint_durations_seconds", "histogram"),
+        ("pageflow_checkpoint_pauses_seconds", "histogram"),
+        // Rendered by the same encoder, tested in `scraped` (a forwarder needs an AWS client).
+        ("pageflow_personalize_events_total", "counter"),
+    ];
+
+    #[test]
+    fn renders_every_family_as_prometheus_text() {
+        let metrics = Metrics::new();
+        // A fresh registry: every family except those of a source not watched.
+        let fresh = parse_families(&metrics.render_at(0));
+        // Everything present: a watermark, a checkpoint, state sizes, a Kinesis source.
+        metrics.set_watermark(5_000);
+        metrics.checkpoint_completed(|figures| {
+            figures.last_success_ms = Some(1_000);
+            figures.last_duration_s = 0.25;
+        });
+        metrics.set_state_sizes(BTreeMap::from([("sessions".to_string(), (10, 2))]));
+        metrics.watch_kinesis(Arc::new(ConsumerStatus::default()));
+        metrics.record_http_request("rankings", Duration::from_millis(3));
+        metrics.record_ranking_visible_at(5_000, 6_500);
+        let text = metrics.render_at(9_000);
+        let families = parse_families(&text);
+        for (name, kind) in EVERY_FAMILY {
+            if name.starts_with("pageflow_personalize") {
+                continue;
+            }
+            assert_eq!(
+                families.get(name).map(String::as_str),
+                Some(kind),
+                "{name}\n{text}"
+            );
+            if !name.starts_with("pageflow_kinesis") {
+                assert_eq!(
+                    fresh.get(name).map(String::as_str),
+                    Some(kind),
+                    "{name} (fresh)"
+                );
+            }
+        }
+        assert_eq!(
+            families.len(),
+            EVERY_FAMILY.len() - 1,
+            "no family beyond the known ones: {families:?}"
+        );
+        let lines = samples(&text);
+        for expected in [
+            "pageflow_checkpoint_duration_seconds 0.25",
+            "pageflow_checkpoint_last_success_timestamp_seconds 1.0",
+            "pageflow_checkpoints_total{result=\"completed\"} 1",
+            "pageflow_state_bytes{operator=\"sessions\"} 10",
+            "pageflow_checkpoint_durations_seconds_bucket{le=\"0.25\"} 1",
+            "pageflow_checkpoint_durations_seconds_bucket{le=\"0.1\"} 0",
+            "pageflow_checkpoint_durations_seconds_count 1",
+            "pageflow_event_to_ranking_seconds_bucket{le=\"1\"} 0",
+            "pageflow_event_to_ranking_seconds_bucket{le=\"2.5\"} 1",
+            "pageflow_event_to_ranking_seconds_sum 1.5",
+            "pageflow_http_request_duration_seconds_count{group=\"rankings\"} 1",
+            "pageflow_http_request_duration_seconds_bucket{group=\"rankings\",le=\"0.005\"} 1",
+        ] {
+            assert!(lines.contains(&expected), "missing `{expected}` in\n{text}");
+        }
     }
 
     #[test]
-    fn renders_every_family_with_help_and_type() {
-        let text = Metrics::new().render_at(0);
-        for (name, kind) in [
-            ("pageflow_events_in_total", "counter"),
-            ("pageflow_events_accepted_total", "counter"),
-            ("pageflow_dead_letters_total", "counter"),
-            ("pageflow_duplicates_total", "counter"),
-            ("pageflow_blank_lines_total", "counter"),
-            ("pageflow_sink_retention_deleted_files_total", "counter"),
-            ("pageflow_sink_retention_deleted_bytes_total", "counter"),
-            ("pageflow_features_emitted_total", "counter"),
-            ("pageflow_watermark_ms", "gauge"),
-            ("pageflow_watermark_delay_ms", "gauge"),
-            ("pageflow_events_per_second", "gauge"),
-            ("pageflow_live_keys", "gauge"),
-            ("pageflow_heap_bytes", "gauge"),
-        ] {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name}\n{text}");
-            assert!(
-                text.contains(&format!("# TYPE {name} {kind}\n")),
-                "{name}\n{text}"
-            );
+    fn latencies_for_status() {
+        let metrics = Metrics::new();
+        let latencies = metrics.latencies();
+        assert_eq!(
+            latencies
+                .http
+                .iter()
+                .map(|(group, _)| *group)
+                .collect::<Vec<_>>(),
+            HTTP_ROUTE_GROUPS
+        );
+        assert_eq!(latencies.event_to_ranking, LatencySummary::default());
+        for ms in 1..=100 {
+            metrics.record_http_request("metrics", Duration::from_millis(ms));
         }
-        assert!(text.ends_with('\n'));
-        // Every line is a comment or `name[{labels}] value`.
-        for line in samples(&text) {
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
-            assert!(series.starts_with("pageflow_"), "{line}");
-            assert!(
-                value.parse::<f64>().is_ok() || value.ends_with("Inf"),
-                "{line}"
-            );
-        }
+        metrics.record_http_request("no_such_group", Duration::from_secs(1));
+        // Event times ahead of the clock count as 0; the end of a bounded input is no latency.
+        metrics.record_ranking_visible_at(9_000, 8_000);
+        metrics.record_ranking_visible_at(u64::MAX, 8_000);
+        metrics.record_ranking_visible(None);
+        metrics.checkpoint_completed(|figures| {
+            figures.last_duration_s = 2.0;
+            figures.last_pause_s = 0.5;
+        });
+        let latencies = metrics.latencies();
+        let (_, http) = latencies.http[3];
+        assert_eq!(http.count, 100);
+        let near = |got: Option<f64>, expected: f64| {
+            got.is_some_and(|got| (got - expected).abs() <= expected * 0.001)
+        };
+        assert!(near(http.p50_s, 0.050), "{http:?}");
+        assert!(near(http.p99_s, 0.099), "{http:?}");
+        assert!(
+            latencies
+                .http
+                .iter()
+                .all(|(group, summary)| *group == "metrics" || summary.count == 0)
+        );
+        assert_eq!(latencies.event_to_ranking.count, 1);
+        assert_eq!(latencies.event_to_ranking.p99_s, Some(0.0));
+        assert!(near(latencies.checkpoint_duration.p50_s, 2.0));
+        assert!(near(latencies.checkpoint_pause.p50_s, 0.5));
+        assert_eq!(
+            ranking_watermark(&LiveUpdate::Reads {
+                portal: "g1".into(),
+                user_id: "u".into(),
+                reads: vec![],
+            }),
+            None
+        );
     }
 
     #[test]
@@ -1003,28 +1093,16 @@ mod tests {
         ] {
             assert!(lines.contains(&expected), "missing `{expected}` in\n{text}");
         }
-        // One series per reason code, in the contract's order.
-        let reasons: Vec<&str> = lines
+        // One series per reason code (Prometheus reads no order among them).
+        let mut reasons: Vec<&str> = lines
             .iter()
             .filter_map(|l| l.strip_prefix("pageflow_dead_letters_total{reason=\""))
             .filter_map(|l| l.split('"').next())
             .collect();
-        assert_eq!(
-            reasons,
-            [
-                "corrupt_aggregate",
-                "too_large",
-                "invalid_utf8",
-                "invalid_json",
-                "not_object",
-                "missing_field",
-                "wrong_type",
-                "out_of_range",
-                "bad_pattern",
-                "late",
-                "undeliverable"
-            ]
-        );
+        reasons.sort_unstable();
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        assert_eq!(reasons, codes);
         assert_eq!(metrics.features_emitted("popular"), 2);
         assert_eq!(metrics.dead_letters(Reason::InvalidJson), 2);
     }
@@ -1086,12 +1164,12 @@ mod tests {
         metrics.sample_rate_at(t0 + Duration::from_secs(14));
         let rate = metrics.sample_rate_at(t0 + Duration::from_secs(24));
         assert_eq!(rate, 0.0);
-        assert!(samples(&metrics.render_at(0)).contains(&"pageflow_events_per_second 0"));
+        assert!(samples(&metrics.render_at(0)).contains(&"pageflow_events_per_second 0.0"));
         // Sparse samples (one scrape every 15 s) still give a rate.
         metrics.add_events_in(300);
         let rate = metrics.sample_rate_at(t0 + Duration::from_secs(39));
         assert!((rate - 20.0).abs() < 1e-9, "{rate}");
-        assert!(samples(&metrics.render_at(0)).contains(&"pageflow_events_per_second 20"));
+        assert!(samples(&metrics.render_at(0)).contains(&"pageflow_events_per_second 20.0"));
         // A sample from the past is ignored.
         let rate = metrics.sample_rate_at(t0);
         assert!((rate - 20.0).abs() < 1e-9, "{rate}");
@@ -1106,14 +1184,5 @@ mod tests {
         assert_eq!(metrics.dead_letters_total(), 3);
         let before = metrics.uptime();
         assert!(metrics.uptime() >= before, "uptime never goes back");
-    }
-
-    #[test]
-    fn float_formatting() {
-        assert_eq!(format_float(2.5), "2.5");
-        assert_eq!(format_float(3.0), "3");
-        assert_eq!(format_float(f64::NAN), "NaN");
-        assert_eq!(format_float(f64::INFINITY), "+Inf");
-        assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
     }
 }

@@ -13,6 +13,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`router`] | the route table and its layers |
+//! | [`latency`] | the middleware that times each request for the metrics |
 //! | [`app`] | [`App`], what every handler gets |
 //! | [`routes`] | the handlers, one module per resource, and the API reference (paths, answers, error codes) |
 //! | [`api`] | what handlers share: error answers with stable codes, JSON answers, checks of path and query |
@@ -48,6 +49,7 @@ pub mod auth;
 pub mod blend;
 pub mod config;
 pub mod cors;
+pub mod latency;
 pub mod openapi;
 pub mod personalize;
 pub mod rate_limit;

@@ -1,5 +1,6 @@
 //! The route table: which path goes to which handler (in [`crate::routes`]), behind which layers
-//! (the auth guard with its rate limits, then CORS outermost). The endpoints, their answers and
+//! (the auth guard with its rate limits, the request timer of [`crate::latency`], then CORS
+//! outermost). The endpoints, their answers and
 //! error codes are listed in [`crate::routes`]; what every handler gets is [`App`].
 
 use std::future::Future;
@@ -44,6 +45,10 @@ pub fn app_router(app: App) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&security),
             crate::auth::guard,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app.metrics),
+            crate::latency::record_latency,
         ))
         .fallback(fallback)
         .with_state(app);

@@ -104,7 +104,9 @@ fn the_job_streams_changing_rankings_and_reports_its_status() {
         poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
             let (code, body) = http_get(&addr, "/v1/status")?;
             let value: serde_json::Value = serde_json::from_str(&body).ok()?;
-            (code == 200 && value["events"]["in_total"].as_u64()? > 0).then_some(value)
+            // Rankings were streamed above: their event-to-ranking latency is being recorded.
+            let ranked = value["latency"]["event_to_ranking"]["count"].as_u64()? > 0;
+            (code == 200 && value["events"]["in_total"].as_u64()? > 0 && ranked).then_some(value)
         })
         .unwrap_or_else(|| {
             panic!(
@@ -117,6 +119,16 @@ fn the_job_streams_changing_rankings_and_reports_its_status() {
     assert!(status["uptime_s"].as_f64().is_some_and(|s| s > 0.0));
     assert_eq!(status["lag_ms"], serde_json::Value::Null, "not Kinesis");
     assert_eq!(status["portals"], serde_json::json!(["g1", "ge", "gshow"]));
+    let probes = &status["latency"]["http"]["open"];
+    assert!(
+        probes["count"].as_u64() >= Some(1),
+        "/readyz was timed: {status}"
+    );
+    assert!(probes["p99_s"].as_f64().is_some(), "{status}");
+    assert!(
+        status["latency"]["event_to_ranking"]["p50_s"].is_f64(),
+        "{status}"
+    );
 
     // The dashboard, with the hooks the browser test uses.
     let (code, page) = http_get(&addr, "/").unwrap_or_else(|| panic!("no answer for /"));

@@ -24,7 +24,13 @@
 //!   "kinesis": null,
 //!   "checkpoint": {"completed": 2, "failed": 0, "last_id": 2, "last_success_ms": 1764000061000,
 //!                  "age_ms": 12200, "last_duration_s": 0.21},
-//!   "portals": ["g1", "ge", "gshow"]
+//!   "portals": ["g1", "ge", "gshow"],
+//!   "latency": {
+//!     "http": {"rankings": {"count": 5120, "p50_s": 0.00021, "p99_s": 0.0019}, "…": {}},
+//!     "event_to_ranking": {"count": 310, "p50_s": 2.1, "p99_s": 4.9},
+//!     "checkpoint_duration": {"count": 2, "p50_s": 0.19, "p99_s": 0.21},
+//!     "checkpoint_pause": {"count": 2, "p50_s": 0.02, "p99_s": 0.03}
+//!   }
 //! }
 //! ```
 //!
@@ -43,6 +49,13 @@
 //! - `checkpoint`: committed and failed checkpoints since start, the last committed one's id,
 //!   commit time (ms since the epoch), age and duration; `null` ids and times before the first.
 //! - `portals`: the portals with a ranking, sorted.
+//! - `latency`: distributions since start (HdrHistogram, quantiles within 0.1 %; `p50_s` and
+//!   `p99_s` are `null` while `count` is 0): `http` by route group (`rankings`,
+//!   `recommendations`, `dashboard`, `metrics`, `open`), the time to answer a request up to the
+//!   response head; `event_to_ranking`, for each ranking made visible, the wall clock minus the
+//!   ranking's watermark (event time → visible); `checkpoint_duration` (request to commit) and
+//!   `checkpoint_pause` (the dataflow standing still) of each committed checkpoint. `/metrics`
+//!   has them as histograms.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,7 +72,8 @@ use super::health::readiness_problems;
 use crate::api::json;
 use crate::app::App;
 use crate::state::ServingState;
-use pageflow_metrics::Metrics;
+use pageflow_metrics::latency::LatencySummary;
+use pageflow_metrics::{Latencies, Metrics};
 
 /// The status route.
 pub(crate) fn routes() -> Router<App> {
@@ -120,6 +134,58 @@ pub struct JobStatus {
     pub checkpoint: CheckpointStatus,
     /// The portals with a ranking, sorted.
     pub portals: Vec<String>,
+    /// Latency distributions since start.
+    pub latency: LatencyStatus,
+}
+
+/// Latency distributions since start, each as count, p50 and p99.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LatencyStatus {
+    /// HTTP requests by route group (every group present).
+    pub http: BTreeMap<&'static str, Quantiles>,
+    /// For each ranking made visible: wall clock minus its watermark.
+    pub event_to_ranking: Quantiles,
+    /// Committed checkpoints, request to commit.
+    pub checkpoint_duration: Quantiles,
+    /// Committed checkpoints, the longest the dataflow stood still.
+    pub checkpoint_pause: Quantiles,
+}
+
+/// One distribution: how many values, and its median and 99th percentile in seconds (`None`
+/// while there is no value).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Quantiles {
+    /// Values recorded.
+    pub count: u64,
+    /// The median, seconds.
+    pub p50_s: Option<f64>,
+    /// The 99th percentile, seconds.
+    pub p99_s: Option<f64>,
+}
+
+impl From<LatencySummary> for Quantiles {
+    fn from(summary: LatencySummary) -> Self {
+        Quantiles {
+            count: summary.count,
+            p50_s: summary.p50_s,
+            p99_s: summary.p99_s,
+        }
+    }
+}
+
+impl From<Latencies> for LatencyStatus {
+    fn from(latencies: Latencies) -> Self {
+        LatencyStatus {
+            http: latencies
+                .http
+                .into_iter()
+                .map(|(group, summary)| (group, summary.into()))
+                .collect(),
+            event_to_ranking: latencies.event_to_ranking.into(),
+            checkpoint_duration: latencies.checkpoint_duration.into(),
+            checkpoint_pause: latencies.checkpoint_pause.into(),
+        }
+    }
 }
 
 /// Event rate and totals since start.
@@ -238,6 +304,7 @@ pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<
             last_duration_s: checkpoints.last_duration_s,
         },
         portals: state.portals(),
+        latency: metrics.latencies().into(),
     }
 }
 
@@ -317,6 +384,17 @@ mod tests {
                    "age_ms": null, "last_duration_s": 0.0})
         );
         assert_eq!(value["portals"], json!([]));
+        let none = json!({"count": 0, "p50_s": null, "p99_s": null});
+        assert_eq!(
+            value["latency"],
+            json!({
+                "http": {"dashboard": none, "metrics": none, "open": none,
+                         "rankings": none, "recommendations": none},
+                "event_to_ranking": none,
+                "checkpoint_duration": none,
+                "checkpoint_pause": none,
+            })
+        );
     }
 
     #[test]
@@ -359,6 +437,20 @@ mod tests {
         assert_eq!(status.checkpoint.age_ms, Some(10_000));
         assert_eq!(status.checkpoint.completed, 1);
         assert_eq!(status.portals, ["g1"]);
+        // The latencies: the checkpoint above, rankings seen 1.5 s and 3 s after their watermark.
+        metrics.record_ranking_visible_at(60_000, 61_500);
+        metrics.record_ranking_visible_at(60_000, 63_000);
+        let status = job_status(&state, &metrics, inputs(None));
+        let latency = &status.latency;
+        assert_eq!(latency.checkpoint_duration.count, 1);
+        let near = |got: Option<f64>, expected: f64| {
+            got.is_some_and(|got| (got - expected).abs() <= expected * 0.001)
+        };
+        assert!(near(latency.checkpoint_duration.p50_s, 0.25), "{latency:?}");
+        assert_eq!(latency.event_to_ranking.count, 2);
+        assert!(near(latency.event_to_ranking.p50_s, 1.5), "{latency:?}");
+        assert!(near(latency.event_to_ranking.p99_s, 3.0), "{latency:?}");
+        assert_eq!(latency.http["rankings"].count, 0);
 
         // Event times ahead of the clock: a negative delay. The end of a bounded input: +∞.
         metrics.set_watermark(NOW_MS + 1_000);

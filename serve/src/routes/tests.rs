@@ -491,6 +491,15 @@ async fn metrics_endpoint() {
         "{}",
         answer.body
     );
+    // The first scrape was timed once its answer was ready: the second one shows it.
+    let answer = get(&router, "/metrics").await;
+    assert!(
+        answer
+            .body
+            .contains("\npageflow_http_request_duration_seconds_count{group=\"metrics\"} 1\n"),
+        "{}",
+        answer.body
+    );
 }
 
 #[tokio::test]

@@ -186,7 +186,9 @@ impl SinkThread {
                 Ok(SinkMessage::Raw(records)) => self.outputs.raw(&records)?,
                 Ok(SinkMessage::Live(updates)) => {
                     for update in updates {
+                        let watermark = pageflow_metrics::ranking_watermark(&update);
                         self.serving.apply(update);
+                        self.metrics.record_ranking_visible(watermark);
                     }
                 }
                 Ok(SinkMessage::Accepted(events)) => self.accepted(&events),
