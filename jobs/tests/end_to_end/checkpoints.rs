@@ -784,13 +784,15 @@ fn damaged_checkpoints_are_skipped_and_unknown_formats_or_other_semantics_refuse
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let checkpoints = data.join("checkpoints");
+    // Three checkpoints kept (the default keeps two): the newest two are damaged, the third is
+    // the good one the job falls back to.
     let config = write_config(
         dir.path(),
         "job",
-        &config_text(&files_source(&fixture.input), &data, 2, false),
+        &(config_text(&files_source(&fixture.input), &data, 2, false) + "keep = 3\n"),
     )?;
 
-    // Runs killed once they have committed a checkpoint, until three (the `keep` default) are.
+    // Runs killed once they have committed a checkpoint, until the three kept are.
     for run in 1.. {
         if committed(&checkpoints).len() >= 3 {
             break;
