@@ -24,7 +24,7 @@ pub struct App {
     /// The OpenAPI document, with the security of each route group as `security` sets it.
     pub(crate) openapi: Bytes,
     /// What `/v1/job` shows: the job graph, the checkpoint history, the partitions' watermarks.
-    pub(crate) job: Arc<crate::routes::job::JobView>,
+    pub(crate) job: Arc<crate::job_view::JobView>,
 }
 
 impl App {
@@ -60,7 +60,7 @@ impl App {
     }
 
     /// `/v1/job` shows what `view` reads (by default it answers empty lists).
-    pub fn with_job_view(mut self, view: Arc<crate::routes::job::JobView>) -> Self {
+    pub fn with_job_view(mut self, view: Arc<crate::job_view::JobView>) -> Self {
         self.job = view;
         self
     }

@@ -49,6 +49,7 @@ pub mod auth;
 pub mod blend;
 pub mod config;
 pub mod cors;
+pub mod job_view;
 pub mod latency;
 pub mod openapi;
 pub mod personalize;
@@ -59,6 +60,6 @@ pub mod routes;
 pub mod state;
 
 pub use app::App;
+pub use job_view::JobView;
 pub use router::{app_router, router, serve};
-pub use routes::job::JobView;
 pub use state::{Ranking, Related, ServingState};

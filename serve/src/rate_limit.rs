@@ -48,7 +48,7 @@ use std::time::Duration;
 
 /// The clock is the workspace's one ([`pageflow_dataflow::clock`]), re-exported for the callers of
 /// the rate limiter.
-pub use pageflow_dataflow::clock::{Clock, ManualClock, SystemClock};
+use pageflow_dataflow::clock::Clock;
 use serde::{Deserialize, Serialize};
 
 /// The number of independently locked parts of the bucket map.
@@ -268,6 +268,8 @@ fn evict(shard: &mut Shard, now: Duration, max: usize) {
 
 #[cfg(test)]
 mod tests {
+    use pageflow_dataflow::clock::ManualClock;
+
     use super::*;
 
     fn limiter(max: usize) -> (RateLimiter, Arc<ManualClock>) {

@@ -5,7 +5,7 @@ use pageflow_dataflow::config::Millis;
 use pageflow_dataflow::event::is_valid_portal;
 use serde::{Deserialize, Serialize};
 
-use super::catalogue::write_breaking_article_id;
+use super::names::write_breaking_article_id;
 use super::spikes::Spike;
 use crate::error::ConnectorError;
 

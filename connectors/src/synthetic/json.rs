@@ -1,12 +1,5 @@
-//! Hand-written JSON output: decimal and hex digits, escaped string literals, and
-//! [`write_json_lines`] (`pageflow generate`), all into reusable buffers.
-
-use std::io::Write;
-use std::path::PathBuf;
-
-use super::config::SyntheticConfig;
-use super::traffic::SyntheticTraffic;
-use crate::error::ConnectorError;
+//! Hand-written JSON output: decimal and hex digits and escaped string literals, written into
+//! reusable buffers.
 
 /// Appends `n` in decimal.
 pub(super) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -72,33 +65,4 @@ pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[clean_from..]);
     out.push(b'"');
-}
-
-/// Writes `n_events` synthetic records (partition 0, simulated time) as JSON lines to `writer`
-/// (fewer if the config's `limit` is smaller); returns how many were written. For `pageflow
-/// generate`: it never waits for the wall clock.
-pub fn write_json_lines(
-    config: &SyntheticConfig,
-    n_events: u64,
-    mut writer: impl Write,
-) -> Result<u64, ConnectorError> {
-    const FLUSH_AT_BYTES: usize = 1 << 20;
-    let write_error = |source| ConnectorError::Write {
-        path: PathBuf::from("(synthetic output)"),
-        source,
-    };
-    let mut traffic = SyntheticTraffic::new(config.clone())?;
-    let mut buf = Vec::with_capacity(FLUSH_AT_BYTES + 4096);
-    let mut written = 0;
-    while written < n_events && traffic.next_line(&mut buf) {
-        buf.push(b'\n');
-        written += 1;
-        if buf.len() >= FLUSH_AT_BYTES {
-            writer.write_all(&buf).map_err(write_error)?;
-            buf.clear();
-        }
-    }
-    writer.write_all(&buf).map_err(write_error)?;
-    writer.flush().map_err(write_error)?;
-    Ok(written)
 }

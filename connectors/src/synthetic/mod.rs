@@ -48,17 +48,21 @@
 //! |------|---------|
 //! | `config.rs` | [`SyntheticConfig`] (every parameter, its default, its validation), [`PlannedSpike`] |
 //! | `catalogue.rs` | portals, topic clusters and articles with Zipf popularity |
+//! | `names.rs` | topic and breaking-news article names |
 //! | `spikes.rs` | breaking-news spikes |
 //! | `traffic.rs` | [`SyntheticTraffic`]: sessions, readers, delivery order, rendering |
 //! | `malformed.rs` | [`MalformedKind`]: the deliberately broken records |
 //! | `random.rs` | SplitMix64 and cumulative distributions |
-//! | `json.rs` | hand-written JSON output, [`write_json_lines`] |
+//! | `json.rs` | hand-written JSON output |
+//! | `file.rs` | [`write_json_lines`]: the traffic as a JSON-lines file |
 //! | `source.rs` | [`SyntheticSource`]: the traffic as a (paced) source partition |
 
 mod catalogue;
 mod config;
+mod file;
 mod json;
 mod malformed;
+mod names;
 mod random;
 mod source;
 mod spikes;
@@ -68,7 +72,8 @@ mod traffic;
 mod tests;
 
 pub use config::{PlannedSpike, SyntheticConfig};
-pub use json::{write_json_lines, write_json_string};
+pub use file::write_json_lines;
+pub use json::write_json_string;
 pub use malformed::MalformedKind;
 pub use source::SyntheticSource;
 pub use traffic::{SyntheticRecord, SyntheticTraffic};

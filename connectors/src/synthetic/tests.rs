@@ -11,6 +11,7 @@ use pageflow_dataflow::source::{PollStatus, RecordSource, SourceError};
 use proptest::prelude::*;
 
 use super::config::*;
+use super::file::write_json_lines;
 use super::json::*;
 use super::malformed::*;
 use super::source::*;

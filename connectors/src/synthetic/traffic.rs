@@ -8,10 +8,11 @@ use std::fmt;
 
 use pageflow_dataflow::event::Event;
 
-use super::catalogue::{PortalCatalogue, write_breaking_article_id};
+use super::catalogue::PortalCatalogue;
 use super::config::{MAX_TS, SyntheticConfig};
 use super::json::{write_decimal, write_hex8, write_json_string};
 use super::malformed::{Field, MalformedKind, Required};
+use super::names::write_breaking_article_id;
 use super::random::{Cumulative, SplitMix64, mix64};
 use super::spikes::Spike;
 use crate::error::ConnectorError;

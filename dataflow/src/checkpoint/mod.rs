@@ -31,6 +31,7 @@ pub mod coordinator;
 pub mod image;
 pub mod parts;
 pub mod snapshot;
+pub mod state_size;
 pub mod states;
 
 pub use changes::{

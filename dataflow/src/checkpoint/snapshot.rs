@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::CheckpointError;
 use super::changes::{Change, DeferredPart};
-use super::states::StateSize;
+use super::state_size::StateSize;
 
 /// The name under which ingest saves source positions and the watermark.
 pub const INGEST_STATE: &str = "ingest";

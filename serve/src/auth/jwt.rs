@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, Uri, header};
@@ -24,7 +24,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{JwtConfig, TokenUse};
-use crate::rate_limit::Clock;
+use pageflow_dataflow::clock::Clock;
 
 /// The least time between two JWKS fetches caused by tokens naming an unknown `kid`.
 pub const UNKNOWN_KID_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
@@ -534,9 +534,7 @@ impl JwtVerifier {
 
     /// Verifies `token` now.
     pub(crate) async fn verify(&self, token: &str) -> Result<VerifiedToken, JwtError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let now = pageflow_dataflow::clock::unix_now_ms() / 1000;
         self.verify_at(token, i64::try_from(now).unwrap_or(i64::MAX))
             .await
     }
@@ -725,7 +723,7 @@ mod tests {
     use crate::auth::test_support::{
         CLIENT, ISSUER, NOW, access_claims, b64, fixtures, header, jwks_file, jwt_config, sign,
     };
-    use crate::rate_limit::ManualClock;
+    use pageflow_dataflow::clock::ManualClock;
 
     struct Verifier {
         verifier: Arc<JwtVerifier>,

@@ -112,10 +112,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
 use crate::cors::{Cors, CorsConfig};
-use crate::rate_limit::{Clock, Decision, Quota, RateLimitConfig, RateLimiter, SystemClock};
+use crate::rate_limit::{Decision, Quota, RateLimitConfig, RateLimiter};
 use api_keys::{ApiKeys, parse_sha256_hex};
 use jwt::JwtVerifier;
 pub use jwt::UNKNOWN_KID_REFRESH_COOLDOWN;
+use pageflow_dataflow::clock::{Clock, SystemClock};
 
 /// The header API keys are sent in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -949,8 +950,8 @@ pub(crate) mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::rate_limit::ManualClock;
     use crate::{App, ServingState, app_router};
+    use pageflow_dataflow::clock::ManualClock;
     use pageflow_metrics::Metrics;
     // `KEY` is re-exported: other modules' tests (e.g. `openapi`) take it from here.
     pub(crate) use super::test_support::KEY;
