@@ -31,6 +31,7 @@ pub mod live;
 pub mod monitor;
 pub mod operators;
 pub mod oracle;
+pub mod placement;
 pub mod score;
 pub mod source;
 pub mod stats;

@@ -21,8 +21,6 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use pageflow_dataflow::ids::stable_hash;
-
 /// A Kinesis sequence number: a non-empty string of decimal digits without leading zeros.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SequenceNumber(String);
@@ -79,17 +77,10 @@ impl fmt::Display for Position {
     }
 }
 
-/// The worker (of `workers`) that reads `shard` of `stream`.
+/// The worker (of `workers`) that reads `shard` of `stream`: the job's one rendezvous hash
+/// ([`pageflow_dataflow::placement`]), keyed by stream and shard.
 pub fn assign_shard(stream: &str, shard: &str, workers: usize) -> usize {
-    (0..workers.max(1))
-        .max_by_key(|worker| {
-            let index = (*worker as u64).to_le_bytes();
-            (
-                stable_hash([stream.as_bytes(), shard.as_bytes(), index.as_slice()]),
-                std::cmp::Reverse(*worker),
-            )
-        })
-        .unwrap_or(0)
+    pageflow_dataflow::placement::assign(&[stream.as_bytes(), shard.as_bytes()], workers)
 }
 
 #[cfg(test)]

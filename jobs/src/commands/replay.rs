@@ -14,7 +14,7 @@ use pageflow_connectors::JsonLinesFile;
 use pageflow_dataflow::algorithms::graph::GraphOptions;
 use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay_lines};
 use pageflow_dataflow::config::SemanticsConfig;
-use pageflow_dataflow::source::SourcesByWorker;
+use pageflow_dataflow::source::{RecordSource, SourcesByWorker};
 use pageflow_dataflow::stats::StatsSnapshot;
 use serde::Serialize;
 
@@ -44,7 +44,9 @@ pub fn replay_file(
     let file =
         JsonLinesFile::open(input).with_context(|| format!("cannot replay {}", input.display()))?;
     let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
-    sources_by_worker[0].push(Box::new(file));
+    // The worker the job's placement gives it (the results do not depend on which).
+    let owner = pageflow_dataflow::placement::assign_partition(RecordSource::name(&file), workers);
+    sources_by_worker[owner].push(Box::new(file));
     let started = Instant::now();
     let output = replay_lines(config, sources_by_worker, &GraphOptions::default())?;
     let elapsed = started.elapsed();

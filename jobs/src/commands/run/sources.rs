@@ -10,6 +10,7 @@ use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
 use pageflow_connectors::kinesis::shard_reader::StartPosition;
 use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::clock::{Clock, SystemClock, unix_now_ms};
+use pageflow_dataflow::placement::assign_partition;
 use pageflow_dataflow::source::{RecordSource, WorkerSources};
 
 use super::RunHooks;
@@ -68,11 +69,12 @@ pub(super) fn worker_sources(
                 if let Some(delivered) = resume_after(&format!("synthetic:{index}"))? {
                     source = source.resume_after(delivered);
                 }
-                by_worker[index % workers].push(Box::new(source));
+                let name = format!("synthetic:{index}");
+                by_worker[assign_partition(&name, workers)].push(Box::new(source));
             }
         }
         SourceKind::Files => {
-            for (index, path) in config.source.paths.iter().enumerate() {
+            for path in &config.source.paths {
                 let mut file = JsonLinesFile::open(path)
                     .with_context(|| format!("cannot open input {}", path.display()))?;
                 let name = file.name().to_string();
@@ -82,7 +84,7 @@ pub(super) fn worker_sources(
                 if let Some(line) = resume_after(&name)? {
                     file = file.resume_after(line)?;
                 }
-                by_worker[index % workers].push(Box::new(file));
+                by_worker[assign_partition(&name, workers)].push(Box::new(file));
             }
         }
         SourceKind::Kinesis => {
