@@ -88,6 +88,8 @@ pub struct JobConfig {
     pub recommendations: RecommendationsConfig,
     /// Amazon Personalize: campaigns for recommendations and event trackers fed by the job.
     pub personalize: PersonalizeConfig,
+    /// The processes that together run the dataflow (none: one process).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Where checkpoints are stored.
@@ -655,9 +657,10 @@ pub fn load(
     section!("checkpoint", checkpoint);
     section!("recommendations", recommendations);
     section!("personalize", personalize);
+    section!("cluster", cluster);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster"
         ));
     }
     problems.extend(config.validate());
@@ -711,6 +714,7 @@ impl JobConfig {
         }
         self.recommendations.validate(&mut problems);
         self.personalize.validate(&mut problems);
+        self.cluster.validate(&mut problems);
         match self.source.kind {
             SourceKind::Synthetic => {
                 if !(self.source.events_per_second > 0.0
@@ -1007,6 +1011,7 @@ mod tests {
             "checkpoint",
             "recommendations",
             "personalize",
+            "cluster",
         ] {
             assert!(
                 table.get(section).is_some_and(toml::Value::is_table),

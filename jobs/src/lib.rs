@@ -6,6 +6,7 @@
 //! measures in `pageflow-metrics`.
 
 pub mod checkpoints;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod outputs;

@@ -39,6 +39,10 @@ enum Command {
         /// A TOML configuration file (see README "Configuration").
         #[arg(long)]
         config: Option<PathBuf>,
+        /// This process's index in [cluster] addresses (overrides `process` there and
+        /// PAGEFLOW__CLUSTER__PROCESS).
+        #[arg(long)]
+        process: Option<usize>,
     },
     /// Run the graph over a JSON-lines file as fast as possible, deterministically.
     ///
@@ -54,9 +58,17 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// A TOML configuration file; only its [semantics] section is used.
+        /// A TOML configuration file; only its [semantics] and [cluster] sections are used.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Run as one of several processes of one dataflow: every process's host:port, the same
+        /// list everywhere (comma-separated; overrides [cluster] addresses). Each process writes
+        /// its share under OUT/process-<i>/.
+        #[arg(long, value_delimiter = ',')]
+        addresses: Vec<String>,
+        /// This process's index in the addresses.
+        #[arg(long)]
+        process: Option<usize>,
     },
     /// Write synthetic pageviews (news traffic with sessions, topics and spikes) as JSON lines.
     Generate {
@@ -191,7 +203,16 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<config::JobConfig> {
-    config::load(path, std::env::vars()).map_err(|problems| {
+    load_config_with(path, None)
+}
+
+/// The configuration, with `--process` (when given) over the file and the environment.
+fn load_config_with(
+    path: Option<&std::path::Path>,
+    process: Option<usize>,
+) -> Result<config::JobConfig> {
+    let process = process.map(|p| ("PAGEFLOW__CLUSTER__PROCESS".to_string(), p.to_string()));
+    config::load(path, std::env::vars().chain(process)).map_err(|problems| {
         anyhow::anyhow!(
             "the configuration has {} problem(s):\n  {}",
             problems.len(),
@@ -202,15 +223,37 @@ fn load_config(path: Option<&std::path::Path>) -> Result<config::JobConfig> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config } => commands::run::run(load_config(config.as_deref())?),
+        Command::Run { config, process } => {
+            commands::run::run(load_config_with(config.as_deref(), process)?)
+        }
         Command::Replay {
             input,
             out,
             workers,
             config,
+            addresses,
+            process,
         } => {
-            let config = load_config(config.as_deref())?;
-            let summary = commands::replay::run(&input, &out, workers, &config.semantics)?;
+            // `--process` goes with `--addresses`; alone, it picks this process of [cluster].
+            let process_in_config = if addresses.is_empty() { process } else { None };
+            let config = load_config_with(config.as_deref(), process_in_config)?;
+            let cluster = if addresses.is_empty() {
+                config.cluster.clone()
+            } else {
+                let cluster = pageflow::cluster::ClusterConfig {
+                    addresses,
+                    process: process.unwrap_or(0),
+                    ..config.cluster.clone()
+                };
+                let mut problems = Vec::new();
+                cluster.validate(&mut problems);
+                if !problems.is_empty() {
+                    anyhow::bail!("--addresses/--process: {}", problems.join("; "));
+                }
+                cluster
+            };
+            let summary =
+                commands::replay::run(&input, &out, workers, &config.semantics, &cluster)?;
             // A closed standard output (`| head`) loses the summary; it must not panic.
             let _ = writeln!(
                 std::io::stdout(),

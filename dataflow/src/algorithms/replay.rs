@@ -1,11 +1,16 @@
 //! Running the graph over finite input to completion: `pageflow replay`, the tests, the benchmark.
 //!
-//! The sources are split among `workers` timely worker threads of this process. When every source
-//! has ended, the watermark jumps to +∞ ("End of a replay"), every operator flushes, and the
-//! outputs are gathered and put in canonical order (`docs/semantics-notes.md` N20), so the result is
-//! the same whatever the number of workers.
+//! The sources are split among `workers` timely worker threads of this process, or, with
+//! [`replay_lines_in`], among the workers of several processes (each process gathers what its own
+//! workers emit; the union over the processes is the whole result). When every source has ended,
+//! the watermark jumps to +∞ ("End of a replay"), every operator flushes, and the outputs are
+//! gathered and put in canonical order (`docs/semantics-notes.md` N20), so the result is the same
+//! whatever the number of workers.
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
+
+use timely::communication::allocator::AllocatorBuilder;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -55,7 +60,7 @@ pub fn replay(
     sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
 ) -> Result<ReplayOutput, ReplayError> {
-    run(config, sources_by_worker, options, false)
+    run(config, sources_by_worker, options, false, None)
 }
 
 /// Like [`replay`], with the features as JSON lines: each worker writes the lines of the features
@@ -66,7 +71,29 @@ pub fn replay_lines(
     sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
 ) -> Result<ReplayOutput, ReplayError> {
-    run(config, sources_by_worker, options, true)
+    run(config, sources_by_worker, options, true, None)
+}
+
+/// The communication of this process's workers, connected (for a cluster) to the other
+/// processes' workers: what timely's `CommunicationConfig::try_build` returns.
+pub type Communication = (Vec<AllocatorBuilder>, Box<dyn Any + Send>);
+
+/// Like [`replay_lines`], on `communication`: this process's workers of a job whose workers are
+/// numbered globally. `sources_by_worker` has one entry per worker of the whole job, and only
+/// this process's entries hold sources. The output holds what this process's workers emitted.
+pub fn replay_lines_in(
+    config: &SemanticsConfig,
+    sources_by_worker: SourcesByWorker,
+    options: &GraphOptions,
+    communication: Communication,
+) -> Result<ReplayOutput, ReplayError> {
+    run(
+        config,
+        sources_by_worker,
+        options,
+        true,
+        Some(communication),
+    )
 }
 
 /// A feature's place in the canonical order (N20) and its JSON line.
@@ -77,6 +104,7 @@ fn run(
     sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
     as_lines: bool,
+    communication: Option<Communication>,
 ) -> Result<ReplayOutput, ReplayError> {
     let problems = config.validate();
     if !problems.is_empty() {
@@ -106,7 +134,14 @@ fn run(
     let worker_stats = Arc::clone(&stats);
     let sink = Arc::clone(&collected);
     let lines_sink = Arc::clone(&lines);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let (builders, others) = match communication {
+        Some(communication) => communication,
+        None => timely::CommunicationConfig::Process(workers)
+            .try_build()
+            .map_err(ReplayError::Workers)?,
+    };
+    let worker_config = timely::WorkerConfig::default();
+    let guards = timely::execute::execute_from(builders, others, worker_config, move |worker| {
         let index = worker.index();
         let sources = slots
             .lock()

@@ -1,8 +1,13 @@
 //! `pageflow replay`: the graph over one JSON-lines file, as fast as possible, deterministically.
 //!
-//! The file is one partition (read by worker 0, processed by all), only event time moves the
-//! watermark, and the run ends as `SEMANTICS.md` "End of a replay" says. Writes
-//! `features.jsonl` (canonical order), `dead-letter.jsonl` (input order) and `summary.json`.
+//! The file is one partition (read by the worker [`placement`](pageflow_dataflow::placement)
+//! gives it, processed by all), only event time moves the watermark, and the run ends as
+//! `SEMANTICS.md` "End of a replay" says. Writes `features.jsonl` (canonical order),
+//! `dead-letter.jsonl` (input order) and `summary.json`.
+//!
+//! With `[cluster]` (`--addresses`, `--process`), each process runs `workers` threads of one
+//! dataflow and writes what its own workers emitted under `OUT/process-<i>/`: the union of the
+//! processes' `features.jsonl`, in canonical order, is the one-process `features.jsonl`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -12,19 +17,24 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use pageflow_connectors::JsonLinesFile;
 use pageflow_dataflow::algorithms::graph::GraphOptions;
-use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay_lines};
+use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay_lines, replay_lines_in};
 use pageflow_dataflow::config::SemanticsConfig;
 use pageflow_dataflow::source::{RecordSource, SourcesByWorker};
 use pageflow_dataflow::stats::StatsSnapshot;
 use serde::Serialize;
+
+use crate::cluster::ClusterConfig;
 
 /// What `summary.json` holds.
 #[derive(Debug, Serialize)]
 pub struct ReplaySummary {
     /// The input file.
     pub input: PathBuf,
-    /// Worker threads used.
+    /// Worker threads used (in this process).
     pub workers: usize,
+    /// This process's index and the number of processes, when run as a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<(usize, usize)>,
     /// Counts of records by outcome.
     #[serde(flatten)]
     pub counts: StatsSnapshot,
@@ -53,6 +63,7 @@ pub fn replay_file(
     let summary = ReplaySummary {
         input: input.to_path_buf(),
         workers,
+        process: None,
         counts: output.stats.clone(),
         elapsed_ms: elapsed.as_millis() as u64,
         events_per_second: output.stats.records as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -60,14 +71,64 @@ pub fn replay_file(
     Ok((output, summary))
 }
 
-/// `pageflow replay --input FILE --out DIR`.
+/// This process's share of a replay of `input` by the processes of `cluster`, `threads` workers
+/// each: the outputs of this process's workers.
+pub fn replay_file_in_cluster(
+    input: &Path,
+    threads: usize,
+    config: &SemanticsConfig,
+    cluster: &ClusterConfig,
+) -> Result<(ReplayOutput, ReplaySummary)> {
+    let threads = threads.max(1);
+    let workers = threads * cluster.processes();
+    let name = format!("file:{}", input.display());
+    let owner = pageflow_dataflow::placement::assign_partition(&name, workers);
+    let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
+    // Only the owner's process opens the file (the others need not see it).
+    if owner / threads == cluster.process {
+        let file = JsonLinesFile::open(input)
+            .with_context(|| format!("cannot replay {}", input.display()))?;
+        sources_by_worker[owner].push(Box::new(file));
+    }
+    let communication = cluster.connect(threads)?;
+    let started = Instant::now();
+    let output = replay_lines_in(
+        config,
+        sources_by_worker,
+        &GraphOptions::default(),
+        communication,
+    )?;
+    let elapsed = started.elapsed();
+    let summary = ReplaySummary {
+        input: input.to_path_buf(),
+        workers: threads,
+        process: Some((cluster.process, cluster.processes())),
+        counts: output.stats.clone(),
+        elapsed_ms: elapsed.as_millis() as u64,
+        events_per_second: output.stats.records as f64 / elapsed.as_secs_f64().max(1e-9),
+    };
+    Ok((output, summary))
+}
+
+/// `pageflow replay --input FILE --out DIR [--addresses A,B --process I]`.
 pub fn run(
     input: &Path,
     out: &Path,
     workers: usize,
     config: &SemanticsConfig,
+    cluster: &ClusterConfig,
 ) -> Result<ReplaySummary> {
-    let (output, summary) = replay_file(input, workers, config)?;
+    let (output, summary) = if cluster.is_cluster() {
+        replay_file_in_cluster(input, workers, config, cluster)?
+    } else {
+        replay_file(input, workers, config)?
+    };
+    let out = if cluster.is_cluster() {
+        out.join(format!("process-{}", cluster.process))
+    } else {
+        out.to_path_buf()
+    };
+    let out = out.as_path();
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
     write_lines(

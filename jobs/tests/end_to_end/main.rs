@@ -9,5 +9,6 @@ mod auth;
 mod aws_end_to_end;
 mod checkpoints;
 mod cli;
+mod cluster;
 mod dashboard;
 mod recommendations;

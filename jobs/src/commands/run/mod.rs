@@ -214,6 +214,14 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             problems.join("\n  ")
         ));
     }
+    if config.cluster.is_cluster() {
+        // Refused rather than run wrong: across processes the watermark, the checkpoint barrier
+        // and the serving state are still process memory (docs/cluster-design.md, steps 2 to 7).
+        return Err(anyhow!(
+            "[cluster] lists {} processes, but `pageflow run` runs as one process for now: the watermark exchange, checkpoints across processes and serving from every process are not built yet (docs/cluster-design.md). Remove [cluster] (or leave one address) to run; `pageflow replay --addresses ... --process ...` runs as a cluster today",
+            config.cluster.processes()
+        ));
+    }
     let directory_locks = lock_directories(&config)?;
     let metrics = Arc::new(Metrics::new());
     let serving = Arc::new(ServingState::with_read_limits(
