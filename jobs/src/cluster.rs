@@ -14,7 +14,10 @@
 //! - each connection begins with a hello (a magic number, the number of processes, the sender's
 //!   index and a fingerprint of the address list), so that a process started with another list,
 //!   or a stray client, is refused with a message saying what differs;
-//! - nothing is printed to standard output.
+//! - nothing is printed to standard output;
+//! - when a peer is lost mid-run (timely cannot go on without it), this process exits at once with
+//!   [`PEER_LOST_EXIT_CODE`] and a message naming the peer, instead of panicking or hanging:
+//!   restart every process, and the job resumes from its last checkpoint.
 //!
 //! The protocol keeps timely's direction: process `i` listens on `addresses[i]` for the higher
 //! indices and connects to the lower ones.
@@ -145,6 +148,15 @@ impl ClusterConfig {
             threads,
             self.connect_timeout.into(),
         )?;
+        exit_when_a_peer_is_lost(self.addresses.clone());
+        tracing::info!(
+            process = self.process,
+            processes = self.addresses.len(),
+            threads,
+            "cluster formed: process {} of {} connected to every peer",
+            self.process,
+            self.addresses.len()
+        );
         let hooks = Hooks::default();
         let process_allocators =
             ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
@@ -161,6 +173,38 @@ impl ClusterConfig {
             Box::new(guard),
         ))
     }
+}
+
+/// From now on, a panic of one of timely's network threads (`timely:recv-<peer>` or
+/// `timely:send-<peer>`: the connection to that peer broke, it died or the network failed) ends
+/// this process with [`PEER_LOST_EXIT_CODE`] and a message naming the peer. Without it, the
+/// network thread's panic poisons the workers' queues, they panic in turn, and the process ends
+/// with a wall of backtraces (or, blocked elsewhere, not at all).
+fn exit_when_a_peer_is_lost(addresses: Vec<String>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let peer = thread.name().and_then(|name| {
+            name.strip_prefix("timely:recv-")
+                .or_else(|| name.strip_prefix("timely:send-"))
+                .and_then(|index| index.parse::<usize>().ok())
+        });
+        let Some(peer) = peer else {
+            previous(info);
+            return;
+        };
+        let reason = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the connection failed".to_string());
+        let address = addresses.get(peer).map_or("?", String::as_str);
+        crate::say!(
+            "pageflow: lost process {peer} ({address}) of the cluster ({reason}); this process stops too: restart every process, and the job resumes from its last checkpoint"
+        );
+        std::process::exit(PEER_LOST_EXIT_CODE);
+    }));
 }
 
 /// `host:port` with a port number (the host may be a name that resolves later).

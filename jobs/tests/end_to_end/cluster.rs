@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pageflow_tests::job_process::poll_until;
+use pageflow_tests::job_process::{JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 /// How long a replay of the test input may take, the cluster's forming included.
@@ -206,4 +206,50 @@ fn run_refuses_a_cluster_until_it_can_run_as_one() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("runs as one process for now"), "{stderr}");
+}
+
+#[test]
+fn a_killed_process_makes_the_others_exit_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let generated = Command::new(BIN)
+        .args(["generate", "--events", "300000", "--seed", "3", "--out"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let addresses = free_addresses(2);
+    let start = |process: usize| {
+        JobProcess::spawn(
+            Command::new(BIN)
+                .args(["replay", "--input"])
+                .arg(&input)
+                .arg("--out")
+                .arg(dir.path().join("out"))
+                .args(["--addresses", &addresses.join(",")])
+                .args(["--process", &process.to_string()])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1"),
+        )
+        .unwrap()
+    };
+    let mut first = start(0);
+    let mut second = start(1);
+    assert!(
+        first.wait_for_stderr("cluster formed", LIMIT),
+        "{}",
+        first.stderr()
+    );
+    second.kill();
+    let Some(status) = first.wait_timeout(Duration::from_secs(10)) else {
+        first.kill();
+        panic!(
+            "process 0 did not exit within 10 s of losing process 1:\n{}",
+            first.stderr()
+        );
+    };
+    let stderr = first.stderr();
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("lost process 1"), "{stderr}");
+    assert!(stderr.contains(&addresses[1]), "{stderr}");
 }
