@@ -29,7 +29,7 @@
 //! scope (a region, an iteration) is counted into the top-level operator that holds it, and the
 //! dataflow itself (timely's root subgraph) is left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ type Address = Vec<usize>;
 #[derive(Debug, Default)]
 pub struct DataflowMonitor {
     shared: Mutex<Totals>,
+    /// Dataflows the view leaves out, by index (the watermark exchange's: it is plumbing, not
+    /// the job).
+    hidden: Mutex<BTreeSet<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -132,12 +135,27 @@ impl DataflowMonitor {
         }
     }
 
+    /// Leaves the dataflow with index `index` (the same on every worker) out of the view.
+    pub fn hide_dataflow(&self, index: usize) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(index);
+    }
+
     /// The operators and edges with their figures now.
     pub fn snapshot(&self) -> GraphSnapshot {
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let shown = |address: &Address| !address.first().is_some_and(|i| hidden.contains(i));
         let totals = self.lock();
         let operators = totals
             .operators
             .iter()
+            .filter(|(address, _)| shown(address))
             .map(|(address, operator)| {
                 let workers = operator.recent_busy.len().max(1) as f64;
                 OperatorStats {
@@ -153,6 +171,7 @@ impl DataflowMonitor {
         let edges = totals
             .edges
             .iter()
+            .filter(|(from, _)| shown(from))
             .flat_map(|(from, targets)| {
                 targets.iter().map(|(to, records)| EdgeStats {
                     from: dotted(from),
