@@ -570,6 +570,47 @@ mod tests {
     }
 
     #[test]
+    fn a_hidden_dataflow_is_left_out_of_the_view() {
+        use crate::time::{Opinion, WatermarkBoard};
+        use crate::watermark_exchange::WatermarkExchange;
+        let monitor = Arc::new(DataflowMonitor::new());
+        let attached = Arc::clone(&monitor);
+        timely::execute_directly(move |worker| {
+            attached.attach(worker);
+            let board = Arc::new(WatermarkBoard::new(1));
+            let exchange = WatermarkExchange::new(0, board);
+            let mut publisher = exchange.publisher();
+            worker.dataflow::<u64, _, _>(|scope| {
+                (0..3u64)
+                    .to_stream(scope)
+                    .sink(Pipeline, "Job", |(input, _)| input.for_each(|_, _| {}));
+            });
+            attached.hide_dataflow(exchange.install(worker));
+            publisher.publish(Opinion::Finished);
+            publisher.close();
+        });
+        let snapshot = monitor.snapshot();
+        assert!(snapshot.operators.iter().any(|o| o.name == "Job"));
+        assert!(
+            snapshot
+                .operators
+                .iter()
+                .all(|o| o.id.starts_with("0.") || o.id == "0"),
+            "only the job's dataflow (index 0) is shown: {snapshot:#?}"
+        );
+        assert!(
+            snapshot.edges.iter().all(|e| e.from.starts_with('0')),
+            "{snapshot:#?}"
+        );
+        assert!(
+            !snapshot
+                .operators
+                .iter()
+                .any(|o| o.name == "ApplyWatermarkUpdates")
+        );
+    }
+
+    #[test]
     fn sums_the_workers_of_a_process() {
         let monitor = Arc::new(DataflowMonitor::new());
         let attached = Arc::clone(&monitor);

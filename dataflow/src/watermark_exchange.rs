@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::worker::Worker;
 
 use crate::time::{BoardUpdate, Opinion, PartitionWatermark, Watermark, WatermarkBoard};

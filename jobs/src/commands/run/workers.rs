@@ -63,10 +63,7 @@ pub(super) fn watermark_boards(
             config.semantics.idle_timeout.into(),
         );
     }
-    sources
-        .iter()
-        .map(|_| Arc::new(board.replica()))
-        .collect()
+    sources.iter().map(|_| Arc::new(board.replica())).collect()
 }
 
 /// Starts `[runtime] workers` timely workers on a thread of their own; worker `i` reads
@@ -116,13 +113,12 @@ pub(super) fn start_workers(
                     .ok()
                     .and_then(|mut s| s.get_mut(index).and_then(Option::take))
                 else {
-                    fatal(&format!("worker {index} has no sources, restore or board slot"));
+                    fatal(&format!(
+                        "worker {index} has no sources, restore or board slot"
+                    ));
                 };
                 let exchange = WatermarkExchange::new(index, board);
-                let (stats, sender) = (
-                    Arc::clone(&worker_stats),
-                    sender.clone(),
-                );
+                let (stats, sender) = (Arc::clone(&worker_stats), sender.clone());
                 let coordinator = Arc::clone(&worker_coordinator);
                 let states = if checkpointing {
                     if let Err(error) = coordinator.attach(worker) {
