@@ -217,7 +217,7 @@ mod tests {
             watermark_ms: Some(wm),
             ..PartitionWatermark::default()
         };
-        let mut updates = vec![
+        let mut updates = [
             update(1, 1, Opinion::At(10)),
             update(1, 2, Opinion::At(30)),
             update(2, 1, Opinion::Idle),
