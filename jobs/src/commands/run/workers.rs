@@ -114,7 +114,7 @@ pub(super) fn start_workers(
                     .and_then(|mut s| s.get_mut(index).and_then(Option::take))
                 else {
                     fatal(&format!(
-                        "worker {index} has no sources, restore or board slot"
+                        "worker {index} found no sources, restore or watermark board prepared for it; this is a bug in pageflow, please report it"
                     ));
                 };
                 let exchange = WatermarkExchange::new(index, board);
