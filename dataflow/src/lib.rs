@@ -16,6 +16,8 @@
 //! - [`monitor`]: the job graph with records in and out and busy time per operator, from timely's log.
 //! - [`time`]: event time (watermarks, idleness); [`clock`]: processing time, the one [`clock::Clock`]
 //!   (system or manual) and [`clock::unix_now_ms`].
+//! - [`watermark_exchange`]: how every worker's replica of the watermark board hears the others,
+//!   through a small dataflow of its own.
 //!
 //! The contract is `SEMANTICS.md`; choices it leaves open are in `docs/semantics-notes.md`.
 
@@ -36,6 +38,7 @@ pub mod score;
 pub mod source;
 pub mod stats;
 pub mod time;
+pub mod watermark_exchange;
 
 #[cfg(test)]
 pub(crate) mod test_support;

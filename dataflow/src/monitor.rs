@@ -29,7 +29,7 @@
 //! scope (a region, an iteration) is counted into the top-level operator that holds it, and the
 //! dataflow itself (timely's root subgraph) is left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ type Address = Vec<usize>;
 #[derive(Debug, Default)]
 pub struct DataflowMonitor {
     shared: Mutex<Totals>,
+    /// Dataflows the view leaves out, by index (the watermark exchange's: it is plumbing, not
+    /// the job).
+    hidden: Mutex<BTreeSet<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -132,12 +135,27 @@ impl DataflowMonitor {
         }
     }
 
+    /// Leaves the dataflow with index `index` (the same on every worker) out of the view.
+    pub fn hide_dataflow(&self, index: usize) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(index);
+    }
+
     /// The operators and edges with their figures now.
     pub fn snapshot(&self) -> GraphSnapshot {
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let shown = |address: &Address| !address.first().is_some_and(|i| hidden.contains(i));
         let totals = self.lock();
         let operators = totals
             .operators
             .iter()
+            .filter(|(address, _)| shown(address))
             .map(|(address, operator)| {
                 let workers = operator.recent_busy.len().max(1) as f64;
                 OperatorStats {
@@ -153,6 +171,7 @@ impl DataflowMonitor {
         let edges = totals
             .edges
             .iter()
+            .filter(|(from, _)| shown(from))
             .flat_map(|(from, targets)| {
                 targets.iter().map(|(to, records)| EdgeStats {
                     from: dotted(from),
@@ -548,6 +567,47 @@ mod tests {
         let snapshot = monitor.snapshot();
         assert_eq!(snapshot.edges.len(), 1, "{snapshot:#?}");
         assert_eq!(snapshot.edges[0].records, 0);
+    }
+
+    #[test]
+    fn a_hidden_dataflow_is_left_out_of_the_view() {
+        use crate::time::{Opinion, WatermarkBoard};
+        use crate::watermark_exchange::WatermarkExchange;
+        let monitor = Arc::new(DataflowMonitor::new());
+        let attached = Arc::clone(&monitor);
+        timely::execute_directly(move |worker| {
+            attached.attach(worker);
+            let board = Arc::new(WatermarkBoard::new(1));
+            let exchange = WatermarkExchange::new(0, board);
+            let mut publisher = exchange.publisher();
+            worker.dataflow::<u64, _, _>(|scope| {
+                (0..3u64)
+                    .to_stream(scope)
+                    .sink(Pipeline, "Job", |(input, _)| input.for_each(|_, _| {}));
+            });
+            attached.hide_dataflow(exchange.install(worker));
+            publisher.publish(Opinion::Finished);
+            publisher.close();
+        });
+        let snapshot = monitor.snapshot();
+        assert!(snapshot.operators.iter().any(|o| o.name == "Job"));
+        assert!(
+            snapshot
+                .operators
+                .iter()
+                .all(|o| o.id.starts_with("0.") || o.id == "0"),
+            "only the job's dataflow (index 0) is shown: {snapshot:#?}"
+        );
+        assert!(
+            snapshot.edges.iter().all(|e| e.from.starts_with('0')),
+            "{snapshot:#?}"
+        );
+        assert!(
+            !snapshot
+                .operators
+                .iter()
+                .any(|o| o.name == "ApplyWatermarkUpdates")
+        );
     }
 
     #[test]

@@ -7,17 +7,22 @@
 //! N6). A finished partition (end of file) never holds the watermark back again (N8); when every
 //! partition has finished the watermark is +∞.
 //!
-//! Workers of one process share a [`WatermarkBoard`]: each publishes the opinion of its own
-//! partitions and reads everyone's minimum. Holding capabilities at that shared minimum, rather than
-//! at each worker's own watermark, is what lets a worker accept an event that is on time for the job
-//! even though it is behind the worker's own partitions.
+//! Every worker holds a replica of the [`WatermarkBoard`], with one slot per worker of the whole
+//! job: it publishes the opinion of its own partitions into its replica and reads everyone's
+//! minimum from it. The other workers' opinions reach the replica as [`BoardUpdate`]s through the
+//! watermark exchange ([`crate::watermark_exchange`]), not through shared memory, so the board
+//! means the same when the workers are spread over processes. Holding capabilities at the job's
+//! minimum, rather than at each worker's own watermark, is what lets a worker accept an event that
+//! is on time for the job even though it is behind the worker's own partitions.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a set of partitions says about the watermark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Opinion {
     /// Some active partition has no watermark yet: the watermark is −∞.
     Undefined,
@@ -100,17 +105,48 @@ pub fn combine(opinions: impl IntoIterator<Item = Opinion>) -> Opinion {
     result
 }
 
-/// The opinions of the workers of one process, and the job watermark they imply.
+/// One worker's replica of the opinions of every worker of the job, and the job watermark they
+/// imply. Its own worker writes its slot directly ([`WatermarkBoard::publish`]); the other slots
+/// change when their workers' [`BoardUpdate`]s arrive ([`WatermarkBoard::receive`]). The mutex
+/// is there for the one reader outside the worker: serving reads local worker 0's replica
+/// through a [`BoardView`].
 #[derive(Debug)]
 pub struct WatermarkBoard {
     state: Mutex<BoardState>,
     /// What each partition last reported, for operators to see (apart from `state`, so that a
     /// reader never delays a worker publishing its opinion).
-    partitions: Mutex<BTreeMap<String, PartitionWatermark>>,
+    partitions: Mutex<Reports>,
+}
+
+/// Every partition's last report, with the update it came in (so that an older update arriving
+/// late never overwrites a newer one).
+#[derive(Clone, Debug, Default)]
+struct Reports {
+    latest: BTreeMap<String, PartitionWatermark>,
+    /// The sender and sequence number of the update each report came in (none: reported here).
+    from: BTreeMap<String, (usize, u64)>,
+}
+
+/// What one worker tells every other worker's replica of the board: its opinion, its partitions'
+/// reports and the restored partitions it has taken up since its previous update. Each worker
+/// numbers its updates 1, 2, …; a replica keeps the highest-numbered opinion of each sender, so
+/// the order in which updates of different senders arrive does not matter.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoardUpdate {
+    /// The worker (job-wide index) whose opinion this is.
+    pub sender: usize,
+    /// The sender's count of its updates, from 1.
+    pub seq: u64,
+    /// The sender's opinion now.
+    pub opinion: Opinion,
+    /// Partitions of the sender that reported since its previous update.
+    pub reports: Vec<(String, PartitionWatermark)>,
+    /// Restored partitions the sender took up since its previous update.
+    pub claims: Vec<String>,
 }
 
 /// One source partition's event time as its worker last reported it (about once a second).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionWatermark {
     /// Its watermark (`max_ts − max_out_of_orderness`), `None` before its first valid record.
     pub watermark_ms: Option<u64>,
@@ -123,9 +159,11 @@ pub struct PartitionWatermark {
     pub job_watermark_ms: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct BoardState {
     opinions: Vec<Opinion>,
+    /// For every worker, the sequence number of its latest update applied here (0: none yet).
+    heard: Vec<u64>,
     watermark: Watermark,
     /// Partitions restored from a checkpoint that no worker has taken up again yet (a Kinesis
     /// shard waits for discovery): they hold the watermark where they stood, until `idle_after`.
@@ -148,20 +186,24 @@ impl BoardState {
                 .chain(self.expected.values().copied().filter(|_| expecting)),
         )
     }
+
+    /// Moves the job watermark to what the opinions now imply (never backwards).
+    fn advance(&mut self) -> Watermark {
+        let proposed = match self.combined(None) {
+            Opinion::Undefined => Watermark::MinusInfinity,
+            Opinion::At(wm) => Watermark::At(wm),
+            Opinion::Idle => self.watermark,
+            Opinion::Finished => Watermark::PlusInfinity,
+        };
+        self.watermark = self.watermark.max(proposed);
+        self.watermark
+    }
 }
 
 impl WatermarkBoard {
     /// A board for `workers` workers, each starting undefined.
     pub fn new(workers: usize) -> Self {
-        WatermarkBoard {
-            state: Mutex::new(BoardState {
-                opinions: vec![Opinion::Undefined; workers],
-                watermark: Watermark::MinusInfinity,
-                expected: BTreeMap::new(),
-                expected_until: None,
-            }),
-            partitions: Mutex::new(BTreeMap::new()),
-        }
+        Self::with_opinions(vec![Opinion::Undefined; workers])
     }
 
     /// A board whose workers start with the given opinions: workers that own no partition start
@@ -169,13 +211,30 @@ impl WatermarkBoard {
     pub fn with_opinions(opinions: Vec<Opinion>) -> Self {
         WatermarkBoard {
             state: Mutex::new(BoardState {
+                heard: vec![0; opinions.len()],
                 opinions,
                 watermark: Watermark::MinusInfinity,
                 expected: BTreeMap::new(),
                 expected_until: None,
             }),
-            partitions: Mutex::new(BTreeMap::new()),
+            partitions: Mutex::new(Reports::default()),
         }
+    }
+
+    /// A copy of this board for one worker: every worker's replica starts from the same
+    /// opinions and the same expected partitions.
+    pub fn replica(&self) -> Self {
+        WatermarkBoard {
+            state: Mutex::new(self.lock().clone()),
+            partitions: Mutex::new(self.reports().clone()),
+        }
+    }
+
+    fn reports(&self) -> std::sync::MutexGuard<'_, Reports> {
+        // A poisoned lock only means a reader panicked; the reports are still consistent.
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BoardState> {
@@ -215,14 +274,45 @@ impl WatermarkBoard {
         if let Some(slot) = state.opinions.get_mut(worker) {
             *slot = opinion;
         }
-        let proposed = match state.combined(None) {
-            Opinion::Undefined => Watermark::MinusInfinity,
-            Opinion::At(wm) => Watermark::At(wm),
-            Opinion::Idle => state.watermark,
-            Opinion::Finished => Watermark::PlusInfinity,
-        };
-        state.watermark = state.watermark.max(proposed);
-        state.watermark
+        state.advance()
+    }
+
+    /// Applies another worker's update: its opinion unless a later one of the same sender is
+    /// already here, its reports likewise, and its claims (taking a partition up is for good).
+    pub fn receive(&self, update: &BoardUpdate) {
+        {
+            let mut state = self.lock();
+            for partition in &update.claims {
+                state.expected.remove(partition);
+            }
+            let newer = state
+                .heard
+                .get(update.sender)
+                .is_some_and(|heard| update.seq > *heard);
+            if newer {
+                state.heard[update.sender] = update.seq;
+                state.opinions[update.sender] = update.opinion;
+            }
+            state.advance();
+        }
+        let mut reports = self.reports();
+        for (partition, report) in &update.reports {
+            let stale = reports
+                .from
+                .get(partition)
+                .is_some_and(|&(sender, seq)| sender == update.sender && seq >= update.seq);
+            if !stale {
+                reports.latest.insert(partition.clone(), *report);
+                reports
+                    .from
+                    .insert(partition.clone(), (update.sender, update.seq));
+            }
+        }
+    }
+
+    /// Every worker's opinion as this replica knows it, by worker.
+    pub fn opinions(&self) -> Vec<Opinion> {
+        self.lock().opinions.clone()
     }
 
     /// The current job watermark.
@@ -232,24 +322,42 @@ impl WatermarkBoard {
 
     /// Records what `partition` says now (its worker calls this about once a second).
     pub fn report_partition(&self, partition: &str, report: PartitionWatermark) {
-        let mut partitions = self
-            .partitions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match partitions.get_mut(partition) {
+        let mut reports = self.reports();
+        match reports.latest.get_mut(partition) {
             Some(slot) => *slot = report,
             None => {
-                partitions.insert(partition.to_string(), report);
+                reports.latest.insert(partition.to_string(), report);
             }
         }
+        reports.from.remove(partition);
     }
 
     /// Every partition's last report, by name.
     pub fn partitions(&self) -> BTreeMap<String, PartitionWatermark> {
-        self.partitions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
+        self.reports().latest.clone()
+    }
+}
+
+/// A read-only view of one worker's replica of the board, for serving (`/v1/job`, `/v1/status`):
+/// the job watermark and the partitions' reports as that worker knows them. In a running job it
+/// is local worker 0's replica, which hears every worker through the exchange.
+#[derive(Clone, Debug)]
+pub struct BoardView(Arc<WatermarkBoard>);
+
+impl BoardView {
+    /// A view of `board` (which its worker goes on writing).
+    pub fn of(board: Arc<WatermarkBoard>) -> Self {
+        BoardView(board)
+    }
+
+    /// The job watermark as the replica knows it.
+    pub fn watermark(&self) -> Watermark {
+        self.0.watermark()
+    }
+
+    /// Every partition's last report, by name.
+    pub fn partitions(&self) -> BTreeMap<String, PartitionWatermark> {
+        self.0.partitions()
     }
 }
 

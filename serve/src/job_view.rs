@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use pageflow_dataflow::monitor::{DataflowMonitor, EdgeStats, OperatorStats};
-use pageflow_dataflow::time::{Watermark, WatermarkBoard};
+use pageflow_dataflow::time::{BoardView, Watermark};
 use pageflow_metrics::checkpoint_history::{CheckpointHistory, CheckpointOutcome};
 use serde::Serialize;
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 pub struct JobView {
     monitor: Arc<DataflowMonitor>,
     checkpoints: Arc<CheckpointHistory>,
-    board: OnceLock<Arc<WatermarkBoard>>,
+    board: OnceLock<BoardView>,
 }
 
 impl JobView {
@@ -31,8 +31,8 @@ impl JobView {
     }
 
     /// Shows the partitions and the job watermark of `board` from now on (the first board
-    /// given stays).
-    pub fn watch_board(&self, board: Arc<WatermarkBoard>) {
+    /// given stays): a worker's replica, read-only.
+    pub fn watch_board(&self, board: BoardView) {
         let _ = self.board.set(board);
     }
 

@@ -40,7 +40,7 @@ use crate::operators::sessionize::{SessionOutput, SessionSpec, Sessionize};
 use crate::operators::window_stats::{ArticleWindowStats, WindowOutput, WindowSpec, WindowStats};
 use crate::source::WorkerSources;
 use crate::stats::JobStats;
-use crate::time::WatermarkBoard;
+use crate::watermark_exchange::BoardPublisher;
 
 /// Options of the graph that are not part of the semantics.
 #[derive(Clone, Debug)]
@@ -90,11 +90,12 @@ pub struct GraphOutputs<'scope> {
 
 /// Builds the job on this worker, reading `sources`. Every operator declares its state in
 /// `states` (restored from a checkpoint when `states` holds one; `OperatorStates::default()`
-/// for a run without checkpoints).
+/// for a run without checkpoints). `board` is this worker's end of the watermark exchange
+/// ([`crate::watermark_exchange`]), whose dataflow the worker installs after this one.
 pub fn build<'scope>(
     scope: Scope<'scope, u64>,
     sources: impl Into<WorkerSources>,
-    board: Arc<WatermarkBoard>,
+    board: BoardPublisher,
     config: &SemanticsConfig,
     options: &GraphOptions,
     stats: Arc<JobStats>,

@@ -22,6 +22,7 @@ use crate::operators::ingest::RawValid;
 use crate::source::SourcesByWorker;
 use crate::stats::{JobStats, StatsSnapshot};
 use crate::time::{Opinion, WatermarkBoard};
+use crate::watermark_exchange::WatermarkExchange;
 
 use super::graph::{GraphOptions, build};
 
@@ -117,10 +118,14 @@ fn run(
             _ => Opinion::Finished,
         })
         .collect();
-    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    // Every worker's replica of the board starts alike.
+    let board = WatermarkBoard::with_opinions(opinions);
     let stats = Arc::new(JobStats::default());
     let slots = Arc::new(Mutex::new(
-        sources_by_worker.into_iter().map(Some).collect::<Vec<_>>(),
+        sources_by_worker
+            .into_iter()
+            .map(|sources| Some((sources, Arc::new(board.replica()))))
+            .collect::<Vec<_>>(),
     ));
     let collected: Arc<Mutex<ReplayOutput>> = Arc::default();
     let lines: Arc<Mutex<Vec<FeatureLine>>> = Arc::default();
@@ -143,23 +148,19 @@ fn run(
     let worker_config = timely::WorkerConfig::default();
     let guards = timely::execute::execute_from(builders, others, worker_config, move |worker| {
         let index = worker.index();
-        let sources = slots
+        let (sources, board) = slots
             .lock()
-            .map(|mut slots| {
-                slots
-                    .get_mut(index)
-                    .and_then(Option::take)
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
-        let board = Arc::clone(&board);
+            .ok()
+            .and_then(|mut slots| slots.get_mut(index).and_then(Option::take))
+            .unwrap_or_else(|| (Default::default(), Arc::new(WatermarkBoard::new(workers))));
+        let exchange = WatermarkExchange::new(index, board);
         let stats = Arc::clone(&worker_stats);
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {
             let outputs = build(
                 scope,
                 sources,
-                board,
+                exchange.publisher(),
                 &config,
                 &options,
                 stats,
@@ -189,6 +190,7 @@ fn run(
             collect(outputs.dead_letters, &sink, |out| &mut out.dead_letters);
             collect(outputs.raw, &sink, |out| &mut out.raw);
         });
+        exchange.install(worker);
     })
     .map_err(ReplayError::Workers)?;
     for result in guards.join() {

@@ -14,6 +14,7 @@ use crate::features::Feature;
 use crate::source::{PollStatus, RecordSource, SourceError};
 use crate::stats::JobStats;
 use crate::time::{Opinion, WatermarkBoard};
+use crate::watermark_exchange::WatermarkExchange;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
@@ -116,7 +117,13 @@ pub fn run_half(
     })));
     let mut opinions = vec![Opinion::Finished; workers];
     opinions[0] = Opinion::Undefined;
-    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    // Every worker's replica of the board starts alike.
+    let board = WatermarkBoard::with_opinions(opinions);
+    let replicas = Arc::new(Mutex::new(
+        (0..workers)
+            .map(|_| Some(Arc::new(board.replica())))
+            .collect::<Vec<_>>(),
+    ));
     let stats = Arc::new(JobStats::default());
     let coordinator = CheckpointCoordinator::new(workers);
     let collected: Arc<Mutex<Collected>> = Arc::default();
@@ -175,6 +182,12 @@ pub fn run_half(
             return;
         }
         let states = coordinator.states(index, run, restore);
+        let board = replicas
+            .lock()
+            .ok()
+            .and_then(|mut replicas| replicas.get_mut(index).and_then(Option::take))
+            .unwrap_or_else(|| Arc::new(WatermarkBoard::new(workers)));
+        let exchange = WatermarkExchange::new(index, board);
         let sources: Vec<Box<dyn RecordSource>> = if index == 0 {
             source
                 .lock()
@@ -191,7 +204,7 @@ pub fn run_half(
             let outputs = build(
                 scope,
                 sources,
-                Arc::clone(&board),
+                exchange.publisher(),
                 &config,
                 &GraphOptions::default(),
                 Arc::clone(&stats),
@@ -218,6 +231,7 @@ pub fn run_half(
                     });
                 });
         });
+        exchange.install(worker);
         let errors = states.restore_errors();
         if !errors.is_empty()
             && let Ok(mut c) = sink.lock()

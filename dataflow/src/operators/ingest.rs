@@ -33,9 +33,8 @@ use crate::event::{CompactEvent, DeadLetter, RawRecord, Reason, validate};
 use crate::ids::FastMap;
 use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
-use crate::time::{
-    Opinion, PartitionClock, PartitionWatermark, Watermark, WatermarkBoard, combine,
-};
+use crate::time::{Opinion, PartitionClock, PartitionWatermark, Watermark, combine};
+use crate::watermark_exchange::BoardPublisher;
 
 /// What ingest emits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +131,7 @@ impl Partition {
         }
     }
 
-    /// What the partition shows operators on the board (see [`WatermarkBoard::partitions`]).
+    /// What the partition shows operators on the board (see [`crate::time::WatermarkBoard::partitions`]).
     fn report(&self, config: &IngestConfig, now: Instant, job: Watermark) -> PartitionWatermark {
         PartitionWatermark {
             watermark_ms: self.clock.watermark(config.max_out_of_orderness),
@@ -173,7 +172,7 @@ struct IngestState {
 }
 
 impl IngestState {
-    fn add(&mut self, source: Box<dyn RecordSource>, now: Instant, board: &WatermarkBoard) {
+    fn add(&mut self, source: Box<dyn RecordSource>, now: Instant, board: &mut BoardPublisher) {
         let mut partition = Partition::new(source, now);
         board.claim(partition.source.name());
         if let Some(saved) = self.restored.remove(partition.source.name()) {
@@ -253,13 +252,14 @@ impl Checkpointed for IngestState {
 
 /// Reads `sources` on this worker and emits what they contain, in arrival order.
 ///
-/// `board` must have been created with one opinion per worker (each worker's
-/// [`WorkerSources::initial_opinion`]). Partitions that the sources' feed adds later are read from
+/// `board` writes into this worker's replica of the board, which must have been created with one
+/// opinion per worker of the job (each worker's [`WorkerSources::initial_opinion`]), and tells
+/// the other workers (see [`crate::watermark_exchange`]). Partitions that the sources' feed adds later are read from
 /// the activation that finds them on; finished partitions are dropped.
 pub fn ingest<'scope>(
     scope: Scope<'scope, u64>,
     sources: WorkerSources,
-    board: Arc<WatermarkBoard>,
+    mut board: BoardPublisher,
     config: IngestConfig,
     stats: Arc<JobStats>,
     states: &OperatorStates,
@@ -285,7 +285,7 @@ pub fn ingest<'scope>(
             mut feed,
         } = sources;
         for source in initial {
-            state.borrow_mut().add(source, start, &board);
+            state.borrow_mut().add(source, start, &mut board);
         }
         let mut added: Vec<Box<dyn RecordSource>> = Vec::new();
         let mut capability = Some(capability);
@@ -311,7 +311,7 @@ pub fn ingest<'scope>(
             if let Some(feed) = feed.as_mut() {
                 feed.poll_new(&mut added);
                 for source in added.drain(..) {
-                    state.add(source, now, &board);
+                    state.add(source, now, &mut board);
                 }
             }
             let IngestState {
@@ -329,7 +329,7 @@ pub fn ingest<'scope>(
             } else {
                 feed_open.then_some(Opinion::Idle)
             };
-            let others = board.others(worker);
+            let others = board.board().others(worker);
             let mut more_ready = false;
 
             let ahead_of = match (config.alignment, *job_watermark) {
@@ -485,7 +485,7 @@ pub fn ingest<'scope>(
                     .map(|p| p.opinion(&config, Instant::now()))
                     .chain(waiting),
             );
-            let published = board.publish(worker, local);
+            let published = board.publish(local);
             *job_watermark = (*job_watermark).max(published);
             if let Watermark::At(wm) = *job_watermark {
                 stats.watermark_ms.fetch_max(wm, Ordering::Relaxed);
@@ -493,6 +493,7 @@ pub fn ingest<'scope>(
             match *job_watermark {
                 Watermark::PlusInfinity => {
                     capability = None;
+                    board.close();
                     return;
                 }
                 Watermark::At(wm) => {
@@ -506,6 +507,7 @@ pub fn ingest<'scope>(
             if matches!(local, Opinion::Finished) && partitions.is_empty() && !feed_open {
                 // Nothing more will come from here; other workers' capabilities hold the frontier.
                 capability = None;
+                board.close();
             } else if more_ready {
                 activator.activate();
             } else if held_back {

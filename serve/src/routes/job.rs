@@ -60,7 +60,7 @@ async fn job(State(app): State<App>) -> Response {
 mod tests {
     use axum::body::{Body, to_bytes};
     use axum::http::{Request, StatusCode};
-    use pageflow_dataflow::time::{Opinion, PartitionWatermark, WatermarkBoard};
+    use pageflow_dataflow::time::{BoardView, Opinion, PartitionWatermark, WatermarkBoard};
     use pageflow_metrics::Metrics;
     use pageflow_metrics::checkpoint_history::{CheckpointOutcome, CheckpointRecord};
     use serde_json::{Value, json};
@@ -144,7 +144,7 @@ mod tests {
                 job_watermark_ms: Some(5_000),
             },
         );
-        view.watch_board(board);
+        view.watch_board(BoardView::of(board));
 
         let body = get_job(app().with_job_view(Arc::clone(&view))).await;
         let operators = body["operators"].as_array().unwrap();

@@ -42,6 +42,7 @@ use pageflow_connectors::personalize::EventForwarder;
 use pageflow_dataflow::checkpoint::CheckpointCoordinator;
 use pageflow_dataflow::clock::ManualClock;
 use pageflow_dataflow::stats::JobStats;
+use pageflow_dataflow::time::BoardView;
 
 use self::checkpointing::{Checkpointing, start_checkpointing};
 use self::personalize::start_personalize;
@@ -49,7 +50,7 @@ use self::serving::start_http;
 pub use self::sinks::SinkMessage;
 use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
 use self::sources::worker_sources;
-use self::workers::{WorkerContext, start_workers, watermark_board};
+use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
 use crate::config::{CheckpointStoreKind, JobConfig};
 use pageflow_metrics::Metrics;
@@ -295,13 +296,16 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     if let Some(consumer) = &kinesis {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
     }
-    let board = watermark_board(&config, &sources, restored.as_ref());
-    job_view.watch_board(Arc::clone(&board));
+    let boards = watermark_boards(&config, &sources, restored.as_ref());
+    // Serving shows local worker 0's replica, which hears every worker through the exchange.
+    if let Some(first) = boards.first() {
+        job_view.watch_board(BoardView::of(Arc::clone(first)));
+    }
     start_workers(
         &config,
         sources,
         restores,
-        board,
+        boards,
         WorkerContext {
             coordinator: Arc::clone(&coordinator),
             run_id,

@@ -15,6 +15,7 @@ use pageflow_dataflow::monitor::DataflowMonitor;
 use pageflow_dataflow::source::WorkerSources;
 use pageflow_dataflow::stats::{JobStats, StateSizes};
 use pageflow_dataflow::time::{Opinion, WatermarkBoard};
+use pageflow_dataflow::watermark_exchange::WatermarkExchange;
 
 use super::sinks::{SinkMessage, forward};
 use crate::checkpoints::Restored;
@@ -37,15 +38,16 @@ pub(super) struct WorkerContext {
     pub monitor: Arc<DataflowMonitor>,
 }
 
-/// The job watermark's board: each partition's initial opinion and, after a restore, where the
-/// partitions not yet back stood.
-pub(super) fn watermark_board(
+/// The job watermark's board, one replica per worker, all alike: each partition's initial opinion
+/// and, after a restore, where the partitions not yet back stood. Each worker's replica hears the
+/// others through the watermark exchange (`pageflow_dataflow::watermark_exchange`).
+pub(super) fn watermark_boards(
     config: &JobConfig,
     sources: &[WorkerSources],
     restored: Option<&Restored>,
-) -> Arc<WatermarkBoard> {
+) -> Vec<Arc<WatermarkBoard>> {
     let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
-    let board = Arc::new(WatermarkBoard::with_opinions(opinions));
+    let board = WatermarkBoard::with_opinions(opinions);
     if let Some(restored) = restored {
         // Partitions that come back later (Kinesis shards await discovery) hold the watermark
         // where they stood meanwhile, as they would have had the job not stopped.
@@ -61,7 +63,7 @@ pub(super) fn watermark_board(
             config.semantics.idle_timeout.into(),
         );
     }
-    board
+    sources.iter().map(|_| Arc::new(board.replica())).collect()
 }
 
 /// Starts `[runtime] workers` timely workers on a thread of their own; worker `i` reads
@@ -70,7 +72,7 @@ pub(super) fn start_workers(
     config: &JobConfig,
     sources: Vec<WorkerSources>,
     restores: Vec<WorkerRestore>,
-    board: Arc<WatermarkBoard>,
+    boards: Vec<Arc<WatermarkBoard>>,
     context: WorkerContext,
 ) -> Result<()> {
     let WorkerContext {
@@ -87,7 +89,8 @@ pub(super) fn start_workers(
         sources
             .into_iter()
             .zip(restores)
-            .map(Some)
+            .zip(boards)
+            .map(|((sources, restore), board)| Some((sources, restore, board)))
             .collect::<Vec<_>>(),
     ));
     let semantics = config.semantics.clone();
@@ -105,16 +108,17 @@ pub(super) fn start_workers(
         .spawn(move || {
             let result = timely::execute(timely::Config::process(workers), move |worker| {
                 let index = worker.index();
-                let (sources, restore) = slots
+                let Some((sources, restore, board)) = slots
                     .lock()
                     .ok()
                     .and_then(|mut s| s.get_mut(index).and_then(Option::take))
-                    .unwrap_or_default();
-                let (board, stats, sender) = (
-                    Arc::clone(&board),
-                    Arc::clone(&worker_stats),
-                    sender.clone(),
-                );
+                else {
+                    fatal(&format!(
+                        "worker {index} found no sources, restore or watermark board prepared for it; this is a bug in pageflow, please report it"
+                    ));
+                };
+                let exchange = WatermarkExchange::new(index, board);
+                let (stats, sender) = (Arc::clone(&worker_stats), sender.clone());
                 let coordinator = Arc::clone(&worker_coordinator);
                 let states = if checkpointing {
                     if let Err(error) = coordinator.attach(worker) {
@@ -128,8 +132,15 @@ pub(super) fn start_workers(
                 // After the coordinator's listener, which it keeps (see `DataflowMonitor::attach`).
                 monitor.attach(worker);
                 worker.dataflow::<u64, _, _>(|scope| {
-                    let outputs =
-                        build(scope, sources, board, &semantics, &options, stats, &states);
+                    let outputs = build(
+                        scope,
+                        sources,
+                        exchange.publisher(),
+                        &semantics,
+                        &options,
+                        stats,
+                        &states,
+                    );
                     forward(outputs.features, sender.clone(), SinkMessage::Features);
                     forward(
                         outputs.dead_letters,
@@ -140,6 +151,8 @@ pub(super) fn start_workers(
                     forward(outputs.live, sender.clone(), SinkMessage::Live);
                     forward(outputs.accepted, sender.clone(), SinkMessage::Accepted);
                 });
+                // The exchange is plumbing: the operator view shows the job's graph only.
+                monitor.hide_dataflow(exchange.install(worker));
                 let errors = states.restore_errors();
                 if !errors.is_empty() {
                     fatal(&format!(
