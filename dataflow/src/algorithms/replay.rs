@@ -81,10 +81,13 @@ pub type Communication = (Vec<AllocatorBuilder>, Box<dyn Any + Send>);
 
 /// Like [`replay_lines`], on `communication`: this process's workers of a job whose workers are
 /// numbered globally. `sources_by_worker` has one entry per worker of the whole job, and only
-/// this process's entries hold sources. The output holds what this process's workers emitted.
+/// this process's entries hold sources; `reading[w]` says whether worker `w` (of any process)
+/// reads a partition, so that every process's board starts alike. The output holds what this
+/// process's workers emitted.
 pub fn replay_lines_in(
     config: &SemanticsConfig,
     sources_by_worker: SourcesByWorker,
+    reading: &[bool],
     options: &GraphOptions,
     communication: Communication,
 ) -> Result<ReplayOutput, ReplayError> {
@@ -93,7 +96,7 @@ pub fn replay_lines_in(
         sources_by_worker,
         options,
         true,
-        Some(communication),
+        Some((communication, reading.to_vec())),
     )
 }
 
@@ -105,16 +108,23 @@ fn run(
     sources_by_worker: SourcesByWorker,
     options: &GraphOptions,
     as_lines: bool,
-    communication: Option<Communication>,
+    cluster: Option<(Communication, Vec<bool>)>,
 ) -> Result<ReplayOutput, ReplayError> {
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(ReplayError::Config(problems));
     }
     let workers = sources_by_worker.len().max(1);
+    let (communication, reading) = match cluster {
+        Some((communication, reading)) => (Some(communication), reading),
+        None => (
+            None,
+            sources_by_worker.iter().map(|s| !s.is_empty()).collect(),
+        ),
+    };
     let opinions = (0..workers)
-        .map(|w| match sources_by_worker.get(w) {
-            Some(sources) if !sources.is_empty() => Opinion::Undefined,
+        .map(|w| match reading.get(w) {
+            Some(true) => Opinion::Undefined,
             _ => Opinion::Finished,
         })
         .collect();

@@ -90,11 +90,13 @@ pub fn replay_file_in_cluster(
             .with_context(|| format!("cannot replay {}", input.display()))?;
         sources_by_worker[owner].push(Box::new(file));
     }
+    let reading: Vec<bool> = (0..workers).map(|w| w == owner).collect();
     let communication = cluster.connect(threads)?;
     let started = Instant::now();
     let output = replay_lines_in(
         config,
         sources_by_worker,
+        &reading,
         &GraphOptions::default(),
         communication,
     )?;
