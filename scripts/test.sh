@@ -16,6 +16,9 @@ bash scripts/aws-local/install.sh
 # Unit, property and integration tests of every crate, doc examples included.
 cargo test --workspace --locked
 
+# The API docs build without a broken or ambiguous link (a newcomer follows them).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 # The served API against its OpenAPI document (schemathesis, from PyPI into .venv-schemathesis):
 # no 5xx, every answer as documented.
 bash scripts/schemathesis.sh

@@ -12,7 +12,7 @@
 //!   a checkpoint follow their partitions by name wherever they land;
 //! - partitions spread evenly, whatever their names look like.
 //!
-//! The hash is [`stable_hash`](crate::ids::stable_hash) (xxh3 over length-prefixed parts), so owners
+//! The hash is [`stable_hash`](crate::ids::stable_hash()) (xxh3 over length-prefixed parts), so owners
 //! are the same on every machine and across releases.
 //!
 //! ```

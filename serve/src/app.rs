@@ -50,7 +50,7 @@ impl App {
         self
     }
 
-    /// Recommendations ask `personalize` (see [`recommendations`]).
+    /// Recommendations ask `personalize` (see [`crate::routes::recommendations`]).
     pub fn with_personalize(
         mut self,
         personalize: Arc<crate::personalize::PersonalizeRecommendations>,

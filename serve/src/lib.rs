@@ -4,7 +4,7 @@
 //! portals' front-ends, the dashboard and the platform team.
 //!
 //! The dataflow pushes [`LiveUpdate`](pageflow_dataflow::live::LiveUpdate)s into a shared
-//! [`ServingState`] (see [`state`]); the axum router (see [`router`]) answers from it without
+//! [`ServingState`] (see [`state`]); the axum router (see [`mod@router`]) answers from it without
 //! recomputing anything, and exposes the job's [`Metrics`](pageflow_metrics::Metrics) for
 //! Prometheus.
 //!
@@ -12,7 +12,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`router`] | the route table and its layers |
+//! | [`mod@router`] | the route table and its layers |
 //! | [`latency`] | the middleware that times each request for the metrics |
 //! | [`app`] | [`App`], what every handler gets |
 //! | [`routes`] | the handlers, one module per resource, and the API reference (paths, answers, error codes) |

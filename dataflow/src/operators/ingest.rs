@@ -2,7 +2,7 @@
 //! records, and that owns event time.
 //!
 //! Each worker polls the partitions it was given, in order. For every record, in arrival order:
-//! 1. [`validate`](crate::event::validate) it; an invalid record becomes a dead letter;
+//! 1. [`validate`](crate::event::validate()) it; an invalid record becomes a dead letter;
 //! 2. judge it against the job watermark *before* counting it into its partition: below the
 //!    watermark it is `late` and becomes a dead letter;
 //! 3. count it into its partition's watermark (`max ts − max_out_of_orderness`) and emit it.

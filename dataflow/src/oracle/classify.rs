@@ -13,7 +13,7 @@ use crate::event::{DeadLetter, Event, RawRecord, Reason, validate};
 ///
 /// - An invalid record (per [`validate`]) becomes a dead letter with its reason and detail.
 /// - The partition's watermark is `max(ts of the valid records so far) − max_out_of_orderness`, and
-///   there is none before the first valid record [N6]. A valid record is judged against the watermark
+///   there is none before the first valid record \[N6\]. A valid record is judged against the watermark
 ///   *before* its own `ts` is counted into it; it is late when `ts < watermark`. Every valid record,
 ///   late and duplicate ones included, then counts into the maximum.
 /// - A valid, on-time record is a duplicate when an earlier *accepted* event has the same `event_id`

@@ -4,7 +4,7 @@
 //! clock the soak moves instead of the wall clock: two workers by default, the streaming local
 //! sinks (features and dead letters; the raw archive with `--archive`), checkpoints on (to a local
 //! store). The soak moves the clock a second of event time at a time (more at low rates, see
-//! [`clock_step`]) and waits until the job has read up to it; every `checkpoint_every` (30 s of
+//! `clock_step`) and waits until the job has read up to it; every `checkpoint_every` (30 s of
 //! event time by default) it asks for a checkpoint, as the live job's timer does every 30 s. So every
 //! checkpoint covers what a live job's covers at `rate` events per second (its bytes and its pause
 //! are the live job's), while a day of event time passes in minutes: `hours` of it cover every

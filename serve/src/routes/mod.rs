@@ -1,6 +1,6 @@
 //! The HTTP API, one module per resource: rankings, related articles, recommendations, their
 //! change streams, the job's status and health, the OpenAPI document and the dashboard. The route
-//! table itself is in [`crate::router`]; what the handlers share (errors, JSON answers, checks of
+//! table itself is in [`mod@crate::router`]; what the handlers share (errors, JSON answers, checks of
 //! path and query) is in [`crate::api`].
 //!
 //! | method and path | answer |

@@ -18,9 +18,9 @@
 //! checkpoint, if there is one (see [`crate::checkpoints`]).
 //!
 //! The job's parts, one module each, in the order [`start_with`] assembles them:
-//! [`personalize`] and [`serving`] (HTTP), [`checkpointing`] (restore and the checkpoint driver),
-//! [`sinks`] (the sink thread and the outputs), [`sources`] (resumed from the checkpoint) and
-//! [`workers`] (the timely workers running the graph).
+//! `personalize` and `serving` (HTTP), `checkpointing` (restore and the checkpoint driver),
+//! `sinks` (the sink thread and the outputs), `sources` (resumed from the checkpoint) and
+//! `workers` (the timely workers running the graph).
 
 mod checkpointing;
 mod personalize;
