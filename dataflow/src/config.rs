@@ -32,31 +32,52 @@ impl Millis {
 
     /// Parses `"250ms"`, `"5s"`, `"10m"`, `"24h"`, `"1d"` or a bare number of milliseconds.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let value: u64 = digits.parse().map_err(|_| {
-            format!("`{text}` is not a duration: write a whole number with a unit, e.g. `30s`, `10m`, `24h`")
-        })?;
-        let factor = match unit.trim() {
-            "" | "ms" => 1,
-            "s" => 1_000,
-            "m" | "min" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            other => {
-                return Err(format!(
-                    "`{text}` has an unknown unit `{other}`: use ms, s, m, h or d"
-                ));
-            }
-        };
-        value
-            .checked_mul(factor)
-            .map(Millis)
-            .ok_or_else(|| format!("`{text}` is too large a duration"))
+        const UNITS: &[(&str, u64)] = &[
+            ("", 1),
+            ("ms", 1),
+            ("s", 1_000),
+            ("m", 60_000),
+            ("min", 60_000),
+            ("h", 3_600_000),
+            ("d", 86_400_000),
+        ];
+        parse_with_unit(
+            text,
+            "a duration",
+            "`30s`, `10m`, `24h`",
+            "ms, s, m, h or d",
+            UNITS,
+        )
+        .map(Millis)
     }
+}
+
+/// A whole number followed by one of `units` (name, factor), e.g. `"30s"` or `"4GiB"`: the value
+/// times the unit's factor. Errors name `what` was expected and show `examples` and `unit_names`.
+pub fn parse_with_unit(
+    text: &str,
+    what: &str,
+    examples: &str,
+    unit_names: &str,
+    units: &[(&str, u64)],
+) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().map_err(|_| {
+        format!("`{text}` is not {what}: write a whole number with a unit, e.g. {examples}")
+    })?;
+    let unit = unit.trim();
+    let Some((_, factor)) = units.iter().find(|(name, _)| *name == unit) else {
+        return Err(format!(
+            "`{text}` has an unknown unit `{unit}`: use {unit_names}"
+        ));
+    };
+    value
+        .checked_mul(*factor)
+        .ok_or_else(|| format!("`{text}` is too large for {what}"))
 }
 
 impl From<Millis> for std::time::Duration {

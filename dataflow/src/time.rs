@@ -90,6 +90,13 @@ impl PartitionClock {
     }
 }
 
+/// `a − b` in ms, signed and saturating: how far one time is ahead of another (a watermark's
+/// delay behind the wall clock, a partition's lead over the job watermark).
+pub fn signed_difference_ms(a: u64, b: u64) -> i64 {
+    let difference = i128::from(a) - i128::from(b);
+    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// Combines the opinions of several partitions or workers.
 pub fn combine(opinions: impl IntoIterator<Item = Opinion>) -> Opinion {
     let mut result = Opinion::Finished;

@@ -474,36 +474,27 @@ impl ByteSize {
 
     /// Parses `"256MiB"`, `"4GB"`, `"1024"`…
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let value: u64 = digits.parse().map_err(|_| {
-            format!(
-                "`{text}` is not a size: write a whole number with a unit, e.g. `256MiB`, `4GiB`"
-            )
-        })?;
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            "KiB" => Self::KIB,
-            "MiB" => Self::MIB,
-            "GiB" => Self::GIB,
-            "TiB" => Self::GIB * 1024,
-            other => {
-                return Err(format!(
-                    "`{text}` has an unknown unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-                ));
-            }
-        };
-        value
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
+        const UNITS: &[(&str, u64)] = &[
+            ("", 1),
+            ("B", 1),
+            ("KB", 1_000),
+            ("kB", 1_000),
+            ("MB", 1_000_000),
+            ("GB", 1_000_000_000),
+            ("TB", 1_000_000_000_000),
+            ("KiB", ByteSize::KIB),
+            ("MiB", ByteSize::MIB),
+            ("GiB", ByteSize::GIB),
+            ("TiB", ByteSize::GIB * 1024),
+        ];
+        pageflow_dataflow::config::parse_with_unit(
+            text,
+            "a size",
+            "`256MiB`, `4GiB`",
+            "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
+            UNITS,
+        )
+        .map(ByteSize)
     }
 }
 

@@ -166,8 +166,7 @@ fn encode_watermark(
         }
         Some(ms) => {
             gauge(encoder, WATERMARK, WATERMARK_HELP, ms)?;
-            let delay = i128::from(wall_ms) - i128::from(ms);
-            let delay = i64::try_from(delay).unwrap_or(if delay < 0 { i64::MIN } else { i64::MAX });
+            let delay = pageflow_dataflow::time::signed_difference_ms(wall_ms, ms);
             gauge(encoder, DELAY, DELAY_HELP, delay)
         }
         None => {

@@ -71,7 +71,9 @@ impl JobView {
                 partition,
                 watermark_ms: report.watermark_ms,
                 ahead_of_job_ms: match (report.watermark_ms, report.job_watermark_ms) {
-                    (Some(own), Some(job)) => Some(signed_difference(own, job)),
+                    (Some(own), Some(job)) => {
+                        Some(pageflow_dataflow::time::signed_difference_ms(own, job))
+                    }
                     _ => None,
                 },
                 idle: report.idle,
@@ -152,10 +154,4 @@ pub struct PartitionEntry {
     pub idle: bool,
     /// It has ended.
     pub finished: bool,
-}
-
-/// `a − b` as a signed number of ms, saturating.
-fn signed_difference(a: u64, b: u64) -> i64 {
-    let difference = i128::from(a) - i128::from(b);
-    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
 }

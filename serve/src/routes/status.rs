@@ -265,7 +265,10 @@ pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<
         },
         Some(ms) => WatermarkFigures {
             ms: Some(ms),
-            delay_ms: Some(signed_difference(inputs.now_ms, ms)),
+            delay_ms: Some(pageflow_dataflow::time::signed_difference_ms(
+                inputs.now_ms,
+                ms,
+            )),
             input_ended: false,
         },
         None => WatermarkFigures {
@@ -306,12 +309,6 @@ pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<
         portals: state.portals(),
         latency: metrics.latencies().into(),
     }
-}
-
-/// `a − b` as a signed number of ms, saturating.
-fn signed_difference(a: u64, b: u64) -> i64 {
-    let difference = i128::from(a) - i128::from(b);
-    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Shard counts and the largest lags over the shards still being read.
