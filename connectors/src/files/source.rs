@@ -139,6 +139,12 @@ fn strip_carriage_return(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The partition name of the file at `path` as given: `file:<path>` (in checkpoints, dead letters
+/// and the placement of partitions on workers).
+pub fn partition_name(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
 impl JsonLinesFile<File> {
     /// Opens `path` for replay. The partition is named `file:<path as given>`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
@@ -164,7 +170,7 @@ impl<R: Read> JsonLinesFile<R> {
     pub fn from_reader(path: impl AsRef<Path>, reader: R) -> Self {
         let path = path.as_ref().to_path_buf();
         JsonLinesFile {
-            name: format!("file:{}", path.display()),
+            name: partition_name(&path),
             path,
             reader,
             chunk: Vec::new(),

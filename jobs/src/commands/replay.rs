@@ -81,7 +81,7 @@ pub fn replay_file_in_cluster(
 ) -> Result<(ReplayOutput, ReplaySummary)> {
     let threads = threads.max(1);
     let workers = threads * cluster.processes();
-    let name = format!("file:{}", input.display());
+    let name = pageflow_connectors::files::source::partition_name(input);
     let owner = pageflow_dataflow::placement::assign_partition(&name, workers);
     let mut sources_by_worker: SourcesByWorker = (0..workers).map(|_| Vec::new()).collect();
     // Only the owner's process opens the file (the others need not see it).
