@@ -222,6 +222,8 @@ pub struct CompleteParts {
     pub paused_for: Duration,
     /// The longest any worker took to save its state (part of `paused_for`).
     pub saved_in: Duration,
+    /// The longest any worker spent finishing records in flight (part of `paused_for`).
+    pub drained_work: Duration,
     /// The checkpoint before a graceful stop.
     pub is_final: bool,
 }
@@ -263,6 +265,11 @@ impl PartsInbox {
             .map(|p| p.saved_in)
             .max()
             .unwrap_or_default();
+        let drained_work = complete
+            .iter()
+            .map(|p| p.drained_work)
+            .max()
+            .unwrap_or_default();
         let is_final = complete.iter().any(|p| p.is_final);
         let mut sizes: BTreeMap<String, StateSize> = BTreeMap::new();
         let mut changes = Ok(Vec::new());
@@ -289,6 +296,7 @@ impl PartsInbox {
             sizes,
             paused_for,
             saved_in,
+            drained_work,
             is_final,
         })
     }
@@ -644,7 +652,11 @@ impl Writer {
     ) {
         while let Ok(checkpoint) = to_write.recv() {
             let id = checkpoint.parts.id;
-            let (paused_for, saved_in) = (checkpoint.parts.paused_for, checkpoint.parts.saved_in);
+            let (paused_for, saved_in, drained_work) = (
+                checkpoint.parts.paused_for,
+                checkpoint.parts.saved_in,
+                checkpoint.parts.drained_work,
+            );
             let sizes = checkpoint.parts.sizes.clone();
             let outcome = self.write(checkpoint);
             let duration = progress
@@ -676,6 +688,7 @@ impl Writer {
                         figures.last_duration_s = duration.as_secs_f64();
                         figures.last_pause_s = paused_for.as_secs_f64();
                         figures.last_save_s = saved_in.as_secs_f64();
+                        figures.last_drain_work_s = drained_work.as_secs_f64();
                         figures.last_size_bytes = written.bytes_written;
                         figures.stored_bytes = written.stored_bytes;
                         figures.state_bytes = sizes

@@ -210,6 +210,9 @@ pub struct CheckpointFigures {
     pub last_pause_s: f64,
     /// Of which saving operator state (the rest drained records in flight), seconds.
     pub last_save_s: f64,
+    /// Of which finishing the records in flight (steps the dataflow would have taken anyway; the
+    /// rest of the drain is waiting for the other workers), seconds.
+    pub last_drain_work_s: f64,
     /// Bytes written by the last committed checkpoint (its delta run).
     pub last_size_bytes: u64,
     /// Bytes of every run the last committed checkpoint's state is made of.
@@ -908,7 +911,7 @@ mod tests {
     }
 
     /// Every metric name that dashboards and alarms know, with its type.
-    const EVERY_FAMILY: [(&str, &str); 35] = [
+    const EVERY_FAMILY: [(&str, &str); 36] = [
         ("pageflow_events_in_total", "counter"),
         ("pageflow_events_accepted_total", "counter"),
         ("pageflow_dead_letters_total", "counter"),
@@ -929,6 +932,7 @@ mod tests {
         ("pageflow_checkpoint_duration_seconds", "gauge"),
         ("pageflow_checkpoint_pause_seconds", "gauge"),
         ("pageflow_checkpoint_save_seconds", "gauge"),
+        ("pageflow_checkpoint_drain_work_seconds", "gauge"),
         ("pageflow_checkpoint_size_bytes", "gauge"),
         ("pageflow_checkpoint_stored_bytes", "gauge"),
         (

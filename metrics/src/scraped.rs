@@ -244,6 +244,11 @@ fn encode_checkpoints(
             "Of the last pause, the time spent saving operator state (the rest drained records in flight).",
             figures.last_save_s,
         ),
+        (
+            "pageflow_checkpoint_drain_work_seconds",
+            "Of the last pause, the time spent finishing records in flight (work the dataflow would have done anyway).",
+            figures.last_drain_work_s,
+        ),
     ] {
         gauge(encoder, name, help, value)?;
     }

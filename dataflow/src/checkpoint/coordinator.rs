@@ -141,6 +141,9 @@ pub struct WorkerCheckpoint {
     pub paused_for: Duration,
     /// Of which saving the operators' state (the rest drained records in flight).
     pub saved_in: Duration,
+    /// Of which stepping the dataflow to finish the records in flight (work it would have done
+    /// anyway; the rest of the drain is waiting for the other workers at the meeting).
+    pub drained_work: Duration,
     /// The checkpoint is the last before the job stops: the sources stay paused.
     pub is_final: bool,
 }
@@ -159,6 +162,9 @@ pub struct CheckpointCoordinator {
     meeting: Meeting,
     /// Where the workers meet once their dataflows have completed.
     completed: std::sync::Barrier,
+    /// The worker threads, woken by a request so that none sleeps through the start of a
+    /// checkpoint (an idle worker parks for up to [`IDLE_PARK`]).
+    threads: Mutex<Vec<std::thread::Thread>>,
 }
 
 impl CheckpointCoordinator {
@@ -174,6 +180,7 @@ impl CheckpointCoordinator {
             traffic: Arc::default(),
             meeting: Meeting::new(workers),
             completed: std::sync::Barrier::new(workers),
+            threads: Mutex::new(Vec::with_capacity(workers)),
         })
     }
 
@@ -192,6 +199,15 @@ impl CheckpointCoordinator {
         self.final_requested.store(is_final, Ordering::SeqCst);
         self.paused.store(true, Ordering::SeqCst);
         self.requested.store(id, Ordering::SeqCst);
+        // Timely parks an idle worker with `park_timeout`: wake them all to join at once.
+        for thread in self
+            .threads
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+        {
+            thread.unpark();
+        }
         true
     }
 
@@ -284,6 +300,10 @@ impl CheckpointCoordinator {
         sizes: &crate::stats::StateSizes,
         mut deliver: impl FnMut(WorkerCheckpoint),
     ) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(std::thread::current());
         let mut joined = 0u64;
         let mut reported = Instant::now();
         sizes.report(worker.index(), states.sizes());
@@ -303,7 +323,7 @@ impl CheckpointCoordinator {
             let started = Instant::now();
             let is_final = self.final_requested.load(Ordering::SeqCst);
             match self.drain(worker) {
-                Ok(()) => {
+                Ok(drained_work) => {
                     let saving = Instant::now();
                     let snapshot = self.snapshot(worker.index(), states);
                     deliver(WorkerCheckpoint {
@@ -311,6 +331,7 @@ impl CheckpointCoordinator {
                         snapshot,
                         paused_for: started.elapsed(),
                         saved_in: saving.elapsed(),
+                        drained_work,
                         is_final,
                     });
                     // Everyone has saved: the sources may run again.
@@ -345,6 +366,7 @@ impl CheckpointCoordinator {
             snapshot,
             paused_for: started.elapsed(),
             saved_in: saving.elapsed(),
+            drained_work: Duration::ZERO,
             is_final: true,
         });
     }
@@ -365,9 +387,11 @@ impl CheckpointCoordinator {
         })
     }
 
-    /// Steps in lock-step with the other workers until nothing moves anywhere.
-    fn drain(&self, worker: &mut Worker) -> Result<(), Ended> {
+    /// Steps in lock-step with the other workers until nothing moves anywhere; returns how long
+    /// this worker spent inside its steps.
+    fn drain(&self, worker: &mut Worker) -> Result<Duration, Ended> {
         let mut previous: Option<[u64; 4]> = None;
+        let mut stepping = Duration::ZERO;
         loop {
             // Every worker stands between steps, its logs flushed: the counts are complete.
             self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
@@ -376,12 +400,14 @@ impl CheckpointCoordinator {
             self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
             let [data_sent, data_received, ..] = now;
             if data_sent == data_received && previous == Some(now) {
-                return Ok(());
+                return Ok(stepping);
             }
             previous = Some(now);
+            let step = Instant::now();
             if !worker.step_or_park(Some(Duration::ZERO)) {
                 return Err(Ended::Here);
             }
+            stepping += step.elapsed();
         }
     }
 }

@@ -79,6 +79,11 @@ pub struct HourRow {
     /// The longest the dataflow stood still for one of them (draining what was in flight, then
     /// saving), ms.
     pub max_pause_ms: f64,
+    /// The median pause of the hour's checkpoints, ms (the longest is a tail: on a machine with
+    /// fewer cores than busy threads, one descheduled worker holds the others at the meeting).
+    pub median_pause_ms: f64,
+    /// The longest a worker spent finishing records in flight (part of the pause), ms.
+    pub max_drain_work_ms: f64,
     /// The longest a worker took to save its operators' changes (part of the pause), ms.
     pub max_save_ms: f64,
     /// Bytes of the newest checkpoint's state (base and deltas), MiB.
@@ -111,7 +116,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
     )?;
     let metrics = std::sync::Arc::clone(&job.metrics);
     let mut rows: Vec<HourRow> = Vec::new();
-    let mut hour_checkpoints = (0u64, 0u64, 0f64, 0f64);
+    let mut hour_checkpoints = HourCheckpoints::default();
     let mut seen_checkpoint = None;
     let mut last_hour = (0u64, started, 0u64);
     let mut printed_header = false;
@@ -147,10 +152,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
         let figures = metrics.checkpoints();
         if figures.last_id.is_some() && figures.last_id != seen_checkpoint {
             seen_checkpoint = figures.last_id;
-            hour_checkpoints.0 += 1;
-            hour_checkpoints.1 += figures.last_size_bytes;
-            hour_checkpoints.2 = hour_checkpoints.2.max(figures.last_pause_s * 1000.0);
-            hour_checkpoints.3 = hour_checkpoints.3.max(figures.last_save_s * 1000.0);
+            hour_checkpoints.add(&figures);
         }
         let hour = (now_ts - START_TS) / 3_600_000;
         if hour > last_hour.0 {
@@ -165,10 +167,16 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
                 rss_mib: current_rss_mib(),
                 heap_mib: pageflow_metrics::heap::live_bytes() as f64 / (1024.0 * 1024.0),
                 state: metrics.state_sizes(),
-                checkpoints: hour_checkpoints.0,
-                checkpoint_bytes: hour_checkpoints.1,
-                max_pause_ms: hour_checkpoints.2,
-                max_save_ms: hour_checkpoints.3,
+                checkpoints: hour_checkpoints.pauses_ms.len() as u64,
+                checkpoint_bytes: hour_checkpoints.bytes,
+                max_pause_ms: hour_checkpoints
+                    .pauses_ms
+                    .iter()
+                    .copied()
+                    .fold(0.0, f64::max),
+                median_pause_ms: hour_checkpoints.median_pause_ms(),
+                max_drain_work_ms: hour_checkpoints.max_drain_work_ms,
+                max_save_ms: hour_checkpoints.max_save_ms,
                 stored_mib: figures.stored_bytes as f64 / (1024.0 * 1024.0),
             };
             if !printed_header {
@@ -177,7 +185,7 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
             }
             println!("{}", line(&row));
             rows.push(row);
-            hour_checkpoints = (0, 0, 0.0, 0.0);
+            hour_checkpoints = HourCheckpoints::default();
             last_hour = (hour, now, events);
         }
         if hour >= hours {
@@ -235,6 +243,32 @@ pub fn run(settings: &SoakSettings) -> Result<(Vec<HourRow>, Option<Duration>)> 
 
 /// Where the soak's clock starts (2026-11-23T12:00:00Z): a fixed start, so runs compare.
 const START_TS: u64 = 1_795_435_200_000;
+
+/// The checkpoints committed during one event-hour.
+#[derive(Debug, Default)]
+struct HourCheckpoints {
+    pauses_ms: Vec<f64>,
+    bytes: u64,
+    max_drain_work_ms: f64,
+    max_save_ms: f64,
+}
+
+impl HourCheckpoints {
+    fn add(&mut self, figures: &pageflow_metrics::CheckpointFigures) {
+        self.pauses_ms.push(figures.last_pause_s * 1000.0);
+        self.bytes += figures.last_size_bytes;
+        self.max_drain_work_ms = self
+            .max_drain_work_ms
+            .max(figures.last_drain_work_s * 1000.0);
+        self.max_save_ms = self.max_save_ms.max(figures.last_save_s * 1000.0);
+    }
+
+    fn median_pause_ms(&self) -> f64 {
+        let mut sorted = self.pauses_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    }
+}
 
 /// How far the soak moves its clock at a time: a second of event time, or more at low rates (at
 /// least a thousand events' worth, so that waiting on the job does not dominate), never more
@@ -319,8 +353,11 @@ fn header(row: &HourRow) -> String {
     }
     let _ = write!(
         text,
-        " {:>4} {:>9} {:>9} {:>8} {:>10}",
-        "ckpt", "ckpt MiB", "pause ms", "save ms", "stored MiB"
+        " {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
+        "ckpt", "ckpt MiB", "pause p50", "pause max", "work ms", "save ms", "stored MiB"
+    );
+    text.push_str(
+        "\n     (pause: the dataflow standing still per checkpoint, ms; work and save: the longest spent finishing records in flight and copying state out)",
     );
     text.push_str("\n     (state columns: MiB in memory / thousands of keys)");
     text
@@ -345,10 +382,12 @@ fn line(row: &HourRow) -> String {
     }
     let _ = write!(
         text,
-        " {:>4} {:>9.1} {:>9.0} {:>8.0} {:>10.1}",
+        " {:>4} {:>9.1} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>10.1}",
         row.checkpoints,
         row.checkpoint_bytes as f64 / (1024.0 * 1024.0),
+        row.median_pause_ms,
         row.max_pause_ms,
+        row.max_drain_work_ms,
         row.max_save_ms,
         row.stored_mib
     );
