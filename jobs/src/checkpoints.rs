@@ -224,6 +224,9 @@ pub struct CompleteParts {
     pub saved_in: Duration,
     /// The longest any worker spent finishing records in flight (part of `paused_for`).
     pub drained_work: Duration,
+    /// Every worker's part belongs to one consistent cut (see
+    /// [`WorkerCheckpoint::consistent`]); when not, the changes go into the next checkpoint.
+    pub consistent: bool,
     /// The checkpoint before a graceful stop.
     pub is_final: bool,
 }
@@ -271,6 +274,7 @@ impl PartsInbox {
             .max()
             .unwrap_or_default();
         let is_final = complete.iter().any(|p| p.is_final);
+        let consistent = complete.iter().all(|p| p.consistent);
         let mut sizes: BTreeMap<String, StateSize> = BTreeMap::new();
         let mut changes = Ok(Vec::new());
         let last = taken.len() - 1;
@@ -297,6 +301,7 @@ impl PartsInbox {
             paused_for,
             saved_in,
             drained_work,
+            consistent,
             is_final,
         })
     }
@@ -764,6 +769,14 @@ impl Writer {
             key: change.key,
             value: change.value,
         }));
+        if !parts.consistent {
+            // Something moved between the drain and a worker's save: these parts are no cut, but
+            // every change in them is the newest of its key, so the next checkpoint carries them.
+            self.carried = delta;
+            return Err(anyhow!(
+                "checkpoint {id} is not written: a worker sent or received records after the dataflow was found still and before it saved (a timer fired); its changes go into the next checkpoint"
+            ));
+        }
         let entries = delta.len();
         let mut info = BTreeMap::new();
         info.insert("watermark_ms".to_string(), watermark_ms.to_string());
@@ -813,5 +826,83 @@ impl Writer {
                 Err(failed.error.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(id: u64, key: &[u8], value: &[u8], consistent: bool) -> CompleteParts {
+        CompleteParts {
+            id,
+            changes: Ok(vec![WorkerSnapshot {
+                worker: 0,
+                workers: 1,
+                changes: vec![Change {
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
+                }],
+                deferred: Vec::new(),
+                sizes: BTreeMap::new(),
+            }]),
+            sizes: BTreeMap::new(),
+            paused_for: Duration::ZERO,
+            saved_in: Duration::ZERO,
+            drained_work: Duration::ZERO,
+            consistent,
+            is_final: false,
+        }
+    }
+
+    #[test]
+    fn parts_that_are_no_consistent_cut_are_not_committed_but_carried_into_the_next() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Arc::new(LocalDirStore::new(dir.path()).expect("a local store"));
+        let checkpoints = Checkpoints::new(store, 2);
+        let mut writer = Writer {
+            checkpoints: checkpoints.clone(),
+            fingerprint: "test".into(),
+            parent: None,
+            workers: 1,
+            carried: Vec::new(),
+            broken: None,
+            partitions: BTreeMap::new(),
+            watermark: Watermark::MinusInfinity,
+        };
+        let write = |parts| ToWrite {
+            parts,
+            serving: Vec::new(),
+            watermark_ms: 0,
+        };
+
+        let refused = writer.write(write(parts(1, b"a", b"1", false)));
+        let error = format!("{:#}", refused.err().expect("not written"));
+        assert!(error.contains("checkpoint 1 is not written"), "{error}");
+        assert!(
+            checkpoints.load_latest().expect("loads").is_none(),
+            "nothing is committed"
+        );
+
+        writer
+            .write(write(parts(2, b"b", b"2", true)))
+            .expect("the next checkpoint is written");
+        let loaded = checkpoints
+            .load_latest()
+            .expect("loads")
+            .expect("checkpoint 2 is committed");
+        assert_eq!(loaded.manifest.id, 2);
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = loaded
+            .entries()
+            .collect::<Result<_, _>>()
+            .expect("its entries read");
+        assert_eq!(
+            entries,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ],
+            "checkpoint 1's changes are carried into checkpoint 2"
+        );
     }
 }

@@ -1,32 +1,42 @@
 //! Taking a consistent checkpoint of a running timely dataflow: pause, drain, save, resume.
 //!
 //! The graph's timestamps are event time, so there is no processing-time epoch whose completion
-//! marks a cut (Flink's barriers travel as records instead). pageflow takes the cut by quiescence:
+//! marks a cut (Flink's barriers travel as records instead). pageflow takes the cut by quiescence,
+//! agreed among every worker of the job, in one process or several, through the control plane
+//! ([`super::control`]):
 //!
-//! 1. A checkpoint is requested ([`CheckpointCoordinator::request`]): the sources are paused, so
-//!    ingest reads nothing more and every source position stays where it is.
-//! 2. The workers meet between steps and drain: they step in lock-step rounds until a whole round
-//!    passes in which no worker sent or received a record or a progress message, with every sent
-//!    record received. Timely logs every channel send and receive; the coordinator counts them.
-//!    At that point nothing is in flight anywhere, every operator has acted on the same
-//!    frontier, and the state of the operators is exactly the effect of the records read so far.
+//! 1. A checkpoint is requested ([`CheckpointCoordinator::request`], in the process of the job's
+//!    worker 0): its sources pause at once, and the request reaches every worker in a control
+//!    round, after which every process's sources are paused, so ingest reads nothing more and
+//!    every source position stays where it is.
+//! 2. The workers drain: they step, and in each control round every worker tells how many
+//!    records and progress messages its channels have sent and received (timely logs every
+//!    channel send and receive; the coordinator counts them). When two rounds in a row give the
+//!    same sums, with every record sent also received, nothing is in flight anywhere, every
+//!    operator has acted on the same frontier, and the state of the operators is exactly the
+//!    effect of the records read so far.
 //! 3. Every worker saves what changed in its operators' state since the previous checkpoint
-//!    ([`OperatorStates::save_changes`]) and hands it on, then the sources resume. Only copying
-//!    the changes out happens while the dataflow stands still (the large ones are encoded later,
-//!    see [`super::changes::DeferredChanges`]); encoding, sorting, checksums, the write and the
-//!    merging of runs happen elsewhere.
+//!    ([`OperatorStates::save_changes`]). A last round checks that the counts did not move
+//!    between the drain and the saves (a processing-time timer could have sent something) and
+//!    tells every worker that all have saved; each hands its part on, and once all have (one
+//!    more round) the sources resume.
+//!    Only copying the changes out happens while the dataflow stands still (the large ones are
+//!    encoded later, see [`super::changes::DeferredChanges`]); encoding, sorting, checksums,
+//!    the write and the merging of runs happen elsewhere.
 //!
-//! A worker whose dataflow ends leaves the meeting; a checkpoint in progress then fails (the job is
-//! ending anyway). The workers must be the threads of one process.
+//! A checkpoint asked for while some worker's dataflow has ended is not taken (the job is ending
+//! anyway); once every worker's has, a last checkpoint saves the finished state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use timely::logging::{TimelyEvent, TimelyEventBuilder, TimelyProgressEventBuilder};
+use timely::logging::{ParkEvent, TimelyEvent, TimelyEventBuilder, TimelyProgressEventBuilder};
 use timely::worker::Worker;
 
 use super::CheckpointError;
+use super::control::{Contribution, ControlPlane};
 use super::snapshot::WorkerSnapshot;
 use super::states::OperatorStates;
 
@@ -36,16 +46,28 @@ const IDLE_PARK: Duration = Duration::from_millis(20);
 /// How often a worker reports the size of its operators' state ([`crate::stats::StateSizes`]).
 pub const SIZE_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Messages sent and received on the dataflow's channels, counted from timely's logs.
+/// Messages sent and received on one worker's channels (those of the job's dataflows, not the
+/// control plane's), counted from timely's logs.
 #[derive(Debug, Default)]
 struct Traffic {
     data_sent: AtomicU64,
     data_received: AtomicU64,
     progress_sent: AtomicU64,
     progress_received: AtomicU64,
+    /// The control plane's dataflow index on this worker (`usize::MAX` until it is known).
+    control_dataflow: AtomicUsize,
+    /// Nanoseconds the worker has spent parked (idle), from timely's park events.
+    parked_nanos: AtomicU64,
 }
 
 impl Traffic {
+    fn new() -> Self {
+        Traffic {
+            control_dataflow: AtomicUsize::new(usize::MAX),
+            ..Traffic::default()
+        }
+    }
+
     fn reading(&self) -> [u64; 4] {
         [
             self.data_sent.load(Ordering::SeqCst),
@@ -53,77 +75,6 @@ impl Traffic {
             self.progress_sent.load(Ordering::SeqCst),
             self.progress_received.load(Ordering::SeqCst),
         ]
-    }
-}
-
-/// A barrier for the workers of one process that a worker can leave for good.
-#[derive(Debug)]
-struct Meeting {
-    state: Mutex<MeetingState>,
-    changed: Condvar,
-}
-
-#[derive(Debug)]
-struct MeetingState {
-    parties: usize,
-    arrived: usize,
-    generation: u64,
-    someone_left: bool,
-}
-
-/// A worker left the meeting: its dataflow has ended.
-#[derive(Debug)]
-struct Left;
-
-impl Meeting {
-    fn new(parties: usize) -> Self {
-        Meeting {
-            state: Mutex::new(MeetingState {
-                parties,
-                arrived: 0,
-                generation: 0,
-                someone_left: false,
-            }),
-            changed: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MeetingState> {
-        // A poisoned lock means a worker panicked; the counters themselves are still consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    fn wait(&self) -> Result<(), Left> {
-        let mut state = self.lock();
-        if state.someone_left {
-            return Err(Left);
-        }
-        let generation = state.generation;
-        state.arrived += 1;
-        if state.arrived == state.parties {
-            state.arrived = 0;
-            state.generation += 1;
-            self.changed.notify_all();
-            return Ok(());
-        }
-        while state.generation == generation && !state.someone_left {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|poison| poison.into_inner());
-        }
-        if state.generation != generation {
-            Ok(())
-        } else {
-            Err(Left)
-        }
-    }
-
-    fn leave(&self) {
-        self.lock().someone_left = true;
-        self.changed.notify_all();
     }
 }
 
@@ -142,51 +93,54 @@ pub struct WorkerCheckpoint {
     /// Of which saving the operators' state (the rest drained records in flight).
     pub saved_in: Duration,
     /// Of which stepping the dataflow to finish the records in flight (work it would have done
-    /// anyway; the rest of the drain is waiting for the other workers at the meeting).
+    /// anyway; the rest of the drain is parked, waiting for the other workers' rounds).
     pub drained_work: Duration,
     /// The checkpoint is the last before the job stops: the sources stay paused.
     pub is_final: bool,
+    /// Nothing was sent or received anywhere between the drain and the workers' saves, so the
+    /// parts form a consistent cut. When not (a timer fired in between), the parts' changes
+    /// must not be committed as this checkpoint; they go into the next one.
+    pub consistent: bool,
 }
 
-/// Coordinates checkpoints among the workers of one process.
+/// Coordinates checkpoints among the workers of one process, and through the control plane
+/// with the workers of every other process of the job.
 #[derive(Debug)]
 pub struct CheckpointCoordinator {
-    workers: usize,
     paused: Arc<AtomicBool>,
     requested: AtomicU64,
     final_requested: AtomicBool,
     in_progress: AtomicBool,
     /// The job is stopping: the sources stay paused whatever checkpoints complete.
     stopping: AtomicBool,
-    traffic: Arc<Traffic>,
-    meeting: Meeting,
-    /// Where the workers meet once their dataflows have completed.
-    completed: std::sync::Barrier,
+    /// Some worker's dataflow has ended (as far as this process has heard).
+    ended: AtomicBool,
+    /// Each local worker's traffic counts, by the worker's index in the job.
+    traffic: Mutex<BTreeMap<usize, Arc<Traffic>>>,
     /// The worker threads, woken by a request so that none sleeps through the start of a
     /// checkpoint (an idle worker parks for up to [`IDLE_PARK`]).
     threads: Mutex<Vec<std::thread::Thread>>,
 }
 
 impl CheckpointCoordinator {
-    /// A coordinator for `workers` worker threads.
+    /// A coordinator for the worker threads of this process (`workers` of them).
     pub fn new(workers: usize) -> Arc<Self> {
         Arc::new(CheckpointCoordinator {
-            workers,
             paused: Arc::new(AtomicBool::new(false)),
             requested: AtomicU64::new(0),
             final_requested: AtomicBool::new(false),
             in_progress: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            traffic: Arc::default(),
-            meeting: Meeting::new(workers),
-            completed: std::sync::Barrier::new(workers),
+            ended: AtomicBool::new(false),
+            traffic: Mutex::new(BTreeMap::new()),
             threads: Mutex::new(Vec::with_capacity(workers)),
         })
     }
 
     /// Asks for checkpoint `id` (ids grow): the sources pause at once. With `is_final` they stay
     /// paused afterwards (a graceful stop). Returns `false`, asking nothing, while an earlier
-    /// checkpoint is still being taken or when `id` is not newer than the last one.
+    /// checkpoint is still being taken or when `id` is not newer than the last one. Only the
+    /// process of the job's worker 0 asks; the control plane tells the others.
     pub fn request(&self, id: u64, is_final: bool) -> bool {
         if id <= self.requested.load(Ordering::SeqCst)
             || self
@@ -200,12 +154,7 @@ impl CheckpointCoordinator {
         self.paused.store(true, Ordering::SeqCst);
         self.requested.store(id, Ordering::SeqCst);
         // Timely parks an idle worker with `park_timeout`: wake them all to join at once.
-        for thread in self
-            .threads
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .iter()
-        {
+        for thread in lock(&self.threads).iter() {
             thread.unpark();
         }
         true
@@ -224,12 +173,20 @@ impl CheckpointCoordinator {
 
     /// Whether a worker's dataflow has ended (the input ended): no checkpoint can be taken now.
     pub fn has_ended(&self) -> bool {
-        self.meeting.lock().someone_left
+        self.ended.load(Ordering::SeqCst)
     }
 
     fn resume_sources(&self, is_final: bool) {
         if !is_final && !self.stopping.load(Ordering::SeqCst) {
             self.paused.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// A checkpoint is over (taken or not): the next may be asked for.
+    fn finish(&self, worker: usize, is_final: bool) {
+        self.resume_sources(is_final);
+        if worker == 0 {
+            self.in_progress.store(false, Ordering::SeqCst);
         }
     }
 
@@ -248,24 +205,50 @@ impl CheckpointCoordinator {
                     .to_string(),
             )
         })?;
-        let traffic = Arc::clone(&self.traffic);
+        let traffic = Arc::new(Traffic::new());
+        lock(&self.traffic).insert(worker.index(), Arc::clone(&traffic));
+        let counted = Arc::clone(&traffic);
+        // The control plane's channels, learned as they are created (their dataflow index is the
+        // first element of their scope address).
+        let mut control_channels = HashSet::new();
+        let mut parked_since: Option<Duration> = None;
         register.insert::<TimelyEventBuilder, _>("timely", move |_time, events| {
             if let Some(events) = events {
-                let (mut sent, mut received) = (0, 0);
-                for (_, event) in events.iter() {
-                    if let TimelyEvent::Messages(message) = event {
-                        if message.is_send {
-                            sent += 1;
-                        } else {
-                            received += 1;
+                let control = counted.control_dataflow.load(Ordering::SeqCst);
+                let (mut sent, mut received, mut parked) = (0, 0, Duration::ZERO);
+                for (at, event) in events.iter() {
+                    match event {
+                        TimelyEvent::Park(ParkEvent::Park(_)) => parked_since = Some(*at),
+                        TimelyEvent::Park(ParkEvent::Unpark) => {
+                            if let Some(since) = parked_since.take() {
+                                parked += at.saturating_sub(since);
+                            }
                         }
+                        TimelyEvent::Channels(channel)
+                            if channel.scope_addr.first() == Some(&control) =>
+                        {
+                            control_channels.insert(channel.id);
+                        }
+                        TimelyEvent::Messages(message)
+                            if !control_channels.contains(&message.channel) =>
+                        {
+                            if message.is_send {
+                                sent += 1;
+                            } else {
+                                received += 1;
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                traffic.data_sent.fetch_add(sent, Ordering::SeqCst);
-                traffic.data_received.fetch_add(received, Ordering::SeqCst);
+                counted.data_sent.fetch_add(sent, Ordering::SeqCst);
+                counted.data_received.fetch_add(received, Ordering::SeqCst);
+                counted
+                    .parked_nanos
+                    .fetch_add(parked.as_nanos() as u64, Ordering::SeqCst);
             }
         });
-        let traffic = Arc::clone(&self.traffic);
+        // The job's dataflows have `u64` timestamps; the control plane's are `usize`, logged apart.
         let progress = format!("timely/progress/{}", std::any::type_name::<u64>());
         register.insert::<TimelyProgressEventBuilder<u64>, _>(&progress, move |_time, events| {
             if let Some(events) = events {
@@ -287,7 +270,8 @@ impl CheckpointCoordinator {
     }
 
     /// Runs `worker` until its dataflows complete, taking part in every checkpoint requested
-    /// meanwhile and handing this worker's part to `deliver`.
+    /// meanwhile and handing this worker's part to `deliver`. Call after building the worker's
+    /// dataflows: it installs the control plane beside them.
     ///
     /// When the input has ended and every worker's dataflow has completed, a last checkpoint
     /// ([`END_OF_INPUT`], final) saves the finished state: every partition read to its end, every
@@ -300,123 +284,213 @@ impl CheckpointCoordinator {
         sizes: &crate::stats::StateSizes,
         mut deliver: impl FnMut(WorkerCheckpoint),
     ) {
-        self.threads
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .push(std::thread::current());
+        lock(&self.threads).push(std::thread::current());
+        let me = worker.index();
+        let traffic = lock(&self.traffic)
+            .get(&me)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Traffic::new()));
+        traffic
+            .control_dataflow
+            .store(ControlPlane::next_index(worker), Ordering::SeqCst);
+        let mut control = ControlPlane::install(worker);
         let mut joined = 0u64;
+        let mut said_ended = false;
         let mut reported = Instant::now();
-        sizes.report(worker.index(), states.sizes());
+        sizes.report(me, states.sizes());
         loop {
-            if !worker.step_or_park(Some(IDLE_PARK)) {
-                break;
-            }
+            worker.step_or_park(Some(IDLE_PARK));
+            let ended = job_ended(worker, &control);
             if reported.elapsed() >= SIZE_REPORT_INTERVAL {
-                sizes.report(worker.index(), states.sizes());
+                sizes.report(me, states.sizes());
                 reported = Instant::now();
             }
-            let id = self.requested.load(Ordering::SeqCst);
-            if id <= joined {
+            let request = (me == 0)
+                .then(|| self.requested.load(Ordering::SeqCst))
+                .filter(|&id| id > joined)
+                .map(|id| (id, self.final_requested.load(Ordering::SeqCst)));
+            if request.is_none() && ended == said_ended && !control.opened() {
                 continue;
             }
-            joined = id;
+            // A checkpoint's pause counts from here: the round that asks for it.
             let started = Instant::now();
-            let is_final = self.final_requested.load(Ordering::SeqCst);
-            match self.drain(worker) {
-                Ok(drained_work) => {
+            let round = control.exchange(
+                worker,
+                Contribution {
+                    worker: me,
+                    request,
+                    ended,
+                    traffic: [0; 4],
+                },
+            );
+            said_ended = ended;
+            if round.any_ended() {
+                self.ended.store(true, Ordering::SeqCst);
+            }
+            if round.all_ended() {
+                break;
+            }
+            let Some((id, is_final)) = round.request() else {
+                continue;
+            };
+            joined = id;
+            if round.any_ended() {
+                tracing::info!(
+                    checkpoint = id,
+                    "the dataflow ended while a checkpoint was being asked for; it is not written"
+                );
+                self.finish(me, is_final);
+                continue;
+            }
+            // The sources of every process stop here (this process's may have already).
+            self.paused.store(true, Ordering::SeqCst);
+            match self.drain(worker, &mut control, &traffic) {
+                Ok((drained_work, still)) => {
                     let saving = Instant::now();
-                    let snapshot = self.snapshot(worker.index(), states);
+                    let snapshot = self.snapshot(me, worker.peers(), states);
+                    let saved_in = saving.elapsed();
+                    // Everyone has saved once this round is complete; and the counts say whether
+                    // anything moved between the drain's last round and a worker's save.
+                    let after = control.exchange(
+                        worker,
+                        Contribution {
+                            worker: me,
+                            request: None,
+                            ended: job_ended(worker, &control),
+                            traffic: traffic.reading(),
+                        },
+                    );
                     deliver(WorkerCheckpoint {
                         id,
                         snapshot,
                         paused_for: started.elapsed(),
-                        saved_in: saving.elapsed(),
+                        saved_in,
                         drained_work,
                         is_final,
+                        consistent: after.traffic() == still,
                     });
-                    // Everyone has saved: the sources may run again.
-                    let everyone_saved = self.meeting.wait().is_ok();
-                    if worker.index() == 0 || !everyone_saved {
-                        self.resume_sources(is_final);
-                        self.in_progress.store(false, Ordering::SeqCst);
-                    }
+                    // Nobody reads again before every part is handed on, so a part is followed
+                    // only by outputs of records read after the cut.
+                    control.exchange(
+                        worker,
+                        Contribution {
+                            worker: me,
+                            ..Contribution::default()
+                        },
+                    );
+                    self.finish(me, is_final);
                 }
-                Err(Ended::Here) => break,
-                Err(Ended::Elsewhere) => {
-                    // Another worker's dataflow has ended, so this one is about to: keep stepping.
+                Err(EndedDuringDrain) => {
+                    // A dataflow has ended, so every one is about to: keep stepping.
                     tracing::info!(
                         checkpoint = id,
                         "the dataflow ended while a checkpoint was being taken; it is not written"
                     );
-                    self.resume_sources(is_final);
-                    self.in_progress.store(false, Ordering::SeqCst);
+                    self.ended.store(true, Ordering::SeqCst);
+                    self.finish(me, is_final);
                 }
             }
         }
-        self.meeting.leave();
-        self.in_progress.store(false, Ordering::SeqCst);
-        sizes.report(worker.index(), states.sizes());
-        // Every worker's dataflow has completed once all are here: nothing is in flight.
+        self.ended.store(true, Ordering::SeqCst);
+        if me == 0 {
+            self.in_progress.store(false, Ordering::SeqCst);
+        }
+        // Every worker's dataflows have completed: nothing is in flight.
+        sizes.report(me, states.sizes());
         let started = Instant::now();
-        self.completed.wait();
-        let saving = Instant::now();
-        let snapshot = self.snapshot(worker.index(), states);
+        let snapshot = self.snapshot(me, worker.peers(), states);
         deliver(WorkerCheckpoint {
             id: END_OF_INPUT,
             snapshot,
             paused_for: started.elapsed(),
-            saved_in: saving.elapsed(),
+            saved_in: started.elapsed(),
             drained_work: Duration::ZERO,
             is_final: true,
+            consistent: true,
         });
+        // The plane completes once every worker has closed it; timely then lets the worker go.
+        control.close();
     }
 
     /// This worker's changes since its previous part, and its state's sizes.
     fn snapshot(
         &self,
         worker: usize,
+        workers: usize,
         states: &OperatorStates,
     ) -> Result<WorkerSnapshot, CheckpointError> {
         let (changes, deferred) = states.save_changes()?;
         Ok(WorkerSnapshot {
             worker,
-            workers: self.workers,
+            workers,
             changes,
             deferred,
             sizes: states.sizes(),
         })
     }
 
-    /// Steps in lock-step with the other workers until nothing moves anywhere; returns how long
-    /// this worker spent inside its steps.
-    fn drain(&self, worker: &mut Worker) -> Result<Duration, Ended> {
+    /// Steps with the other workers until nothing moves anywhere. Each round, every worker
+    /// tells its message counts; the drain ends when two rounds in a row give the same sums with
+    /// every data message sent also received (the four-counter rule of distributed termination:
+    /// as the counts only grow, equal sums mean nobody sent or received anything between the
+    /// rounds). Returns how long this worker spent working (not parked waiting for the others),
+    /// and the sums it ended on.
+    fn drain(
+        &self,
+        worker: &mut Worker,
+        control: &mut ControlPlane,
+        traffic: &Traffic,
+    ) -> Result<(Duration, [u64; 4]), EndedDuringDrain> {
         let mut previous: Option<[u64; 4]> = None;
-        let mut stepping = Duration::ZERO;
+        let started = Instant::now();
+        let parked_before = traffic.parked_nanos.load(Ordering::SeqCst);
+        let working = || {
+            let parked = traffic.parked_nanos.load(Ordering::SeqCst) - parked_before;
+            started
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(parked))
+        };
         loop {
-            // Every worker stands between steps, its logs flushed: the counts are complete.
-            self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
-            let now = self.traffic.reading();
-            // Nobody steps before everyone has read the same counts.
-            self.meeting.wait().map_err(|Left| Ended::Elsewhere)?;
+            let round = control.exchange(
+                worker,
+                Contribution {
+                    worker: worker.index(),
+                    request: None,
+                    ended: job_ended(worker, control),
+                    traffic: traffic.reading(),
+                },
+            );
+            if round.any_ended() {
+                return Err(EndedDuringDrain);
+            }
+            let now = round.traffic();
             let [data_sent, data_received, ..] = now;
             if data_sent == data_received && previous == Some(now) {
-                return Ok(stepping);
+                return Ok((working(), now));
             }
             previous = Some(now);
-            let step = Instant::now();
-            if !worker.step_or_park(Some(Duration::ZERO)) {
-                return Err(Ended::Here);
-            }
-            stepping += step.elapsed();
+            worker.step_or_park(Some(Duration::ZERO));
         }
     }
 }
 
+/// Whether every dataflow of `worker` but the control plane has completed.
+fn job_ended(worker: &Worker, control: &ControlPlane) -> bool {
+    worker
+        .installed_dataflows()
+        .iter()
+        .all(|&index| index == control.dataflow())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a worker panicked; what it guards stays usable.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// A dataflow ended during a checkpoint, which therefore cannot be completed.
 #[derive(Debug)]
-enum Ended {
-    /// This worker's.
-    Here,
-    /// Another worker's.
-    Elsewhere,
-}
+struct EndedDuringDrain;
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

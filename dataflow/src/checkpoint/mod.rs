@@ -27,6 +27,7 @@
 //! binary.
 
 pub mod changes;
+pub mod control;
 pub mod coordinator;
 pub mod image;
 pub mod parts;

@@ -145,7 +145,8 @@ impl OperatorStates {
         state
     }
 
-    /// Whether the sources are paused for a checkpoint (ingest reads nothing while they are).
+    /// Whether the sources are paused for a checkpoint (ingest reads nothing while they are, and
+    /// no operator acts on processing time alone).
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }

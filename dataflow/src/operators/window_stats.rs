@@ -832,6 +832,9 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, CompactEvent> {
             Exchange::new(|event: &CompactEvent| u64::from(key_group(event.article.route())));
         let scope = self.scope();
         let state = states.attach("window_stats", ArticleWindows::new(trending, cooc));
+        // Previews wait while a checkpoint is taken: nothing may move between the drain and
+        // the save on processing time alone.
+        let checkpoint = states.clone();
         self.unary_frontier(route, "WindowStats", move |capability, info| {
             let activator = scope.activator_for(info.address);
             let mut held = HeldCapability::default();
@@ -859,7 +862,8 @@ impl<'scope> WindowStats<'scope> for StreamVec<'scope, u64, CompactEvent> {
                 state.trending.advance(limit, &mut trending_out);
                 state.cooc.advance(limit, &mut cooc_out);
                 if let (Some(interval), true) = (live, limit != u64::MAX) {
-                    if unpreviewed && last_preview.elapsed() >= interval {
+                    if unpreviewed && last_preview.elapsed() >= interval && !checkpoint.is_paused()
+                    {
                         // The window still filling ends one step after the last final one.
                         let step = trending.step;
                         state
