@@ -8,9 +8,25 @@ use sha2::{Digest, Sha256};
 
 use super::store::validate_key;
 
-/// Format of checkpoints this build writes and reads: 2, incremental checkpoints as shared runs.
-/// (Format 1 wrote the whole state of every worker into each checkpoint's directory.)
+/// Format of checkpoints this build writes for one process and reads: 2, incremental
+/// checkpoints as shared runs. (Format 1 wrote the whole state of every worker into each
+/// checkpoint's directory.)
 pub const FORMAT_VERSION: u32 = 2;
+
+/// Format of checkpoints written by a cluster of processes: 3, format 2 where each process
+/// writes its own delta run (`runs/<id>-delta-p<process>.run`) and a receipt for it
+/// (`chk-<id>/PART-p<process>.json`), and one process commits a manifest listing them all; so a
+/// manifest may list several deltas of one checkpoint (their keys are disjoint: each key belongs
+/// to one worker). This build reads 2 and 3.
+pub const CLUSTER_FORMAT_VERSION: u32 = 3;
+
+/// Whether this build reads checkpoints of format `version`.
+pub fn is_readable_format(version: u32) -> bool {
+    version == FORMAT_VERSION || version == CLUSTER_FORMAT_VERSION
+}
+
+/// The prefix of a part receipt's name in a checkpoint's directory.
+pub const RECEIPT_PREFIX: &str = "PART-p";
 
 /// The name of the manifest in a checkpoint's directory.
 pub const MANIFEST_NAME: &str = "MANIFEST.json";
@@ -80,6 +96,9 @@ pub struct Manifest {
     pub created_ms: u64,
     /// How many workers wrote it.
     pub workers: usize,
+    /// How many processes wrote it (format 3; 1 for format 2, where it is not written).
+    #[serde(default = "one_process", skip_serializing_if = "is_one_process")]
+    pub processes: usize,
     /// Fingerprint of the settings the state depends on; the job refuses a mismatch (opaque here).
     pub fingerprint: String,
     /// The checkpoint whose state this one's delta applies to; `None` when it started from empty
@@ -89,6 +108,27 @@ pub struct Manifest {
     pub runs: Vec<RunInfo>,
     /// Free-form facts for operators and tools (watermark, sources, sizes), opaque here.
     pub info: BTreeMap<String, String>,
+}
+
+fn one_process() -> usize {
+    1
+}
+
+fn is_one_process(processes: &usize) -> bool {
+    *processes == 1
+}
+
+/// What one process wrote of a checkpoint of a cluster: its delta run (none when nothing changed
+/// on its workers). Written create-only at `chk-<id>/PART-p<process>.json` after the run, so a
+/// receipt names a run that is whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReceipt {
+    /// The checkpoint.
+    pub checkpoint: u64,
+    /// The process that wrote it.
+    pub process: usize,
+    /// Its delta run.
+    pub run: Option<RunInfo>,
 }
 
 impl Manifest {
@@ -117,16 +157,17 @@ impl Manifest {
         })
     }
 
-    /// The run this checkpoint wrote itself (its delta), `None` when its delta was empty.
-    pub fn own_run(&self) -> Option<&RunInfo> {
+    /// The runs this checkpoint wrote itself (its delta; one per process in a cluster), none
+    /// when nothing changed.
+    pub fn own_runs(&self) -> impl Iterator<Item = &RunInfo> {
         self.deltas()
-            .last()
+            .iter()
             .filter(|run| run.checkpoint == self.id && run.kind == RunKind::Delta)
     }
 
-    /// Bytes this checkpoint wrote itself: its delta run (0 when its delta was empty).
+    /// Bytes this checkpoint wrote itself: its delta runs (0 when nothing changed).
     pub fn bytes_written(&self) -> u64 {
-        self.own_run().map_or(0, |run| run.bytes)
+        self.own_runs().map(|run| run.bytes).sum()
     }
 
     /// Bytes of every run the state is made of (shared ones included).
@@ -192,7 +233,8 @@ pub(super) fn manifest_problem(manifest: &Manifest, id: u64) -> Option<String> {
                 run.key
             ));
         }
-        if previous_checkpoint.is_some_and(|previous| previous >= run.checkpoint) {
+        // A cluster's checkpoint has one delta per process: equal checkpoints may follow.
+        if previous_checkpoint.is_some_and(|previous| previous > run.checkpoint) {
             return Some(format!(
                 "its manifest's deltas are not in commit order (run {})",
                 run.key
@@ -238,6 +280,25 @@ pub(super) fn delta_run_key(id: u64) -> String {
     format!("{RUNS_PREFIX}{id:020}-delta.run")
 }
 
+/// The key of the delta run process `process` of a cluster writes for checkpoint `id`.
+pub(super) fn delta_part_run_key(id: u64, process: usize) -> String {
+    format!("{RUNS_PREFIX}{id:020}-delta-p{process:04}.run")
+}
+
+/// The key of process `process`'s receipt for its part of checkpoint `id`.
+pub(super) fn receipt_key(id: u64, process: usize) -> String {
+    format!("{}/{RECEIPT_PREFIX}{process:04}.json", checkpoint_dir(id))
+}
+
+/// The process a receipt's name (within its checkpoint's directory) is of.
+pub(super) fn parse_receipt_name(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix(RECEIPT_PREFIX)?.strip_suffix(".json")?;
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The key prefix of the base parts one compaction of checkpoint `checkpoint` writes; `nonce`
 /// tells compactions of the same checkpoint apart (a crashed process's leftovers, a retry).
 pub(super) fn base_run_prefix(checkpoint: u64, nonce: u64) -> String {
@@ -276,7 +337,12 @@ pub(super) fn parse_run_key(key: &str) -> Option<RunName> {
     let name = key.strip_prefix(RUNS_PREFIX)?;
     let (digits, rest) = name.split_at_checked(20)?;
     let id = parse_id(digits)?;
-    if rest == "-delta.run" {
+    let is_part = |rest: &str| {
+        rest.strip_prefix("-delta-p")
+            .and_then(|rest| rest.strip_suffix(".run"))
+            .is_some_and(|digits| digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if rest == "-delta.run" || is_part(rest) {
         Some(RunName::Delta(id))
     } else if rest.starts_with("-base-") && rest.ends_with(".run") {
         Some(RunName::Base(id))
@@ -328,6 +394,25 @@ mod tests {
         assert_eq!(
             base_run_key(9, 0xabc, 3, 16),
             "runs/00000000000000000009-base-0000000000000abc-00003of00016.run"
+        );
+        assert_eq!(
+            parse_run_key(&delta_part_run_key(7, 12)),
+            Some(RunName::Delta(7))
+        );
+        assert_eq!(
+            delta_part_run_key(7, 12),
+            "runs/00000000000000000007-delta-p0012.run"
+        );
+        assert_eq!(
+            parse_checkpoint_key(&receipt_key(7, 12)),
+            Some((7, "PART-p0012.json"))
+        );
+        assert_eq!(parse_receipt_name("PART-p0012.json"), Some(12));
+        assert_eq!(parse_receipt_name("PART-p12.json"), None);
+        assert_eq!(parse_receipt_name(MANIFEST_NAME), None);
+        assert_eq!(
+            parse_run_key("runs/00000000000000000009-delta-p1.run"),
+            None
         );
         assert_eq!(parse_run_key("runs/notes.txt"), None);
         assert_eq!(parse_run_key("runs/00000000000000000009-other"), None);

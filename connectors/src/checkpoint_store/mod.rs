@@ -51,6 +51,13 @@
 //! format version, the parent, the number of workers, the fingerprint of the settings the state
 //! depends on, and free-form facts for operators.
 //!
+//! A cluster of processes (format 3) writes one delta per process and checkpoint,
+//! `runs/<id>-delta-p<process:04>.run`, each followed by a receipt naming it,
+//! `chk-<id>/PART-p<process:04>.json`; one process waits for every receipt of the id and commits
+//! a manifest listing the runs of every receipt since its parent ([`Checkpoints::write_part`],
+//! [`Checkpoints::commit_parts`]). Each key belongs to one worker, so the deltas of one id never
+//! share a key and may be listed side by side.
+//!
 //! # Run format
 //!
 //! A run is, byte by byte (varints are unsigned LEB128):
@@ -173,12 +180,16 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use pageflow_dataflow::clock::unix_now_ms;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
 pub use local_dir::LocalDirStore;
-pub use manifest::{FORMAT_VERSION, MANIFEST_NAME, Manifest, RUNS_PREFIX, RunInfo, RunKind};
+pub use manifest::{
+    CLUSTER_FORMAT_VERSION, FORMAT_VERSION, MANIFEST_NAME, Manifest, PartReceipt, RUNS_PREFIX,
+    RunInfo, RunKind, is_readable_format,
+};
 pub use runs::StateEntry;
 pub use s3::S3Store;
 pub use s3_lease::{LeaseRecord, LeaseSettings, S3Lease, lease_key};
@@ -186,9 +197,21 @@ pub use store::{CheckpointStore, StoreError};
 
 use compaction::{CompactedBase, Compactor};
 use manifest::{
-    CHECKPOINT_PREFIX, base_run_prefix, delta_run_key, manifest_key, manifest_problem,
-    parse_checkpoint_key, parse_run_key, sha256_hex,
+    CHECKPOINT_PREFIX, base_run_prefix, checkpoint_dir, delta_part_run_key, delta_run_key,
+    manifest_key, manifest_problem, parse_checkpoint_key, parse_receipt_name, parse_run_key,
+    receipt_key, sha256_hex,
 };
+
+/// How often [`Checkpoints::commit_parts`] looks for the other processes' receipts.
+const RECEIPT_POLL: Duration = Duration::from_millis(50);
+
+/// What a manifest records about the job that wrote it.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    format_version: u32,
+    workers: usize,
+    processes: usize,
+}
 use runs::{PartMerge, Run, RunWriter, fetch_run};
 
 /// A commit that failed, with its delta given back: its changes are in no checkpoint yet.
@@ -456,8 +479,8 @@ pub enum CheckpointError {
     Store(#[from] StoreError),
     /// The newest committed checkpoint is in a format this build cannot read.
     #[error(
-        "checkpoint {id} at {location} is in format {found}, but this build of pageflow reads format \
-         {supported}; run the pageflow release that wrote it, or move that checkpoint (chk-{id:020}) \
+        "checkpoint {id} at {location} is in format {found}, but this build of pageflow reads formats \
+         {supported} and {CLUSTER_FORMAT_VERSION}; run the pageflow release that wrote it, or move that checkpoint (chk-{id:020}) \
          out of the checkpoint location to start from the previous one"
     )]
     UnknownFormat {
@@ -512,6 +535,24 @@ pub enum CheckpointError {
         /// Which run and what is wrong with it.
         reason: String,
     },
+    /// Not every process of a cluster wrote its part of a checkpoint in time.
+    #[error(
+        "checkpoint {id} at {location} is not committed: process(es) {missing:?} of {processes} wrote \
+         no part within {waited:?}; check that every process of the cluster is running and can write \
+         to the checkpoint location (the next checkpoint tries again)"
+    )]
+    PartsMissing {
+        /// The checkpoint.
+        id: u64,
+        /// The store's location.
+        location: String,
+        /// The processes whose receipt is missing.
+        missing: Vec<usize>,
+        /// How many processes the cluster has.
+        processes: usize,
+        /// How long the commit waited for them.
+        waited: Duration,
+    },
     /// The caller asked for something a checkpoint cannot hold (a bug, not a problem of the store).
     #[error("cannot write checkpoint {id}: {problem}")]
     Invalid {
@@ -527,6 +568,7 @@ impl CheckpointError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CheckpointError::Store(error) => error.is_retryable(),
+            CheckpointError::PartsMissing { .. } => true,
             CheckpointError::UnknownFormat { .. }
             | CheckpointError::NoneUsable { .. }
             | CheckpointError::Conflict { .. }
@@ -744,11 +786,12 @@ impl Checkpoints {
         let early = |error: CheckpointError| (error, None);
         let location = self.location();
         if let Some(parent) = parent {
-            if parent.format_version != FORMAT_VERSION {
+            if !is_readable_format(parent.format_version) {
                 return Err(early(CheckpointError::Invalid {
                     id,
                     problem: format!(
-                        "its parent, checkpoint {}, is in format {}, not {FORMAT_VERSION}",
+                        "its parent, checkpoint {}, is in format {}, not {FORMAT_VERSION} or \
+                         {CLUSTER_FORMAT_VERSION}",
                         parent.id, parent.format_version
                     ),
                 }));
@@ -781,39 +824,229 @@ impl Checkpoints {
             }));
         }
 
-        let (own_run, run_bytes) = match self.write_delta(id, delta.take().unwrap_or_default()) {
-            Ok(Some((info, bytes))) => (Some(info), Some(bytes)),
-            Ok(None) => (None, None),
-            Err((error, bytes)) => return Err((error, bytes)),
-        };
-        let bytes_written = own_run.as_ref().map_or(0, |run| run.bytes);
+        let (own_run, run_bytes) =
+            match self.write_delta(id, delta_run_key(id), delta.take().unwrap_or_default()) {
+                Ok(Some((info, bytes))) => (Some(info), Some(bytes)),
+                Ok(None) => (None, None),
+                Err((error, bytes)) => return Err((error, bytes)),
+            };
         runs.extend(own_run);
-        let manifest = Manifest {
+        let shape = Shape {
             format_version: FORMAT_VERSION,
+            workers,
+            processes: 1,
+        };
+        self.commit_manifest(id, parent, runs, compacted, shape, fingerprint, info)
+            .map_err(|error| (error, run_bytes))
+    }
+
+    /// Writes process `process`'s part of checkpoint `id` of a cluster: its delta run
+    /// (`runs/<id>-delta-p<process>.run`, none when `delta` is empty), then its receipt
+    /// (`chk-<id>/PART-p<process>.json`), both create-only. Nothing is committed: one process
+    /// commits every part with [`Checkpoints::commit_parts`]. On failure the delta comes back, to
+    /// go with the next part (a part without a receipt is never committed).
+    pub fn write_part(
+        &self,
+        id: u64,
+        process: usize,
+        delta: Vec<StateEntry>,
+    ) -> Result<PartReceipt, CommitFailed> {
+        let give_back = |error, delta: Option<Vec<StateEntry>>, bytes: Option<Vec<u8>>| {
+            let delta = match (delta, bytes) {
+                (Some(delta), _) => delta,
+                (None, Some(bytes)) => Run::parse(bytes)
+                    .and_then(|run| run.entries())
+                    .unwrap_or_default(),
+                (None, None) => Vec::new(),
+            };
+            CommitFailed { error, delta }
+        };
+        let (run, bytes) = match self.write_delta(id, delta_part_run_key(id, process), delta) {
+            Ok(Some((run, bytes))) => (Some(run), Some(bytes)),
+            Ok(None) => (None, None),
+            Err((error, bytes)) => return Err(give_back(error, None, bytes)),
+        };
+        let receipt = PartReceipt {
+            checkpoint: id,
+            process,
+            run,
+        };
+        let json = match serde_json::to_vec_pretty(&receipt) {
+            Ok(json) => json,
+            Err(error) => {
+                let error = CheckpointError::Invalid {
+                    id,
+                    problem: format!("the part's receipt cannot be encoded: {error}"),
+                };
+                return Err(give_back(error, None, bytes));
+            }
+        };
+        let location = self.location();
+        if let Err(error) = put_create_only(
+            self.store.as_ref(),
+            id,
+            &receipt_key(id, process),
+            &json,
+            &location,
+        ) {
+            return Err(give_back(error, None, bytes));
+        }
+        Ok(receipt)
+    }
+
+    /// Commits checkpoint `id` of a cluster of `processes` (format 3), as the one process that
+    /// commits. Waits until every process's receipt of `id` is in the store (looking every 50 ms,
+    /// at most `timeout`), then writes a manifest listing `parent`'s runs and the runs of every
+    /// receipt of a checkpoint after `parent` up to `id`, ordered by checkpoint and process:
+    /// parts of earlier checkpoints that were never committed are included, as the processes
+    /// that wrote them count their changes as saved.
+    #[allow(clippy::too_many_arguments, reason = "the parts of one manifest")]
+    pub fn commit_parts(
+        &self,
+        id: u64,
+        parent: Option<&Manifest>,
+        processes: usize,
+        timeout: Duration,
+        workers: usize,
+        fingerprint: &str,
+        info: BTreeMap<String, String>,
+    ) -> Result<Commit, CheckpointError> {
+        let location = self.location();
+        if let Some(parent) = parent {
+            if !is_readable_format(parent.format_version) {
+                return Err(CheckpointError::Invalid {
+                    id,
+                    problem: format!(
+                        "its parent, checkpoint {}, is in format {}",
+                        parent.id, parent.format_version
+                    ),
+                });
+            }
+            if parent.id >= id {
+                return Err(CheckpointError::Invalid {
+                    id,
+                    problem: format!("its parent, checkpoint {}, is not older", parent.id),
+                });
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let written = self.receipts_of(id)?;
+            let missing: Vec<usize> = (0..processes).filter(|p| !written.contains(p)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if started.elapsed() >= timeout {
+                return Err(CheckpointError::PartsMissing {
+                    id,
+                    location,
+                    missing,
+                    processes,
+                    waited: started.elapsed(),
+                });
+            }
+            std::thread::sleep(RECEIPT_POLL);
+        }
+        let after = parent.map_or(0, |parent| parent.id);
+        let mut receipts = Vec::new();
+        for key in self.store.list(CHECKPOINT_PREFIX)? {
+            let Some((of, name)) = parse_checkpoint_key(&key) else {
+                continue;
+            };
+            let Some(process) = parse_receipt_name(name) else {
+                continue;
+            };
+            if of <= after || of > id {
+                continue;
+            }
+            let bytes = self
+                .store
+                .get(&key)?
+                .ok_or_else(|| CheckpointError::Damaged {
+                    id: of,
+                    location: location.clone(),
+                    reason: format!("its receipt {key} was listed but is gone"),
+                })?;
+            let receipt: PartReceipt =
+                serde_json::from_slice(&bytes).map_err(|error| CheckpointError::Damaged {
+                    id: of,
+                    location: location.clone(),
+                    reason: format!("its receipt {key} does not parse: {error}"),
+                })?;
+            if receipt.checkpoint != of || receipt.process != process {
+                return Err(CheckpointError::Damaged {
+                    id: of,
+                    location: location.clone(),
+                    reason: format!("its receipt {key} is that of another part"),
+                });
+            }
+            receipts.push(receipt);
+        }
+        receipts.sort_by_key(|receipt| (receipt.checkpoint, receipt.process));
+        let (mut runs, compacted) = self.runs_to_build_on(id, parent)?;
+        let present: BTreeSet<String> = self.store.list(RUNS_PREFIX)?.into_iter().collect();
+        runs.extend(receipts.into_iter().filter_map(|receipt| receipt.run));
+        if let Some(missing) = runs.iter().find(|run| !present.contains(&run.key)) {
+            return Err(CheckpointError::Damaged {
+                id,
+                location,
+                reason: format!("run {} is missing", missing.key),
+            });
+        }
+        let shape = Shape {
+            format_version: CLUSTER_FORMAT_VERSION,
+            workers,
+            processes,
+        };
+        self.commit_manifest(id, parent, runs, compacted, shape, fingerprint, info)
+    }
+
+    /// The processes whose receipt of checkpoint `id` is in the store.
+    fn receipts_of(&self, id: u64) -> Result<BTreeSet<usize>, CheckpointError> {
+        Ok(self
+            .store
+            .list(&format!("{}/", checkpoint_dir(id)))?
+            .iter()
+            .filter_map(|key| parse_checkpoint_key(key))
+            .filter_map(|(_, name)| parse_receipt_name(name))
+            .collect())
+    }
+
+    /// Commits checkpoint `id` with `runs` (its parent's, possibly compacted, and its own): the
+    /// manifest, create-only, then the clean-up and maybe a background compaction.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of one manifest; two callers"
+    )]
+    fn commit_manifest(
+        &self,
+        id: u64,
+        parent: Option<&Manifest>,
+        runs: Vec<RunInfo>,
+        compacted: Option<CompactedBase>,
+        shape: Shape,
+        fingerprint: &str,
+        info: BTreeMap<String, String>,
+    ) -> Result<Commit, CheckpointError> {
+        let location = self.location();
+        let manifest = Manifest {
+            format_version: shape.format_version,
             id,
             created_ms: unix_now_ms(),
-            workers,
+            workers: shape.workers,
+            processes: shape.processes,
             fingerprint: fingerprint.to_string(),
             parent: parent.map(|parent| parent.id),
             runs,
             info,
         };
-        let json = match serde_json::to_vec_pretty(&manifest) {
-            Ok(json) => json,
-            Err(error) => {
-                let error = CheckpointError::Invalid {
-                    id,
-                    problem: format!("the manifest cannot be encoded: {error}"),
-                };
-                return Err((error, run_bytes));
-            }
-        };
-        if let Err(error) =
-            put_create_only(self.store.as_ref(), id, &manifest_key(id), &json, &location)
-        {
-            return Err((error, run_bytes));
-        }
-        drop(run_bytes);
+        let bytes_written = manifest.bytes_written();
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|error| CheckpointError::Invalid {
+                id,
+                problem: format!("the manifest cannot be encoded: {error}"),
+            })?;
+        put_create_only(self.store.as_ref(), id, &manifest_key(id), &json, &location)?;
 
         if let Some(compacted) = &compacted {
             // A manifest references the new base now: it needs no protection any more.
@@ -903,6 +1136,7 @@ impl Checkpoints {
     fn write_delta(
         &self,
         id: u64,
+        key: String,
         delta: Vec<StateEntry>,
     ) -> Result<Option<(RunInfo, Vec<u8>)>, (CheckpointError, Option<Vec<u8>>)> {
         if delta.is_empty() {
@@ -914,7 +1148,6 @@ impl Checkpoints {
             writer.push(&entry.key, entry.value.as_deref());
         }
         let (bytes, entries) = writer.finish();
-        let key = delta_run_key(id);
         if let Err(error) = put_create_only(self.store.as_ref(), id, &key, &bytes, &self.location())
         {
             return Err((error, Some(bytes)));
@@ -1039,7 +1272,7 @@ impl Checkpoints {
                     tracing::warn!(
                         checkpoint = id,
                         location = %self.location(),
-                        "checkpoint {id} is in format {found}, not {FORMAT_VERSION}: no runs are \
+                        "checkpoint {id} is in format {found}, one this build does not read: no runs are \
                          deleted while it is kept"
                     );
                     return Ok(());
@@ -1253,7 +1486,7 @@ impl Checkpoints {
                 Inspection::Torn => (CheckpointStatus::Torn, None),
                 Inspection::UnknownFormat(found) => (
                     CheckpointStatus::Corrupt(format!(
-                        "written in format {found}; this build reads format {FORMAT_VERSION}"
+                        "written in format {found}; this build reads formats {FORMAT_VERSION} and {CLUSTER_FORMAT_VERSION}"
                     )),
                     None,
                 ),
@@ -1302,7 +1535,7 @@ impl Checkpoints {
                 None,
             ));
         };
-        if found != u64::from(FORMAT_VERSION) {
+        if !u32::try_from(found).is_ok_and(is_readable_format) {
             return Ok(match u32::try_from(found) {
                 Ok(found) => Inspection::UnknownFormat(found),
                 Err(_) => Inspection::Corrupt(

@@ -139,7 +139,7 @@ fn checkpoint_store_round_trip_of_deltas() -> TestResult {
     let third = checkpoints.commit(3, Some(&second.manifest), vec![], 2, "fp", BTreeMap::new())?;
     assert_eq!(third.bytes_written, 0);
     assert_eq!(third.manifest.runs, second.manifest.runs);
-    assert_eq!(third.manifest.own_run(), None);
+    assert_eq!(third.manifest.own_runs().next(), None);
 
     let loaded = checkpoints.load_latest()?.ok_or("nothing loaded")?;
     assert_eq!(loaded.manifest, third.manifest);
@@ -406,7 +406,7 @@ fn falls_back_after(
     let checkpoints = manual(store.clone(), 3);
     let first = commit(&checkpoints, None, vec![put("a", "1"), put("b", "1")])?;
     let second = commit(&checkpoints, Some(&first), vec![put("a", "2")])?;
-    let own = second.own_run().ok_or("a delta was written")?;
+    let own = second.own_runs().next().ok_or("a delta was written")?;
     damage(&store, &own.key)?;
 
     let loaded = checkpoints.load_latest()?.ok_or("1 is good")?;
@@ -555,7 +555,7 @@ fn checkpoint_store_every_committed_checkpoint_damaged_is_an_error() -> TestResu
 
 #[test]
 fn checkpoint_store_unknown_format_is_a_hard_error() -> TestResult {
-    for found in [1, 3] {
+    for found in [1, 4] {
         let (_dir, store) = local()?;
         let checkpoints = manual(store.clone(), 3);
         let first = commit(&checkpoints, None, vec![put("a", "1")])?;
@@ -577,7 +577,7 @@ fn checkpoint_store_unknown_format_is_a_hard_error() -> TestResult {
         for needle in [
             "checkpoint 2",
             &format!("format {found}"),
-            "format 2",
+            "formats 2 and 3",
             "release",
             "move",
         ] {
@@ -1095,4 +1095,174 @@ proptest! {
     fn checkpoint_store_merged_state_equals_a_model(steps in prop::collection::vec(step(), 1..60)) {
         check_model(&steps)?;
     }
+}
+
+/// Commits checkpoint `id` of a cluster of `processes` (a short wait for missing parts).
+fn commit_parts(
+    checkpoints: &Checkpoints,
+    id: u64,
+    parent: Option<&Manifest>,
+    processes: usize,
+) -> Result<Manifest, CheckpointError> {
+    Ok(checkpoints
+        .commit_parts(
+            id,
+            parent,
+            processes,
+            std::time::Duration::from_millis(200),
+            4,
+            "fp",
+            BTreeMap::new(),
+        )?
+        .manifest)
+}
+
+#[test]
+fn checkpoint_store_cluster_parts_commit_as_one_checkpoint() -> TestResult {
+    let (_dir, store) = local()?;
+    let checkpoints = manual(store.clone(), 3);
+    // One process's checkpoint (format 2) first: a cluster continues it.
+    let first = commit(&checkpoints, None, vec![put("a", "1"), put("z", "1")])?;
+    assert_eq!(first.format_version, FORMAT_VERSION);
+
+    let id = checkpoints.next_id()?;
+    let receipt = checkpoints
+        .write_part(id, 1, vec![put("b", "2"), StateEntry::delete("z")])
+        .map_err(|failed| failed.error)?;
+    assert_eq!(
+        receipt.run.as_ref().map(|run| run.key.as_str()),
+        Some("runs/00000000000000000002-delta-p0001.run")
+    );
+    checkpoints
+        .write_part(id, 0, vec![put("a", "2")])
+        .map_err(|failed| failed.error)?;
+    // A process with nothing changed still writes its receipt.
+    checkpoints
+        .write_part(id, 2, Vec::new())
+        .map_err(|failed| failed.error)?;
+    let second = commit_parts(&checkpoints, id, Some(&first), 3)?;
+    assert_eq!(second.format_version, CLUSTER_FORMAT_VERSION);
+    assert_eq!(second.processes, 3);
+    assert_eq!(
+        second
+            .deltas()
+            .iter()
+            .map(|run| run.key.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "runs/00000000000000000001-delta.run",
+            "runs/00000000000000000002-delta-p0000.run",
+            "runs/00000000000000000002-delta-p0001.run",
+        ],
+        "the parent's run, then the parts by process"
+    );
+    assert_eq!(
+        second.bytes_written(),
+        second.own_runs().map(|run| run.bytes).sum::<u64>()
+    );
+    assert_eq!(second.own_runs().count(), 2);
+    assert_eq!(
+        latest(&checkpoints)?,
+        (id, state(&[("a", "2"), ("b", "2")]))
+    );
+
+    // A format-2 manifest does not carry `processes`: older builds read it as before.
+    let json = String::from_utf8(
+        store
+            .get(&manifest::manifest_key(first.id))?
+            .ok_or("the first manifest")?,
+    )?;
+    assert!(!json.contains("processes"), "{json}");
+    Ok(())
+}
+
+#[test]
+fn checkpoint_store_cluster_commit_waits_for_every_part_and_names_the_missing() -> TestResult {
+    let (_dir, store) = local()?;
+    let checkpoints = manual(store, 3);
+    checkpoints
+        .write_part(1, 0, vec![put("a", "1")])
+        .map_err(|failed| failed.error)?;
+    match commit_parts(&checkpoints, 1, None, 3) {
+        Err(CheckpointError::PartsMissing {
+            id: 1,
+            missing,
+            processes: 3,
+            ..
+        }) => assert_eq!(missing, [1, 2]),
+        other => return Err(format!("expected missing parts, got {other:?}").into()),
+    }
+    assert!(checkpoints.load_latest()?.is_none(), "nothing is committed");
+    let error = commit_parts(&checkpoints, 1, None, 3)
+        .err()
+        .ok_or("still missing")?;
+    assert!(error.is_retryable());
+    assert!(
+        error.to_string().contains("process(es) [1, 2] of 3"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[test]
+fn checkpoint_store_cluster_commit_includes_parts_of_a_checkpoint_never_committed() -> TestResult {
+    let (_dir, store) = local()?;
+    let checkpoints = manual(store.clone(), 3);
+    // Checkpoint 1: only process 0's part arrives; its commit fails.
+    checkpoints
+        .write_part(1, 0, vec![put("a", "1"), put("c", "1")])
+        .map_err(|failed| failed.error)?;
+    assert!(commit_parts(&checkpoints, 1, None, 2).is_err());
+    // Process 1 failed to write its part of 1 and carries it into 2; process 0 counts its part
+    // of 1 as saved and writes only what changed since.
+    checkpoints
+        .write_part(2, 0, vec![put("a", "2")])
+        .map_err(|failed| failed.error)?;
+    checkpoints
+        .write_part(2, 1, vec![put("b", "1")])
+        .map_err(|failed| failed.error)?;
+    let second = commit_parts(&checkpoints, 2, None, 2)?;
+    assert_eq!(
+        second
+            .deltas()
+            .iter()
+            .map(|run| run.checkpoint)
+            .collect::<Vec<_>>(),
+        [1, 2, 2]
+    );
+    assert_eq!(
+        latest(&checkpoints)?,
+        (2, state(&[("a", "2"), ("b", "1"), ("c", "1")])),
+        "the orphaned part's changes are in, and the newer ones win"
+    );
+    // Retention leaves the committed runs alone and clears the receipts of the committed ids.
+    let third = {
+        checkpoints
+            .write_part(3, 0, Vec::new())
+            .map_err(|failed| failed.error)?;
+        checkpoints
+            .write_part(3, 1, vec![put("d", "1")])
+            .map_err(|failed| failed.error)?;
+        commit_parts(&checkpoints, 3, Some(&second), 2)?
+    };
+    assert_eq!(
+        third
+            .deltas()
+            .iter()
+            .map(|run| run.checkpoint)
+            .collect::<Vec<_>>(),
+        [1, 2, 2, 3],
+        "a part is listed once: receipts up to the parent are not gathered again"
+    );
+    assert!(stored_runs(&store)?.is_subset(&listed_runs(&checkpoints)?));
+    assert!(store.list("chk-00000000000000000001/")?.is_empty());
+    // Compaction merges the parts like any deltas.
+    checkpoints.compact(&third)?;
+    let fourth = commit(&checkpoints, Some(&third), Vec::new())?;
+    assert!(fourth.deltas().is_empty());
+    assert_eq!(
+        latest(&checkpoints)?.1,
+        state(&[("a", "2"), ("b", "1"), ("c", "1"), ("d", "1")])
+    );
+    Ok(())
 }
