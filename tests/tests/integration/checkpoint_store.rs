@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pageflow_connectors::checkpoint_store::{
-    CheckpointError, CheckpointStatus, CheckpointStore, Checkpoints, CompactionPolicy,
-    FORMAT_VERSION, Manifest, RunKind, S3Store, StateEntry, StoreError,
+    CLUSTER_FORMAT_VERSION, CheckpointError, CheckpointStatus, CheckpointStore, Checkpoints,
+    CompactionPolicy, FORMAT_VERSION, Manifest, RunKind, S3Store, StateEntry, StoreError,
 };
 use pageflow_connectors::retry::Backoff;
 use pageflow_tests::aws::MotoServer;
@@ -645,4 +645,73 @@ mod lease {
         held.release()?;
         Ok(())
     }
+}
+
+#[test]
+fn s3_a_cluster_checkpoint_is_committed_once_every_process_wrote_its_part() -> TestResult {
+    let fixture = Fixture::start()?;
+    // Each process has its own client and store on the same prefix, as separate tasks would.
+    let processes: Vec<Checkpoints> = (0..3)
+        .map(|_| manual(fixture.store("cluster"), 3))
+        .collect();
+    let first = commit(&processes[0], 1, None)?;
+    let mut expected = State::new();
+    apply(&mut expected, &delta_of(1));
+
+    let parts = [
+        vec![StateEntry::put("page:p1", "1 view")],
+        vec![StateEntry::put("page:p2", "2 views")],
+        vec![StateEntry::delete("page:1")],
+    ];
+    // Processes 2 and 1 write first; process 0 commits only once the last part is in.
+    for process in [2, 1] {
+        processes[process]
+            .write_part(2, process, parts[process].clone())
+            .map_err(|failed| failed.error)?;
+    }
+    let early = processes[0].commit_parts(
+        2,
+        Some(&first),
+        3,
+        Duration::from_millis(300),
+        6,
+        "fp",
+        BTreeMap::new(),
+    );
+    match early {
+        Err(CheckpointError::PartsMissing { missing, .. }) => assert_eq!(missing, [0]),
+        other => panic!("expected process 0's part missing, got {other:?}"),
+    }
+    processes[0]
+        .write_part(2, 0, parts[0].clone())
+        .map_err(|failed| failed.error)?;
+    let second = processes[0]
+        .commit_parts(
+            2,
+            Some(&first),
+            3,
+            Duration::from_secs(10),
+            6,
+            "fp",
+            BTreeMap::new(),
+        )?
+        .manifest;
+    assert_eq!(second.format_version, CLUSTER_FORMAT_VERSION);
+    assert_eq!((second.processes, second.workers), (3, 6));
+    assert_eq!(second.own_runs().count(), 3);
+    for part in &parts {
+        apply(&mut expected, part);
+    }
+    // Any process loads the same state.
+    for checkpoints in &processes {
+        assert_eq!(state_at(checkpoints)?, (2, expected.clone()));
+    }
+    let keys = fixture.bucket_keys()?;
+    for process in 0..3 {
+        assert!(
+            keys.contains(&format!("cluster/runs/{:020}-delta-p{process:04}.run", 2)),
+            "{keys:?}"
+        );
+    }
+    Ok(())
 }
