@@ -279,10 +279,10 @@ impl std::fmt::Debug for LoadedCheckpoint {
 
 impl LoadedCheckpoint {
     /// The live state, streamed: each live key once with its newest value, base part by base part
-    /// (in key order within a part), with at most two base parts in memory (the one merged and the next, read ahead on another thread). Each part is read and
-    /// checked against the manifest before any of its entries is yielded; one that changed since
-    /// it was checked at load time is the error [`CheckpointError::Damaged`], after which the
-    /// iterator ends.
+    /// (in key order within a part), with at most two base parts in memory (the one merged and
+    /// the next, read ahead on another thread). Each part is read and checked against the
+    /// manifest before any of its entries is yielded; one that changed since it was checked at
+    /// load time is the error [`CheckpointError::Damaged`], after which the iterator ends.
     pub fn entries(&self) -> LiveEntries<'_> {
         LiveEntries {
             checkpoint: self,
