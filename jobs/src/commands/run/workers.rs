@@ -103,6 +103,7 @@ pub(super) fn start_workers(
         end_on_source_failure: false,
     };
     let built = Arc::new(AtomicUsize::new(0));
+    exit_when_a_worker_panics();
     std::thread::Builder::new()
         .name("pageflow-timely".into())
         .spawn(move || {
@@ -183,6 +184,45 @@ pub(super) fn start_workers(
     Ok(())
 }
 
+/// The exit code when a worker thread panicked (70, EX_SOFTWARE: a bug in pageflow).
+pub const WORKER_PANICKED_EXIT_CODE: i32 = 70;
+
+/// From now on, a panic of a timely worker thread (`timely:work-<index>`) ends the process with
+/// [`WORKER_PANICKED_EXIT_CODE`] once the panic is printed. Without it the other workers wait
+/// for the dead one's progress forever: the job would look alive (HTTP answers, nothing moves)
+/// and never restart.
+fn exit_when_a_worker_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            if let Some(message) = std::thread::current()
+                .name()
+                .and_then(|name| worker_panic_message(name, info.payload()))
+            {
+                tracing::error!("{message}");
+                crate::say!("pageflow: {message}");
+                std::process::exit(WORKER_PANICKED_EXIT_CODE);
+            }
+        }));
+    });
+}
+
+/// What to say when the thread named `thread` panicked with `payload`; `None` when it is not a
+/// timely worker.
+fn worker_panic_message(thread: &str, payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let worker: usize = thread.strip_prefix("timely:work-")?.parse().ok()?;
+    let reason = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    Some(format!(
+        "worker {worker} failed ({reason}); this is a bug in pageflow, please report it with the lines above. The job stops (exit code {WORKER_PANICKED_EXIT_CODE}); restarted, it resumes from its last checkpoint"
+    ))
+}
+
 /// Stops the process when a worker cannot go on: a restore that failed half-way must not run on
 /// partial state. Exit code 78 (EX_CONFIG): the data or the settings need a person.
 fn fatal(message: &str) -> ! {
@@ -207,4 +247,34 @@ fn run_without_checkpoints(
         }
     }
     sizes.report(worker.index(), states.sizes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_thread_panic_names_the_worker_and_what_to_do() {
+        let payload: Box<dyn std::any::Any + Send> = Box::new("index out of bounds".to_string());
+        let message =
+            worker_panic_message("timely:work-3", payload.as_ref()).expect("a worker thread");
+        assert!(
+            message.starts_with("worker 3 failed (index out of bounds)"),
+            "{message}"
+        );
+        assert!(message.contains("exit code 70"), "{message}");
+        assert!(
+            message.contains("resumes from its last checkpoint"),
+            "{message}"
+        );
+        let payload: Box<dyn std::any::Any + Send> = Box::new("x");
+        assert_eq!(
+            worker_panic_message("pageflow-sink", payload.as_ref()),
+            None
+        );
+        assert_eq!(
+            worker_panic_message("timely:recv-1", payload.as_ref()),
+            None
+        );
+    }
 }
