@@ -340,6 +340,20 @@ pub struct ChainStart {
     pub first_id: u64,
     /// The fingerprint of the settings the state depends on ([`fingerprint`]).
     pub fingerprint: String,
+    /// This process's place in a cluster; `None` for one process.
+    pub cluster: Option<ClusterPart>,
+}
+
+/// How a process of a cluster writes its checkpoints: each process writes its part (the changes
+/// of its workers) and a receipt; process 0 commits once every process's receipt is in.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterPart {
+    /// This process.
+    pub process: usize,
+    /// How many processes the cluster has.
+    pub processes: usize,
+    /// How long process 0 waits for the other processes' parts before the checkpoint fails.
+    pub timeout: Duration,
 }
 
 /// Takes checkpoints on a timer, writes complete ones, and reports outcomes. Clones share
@@ -423,6 +437,7 @@ impl CheckpointDriver {
             workers,
             first_id,
             fingerprint,
+            cluster,
         } = chain;
         let known = &known;
         let (writes, to_write) = channel::<ToWrite>();
@@ -443,6 +458,7 @@ impl CheckpointDriver {
                 workers,
                 carried: Vec::new(),
                 broken: None,
+                cluster,
                 partitions: known
                     .partitions
                     .iter()
@@ -609,6 +625,8 @@ struct Writer {
     /// Set when a worker's state could not be encoded: the chain would miss its changes, so no
     /// checkpoint is written any more (the job must be restarted to checkpoint again).
     broken: Option<String>,
+    /// This process's place in a cluster; `None` for one process.
+    cluster: Option<ClusterPart>,
     /// Every source partition in the state and whether it ended, and the job watermark: facts
     /// for the manifest, kept up to date from the changes (the store holds the rest).
     partitions: BTreeMap<String, bool>,
@@ -793,6 +811,9 @@ impl Writer {
                 format!("{} bytes, {} entries", size.bytes, size.entries),
             );
         }
+        if let Some(cluster) = self.cluster {
+            return self.write_part(id, cluster, delta, info);
+        }
         match self.checkpoints.commit(
             id,
             self.parent.as_ref(),
@@ -827,6 +848,51 @@ impl Writer {
             }
         }
     }
+
+    /// A process of a cluster: writes this process's part; process 0 then commits every
+    /// process's part as checkpoint `id`. A part that is written counts as saved even when the
+    /// commit fails (the next commit lists it), so only a part that could not be written is
+    /// carried.
+    fn write_part(
+        &mut self,
+        id: u64,
+        cluster: ClusterPart,
+        delta: Vec<StateEntry>,
+        info: BTreeMap<String, String>,
+    ) -> Result<Written> {
+        let entries = delta.len();
+        let receipt = match self.checkpoints.write_part(id, cluster.process, delta) {
+            Ok(receipt) => receipt,
+            Err(failed) => {
+                self.carried = failed.delta;
+                return Err(failed.error.into());
+            }
+        };
+        let part_bytes = receipt.run.as_ref().map_or(0, |run| run.bytes);
+        if cluster.process != 0 {
+            return Ok(Written {
+                bytes_written: part_bytes,
+                stored_bytes: 0,
+                entries,
+            });
+        }
+        let commit = self.checkpoints.commit_parts(
+            id,
+            self.parent.as_ref(),
+            cluster.processes,
+            cluster.timeout,
+            self.workers,
+            &self.fingerprint,
+            info,
+        )?;
+        let written = Written {
+            bytes_written: commit.bytes_written,
+            stored_bytes: commit.state_bytes,
+            entries,
+        };
+        self.parent = Some(commit.manifest);
+        Ok(written)
+    }
 }
 
 #[cfg(test)]
@@ -855,26 +921,91 @@ mod tests {
         }
     }
 
+    fn writer(checkpoints: &Checkpoints, cluster: Option<ClusterPart>) -> Writer {
+        Writer {
+            checkpoints: checkpoints.clone(),
+            fingerprint: "test".into(),
+            parent: None,
+            workers: 2,
+            carried: Vec::new(),
+            broken: None,
+            cluster,
+            partitions: BTreeMap::new(),
+            watermark: Watermark::MinusInfinity,
+        }
+    }
+
+    fn to_write(parts: CompleteParts) -> ToWrite {
+        ToWrite {
+            parts,
+            serving: Vec::new(),
+            watermark_ms: 0,
+        }
+    }
+
+    #[test]
+    fn each_process_of_a_cluster_writes_its_part_and_process_0_commits_them_all() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = |_| Arc::new(LocalDirStore::new(dir.path()).expect("a local store"));
+        let part = |process| ClusterPart {
+            process,
+            processes: 2,
+            timeout: Duration::from_millis(300),
+        };
+        // Two processes, each with its own store on the shared directory.
+        let mut first = writer(&Checkpoints::new(store(0), 2), Some(part(0)));
+        let second_store = Checkpoints::new(store(1), 2);
+        let mut second = writer(&second_store, Some(part(1)));
+
+        // Process 0's part alone: no commit, but its part counts as saved.
+        let error = first
+            .write(to_write(parts(1, b"a", b"1", true)))
+            .err()
+            .expect("process 1's part is missing");
+        assert!(
+            format!("{error:#}").contains("process(es) [1] of 2"),
+            "{error:#}"
+        );
+        assert!(first.carried.is_empty(), "a written part is not carried");
+        second
+            .write(to_write(parts(1, b"b", b"1", true)))
+            .expect("process 1 writes its part");
+        assert!(second_store.load_latest().expect("loads").is_none());
+
+        // Both parts of checkpoint 2: process 0 commits them, and the parts of 1 with them.
+        second
+            .write(to_write(parts(2, b"c", b"2", true)))
+            .expect("process 1 writes its part");
+        let written = first
+            .write(to_write(parts(2, b"a", b"2", true)))
+            .expect("process 0 commits");
+        assert!(written.bytes_written > 0);
+        let loaded = second_store
+            .load_latest()
+            .expect("loads")
+            .expect("checkpoint 2 is committed");
+        assert_eq!((loaded.manifest.id, loaded.manifest.processes), (2, 2));
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = loaded
+            .entries()
+            .collect::<Result<_, _>>()
+            .expect("its entries read");
+        assert_eq!(
+            entries,
+            vec![
+                (b"a".to_vec(), b"2".to_vec()),
+                (b"b".to_vec(), b"1".to_vec()),
+                (b"c".to_vec(), b"2".to_vec()),
+            ]
+        );
+    }
+
     #[test]
     fn parts_that_are_no_consistent_cut_are_not_committed_but_carried_into_the_next() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Arc::new(LocalDirStore::new(dir.path()).expect("a local store"));
         let checkpoints = Checkpoints::new(store, 2);
-        let mut writer = Writer {
-            checkpoints: checkpoints.clone(),
-            fingerprint: "test".into(),
-            parent: None,
-            workers: 1,
-            carried: Vec::new(),
-            broken: None,
-            partitions: BTreeMap::new(),
-            watermark: Watermark::MinusInfinity,
-        };
-        let write = |parts| ToWrite {
-            parts,
-            serving: Vec::new(),
-            watermark_ms: 0,
-        };
+        let mut writer = writer(&checkpoints, None);
+        let write = to_write;
 
         let refused = writer.write(write(parts(1, b"a", b"1", false)));
         let error = format!("{:#}", refused.err().expect("not written"));

@@ -903,7 +903,7 @@ fn damaged_checkpoints_are_skipped_and_unknown_formats_or_other_semantics_refuse
         .collect();
     assert_eq!(refusals.len(), 1, "one refusal, no retries:\n{stderr}");
     assert!(
-        refusals[0].contains("reads format 2")
+        refusals[0].contains("reads formats 2 and 3")
             && refusals[0].contains(&checkpoint_dir_name(future)),
         "says which format it reads and which checkpoint to move: {}",
         refusals[0]

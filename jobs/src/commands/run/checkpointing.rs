@@ -72,6 +72,8 @@ pub(super) fn start_checkpointing(
         workers,
         first_id,
         fingerprint: crate::checkpoints::fingerprint(&config.semantics),
+        // `run` refuses a cluster until it runs as one (docs/cluster-design.md, step 5).
+        cluster: None,
     };
     let driver = CheckpointDriver::start(
         Arc::clone(coordinator),
