@@ -32,8 +32,8 @@ use pageflow_connectors::checkpoint_store::{
 use pageflow_dataflow::checkpoint::changes::{decode, parse_key};
 use pageflow_dataflow::checkpoint::snapshot::{INGEST_STATE, IngestKey};
 use pageflow_dataflow::checkpoint::{
-    Change, CheckpointCoordinator, END_OF_INPUT, PartitionCheckpoint, Restore, RestorePlan,
-    RestoredSources, StateSize, WorkerCheckpoint, WorkerSnapshot,
+    Change, CheckpointCoordinator, PartitionCheckpoint, Restore, RestorePlan, RestoredSources,
+    StateSize, WorkerCheckpoint, WorkerSnapshot,
 };
 use pageflow_dataflow::clock::SystemClock;
 use pageflow_dataflow::config::SemanticsConfig;
@@ -516,12 +516,11 @@ impl CheckpointDriver {
         }
     }
 
-    /// Hands a complete checkpoint to the writer (the end-of-input one gets the next id).
-    pub fn write(&self, mut checkpoint: ToWrite) {
-        if checkpoint.parts.id == END_OF_INPUT {
-            checkpoint.parts.id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        }
+    /// Hands a complete checkpoint to the writer.
+    pub fn write(&self, checkpoint: ToWrite) {
         let id = checkpoint.parts.id;
+        // The end-of-input checkpoint is numbered by the workers: no later id may repeat it.
+        self.next_id.fetch_max(id + 1, Ordering::SeqCst);
         self.progress.queued.fetch_add(1, Ordering::SeqCst);
         if self.writes.send(checkpoint).is_err() {
             self.progress.queued.fetch_sub(1, Ordering::SeqCst);

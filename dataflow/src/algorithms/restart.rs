@@ -239,7 +239,7 @@ pub fn run_half(
             c.errors.extend(errors);
         }
         coordinator.run(worker, &states, &stats.state_sizes, |part| {
-            if part.id == crate::checkpoint::END_OF_INPUT {
+            if part.end_of_input {
                 return; // only the checkpoint taken at the cut is of interest here
             }
             if let Ok(mut c) = sink.lock() {

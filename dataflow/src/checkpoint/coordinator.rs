@@ -78,9 +78,6 @@ impl Traffic {
     }
 }
 
-/// The id of the checkpoint taken when the input has ended (the job numbers it when it writes it).
-pub const END_OF_INPUT: u64 = 0;
-
 /// One worker's part of a checkpoint, as handed to the job.
 #[derive(Debug)]
 pub struct WorkerCheckpoint {
@@ -101,6 +98,10 @@ pub struct WorkerCheckpoint {
     /// parts form a consistent cut. When not (a timer fired in between), the parts' changes
     /// must not be committed as this checkpoint; they go into the next one.
     pub consistent: bool,
+    /// The checkpoint taken once the input has ended and every dataflow has completed. Its id
+    /// is the next after the last one asked for (or the first id, see
+    /// [`CheckpointCoordinator::number_from`]): every worker of every process gives it the same.
+    pub end_of_input: bool,
 }
 
 /// Coordinates checkpoints among the workers of one process, and through the control plane
@@ -115,6 +116,8 @@ pub struct CheckpointCoordinator {
     stopping: AtomicBool,
     /// Some worker's dataflow has ended (as far as this process has heard).
     ended: AtomicBool,
+    /// The first checkpoint id of this run (the end-of-input checkpoint takes no smaller one).
+    first_id: AtomicU64,
     /// Each local worker's traffic counts, by the worker's index in the job.
     traffic: Mutex<BTreeMap<usize, Arc<Traffic>>>,
     /// The worker threads, woken by a request so that none sleeps through the start of a
@@ -132,6 +135,7 @@ impl CheckpointCoordinator {
             in_progress: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            first_id: AtomicU64::new(1),
             traffic: Mutex::new(BTreeMap::new()),
             threads: Mutex::new(Vec::with_capacity(workers)),
         })
@@ -158,6 +162,13 @@ impl CheckpointCoordinator {
             thread.unpark();
         }
         true
+    }
+
+    /// Checkpoint ids of this run start at `first_id` (the same in every process): the
+    /// end-of-input checkpoint takes it when no checkpoint was asked for. Call before the workers
+    /// run.
+    pub fn number_from(&self, first_id: u64) {
+        self.first_id.store(first_id, Ordering::SeqCst);
     }
 
     /// Whether a checkpoint is being taken by the workers right now.
@@ -274,7 +285,7 @@ impl CheckpointCoordinator {
     /// dataflows: it installs the control plane beside them.
     ///
     /// When the input has ended and every worker's dataflow has completed, a last checkpoint
-    /// ([`END_OF_INPUT`], final) saves the finished state: every partition read to its end, every
+    /// ([`WorkerCheckpoint::end_of_input`], final) saves the finished state: every partition read to its end, every
     /// result emitted. A restart from it reads nothing again (Flink's final checkpoint of a bounded
     /// job).
     pub fn run(
@@ -368,6 +379,7 @@ impl CheckpointCoordinator {
                         drained_work,
                         is_final,
                         consistent: after.traffic() == still,
+                        end_of_input: false,
                     });
                     // Nobody reads again before every part is handed on, so a part is followed
                     // only by outputs of records read after the cut.
@@ -400,13 +412,15 @@ impl CheckpointCoordinator {
         let started = Instant::now();
         let snapshot = self.snapshot(me, worker.peers(), states);
         deliver(WorkerCheckpoint {
-            id: END_OF_INPUT,
+            // Every worker joined the same requests: the same id everywhere.
+            id: (joined + 1).max(self.first_id.load(Ordering::SeqCst)),
             snapshot,
             paused_for: started.elapsed(),
             saved_in: started.elapsed(),
             drained_work: Duration::ZERO,
             is_final: true,
             consistent: true,
+            end_of_input: true,
         });
         // The plane completes once every worker has closed it; timely then lets the worker go.
         control.close();

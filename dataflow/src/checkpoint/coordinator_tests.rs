@@ -21,6 +21,8 @@ const BEFORE: u64 = 50_000;
 struct Seen {
     /// `(process, worker, id, consistent, records sent, records received)` at each part handed on.
     parts: Vec<(usize, usize, u64, bool, u64, u64)>,
+    /// The ids of the end-of-input parts.
+    ends: Vec<u64>,
 }
 
 fn free_addresses(count: usize) -> Vec<String> {
@@ -112,6 +114,10 @@ fn a_checkpoint_across_two_processes_is_a_consistent_cut_of_both() {
                     let seen = Arc::clone(&seen);
                     let (sent, received) = (Arc::clone(&sent), Arc::clone(&received));
                     coordinator.run(worker, &states, &sizes, move |part| {
+                        if part.end_of_input {
+                            seen.lock().unwrap().ends.push(part.id);
+                            return;
+                        }
                         seen.lock().unwrap().parts.push((
                             process,
                             index,
@@ -195,8 +201,11 @@ fn a_checkpoint_across_two_processes_is_a_consistent_cut_of_both() {
         checkpoint[0].4, checkpoint[1].4,
         "nothing moved between the two parts"
     );
-    let ends = seen.parts.iter().filter(|p| p.2 == END_OF_INPUT).count();
-    assert_eq!(ends, 2, "both processes take the end-of-input checkpoint");
+    assert_eq!(
+        seen.ends,
+        [2, 2],
+        "both processes take the end-of-input checkpoint, numbered alike after the last one"
+    );
     assert_eq!(received.load(Ordering::SeqCst), sent.load(Ordering::SeqCst));
     assert!(coordinators.iter().all(|c| c.has_ended()));
 }

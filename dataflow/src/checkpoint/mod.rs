@@ -38,7 +38,7 @@ pub mod states;
 pub use changes::{
     Change, ChangeWriter, DeferredChanges, DeferredPart, Entry, KEY_GROUPS, Placement, key_group,
 };
-pub use coordinator::{CheckpointCoordinator, END_OF_INPUT, WorkerCheckpoint};
+pub use coordinator::{CheckpointCoordinator, WorkerCheckpoint};
 pub use image::{Restore, RestorePlan, RestoredSources, StateImage, WorkerRestore};
 pub use snapshot::{PartitionCheckpoint, WorkerSnapshot};
 pub use states::{Checkpointed, OperatorStates, StateSize};

@@ -47,6 +47,7 @@ pub(super) fn start_checkpointing(
     let store = crate::checkpoints::open_store(config, runtime)?;
     let mut restored = crate::checkpoints::restore(&store, &config.semantics, workers)?;
     let first_id = store.next_id()?;
+    coordinator.number_from(first_id);
     if let Some(restored) = &restored {
         for update in &restored.serving {
             serving.apply(update.clone());
