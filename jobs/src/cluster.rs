@@ -12,8 +12,9 @@
 //! - a peer that does not answer within `connect_timeout` stops the start with a message naming
 //!   its address;
 //! - each connection begins with a hello (a magic number, the number of processes, the sender's
-//!   index and a fingerprint of the address list), so that a process started with another list,
-//!   or a stray client, is refused with a message saying what differs;
+//!   index, a fingerprint of the address list and the [`Agreement`] on where the run starts), so
+//!   that a process started with another list, one that restored another checkpoint, or a stray
+//!   client, is refused with a message saying what differs;
 //! - nothing is printed to standard output;
 //! - when a peer is lost mid-run (timely cannot go on without it), this process exits at once with
 //!   [`PEER_LOST_EXIT_CODE`] and a message naming the peer, instead of panicking or hanging:
@@ -47,7 +48,19 @@ use timely::communication::{Config as CommunicationConfig, Hooks};
 pub const PEER_LOST_EXIT_CODE: i32 = 75;
 
 /// Marks a pageflow hello ("pgflow" and a protocol version).
-const HELLO_MAGIC: u64 = 0x7067_666c_6f77_0001;
+const HELLO_MAGIC: u64 = 0x7067_666c_6f77_0002;
+
+/// What every process of a cluster must start from alike, checked in the hello: the checkpoint
+/// each restored and the first checkpoint id of the run. Each process chooses them from the
+/// shared checkpoint location on its own; a process that chose otherwise (another location, or a
+/// checkpoint committed between their starts) would run the dataflow on another state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Agreement {
+    /// The checkpoint restored; `None` for empty state.
+    pub restored: Option<u64>,
+    /// The first checkpoint id this run writes (0 without checkpoints).
+    pub first_id: u64,
+}
 /// How often a connection is tried again while a peer is not up yet.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
@@ -135,6 +148,7 @@ impl ClusterConfig {
     pub fn connect(
         &self,
         threads: usize,
+        agreement: Agreement,
     ) -> Result<(Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>)> {
         let threads = threads.max(1);
         if !self.is_cluster() {
@@ -146,6 +160,7 @@ impl ClusterConfig {
             &self.addresses,
             self.process,
             threads,
+            agreement,
             self.connect_timeout.into(),
         )?;
         exit_when_a_peer_is_lost(self.addresses.clone());
@@ -232,19 +247,46 @@ struct Hello {
     processes: u64,
     sender: u64,
     fingerprint: u64,
+    /// The checkpoint restored plus one (0: none).
+    restored: u64,
+    first_id: u64,
 }
 
+/// A hello's size: six little-endian words.
+const HELLO_BYTES: usize = 48;
+
 impl Hello {
-    fn encode(self) -> [u8; 32] {
-        let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
-        bytes[8..16].copy_from_slice(&self.processes.to_le_bytes());
-        bytes[16..24].copy_from_slice(&self.sender.to_le_bytes());
-        bytes[24..].copy_from_slice(&self.fingerprint.to_le_bytes());
+    fn new(addresses: &[String], me: usize, threads: usize, agreement: Agreement) -> Self {
+        Hello {
+            processes: addresses.len() as u64,
+            sender: me as u64,
+            fingerprint: fingerprint(addresses, threads),
+            restored: agreement.restored.map_or(0, |id| id.saturating_add(1)),
+            first_id: agreement.first_id,
+        }
+    }
+
+    fn restored(self) -> Option<u64> {
+        self.restored.checked_sub(1)
+    }
+
+    fn encode(self) -> [u8; HELLO_BYTES] {
+        let mut bytes = [0u8; HELLO_BYTES];
+        let words = [
+            HELLO_MAGIC,
+            self.processes,
+            self.sender,
+            self.fingerprint,
+            self.restored,
+            self.first_id,
+        ];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
         bytes
     }
 
-    fn decode(bytes: &[u8; 32]) -> Option<Hello> {
+    fn decode(bytes: &[u8; HELLO_BYTES]) -> Option<Hello> {
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[i * 8..(i + 1) * 8]);
@@ -254,6 +296,8 @@ impl Hello {
             processes: word(1),
             sender: word(2),
             fingerprint: word(3),
+            restored: word(4),
+            first_id: word(5),
         })
     }
 }
@@ -265,14 +309,11 @@ fn connect_peers(
     addresses: &[String],
     me: usize,
     threads: usize,
+    agreement: Agreement,
     timeout: Duration,
 ) -> Result<Vec<Option<TcpStream>>> {
     let deadline = Instant::now() + timeout;
-    let ours = Hello {
-        processes: addresses.len() as u64,
-        sender: me as u64,
-        fingerprint: fingerprint(addresses, threads),
-    };
+    let ours = Hello::new(addresses, me, threads, agreement);
     // Listen first, so that higher peers can connect while we connect to lower ones.
     let listener = bind(&addresses[me])?;
     let mut sockets: Vec<Option<TcpStream>> = (0..addresses.len()).map(|_| None).collect();
@@ -385,7 +426,7 @@ fn connect_until(address: &str, peer: usize, deadline: Instant) -> Result<TcpStr
 fn read_hello(stream: &mut TcpStream, deadline: Instant) -> Result<Hello> {
     let left = deadline.saturating_duration_since(Instant::now());
     stream.set_read_timeout(Some(left.max(Duration::from_millis(100))))?;
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; HELLO_BYTES];
     stream.read_exact(&mut bytes)?;
     Hello::decode(&bytes).ok_or_else(|| anyhow!("not a pageflow cluster hello"))
 }
@@ -396,6 +437,25 @@ fn check_hello(theirs: Hello, ours: Hello, peer: usize, address: &str) -> Result
         bail!(
             "process {peer} at {address} was started with another [cluster] addresses list ({} processes) or another number of worker threads: give every process the same list, in the same order, and the same --workers",
             theirs.processes
+        );
+    }
+    if theirs.restored != ours.restored {
+        let said = |restored: Option<u64>| {
+            restored.map_or("started from empty state".to_string(), |id| {
+                format!("restored checkpoint {id}")
+            })
+        };
+        bail!(
+            "process {peer} at {address} {}, but this process {}: every process must start from the same checkpoint; give them all the same [checkpoint] location and start them together (none may start while another is still writing checkpoints)",
+            said(theirs.restored()),
+            said(ours.restored())
+        );
+    }
+    if theirs.first_id != ours.first_id {
+        bail!(
+            "process {peer} at {address} would number its checkpoints from {}, this process from {}: a checkpoint was written to the location between their starts; stop every process and start them together",
+            theirs.first_id,
+            ours.first_id
         );
     }
     if theirs.sender as usize != peer {
@@ -428,7 +488,13 @@ mod tests {
             .map(|me| {
                 let addresses = addresses.clone();
                 std::thread::spawn(move || {
-                    connect_peers(&addresses, me, 2, Duration::from_secs(20))
+                    connect_peers(
+                        &addresses,
+                        me,
+                        2,
+                        Agreement::default(),
+                        Duration::from_secs(20),
+                    )
                 })
             })
             .collect();
@@ -445,12 +511,26 @@ mod tests {
     fn a_missing_peer_is_named_after_the_timeout() {
         let addresses = free_addresses(2);
         // Process 1 connects to process 0, which never starts.
-        let error = connect_peers(&addresses, 1, 1, Duration::from_millis(600)).unwrap_err();
+        let error = connect_peers(
+            &addresses,
+            1,
+            1,
+            Agreement::default(),
+            Duration::from_millis(600),
+        )
+        .unwrap_err();
         let message = format!("{error:#}");
         assert!(message.contains(&addresses[0]), "{message}");
         assert!(message.contains("process 0"), "{message}");
         // Process 0 waits for process 1, which never starts.
-        let error = connect_peers(&addresses, 0, 1, Duration::from_millis(600)).unwrap_err();
+        let error = connect_peers(
+            &addresses,
+            0,
+            1,
+            Agreement::default(),
+            Duration::from_millis(600),
+        )
+        .unwrap_err();
         let message = format!("{error:#}");
         assert!(message.contains("process 1"), "{message}");
     }
@@ -460,13 +540,22 @@ mod tests {
         let addresses = free_addresses(2);
         let first = {
             let addresses = addresses.clone();
-            std::thread::spawn(move || connect_peers(&addresses, 0, 1, Duration::from_secs(3)))
+            std::thread::spawn(move || {
+                connect_peers(
+                    &addresses,
+                    0,
+                    1,
+                    Agreement::default(),
+                    Duration::from_secs(3),
+                )
+            })
         };
         // Process 1 of a three-process list connects to process 0 of a two-process list: both
         // refuse, each saying why.
         let mut longer = addresses.clone();
         longer.push("127.0.0.1:1".to_string());
-        let error = connect_peers(&longer, 1, 1, Duration::from_secs(3)).unwrap_err();
+        let error =
+            connect_peers(&longer, 1, 1, Agreement::default(), Duration::from_secs(3)).unwrap_err();
         assert!(
             format!("{error:#}").contains("another [cluster] addresses list"),
             "{error:#}"
@@ -476,6 +565,61 @@ mod tests {
             format!("{error:#}").contains("another [cluster] addresses list"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn a_peer_that_restored_another_checkpoint_is_refused_naming_both() {
+        let addresses = free_addresses(2);
+        let first = {
+            let addresses = addresses.clone();
+            let restored = Agreement {
+                restored: Some(7),
+                first_id: 8,
+            };
+            std::thread::spawn(move || {
+                connect_peers(&addresses, 0, 1, restored, Duration::from_secs(3))
+            })
+        };
+        let fresh = Agreement {
+            restored: None,
+            first_id: 8,
+        };
+        let error = connect_peers(&addresses, 1, 1, fresh, Duration::from_secs(3)).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("process 0")
+                && message.contains("restored checkpoint 7")
+                && message.contains("this process started from empty state"),
+            "{message}"
+        );
+        let message = format!("{:#}", first.join().unwrap().unwrap_err());
+        assert!(
+            message.contains("process 1") && message.contains("started from empty state"),
+            "{message}"
+        );
+
+        // The same checkpoint but another first id: a checkpoint came between their starts.
+        let addresses = free_addresses(2);
+        let first = {
+            let addresses = addresses.clone();
+            let agreement = Agreement {
+                restored: Some(7),
+                first_id: 9,
+            };
+            std::thread::spawn(move || {
+                connect_peers(&addresses, 0, 1, agreement, Duration::from_secs(3))
+            })
+        };
+        let agreement = Agreement {
+            restored: Some(7),
+            first_id: 8,
+        };
+        let error = connect_peers(&addresses, 1, 1, agreement, Duration::from_secs(3)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("from 9, this process from 8"),
+            "{error:#}"
+        );
+        assert!(first.join().unwrap().is_err());
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub fn replay_file_in_cluster(
         sources_by_worker[owner].push(Box::new(file));
     }
     let reading: Vec<bool> = (0..workers).map(|w| w == owner).collect();
-    let communication = cluster.connect(threads)?;
+    // Replay writes no checkpoints: every process starts from empty state.
+    let communication = cluster.connect(threads, crate::cluster::Agreement::default())?;
     let started = Instant::now();
     let output = replay_lines_in(
         config,
