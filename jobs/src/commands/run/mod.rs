@@ -49,7 +49,7 @@ use self::personalize::start_personalize;
 use self::serving::start_http;
 pub use self::sinks::SinkMessage;
 use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
-use self::sources::worker_sources;
+use self::sources::{Sources, worker_sources};
 use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
 use crate::config::{CheckpointStoreKind, JobConfig};
@@ -292,11 +292,15 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     }
     .spawn()?;
 
-    let (sources, kinesis) = worker_sources(&config, &runtime, restored.as_ref(), &hooks)?;
+    let Sources {
+        local: sources,
+        opinions,
+        kinesis,
+    } = worker_sources(&config, &runtime, restored.as_ref(), &hooks)?;
     if let Some(consumer) = &kinesis {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
     }
-    let boards = watermark_boards(&config, &sources, restored.as_ref());
+    let boards = watermark_boards(&config, opinions, restored.as_ref());
     // Serving shows local worker 0's replica, which hears every worker through the exchange.
     if let Some(first) = boards.first() {
         job_view.watch_board(BoardView::of(Arc::clone(first)));

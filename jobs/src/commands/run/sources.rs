@@ -3,6 +3,7 @@
 //! by sequence number, through the consumer this also starts).
 
 use anyhow::{Context, Result, anyhow};
+use pageflow_connectors::files::source::partition_name;
 use pageflow_connectors::kinesis::consumer::{
     ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
 };
@@ -12,19 +13,34 @@ use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::clock::{Clock, SystemClock, unix_now_ms};
 use pageflow_dataflow::placement::assign_partition;
 use pageflow_dataflow::source::{RecordSource, WorkerSources};
+use pageflow_dataflow::time::Opinion;
 
 use super::RunHooks;
 use crate::checkpoints::Restored;
 use crate::config::{JobConfig, ReadMode, SourceKind, StartPositionName};
 
+/// What [`worker_sources`] builds.
+pub(super) struct Sources {
+    /// The partitions of this process's workers (local index).
+    pub local: Vec<WorkerSources>,
+    /// Every worker's opinion on the watermark before it reads, for every worker of the job
+    /// (global index): every replica of the board starts from them.
+    pub opinions: Vec<Opinion>,
+    /// The Kinesis consumer, when Kinesis is the source.
+    pub kinesis: Option<KinesisConsumer>,
+}
+
 /// Builds every worker's sources from the configuration; for Kinesis, also starts the consumer.
+///
+/// Partitions go to the worker of the whole job (all processes) that the rendezvous hash names;
+/// this process opens only those of its own workers, and tells every worker's initial opinion
+/// (a worker with a partition has no watermark yet, one without is finished).
 pub(super) fn worker_sources(
     config: &JobConfig,
     runtime: &tokio::runtime::Runtime,
     restored: Option<&Restored>,
     hooks: &RunHooks,
-) -> Result<(Vec<WorkerSources>, Option<KinesisConsumer>)> {
-    // Where a restored partition resumes: after its last record; ended ones are not read again.
+) -> Result<Sources> {
     let saved = |name: &str| restored.and_then(|r| r.partition(name));
     let resume_after = |name: &str| -> Result<Option<u64>> {
         match saved(name).and_then(|p| p.position.as_deref()) {
@@ -35,7 +51,19 @@ pub(super) fn worker_sources(
         }
     };
     let workers = config.runtime.workers;
+    // The job's workers: process `p` holds `p × workers .. (p + 1) × workers`.
+    let all_workers = workers * config.cluster.processes();
+    let first_local = config.cluster.process * workers;
     let mut by_worker: Vec<Vec<Box<dyn RecordSource>>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut reading = vec![false; all_workers];
+    // Marks the partition's owner as reading; the local index when this process opens it.
+    let mut place = |name: &str| {
+        let owner = assign_partition(name, all_workers);
+        reading[owner] = true;
+        owner
+            .checked_sub(first_local)
+            .filter(|&local| local < workers)
+    };
     match config.source.kind {
         SourceKind::Synthetic => {
             let partitions = config.source.partitions;
@@ -43,6 +71,10 @@ pub(super) fn worker_sources(
             let source = &config.source;
             let rate = source.events_per_second / partitions as f64;
             for index in 0..partitions {
+                let name = format!("synthetic:{index}");
+                let Some(local) = place(&name) else {
+                    continue; // another process's
+                };
                 // A limit over all partitions, shared out (the first ones take the remainder).
                 let limit = source.limit.map(|limit| {
                     let (share, rest) = (limit / partitions as u64, limit % partitions as u64);
@@ -66,25 +98,27 @@ pub(super) fn worker_sources(
                 };
                 let mut source = SyntheticSource::with_clock(synthetic, index as u32, clock)
                     .with_context(|| format!("synthetic partition {index}"))?;
-                if let Some(delivered) = resume_after(&format!("synthetic:{index}"))? {
+                if let Some(delivered) = resume_after(&name)? {
                     source = source.resume_after(delivered);
                 }
-                let name = format!("synthetic:{index}");
-                by_worker[assign_partition(&name, workers)].push(Box::new(source));
+                by_worker[local].push(Box::new(source));
             }
         }
         SourceKind::Files => {
             for path in &config.source.paths {
-                let mut file = JsonLinesFile::open(path)
-                    .with_context(|| format!("cannot open input {}", path.display()))?;
-                let name = file.name().to_string();
+                let name = partition_name(path);
                 if saved(&name).is_some_and(|p| p.finished) {
                     continue; // read to its end before the checkpoint
                 }
+                let Some(local) = place(&name) else {
+                    continue; // another process's
+                };
+                let mut file = JsonLinesFile::open(path)
+                    .with_context(|| format!("cannot open input {}", path.display()))?;
                 if let Some(line) = resume_after(&name)? {
                     file = file.resume_after(line)?;
                 }
-                by_worker[assign_partition(&name, workers)].push(Box::new(file));
+                by_worker[local].push(Box::new(file));
             }
         }
         SourceKind::Kinesis => {
@@ -123,17 +157,34 @@ pub(super) fn worker_sources(
             };
             let (consumer, feeds) =
                 KinesisConsumer::start(runtime.handle(), client, streams, workers, settings);
-            let sources = feeds
+            let local: Vec<WorkerSources> = feeds
                 .into_iter()
                 .map(|feed| WorkerSources::new(Vec::new(), Some(Box::new(feed))))
                 .collect();
-            return Ok((sources, Some(consumer)));
+            // One process (a cluster refuses Kinesis for now): the local workers are all.
+            let opinions = local.iter().map(WorkerSources::initial_opinion).collect();
+            return Ok(Sources {
+                local,
+                opinions,
+                kinesis: Some(consumer),
+            });
         }
     }
-    Ok((
-        by_worker.into_iter().map(WorkerSources::from).collect(),
-        None,
-    ))
+    let opinions = reading
+        .iter()
+        .map(|&reads| {
+            if reads {
+                Opinion::Undefined
+            } else {
+                Opinion::Finished
+            }
+        })
+        .collect();
+    Ok(Sources {
+        local: by_worker.into_iter().map(WorkerSources::from).collect(),
+        opinions,
+        kinesis: None,
+    })
 }
 
 /// The restored positions of Kinesis shards.
@@ -155,4 +206,78 @@ fn saved_shards(restored: Option<&Restored>) -> SavedShards {
         }
     }
     saved
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The partitions each process of a cluster of `processes` × 2 workers opens, and the initial
+    /// opinions each computes.
+    fn placed(config: &JobConfig, processes: usize) -> Vec<(Vec<Vec<String>>, Vec<Opinion>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        (0..processes)
+            .map(|process| {
+                let mut config = config.clone();
+                config.cluster.addresses = (0..processes)
+                    .map(|p| format!("127.0.0.1:{}", 7100 + p))
+                    .collect();
+                config.cluster.process = process;
+                let sources =
+                    worker_sources(&config, &runtime, None, &RunHooks::default()).expect("sources");
+                let names = sources
+                    .local
+                    .iter()
+                    .map(|w| w.partitions.iter().map(|p| p.name().to_string()).collect())
+                    .collect();
+                (names, sources.opinions)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_partition_is_opened_by_one_process_and_every_process_knows_every_opinion() {
+        let mut config = JobConfig::default();
+        config.runtime.workers = 2;
+        config.source.kind = SourceKind::Synthetic;
+        config.source.partitions = 9;
+        for processes in [1, 2, 3] {
+            let placed = placed(&config, processes);
+            let all_workers = processes * 2;
+            let mut opened = Vec::new();
+            for (process, (names, opinions)) in placed.iter().enumerate() {
+                assert_eq!(names.len(), 2, "two local workers");
+                assert_eq!(
+                    opinions, &placed[0].1,
+                    "every process starts the board alike"
+                );
+                assert_eq!(opinions.len(), all_workers);
+                for (local, partitions) in names.iter().enumerate() {
+                    let worker = process * 2 + local;
+                    for name in partitions {
+                        // Where the hash over the whole job puts it.
+                        assert_eq!(assign_partition(name, all_workers), worker);
+                    }
+                    let expected = if partitions.is_empty() {
+                        Opinion::Finished
+                    } else {
+                        Opinion::Undefined
+                    };
+                    assert_eq!(opinions[worker], expected, "worker {worker}");
+                }
+                opened.extend(names.iter().flatten().cloned());
+            }
+            let distinct: BTreeSet<&String> = opened.iter().collect();
+            assert_eq!(
+                opened.len(),
+                9,
+                "{processes} processes: each partition once"
+            );
+            assert_eq!(distinct.len(), 9);
+        }
+    }
 }

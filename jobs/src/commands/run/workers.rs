@@ -43,10 +43,9 @@ pub(super) struct WorkerContext {
 /// others through the watermark exchange (`pageflow_dataflow::watermark_exchange`).
 pub(super) fn watermark_boards(
     config: &JobConfig,
-    sources: &[WorkerSources],
+    opinions: Vec<Opinion>,
     restored: Option<&Restored>,
 ) -> Vec<Arc<WatermarkBoard>> {
-    let opinions = sources.iter().map(WorkerSources::initial_opinion).collect();
     let board = WatermarkBoard::with_opinions(opinions);
     if let Some(restored) = restored {
         // Partitions that come back later (Kinesis shards await discovery) hold the watermark
@@ -63,7 +62,9 @@ pub(super) fn watermark_boards(
             config.semantics.idle_timeout.into(),
         );
     }
-    sources.iter().map(|_| Arc::new(board.replica())).collect()
+    (0..config.runtime.workers)
+        .map(|_| Arc::new(board.replica()))
+        .collect()
 }
 
 /// Starts `[runtime] workers` timely workers on a thread of their own; worker `i` reads
