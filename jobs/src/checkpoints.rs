@@ -153,6 +153,17 @@ pub fn restore(
     semantics: &SemanticsConfig,
     workers: usize,
 ) -> Result<Option<Restored>> {
+    restore_share(checkpoints, semantics, workers, 0..workers)
+}
+
+/// [`restore`] for a process of a cluster: the job has `all_workers`, this process runs the
+/// workers `local`, and keeps their share of the keyed state (and all of the rest).
+pub fn restore_share(
+    checkpoints: &Checkpoints,
+    semantics: &SemanticsConfig,
+    all_workers: usize,
+    local: std::ops::Range<usize>,
+) -> Result<Option<Restored>> {
     let started = Instant::now();
     let loaded = match checkpoints.load_latest() {
         Ok(Some(loaded)) => loaded,
@@ -172,7 +183,7 @@ pub fn restore(
         ))
         .into());
     }
-    let mut plan = RestorePlan::new(workers);
+    let mut plan = RestorePlan::for_process(all_workers, local);
     let mut serving = Vec::new();
     for entry in loaded.entries() {
         let (key, value) = entry?;

@@ -125,7 +125,12 @@ pub struct RestoredSources {
 /// Deals a checkpoint's entries out to the workers of a run.
 #[derive(Debug)]
 pub struct RestorePlan {
+    /// The keyed entries of this process's workers, `first ..`.
     workers: Vec<KeyedEntries>,
+    /// The job's first worker in this process.
+    first: usize,
+    /// Every worker of the job, in every process.
+    all_workers: usize,
     broadcast: BroadcastEntries,
     sources: RestoredSources,
     entries: u64,
@@ -146,10 +151,23 @@ pub struct Restore {
 }
 
 impl RestorePlan {
-    /// A plan for `workers` workers.
+    /// A plan for `workers` workers, all in this process.
     pub fn new(workers: usize) -> Self {
+        Self::for_process(workers, 0..workers)
+    }
+
+    /// A plan for the workers `local` of a job of `all_workers` in several processes: keyed
+    /// entries are dealt over every worker of the job, as they were saved, and only this
+    /// process's are kept (each process reads the checkpoint and keeps its share); broadcast
+    /// entries go to every worker.
+    pub fn for_process(all_workers: usize, local: std::ops::Range<usize>) -> Self {
+        let all_workers = all_workers.max(1);
+        let first = local.start.min(all_workers - 1);
+        let count = local.len().clamp(1, all_workers - first);
         RestorePlan {
-            workers: (0..workers.max(1)).map(|_| BTreeMap::new()).collect(),
+            first,
+            all_workers,
+            workers: (0..count).map(|_| BTreeMap::new()).collect(),
             broadcast: BTreeMap::new(),
             sources: RestoredSources::default(),
             entries: 0,
@@ -191,8 +209,14 @@ impl RestorePlan {
         }
         match placement {
             Placement::Keyed(group) => {
-                let worker = usize::from(group) % self.workers.len();
-                push_to(&mut self.workers[worker], operator, (group, own_key, value));
+                let worker = usize::from(group) % self.all_workers;
+                // Another process's worker holds it.
+                if let Some(local) = worker
+                    .checked_sub(self.first)
+                    .and_then(|local| self.workers.get_mut(local))
+                {
+                    push_to(local, operator, (group, own_key, value));
+                }
             }
             Placement::Broadcast => push_to(&mut self.broadcast, operator, (own_key, value)),
         }
@@ -202,17 +226,17 @@ impl RestorePlan {
     /// The entries of each worker, and what was read about the sources.
     pub fn finish(self) -> Restore {
         let broadcast = Arc::new(self.broadcast);
-        let workers = self.workers.len();
+        let (first, workers) = (self.first, self.all_workers);
         Restore {
             workers: self
                 .workers
                 .into_iter()
                 .enumerate()
-                .map(|(worker, keyed)| WorkerRestore {
+                .map(|(local, keyed)| WorkerRestore {
                     keyed,
                     broadcast: Arc::clone(&broadcast),
                     taken: BTreeSet::new(),
-                    worker,
+                    worker: first + local,
                     workers,
                 })
                 .collect(),
@@ -286,5 +310,84 @@ impl StateImage {
             plan.add(key.clone(), value.clone())?;
         }
         Ok(plan.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::changes::ChangeWriter;
+
+    /// What `restore` hands each operator's entries to: `(worker, workers, group or none, key)`.
+    fn dealt(restore: Restore) -> Vec<(usize, usize, Option<u16>, Vec<u8>)> {
+        let mut seen = Vec::new();
+        for mut worker in restore.workers {
+            if let Some(entries) = worker.take("op") {
+                entries
+                    .for_each(|entry| {
+                        let group = match entry.placement {
+                            Placement::Keyed(group) => Some(group),
+                            Placement::Broadcast => None,
+                        };
+                        seen.push((entry.worker, entry.workers, group, entry.key.to_vec()));
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+        }
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn each_process_keeps_its_workers_share_of_a_checkpoint_dealt_over_the_whole_job() {
+        let mut changes = Vec::new();
+        {
+            let mut writer = ChangeWriter::new("op", 0, 1, &mut changes);
+            for route in 0..64u64 {
+                writer
+                    .put(
+                        Placement::of_route(route),
+                        &route,
+                        &format!("value {route}"),
+                    )
+                    .unwrap();
+            }
+            writer.put(Placement::Broadcast, "every", &1u8).unwrap();
+        }
+        let plan = |mut plan: RestorePlan| {
+            for change in &changes {
+                plan.add(change.key.clone(), change.value.clone().unwrap())
+                    .unwrap();
+            }
+            plan.finish()
+        };
+        // One process of 6 workers, against 3 processes of 2.
+        let whole = dealt(plan(RestorePlan::new(6)));
+        let mut by_process: Vec<_> = (0..3)
+            .flat_map(|process| {
+                dealt(plan(RestorePlan::for_process(
+                    6,
+                    process * 2..process * 2 + 2,
+                )))
+            })
+            .collect();
+        by_process.sort();
+        assert_eq!(by_process, whole, "the same entries on the same workers");
+        assert_eq!(
+            whole.iter().filter(|e| e.2.is_none()).count(),
+            6,
+            "broadcast to all"
+        );
+        assert!(
+            whole.iter().all(|e| e.1 == 6),
+            "every worker knows the job has 6"
+        );
+        let process_1 = dealt(plan(RestorePlan::for_process(6, 2..4)));
+        assert!(process_1.iter().all(|e| (2..4).contains(&e.0)));
+        assert!(
+            process_1.iter().filter(|e| e.2.is_some()).count() < 64,
+            "only its share"
+        );
     }
 }

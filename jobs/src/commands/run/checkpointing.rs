@@ -45,7 +45,14 @@ pub(super) fn start_checkpointing(
     }
     serving.recent_reads().track_changes();
     let store = crate::checkpoints::open_store(config, runtime)?;
-    let mut restored = crate::checkpoints::restore(&store, &config.semantics, workers)?;
+    // In a cluster, each process keeps its workers' share (`run` refuses a cluster for now).
+    let process = config.cluster.process;
+    let mut restored = crate::checkpoints::restore_share(
+        &store,
+        &config.semantics,
+        workers * config.cluster.processes(),
+        process * workers..(process + 1) * workers,
+    )?;
     let first_id = store.next_id()?;
     coordinator.number_from(first_id);
     if let Some(restored) = &restored {
