@@ -945,6 +945,22 @@ mod tests {
         }
     }
 
+    /// A checkpoint's state: its keys and values in key order.
+    type State = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// The newest committed checkpoint's manifest and state.
+    fn latest(checkpoints: &Checkpoints) -> (Manifest, State) {
+        let loaded = checkpoints
+            .load_latest()
+            .expect("loads")
+            .expect("a checkpoint is committed");
+        let entries = loaded
+            .entries()
+            .collect::<Result<_, _>>()
+            .expect("its entries read");
+        (loaded.manifest, entries)
+    }
+
     fn to_write(parts: CompleteParts) -> ToWrite {
         ToWrite {
             parts,
@@ -990,15 +1006,8 @@ mod tests {
             .write(to_write(parts(2, b"a", b"2", true)))
             .expect("process 0 commits");
         assert!(written.bytes_written > 0);
-        let loaded = second_store
-            .load_latest()
-            .expect("loads")
-            .expect("checkpoint 2 is committed");
-        assert_eq!((loaded.manifest.id, loaded.manifest.processes), (2, 2));
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = loaded
-            .entries()
-            .collect::<Result<_, _>>()
-            .expect("its entries read");
+        let (manifest, entries) = latest(&second_store);
+        assert_eq!((manifest.id, manifest.processes), (2, 2));
         assert_eq!(
             entries,
             vec![
@@ -1028,15 +1037,8 @@ mod tests {
         writer
             .write(write(parts(2, b"b", b"2", true)))
             .expect("the next checkpoint is written");
-        let loaded = checkpoints
-            .load_latest()
-            .expect("loads")
-            .expect("checkpoint 2 is committed");
-        assert_eq!(loaded.manifest.id, 2);
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = loaded
-            .entries()
-            .collect::<Result<_, _>>()
-            .expect("its entries read");
+        let (manifest, entries) = latest(&checkpoints);
+        assert_eq!(manifest.id, 2);
         assert_eq!(
             entries,
             vec![

@@ -578,6 +578,18 @@ impl CheckpointError {
     }
 }
 
+/// The changes of a failed commit, to go with the next one: the delta itself when it was not
+/// taken yet, else the run it became, read back (a failure is rare; the copy only happens then).
+fn given_back(delta: Option<Vec<StateEntry>>, run: Option<Vec<u8>>) -> Vec<StateEntry> {
+    match (delta, run) {
+        (Some(delta), _) => delta,
+        (None, Some(bytes)) => Run::parse(bytes)
+            .and_then(|run| run.entries())
+            .unwrap_or_default(),
+        (None, None) => Vec::new(),
+    }
+}
+
 /// A create-only put that accepts an object already there with the same bytes (a retried request
 /// that had succeeded); other bytes are a [`CheckpointError::Conflict`] of checkpoint `id`.
 fn put_create_only(
@@ -757,18 +769,10 @@ impl Checkpoints {
         let mut delta = Some(delta);
         match self.try_commit(id, parent, &mut delta, workers, fingerprint, info) {
             Ok(commit) => Ok(commit),
-            Err((error, run)) => {
-                // The delta itself, or the run it became (read back: a failure is rare, the copy
-                // only happens then).
-                let delta = match (delta, run) {
-                    (Some(delta), _) => delta,
-                    (None, Some(bytes)) => Run::parse(bytes)
-                        .and_then(|run| run.entries())
-                        .unwrap_or_default(),
-                    (None, None) => Vec::new(),
-                };
-                Err(CommitFailed { error, delta })
-            }
+            Err((error, run)) => Err(CommitFailed {
+                error,
+                delta: given_back(delta, run),
+            }),
         }
     }
 
@@ -851,20 +855,14 @@ impl Checkpoints {
         process: usize,
         delta: Vec<StateEntry>,
     ) -> Result<PartReceipt, CommitFailed> {
-        let give_back = |error, delta: Option<Vec<StateEntry>>, bytes: Option<Vec<u8>>| {
-            let delta = match (delta, bytes) {
-                (Some(delta), _) => delta,
-                (None, Some(bytes)) => Run::parse(bytes)
-                    .and_then(|run| run.entries())
-                    .unwrap_or_default(),
-                (None, None) => Vec::new(),
-            };
-            CommitFailed { error, delta }
+        let give_back = |error, bytes: Option<Vec<u8>>| CommitFailed {
+            error,
+            delta: given_back(None, bytes),
         };
         let (run, bytes) = match self.write_delta(id, delta_part_run_key(id, process), delta) {
             Ok(Some((run, bytes))) => (Some(run), Some(bytes)),
             Ok(None) => (None, None),
-            Err((error, bytes)) => return Err(give_back(error, None, bytes)),
+            Err((error, bytes)) => return Err(give_back(error, bytes)),
         };
         let receipt = PartReceipt {
             checkpoint: id,
@@ -878,7 +876,7 @@ impl Checkpoints {
                     id,
                     problem: format!("the part's receipt cannot be encoded: {error}"),
                 };
-                return Err(give_back(error, None, bytes));
+                return Err(give_back(error, bytes));
             }
         };
         let location = self.location();
@@ -889,7 +887,7 @@ impl Checkpoints {
             &json,
             &location,
         ) {
-            return Err(give_back(error, None, bytes));
+            return Err(give_back(error, bytes));
         }
         Ok(receipt)
     }
