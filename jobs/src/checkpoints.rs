@@ -843,13 +843,7 @@ impl Writer {
                         "the checkpoint builds on a compacted base"
                     );
                 }
-                let written = Written {
-                    bytes_written: commit.bytes_written,
-                    stored_bytes: commit.state_bytes,
-                    entries,
-                };
-                self.parent = Some(commit.manifest);
-                Ok(written)
+                Ok(self.built_on(commit, entries))
             }
             Err(failed) => {
                 // The changes are in no checkpoint: the next commit carries them.
@@ -895,13 +889,22 @@ impl Writer {
             &self.fingerprint,
             info,
         )?;
+        Ok(self.built_on(commit, entries))
+    }
+
+    /// The next checkpoint builds on `commit`; what it wrote, for metrics and logs.
+    fn built_on(
+        &mut self,
+        commit: pageflow_connectors::checkpoint_store::Commit,
+        entries: usize,
+    ) -> Written {
         let written = Written {
             bytes_written: commit.bytes_written,
             stored_bytes: commit.state_bytes,
             entries,
         };
         self.parent = Some(commit.manifest);
-        Ok(written)
+        written
     }
 }
 

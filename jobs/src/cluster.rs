@@ -567,59 +567,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_peer_that_restored_another_checkpoint_is_refused_naming_both() {
+    /// Connects process 1 (with `second`) to process 0 (with `first`); both must refuse each
+    /// other: their messages, process 1's first.
+    fn refused_pair(first: Agreement, second: Agreement) -> (String, String) {
         let addresses = free_addresses(2);
-        let first = {
+        let zero = {
             let addresses = addresses.clone();
-            let restored = Agreement {
-                restored: Some(7),
-                first_id: 8,
-            };
             std::thread::spawn(move || {
-                connect_peers(&addresses, 0, 1, restored, Duration::from_secs(3))
+                connect_peers(&addresses, 0, 1, first, Duration::from_secs(3))
             })
         };
-        let fresh = Agreement {
-            restored: None,
-            first_id: 8,
-        };
-        let error = connect_peers(&addresses, 1, 1, fresh, Duration::from_secs(3)).unwrap_err();
-        let message = format!("{error:#}");
+        let one = connect_peers(&addresses, 1, 1, second, Duration::from_secs(3)).unwrap_err();
+        let zero = zero.join().unwrap().unwrap_err();
+        (format!("{one:#}"), format!("{zero:#}"))
+    }
+
+    #[test]
+    fn a_peer_that_restored_another_checkpoint_is_refused_naming_both() {
+        let restored = |restored, first_id| Agreement { restored, first_id };
+        let (one, zero) = refused_pair(restored(Some(7), 8), restored(None, 8));
         assert!(
-            message.contains("process 0")
-                && message.contains("restored checkpoint 7")
-                && message.contains("this process started from empty state"),
-            "{message}"
+            one.contains("process 0")
+                && one.contains("restored checkpoint 7")
+                && one.contains("this process started from empty state"),
+            "{one}"
         );
-        let message = format!("{:#}", first.join().unwrap().unwrap_err());
         assert!(
-            message.contains("process 1") && message.contains("started from empty state"),
-            "{message}"
+            zero.contains("process 1") && zero.contains("started from empty state"),
+            "{zero}"
         );
 
         // The same checkpoint but another first id: a checkpoint came between their starts.
-        let addresses = free_addresses(2);
-        let first = {
-            let addresses = addresses.clone();
-            let agreement = Agreement {
-                restored: Some(7),
-                first_id: 9,
-            };
-            std::thread::spawn(move || {
-                connect_peers(&addresses, 0, 1, agreement, Duration::from_secs(3))
-            })
-        };
-        let agreement = Agreement {
-            restored: Some(7),
-            first_id: 8,
-        };
-        let error = connect_peers(&addresses, 1, 1, agreement, Duration::from_secs(3)).unwrap_err();
-        assert!(
-            format!("{error:#}").contains("from 9, this process from 8"),
-            "{error:#}"
-        );
-        assert!(first.join().unwrap().is_err());
+        let (one, zero) = refused_pair(restored(Some(7), 9), restored(Some(7), 8));
+        assert!(one.contains("from 9, this process from 8"), "{one}");
+        assert!(zero.contains("from 8, this process from 9"), "{zero}");
     }
 
     #[test]
