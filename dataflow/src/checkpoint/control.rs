@@ -45,6 +45,10 @@ pub struct Contribution {
     pub ended: bool,
     /// The worker's message counts: data sent, data received, progress sent, progress received.
     pub traffic: [u64; 4],
+    /// The worker's process asks the job to stop gracefully (it was told to stop: SIGTERM).
+    pub stop: bool,
+    /// A source of the worker's process failed for good: the whole job must stop.
+    pub failed: bool,
 }
 
 /// Every worker's contribution to one round, by worker.
@@ -68,6 +72,16 @@ impl Round {
     /// The checkpoint asked for in this round, if any.
     pub fn request(&self) -> Option<(u64, bool)> {
         self.contributions.iter().find_map(|c| c.request)
+    }
+
+    /// Whether some worker's process asks the job to stop.
+    pub fn stop_asked(&self) -> bool {
+        self.contributions.iter().any(|c| c.stop)
+    }
+
+    /// Whether a source failed for good in some worker's process.
+    pub fn failed(&self) -> bool {
+        self.contributions.iter().any(|c| c.failed)
     }
 
     /// The message counts summed over every worker.
@@ -212,6 +226,8 @@ mod tests {
                         request: (me == 0).then_some((round, false)),
                         ended: round == 3,
                         traffic: [round, me as u64, 0, 1],
+                        stop: me == 1 && round == 2,
+                        failed: me == 2 && round == 3,
                     },
                 ));
             }
@@ -229,6 +245,10 @@ mod tests {
         assert_eq!(rounds[2].traffic(), [6, 3, 0, 3]);
         assert!(!rounds[2].any_ended());
         assert!(rounds[3].all_ended());
+        let stops: Vec<bool> = rounds.iter().map(Round::stop_asked).collect();
+        assert_eq!(stops, [false, false, true, false]);
+        let failures: Vec<bool> = rounds.iter().map(Round::failed).collect();
+        assert_eq!(failures, [false, false, false, true]);
         assert!(rounds.iter().all(|r| r.contributions.len() == 3));
     }
 }

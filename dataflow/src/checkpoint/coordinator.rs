@@ -123,6 +123,51 @@ pub struct CheckpointCoordinator {
     /// The worker threads, woken by a request so that none sleeps through the start of a
     /// checkpoint (an idle worker parks for up to [`IDLE_PARK`]).
     threads: Mutex<Vec<std::thread::Thread>>,
+    /// How the job ends, as this process asks and as it has heard from every process.
+    ending: Ending,
+}
+
+/// How the job ends: a graceful stop asked by some process, a failed source somewhere, or a
+/// final checkpoint; told to every worker of every process through the control plane.
+#[derive(Default)]
+struct Ending {
+    /// This process asks the job to stop gracefully (it was told to stop).
+    stop_wanted: AtomicBool,
+    /// A source of this process failed for good.
+    failed_here: AtomicBool,
+    /// Every worker has heard that some process asks the job to stop.
+    stop_heard: AtomicBool,
+    /// Every worker has heard that a source failed for good somewhere.
+    failure_heard: AtomicBool,
+    /// A final checkpoint was asked for (the job stops after it).
+    final_heard: AtomicBool,
+    /// Told once, when this process first hears that the job ends (see
+    /// [`CheckpointCoordinator::when_the_job_ends`]).
+    told: AtomicBool,
+    hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ending")
+            .field("stop_wanted", &self.stop_wanted)
+            .field("failed_here", &self.failed_here)
+            .field("stop_heard", &self.stop_heard)
+            .field("failure_heard", &self.failure_heard)
+            .field("final_heard", &self.final_heard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ending {
+    /// This process has heard that the job ends: runs the hook once.
+    fn tell(&self) {
+        if !self.told.swap(true, Ordering::SeqCst)
+            && let Some(hook) = self.hook.get()
+        {
+            hook();
+        }
+    }
 }
 
 impl CheckpointCoordinator {
@@ -138,7 +183,54 @@ impl CheckpointCoordinator {
             first_id: AtomicU64::new(1),
             traffic: Mutex::new(BTreeMap::new()),
             threads: Mutex::new(Vec::with_capacity(workers)),
+            ending: Ending::default(),
         })
+    }
+
+    /// This process asks the whole job to stop gracefully (it was told to: SIGTERM). The workers
+    /// tell every process in a control round; the process of the job's worker 0 then takes the
+    /// final checkpoint ([`CheckpointCoordinator::stop_asked`]).
+    pub fn ask_to_stop(&self) {
+        self.ending.stop_wanted.store(true, Ordering::SeqCst);
+        self.wake_workers();
+    }
+
+    /// A source of this process failed for good: every process is told, and the whole job
+    /// stops ([`CheckpointCoordinator::failure_heard`]).
+    pub fn report_failure(&self) {
+        self.ending.failed_here.store(true, Ordering::SeqCst);
+        self.wake_workers();
+    }
+
+    /// Whether some process asked the job to stop, and every worker of every process has heard
+    /// it (so a process may leave without the others taking it for lost).
+    pub fn stop_asked(&self) -> bool {
+        self.ending.stop_heard.load(Ordering::SeqCst)
+    }
+
+    /// Whether a source failed for good in some process, and every worker has heard it.
+    pub fn failure_heard(&self) -> bool {
+        self.ending.failure_heard.load(Ordering::SeqCst)
+    }
+
+    /// Whether the job is ending as far as this process has heard: a final checkpoint was asked
+    /// for, some process asked to stop, or a source failed somewhere.
+    pub fn is_ending(&self) -> bool {
+        self.ending.final_heard.load(Ordering::SeqCst) || self.stop_asked() || self.failure_heard()
+    }
+
+    /// Runs `hook` once, on the worker thread that first hears that the job ends (a final
+    /// checkpoint, a stop asked, a failure or the end of the input), before that worker
+    /// answers another round. A process of a cluster uses it to stop taking a lost peer for a
+    /// failure: a peer may now leave first. Set it before the workers run.
+    pub fn when_the_job_ends(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.ending.hook.set(Box::new(hook));
+    }
+
+    fn wake_workers(&self) {
+        for thread in lock(&self.threads).iter() {
+            thread.unpark();
+        }
     }
 
     /// Asks for checkpoint `id` (ids grow): the sources pause at once. With `is_final` they stay
@@ -158,9 +250,7 @@ impl CheckpointCoordinator {
         self.paused.store(true, Ordering::SeqCst);
         self.requested.store(id, Ordering::SeqCst);
         // Timely parks an idle worker with `park_timeout`: wake them all to join at once.
-        for thread in lock(&self.threads).iter() {
-            thread.unpark();
-        }
+        self.wake_workers();
         true
     }
 
@@ -306,7 +396,8 @@ impl CheckpointCoordinator {
             .store(ControlPlane::next_index(worker), Ordering::SeqCst);
         let mut control = ControlPlane::install(worker);
         let mut joined = 0u64;
-        let mut said_ended = false;
+        let mut said = Contribution::default();
+        let (mut heard_stop, mut heard_failure) = (false, false);
         let mut reported = Instant::now();
         sizes.report(me, states.sizes());
         loop {
@@ -320,31 +411,61 @@ impl CheckpointCoordinator {
                 .then(|| self.requested.load(Ordering::SeqCst))
                 .filter(|&id| id > joined)
                 .map(|id| (id, self.final_requested.load(Ordering::SeqCst)));
-            if request.is_none() && ended == said_ended && !control.opened() {
+            let stop = self.ending.stop_wanted.load(Ordering::SeqCst);
+            let failed = self.ending.failed_here.load(Ordering::SeqCst);
+            let news = request.is_some()
+                || ended != said.ended
+                || stop != said.stop
+                || failed != said.failed;
+            if !news && !control.opened() {
                 continue;
             }
             // A checkpoint's pause counts from here: the round that asks for it.
             let started = Instant::now();
-            let round = control.exchange(
-                worker,
-                Contribution {
-                    worker: me,
-                    request,
-                    ended,
-                    traffic: [0; 4],
-                },
-            );
-            said_ended = ended;
+            said = Contribution {
+                worker: me,
+                request,
+                ended,
+                traffic: [0; 4],
+                stop,
+                failed,
+            };
+            let round = control.exchange(worker, said.clone());
             if round.any_ended() {
                 self.ended.store(true, Ordering::SeqCst);
+                self.ending.tell();
             }
             if round.all_ended() {
                 break;
+            }
+            if (round.stop_asked() && !heard_stop) || (round.failed() && !heard_failure) {
+                heard_stop |= round.stop_asked();
+                heard_failure |= round.failed();
+                self.ending.tell();
+                // Once this round is complete, every worker of every process has heard (and
+                // run the hook): a process may now leave without its peers taking it for lost.
+                control.exchange(
+                    worker,
+                    Contribution {
+                        worker: me,
+                        ..Contribution::default()
+                    },
+                );
+                self.ending
+                    .stop_heard
+                    .fetch_or(heard_stop, Ordering::SeqCst);
+                self.ending
+                    .failure_heard
+                    .fetch_or(heard_failure, Ordering::SeqCst);
             }
             let Some((id, is_final)) = round.request() else {
                 continue;
             };
             joined = id;
+            if is_final {
+                self.ending.final_heard.store(true, Ordering::SeqCst);
+                self.ending.tell();
+            }
             if round.any_ended() {
                 tracing::info!(
                     checkpoint = id,
@@ -369,6 +490,7 @@ impl CheckpointCoordinator {
                             request: None,
                             ended: job_ended(worker, &control),
                             traffic: traffic.reading(),
+                            ..Contribution::default()
                         },
                     );
                     deliver(WorkerCheckpoint {
@@ -472,6 +594,7 @@ impl CheckpointCoordinator {
                     request: None,
                     ended: job_ended(worker, control),
                     traffic: traffic.reading(),
+                    ..Contribution::default()
                 },
             );
             if round.any_ended() {

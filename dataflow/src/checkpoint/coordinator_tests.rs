@@ -209,3 +209,121 @@ fn a_checkpoint_across_two_processes_is_a_consistent_cut_of_both() {
     assert_eq!(received.load(Ordering::SeqCst), sent.load(Ordering::SeqCst));
     assert!(coordinators.iter().all(|c| c.has_ended()));
 }
+
+/// Runs two one-worker processes over loopback, each with its own coordinator, over a dataflow
+/// that holds its capability until `release` is set; returns their threads.
+fn two_idle_processes(
+    coordinators: &[Arc<CheckpointCoordinator>],
+    release: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
+    let addresses = free_addresses(2);
+    (0..2)
+        .map(|process| {
+            let config = timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: 1,
+                    process,
+                    addresses: addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            };
+            let coordinator = Arc::clone(&coordinators[process]);
+            let release = Arc::clone(release);
+            std::thread::spawn(move || {
+                let guards = timely::execute(config, move |worker| {
+                    let index = worker.index();
+                    coordinator.attach(worker).expect("logging is on");
+                    let states = coordinator.states(index, 1, Default::default());
+                    let release = Arc::clone(&release);
+                    worker.dataflow::<u64, _, _>(|scope| {
+                        source::<u64, timely::container::CapacityContainerBuilder<Vec<u64>>, _, _>(
+                            scope,
+                            "Held",
+                            move |capability, info| {
+                                let activator = scope.activator_for(info.address);
+                                let mut capability = Some(capability);
+                                move |_output: &mut _| {
+                                    if release.load(Ordering::SeqCst) {
+                                        capability = None;
+                                    } else if capability.is_some() {
+                                        activator.activate_after(Duration::from_millis(5));
+                                    }
+                                }
+                            },
+                        )
+                        .sink(
+                            timely::dataflow::channels::pact::Pipeline,
+                            "Nothing",
+                            |(input, _)| input.for_each(|_, _: &mut Vec<u64>| {}),
+                        );
+                    });
+                    coordinator.run(worker, &states, &StateSizes::default(), |_| {});
+                })
+                .map_err(|e| e.to_string())?;
+                for result in guards.join() {
+                    result?;
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_stop_asked_in_one_process_is_heard_by_every_process_before_either_may_leave() {
+    let coordinators: Vec<Arc<CheckpointCoordinator>> =
+        (0..2).map(|_| CheckpointCoordinator::new(1)).collect();
+    let told: Arc<Mutex<Vec<usize>>> = Arc::default();
+    for (process, coordinator) in coordinators.iter().enumerate() {
+        let told = Arc::clone(&told);
+        coordinator.when_the_job_ends(move || told.lock().unwrap().push(process));
+    }
+    let release = Arc::new(AtomicBool::new(false));
+    let processes = two_idle_processes(&coordinators, &release);
+    assert!(!coordinators[0].stop_asked() && !coordinators[0].is_ending());
+
+    coordinators[1].ask_to_stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !coordinators[0].stop_asked() {
+        assert!(
+            Instant::now() < deadline,
+            "process 0 never heard process 1's stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Heard by process 0 means heard by every worker: process 1's hook ran already.
+    let mut hooks = told.lock().unwrap().clone();
+    hooks.sort_unstable();
+    assert_eq!(
+        hooks,
+        [0, 1],
+        "each process's hook runs once, before either leaves"
+    );
+    assert!(coordinators[0].is_ending());
+    assert!(!coordinators[0].failure_heard(), "a stop is no failure");
+
+    coordinators[0].report_failure();
+    while !coordinators[1].failure_heard() {
+        assert!(
+            Instant::now() < deadline,
+            "process 1 never heard process 0's failure"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        told.lock().unwrap().len(),
+        2,
+        "the hook runs once per process"
+    );
+
+    release.store(true, Ordering::SeqCst);
+    for process in processes {
+        process
+            .join()
+            .expect("the process thread ends")
+            .expect("the workers end");
+    }
+    assert!(coordinators.iter().all(|c| c.stop_asked()));
+}
