@@ -392,6 +392,9 @@ struct Progress {
     requested_at: Mutex<Option<(u64, Instant)>>,
     /// Checkpoints handed to the writer and not yet committed or failed.
     queued: AtomicU64,
+    /// The id of the final checkpoint handed to the writer, once there is one (plus one; 0:
+    /// none yet).
+    final_id: AtomicU64,
 }
 
 impl Progress {
@@ -482,7 +485,8 @@ impl CheckpointDriver {
                 .spawn(move || writer.run(to_write, &metrics, &history, &progress))
                 .context("cannot start the checkpoint writer")?;
         }
-        {
+        // In a cluster only process 0 asks for checkpoints; the others take part in those.
+        if cluster.is_none_or(|cluster| cluster.process == 0) {
             let timer = driver.clone();
             std::thread::Builder::new()
                 .name("pageflow-checkpoint-timer".into())
@@ -532,6 +536,10 @@ impl CheckpointDriver {
         let id = checkpoint.parts.id;
         // The end-of-input checkpoint is numbered by the workers: no later id may repeat it.
         self.next_id.fetch_max(id + 1, Ordering::SeqCst);
+        if checkpoint.parts.is_final {
+            self.progress.final_id.store(id + 1, Ordering::SeqCst);
+            self.progress.changed.notify_all();
+        }
         self.progress.queued.fetch_add(1, Ordering::SeqCst);
         if self.writes.send(checkpoint).is_err() {
             self.progress.queued.fetch_sub(1, Ordering::SeqCst);
@@ -592,6 +600,44 @@ impl CheckpointDriver {
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// For a process of a cluster other than process 0, once the job is ending: waits until
+    /// this process's part of the final checkpoint (which process 0 asked for) is written, at
+    /// most `budget`; its id, or `Ok(None)` when the input ended first. Process 0 commits the
+    /// checkpoint once every process's part is in.
+    pub fn wait_for_final_part(&self, budget: Duration) -> Result<Option<u64>> {
+        let deadline = Instant::now() + budget;
+        self.stop.store(true, Ordering::SeqCst);
+        let mut id = None;
+        self.progress.wait_until(
+            deadline,
+            |_| {
+                id = self.progress.final_id.load(Ordering::SeqCst).checked_sub(1);
+                id.is_some()
+            },
+            || self.coordinator.has_ended(),
+        );
+        let Some(id) = id else {
+            return if self.coordinator.has_ended() {
+                Ok(None)
+            } else {
+                Err(anyhow!(
+                    "process 0 did not take the final checkpoint within the stop budget of {budget:?}: stop every process of the cluster together (it may be stopped, or the budget too short: raise [checkpoint] stop_timeout and ECS stopTimeout)"
+                ))
+            };
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.wait_for(id, left) {
+            Some(Outcome::Committed(id)) => Ok(Some(id)),
+            Some(Outcome::Failed(id, why)) => Err(anyhow!(
+                "this process's part of the final checkpoint {id} could not be written: {why}"
+            )),
+            None if self.coordinator.has_ended() => Ok(None),
+            None => Err(anyhow!(
+                "this process's part of the final checkpoint {id} was not written within the stop budget of {budget:?}; raise [checkpoint] stop_timeout (and ECS stopTimeout)"
+            )),
         }
     }
 

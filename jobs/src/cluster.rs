@@ -190,6 +190,21 @@ impl ClusterConfig {
     }
 }
 
+/// Set once this process knows the job is ending (see [`leave`]).
+static LEAVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process is ending its part of the job on purpose (a final checkpoint, a stop every
+/// process has heard of, the end of the input): from now on a peer that goes away has left, not
+/// failed, and its broken connection is no reason to exit with [`PEER_LOST_EXIT_CODE`].
+pub fn leave() {
+    LEAVING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether this process is leaving the job (see [`leave`]).
+pub fn is_leaving() -> bool {
+    LEAVING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// From now on, a panic of one of timely's network threads (`timely:recv-<peer>` or
 /// `timely:send-<peer>`: the connection to that peer broke, it died or the network failed) ends
 /// this process with [`PEER_LOST_EXIT_CODE`] and a message naming the peer. Without it, the
@@ -208,6 +223,11 @@ fn exit_when_a_peer_is_lost(addresses: Vec<String>) {
             previous(info);
             return;
         };
+        if is_leaving() {
+            // A peer that finished its part and exited first: expected, said nothing about.
+            tracing::debug!("process {peer} has left the cluster");
+            return;
+        }
         let reason = info
             .payload()
             .downcast_ref::<&str>()

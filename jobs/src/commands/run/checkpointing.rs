@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use pageflow_dataflow::checkpoint::{CheckpointCoordinator, WorkerRestore};
 
-use crate::checkpoints::{ChainStart, CheckpointDriver, Restored};
+use crate::checkpoints::{ChainStart, CheckpointDriver, ClusterPart, Restored};
+use crate::cluster::Agreement;
 use crate::config::JobConfig;
 use pageflow_metrics::Metrics;
 use pageflow_serve::{JobView, ServingState};
@@ -22,6 +23,9 @@ pub(super) struct Checkpointing {
     pub driver: Option<Arc<CheckpointDriver>>,
     /// The first checkpoint id of this run (0 when checkpoints are off).
     pub run_id: u64,
+    /// Where this process starts, which every process of a cluster must share (checked when
+    /// they connect).
+    pub agreement: Agreement,
 }
 
 /// Opens the checkpoint store, restores the newest good checkpoint into `serving`, and starts the
@@ -41,16 +45,21 @@ pub(super) fn start_checkpointing(
             restores: (0..workers).map(|_| WorkerRestore::default()).collect(),
             driver: None,
             run_id: 0,
+            agreement: Agreement::default(),
         });
     }
-    serving.recent_reads().track_changes();
-    let store = crate::checkpoints::open_store(config, runtime)?;
-    // In a cluster, each process keeps its workers' share (`run` refuses a cluster for now).
     let process = config.cluster.process;
+    // The serving state is the same in every process; process 0 saves it.
+    if process == 0 {
+        serving.recent_reads().track_changes();
+    }
+    let store = crate::checkpoints::open_store(config, runtime)?;
+    // In a cluster, each process keeps its workers' share of the keyed state.
+    let all_workers = workers * config.cluster.processes();
     let mut restored = crate::checkpoints::restore_share(
         &store,
         &config.semantics,
-        workers * config.cluster.processes(),
+        all_workers,
         process * workers..(process + 1) * workers,
     )?;
     let first_id = store.next_id()?;
@@ -77,11 +86,16 @@ pub(super) fn start_checkpointing(
             .as_ref()
             .map(|r| r.restore.sources.clone())
             .unwrap_or_default(),
-        workers,
+        workers: all_workers,
         first_id,
         fingerprint: crate::checkpoints::fingerprint(&config.semantics),
-        // `run` refuses a cluster until it runs as one (docs/cluster-design.md, step 5).
-        cluster: None,
+        // Each process writes its part; process 0 commits them all, waiting for the others'
+        // parts as long as a graceful stop may take.
+        cluster: config.cluster.is_cluster().then(|| ClusterPart {
+            process,
+            processes: config.cluster.processes(),
+            timeout: config.checkpoint.stop_timeout.into(),
+        }),
     };
     let driver = CheckpointDriver::start(
         Arc::clone(coordinator),
@@ -96,6 +110,10 @@ pub(super) fn start_checkpointing(
         None => (0..workers).map(|_| WorkerRestore::default()).collect(),
     };
     Ok(Checkpointing {
+        agreement: Agreement {
+            restored: restored.as_ref().map(|r| r.id),
+            first_id,
+        },
         restored,
         restores,
         driver: Some(Arc::new(driver)),

@@ -52,7 +52,7 @@ use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
 use self::sources::{Sources, worker_sources};
 use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
-use crate::config::{CheckpointStoreKind, JobConfig};
+use crate::config::{CheckpointStoreKind, JobConfig, SourceKind};
 use pageflow_metrics::Metrics;
 use pageflow_serve::{JobView, ServingState};
 
@@ -82,6 +82,10 @@ pub struct RunningJob {
     _directory_locks: Vec<DirLock>,
     /// The lease of the S3 checkpoint prefix: renewed while the job runs, released at shutdown.
     checkpoint_lease: Option<S3Lease>,
+    /// This process's index in the cluster (0 for one process).
+    process: usize,
+    /// How many processes run the job.
+    processes: usize,
 }
 
 impl RunningJob {
@@ -94,6 +98,27 @@ impl RunningJob {
     /// A partition that failed for good (no retry can help), if any: the job must stop.
     pub fn source_failure(&self) -> Option<String> {
         self.stats.source_failure()
+    }
+
+    /// This process's index in the cluster and the number of processes (`(0, 1)` alone).
+    pub fn place(&self) -> (usize, usize) {
+        (self.process, self.processes)
+    }
+
+    /// What the other processes of a cluster said that this process must act on, if anything.
+    pub fn cluster_news(&self) -> Option<ClusterNews> {
+        if self.processes < 2 {
+            return None;
+        }
+        if self.coordinator.failure_heard() {
+            Some(ClusterNews::SourceFailedElsewhere)
+        } else if self.process == 0 && self.coordinator.stop_asked() {
+            Some(ClusterNews::StopAsked)
+        } else if self.process != 0 && self.coordinator.is_ending() {
+            Some(ClusterNews::Stopping)
+        } else {
+            None
+        }
     }
 
     /// The job watermark as the workers see it now (`None` until there is one).
@@ -179,6 +204,18 @@ impl RunningJob {
     }
 }
 
+/// What the processes of a cluster tell each other about stopping, as one process acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterNews {
+    /// (Process 0.) Another process was told to stop: take the final checkpoint for the job.
+    StopAsked,
+    /// (Another process.) The job is stopping: process 0 takes the final checkpoint, to which
+    /// this process adds its part.
+    Stopping,
+    /// A source failed for good in another process: the whole job stops.
+    SourceFailedElsewhere,
+}
+
 /// How a graceful stop went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -215,14 +252,16 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             problems.join("\n  ")
         ));
     }
-    if config.cluster.is_cluster() {
-        // Refused rather than run wrong: across processes the watermark, the checkpoint barrier
-        // and the serving state are still process memory (docs/cluster-design.md, steps 2 to 7).
+    if config.cluster.is_cluster() && config.source.kind == SourceKind::Kinesis {
+        // Refused rather than run wrong: each process would read every shard
+        // (docs/cluster-design.md, step 8).
         return Err(anyhow!(
-            "[cluster] lists {} processes, but `pageflow run` runs as one process for now: the watermark exchange, checkpoints across processes and serving from every process are not built yet (docs/cluster-design.md). Remove [cluster] (or leave one address) to run; `pageflow replay --addresses ... --process ...` runs as a cluster today",
+            "[cluster] lists {} processes, but a Kinesis source runs as one process for now (shards are not yet shared out across processes, docs/cluster-design.md step 8): run one process with more [runtime] workers, or use files or the synthetic source in a cluster",
             config.cluster.processes()
         ));
     }
+    let config = for_this_process(config);
+    let cluster = config.cluster.clone();
     let directory_locks = lock_directories(&config)?;
     let metrics = Arc::new(Metrics::new());
     let serving = Arc::new(ServingState::with_read_limits(
@@ -240,9 +279,13 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         .thread_name("pageflow-io")
         .build()
         .context("cannot start the I/O runtime")?;
-    // One job per S3 checkpoint prefix (the local directories are locked above).
-    let checkpoint_lease =
-        crate::checkpoints::lock_s3_prefix(&config, &runtime, &this_process("pageflow run"))?;
+    // One job per S3 checkpoint prefix (the local directories are locked above); in a cluster,
+    // process 0 holds it for the job (the others only add their parts).
+    let checkpoint_lease = if cluster.process == 0 {
+        crate::checkpoints::lock_s3_prefix(&config, &runtime, &this_process("pageflow run"))?
+    } else {
+        None
+    };
     // The events/s gauge stays fresh between scrapes (the dashboard reads it every 2 s).
     {
         let _guard = runtime.enter();
@@ -266,6 +309,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         restores,
         driver,
         run_id,
+        agreement,
     } = start_checkpointing(
         &config,
         &runtime,
@@ -287,8 +331,10 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             driver,
             inbox: PartsInbox::new(workers),
             run: run_id,
+            saves_serving: cluster.process == 0,
         }),
         personalize: personalize_feed.clone(),
+        reads_from_every_process: cluster.is_cluster(),
     }
     .spawn()?;
 
@@ -310,6 +356,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         sources,
         restores,
         boards,
+        agreement,
         WorkerContext {
             coordinator: Arc::clone(&coordinator),
             run_id,
@@ -336,7 +383,23 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         stats,
         _directory_locks: directory_locks,
         checkpoint_lease,
+        process: cluster.process,
+        processes: cluster.processes(),
     })
+}
+
+/// The configuration as this process of a cluster runs it: its local sinks write under
+/// `<sinks.dir>/process-<i>/`, while the local checkpoint directory stays the one every process
+/// shares (`<sinks.dir>/checkpoints` unless set). One process: unchanged.
+fn for_this_process(mut config: JobConfig) -> JobConfig {
+    if config.cluster.is_cluster() {
+        config.checkpoint.dir = Some(config.checkpoint.local_dir(&config.sinks));
+        config.sinks.dir = config
+            .sinks
+            .dir
+            .join(format!("process-{}", config.cluster.process));
+    }
+    config
 }
 
 /// Locks the directories this job writes to (the sinks' and, when local and elsewhere, the
@@ -344,7 +407,12 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
 fn lock_directories(config: &JobConfig) -> Result<Vec<DirLock>> {
     let holder = this_process("pageflow run");
     let mut dirs = vec![config.sinks.dir.clone()];
-    if config.checkpoint.enabled && config.checkpoint.store == CheckpointStoreKind::Local {
+    // In a cluster, process 0 holds the shared checkpoint directory for the job (the others
+    // only add their parts, with create-only writes).
+    if config.checkpoint.enabled
+        && config.checkpoint.store == CheckpointStoreKind::Local
+        && config.cluster.process == 0
+    {
         let checkpoints = config.checkpoint.local_dir(&config.sinks);
         if !checkpoints.starts_with(&config.sinks.dir) {
             dirs.push(checkpoints);
@@ -359,52 +427,171 @@ fn lock_directories(config: &JobConfig) -> Result<Vec<DirLock>> {
 /// supervisor restarting the job at once would meet the same failure.
 pub const SOURCE_FAILED_EXIT_CODE: i32 = 69;
 
+/// What woke `run` up.
+enum Wake {
+    /// SIGINT or SIGTERM.
+    Signalled,
+    /// The input ended (or a sink failed).
+    Ended,
+    /// A source of this process failed for good.
+    SourceFailed(String),
+    /// Another process of the cluster said something to act on.
+    Cluster(ClusterNews),
+}
+
+/// How long a process whose source failed waits for every peer to hear it before exiting (so
+/// that they exit as it does, not as if it were lost).
+const FAILURE_TOLD_WITHIN: Duration = Duration::from_secs(5);
+
 /// `pageflow run`: starts the job and runs until SIGINT or SIGTERM.
+///
+/// In a cluster, a signal to any process stops the whole job: that process asks the others
+/// through the control plane, process 0 takes the final checkpoint, every process writes its part
+/// of it and exits 0. A source failing for good in any process stops every process with
+/// [`SOURCE_FAILED_EXIT_CODE`].
 pub fn run(config: JobConfig) -> Result<()> {
     let budget: Duration = config.checkpoint.stop_timeout.into();
     let job = start(config)?;
+    let (process, processes) = job.place();
     if let Some(addr) = job.http_addr {
         tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
-        crate::say!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+        if processes > 1 {
+            crate::say!(
+                "pageflow is running as process {process} of {processes}: open http://{addr}/ ; stop with Ctrl-C"
+            );
+        } else {
+            crate::say!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+        }
     }
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let signalled = signals.block_on(async {
+    let wake = signals.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let ended = async {
-            while !job.has_ended() && job.source_failure().is_none() {
+        let news = async {
+            loop {
+                if let Some(failure) = job.source_failure() {
+                    return Wake::SourceFailed(failure);
+                }
+                if let Some(news) = job.cluster_news() {
+                    return Wake::Cluster(news);
+                }
+                if job.has_ended() {
+                    return Wake::Ended;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        let signalled = tokio::select! {
-            _ = tokio::signal::ctrl_c() => true,
-            _ = terminate.recv() => true,
-            _ = ended => false,
+        let wake = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Wake::Signalled,
+            _ = terminate.recv() => Wake::Signalled,
+            wake = news => wake,
         };
-        Ok::<_, std::io::Error>(signalled)
+        Ok::<_, std::io::Error>(wake)
     })?;
-    if let Some(failure) = job.source_failure() {
-        // No final checkpoint (the last one is consistent, and stopping soon matters more): the
-        // sinks deliver what was emitted, the dataflow ends with the process.
-        crate::say!(
-            "pageflow: {failure}; the job stops without a final checkpoint. Fix the source (or \
-             remove it from the configuration), then start again: it resumes from the last \
-             checkpoint and emits what followed it again, with the same feature ids"
-        );
-        job.shutdown()?;
-        std::process::exit(SOURCE_FAILED_EXIT_CODE)
+    match wake {
+        Wake::SourceFailed(failure) => {
+            if processes > 1 {
+                // The other processes stop too, and say why, rather than find this one lost.
+                job.coordinator.report_failure();
+                let deadline = std::time::Instant::now() + FAILURE_TOLD_WITHIN;
+                while !job.coordinator.failure_heard() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                crate::cluster::leave();
+            }
+            // No final checkpoint (the last one is consistent, and stopping soon matters more):
+            // the sinks deliver what was emitted, the dataflow ends with the process.
+            crate::say!(
+                "pageflow: {failure}; the job stops without a final checkpoint. Fix the source (or \
+                 remove it from the configuration), then start again: it resumes from the last \
+                 checkpoint and emits what followed it again, with the same feature ids"
+            );
+            job.shutdown()?;
+            std::process::exit(SOURCE_FAILED_EXIT_CODE)
+        }
+        Wake::Cluster(ClusterNews::SourceFailedElsewhere) => {
+            crate::cluster::leave();
+            crate::say!(
+                "pageflow: a source failed for good in another process of the cluster (its log says which and why); every process stops without a final checkpoint. Fix the source, then start every process again: the job resumes from the last checkpoint"
+            );
+            job.shutdown()?;
+            std::process::exit(SOURCE_FAILED_EXIT_CODE)
+        }
+        Wake::Ended => {
+            crate::say!("pageflow: the input has ended; every result is written");
+            job.shutdown()?;
+            std::process::exit(0)
+        }
+        Wake::Signalled | Wake::Cluster(_) if process != 0 => stop_as_a_peer(job, budget),
+        Wake::Signalled | Wake::Cluster(_) => {
+            if matches!(wake, Wake::Cluster(ClusterNews::StopAsked)) {
+                crate::say!("pageflow: another process of the cluster was told to stop");
+            }
+            stop_gracefully(job, budget)
+        }
     }
-    if !signalled {
-        crate::say!("pageflow: the input has ended; every result is written");
-        job.shutdown()?;
-        std::process::exit(0)
-    }
+}
+
+/// The graceful stop of one process, or of process 0 for the cluster: stops reading, takes the
+/// final checkpoint (every process adds its part), flushes the sinks and exits.
+fn stop_gracefully(job: RunningJob, budget: Duration) -> ! {
     crate::say!("pageflow: stopping: reading stopped, taking the final checkpoint");
+    if job.processes > 1 && job.checkpoints.is_none() {
+        // Without a checkpoint to ask for, the stop itself is what every process must hear.
+        job.coordinator.ask_to_stop();
+        await_within(budget, || job.coordinator.stop_asked());
+        crate::cluster::leave();
+    }
     let stopped = job.checkpoint_and_stop(budget);
-    job.shutdown()?;
+    finish_stop(job, stopped)
+}
+
+/// The graceful stop of a process of a cluster other than process 0: asks the job to stop (if
+/// this process was the one told), then adds its part to the final checkpoint process 0 takes,
+/// flushes its sinks and exits.
+fn stop_as_a_peer(job: RunningJob, budget: Duration) -> ! {
+    crate::say!(
+        "pageflow: stopping: reading stopped, adding this process's part to the final checkpoint process 0 takes"
+    );
+    job.coordinator.ask_to_stop();
+    job.coordinator.pause_sources();
+    let stopped = match &job.checkpoints {
+        Some(driver) => driver
+            .wait_for_final_part(budget)
+            .map(|id| id.map_or(Stopped::InputEnded, Stopped::Checkpointed)),
+        None => {
+            await_within(budget, || job.coordinator.stop_asked());
+            crate::cluster::leave();
+            Ok(Stopped::WithoutCheckpoint)
+        }
+    };
+    finish_stop(job, stopped)
+}
+
+/// Waits until `done` holds, at most `budget`.
+fn await_within(budget: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + budget;
+    while !done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Shuts the job down after a graceful stop and exits, saying how it went.
+fn finish_stop(job: RunningJob, stopped: Result<Stopped>) -> ! {
+    let peer = job.processes > 1 && job.process != 0;
+    if let Err(error) = job.shutdown() {
+        crate::say!("pageflow: {}", crate::stderr::describe(&error));
+        std::process::exit(1)
+    }
     match stopped {
+        Ok(Stopped::Checkpointed(id)) if peer => {
+            crate::say!(
+                "pageflow: stopped after writing this process's part of checkpoint {id} (process 0 commits it); a restart of every process resumes from it"
+            );
+            std::process::exit(0)
+        }
         Ok(Stopped::Checkpointed(id)) => {
             crate::say!("pageflow: stopped after checkpoint {id}; a restart resumes from it");
             std::process::exit(0)

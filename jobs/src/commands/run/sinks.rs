@@ -30,8 +30,10 @@ use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
 use pageflow_dataflow::stats::{JobStats, StatsSnapshot};
-use timely::dataflow::channels::pact::Pipeline;
+use timely::ExchangeData;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 
 use super::personalize::PersonalizeFeed;
 use crate::checkpoints::{CheckpointDriver, PartsInbox, ToWrite};
@@ -53,8 +55,12 @@ pub enum SinkMessage {
     Raw(Vec<RawValid>),
     /// Rankings and related lists for the live view.
     Live(Vec<LiveUpdate>),
-    /// The counted events: readers' recent articles, and the Personalize event trackers.
+    /// The events this process's workers counted: the Personalize event trackers, and (one
+    /// process) readers' recent articles.
     Accepted(Vec<CompactEvent>),
+    /// The events every process counted (a cluster): readers' recent articles, which every
+    /// process serves.
+    Reads(Vec<CompactEvent>),
     /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
     Checkpoint(WorkerCheckpoint),
 }
@@ -125,6 +131,31 @@ pub(super) fn forward<'scope, D: Clone + 'static>(
     });
 }
 
+/// Like [`forward`], for what every process of a cluster serves: each record goes to the first
+/// worker of every process (through the dataflow, so a checkpoint's drain covers it), which
+/// sends it to its own sink thread. Updates of one key come from one worker and keep their order.
+pub(super) fn forward_to_every_process<'scope, D: ExchangeData + Clone>(
+    stream: timely::dataflow::StreamVec<'scope, u64, D>,
+    processes: usize,
+    threads: usize,
+    sender: SyncSender<SinkMessage>,
+    wrap: fn(Vec<D>) -> SinkMessage,
+) {
+    stream
+        .flat_map(move |record| (0..processes).map(move |process| (process, record.clone())))
+        .sink(
+            Exchange::new(move |(process, _): &(usize, D)| (process * threads) as u64),
+            "ForwardToEveryProcess",
+            move |(input, _frontier)| {
+                input.for_each(|_cap, data| {
+                    let records = data.drain(..).map(|(_, record)| record).collect();
+                    // A closed channel means the job is stopping: the records are dropped with it.
+                    let _ = sender.send(wrap(records));
+                });
+            },
+        );
+}
+
 /// Where the sink thread sends a checkpoint once every worker's part of it is in.
 #[derive(Debug)]
 pub(super) struct CheckpointParts {
@@ -134,6 +165,9 @@ pub(super) struct CheckpointParts {
     pub inbox: PartsInbox,
     /// The run the serving state's changes belong to (the first checkpoint id of this run).
     pub run: u64,
+    /// This process saves the serving state (one process, or process 0 of a cluster: every
+    /// process holds the same).
+    pub saves_serving: bool,
 }
 
 /// The sink thread's whole context, moved into the thread at its start.
@@ -154,6 +188,9 @@ pub(super) struct SinkThread {
     pub checkpoints: Option<CheckpointParts>,
     /// Forwarding counted events to Personalize, when configured.
     pub personalize: Option<PersonalizeFeed>,
+    /// Readers' recent articles come from every process ([`SinkMessage::Reads`]), not from
+    /// this process's counted events (a cluster).
+    pub reads_from_every_process: bool,
 }
 
 impl SinkThread {
@@ -192,6 +229,7 @@ impl SinkThread {
                     }
                 }
                 Ok(SinkMessage::Accepted(events)) => self.accepted(&events),
+                Ok(SinkMessage::Reads(events)) => self.record_reads(&events),
                 Err(RecvTimeoutError::Timeout) => {}
                 // Every worker has finished: the input has ended.
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -210,7 +248,13 @@ impl SinkThread {
     /// Adds one worker's part of a checkpoint; once all are in, delivers everything before it and
     /// hands the checkpoint to the driver. Returns whether that was the final checkpoint.
     fn checkpoint_part(&mut self, part: WorkerCheckpoint) -> Result<bool> {
-        let Some(CheckpointParts { driver, inbox, run }) = self.checkpoints.as_mut() else {
+        let Some(CheckpointParts {
+            driver,
+            inbox,
+            run,
+            saves_serving,
+        }) = self.checkpoints.as_mut()
+        else {
             return Ok(false);
         };
         let Some(parts) = inbox.add(part) else {
@@ -220,9 +264,11 @@ impl SinkThread {
         self.outputs.flush()?;
         let is_final = parts.is_final;
         let mut changes = Vec::new();
-        let mut writer = ChangeWriter::new(SERVING_STATE, 0, *run, &mut changes);
-        if let Err(error) = self.serving.save_changes(&mut writer) {
-            tracing::error!("cannot save the serving state: {error}");
+        if *saves_serving {
+            let mut writer = ChangeWriter::new(SERVING_STATE, 0, *run, &mut changes);
+            if let Err(error) = self.serving.save_changes(&mut writer) {
+                tracing::error!("cannot save the serving state: {error}");
+            }
         }
         driver.write(ToWrite {
             parts,
@@ -232,11 +278,12 @@ impl SinkThread {
         Ok(is_final)
     }
 
-    /// The counted events: readers' recent articles, and the Personalize event trackers.
+    /// This process's counted events: the Personalize event trackers (each event is offered
+    /// by the one process that counted it), and readers' recent articles unless those come
+    /// from every process.
     fn accepted(&self, events: &[CompactEvent]) {
-        let reads = self.serving.recent_reads();
-        for event in events {
-            reads.record_article(event.article, &event.user_id, event.ts);
+        if !self.reads_from_every_process {
+            self.record_reads(events);
         }
         if let Some(feed) = &self.personalize {
             // Never waits: a full queue drops the event and counts it.
@@ -246,6 +293,16 @@ impl SinkThread {
             {
                 feed.forwarder.offer(sent);
             }
+        }
+    }
+}
+
+impl SinkThread {
+    /// Readers' recent articles, served by `/v1/recommendations` and its fallback.
+    fn record_reads(&self, events: &[CompactEvent]) {
+        let reads = self.serving.recent_reads();
+        for event in events {
+            reads.record_article(event.article, &event.user_id, event.ts);
         }
     }
 }

@@ -17,8 +17,9 @@ use pageflow_dataflow::stats::{JobStats, StateSizes};
 use pageflow_dataflow::time::{Opinion, WatermarkBoard};
 use pageflow_dataflow::watermark_exchange::WatermarkExchange;
 
-use super::sinks::{SinkMessage, forward};
+use super::sinks::{SinkMessage, forward, forward_to_every_process};
 use crate::checkpoints::Restored;
+use crate::cluster::Agreement;
 use crate::config::JobConfig;
 use pageflow_serve::ServingState;
 
@@ -67,13 +68,16 @@ pub(super) fn watermark_boards(
         .collect()
 }
 
-/// Starts `[runtime] workers` timely workers on a thread of their own; worker `i` reads
-/// `sources[i]` and restores `restores[i]`.
+/// Starts `[runtime] workers` timely workers on a thread of their own; this process's worker
+/// `i` reads `sources[i]` and restores `restores[i]`. In a cluster, first connects to every
+/// peer (waiting up to `[cluster] connect_timeout`), checking that all start from `agreement`;
+/// the workers then run one dataflow with every process's.
 pub(super) fn start_workers(
     config: &JobConfig,
     sources: Vec<WorkerSources>,
     restores: Vec<WorkerRestore>,
     boards: Vec<Arc<WatermarkBoard>>,
+    agreement: Agreement,
     context: WorkerContext,
 ) -> Result<()> {
     let WorkerContext {
@@ -85,7 +89,11 @@ pub(super) fn start_workers(
         monitor,
     } = context;
     let workers = config.runtime.workers;
+    let processes = config.cluster.processes();
+    let first_local = config.cluster.process * workers;
     let checkpointing = config.checkpoint.enabled;
+    // A cluster always runs the control plane: it tells every process when the job stops.
+    let coordinated = checkpointing || processes > 1;
     let slots = Arc::new(Mutex::new(
         sources
             .into_iter()
@@ -105,16 +113,19 @@ pub(super) fn start_workers(
     };
     let built = Arc::new(AtomicUsize::new(0));
     exit_when_a_worker_panics();
+    if processes > 1 {
+        // Past this point a peer may leave first without that being a failure.
+        worker_coordinator.when_the_job_ends(crate::cluster::leave);
+    }
+    let (builders, others) = config.cluster.connect(workers, agreement)?;
     std::thread::Builder::new()
         .name("pageflow-timely".into())
         .spawn(move || {
-            let result = timely::execute(timely::Config::process(workers), move |worker| {
+            let run = move |worker: &mut timely::worker::Worker| {
                 let index = worker.index();
-                let Some((sources, restore, board)) = slots
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.get_mut(index).and_then(Option::take))
-                else {
+                let Some((sources, restore, board)) = slots.lock().ok().and_then(|mut s| {
+                    s.get_mut(index - first_local).and_then(Option::take)
+                }) else {
                     fatal(&format!(
                         "worker {index} found no sources, restore or watermark board prepared for it; this is a bug in pageflow, please report it"
                     ));
@@ -150,7 +161,25 @@ pub(super) fn start_workers(
                         SinkMessage::DeadLetters,
                     );
                     forward(outputs.raw, sender.clone(), SinkMessage::Raw);
-                    forward(outputs.live, sender.clone(), SinkMessage::Live);
+                    if processes > 1 {
+                        // Every process serves the whole job.
+                        forward_to_every_process(
+                            outputs.live,
+                            processes,
+                            workers,
+                            sender.clone(),
+                            SinkMessage::Live,
+                        );
+                        forward_to_every_process(
+                            outputs.accepted.clone(),
+                            processes,
+                            workers,
+                            sender.clone(),
+                            SinkMessage::Reads,
+                        );
+                    } else {
+                        forward(outputs.live, sender.clone(), SinkMessage::Live);
+                    }
                     forward(outputs.accepted, sender.clone(), SinkMessage::Accepted);
                 });
                 // The exchange is plumbing: the operator view shows the job's graph only.
@@ -167,15 +196,24 @@ pub(super) fn start_workers(
                 if built.fetch_add(1, Ordering::SeqCst) + 1 == workers {
                     serving_for_workers.mark_loaded();
                 }
-                if checkpointing {
+                if coordinated {
                     coordinator.run(worker, &states, &sizes.state_sizes, |part| {
-                        // A closed channel means the job is stopping: the part is dropped with it.
-                        let _ = sender.send(SinkMessage::Checkpoint(part));
+                        if checkpointing {
+                            // A closed channel means the job is stopping: the part is dropped
+                            // with it.
+                            let _ = sender.send(SinkMessage::Checkpoint(part));
+                        }
                     });
                 } else {
                     run_without_checkpoints(worker, &states, &sizes.state_sizes);
                 }
-            });
+            };
+            let result = timely::execute::execute_from(
+                builders,
+                others,
+                timely::WorkerConfig::default(),
+                run,
+            );
             match result {
                 Ok(guards) => drop(guards.join()),
                 Err(error) => tracing::error!("the timely workers failed to start: {error}"),
@@ -197,11 +235,15 @@ fn exit_when_a_worker_panics() {
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or_default();
+            if name.starts_with("timely:") && crate::cluster::is_leaving() {
+                // A peer left first and the worker touched its closed connection: expected
+                // while the job ends (the process is exiting anyway).
+                return;
+            }
             previous(info);
-            if let Some(message) = std::thread::current()
-                .name()
-                .and_then(|name| worker_panic_message(name, info.payload()))
-            {
+            if let Some(message) = worker_panic_message(name, info.payload()) {
                 tracing::error!("{message}");
                 crate::say!("pageflow: {message}");
                 std::process::exit(WORKER_PANICKED_EXIT_CODE);
