@@ -163,7 +163,7 @@ fn run_with_env(args: &[&str], env: &[(String, String)]) -> Result<String, Strin
 /// The distinct feature lines of a features file, sorted, and how many duplicates were dropped.
 /// Every line must be a JSON object with a `feature_id`, and lines with the same id must be
 /// byte-identical (a restart emits the same feature again, never a different one).
-fn distinct_features(text: &str) -> Result<(Vec<String>, usize), String> {
+pub(crate) fn distinct_features(text: &str) -> Result<(Vec<String>, usize), String> {
     let mut by_id: BTreeMap<String, &str> = BTreeMap::new();
     let mut duplicates = 0;
     for (index, line) in text.lines().enumerate() {
@@ -197,7 +197,7 @@ fn job_features(data: &Path) -> Result<(Vec<String>, usize), String> {
 }
 
 /// Fails with a readable difference unless the two sorted feature lists are equal.
-fn assert_same_features(got: &[String], expected: &[String], what: &str) {
+pub(crate) fn assert_same_features(got: &[String], expected: &[String], what: &str) {
     if got == expected {
         return;
     }

@@ -191,24 +191,6 @@ fn a_peer_that_never_starts_stops_the_others_naming_its_address() {
 }
 
 #[test]
-fn run_refuses_a_cluster_until_it_can_run_as_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BIN)
-        .arg("run")
-        .current_dir(dir.path())
-        .env(
-            "PAGEFLOW__CLUSTER__ADDRESSES",
-            "[\"127.0.0.1:7101\", \"127.0.0.1:7102\"]",
-        )
-        .env("PAGEFLOW__SERVE__ENABLED", "false")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("runs as one process for now"), "{stderr}");
-}
-
-#[test]
 fn a_killed_process_makes_the_others_exit_at_once_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
@@ -252,4 +234,222 @@ fn a_killed_process_makes_the_others_exit_at_once_naming_it() {
     assert_eq!(status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("lost process 1"), "{stderr}");
     assert!(stderr.contains(&addresses[1]), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `pageflow run` as a cluster.
+
+/// Pageviews of the run tests' input: enough for a debug build to be stopped several times.
+const RUN_EVENTS: &str = "200000";
+
+/// Generates the run tests' input into `dir` and replays it; the input and the replay's sorted
+/// feature lines.
+fn run_input(dir: &Path, seed: u64) -> (PathBuf, Vec<String>) {
+    let input = dir.join("events.jsonl");
+    let generated = Command::new(BIN)
+        .args([
+            "generate",
+            "--events",
+            RUN_EVENTS,
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg("--out")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let single = dir.join("replay");
+    replay_one_process(&input, &single);
+    (input, sorted_lines(&[single.join("features.jsonl")]))
+}
+
+/// Writes the configuration of a files job over `input` with `threads` workers per process,
+/// results and checkpoints under `data`; its path.
+fn run_config(dir: &Path, name: &str, input: &Path, data: &Path, threads: usize) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[source]\nkind = \"files\"\npaths = ['{}']\n\n\
+         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\n\n\
+         [serve]\nenabled = false\n\n\
+         [runtime]\nworkers = {threads}\n\n\
+         [checkpoint]\ninterval = \"100ms\"\n",
+        input.display(),
+        data.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts every process of a job of `processes` processes (one process: no `[cluster]`).
+fn start_run(config: &Path, processes: usize) -> Vec<JobProcess> {
+    let addresses = free_addresses(processes);
+    (0..processes)
+        .map(|process| {
+            let mut command = Command::new(BIN);
+            command
+                .args(["run", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1");
+            if processes > 1 {
+                let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+                command
+                    .env(
+                        "PAGEFLOW__CLUSTER__ADDRESSES",
+                        format!("[{}]", list.join(",")),
+                    )
+                    .args(["--process", &process.to_string()]);
+            }
+            JobProcess::spawn(&mut command).unwrap()
+        })
+        .collect()
+}
+
+/// Every feature line the job wrote under `data` (one process's and every cluster process's
+/// files): the distinct lines, sorted, and the number of duplicates dropped.
+fn all_features(data: &Path) -> (Vec<String>, usize) {
+    let mut text = std::fs::read_to_string(data.join("features.jsonl")).unwrap_or_default();
+    for entry in std::fs::read_dir(data).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("process-") {
+            text +=
+                &std::fs::read_to_string(entry.path().join("features.jsonl")).unwrap_or_default();
+        }
+    }
+    crate::checkpoints::distinct_features(&text).unwrap()
+}
+
+/// Waits until every process of `job` has exited; their exit codes and standard errors.
+fn wait_all(job: &mut [JobProcess], what: &str) -> Vec<(i32, String)> {
+    job.iter_mut()
+        .enumerate()
+        .map(|(p, process)| match process.wait_timeout(LIMIT) {
+            Some(status) => (status.code().unwrap_or(-1), process.stderr()),
+            None => {
+                process.kill();
+                panic!(
+                    "{what}: process {p} did not end within {LIMIT:?}:\n{}",
+                    process.stderr()
+                );
+            }
+        })
+        .collect()
+}
+
+/// The id in "stopped after checkpoint N" (process 0's last words after a graceful stop).
+fn stopped_after(stderr: &str) -> Option<u64> {
+    let rest = stderr.split("stopped after checkpoint ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A job stopped with SIGTERM at 1 × 2, restarted as 2 × 1, stopped again, restarted as 3 × 2 and
+/// stopped, then run to its end as 1 × 1 (processes × workers): each start restores the last
+/// final checkpoint onto its shape, a SIGTERM to any one process stops them all after one final
+/// checkpoint, and every feature is written exactly once, equal to the one-process replay.
+#[test]
+fn a_run_rescaled_across_processes_writes_every_feature_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, expected) = run_input(dir.path(), 31);
+    let data = dir.path().join("data");
+    let mut last: Option<u64> = None;
+    for (phase, (processes, threads, stop)) in
+        [(1, 2, true), (2, 1, true), (3, 2, true), (1, 1, false)]
+            .into_iter()
+            .enumerate()
+    {
+        let what = format!("phase {phase} ({processes} × {threads})");
+        let config = run_config(
+            dir.path(),
+            &format!("phase-{phase}"),
+            &input,
+            &data,
+            threads,
+        );
+        let mut job = start_run(&config, processes);
+        if let Some(id) = last {
+            for (p, process) in job.iter_mut().enumerate() {
+                assert!(
+                    process.wait_for_stderr(&format!("restored from checkpoint {id};"), LIMIT),
+                    "{what}: process {p} did not restore checkpoint {id}:\n{}",
+                    process.stderr()
+                );
+            }
+        }
+        if stop {
+            // One checkpoint of this shape, then a SIGTERM to its last process only.
+            assert!(
+                job[0].wait_for_stderr("checkpoint committed", LIMIT),
+                "{what}: no checkpoint:\n{}",
+                job[0].stderr()
+            );
+            job[processes - 1].terminate().unwrap();
+        }
+        let ended = wait_all(&mut job, &what);
+        for (p, (code, stderr)) in ended.iter().enumerate() {
+            assert_eq!(*code, 0, "{what}: process {p}:\n{stderr}");
+            assert!(
+                !stop || !stderr.contains("the input has ended"),
+                "{what}: the input ended before the stop; make RUN_EVENTS larger"
+            );
+        }
+        if stop {
+            let id = stopped_after(&ended[0].1)
+                .unwrap_or_else(|| panic!("{what}: no final checkpoint:\n{}", ended[0].1));
+            for (p, (_, stderr)) in ended.iter().enumerate().skip(1) {
+                assert!(
+                    stderr.contains(&format!("part of checkpoint {id} ")),
+                    "{what}: process {p} did not write its part of {id}:\n{stderr}"
+                );
+            }
+            assert!(last.is_none_or(|before| id > before), "{what}: {id}");
+            last = Some(id);
+        }
+    }
+    let (features, duplicates) = all_features(&data);
+    assert_eq!(duplicates, 0, "graceful stops write nothing twice");
+    crate::checkpoints::assert_same_features(&features, &expected, "after three rescales");
+    // Each cluster process wrote its own files.
+    for p in 0..3 {
+        assert!(data.join(format!("process-{p}/features.jsonl")).exists());
+    }
+}
+
+/// `kill -9` of one process of a running cluster: the other exits promptly with 75 naming it;
+/// restarted, both resume from the last committed checkpoint, and the features, duplicates
+/// dropped by `feature_id`, equal the one-process replay.
+#[test]
+fn a_killed_run_process_stops_the_cluster_and_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, expected) = run_input(dir.path(), 37);
+    let data = dir.path().join("data");
+    let config = run_config(dir.path(), "job", &input, &data, 1);
+    let mut job = start_run(&config, 2);
+    assert!(
+        job[0].wait_for_stderr("checkpoint committed", LIMIT),
+        "no checkpoint:\n{}",
+        job[0].stderr()
+    );
+    job[1].kill();
+    let Some(status) = job[0].wait_timeout(Duration::from_secs(10)) else {
+        job[0].kill();
+        panic!(
+            "process 0 did not exit within 10 s of losing process 1:\n{}",
+            job[0].stderr()
+        );
+    };
+    let stderr = job[0].stderr();
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("lost process 1"), "{stderr}");
+
+    let mut job = start_run(&config, 2);
+    let ended = wait_all(&mut job, "the restart");
+    for (p, (code, stderr)) in ended.iter().enumerate() {
+        assert_eq!(*code, 0, "the restart, process {p}:\n{stderr}");
+        assert!(stderr.contains("restored from checkpoint"), "{stderr}");
+    }
+    let (features, _duplicates) = all_features(&data);
+    crate::checkpoints::assert_same_features(&features, &expected, "after kill -9 and a restart");
 }
