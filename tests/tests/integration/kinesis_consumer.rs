@@ -11,6 +11,7 @@
 //! record arrives exactly once and in each user's order, and finished shards are not read again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
@@ -18,7 +19,8 @@ use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType, StreamStatus};
 use pageflow_connectors::kinesis::consumer::{
-    ConsumerSettings, KinesisConsumer, SavedShards, ShardFeed, StreamSpec,
+    ConsumerPlacement, ConsumerSettings, KinesisConsumer, NowhereElse, SavedShards, ShardFeed,
+    StreamSpec,
 };
 use pageflow_connectors::kinesis::fan_out_reader::FanOutSettings;
 use pageflow_connectors::kinesis::kpl::aggregate;
@@ -304,7 +306,8 @@ async fn reshard_while_reading(fan_out: bool) -> TestResult {
             stream: stream.to_string(),
             fan_out_consumer: fan_out.then(|| "pageflow-test".to_string()),
         }],
-        2,
+        ConsumerPlacement::single(2),
+        Arc::new(NowhereElse),
         settings,
     );
     let mut drain = Drain::default();
@@ -463,7 +466,8 @@ async fn restart_from_saved_shards(fan_out: bool) -> TestResult {
         &tokio::runtime::Handle::current(),
         client.clone(),
         vec![spec("g1", stream)],
-        2,
+        ConsumerPlacement::single(2),
+        Arc::new(NowhereElse),
         settings.clone(),
     );
     // Odd, small polls: the last record taken in is often inside an aggregate.
@@ -499,7 +503,8 @@ async fn restart_from_saved_shards(fan_out: bool) -> TestResult {
         &tokio::runtime::Handle::current(),
         client.clone(),
         vec![spec("g1", stream), spec("g2", other)],
-        2,
+        ConsumerPlacement::single(2),
+        Arc::new(NowhereElse),
         ConsumerSettings {
             saved: saved_with_garbage,
             ..settings
