@@ -10,11 +10,12 @@
 //! last position ingested per shard, the shards read to their end): across the two runs every
 //! record arrives exactly once and in each user's order, and finished shards are not read again.
 //!
-//! A last pair runs two consumers as the two processes of a 2 × 1 cluster, told of each other's
+//! The last tests run two consumers as the two processes of a 2 × 1 cluster, told of each other's
 //! finished partitions through a shared [`FinishedElsewhere`] (the job's replicated watermark
 //! board): across a split while reading, and in a bounded run over a merge, every record arrives
 //! exactly once, each shard is read only by its owner's process, a child starts only after all its
 //! parents ended in whichever process read them, and a bounded run closes both processes' feeds.
+//! A third continues on such a cluster from a one-process checkpoint (1 × 3 → 2 × 1 workers).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -712,33 +713,38 @@ impl Cluster {
         Ok(())
     }
 
-    /// Checks what the cluster read against the stream's lineage (`parents` of every shard):
-    /// every record once and in each user's order, every shard started once and by its owner's
-    /// process, and every child started only after all its parents were finished (their records
-    /// taken in) in whichever process read them. Returns the records read.
-    fn check(
-        &self,
-        stream: &str,
-        portal: &str,
-        parents: &BTreeMap<String, Vec<String>>,
-    ) -> Result<usize, Box<dyn std::error::Error>> {
-        let records: Vec<&RawRecord> = self
-            .log
+    /// Every record read, in the order taken in (either process).
+    fn records(&self) -> Vec<&RawRecord> {
+        self.log
             .iter()
             .filter_map(|seen| match seen {
                 Seen::Read { record, .. } => Some(record),
                 _ => None,
             })
-            .collect();
-        let count = assert_each_user_in_order(&records)?;
+            .collect()
+    }
+
+    /// Checks what the cluster read of `portal`'s stream against its lineage (`parents` of every
+    /// shard; `ended_before` the shards read to their end before this run): every shard not ended
+    /// before is started once, by its owner's process, and its records come from there; every
+    /// child starts only after all its parents ended (their records taken in), in whichever
+    /// process read them. Returns how many parent → child edges cross the two processes.
+    fn check(
+        &self,
+        stream: &str,
+        portal: &str,
+        parents: &BTreeMap<String, Vec<String>>,
+        ended_before: &BTreeSet<String>,
+    ) -> Result<usize, Box<dyn std::error::Error>> {
+        let prefix = format!("kinesis:{portal}/");
         let mut started: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         let mut finished: BTreeMap<String, usize> = BTreeMap::new();
         for (at, seen) in self.log.iter().enumerate() {
             match seen {
                 Seen::Started { process, partition } => {
-                    let shard = partition
-                        .strip_prefix(&format!("kinesis:{portal}/"))
-                        .ok_or("a partition of another portal")?;
+                    let Some(shard) = partition.strip_prefix(&prefix) else {
+                        continue;
+                    };
                     assert_eq!(
                         *process,
                         assign_shard(stream, shard, Self::PROCESSES),
@@ -750,7 +756,9 @@ impl Cluster {
                     );
                 }
                 Seen::Read { process, record } => {
-                    let shard = record.position.partition.rsplit('/').next().unwrap_or("");
+                    let Some(shard) = record.position.partition.strip_prefix(&prefix) else {
+                        continue;
+                    };
                     assert_eq!(
                         started.get(shard).map(|(p, _)| p),
                         Some(process),
@@ -758,7 +766,9 @@ impl Cluster {
                     );
                 }
                 Seen::Finished { process, partition } => {
-                    let shard = partition.rsplit('/').next().unwrap_or("");
+                    let Some(shard) = partition.strip_prefix(&prefix) else {
+                        continue;
+                    };
                     assert_eq!(
                         started.get(shard).map(|(p, _)| p),
                         Some(process),
@@ -773,30 +783,31 @@ impl Cluster {
         }
         assert_eq!(
             started.keys().collect::<Vec<_>>(),
-            parents.keys().collect::<Vec<_>>(),
-            "every listed shard is read"
+            parents
+                .keys()
+                .filter(|shard| !ended_before.contains(*shard))
+                .collect::<Vec<_>>(),
+            "every listed shard not ended before is read"
         );
         let mut across = 0;
-        for (child, child_parents) in parents {
-            let (child_process, child_start) = started[child];
-            for parent in child_parents {
+        for (child, (child_process, child_start)) in &started {
+            for parent in &parents[child] {
+                if ended_before.contains(parent) {
+                    continue;
+                }
                 let parent_end = finished
                     .get(parent)
                     .ok_or(format!("{parent} (a parent of {child}) never finished"))?;
                 assert!(
-                    parent_end < &child_start,
+                    parent_end < child_start,
                     "{child} started before its parent {parent} finished"
                 );
-                if started[parent].0 != child_process {
+                if started[parent].0 != *child_process {
                     across += 1;
                 }
             }
         }
-        assert!(
-            across > 0,
-            "no child waits for a parent read by the other process: {started:?}"
-        );
-        Ok(count)
+        Ok(across)
     }
 }
 
@@ -881,7 +892,12 @@ async fn two_processes_read_every_shard_once_across_a_split() -> TestResult {
 
     let parents = lineage(&client, &stream).await?;
     assert_eq!(parents.len(), 6, "2 parents and 4 children: {parents:?}");
-    assert_eq!(cluster.check(&stream, "g1", &parents)?, 1200);
+    assert_eq!(assert_each_user_in_order(&cluster.records())?, 1200);
+    let across = cluster.check(&stream, "g1", &parents, &BTreeSet::new())?;
+    assert!(
+        across > 0,
+        "a child waited for a parent of the other process"
+    );
     for (process, consumer) in cluster.consumers.iter().enumerate() {
         let status = consumer.status.shards();
         assert!(
@@ -944,7 +960,131 @@ async fn two_processes_end_a_bounded_run_over_a_merge() -> TestResult {
     cluster
         .until("both processes' feeds to close", Cluster::feeds_closed)
         .await?;
-    assert_eq!(cluster.check(&stream, "g1", &parents)?, 800);
+    assert_eq!(assert_each_user_in_order(&cluster.records())?, 800);
+    let across = cluster.check(&stream, "g1", &parents, &BTreeSet::new())?;
+    assert_eq!(
+        across, 1,
+        "the child waited for its parent on the other process"
+    );
     assert_eq!(cluster.finished(), 3, "every shard ended");
+    Ok(())
+}
+
+/// Restore onto another shape: one process with three workers reads part of a split stream and
+/// stops; a 2 × 1 cluster continues from what its checkpoint would hold. The saved positions are
+/// used by whichever process now owns each shard, the finished parents are read by neither, and
+/// across both runs every record arrives exactly once and in each user's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_continues_from_a_one_process_checkpoint() -> TestResult {
+    let local = KinesisLocal::start()?;
+    let client = kinesis_client(&local.endpoint, RetryConfig::standard());
+    let stream = stream_split_over_two_processes(&[(0, 1), (2, 3), (4, 5)]);
+    client
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(2)
+        .send()
+        .await?;
+    await_active(&client, &stream).await?;
+    let mut next_seq = vec![0u64; USERS];
+    write_mixed(&client, &stream, 400, &mut next_seq, 0).await?;
+    let settings = ConsumerSettings {
+        discovery_interval: Duration::from_secs(1),
+        finished_elsewhere_interval: Duration::from_millis(100),
+        reader: ReaderSettings {
+            max_records: 40, // several calls per shard, so the checkpoint lands mid-shard
+            ..ReaderSettings::default()
+        },
+        ..ConsumerSettings::default()
+    };
+    let spec = StreamSpec {
+        portal: "g1".to_string(),
+        stream: stream.clone(),
+        fan_out_consumer: None,
+    };
+
+    // One process of three workers (so shards move between workers on restore): the parents are
+    // read to their end, the children in part.
+    let (first, mut feeds) = KinesisConsumer::start(
+        &tokio::runtime::Handle::current(),
+        client.clone(),
+        vec![spec.clone()],
+        ConsumerPlacement::single(3),
+        Arc::new(NowhereElse),
+        settings.clone(),
+    );
+    let mut before = Drain {
+        poll_max: 7,
+        ..Drain::default()
+    };
+    before
+        .until(&mut feeds, "the first records", |d| d.read.len() >= 100)
+        .await?;
+    reshard(&client, &stream, 4, 6).await?;
+    write_mixed(&client, &stream, 400, &mut next_seq, 400).await?;
+    before
+        .until(&mut feeds, "the parents to finish", |d| {
+            d.finished.len() >= 2 && d.read.len() >= 450
+        })
+        .await?;
+    first.stop();
+    drop(feeds);
+    let saved = before.saved();
+    assert_eq!(saved.finished.len(), 2, "{saved:?}");
+    write_mixed(&client, &stream, 300, &mut next_seq, 800).await?;
+
+    // Two processes, from the checkpoint, to the tip.
+    let mut cluster = Cluster::start(
+        &client,
+        &spec,
+        &ConsumerSettings {
+            saved: saved.clone(),
+            stop_at_latest: true,
+            ..settings
+        },
+    );
+    cluster
+        .until("both processes' feeds to close", Cluster::feeds_closed)
+        .await?;
+
+    let both_runs: Vec<&RawRecord> = before.read.iter().chain(cluster.records()).collect();
+    assert_eq!(
+        assert_each_user_in_order(&both_runs)?,
+        1100,
+        "every record once across the two runs"
+    );
+    let ended_before: BTreeSet<String> = saved
+        .finished
+        .iter()
+        .filter_map(|name| name.strip_prefix("kinesis:g1/"))
+        .map(str::to_string)
+        .collect();
+    let parents = lineage(&client, &stream).await?;
+    cluster.check(&stream, "g1", &parents, &ended_before)?;
+    let moved = saved
+        .positions
+        .keys()
+        .filter(|name| !saved.finished.contains(*name))
+        .filter_map(|name| name.strip_prefix("kinesis:g1/"))
+        .filter(|shard| assign_shard(&stream, shard, 3) != assign_shard(&stream, shard, 2))
+        .count();
+    assert!(
+        moved > 0,
+        "some child continues from a saved position on another worker: {saved:?}"
+    );
+    for (process, consumer) in cluster.consumers.iter().enumerate() {
+        let status = consumer.status.shards();
+        assert!(
+            status.iter().all(|s| s.saved_position_error.is_none()),
+            "{status:?}"
+        );
+        assert_eq!(
+            status.len(),
+            (2..6)
+                .filter(|i| assign_shard(&stream, &format!("shardId-{i:012}"), 2) == process)
+                .count(),
+            "process {process} reads only its own children: {status:?}"
+        );
+    }
     Ok(())
 }
