@@ -2,18 +2,18 @@
 //! dataflow.
 //!
 //! ```text
-//!            ┌──────────── coordinator (one task) ─────────────┐
+//!            ┌──────── coordinator (one task per process) ─────┐
 //!  ListShards│ discovery on an interval (jittered) and when a  │ assign_shard(stream, shard, W)
 //!   ────────►│ shard ends; ShardLineage: children after parents├──────────┬───────────┐
 //!            └───────────────▲─────────────────────────────────┘          ▼           ▼
-//!                            │ shard done (+ children)            feed of worker 0 … worker W-1
+//!                            │ shard done (+ children)       feed of local worker 0 … T-1
 //!   reader task per shard ──►│ bounded channel ──► ShardPartition (a RecordSource) ──► ingest
 //! ```
 //!
-//! - **One place discovers.** The coordinator lists the shards (paginated `ListShards`), starts a
-//!   reader task for every shard whose parents are done, and hands the shard to the worker chosen
-//!   by the stable rendezvous hash ([`crate::kinesis::shards::assign_shard`]). Workers never call
-//!   `ListShards`.
+//! - **One place discovers** (per process). The coordinator lists the shards (paginated
+//!   `ListShards`), starts a reader task for every shard whose parents are done, and hands the shard
+//!   to the worker chosen by the stable rendezvous hash ([`crate::kinesis::shards::assign_shard`]).
+//!   Workers never call `ListShards`.
 //! - **Children after parents, parents fully processed.** A shard counts as done only when its
 //!   worker has taken its last records into the dataflow (the partition reports it on the poll
 //!   after the one that returned them), so a child's records never enter before its parents'.
@@ -34,6 +34,10 @@
 //! - **Bounded reads.** With [`ConsumerSettings::stop_at_latest`], each shard ends once its reader
 //!   is at the tip (`MillisBehindLatest` = 0), so a run over what a stream holds now finishes, like
 //!   a replay (backfills, tests). Otherwise the consumer runs until stopped.
+//! - **A cluster of processes.** Each process runs its own coordinator with its
+//!   [`ConsumerPlacement`]; a shard is read by the process of its owner among all the cluster's
+//!   workers, and the others learn that it is done through [`FinishedElsewhere`]. Why that reads
+//!   every shard exactly once, after all its parents: [`crate::kinesis::shard_ownership`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,9 +55,11 @@ use tokio::task::AbortHandle;
 use crate::ConnectorError;
 use crate::kinesis::fan_out_reader::{FanOutReader, FanOutSettings, ensure_consumer, stream_arn};
 use crate::kinesis::polling_reader::{PollingReader, ReaderSettings};
-use crate::kinesis::shard_discovery::{ShardLineage, list_shards};
+use crate::kinesis::shard_discovery::list_shards;
+use crate::kinesis::shard_ownership::ProcessLineage;
+pub use crate::kinesis::shard_ownership::{ConsumerPlacement, FinishedElsewhere, NowhereElse};
 use crate::kinesis::shard_reader::{ResumePoint, ShardBatch, StartPosition};
-use crate::kinesis::shards::{Position, SequenceNumber, assign_shard};
+use crate::kinesis::shards::{Position, SequenceNumber};
 use crate::retry::{Backoff, Jitter};
 
 /// One portal's stream.
@@ -99,7 +105,7 @@ fn parse_position(text: &str) -> Result<Position, String> {
 }
 
 /// The partition name of `shard` of the stream of `portal`.
-fn partition_name(portal: &str, shard: &str) -> String {
+pub(crate) fn partition_name(portal: &str, shard: &str) -> String {
     format!("kinesis:{portal}/{shard}")
 }
 
@@ -124,6 +130,9 @@ pub struct ConsumerSettings {
     pub stop_at_latest: bool,
     /// Delays after failed listings and failed readers.
     pub backoff: Backoff,
+    /// In a cluster, how often to ask whether shards read by other processes are done (while any
+    /// is being read elsewhere), so that their children here start soon after.
+    pub finished_elsewhere_interval: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -141,6 +150,7 @@ impl Default for ConsumerSettings {
                 base: Duration::from_millis(200),
                 max: Duration::from_secs(30),
             },
+            finished_elsewhere_interval: Duration::from_millis(500),
         }
     }
 }
@@ -210,19 +220,24 @@ pub struct KinesisConsumer {
 }
 
 impl KinesisConsumer {
-    /// Starts reading `streams` on `runtime` for `workers` dataflow workers; returns the consumer
-    /// and one feed per worker (give feed `w` to worker `w`'s ingest).
+    /// Starts reading `streams` on `runtime` for this process's workers (`placement`; one process:
+    /// [`ConsumerPlacement::single`]); returns the consumer and one feed per local worker (give
+    /// feed `w` to local worker `w`'s ingest).
+    ///
+    /// `elsewhere` says when a shard read by another process of the cluster is done (one process:
+    /// [`NowhereElse`]).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         client: Client,
         streams: Vec<StreamSpec>,
-        workers: usize,
+        placement: ConsumerPlacement,
+        elsewhere: Arc<dyn FinishedElsewhere>,
         settings: ConsumerSettings,
     ) -> (KinesisConsumer, Vec<ShardFeed>) {
         let status = Arc::new(ConsumerStatus::default());
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let discovering = Arc::new(AtomicBool::new(true));
-        let (senders, feeds): (Vec<_>, Vec<_>) = (0..workers.max(1))
+        let (senders, feeds): (Vec<_>, Vec<_>) = (0..placement.local_workers())
             .map(|_| {
                 let (sender, receiver) = std_mpsc::channel();
                 (
@@ -244,6 +259,8 @@ impl KinesisConsumer {
             tasks: Arc::clone(&tasks),
             feeds: senders,
             discovering,
+            placement,
+            elsewhere,
         };
         let coordinator = runtime.spawn(coordinator.run()).abort_handle();
         lock(&tasks).push(coordinator);
@@ -381,13 +398,19 @@ struct Coordinator {
     /// Shared with the feeds: cleared once every stream has been listed (see
     /// `PartitionFeed::is_discovering`).
     discovering: Arc<AtomicBool>,
+    /// Which shards this process reads.
+    placement: ConsumerPlacement,
+    /// Which shards read by other processes are done.
+    elsewhere: Arc<dyn FinishedElsewhere>,
 }
 
 impl Coordinator {
     async fn run(self) {
-        let workers = self.feeds.len();
-        let mut lineages: Vec<ShardLineage> =
-            self.streams.iter().map(|_| ShardLineage::new()).collect();
+        let mut lineages: Vec<ProcessLineage> = self
+            .streams
+            .iter()
+            .map(|_| ProcessLineage::default())
+            .collect();
         let mut listed = vec![false; self.streams.len()];
         let (done_sender, mut done_receiver) = mpsc::unbounded_channel::<ShardDone>();
         let mut jitter = Jitter::new();
@@ -395,7 +418,18 @@ impl Coordinator {
         let mut consumer_arns: Vec<Option<String>> = self.streams.iter().map(|_| None).collect();
         // Shards the listing shows closed, told to their fan-out readers (see `ReaderTask::probe_end`).
         let mut closed_flags: BTreeMap<(usize, String), Arc<AtomicBool>> = BTreeMap::new();
+        // When the streams are listed next unless something else asks first; drawn anew after
+        // every wake-up but a check for shards done elsewhere.
+        let mut discovery_at: Option<tokio::time::Instant> = None;
         loop {
+            for (index, lineage) in lineages.iter_mut().enumerate() {
+                if lineage.poll_elsewhere(&self.streams[index].portal, &*self.elsewhere)
+                    && !due.contains(&index)
+                {
+                    // A shard ended in another process: list again so that every child is known.
+                    due.push(index);
+                }
+            }
             for index in std::mem::take(&mut due) {
                 let spec = &self.streams[index];
                 if let Some(name) = &spec.fan_out_consumer
@@ -439,34 +473,23 @@ impl Coordinator {
                         );
                     }
                 }
-                loop {
-                    let ready = lineages[index].start_ready();
-                    if ready.is_empty() {
-                        break;
-                    }
-                    for shard in ready {
-                        if self
-                            .settings
-                            .saved
-                            .finished
-                            .contains(&partition_name(&spec.portal, &shard))
-                        {
-                            // Read to its end before the checkpoint: done without a reader, so
-                            // its children may start (the next round of this loop).
-                            lineages[index].finish(&shard, &[]);
-                            continue;
-                        }
-                        let worker = assign_shard(&spec.stream, &shard, workers);
-                        let partition = self.start_reader(
-                            index,
-                            &shard,
-                            consumer_arns[index].as_deref(),
-                            Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
-                            done_sender.clone(),
-                        );
-                        if self.feeds[worker].send(Box::new(partition)).is_err() {
-                            return; // the dataflow is gone
-                        }
+                let ready = lineages[index].start_ready(
+                    &spec.portal,
+                    &spec.stream,
+                    &self.placement,
+                    &self.settings.saved.finished,
+                    &*self.elsewhere,
+                );
+                for (shard, worker) in ready {
+                    let partition = self.start_reader(
+                        index,
+                        &shard,
+                        consumer_arns[index].as_deref(),
+                        Arc::clone(closed_flags.entry((index, shard.clone())).or_default()),
+                        done_sender.clone(),
+                    );
+                    if self.feeds[worker].send(Box::new(partition)).is_err() {
+                        return; // the dataflow is gone
                     }
                 }
             }
@@ -476,19 +499,24 @@ impl Coordinator {
             }
             if self.settings.stop_at_latest
                 && listed.iter().all(|l| *l)
-                && lineages.iter().all(ShardLineage::all_done)
+                && lineages.iter().all(ProcessLineage::all_done)
             {
                 // A bounded run: every shard is read to where it was; closing the feeds lets the
                 // workers finish.
                 break;
             }
-            let interval = self
-                .settings
-                .discovery_interval
-                .mul_f64(0.8 + 0.4 * ((jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64));
+            let discovery = *discovery_at.get_or_insert_with(|| {
+                let interval = self
+                    .settings
+                    .discovery_interval
+                    .mul_f64(0.8 + 0.4 * ((jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64));
+                tokio::time::Instant::now() + interval
+            });
+            let waits_elsewhere = lineages.iter().any(ProcessLineage::waits_elsewhere);
             tokio::select! {
                 done = done_receiver.recv() => {
                     let Some(done) = done else { break };
+                    discovery_at = None;
                     self.status.update(&self.streams[done.stream_index].stream, &done.shard, |s| s.finished = true);
                     lineages[done.stream_index].finish(&done.shard, &done.children);
                     // A closed shard means a reshard: list again so that every child is known.
@@ -496,9 +524,12 @@ impl Coordinator {
                         due.push(done.stream_index);
                     }
                 }
-                _ = tokio::time::sleep(interval) => {
+                _ = tokio::time::sleep_until(discovery) => {
+                    discovery_at = None;
                     due = (0..self.streams.len()).collect();
                 }
+                // Shards read by other processes are asked about at the top of the loop.
+                _ = tokio::time::sleep(self.settings.finished_elsewhere_interval), if waits_elsewhere => {}
             }
         }
     }

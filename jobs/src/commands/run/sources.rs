@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::files::source::partition_name;
 use pageflow_connectors::kinesis::consumer::{
-    ConsumerSettings, KinesisConsumer, SavedShards, StreamSpec,
+    ConsumerPlacement, ConsumerSettings, KinesisConsumer, NowhereElse, SavedShards, StreamSpec,
 };
 use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
 use pageflow_connectors::kinesis::shard_reader::StartPosition;
@@ -155,8 +155,14 @@ pub(super) fn worker_sources(
                 saved: saved_shards(restored),
                 ..ConsumerSettings::default()
             };
-            let (consumer, feeds) =
-                KinesisConsumer::start(runtime.handle(), client, streams, workers, settings);
+            let (consumer, feeds) = KinesisConsumer::start(
+                runtime.handle(),
+                client,
+                streams,
+                ConsumerPlacement::single(workers),
+                std::sync::Arc::new(NowhereElse),
+                settings,
+            );
             let local: Vec<WorkerSources> = feeds
                 .into_iter()
                 .map(|feed| WorkerSources::new(Vec::new(), Some(Box::new(feed))))
