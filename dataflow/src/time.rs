@@ -343,6 +343,11 @@ impl WatermarkBoard {
     pub fn partitions(&self) -> BTreeMap<String, PartitionWatermark> {
         self.reports().latest.clone()
     }
+
+    /// One partition's last report.
+    pub fn partition(&self, name: &str) -> Option<PartitionWatermark> {
+        self.reports().latest.get(name).copied()
+    }
 }
 
 /// A read-only view of one worker's replica of the board, for serving (`/v1/job`, `/v1/status`):
@@ -365,6 +370,11 @@ impl BoardView {
     /// Every partition's last report, by name.
     pub fn partitions(&self) -> BTreeMap<String, PartitionWatermark> {
         self.0.partitions()
+    }
+
+    /// One partition's last report.
+    pub fn partition(&self, name: &str) -> Option<PartitionWatermark> {
+        self.0.partition(name)
     }
 }
 

@@ -779,16 +779,27 @@ impl Writer {
                             .map(|(op, size)| (op.clone(), size.entries))
                             .collect();
                     });
-                    tracing::info!(
-                        checkpoint = id,
-                        bytes_written = written.bytes_written,
-                        entries = written.entries,
-                        stored_bytes = written.stored_bytes,
-                        duration_ms = duration.as_millis() as u64,
-                        paused_ms = paused_for.as_millis() as u64,
-                        location = self.checkpoints.location(),
-                        "checkpoint committed"
-                    );
+                    if self.cluster.is_some_and(|cluster| cluster.process != 0) {
+                        tracing::info!(
+                            checkpoint = id,
+                            bytes_written = written.bytes_written,
+                            entries = written.entries,
+                            paused_ms = paused_for.as_millis() as u64,
+                            location = self.checkpoints.location(),
+                            "this process's part of the checkpoint is written (process 0 commits it)"
+                        );
+                    } else {
+                        tracing::info!(
+                            checkpoint = id,
+                            bytes_written = written.bytes_written,
+                            entries = written.entries,
+                            stored_bytes = written.stored_bytes,
+                            duration_ms = duration.as_millis() as u64,
+                            paused_ms = paused_for.as_millis() as u64,
+                            location = self.checkpoints.location(),
+                            "checkpoint committed"
+                        );
+                    }
                     progress.queued.fetch_sub(1, Ordering::SeqCst);
                     progress.report(Outcome::Committed(id));
                 }

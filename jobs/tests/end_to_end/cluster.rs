@@ -453,3 +453,199 @@ fn a_killed_run_process_stops_the_cluster_and_a_restart_loses_nothing() {
     let (features, _duplicates) = all_features(&data);
     crate::checkpoints::assert_same_features(&features, &expected, "after kill -9 and a restart");
 }
+
+/// The portals of the Kinesis test, one stream each.
+const KINESIS_PORTALS: [&str; 3] = ["g1", "ge", "gshow"];
+
+/// Runs `pageflow args` with `env`; fails the test unless it succeeds. Its standard error.
+fn pageflow_ok(args: &[&str], env: &[(String, String)]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "pageflow {args:?}:\n{stderr}");
+    stderr
+}
+
+/// Reshards every portal's stream from 2 to 4 shards and waits until each is active again.
+fn reshard_every_stream(endpoint: &str) {
+    let client = pageflow_tests::clients::kinesis_client(
+        endpoint,
+        aws_sdk_kinesis::config::retry::RetryConfig::standard(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for portal in KINESIS_PORTALS {
+            let stream = format!("pageviews-{portal}");
+            client
+                .update_shard_count()
+                .stream_name(&stream)
+                .target_shard_count(4)
+                .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+                .send()
+                .await
+                .unwrap();
+            let started = std::time::Instant::now();
+            loop {
+                let summary = client
+                    .describe_stream_summary()
+                    .stream_name(&stream)
+                    .send()
+                    .await
+                    .unwrap();
+                let active = summary.stream_description_summary.is_some_and(|s| {
+                    s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active
+                });
+                if active {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < LIMIT,
+                    "{stream} did not become active again"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await; // a poll's interval
+            }
+        }
+    });
+}
+
+/// The records a process says it read when its input ended.
+fn records_read(stderr: &str) -> Option<u64> {
+    let rest = stderr.split(" read ").last()?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Two processes read three portals' streams (kinesis-local) whose shards were split from 2 to
+/// 4 between two halves of the input: every record is read exactly once across the processes,
+/// both read some, and children after parents (the features equal the replay's, which a child
+/// read before its parent would break: a reader's later pageviews would make its earlier ones
+/// late). The run is bounded (`stop_at_latest`): both processes end with the input.
+#[test]
+fn two_processes_share_kinesis_shards_across_a_reshard() {
+    let local = pageflow_tests::kinesis_local::KinesisLocal::start().unwrap();
+    let env = local.env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    pageflow_ok(
+        &[
+            "generate",
+            "--events",
+            "12000",
+            "--seed",
+            "41",
+            "--out",
+            &input.to_string_lossy(),
+        ],
+        &[],
+    );
+    let single = dir.path().join("replay");
+    replay_one_process(&input, &single);
+    let expected = sorted_lines(&[single.join("features.jsonl")]);
+    // The input in two halves, the second put after the reshard (to the children).
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let halves = [
+        dir.path().join("first.jsonl"),
+        dir.path().join("second.jsonl"),
+    ];
+    let middle = lines.len() / 2;
+    std::fs::write(&halves[0], lines[..middle].join("\n") + "\n").unwrap();
+    std::fs::write(&halves[1], lines[middle..].join("\n") + "\n").unwrap();
+
+    let data = dir.path().join("data");
+    let config = dir.path().join("job.toml");
+    let mut text = String::from(
+        "[source]\nkind = \"kinesis\"\n\n[source.kinesis]\nstop_at_latest = true\ndiscovery_interval = \"1s\"\nmax_records = 500\n\n",
+    );
+    for portal in KINESIS_PORTALS {
+        text += &format!(
+            "[[source.kinesis.streams]]\nportal = \"{portal}\"\nstream = \"pageviews-{portal}\"\n\n"
+        );
+    }
+    text += &format!(
+        "[aws]\nregion = \"us-east-1\"\nkinesis_endpoint_url = \"{}\"\n\n\
+         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\n\n\
+         [serve]\nenabled = false\n\n\
+         [runtime]\nworkers = 1\n\n[checkpoint]\ninterval = \"200ms\"\n",
+        local.endpoint,
+        data.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config_str = config.to_string_lossy().into_owned();
+    pageflow_ok(
+        &["aws", "setup", "--config", &config_str, "--shards", "2"],
+        &env,
+    );
+    pageflow_ok(
+        &[
+            "aws",
+            "put",
+            "--config",
+            &config_str,
+            "--input",
+            &halves[0].to_string_lossy(),
+        ],
+        &env,
+    );
+    reshard_every_stream(&local.endpoint);
+    pageflow_ok(
+        &[
+            "aws",
+            "put",
+            "--config",
+            &config_str,
+            "--input",
+            &halves[1].to_string_lossy(),
+        ],
+        &env,
+    );
+
+    let addresses = free_addresses(2);
+    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut job: Vec<JobProcess> = (0..2)
+        .map(|process| {
+            JobProcess::spawn(
+                Command::new(BIN)
+                    .args([
+                        "run",
+                        "--config",
+                        &config_str,
+                        "--process",
+                        &process.to_string(),
+                    ])
+                    .env(
+                        "PAGEFLOW__CLUSTER__ADDRESSES",
+                        format!("[{}]", list.join(",")),
+                    )
+                    .env("RUST_LOG", "info")
+                    .env("NO_COLOR", "1")
+                    .envs(env.iter().cloned()),
+            )
+            .unwrap()
+        })
+        .collect();
+    let ended = wait_all(&mut job, "the Kinesis cluster");
+    let mut read = Vec::new();
+    for (p, (code, stderr)) in ended.iter().enumerate() {
+        assert_eq!(*code, 0, "process {p}:\n{stderr}\n{}", local.output());
+        assert!(stderr.contains("the input has ended"), "{stderr}");
+        read.push(records_read(stderr).unwrap_or_else(|| panic!("process {p}:\n{stderr}")));
+    }
+    assert_eq!(
+        read.iter().sum::<u64>(),
+        lines.len() as u64,
+        "every record read exactly once: {read:?}"
+    );
+    assert!(
+        read.iter().all(|&n| n > 0),
+        "both processes read shards: {read:?}"
+    );
+    let (features, duplicates) = all_features(&data);
+    assert_eq!(duplicates, 0);
+    crate::checkpoints::assert_same_features(&features, &expected, "Kinesis across two processes");
+}

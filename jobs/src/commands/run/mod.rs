@@ -52,7 +52,7 @@ use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
 use self::sources::{Sources, worker_sources};
 use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
-use crate::config::{CheckpointStoreKind, JobConfig, SourceKind};
+use crate::config::{CheckpointStoreKind, JobConfig};
 use pageflow_metrics::Metrics;
 use pageflow_serve::{JobView, ServingState};
 
@@ -252,14 +252,6 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
             problems.join("\n  ")
         ));
     }
-    if config.cluster.is_cluster() && config.source.kind == SourceKind::Kinesis {
-        // Refused rather than run wrong: each process would read every shard
-        // (docs/cluster-design.md, step 8).
-        return Err(anyhow!(
-            "[cluster] lists {} processes, but a Kinesis source runs as one process for now (shards are not yet shared out across processes, docs/cluster-design.md step 8): run one process with more [runtime] workers, or use files or the synthetic source in a cluster",
-            config.cluster.processes()
-        ));
-    }
     let config = for_this_process(config);
     let cluster = config.cluster.clone();
     let directory_locks = lock_directories(&config)?;
@@ -342,6 +334,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         local: sources,
         opinions,
         kinesis,
+        finished_elsewhere,
     } = worker_sources(&config, &runtime, restored.as_ref(), &hooks)?;
     if let Some(consumer) = &kinesis {
         metrics.watch_kinesis(Arc::clone(&consumer.status));
@@ -350,6 +343,9 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     // Serving shows local worker 0's replica, which hears every worker through the exchange.
     if let Some(first) = boards.first() {
         job_view.watch_board(BoardView::of(Arc::clone(first)));
+        if let Some(finished) = &finished_elsewhere {
+            finished.watch(BoardView::of(Arc::clone(first)));
+        }
     }
     start_workers(
         &config,
@@ -520,7 +516,16 @@ pub fn run(config: JobConfig) -> Result<()> {
             std::process::exit(SOURCE_FAILED_EXIT_CODE)
         }
         Wake::Ended => {
-            crate::say!("pageflow: the input has ended; every result is written");
+            let read = job.records_in();
+            if processes > 1 {
+                crate::say!(
+                    "pageflow: the input has ended; every result is written (process {process} read {read} records)"
+                );
+            } else {
+                crate::say!(
+                    "pageflow: the input has ended; every result is written ({read} records read)"
+                );
+            }
             job.shutdown()?;
             std::process::exit(0)
         }

@@ -2,10 +2,13 @@
 //! restored checkpoint left them (synthetic partitions and files by record number; Kinesis shards
 //! by sequence number, through the consumer this also starts).
 
+use std::sync::{Arc, OnceLock};
+
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::files::source::partition_name;
 use pageflow_connectors::kinesis::consumer::{
-    ConsumerPlacement, ConsumerSettings, KinesisConsumer, NowhereElse, SavedShards, StreamSpec,
+    ConsumerPlacement, ConsumerSettings, FinishedElsewhere, KinesisConsumer, SavedShards,
+    StreamSpec,
 };
 use pageflow_connectors::kinesis::polling_reader::ReaderSettings;
 use pageflow_connectors::kinesis::shard_reader::StartPosition;
@@ -13,7 +16,7 @@ use pageflow_connectors::{JsonLinesFile, SyntheticConfig, SyntheticSource};
 use pageflow_dataflow::clock::{Clock, SystemClock, unix_now_ms};
 use pageflow_dataflow::placement::assign_partition;
 use pageflow_dataflow::source::{RecordSource, WorkerSources};
-use pageflow_dataflow::time::Opinion;
+use pageflow_dataflow::time::{BoardView, Opinion};
 
 use super::RunHooks;
 use crate::checkpoints::Restored;
@@ -28,6 +31,8 @@ pub(super) struct Sources {
     pub opinions: Vec<Opinion>,
     /// The Kinesis consumer, when Kinesis is the source.
     pub kinesis: Option<KinesisConsumer>,
+    /// For the Kinesis consumer: shards ended in other processes, once it sees the board.
+    pub finished_elsewhere: Option<Arc<FinishedOnTheBoard>>,
 }
 
 /// Builds every worker's sources from the configuration; for Kinesis, also starts the consumer.
@@ -155,24 +160,34 @@ pub(super) fn worker_sources(
                 saved: saved_shards(restored),
                 ..ConsumerSettings::default()
             };
+            // Each process lists the shards and reads those of its own workers; a shard read
+            // elsewhere is known to have ended from the board (set once the boards exist).
+            let finished_elsewhere = Arc::new(FinishedOnTheBoard::default());
             let (consumer, feeds) = KinesisConsumer::start(
                 runtime.handle(),
                 client,
                 streams,
-                ConsumerPlacement::single(workers),
-                std::sync::Arc::new(NowhereElse),
+                ConsumerPlacement {
+                    process: config.cluster.process,
+                    processes: config.cluster.processes(),
+                    threads: workers,
+                },
+                Arc::clone(&finished_elsewhere) as Arc<dyn FinishedElsewhere>,
                 settings,
             );
             let local: Vec<WorkerSources> = feeds
                 .into_iter()
                 .map(|feed| WorkerSources::new(Vec::new(), Some(Box::new(feed))))
                 .collect();
-            // One process (a cluster refuses Kinesis for now): the local workers are all.
-            let opinions = local.iter().map(WorkerSources::initial_opinion).collect();
+            // Every worker of every process has a feed of shards: all start alike.
+            let opinion = local
+                .first()
+                .map_or(Opinion::Finished, WorkerSources::initial_opinion);
             return Ok(Sources {
                 local,
-                opinions,
+                opinions: vec![opinion; all_workers],
                 kinesis: Some(consumer),
+                finished_elsewhere: Some(finished_elsewhere),
             });
         }
     }
@@ -190,7 +205,30 @@ pub(super) fn worker_sources(
         local: by_worker.into_iter().map(WorkerSources::from).collect(),
         opinions,
         kinesis: None,
+        finished_elsewhere: None,
     })
+}
+
+/// Whether a Kinesis shard read by another process has ended, from the partitions' reports on
+/// the watermark board: every worker's reports reach every process through the exchange, and a
+/// shard's last report (`finished`) stays. Until the board is set, nothing has ended elsewhere.
+#[derive(Debug, Default)]
+pub(super) struct FinishedOnTheBoard(OnceLock<BoardView>);
+
+impl FinishedOnTheBoard {
+    /// Reads `board` from now on.
+    pub(super) fn watch(&self, board: BoardView) {
+        let _ = self.0.set(board);
+    }
+}
+
+impl FinishedElsewhere for FinishedOnTheBoard {
+    fn is_finished(&self, partition: &str) -> bool {
+        self.0
+            .get()
+            .and_then(|board| board.partition(partition))
+            .is_some_and(|report| report.finished)
+    }
 }
 
 /// The restored positions of Kinesis shards.
