@@ -28,6 +28,7 @@
 //! addresses = ["10.0.1.10:7100", "10.0.1.11:7100"]   # the same list, in the same order, everywhere
 //! process = 0                                         # or --process, or PAGEFLOW__CLUSTER__PROCESS
 //! connect_timeout = "60s"
+//! peer_timeout = "10s"                                # a silent peer counts as lost after this
 //! ```
 //!
 //! What runs as a cluster today is `pageflow replay` (see `docs/cluster-design.md` for the plan
@@ -75,6 +76,10 @@ pub struct ClusterConfig {
     pub process: usize,
     /// How long to wait for every peer at start.
     pub connect_timeout: Millis,
+    /// How long a peer may stay silent (a machine that died, a network cut: no connection
+    /// reset arrives) before this process counts it as lost: TCP keepalive probes an idle
+    /// connection, and data unacknowledged for this long fails it.
+    pub peer_timeout: Millis,
 }
 
 impl Default for ClusterConfig {
@@ -83,6 +88,7 @@ impl Default for ClusterConfig {
             addresses: Vec::new(),
             process: 0,
             connect_timeout: Millis::seconds(60),
+            peer_timeout: Millis::seconds(10),
         }
     }
 }
@@ -141,6 +147,12 @@ impl ClusterConfig {
         if self.connect_timeout.ms() == 0 {
             problems.push("[cluster] `connect_timeout` must be positive, e.g. `60s`".to_string());
         }
+        if self.peer_timeout.ms() < 2_000 {
+            problems.push(format!(
+                "[cluster] `peer_timeout` = {} is too short to tell a lost peer from a slow one: give at least `2s` (default `10s`)",
+                self.peer_timeout
+            ));
+        }
     }
 
     /// The communication of `threads` worker threads per process: within this process only, or
@@ -163,6 +175,10 @@ impl ClusterConfig {
             agreement,
             self.connect_timeout.into(),
         )?;
+        for socket in sockets.iter().flatten() {
+            notice_silence(socket, self.peer_timeout.into())
+                .context("cannot set keepalive on a connection to a peer")?;
+        }
         exit_when_a_peer_is_lost(self.addresses.clone());
         tracing::info!(
             process = self.process,
@@ -395,6 +411,26 @@ fn connect_peers(
         socket.set_read_timeout(None)?;
     }
     Ok(sockets)
+}
+
+/// Makes a connection to a peer fail, rather than wait forever, when the peer falls silent
+/// for about `timeout`: keepalive probes start after half of it on an idle connection (one a
+/// second), and data left unacknowledged for `timeout` fails the connection (`TCP_USER_TIMEOUT`).
+/// timely's network thread then fails, and this process exits naming the peer (see
+/// [`PEER_LOST_EXIT_CODE`]). A process that dies is noticed at once anyway: its kernel resets
+/// the connection.
+fn notice_silence(socket: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    let idle = (timeout / 2).max(Duration::from_secs(1));
+    let interval = Duration::from_secs(1);
+    let probes = ((timeout.saturating_sub(idle)).as_secs() as u32).max(1);
+    let socket = socket2::SockRef::from(socket);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval)
+            .with_retries(probes),
+    )?;
+    socket.set_tcp_user_timeout(Some(timeout))
 }
 
 /// Listens on this process's own address (on every interface when it names another host).
@@ -634,5 +670,34 @@ mod tests {
         let mut problems = Vec::new();
         ClusterConfig::default().validate(&mut problems);
         assert!(problems.is_empty());
+        let mut problems = Vec::new();
+        ClusterConfig {
+            peer_timeout: Millis(500),
+            ..ClusterConfig::new(vec!["a:1".into(), "b:1".into()], 0)
+        }
+        .validate(&mut problems);
+        assert!(
+            problems.join("\n").contains("`peer_timeout`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_to_a_peer_gives_up_on_silence() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        notice_silence(&stream, Duration::from_secs(10)).unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 5);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(10))
+        );
     }
 }

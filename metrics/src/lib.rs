@@ -26,6 +26,7 @@
 //! | `pageflow_sink_retried_total{sink}` | counter | entries the AWS sinks had to send again (partial failures, throttling) |
 //! | `pageflow_kinesis_shards{state}` | gauge | shards being read (`reading`) and read to their end (`finished`) |
 //! | `pageflow_kinesis_millis_behind_latest{stream,shard}` | gauge | how far behind the tip of each shard being read the consumer is |
+//! | `pageflow_cluster_processes` / `pageflow_cluster_process` | gauge | in a cluster: how many processes run the job, and this one's index (every figure here is this process's own; the watermark is the cluster's) |
 //! | `pageflow_kinesis_iterator_age_ms{stream,shard}` | gauge | age of the newest record of the last batch read from each shard (0 when caught up) |
 //! | `pageflow_kinesis_records_total{stream,shard}` | counter | user records read from each shard |
 //! | `pageflow_kinesis_listings_total` | counter | completed `ListShards` discoveries |
@@ -158,6 +159,17 @@ struct RouteGroupLabel {
 
 /// A family of latency histograms, one per label set, each made by a plain function.
 type HistogramFamily<L> = Family<L, LatencyHistogram, fn() -> LatencyHistogram>;
+
+/// Where this process stands in a cluster of processes running one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPlace {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// Every process's `host:port`, in process order.
+    pub addresses: Vec<String>,
+    /// Worker threads in each process.
+    pub threads: usize,
+}
 
 /// The job's counters, gauges and histograms. Cheap to update from any thread; share it as
 /// `Arc<Metrics>`.
@@ -458,6 +470,17 @@ impl Metrics {
     /// The Kinesis consumer's per-shard state, when the source is Kinesis.
     pub fn kinesis_status(&self) -> Option<Arc<ConsumerStatus>> {
         lock(&self.observed.kinesis).clone()
+    }
+
+    /// This process's place in the cluster of processes running the job (not called for one
+    /// process): shown in `/v1/status` and as `pageflow_cluster_*` gauges.
+    pub fn set_cluster(&self, place: ClusterPlace) {
+        *lock(&self.observed.cluster) = Some(place);
+    }
+
+    /// This process's place in the cluster, when the job runs as several processes.
+    pub fn cluster(&self) -> Option<ClusterPlace> {
+        lock(&self.observed.cluster).clone()
     }
 
     /// Renders the Kinesis consumer's per-shard state from now on.

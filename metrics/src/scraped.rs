@@ -43,6 +43,8 @@ pub(crate) struct Observed {
     pub(crate) state: Mutex<BTreeMap<String, (u64, u64)>>,
     /// The Personalize event forwarder, when events are forwarded.
     pub(crate) personalize_events: Mutex<Option<Arc<EventForwarder>>>,
+    /// This process's place in a cluster of processes, when the job runs as one.
+    pub(crate) cluster: Mutex<Option<crate::ClusterPlace>>,
 }
 
 impl Default for Observed {
@@ -54,6 +56,7 @@ impl Default for Observed {
             checkpoints: Mutex::default(),
             state: Mutex::default(),
             personalize_events: Mutex::default(),
+            cluster: Mutex::default(),
         }
     }
 }
@@ -107,6 +110,21 @@ impl Collector for ScrapeTimeFamilies {
         let kinesis = lock(&observed.kinesis).clone();
         if let Some(status) = kinesis {
             encode_kinesis(&mut encoder, &status)?;
+        }
+        let cluster = lock(&observed.cluster).clone();
+        if let Some(place) = cluster {
+            gauge(
+                &mut encoder,
+                "pageflow_cluster_processes",
+                "Processes that run the job together (a timely cluster).",
+                place.addresses.len() as u64,
+            )?;
+            gauge(
+                &mut encoder,
+                "pageflow_cluster_process",
+                "This process's index in the cluster (its metrics are its own).",
+                place.process as u64,
+            )?;
         }
         Ok(())
     }

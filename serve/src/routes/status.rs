@@ -30,9 +30,15 @@
 //!     "event_to_ranking": {"count": 310, "p50_s": 2.1, "p99_s": 4.9},
 //!     "checkpoint_duration": {"count": 2, "p50_s": 0.19, "p99_s": 0.21},
 //!     "checkpoint_pause": {"count": 2, "p50_s": 0.02, "p99_s": 0.03}
-//!   }
+//!   },
+//!   "cluster": null
 //! }
 //! ```
+//!
+//! In a cluster, `"cluster"` reads e.g.
+//! `{"process": 1, "processes": 2, "workers": 4, "peers": [{"process": 0, "address":
+//! "pageflow-p0.pageflow.local:7100", "this_process": false}, {"process": 1, "address": "…",
+//! "this_process": true}]}`.
 //!
 //! - `ready`/`not_ready`: what `/readyz` decides, with its reasons (empty when ready).
 //! - `events.per_second`: records read per second over the last ~10 s
@@ -48,6 +54,11 @@
 //! - `kinesis`: shard counts and lags when the source is Kinesis, else `null`.
 //! - `checkpoint`: committed and failed checkpoints since start, the last committed one's id,
 //!   commit time (ms since the epoch), age and duration; `null` ids and times before the first.
+//! - `cluster`: when the job runs as several processes (`[cluster]`), this process's index, the
+//!   number of processes and of workers, and every process with its address (`null` for one
+//!   process). Every process answers for the whole job, but `events`, `lag_ms`, `kinesis`,
+//!   `checkpoint` and `latency` are this process's own (its shards, its part of each
+//!   checkpoint); `watermark` is the cluster's (every process hears every partition).
 //! - `portals`: the portals with a ranking, sorted.
 //! - `latency`: distributions since start (HdrHistogram, quantiles within 0.1 %; `p50_s` and
 //!   `p99_s` are `null` while `count` is 0): `http` by route group (`rankings`,
@@ -136,6 +147,34 @@ pub struct JobStatus {
     pub portals: Vec<String>,
     /// Latency distributions since start.
     pub latency: LatencyStatus,
+    /// The processes running the job together, when it runs as a cluster.
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// The processes of a cluster as this one sees them: every process answers for the whole job
+/// (rankings, related, recommendations), while its counters are its own.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterFigures {
+    /// This process's index.
+    pub process: usize,
+    /// How many processes run the job.
+    pub processes: usize,
+    /// Worker threads of the whole job (processes × workers per process).
+    pub workers: usize,
+    /// Every process, in order, with its address (all connected while this one runs: a lost
+    /// peer stops every process).
+    pub peers: Vec<PeerFigures>,
+}
+
+/// One process of the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerFigures {
+    /// Its index.
+    pub process: usize,
+    /// Its `host:port` in `[cluster] addresses`.
+    pub address: String,
+    /// Whether it is the process answering.
+    pub this_process: bool,
 }
 
 /// Latency distributions since start, each as count, p50 and p99.
@@ -308,6 +347,21 @@ pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<
         },
         portals: state.portals(),
         latency: metrics.latencies().into(),
+        cluster: metrics.cluster().map(|place| ClusterFigures {
+            process: place.process,
+            processes: place.addresses.len(),
+            workers: place.addresses.len() * place.threads,
+            peers: place
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(process, address)| PeerFigures {
+                    process,
+                    address: address.clone(),
+                    this_process: process == place.process,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -391,6 +445,35 @@ mod tests {
                 "checkpoint_duration": none,
                 "checkpoint_pause": none,
             })
+        );
+        assert_eq!(value["cluster"], Value::Null, "one process");
+    }
+
+    #[test]
+    fn a_process_of_a_cluster_lists_every_process_and_itself() {
+        let metrics = Metrics::new();
+        metrics.set_cluster(pageflow_metrics::ClusterPlace {
+            process: 1,
+            addresses: vec!["p0.local:7100".into(), "p1.local:7100".into()],
+            threads: 2,
+        });
+        let status = job_status(&ServingState::new(), &metrics, inputs(None));
+        let value = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            value["cluster"],
+            json!({"process": 1, "processes": 2, "workers": 4, "peers": [
+                {"process": 0, "address": "p0.local:7100", "this_process": false},
+                {"process": 1, "address": "p1.local:7100", "this_process": true},
+            ]})
+        );
+        let rendered = metrics.render_prometheus();
+        assert!(
+            rendered.contains("pageflow_cluster_processes 2"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("pageflow_cluster_process 1"),
+            "{rendered}"
         );
     }
 

@@ -259,6 +259,13 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
     let serving = Arc::new(ServingState::with_read_limits(
         config.recommendations.read_limits(),
     ));
+    if cluster.is_cluster() {
+        metrics.set_cluster(pageflow_metrics::ClusterPlace {
+            process: cluster.process,
+            addresses: cluster.addresses.clone(),
+            threads: config.runtime.workers,
+        });
+    }
     let stats = Arc::new(JobStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     // The operator view (`/v1/job`): the workers attach to its monitor, the checkpoint writer
