@@ -514,6 +514,52 @@ fn reshard_every_stream(endpoint: &str) {
     });
 }
 
+/// Writes the configuration of a job over the Kinesis test streams at `endpoint` (bounded with
+/// `stop_at_latest`, serving on a port of its own otherwise); its path.
+fn kinesis_config(dir: &Path, endpoint: &str, data: &Path, bounded: bool) -> String {
+    let mut text = format!(
+        "[source]\nkind = \"kinesis\"\n\n[source.kinesis]\nstop_at_latest = {bounded}\ndiscovery_interval = \"1s\"\nmax_records = 500\n\n"
+    );
+    for portal in KINESIS_PORTALS {
+        text += &format!(
+            "[[source.kinesis.streams]]\nportal = \"{portal}\"\nstream = \"pageviews-{portal}\"\n\n"
+        );
+    }
+    text += &format!(
+        "[aws]\nregion = \"us-east-1\"\nkinesis_endpoint_url = \"{endpoint}\"\n\n\
+         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\n\n\
+         [serve]\nenabled = {}\nlisten = \"127.0.0.1:0\"\n\n\
+         [runtime]\nworkers = 1\n\n[checkpoint]\ninterval = \"200ms\"\n",
+        data.display(),
+        !bounded
+    );
+    let config = dir.join("job.toml");
+    std::fs::write(&config, text).unwrap();
+    config.to_string_lossy().into_owned()
+}
+
+/// Starts the two processes of a job of `config` on loopback with `env`.
+fn start_two(config: &str, env: &[(String, String)]) -> Vec<JobProcess> {
+    let addresses = free_addresses(2);
+    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    (0..2)
+        .map(|process| {
+            JobProcess::spawn(
+                Command::new(BIN)
+                    .args(["run", "--config", config, "--process", &process.to_string()])
+                    .env(
+                        "PAGEFLOW__CLUSTER__ADDRESSES",
+                        format!("[{}]", list.join(",")),
+                    )
+                    .env("RUST_LOG", "info")
+                    .env("NO_COLOR", "1")
+                    .envs(env.iter().cloned()),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
 /// The records a process says it read when its input ended.
 fn records_read(stderr: &str) -> Option<u64> {
     let rest = stderr.split(" read ").last()?;
@@ -558,25 +604,7 @@ fn two_processes_share_kinesis_shards_across_a_reshard() {
     std::fs::write(&halves[1], lines[middle..].join("\n") + "\n").unwrap();
 
     let data = dir.path().join("data");
-    let config = dir.path().join("job.toml");
-    let mut text = String::from(
-        "[source]\nkind = \"kinesis\"\n\n[source.kinesis]\nstop_at_latest = true\ndiscovery_interval = \"1s\"\nmax_records = 500\n\n",
-    );
-    for portal in KINESIS_PORTALS {
-        text += &format!(
-            "[[source.kinesis.streams]]\nportal = \"{portal}\"\nstream = \"pageviews-{portal}\"\n\n"
-        );
-    }
-    text += &format!(
-        "[aws]\nregion = \"us-east-1\"\nkinesis_endpoint_url = \"{}\"\n\n\
-         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\n\n\
-         [serve]\nenabled = false\n\n\
-         [runtime]\nworkers = 1\n\n[checkpoint]\ninterval = \"200ms\"\n",
-        local.endpoint,
-        data.display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let config_str = config.to_string_lossy().into_owned();
+    let config_str = kinesis_config(dir.path(), &local.endpoint, &data, true);
     pageflow_ok(
         &["aws", "setup", "--config", &config_str, "--shards", "2"],
         &env,
@@ -605,30 +633,7 @@ fn two_processes_share_kinesis_shards_across_a_reshard() {
         &env,
     );
 
-    let addresses = free_addresses(2);
-    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    let mut job: Vec<JobProcess> = (0..2)
-        .map(|process| {
-            JobProcess::spawn(
-                Command::new(BIN)
-                    .args([
-                        "run",
-                        "--config",
-                        &config_str,
-                        "--process",
-                        &process.to_string(),
-                    ])
-                    .env(
-                        "PAGEFLOW__CLUSTER__ADDRESSES",
-                        format!("[{}]", list.join(",")),
-                    )
-                    .env("RUST_LOG", "info")
-                    .env("NO_COLOR", "1")
-                    .envs(env.iter().cloned()),
-            )
-            .unwrap()
-        })
-        .collect();
+    let mut job = start_two(&config_str, &env);
     let ended = wait_all(&mut job, "the Kinesis cluster");
     let mut read = Vec::new();
     for (p, (code, stderr)) in ended.iter().enumerate() {
@@ -648,4 +653,154 @@ fn two_processes_share_kinesis_shards_across_a_reshard() {
     let (features, duplicates) = all_features(&data);
     assert_eq!(duplicates, 0);
     crate::checkpoints::assert_same_features(&features, &expected, "Kinesis across two processes");
+}
+
+/// Reads `path` from the job serving on `addr`: the body of a 200 answer.
+fn answer(addr: &str, path: &str) -> Option<String> {
+    pageflow_tests::http_get(addr, path).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// Polls `path` on both processes until they answer 200 with the same body; that body.
+fn same_answer(served: &[String], path: &str) -> String {
+    let agreed = poll_until(LIMIT, Duration::from_millis(100), || {
+        let first = answer(&served[0], path)?;
+        let second = answer(&served[1], path)?;
+        (first == second).then_some(first)
+    });
+    agreed.unwrap_or_else(|| {
+        panic!(
+            "the processes never agreed on {path}: {:?} / {:?}",
+            answer(&served[0], path),
+            answer(&served[1], path)
+        )
+    })
+}
+
+/// Two processes each serve the whole job: once every record is read, both answer every route
+/// alike (final popular and trending rankings of every portal, an article's related list, a
+/// reader's recommendations), and `/v1/status` lists both processes. A SIGTERM to process 0
+/// stops both after one final checkpoint, to which process 1 adds its part.
+#[test]
+fn every_process_of_a_cluster_serves_the_whole_job() {
+    let local = pageflow_tests::kinesis_local::KinesisLocal::start().unwrap();
+    let env = local.env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    pageflow_ok(
+        &[
+            "generate",
+            "--events",
+            "6000",
+            "--seed",
+            "43",
+            // 50 minutes of event time over 2,000 readers: sessions close (the session gap
+            // passes) while the job runs, so articles have related lists.
+            "--rate",
+            "2",
+            "--users",
+            "2000",
+            "--out",
+            &input.to_string_lossy(),
+        ],
+        &[],
+    );
+    let text = std::fs::read_to_string(&input).unwrap();
+    let total = text.lines().count() as u64;
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let data = dir.path().join("data");
+    let config = kinesis_config(dir.path(), &local.endpoint, &data, false);
+    pageflow_ok(
+        &["aws", "setup", "--config", &config, "--shards", "2"],
+        &env,
+    );
+    pageflow_ok(
+        &[
+            "aws",
+            "put",
+            "--config",
+            &config,
+            "--input",
+            &input.to_string_lossy(),
+        ],
+        &env,
+    );
+    let mut job = start_two(&config, &env);
+    let served: Vec<String> = job
+        .iter_mut()
+        .map(|process| process.http_address(LIMIT).unwrap())
+        .collect();
+    let read = poll_until(LIMIT, Duration::from_millis(100), || {
+        let counts: Option<Vec<u64>> = served
+            .iter()
+            .map(|addr| {
+                let status: serde_json::Value =
+                    serde_json::from_str(&answer(addr, "/v1/status")?).ok()?;
+                status["events"]["in_total"].as_u64()
+            })
+            .collect();
+        counts.filter(|c| c.iter().sum::<u64>() >= total)
+    });
+    assert!(
+        read.is_some(),
+        "the processes did not read all {total} records"
+    );
+
+    for portal in KINESIS_PORTALS {
+        for kind in ["popular", "trending"] {
+            let body = same_answer(&served, &format!("/v1/portals/{portal}/{kind}?final=true"));
+            let ranking: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                ranking["items"]
+                    .as_array()
+                    .is_some_and(|items| !items.is_empty()),
+                "{portal} {kind}: {body}"
+            );
+        }
+    }
+    let portal = first["portal"].as_str().unwrap();
+    let popular: serde_json::Value = serde_json::from_str(&same_answer(
+        &served,
+        &format!("/v1/portals/{portal}/popular?final=true"),
+    ))
+    .unwrap();
+    // An article of the ranking with a related list (one read in sessions that have closed).
+    let related = popular["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item["article_id"].as_str())
+        .map(|article| format!("/v1/articles/{article}/related?portal={portal}"))
+        .find(|path| answer(&served[0], path).is_some())
+        .unwrap_or_else(|| panic!("no article of {popular} has a related list"));
+    same_answer(&served, &related);
+    let user = first["user_id"].as_str().unwrap();
+    let recommended = same_answer(
+        &served,
+        &format!("/v1/users/{user}/recommendations?portal={portal}&n=5"),
+    );
+    assert!(recommended.contains("article_id"), "{recommended}");
+    for (process, addr) in served.iter().enumerate() {
+        let status: serde_json::Value =
+            serde_json::from_str(&answer(addr, "/v1/status").unwrap()).unwrap();
+        let cluster = &status["cluster"];
+        assert_eq!(cluster["process"], process, "{status}");
+        assert_eq!(cluster["processes"], 2, "{status}");
+        assert_eq!(
+            cluster["peers"].as_array().map(Vec::len),
+            Some(2),
+            "{status}"
+        );
+    }
+
+    job[0].terminate().unwrap();
+    let ended = wait_all(&mut job, "the serving cluster");
+    for (p, (code, stderr)) in ended.iter().enumerate() {
+        assert_eq!(*code, 0, "process {p}:\n{stderr}");
+    }
+    let id = stopped_after(&ended[0].1).unwrap_or_else(|| panic!("{}", ended[0].1));
+    assert!(
+        ended[1].1.contains(&format!("part of checkpoint {id} ")),
+        "{}",
+        ended[1].1
+    );
 }
