@@ -124,6 +124,13 @@ pub trait RecordSource: Send {
     fn is_replay(&self) -> bool {
         false
     }
+
+    /// How far behind the newest record its source holds this partition is read, in ms (a
+    /// Kinesis shard's `MillisBehindLatest`); `None` when the source cannot tell. Reported with
+    /// the partition's watermark, so that every process of a cluster knows the whole job's lag.
+    fn lag_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl std::fmt::Debug for dyn RecordSource {

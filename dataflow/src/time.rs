@@ -164,6 +164,9 @@ pub struct PartitionWatermark {
     /// The job watermark as its worker saw it at the same moment (the partition's lead over it
     /// is then measured at one instant, not across a second of progress).
     pub job_watermark_ms: Option<u64>,
+    /// How far behind the newest record of its source it is read (see
+    /// [`crate::source::RecordSource::lag_ms`]), when the source tells.
+    pub lag_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

@@ -36,6 +36,19 @@ impl JobView {
         let _ = self.board.set(board);
     }
 
+    /// How far behind the tip of its sources the whole job reads: the largest lag any partition
+    /// still being read reports (Kinesis `MillisBehindLatest`), whichever process reads it, as
+    /// the board has heard; `None` when no partition reports one.
+    pub fn lag_ms(&self) -> Option<u64> {
+        self.board
+            .get()?
+            .partitions()
+            .values()
+            .filter(|report| !report.finished)
+            .filter_map(|report| report.lag_ms)
+            .max()
+    }
+
     /// The answer of `GET /v1/job` at `now_ms`.
     pub fn answer(&self, now_ms: u64) -> JobAnswer {
         let graph = self.monitor.snapshot();

@@ -344,11 +344,22 @@ pub struct ShardPartition {
     ending: Option<Vec<String>>,
     finished: bool,
     done: mpsc::UnboundedSender<ShardDone>,
+    /// Where its reader records how far behind the tip it is (`(stream, shard)` in it).
+    status: Arc<ConsumerStatus>,
+    stream: String,
 }
 
 impl RecordSource for ShardPartition {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn lag_ms(&self) -> Option<u64> {
+        let shards = self.status.lock();
+        let behind = shards
+            .get(&(self.stream.clone(), self.shard.clone()))?
+            .millis_behind_latest?;
+        u64::try_from(behind).ok()
     }
 
     fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Result<PollStatus, SourceError> {
@@ -653,6 +664,8 @@ impl Coordinator {
             ending: None,
             finished: false,
             done,
+            status: Arc::clone(&self.status),
+            stream: spec.stream.clone(),
         }
     }
 }

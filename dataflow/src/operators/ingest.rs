@@ -138,6 +138,7 @@ impl Partition {
             idle: self.opinion(config, now) == Opinion::Idle,
             finished: self.clock.finished,
             job_watermark_ms: job.ms(),
+            lag_ms: self.source.lag_ms(),
         }
     }
 

@@ -142,9 +142,12 @@ mod tests {
                 idle: true,
                 finished: false,
                 job_watermark_ms: Some(5_000),
+                lag_ms: Some(300),
             },
         );
-        view.watch_board(BoardView::of(board));
+        assert_eq!(view.lag_ms(), None, "no board yet");
+        view.watch_board(BoardView::of(Arc::clone(&board)));
+        assert_eq!(view.lag_ms(), Some(300), "the largest lag reported");
 
         let body = get_job(app().with_job_view(Arc::clone(&view))).await;
         let operators = body["operators"].as_array().unwrap();
@@ -195,5 +198,21 @@ mod tests {
                  "idle": true, "finished": false},
             ])
         );
+    }
+
+    #[test]
+    fn the_job_lag_leaves_out_partitions_read_to_their_end() {
+        let view = JobView::default();
+        let board = Arc::new(WatermarkBoard::new(1));
+        let report = |lag, finished| PartitionWatermark {
+            lag_ms: Some(lag),
+            finished,
+            ..PartitionWatermark::default()
+        };
+        board.report_partition("kinesis:g1/shardId-0", report(90_000, true));
+        board.report_partition("kinesis:g1/shardId-1", report(1_200, false));
+        board.report_partition("kinesis:ge/shardId-0", report(800, false));
+        view.watch_board(BoardView::of(board));
+        assert_eq!(view.lag_ms(), Some(1_200));
     }
 }

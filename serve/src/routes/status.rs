@@ -49,16 +49,17 @@
 //!   `input_ended`: a bounded input was read to its end (the watermark is then +∞, and `ms` and
 //!   `delay_ms` are `null`).
 //! - `lag_ms`: how far behind the tip of its sources the job reads, the largest Kinesis
-//!   `MillisBehindLatest` over the shards being read; `null` when the source is not Kinesis or no
-//!   shard was read yet.
+//!   `MillisBehindLatest` over the shards being read, by any process of the job (each partition
+//!   reports its lag with its watermark, and every process hears every partition); `null` when
+//!   the source is not Kinesis or no shard was read yet.
 //! - `kinesis`: shard counts and lags when the source is Kinesis, else `null`.
 //! - `checkpoint`: committed and failed checkpoints since start, the last committed one's id,
 //!   commit time (ms since the epoch), age and duration; `null` ids and times before the first.
 //! - `cluster`: when the job runs as several processes (`[cluster]`), this process's index, the
 //!   number of processes and of workers, and every process with its address (`null` for one
-//!   process). Every process answers for the whole job, but `events`, `lag_ms`, `kinesis`,
-//!   `checkpoint` and `latency` are this process's own (its shards, its part of each
-//!   checkpoint); `watermark` is the cluster's (every process hears every partition).
+//!   process). Every process answers for the whole job, but `events`, `kinesis`, `checkpoint`
+//!   and `latency` are this process's own (its shards, its part of each checkpoint); `watermark`
+//!   and `lag_ms` are the cluster's.
 //! - `portals`: the portals with a ranking, sorted.
 //! - `latency`: distributions since start (HdrHistogram, quantiles within 0.1 %; `p50_s` and
 //!   `p99_s` are `null` while `count` is 0): `http` by route group (`rankings`,
@@ -104,6 +105,7 @@ async fn status(State(app): State<App>) -> Response {
             now_ms,
             events_per_second,
             uptime: app.metrics.uptime(),
+            job_lag_ms: app.job.lag_ms(),
         },
     ))
 }
@@ -120,6 +122,9 @@ pub struct StatusInputs<'a> {
     pub events_per_second: f64,
     /// How long the job has run.
     pub uptime: Duration,
+    /// The largest lag any partition of the whole job reports (from the watermark board, which
+    /// hears every process's partitions); `None` when none reports one.
+    pub job_lag_ms: Option<u64>,
 }
 
 /// The answer of `GET /v1/status`; the module docs describe each field.
@@ -333,7 +338,10 @@ pub fn job_status(state: &ServingState, metrics: &Metrics, inputs: StatusInputs<
             dead_letters_by_reason,
         },
         watermark,
-        lag_ms: kinesis.as_ref().and_then(|k| k.max_millis_behind_latest),
+        lag_ms: inputs
+            .job_lag_ms
+            .map(|lag| i64::try_from(lag).unwrap_or(i64::MAX))
+            .or_else(|| kinesis.as_ref().and_then(|k| k.max_millis_behind_latest)),
         kinesis,
         checkpoint: CheckpointStatus {
             completed: checkpoints.completed,
@@ -401,6 +409,7 @@ mod tests {
             now_ms: NOW_MS,
             events_per_second: 12.5,
             uptime: Duration::from_millis(4_500),
+            job_lag_ms: None,
         }
     }
 
@@ -590,6 +599,17 @@ mod tests {
         let status = job_status(&state, &Metrics::new(), inputs(Some(&unread)));
         assert_eq!(status.lag_ms, None);
         assert!(status.not_ready.iter().any(|r| r.contains("not been read")));
+
+        // In a cluster, the board's partitions (every process's shards) give the job's lag.
+        let status = job_status(
+            &state,
+            &Metrics::new(),
+            StatusInputs {
+                job_lag_ms: Some(4_000),
+                ..inputs(Some(&shards))
+            },
+        );
+        assert_eq!(status.lag_ms, Some(4_000), "the whole job's lag wins");
     }
 
     #[tokio::test]
