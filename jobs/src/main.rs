@@ -134,6 +134,16 @@ enum Command {
         /// Soak: also write the raw/processed/dead-letter archive (about 35 GB a day at 2,000/s).
         #[arg(long)]
         archive: bool,
+        /// Only the cluster figures: `pageflow run` over the generated input (split into --files
+        /// files by reader) as each of --shapes, processes of this machine on loopback.
+        #[arg(long)]
+        cluster: bool,
+        /// Cluster: the shapes to compare, PROCESSESxTHREADS, comma-separated.
+        #[arg(long, default_value = "1x2,2x1")]
+        shapes: String,
+        /// Cluster: files the input is split into, by reader (each is one source partition).
+        #[arg(long, default_value_t = 4)]
+        files: usize,
     },
     /// List the job's checkpoints (newest first) with their state: committed, torn or corrupt.
     Checkpoints {
@@ -318,6 +328,29 @@ fn run(cli: Cli) -> Result<()> {
                 seconds,
                 connections,
                 ..commands::bench_serve::LoadSettings::default()
+            })?;
+            Ok(())
+        }
+        Command::Bench {
+            cluster: true,
+            events,
+            dir,
+            shapes,
+            files,
+            ..
+        } => {
+            let shapes = commands::bench_cluster::parse_shapes(&shapes)
+                .map_err(|problem| anyhow::anyhow!("--shapes: {problem}"))?;
+            if files == 0 {
+                anyhow::bail!(
+                    "--files must be at least 1 (the input is split into that many files)"
+                );
+            }
+            commands::bench_cluster::run(&commands::bench_cluster::ClusterBenchSettings {
+                events,
+                dir: dir.unwrap_or_else(commands::bench::default_dir),
+                shapes,
+                files,
             })?;
             Ok(())
         }
