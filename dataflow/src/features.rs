@@ -189,6 +189,17 @@ impl Feature {
 }
 
 impl Feature {
+    /// The event time the record is about: the end of its window for a ranking or a related list
+    /// (when it became final), the last event's `ts` for a session. Wall clock minus this, when
+    /// the record is emitted, is the "event time → feature" latency.
+    pub fn event_time(&self) -> u64 {
+        match self {
+            Feature::Session(session) => session.end_ts,
+            Feature::Popular(ranking) | Feature::Trending(ranking) => ranking.window_end,
+            Feature::Related(related) => related.window_end,
+        }
+    }
+
     /// `session`, `popular`, `trending` or `related`.
     pub fn kind(&self) -> &'static str {
         match self {

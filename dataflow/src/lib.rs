@@ -16,6 +16,7 @@
 //! - [`monitor`]: the job graph with records in and out and busy time per operator, from timely's log.
 //! - [`time`]: event time (watermarks, idleness); [`clock`]: processing time, the one [`clock::Clock`]
 //!   (system or manual) and [`clock::unix_now_ms`].
+//! - [`watermark_arrivals`]: when the job watermark reached each value (arrival → visible latency).
 //! - [`watermark_exchange`]: how every worker's replica of the watermark board hears the others,
 //!   through a small dataflow of its own.
 //!
@@ -38,6 +39,7 @@ pub mod score;
 pub mod source;
 pub mod stats;
 pub mod time;
+pub mod watermark_arrivals;
 pub mod watermark_exchange;
 
 #[cfg(test)]

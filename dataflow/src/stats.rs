@@ -28,6 +28,8 @@ pub struct JobStats {
     pub dead_letters: [AtomicU64; Reason::ALL.len()],
     /// The job watermark in ms (0 until there is one).
     pub watermark_ms: AtomicU64,
+    /// When the job watermark reached each value (wall clock), recorded with `watermark_ms`.
+    pub watermark_arrivals: crate::watermark_arrivals::WatermarkArrivals,
     /// Sessions currently open.
     pub open_sessions: AtomicU64,
     /// Feature records emitted.

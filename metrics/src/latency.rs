@@ -10,10 +10,13 @@
 //! summary's quantiles cannot be aggregated across instances or re-computed over another time
 //! range, while `histogram_quantile(0.99, rate(…_bucket[5m]))` can. At each scrape the recorded
 //! values are counted into fixed `le` buckets (the bounds each measured path gives, see
-//! [`HTTP_BUCKETS`], [`EVENT_TO_RANKING_BUCKETS`], [`CHECKPOINT_BUCKETS`]), with `_sum` and
+//! [`HTTP_BUCKETS`], [`EVENT_TO_RANKING_BUCKETS`], [`EVENT_TO_FEATURE_BUCKETS`],
+//! [`ARRIVAL_TO_VISIBLE_BUCKETS`], [`CHECKPOINT_BUCKETS`]), with `_sum` and
 //! `_count`; a value within 0.1 % of a bound may be counted on either side of it (the
 //! histogram's resolution). The precise quantiles (p50, p90, p99, p99.9) are read from the
-//! HdrHistogram itself ([`LatencyHistogram::summary`]), and `/v1/status` shows them.
+//! HdrHistogram itself ([`LatencyHistogram::summary`]), and `/v1/status` shows them. The EMF
+//! lines (see [`crate::emf`]) report the quantiles of each interval alone, from the difference
+//! of two [`LatencySnapshot`]s.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,6 +36,18 @@ pub const HTTP_BUCKETS: &[f64] = &[
 /// Bucket bounds (seconds) of the event-to-ranking latency: 100 ms to an hour.
 pub const EVENT_TO_RANKING_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Bucket bounds (seconds) of the event-to-feature latency: 100 ms to two hours (a session is
+/// emitted a session gap, 30 minutes by default, after its last event).
+pub const EVENT_TO_FEATURE_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 2400.0, 3600.0,
+    7200.0,
+];
+
+/// Bucket bounds (seconds) of the arrival-to-visible latency: 1 ms to a minute.
+pub const ARRIVAL_TO_VISIBLE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Bucket bounds (seconds) of the checkpoint duration and pause: 10 ms to 5 minutes.
@@ -114,18 +129,16 @@ impl LatencyHistogram {
     /// Count, sum, p50, p90, p99 and p99.9.
     pub fn summary(&self) -> LatencySummary {
         let recorded = self.lock();
-        let histogram = &recorded.histogram;
-        let at = |quantile: f64| {
-            (!histogram.is_empty())
-                .then(|| micros_to_seconds(histogram.value_at_quantile(quantile)))
-        };
-        LatencySummary {
-            count: histogram.len(),
+        summarize(&recorded.histogram, recorded.sum_s)
+    }
+
+    /// Everything recorded so far, to compare with a later snapshot
+    /// ([`LatencySnapshot::summary_since`]).
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let recorded = self.lock();
+        LatencySnapshot {
+            histogram: recorded.histogram.clone(),
             sum_s: recorded.sum_s,
-            p50_s: at(0.5),
-            p90_s: at(0.9),
-            p99_s: at(0.99),
-            p999_s: at(0.999),
         }
     }
 
@@ -176,6 +189,52 @@ impl EncodeMetric for LatencyHistogram {
 
 impl TypedMetric for LatencyHistogram {
     const TYPE: MetricType = MetricType::Histogram;
+}
+
+/// A copy of a [`LatencyHistogram`]'s values at one moment. Two snapshots give the distribution
+/// of the values recorded between them (the EMF lines report each interval's quantiles).
+#[derive(Clone, Debug)]
+pub struct LatencySnapshot {
+    histogram: Histogram<u64>,
+    sum_s: f64,
+}
+
+impl Default for LatencySnapshot {
+    fn default() -> Self {
+        LatencySnapshot {
+            histogram: empty_histogram(),
+            sum_s: 0.0,
+        }
+    }
+}
+
+impl LatencySnapshot {
+    /// The values recorded after `earlier` and up to this snapshot (both of one histogram,
+    /// `earlier` taken first): count, sum and quantiles of those alone.
+    pub fn summary_since(&self, earlier: &LatencySnapshot) -> LatencySummary {
+        let mut between = self.histogram.clone();
+        // Counts only grow, so the subtraction cannot go below zero; if `earlier` came from
+        // elsewhere and it fails, the whole distribution is the honest answer left.
+        if between.subtract(&earlier.histogram).is_err() {
+            return summarize(&self.histogram, self.sum_s);
+        }
+        summarize(&between, (self.sum_s - earlier.sum_s).max(0.0))
+    }
+}
+
+/// Count, sum and quantiles of `histogram` (microseconds), in seconds.
+fn summarize(histogram: &Histogram<u64>, sum_s: f64) -> LatencySummary {
+    let at = |quantile: f64| {
+        (!histogram.is_empty()).then(|| micros_to_seconds(histogram.value_at_quantile(quantile)))
+    };
+    LatencySummary {
+        count: histogram.len(),
+        sum_s,
+        p50_s: at(0.5),
+        p90_s: at(0.9),
+        p99_s: at(0.99),
+        p999_s: at(0.999),
+    }
 }
 
 /// An empty, self-resizing histogram of microseconds.
@@ -238,6 +297,37 @@ mod tests {
         assert!(near(summary.p99_s, 0.010), "{summary:?}");
         assert!(near(summary.p999_s, 0.010), "{summary:?}");
         assert!(near(histogram.quantile(1.0).map(|d| d.as_secs_f64()), 60.0));
+    }
+
+    #[test]
+    fn quantiles_between_two_snapshots_are_those_of_the_values_in_between() {
+        let histogram = LatencyHistogram::new(ARRIVAL_TO_VISIBLE_BUCKETS);
+        let start = histogram.snapshot();
+        for _ in 0..100 {
+            histogram.record(Duration::from_secs(10));
+        }
+        let first = histogram.snapshot();
+        let interval = first.summary_since(&start);
+        assert_eq!(interval.count, 100);
+        assert!((interval.sum_s - 1_000.0).abs() < 1e-6, "{interval:?}");
+        // Then a hundred fast values: the second interval sees only them.
+        for ms in 1..=100 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let second = histogram.snapshot();
+        let interval = second.summary_since(&first);
+        let near = |got: Option<f64>, expected: f64| {
+            got.is_some_and(|got| (got - expected).abs() <= expected * 0.001)
+        };
+        assert_eq!(interval.count, 100);
+        assert!(near(interval.p50_s, 0.050), "{interval:?}");
+        assert!(near(interval.p99_s, 0.099), "{interval:?}");
+        // Since start, half the values are 10 s: the p99 is 10 s.
+        assert!(near(histogram.summary().p99_s, 10.0));
+        // Nothing in between: no quantiles.
+        let empty = histogram.snapshot().summary_since(&second);
+        assert_eq!(empty.count, 0);
+        assert_eq!(empty.p50_s, None);
     }
 
     #[test]

@@ -37,12 +37,16 @@
 //! | `pageflow_checkpoint_{duration,pause,save}_seconds`, `pageflow_checkpoint_{size,stored}_bytes`, `pageflow_checkpoint_last_success_timestamp_seconds` | gauge | the last committed checkpoint |
 //! | `pageflow_state_bytes{operator}`, `pageflow_state_keys{operator}` | gauge | operator state as last reported |
 //! | `pageflow_http_request_duration_seconds{group}` | histogram | time to answer an HTTP request (until the response head), by route group (see [`HTTP_ROUTE_GROUPS`]) |
+//! | `pageflow_http_server_errors_total` | counter | routed HTTP requests answered with a 5xx status |
 //! | `pageflow_event_to_ranking_seconds` | histogram | for each ranking made visible to the serving layer: wall clock then minus the ranking's watermark (see [`Metrics::record_ranking_visible`]) |
+//! | `pageflow_event_to_feature_seconds` | histogram | for each feature record the sink writes: wall clock then minus the record's event time, [`Feature::event_time`] (see [`Metrics::record_feature`]) |
+//! | `pageflow_arrival_to_visible_seconds` | histogram | for each ranking made visible: wall clock then minus the wall clock at which the job watermark first reached the ranking's watermark, the arrival of the data that closed it (see [`Metrics::record_arrival_to_visible_at`]) |
 //! | `pageflow_checkpoint_durations_seconds` | histogram | every committed checkpoint, from request to commit |
 //! | `pageflow_checkpoint_pauses_seconds` | histogram | every committed checkpoint, the longest the dataflow stood still for it |
 //!
 //! The histograms are HdrHistograms exported as Prometheus histograms (why not summaries: see
-//! [`latency`]); their p50/p99 are also in `/v1/status` ([`Metrics::latencies`]). The two
+//! [`latency`]); their p50/p99 are also in `/v1/status` ([`Metrics::latencies`]), and those of
+//! event → feature and arrival → visible in the EMF lines ([`emf`]). The two
 //! checkpoint histograms are named in the plural because `pageflow_checkpoint_duration_seconds`
 //! and `pageflow_checkpoint_pause_seconds` already name the gauges of the last checkpoint.
 //!
@@ -60,6 +64,7 @@
 //! the crate's encoder appends.
 
 pub mod checkpoint_history;
+pub mod emf;
 pub mod heap;
 pub mod latency;
 mod scraped;
@@ -81,7 +86,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use latency::{
-    CHECKPOINT_BUCKETS, EVENT_TO_RANKING_BUCKETS, HTTP_BUCKETS, LatencyHistogram, LatencySummary,
+    ARRIVAL_TO_VISIBLE_BUCKETS, CHECKPOINT_BUCKETS, EVENT_TO_FEATURE_BUCKETS,
+    EVENT_TO_RANKING_BUCKETS, HTTP_BUCKETS, LatencyHistogram, LatencySummary,
 };
 use scraped::{Observed, ScrapeTimeFamilies, lock};
 
@@ -196,7 +202,11 @@ pub struct Metrics {
     sink_retried: Family<SinkLabel, Counter>,
     recommendations: Family<PersonalizeLabel, Counter>,
     http_latency: HistogramFamily<RouteGroupLabel>,
+    /// Routed HTTP requests answered with a 5xx status.
+    http_server_errors: Counter,
     event_to_ranking: LatencyHistogram,
+    event_to_feature: LatencyHistogram,
+    arrival_to_visible: LatencyHistogram,
     checkpoint_durations: LatencyHistogram,
     checkpoint_pauses: LatencyHistogram,
     /// Values handed over rather than counted (watermark, sources, checkpoint figures …).
@@ -242,6 +252,11 @@ pub struct Latencies {
     pub http: Vec<(&'static str, LatencySummary)>,
     /// Event time to a visible ranking (see [`Metrics::record_ranking_visible`]).
     pub event_to_ranking: LatencySummary,
+    /// Event time to the feature record emitted (see [`Metrics::record_feature`]).
+    pub event_to_feature: LatencySummary,
+    /// Arrival of the data that closed a ranking to the ranking visible (see
+    /// [`Metrics::record_arrival_to_visible_at`]).
+    pub arrival_to_visible: LatencySummary,
     /// Committed checkpoints, request to commit.
     pub checkpoint_duration: LatencySummary,
     /// Committed checkpoints, the longest the dataflow stood still.
@@ -308,7 +323,10 @@ impl Default for Metrics {
             sink_retried,
             recommendations,
             http_latency,
+            http_server_errors: Counter::default(),
             event_to_ranking: LatencyHistogram::new(EVENT_TO_RANKING_BUCKETS),
+            event_to_feature: LatencyHistogram::new(EVENT_TO_FEATURE_BUCKETS),
+            arrival_to_visible: LatencyHistogram::new(ARRIVAL_TO_VISIBLE_BUCKETS),
             checkpoint_durations: LatencyHistogram::new(CHECKPOINT_BUCKETS),
             checkpoint_pauses: LatencyHistogram::new(CHECKPOINT_BUCKETS),
             observed: Arc::default(),
@@ -402,6 +420,21 @@ impl Metrics {
             "pageflow_event_to_ranking_seconds",
             help("For each popular or trending ranking made visible to the serving layer: the wall clock at that moment minus the ranking's watermark, the event time it is complete up to. Event time to visible, so it includes the sources' own delay and the allowed out-of-orderness; the time since an event's arrival is at most this."),
             self.event_to_ranking.clone(),
+        );
+        registry.register(
+            "pageflow_event_to_feature_seconds",
+            help("For each feature record the sink writes: the wall clock at that moment minus the record's event time (the end of its window; a session's last event). Sessions are emitted a session gap after their last event, so their values sit at the gap and above."),
+            self.event_to_feature.clone(),
+        );
+        registry.register(
+            "pageflow_arrival_to_visible_seconds",
+            help("For each ranking made visible to the serving layer: the wall clock at that moment minus the wall clock at which the job watermark first reached the ranking's watermark (the arrival of the data that closed it). The pipeline's own delay, without the sources' or the allowed out-of-orderness."),
+            self.arrival_to_visible.clone(),
+        );
+        registry.register(
+            "pageflow_http_server_errors",
+            help("Routed HTTP requests answered with a 5xx status (every routed request is counted in pageflow_http_request_duration_seconds_count)."),
+            self.http_server_errors.clone(),
         );
         registry.register(
             "pageflow_checkpoint_durations_seconds",
@@ -562,9 +595,27 @@ impl Metrics {
         self.retention_deleted_files.get()
     }
 
-    /// Counts one emitted feature record, by its type.
+    /// Counts one emitted feature record, by its type, and records its event-to-feature latency
+    /// (now minus [`Feature::event_time`]).
     pub fn record_feature(&self, feature: &Feature) {
+        self.record_feature_at(feature, wall_clock_ms());
+    }
+
+    /// [`Metrics::record_feature`] at wall clock `emitted_ms` (0 latency when the event time is
+    /// ahead of the clock).
+    pub fn record_feature_at(&self, feature: &Feature, emitted_ms: u64) {
         self.add_features_emitted(feature.kind(), 1);
+        self.event_to_feature.record(Duration::from_millis(
+            emitted_ms.saturating_sub(feature.event_time()),
+        ));
+    }
+
+    /// Feature records emitted so far, every type together.
+    pub fn features_emitted_total(&self) -> u64 {
+        FEATURE_TYPES
+            .iter()
+            .map(|kind| self.features_emitted(kind))
+            .sum()
     }
 
     /// Counts `n` emitted feature records of type `kind` (`session`, `popular`, `trending` or
@@ -601,6 +652,40 @@ impl Metrics {
         }
     }
 
+    /// Counts a routed HTTP request's answer status (the latency is recorded by
+    /// [`Metrics::record_http_request`]): a 5xx counts in `pageflow_http_server_errors_total`.
+    pub fn record_http_status(&self, status: u16) {
+        if (500..600).contains(&status) {
+            self.http_server_errors.inc();
+        }
+    }
+
+    /// Routed HTTP requests answered so far, every route group together.
+    pub fn http_requests_total(&self) -> u64 {
+        HTTP_ROUTE_GROUPS
+            .into_iter()
+            .map(|group| {
+                self.http_latency
+                    .get_or_create(&RouteGroupLabel { group })
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Routed HTTP requests answered with a 5xx status so far.
+    pub fn http_server_errors(&self) -> u64 {
+        self.http_server_errors.get()
+    }
+
+    /// Records that a ranking became visible to the serving layer at wall clock `visible_ms`
+    /// when the job watermark had first reached the ranking's watermark at wall clock
+    /// `arrived_ms` (see `pageflow_dataflow::watermark_arrivals`): the arrival-to-visible
+    /// latency is the difference (0 if the clock went back).
+    pub fn record_arrival_to_visible_at(&self, arrived_ms: u64, visible_ms: u64) {
+        self.arrival_to_visible
+            .record(Duration::from_millis(visible_ms.saturating_sub(arrived_ms)));
+    }
+
     /// Records that a popular or trending ranking complete up to event time `watermark` (ms since
     /// the epoch) became visible to the serving layer at wall clock `visible_ms`: the event-to-
     /// ranking latency is `visible_ms − watermark` (0 when the event times are ahead of the
@@ -635,6 +720,8 @@ impl Metrics {
                 })
                 .collect(),
             event_to_ranking: self.event_to_ranking.summary(),
+            event_to_feature: self.event_to_feature.summary(),
+            arrival_to_visible: self.arrival_to_visible.summary(),
             checkpoint_duration: self.checkpoint_durations.summary(),
             checkpoint_pause: self.checkpoint_pauses.summary(),
         }
@@ -934,7 +1021,7 @@ mod tests {
     }
 
     /// Every metric name that dashboards and alarms know, with its type.
-    const EVERY_FAMILY: [(&str, &str); 36] = [
+    const EVERY_FAMILY: [(&str, &str); 39] = [
         ("pageflow_events_in_total", "counter"),
         ("pageflow_events_accepted_total", "counter"),
         ("pageflow_dead_letters_total", "counter"),
@@ -972,6 +1059,9 @@ mod tests {
         // New: the latency histograms.
         ("pageflow_http_request_duration_seconds", "histogram"),
         ("pageflow_event_to_ranking_seconds", "histogram"),
+        ("pageflow_event_to_feature_seconds", "histogram"),
+        ("pageflow_arrival_to_visible_seconds", "histogram"),
+        ("pageflow_http_server_errors_total", "counter"),
         ("pageflow_checkpoint_durations_seconds", "histogram"),
         ("pageflow_checkpoint_pauses_seconds", "histogram"),
         // Rendered by the same encoder, tested in `scraped` (a forwarder needs an AWS client).
@@ -993,6 +1083,9 @@ mod tests {
         metrics.watch_kinesis(Arc::new(ConsumerStatus::default()));
         metrics.record_http_request("rankings", Duration::from_millis(3));
         metrics.record_ranking_visible_at(5_000, 6_500);
+        metrics.record_arrival_to_visible_at(6_000, 6_040);
+        metrics.record_http_status(500);
+        metrics.record_http_status(404);
         let text = metrics.render_at(9_000);
         let families = parse_families(&text);
         for (name, kind) in EVERY_FAMILY {
@@ -1029,6 +1122,10 @@ mod tests {
             "pageflow_event_to_ranking_seconds_bucket{le=\"1\"} 0",
             "pageflow_event_to_ranking_seconds_bucket{le=\"2.5\"} 1",
             "pageflow_event_to_ranking_seconds_sum 1.5",
+            "pageflow_arrival_to_visible_seconds_bucket{le=\"0.025\"} 0",
+            "pageflow_arrival_to_visible_seconds_bucket{le=\"0.05\"} 1",
+            "pageflow_event_to_feature_seconds_count 0",
+            "pageflow_http_server_errors_total 1",
             "pageflow_http_request_duration_seconds_count{group=\"rankings\"} 1",
             "pageflow_http_request_duration_seconds_bucket{group=\"rankings\",le=\"0.005\"} 1",
         ] {
@@ -1077,6 +1174,33 @@ mod tests {
         );
         assert_eq!(latencies.event_to_ranking.count, 1);
         assert_eq!(latencies.event_to_ranking.p99_s, Some(0.0));
+        assert_eq!(latencies.event_to_feature, LatencySummary::default());
+        assert_eq!(latencies.arrival_to_visible, LatencySummary::default());
+        // A ranking of the window ending at 60 s written at 62.5 s (and once at 59 s); rankings
+        // visible 20 ms and 300 ms after the data that closed them arrived.
+        let ranking = Feature::ranking(
+            pageflow_dataflow::features::RankingKind::Popular,
+            "g1",
+            0,
+            60_000,
+            vec![],
+        );
+        metrics.record_feature_at(&ranking, 62_500);
+        metrics.record_feature_at(&ranking, 59_000);
+        metrics.record_arrival_to_visible_at(100_000, 100_020);
+        metrics.record_arrival_to_visible_at(100_000, 100_300);
+        let latencies = metrics.latencies();
+        assert_eq!(metrics.features_emitted_total(), 2);
+        assert_eq!(latencies.event_to_feature.count, 2);
+        assert!(near(latencies.event_to_feature.p99_s, 2.5), "{latencies:?}");
+        assert_eq!(
+            latencies.event_to_feature.p50_s,
+            Some(0.0),
+            "written before its event time (a clock behind): 0"
+        );
+        assert_eq!(latencies.arrival_to_visible.count, 2);
+        assert!(near(latencies.arrival_to_visible.p50_s, 0.020));
+        assert!(near(latencies.arrival_to_visible.p99_s, 0.300));
         assert!(near(latencies.checkpoint_duration.p50_s, 2.0));
         assert!(near(latencies.checkpoint_pause.p50_s, 0.5));
         assert_eq!(

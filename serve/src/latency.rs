@@ -1,6 +1,7 @@
 //! How long the API takes to answer: a middleware that times every routed request and records it
 //! in the job's [`Metrics`] by route group (`pageflow_http_request_duration_seconds{group}`, and
-//! the p50/p99 in `/v1/status`).
+//! the p50/p99 in `/v1/status`), and counts the answers with a 5xx status
+//! (`pageflow_http_server_errors_total`, the `Http5xx` of the EMF lines).
 //!
 //! It is a route layer outside the auth guard, so the time counts authentication and rate limits
 //! as well as the handler, from the request reaching its route to the response head being ready
@@ -42,6 +43,7 @@ pub(crate) async fn record_latency(
     let response = next.run(request).await;
     if let Some(group) = group {
         metrics.record_http_request(group, started.elapsed());
+        metrics.record_http_status(response.status().as_u16());
     }
     response
 }
@@ -99,6 +101,12 @@ mod tests {
         assert_eq!(count("open"), 1);
         assert_eq!(count("rankings"), 2);
         assert_eq!(count("metrics"), 0);
+        assert_eq!(
+            metrics.http_requests_total(),
+            3,
+            "what EMF reports as HttpRequests"
+        );
+        assert_eq!(metrics.http_server_errors(), 0, "no 5xx among them");
         let latencies = metrics.latencies();
         let rankings = latencies.http.iter().find(|(g, _)| *g == "rankings");
         assert!(rankings.is_some_and(|(_, s)| s.p50_s.is_some() && s.sum_s > 0.0));

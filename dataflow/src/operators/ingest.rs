@@ -488,8 +488,13 @@ pub fn ingest<'scope>(
             );
             let published = board.publish(local);
             *job_watermark = (*job_watermark).max(published);
-            if let Watermark::At(wm) = *job_watermark {
-                stats.watermark_ms.fetch_max(wm, Ordering::Relaxed);
+            if let Watermark::At(wm) = *job_watermark
+                && stats.watermark_ms.fetch_max(wm, Ordering::Relaxed) < wm
+            {
+                // The first time the job watermark reaches `wm`: the arrival of what closed it.
+                stats
+                    .watermark_arrivals
+                    .record(wm, crate::clock::unix_now_ms());
             }
             match *job_watermark {
                 Watermark::PlusInfinity => {

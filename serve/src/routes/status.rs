@@ -28,6 +28,8 @@
 //!   "latency": {
 //!     "http": {"rankings": {"count": 5120, "p50_s": 0.00021, "p99_s": 0.0019}, "…": {}},
 //!     "event_to_ranking": {"count": 310, "p50_s": 2.1, "p99_s": 4.9},
+//!     "event_to_feature": {"count": 2480, "p50_s": 2.3, "p99_s": 1801.2},
+//!     "arrival_to_visible": {"count": 310, "p50_s": 0.041, "p99_s": 0.18},
 //!     "checkpoint_duration": {"count": 2, "p50_s": 0.19, "p99_s": 0.21},
 //!     "checkpoint_pause": {"count": 2, "p50_s": 0.02, "p99_s": 0.03}
 //!   },
@@ -65,7 +67,12 @@
 //!   `p99_s` are `null` while `count` is 0): `http` by route group (`rankings`,
 //!   `recommendations`, `dashboard`, `metrics`, `open`), the time to answer a request up to the
 //!   response head; `event_to_ranking`, for each ranking made visible, the wall clock minus the
-//!   ranking's watermark (event time → visible); `checkpoint_duration` (request to commit) and
+//!   ranking's watermark (event time → visible); `event_to_feature`, for each feature record
+//!   written, the wall clock minus its event time (its window's end, a session's last event:
+//!   sessions wait a session gap, so they make the high quantiles); `arrival_to_visible`, for
+//!   each ranking made visible, the wall clock minus the moment the job watermark first reached
+//!   the ranking's watermark (the arrival of the data that closed it: the pipeline's own delay,
+//!   at 10 ms resolution); `checkpoint_duration` (request to commit) and
 //!   `checkpoint_pause` (the dataflow standing still) of each committed checkpoint. `/metrics`
 //!   has them as histograms.
 
@@ -189,6 +196,10 @@ pub struct LatencyStatus {
     pub http: BTreeMap<&'static str, Quantiles>,
     /// For each ranking made visible: wall clock minus its watermark.
     pub event_to_ranking: Quantiles,
+    /// For each feature record written: wall clock minus its event time.
+    pub event_to_feature: Quantiles,
+    /// For each ranking made visible: wall clock minus the arrival of the data that closed it.
+    pub arrival_to_visible: Quantiles,
     /// Committed checkpoints, request to commit.
     pub checkpoint_duration: Quantiles,
     /// Committed checkpoints, the longest the dataflow stood still.
@@ -226,6 +237,8 @@ impl From<Latencies> for LatencyStatus {
                 .map(|(group, summary)| (group, summary.into()))
                 .collect(),
             event_to_ranking: latencies.event_to_ranking.into(),
+            event_to_feature: latencies.event_to_feature.into(),
+            arrival_to_visible: latencies.arrival_to_visible.into(),
             checkpoint_duration: latencies.checkpoint_duration.into(),
             checkpoint_pause: latencies.checkpoint_pause.into(),
         }
@@ -451,6 +464,8 @@ mod tests {
                 "http": {"dashboard": none, "metrics": none, "open": none,
                          "rankings": none, "recommendations": none},
                 "event_to_ranking": none,
+                "event_to_feature": none,
+                "arrival_to_visible": none,
                 "checkpoint_duration": none,
                 "checkpoint_pause": none,
             })
@@ -529,6 +544,17 @@ mod tests {
         // The latencies: the checkpoint above, rankings seen 1.5 s and 3 s after their watermark.
         metrics.record_ranking_visible_at(60_000, 61_500);
         metrics.record_ranking_visible_at(60_000, 63_000);
+        // Their data arrived 25 ms and 250 ms before; a feature written 2 s after its window.
+        metrics.record_arrival_to_visible_at(61_475, 61_500);
+        metrics.record_arrival_to_visible_at(62_750, 63_000);
+        let ranking = pageflow_dataflow::features::Feature::ranking(
+            pageflow_dataflow::features::RankingKind::Trending,
+            "g1",
+            0,
+            60_000,
+            vec![],
+        );
+        metrics.record_feature_at(&ranking, 62_000);
         let status = job_status(&state, &metrics, inputs(None));
         let latency = &status.latency;
         assert_eq!(latency.checkpoint_duration.count, 1);
@@ -539,6 +565,11 @@ mod tests {
         assert_eq!(latency.event_to_ranking.count, 2);
         assert!(near(latency.event_to_ranking.p50_s, 1.5), "{latency:?}");
         assert!(near(latency.event_to_ranking.p99_s, 3.0), "{latency:?}");
+        assert_eq!(latency.arrival_to_visible.count, 2);
+        assert!(near(latency.arrival_to_visible.p50_s, 0.025), "{latency:?}");
+        assert!(near(latency.arrival_to_visible.p99_s, 0.25), "{latency:?}");
+        assert_eq!(latency.event_to_feature.count, 1);
+        assert!(near(latency.event_to_feature.p50_s, 2.0), "{latency:?}");
         assert_eq!(latency.http["rankings"].count, 0);
 
         // Event times ahead of the clock: a negative delay. The end of a bounded input: +∞.
