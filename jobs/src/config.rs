@@ -47,6 +47,16 @@
 //! [checkpoint]           # state and source positions saved together; restored at start
 //! interval = "30s"
 //! store = "local"        # or "s3" with bucket = "…", prefix = "pageflow/checkpoints"
+//!
+//! [metrics.emf]          # CloudWatch embedded-metric-format lines on standard output
+//! enabled = true         # off by default (see pageflow_metrics::emf)
+//! interval = "60s"
+//! namespace = "Pageflow"
+//! environment = "prod"   # the `Environment` dimension
+//!
+//! [log]                  # the tracing log on standard error
+//! format = "json"        # or "text" (the default)
+//! level = "info"         # a tracing filter, e.g. "info,pageflow=debug"; RUST_LOG wins
 //! ```
 //!
 //! An override such as `PAGEFLOW__SEMANTICS__TOP_N=20` sets `semantics.top_n`; values are read as
@@ -90,6 +100,137 @@ pub struct JobConfig {
     pub personalize: PersonalizeConfig,
     /// The processes that together run the dataflow (none: one process).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Metrics pushed out by the job itself (CloudWatch EMF lines).
+    pub metrics: MetricsConfig,
+    /// The log's format and level.
+    pub log: LogConfig,
+}
+
+/// The `[metrics]` section: what the job reports by itself (`GET /metrics` needs no setting).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// CloudWatch embedded-metric-format lines on standard output.
+    pub emf: EmfConfig,
+}
+
+/// The `[metrics.emf]` section: one CloudWatch embedded-metric-format line on standard output
+/// every `interval`, with the metrics of `pageflow_metrics::emf` (the alarms of `deploy/` read
+/// them), in `namespace` with the dimension `Environment = environment`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmfConfig {
+    /// Print the lines (off by default: on a laptop they only clutter the output).
+    pub enabled: bool,
+    /// Time between two lines; each line's counts are those of its interval.
+    pub interval: Millis,
+    /// The CloudWatch namespace.
+    pub namespace: String,
+    /// The value of the `Environment` dimension.
+    pub environment: String,
+}
+
+impl Default for EmfConfig {
+    fn default() -> Self {
+        EmfConfig {
+            enabled: false,
+            interval: Millis::seconds(60),
+            namespace: "Pageflow".to_string(),
+            environment: "local".to_string(),
+        }
+    }
+}
+
+impl EmfConfig {
+    /// The encoder's settings.
+    pub fn settings(&self) -> pageflow_metrics::emf::EmfSettings {
+        pageflow_metrics::emf::EmfSettings {
+            namespace: self.namespace.clone(),
+            environment: self.environment.clone(),
+        }
+    }
+
+    /// CloudWatch's rules for a namespace and a dimension value, and a sensible interval.
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        if self.interval.ms() < 1_000 {
+            problems.push(format!(
+                "[metrics.emf] `interval` must be at least 1s (CloudWatch stores 1-minute points unless told otherwise): write e.g. `60s`, not {}",
+                self.interval
+            ));
+        }
+        let namespace = &self.namespace;
+        if namespace.trim().is_empty()
+            || namespace.len() > 255
+            || namespace.starts_with("AWS/")
+            || !namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " ._-/#:".contains(c))
+        {
+            problems.push(format!(
+                "[metrics.emf] `namespace` = `{namespace}` is not a CloudWatch namespace: 1 to 255 characters among letters, digits and . - _ / # : and space, not starting with AWS/ (e.g. `Pageflow`)"
+            ));
+        }
+        let environment = &self.environment;
+        if environment.trim().is_empty() || environment.len() > 1024 || !environment.is_ascii() {
+            problems.push(format!(
+                "[metrics.emf] `environment` = `{environment}` is not a CloudWatch dimension value: 1 to 1024 ASCII characters, not only spaces (e.g. `prod`)"
+            ));
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields, for CloudWatch Logs Insights and the like.
+    Json,
+}
+
+/// The `[log]` section: the `tracing` log on standard error. (The short messages the job says
+/// to a person, such as "listening on …", are not log events and keep their form.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Which events are logged: a `tracing` filter such as `info` or `info,pageflow=debug`.
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// The filter: `RUST_LOG` when it is set and valid, else `level`, else `info`.
+    pub fn filter(&self) -> tracing_subscriber::EnvFilter {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            problems.push(format!(
+                "[log] `level` = `{}` is not a log filter ({error}): write e.g. `info`, `debug` or `info,pageflow=debug`",
+                self.level
+            ));
+        }
+    }
 }
 
 /// Where checkpoints are stored.
@@ -598,6 +739,75 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<JobConfig, Vec<String>> {
     let mut problems = Vec::new();
+    let mut table = merged_table(file, env, &mut problems)?;
+
+    // Each section is read on its own, and each of its keys too (`read_section`), so that no
+    // mistake hides another: every type error is reported, and the section is then built from its
+    // good keys so that validation reports the problems of those as well.
+    let mut config = JobConfig::default();
+    macro_rules! section {
+        ($name:literal, $field:ident) => {
+            if let Some(value) = table.remove($name) {
+                config.$field = read_section($name, value, &mut problems);
+            }
+        };
+    }
+    section!("semantics", semantics);
+    section!("source", source);
+    section!("sinks", sinks);
+    section!("serve", serve);
+    section!("runtime", runtime);
+    section!("aws", aws);
+    section!("checkpoint", checkpoint);
+    section!("recommendations", recommendations);
+    section!("personalize", personalize);
+    section!("cluster", cluster);
+    section!("metrics", metrics);
+    section!("log", log);
+    for unknown in table.keys() {
+        problems.push(format!(
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log"
+        ));
+    }
+    problems.extend(config.validate());
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The `[log]` section alone, before logging starts (the full [`load`] comes later and reports
+/// every problem, this section's included): its good keys over the defaults, whatever else is
+/// wrong.
+pub fn load_log(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> LogConfig {
+    let mut ignored = Vec::new();
+    let Ok(mut table) = merged_table(file, env, &mut ignored) else {
+        return LogConfig::default();
+    };
+    let log: LogConfig = match table.remove("log") {
+        Some(value) => read_section("log", value, &mut ignored),
+        None => LogConfig::default(),
+    };
+    let mut problems = Vec::new();
+    log.validate(&mut problems);
+    if problems.is_empty() {
+        log
+    } else {
+        LogConfig {
+            level: LogConfig::default().level,
+            ..log
+        }
+    }
+}
+
+/// The file's table with the environment's overrides set in it; a file that cannot be read or
+/// parsed is the one problem returned.
+fn merged_table(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<String>,
+) -> Result<toml::Table, Vec<String>> {
     let mut table = match file {
         None => toml::Table::new(),
         Some(path) => match std::fs::read_to_string(path) {
@@ -627,39 +837,7 @@ pub fn load(
             problems.push(format!("{name}: {problem}"));
         }
     }
-
-    // Each section is read on its own, and each of its keys too (`read_section`), so that no
-    // mistake hides another: every type error is reported, and the section is then built from its
-    // good keys so that validation reports the problems of those as well.
-    let mut config = JobConfig::default();
-    macro_rules! section {
-        ($name:literal, $field:ident) => {
-            if let Some(value) = table.remove($name) {
-                config.$field = read_section($name, value, &mut problems);
-            }
-        };
-    }
-    section!("semantics", semantics);
-    section!("source", source);
-    section!("sinks", sinks);
-    section!("serve", serve);
-    section!("runtime", runtime);
-    section!("aws", aws);
-    section!("checkpoint", checkpoint);
-    section!("recommendations", recommendations);
-    section!("personalize", personalize);
-    section!("cluster", cluster);
-    for unknown in table.keys() {
-        problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster"
-        ));
-    }
-    problems.extend(config.validate());
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
-    }
+    Ok(table)
 }
 
 impl JobConfig {
@@ -706,6 +884,8 @@ impl JobConfig {
         self.recommendations.validate(&mut problems);
         self.personalize.validate(&mut problems);
         self.cluster.validate(&mut problems);
+        self.metrics.emf.validate(&mut problems);
+        self.log.validate(&mut problems);
         match self.source.kind {
             SourceKind::Synthetic => {
                 if !(self.source.events_per_second > 0.0
@@ -1003,6 +1183,8 @@ mod tests {
             "recommendations",
             "personalize",
             "cluster",
+            "metrics",
+            "log",
         ] {
             assert!(
                 table.get(section).is_some_and(toml::Value::is_table),
@@ -1092,6 +1274,73 @@ roll_interval = "1s"
         assert_eq!(config.runtime.workers, 3);
         assert_eq!(config.serve.listen, "127.0.0.1:9999");
         Ok(())
+    }
+
+    #[test]
+    fn emf_and_log_sections_default_override_and_report_every_problem() {
+        let config = load(None, Vec::new()).unwrap();
+        assert_eq!(config.metrics.emf, EmfConfig::default());
+        assert!(!config.metrics.emf.enabled);
+        assert_eq!(config.metrics.emf.interval.ms(), 60_000);
+        assert_eq!(config.metrics.emf.namespace, "Pageflow");
+        assert_eq!(config.metrics.emf.environment, "local");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.log.level, "info");
+
+        let var = |key: &str, value: &str| (key.to_string(), value.to_string());
+        let config = load(
+            None,
+            vec![
+                var("PAGEFLOW__METRICS__EMF__ENABLED", "true"),
+                var("PAGEFLOW__METRICS__EMF__INTERVAL", "10s"),
+                var("PAGEFLOW__METRICS__EMF__ENVIRONMENT", "prod"),
+                var("PAGEFLOW__LOG__FORMAT", "json"),
+                var("PAGEFLOW__LOG__LEVEL", "info,pageflow=debug"),
+            ],
+        )
+        .unwrap();
+        assert!(config.metrics.emf.enabled);
+        assert_eq!(config.metrics.emf.interval.ms(), 10_000);
+        assert_eq!(config.metrics.emf.settings().environment, "prod");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.level, "info,pageflow=debug");
+
+        let problems = load(
+            None,
+            vec![
+                var("PAGEFLOW__METRICS__EMF__ENABLED", "true"),
+                var("PAGEFLOW__METRICS__EMF__INTERVAL", "10ms"),
+                var("PAGEFLOW__METRICS__EMF__NAMESPACE", "AWS/Kinesis"),
+                var("PAGEFLOW__METRICS__EMF__ENVIRONMENT", " "),
+                var("PAGEFLOW__LOG__FORMAT", "xml"),
+                var("PAGEFLOW__LOG__LEVEL", "pageflow=loud"),
+            ],
+        )
+        .err()
+        .unwrap_or_default();
+        for expected in [
+            "[metrics.emf] `interval`",
+            "[metrics.emf] `namespace`",
+            "[metrics.emf] `environment`",
+            "[log] `format`",
+            "[log] `level`",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:#?}"
+            );
+        }
+        // Before logging starts, the good keys of [log] count and a bad one falls back.
+        let log = load_log(
+            None,
+            vec![
+                var("PAGEFLOW__LOG__FORMAT", "json"),
+                var("PAGEFLOW__LOG__LEVEL", "pageflow=loud"),
+                var("PAGEFLOW__RUNTIME__WORKERS", "0"),
+            ],
+        );
+        assert_eq!(log.format, LogFormat::Json);
+        assert_eq!(log.level, "info");
     }
 
     #[test]

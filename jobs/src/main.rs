@@ -186,16 +186,45 @@ enum AwsCommand {
     },
 }
 
+impl Cli {
+    /// The configuration file the command reads, if it reads one.
+    fn config_path(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Command::Run { config, .. }
+            | Command::Replay { config, .. }
+            | Command::Checkpoints { config }
+            | Command::Aws(AwsCommand::Setup { config, .. } | AwsCommand::Put { config, .. }) => {
+                config.as_deref()
+            }
+            Command::Generate { .. } | Command::Bench { .. } => None,
+        }
+    }
+}
+
+/// Starts the `tracing` log on standard error as `[log]` says: text or one JSON object per line
+/// (`timestamp`, `level`, `target`, `message` and the event's fields at the top level), filtered
+/// by `RUST_LOG` if set, else by `level`.
+fn start_logging(log: &config::LogConfig) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log.filter())
+        .with_writer(|| pageflow::stderr::LossyStderr);
+    match log.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     pageflow_metrics::heap::release_freed_memory_promptly();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| pageflow::stderr::LossyStderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The log starts before the configuration is validated (which may log), so its section is
+    // read first on its own; `load` reports its problems with the others.
+    start_logging(&config::load_log(cli.config_path(), std::env::vars()));
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             pageflow::say!("pageflow: {}", pageflow::stderr::describe(&error));

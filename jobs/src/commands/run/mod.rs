@@ -18,11 +18,12 @@
 //! checkpoint, if there is one (see [`crate::checkpoints`]).
 //!
 //! The job's parts, one module each, in the order [`start_with`] assembles them:
-//! `personalize` and `serving` (HTTP), `checkpointing` (restore and the checkpoint driver),
+//! `personalize` and `serving` (HTTP), `emf` (CloudWatch's metrics as log lines), `checkpointing` (restore and the checkpoint driver),
 //! `sinks` (the sink thread and the outputs), `sources` (resumed from the checkpoint) and
 //! `workers` (the timely workers running the graph).
 
 mod checkpointing;
+mod emf;
 mod personalize;
 mod serving;
 mod sinks;
@@ -45,6 +46,7 @@ use pageflow_dataflow::stats::JobStats;
 use pageflow_dataflow::time::BoardView;
 
 use self::checkpointing::{Checkpointing, start_checkpointing};
+use self::emf::{EmfLines, start_emf};
 use self::personalize::start_personalize;
 use self::serving::start_http;
 pub use self::sinks::SinkMessage;
@@ -86,6 +88,8 @@ pub struct RunningJob {
     process: usize,
     /// How many processes run the job.
     processes: usize,
+    /// The CloudWatch EMF lines, when `[metrics.emf]` is enabled.
+    emf: Option<EmfLines>,
 }
 
 impl RunningJob {
@@ -174,6 +178,10 @@ impl RunningJob {
         if let Some(sink) = self.sink.take() {
             sink.join()
                 .map_err(|_| anyhow!("the sink thread panicked"))??;
+        }
+        // The sink thread has mirrored the last counts: the last line reports them.
+        if let Some(emf) = self.emf.take() {
+            emf.finish();
         }
         // A checkpoint being written (the end-of-input one, say) is finished, not left torn.
         if let Some(driver) = &self.checkpoints
@@ -290,6 +298,8 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         let _guard = runtime.enter();
         drop(Arc::clone(&metrics).spawn_rate_sampler(Duration::from_secs(1)));
     }
+    // CloudWatch's metrics, as EMF lines on standard output.
+    let emf = start_emf(&config.metrics.emf, &runtime, &metrics);
     let (personalize, personalize_feed) = start_personalize(&config, &runtime, &metrics)?;
     let http_addr = start_http(
         &config,
@@ -388,6 +398,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         checkpoint_lease,
         process: cluster.process,
         processes: cluster.processes(),
+        emf,
     })
 }
 

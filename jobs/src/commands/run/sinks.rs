@@ -5,8 +5,10 @@
 //!
 //! - writes features, dead letters and the raw archive to the [`JobOutputs`] (local files, or
 //!   Kinesis + Firehose: [`job_outputs`]);
-//! - applies rankings and related lists to the serving state, and records readers' recent articles
-//!   (and offers them to Personalize, when configured);
+//! - applies rankings and related lists to the serving state (recording their event → visible and
+//!   arrival → visible latencies), and records readers' recent articles (and offers them to
+//!   Personalize, when configured);
+//! - counts each feature written and its event → feature latency;
 //! - assembles the workers' checkpoint parts: once every worker's part is in, the outputs are
 //!   flushed (everything before the checkpoint is delivered before it may be committed) and the
 //!   checkpoint is handed to the [`CheckpointDriver`] with the serving state's changes;
@@ -214,10 +216,12 @@ impl SinkThread {
                 Ok(SinkMessage::Checkpoint(part)) => after_final |= self.checkpoint_part(part)?,
                 Ok(_) if after_final => {}
                 Ok(SinkMessage::Features(features)) => {
+                    self.outputs.features(&features)?;
+                    // Counted once written (handed to the AWS sink's batch, in AWS mode), with
+                    // their event → feature latency.
                     for feature in &features {
                         self.metrics.record_feature(feature);
                     }
-                    self.outputs.features(&features)?;
                 }
                 Ok(SinkMessage::DeadLetters(letters)) => self.outputs.dead_letters(&letters)?,
                 Ok(SinkMessage::Raw(records)) => self.outputs.raw(&records)?,
@@ -225,7 +229,7 @@ impl SinkThread {
                     for update in updates {
                         let watermark = pageflow_metrics::ranking_watermark(&update);
                         self.serving.apply(update);
-                        self.metrics.record_ranking_visible(watermark);
+                        self.ranking_visible(watermark);
                     }
                 }
                 Ok(SinkMessage::Accepted(events)) => self.accepted(&events),
@@ -298,6 +302,20 @@ impl SinkThread {
 }
 
 impl SinkThread {
+    /// Records the latencies of a ranking just made visible (`watermark`; `None` for another
+    /// update): event time → visible, and arrival → visible, from when the job watermark first
+    /// reached the ranking's (recorded by ingest; a watermark too old to be found is skipped).
+    fn ranking_visible(&self, watermark: Option<u64>) {
+        let Some(watermark) = watermark else {
+            return;
+        };
+        let now = pageflow_dataflow::clock::unix_now_ms();
+        self.metrics.record_ranking_visible_at(watermark, now);
+        if let Some(arrived) = self.stats.watermark_arrivals.reached_at(watermark) {
+            self.metrics.record_arrival_to_visible_at(arrived, now);
+        }
+    }
+
     /// Readers' recent articles, served by `/v1/recommendations` and its fallback.
     fn record_reads(&self, events: &[CompactEvent]) {
         let reads = self.serving.recent_reads();
