@@ -11,4 +11,5 @@ mod checkpoints;
 mod cli;
 mod cluster;
 mod dashboard;
+mod observability;
 mod recommendations;
