@@ -103,7 +103,7 @@ make_base() {
 if [ -n "${BUILD_BASE:-}" ]; then
   podman image exists "$BUILD_BASE" || fail "BUILD_BASE=$BUILD_BASE is not in podman's storage (podman images): import it first, or unset BUILD_BASE"
 else
-  BUILD_BASE=$(make_base pageflow-build-base "Debian $SUITE minbase + ca-certificates, binutils" "90 s" \
+  BUILD_BASE=$(make_base pageflow-build-base "Debian $SUITE minbase + ca-certificates, binutils" "30 to 90 s" \
     --variant=minbase --include=ca-certificates,binutils)
 fi
 # RUNTIME_IMAGE: what distroless `cc` holds, glibc and libgcc_s, unpacked (no shell, no package
