@@ -265,16 +265,32 @@ fn looks_like_host_port(address: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
-/// A fingerprint of the address list and the threads per process: processes started with
-/// different lists, or another number of worker threads, refuse each other (timely numbers the
-/// workers `process × threads + i`, so every process must run as many).
+/// A fingerprint of the address list, the threads per process and pageflow's build: processes
+/// started with different lists, or another number of worker threads, refuse each other (timely
+/// numbers the workers `process × threads + i`, so every process must run as many); so do two
+/// releases, whose dataflows and messages may differ (a rollout that replaces one process's task
+/// before another's must not form a mixed cluster).
 fn fingerprint(addresses: &[String], threads: usize) -> u64 {
     let threads = (threads as u64).to_le_bytes();
+    let build = this_build().to_le_bytes();
     let parts = addresses
         .iter()
         .map(|a| a.as_bytes())
-        .chain([threads.as_slice()]);
+        .chain([threads.as_slice(), build.as_slice()]);
     pageflow_dataflow::ids::stable_hash(parts)
+}
+
+/// What tells this build of pageflow from any other: a hash of the running executable's bytes
+/// (read once, ~50 ms for a release binary), or of the version when the executable cannot be
+/// read. Two builds of one version differ too, so a cluster is formed only by one image.
+fn this_build() -> u64 {
+    static BUILD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUILD.get_or_init(|| {
+        std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
+            .unwrap_or_else(|_| xxhash_rust::xxh3::xxh3_64(env!("CARGO_PKG_VERSION").as_bytes()))
+    })
 }
 
 /// The hello a process sends first on each connection.
@@ -491,7 +507,7 @@ fn read_hello(stream: &mut TcpStream, deadline: Instant) -> Result<Hello> {
 fn check_hello(theirs: Hello, ours: Hello, peer: usize, address: &str) -> Result<()> {
     if theirs.processes != ours.processes || theirs.fingerprint != ours.fingerprint {
         bail!(
-            "process {peer} at {address} was started with another [cluster] addresses list ({} processes) or another number of worker threads: give every process the same list, in the same order, and the same --workers",
+            "process {peer} at {address} was started with another [cluster] addresses list ({} processes), another number of worker threads or another pageflow release: give every process the same list, in the same order, the same [runtime] workers and the same image",
             theirs.processes
         );
     }
