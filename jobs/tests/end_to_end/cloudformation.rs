@@ -102,13 +102,18 @@ fn sorted(mut lines: Vec<String>) -> Vec<String> {
     lines
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
-    let moto = MotoServer::start()?;
-
+/// Deploys the template as `stack` (environment `environment`, `processes` cluster processes,
+/// without the ECS services) and returns its outputs once it is CREATE_COMPLETE.
+async fn deploy(
+    moto: &MotoServer,
+    cloudformation: &aws_sdk_cloudformation::Client,
+    stack: &str,
+    environment: &str,
+    processes: &str,
+) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
     // The HTTPS listener needs a certificate that exists (moto checks ACM).
     let certificate = json_call(
-        &moto,
+        moto,
         "acm",
         "CertificateManager.RequestCertificate",
         &serde_json::json!({ "DomainName": "api.pageflow.example" }),
@@ -117,12 +122,10 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
         .as_str()
         .ok_or("RequestCertificate gave no CertificateArn")?
         .to_string();
-
-    // Deploy.
-    let cloudformation = cloudformation_client(&moto.endpoint);
     let parameters = [
-        ("Environment", ENVIRONMENT),
+        ("Environment", environment),
         ("Portals", PORTALS),
+        ("ClusterProcesses", processes),
         ("RunJob", "false"),
         (
             "ContainerImage",
@@ -140,26 +143,26 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
     .collect();
     cloudformation
         .create_stack()
-        .stack_name(STACK)
+        .stack_name(stack)
         .template_body(TEMPLATE)
         .set_parameters(Some(parameters))
         .capabilities(Capability::CapabilityNamedIam)
         .send()
         .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let stack = loop {
+    let described = loop {
         let described = cloudformation
             .describe_stacks()
-            .stack_name(STACK)
+            .stack_name(stack)
             .send()
             .await?;
-        let stack = described.stacks().first().cloned().ok_or("no such stack")?;
-        let status = stack.stack_status().cloned();
+        let found = described.stacks().first().cloned().ok_or("no such stack")?;
+        let status = found.stack_status().cloned();
         if !status
             .as_ref()
             .is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS"))
         {
-            break stack;
+            break found;
         }
         if Instant::now() > deadline {
             return Err(format!("the stack is still {status:?} after 60 s").into());
@@ -167,16 +170,56 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(
-        stack.stack_status(),
+        described.stack_status(),
         Some(&StackStatus::CreateComplete),
         "{:?}",
-        stack.stack_status_reason()
+        described.stack_status_reason()
     );
-    let outputs: BTreeMap<String, String> = stack
+    Ok(described
         .outputs()
         .iter()
         .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
-        .collect();
+        .collect())
+}
+
+/// The container environment of the task definition `task_definition` (name or ARN), as ECS
+/// would give it to the job; checks the container's stop timeout on the way.
+fn task_environment(
+    moto: &MotoServer,
+    task_definition: &str,
+) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let described = json_call(
+        moto,
+        "ecs",
+        "AmazonEC2ContainerServiceV20141113.DescribeTaskDefinition",
+        &serde_json::json!({ "taskDefinition": task_definition }),
+    )?;
+    let container = &described["taskDefinition"]["containerDefinitions"][0];
+    assert_eq!(
+        container["stopTimeout"], 60,
+        "ECS waits longer than checkpoint.stop_timeout (50 s) before SIGKILL"
+    );
+    Ok(container["environment"]
+        .as_array()
+        .ok_or("the task definition has no environment")?
+        .iter()
+        // moto keeps an `AWS::NoValue` list item as null, where CloudFormation drops it.
+        .filter(|entry| !entry.is_null())
+        .map(|entry| {
+            (
+                entry["name"].as_str().unwrap_or_default().to_string(),
+                entry["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
+    let moto = MotoServer::start()?;
+
+    let cloudformation = cloudformation_client(&moto.endpoint);
+    let outputs = deploy(&moto, &cloudformation, STACK, ENVIRONMENT, "1").await?;
     let output = |key: &str| {
         outputs
             .get(key)
@@ -261,30 +304,7 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
     }
 
     // The job's environment, as the stack's task definition sets it for ECS.
-    let task_definition = json_call(
-        &moto,
-        "ecs",
-        "AmazonEC2ContainerServiceV20141113.DescribeTaskDefinition",
-        &serde_json::json!({ "taskDefinition": output("TaskDefinitionP0")? }),
-    )?;
-    let container = &task_definition["taskDefinition"]["containerDefinitions"][0];
-    assert_eq!(
-        container["stopTimeout"], 60,
-        "above checkpoint.stop_timeout"
-    );
-    let task_env: Vec<(String, String)> = container["environment"]
-        .as_array()
-        .ok_or("the task definition has no environment")?
-        .iter()
-        // moto keeps an `AWS::NoValue` list item as null, where CloudFormation drops it.
-        .filter(|entry| !entry.is_null())
-        .map(|entry| {
-            (
-                entry["name"].as_str().unwrap_or_default().to_string(),
-                entry["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let task_env = task_environment(&moto, &output("TaskDefinitionP0")?)?;
     let setting = |name: &str| {
         task_env
             .iter()
@@ -463,5 +483,36 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
         "a committed checkpoint under s3://{bucket}/{checkpoint_prefix}/: {:?}",
         listed.contents()
     );
+    Ok(())
+}
+
+/// Three cluster processes: three task definitions, indices 0, 1, 2, one list of Cloud Map
+/// addresses in index order, and otherwise the same environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_get_their_own_index_and_the_same_addresses() -> TestResult {
+    let moto = MotoServer::start()?;
+    let cloudformation = cloudformation_client(&moto.endpoint);
+    deploy(&moto, &cloudformation, "pageflow-three", "three", "3").await?;
+    let addresses = "[\"pageflow-p0.pageflow.local:7100\",\"pageflow-p1.pageflow.local:7100\",\"pageflow-p2.pageflow.local:7100\"]";
+    let mut others = Vec::new();
+    for process in 0..3 {
+        let mut env = task_environment(&moto, &format!("pageflow-three-p{process}"))?;
+        let take = |env: &mut Vec<(String, String)>, name: &str| {
+            let position = env.iter().position(|(n, _)| n == name);
+            position.map(|p| env.remove(p).1)
+        };
+        assert_eq!(
+            take(&mut env, "PAGEFLOW__CLUSTER__PROCESS"),
+            Some(process.to_string())
+        );
+        assert_eq!(
+            take(&mut env, "PAGEFLOW__CLUSTER__ADDRESSES").as_deref(),
+            Some(addresses)
+        );
+        others.push(env);
+    }
+    assert!(!others[0].is_empty());
+    assert_eq!(others[0], others[1]);
+    assert_eq!(others[0], others[2]);
     Ok(())
 }
