@@ -59,9 +59,11 @@ for template in "${TEMPLATES[@]}"; do
 done
 
 say "checkov ${TEMPLATES[*]}"
+CHECKOV_FILES=()
+for template in "${TEMPLATES[@]}"; do CHECKOV_FILES+=(-f "$template"); done
 # --skip-download: no call to Prisma Cloud for guidelines (offline); BC_SKIP_MAPPING likewise.
 BC_SKIP_MAPPING=TRUE "$VENV/bin/checkov" --quiet --compact --skip-download \
-  --framework cloudformation $(printf -- '-f %s ' "${TEMPLATES[@]}") ||
+  --framework cloudformation "${CHECKOV_FILES[@]}" ||
   fail "checkov found failed checks (above); fix the resource, or suppress the check in the template with '# checkov:skip=ID:reason' and list it in deploy/README.md"
 
 # The task definitions of the cluster's processes differ only by the process index (and the log
