@@ -13,6 +13,10 @@ fi
 # tests start; does nothing when it is already installed.
 bash scripts/aws-local/install.sh
 
+# The CloudFormation template (deploy/cloudformation/): cfn-lint clean and no failed checkov check
+# (both from PyPI into .venv-cfn). Its deployment into moto is an end-to-end test below.
+bash deploy/cloudformation/validate.sh
+
 # Unit, property and integration tests of every crate, doc examples included.
 cargo test --workspace --locked
 

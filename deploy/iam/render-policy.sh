@@ -106,13 +106,13 @@ case "$policy" in
     task)
         template="$here/pageflow-task-policy.json"
         if [[ -z "$CHECKPOINT_BUCKET" ]]; then
-            omitted+=" ListCheckpoints CheckpointsInS3"
+            omitted+=" ListCheckpoints CheckpointsInS3 KmsCheckpointObjects"
         fi
         if [[ -z "$PERSONALIZE_PREFIX" ]]; then
             omitted+=" PersonalizeRecommendations PersonalizeEvents"
         fi
         if [[ -z "$KMS_KEY_ID" ]]; then
-            omitted+=" KmsDecryptPortalStreams KmsEncryptFeaturesStream"
+            omitted+=" KmsDecryptPortalStreams KmsEncryptFeaturesStream KmsCheckpointObjects"
         fi
         ;;
     firehose-delivery)

@@ -9,6 +9,7 @@ mod auth;
 mod aws_end_to_end;
 mod checkpoints;
 mod cli;
+mod cloudformation;
 mod cluster;
 mod dashboard;
 mod observability;

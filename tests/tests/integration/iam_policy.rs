@@ -280,6 +280,7 @@ const OPTIONAL_TASK_STATEMENTS: &[&str] = &[
     "PersonalizeEvents",
     "KmsDecryptPortalStreams",
     "KmsEncryptFeaturesStream",
+    "KmsCheckpointObjects",
 ];
 
 #[test]
