@@ -131,6 +131,15 @@ pub trait RecordSource: Send {
     fn lag_ms(&self) -> Option<u64> {
         None
     }
+
+    /// Once this partition has finished: the partitions that continue it (a Kinesis shard's
+    /// children after a reshard), which may reach a worker only later. Until a worker takes each
+    /// up, the job watermark waits for it at this partition's watermark (see
+    /// [`crate::time::WatermarkBoard::expect`]): otherwise, in the gap, the watermark could run
+    /// ahead to the other partitions' and make the children's first records late.
+    fn successors(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl std::fmt::Debug for dyn RecordSource {

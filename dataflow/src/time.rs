@@ -150,6 +150,12 @@ pub struct BoardUpdate {
     pub reports: Vec<(String, PartitionWatermark)>,
     /// Restored partitions the sender took up since its previous update.
     pub claims: Vec<String>,
+    /// Partitions the sender's finished partitions continue in, with the opinion they hold the
+    /// watermark at until a worker takes them up ([`crate::source::RecordSource::successors`]),
+    /// for at most `expect_for_ms`.
+    pub expects: Vec<(String, Opinion)>,
+    /// How long `expects` may hold the watermark (processing time, ms).
+    pub expect_for_ms: u64,
 }
 
 /// One source partition's event time as its worker last reported it (about once a second).
@@ -179,6 +185,9 @@ struct BoardState {
     /// shard waits for discovery): they hold the watermark where they stood, until `idle_after`.
     expected: BTreeMap<String, Opinion>,
     expected_until: Option<Instant>,
+    /// Every partition some worker has taken up: an expectation arriving after the claim (from
+    /// another worker, whose update came later) is already met.
+    claimed: std::collections::BTreeSet<String>,
 }
 
 impl BoardState {
@@ -226,6 +235,7 @@ impl WatermarkBoard {
                 watermark: Watermark::MinusInfinity,
                 expected: BTreeMap::new(),
                 expected_until: None,
+                claimed: std::collections::BTreeSet::new(),
             }),
             partitions: Mutex::new(Reports::default()),
         }
@@ -264,13 +274,22 @@ impl WatermarkBoard {
         idle_after: Duration,
     ) {
         let mut state = self.lock();
-        state.expected.extend(partitions);
+        let unclaimed: Vec<(String, Opinion)> = partitions
+            .into_iter()
+            .filter(|(name, _)| !state.claimed.contains(name))
+            .collect();
+        if unclaimed.is_empty() {
+            return;
+        }
+        state.expected.extend(unclaimed);
         state.expected_until = Some(Instant::now() + idle_after);
     }
 
-    /// A worker reads `partition` again: its own opinion counts from now on.
+    /// A worker reads `partition` (again): its own opinion counts from now on.
     pub fn claim(&self, partition: &str) {
-        self.lock().expected.remove(partition);
+        let mut state = self.lock();
+        state.expected.remove(partition);
+        state.claimed.insert(partition.to_string());
     }
 
     /// The combined opinion of every worker but `worker`.
@@ -294,6 +313,18 @@ impl WatermarkBoard {
             let mut state = self.lock();
             for partition in &update.claims {
                 state.expected.remove(partition);
+                state.claimed.insert(partition.clone());
+            }
+            let unclaimed: Vec<(String, Opinion)> = update
+                .expects
+                .iter()
+                .filter(|(name, _)| !state.claimed.contains(name))
+                .cloned()
+                .collect();
+            if !unclaimed.is_empty() {
+                state.expected.extend(unclaimed);
+                state.expected_until =
+                    Some(Instant::now() + Duration::from_millis(update.expect_for_ms));
             }
             let newer = state
                 .heard
@@ -438,6 +469,52 @@ mod tests {
             Watermark::At(20),
             "past idle_after it no longer holds"
         );
+    }
+
+    #[test]
+    fn a_finished_shards_children_hold_the_watermark_until_a_worker_takes_them_up() {
+        // Worker 0 read the parent; its children reach worker 1 only later.
+        let replica = WatermarkBoard::new(2);
+        replica.publish(1, Opinion::At(100));
+        let parent_finished = BoardUpdate {
+            sender: 0,
+            seq: 1,
+            opinion: Opinion::Finished,
+            reports: Vec::new(),
+            claims: Vec::new(),
+            expects: vec![
+                ("kinesis:g1/child-a".to_string(), Opinion::At(40)),
+                ("kinesis:g1/child-b".to_string(), Opinion::At(40)),
+            ],
+            expect_for_ms: 60_000,
+        };
+        replica.receive(&parent_finished);
+        assert_eq!(
+            replica.publish(1, Opinion::At(100)),
+            Watermark::At(40),
+            "the gap before the children are read does not let the watermark run ahead"
+        );
+        replica.claim("kinesis:g1/child-a");
+        assert_eq!(replica.publish(1, Opinion::At(100)), Watermark::At(40));
+        replica.claim("kinesis:g1/child-b");
+        assert_eq!(replica.publish(1, Opinion::At(100)), Watermark::At(100));
+
+        // A claim heard before the expectation (another worker's update came first) meets it.
+        let replica = WatermarkBoard::new(2);
+        replica.receive(&BoardUpdate {
+            sender: 1,
+            seq: 1,
+            opinion: Opinion::At(100),
+            reports: Vec::new(),
+            claims: vec![
+                "kinesis:g1/child-a".to_string(),
+                "kinesis:g1/child-b".to_string(),
+            ],
+            expects: Vec::new(),
+            expect_for_ms: 0,
+        });
+        replica.receive(&parent_finished);
+        assert_eq!(replica.publish(1, Opinion::At(100)), Watermark::At(100));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
@@ -63,6 +64,8 @@ impl WatermarkExchange {
             last_sent: None,
             reports: Vec::new(),
             claims: Vec::new(),
+            expects: Vec::new(),
+            expect_for: Duration::ZERO,
         }
     }
 
@@ -122,6 +125,8 @@ pub struct BoardPublisher {
     last_sent: Option<Opinion>,
     reports: Vec<(String, PartitionWatermark)>,
     claims: Vec<String>,
+    expects: Vec<(String, Opinion)>,
+    expect_for: Duration,
 }
 
 impl std::fmt::Debug for BoardPublisher {
@@ -148,6 +153,17 @@ impl BoardPublisher {
         self.claims.push(partition.to_string());
     }
 
+    /// A finished partition continues in `successors` (see
+    /// [`crate::source::RecordSource::successors`]): they hold the job watermark at `opinion`
+    /// until a worker takes each up, for at most `wait`; told with the next update.
+    pub fn expect_successors(&mut self, successors: Vec<String>, opinion: Opinion, wait: Duration) {
+        let expected: Vec<(String, Opinion)> =
+            successors.into_iter().map(|name| (name, opinion)).collect();
+        self.board.expect(expected.iter().cloned(), wait);
+        self.expects.extend(expected);
+        self.expect_for = wait;
+    }
+
     /// Records what `partition` says now (see [`WatermarkBoard::report_partition`]); told with
     /// the next update.
     pub fn report_partition(&mut self, partition: &str, report: PartitionWatermark) {
@@ -160,7 +176,11 @@ impl BoardPublisher {
     pub fn publish(&mut self, opinion: Opinion) -> Watermark {
         let watermark = self.board.publish(self.worker, opinion);
         let changed = self.last_sent != Some(opinion);
-        if changed || !self.reports.is_empty() || !self.claims.is_empty() {
+        if changed
+            || !self.reports.is_empty()
+            || !self.claims.is_empty()
+            || !self.expects.is_empty()
+        {
             let mut input = self.input.borrow_mut();
             if let Some(handle) = input.as_mut() {
                 self.seq += 1;
@@ -170,6 +190,8 @@ impl BoardPublisher {
                     opinion,
                     reports: std::mem::take(&mut self.reports),
                     claims: std::mem::take(&mut self.claims),
+                    expects: std::mem::take(&mut self.expects),
+                    expect_for_ms: self.expect_for.as_millis() as u64,
                 });
                 handle.flush();
                 self.last_sent = Some(opinion);
@@ -198,6 +220,8 @@ mod tests {
             opinion,
             reports: Vec::new(),
             claims: Vec::new(),
+            expects: Vec::new(),
+            expect_for_ms: 0,
         }
     }
 

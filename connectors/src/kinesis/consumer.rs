@@ -347,11 +347,18 @@ pub struct ShardPartition {
     /// Where its reader records how far behind the tip it is (`(stream, shard)` in it).
     status: Arc<ConsumerStatus>,
     stream: String,
+    portal: String,
+    /// Once ended: its children's partition names (`RecordSource::successors`).
+    successors: Vec<String>,
 }
 
 impl RecordSource for ShardPartition {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn successors(&self) -> Vec<String> {
+        self.successors.clone()
     }
 
     fn lag_ms(&self) -> Option<u64> {
@@ -378,6 +385,10 @@ impl RecordSource for ShardPartition {
         if self.pending.is_empty()
             && let Some(children) = self.ending.take()
         {
+            self.successors = children
+                .iter()
+                .map(|child| partition_name(&self.portal, child))
+                .collect();
             // Every record of the shard was returned by an earlier poll, so ingest has taken them
             // in: only now may the children start.
             let _ = self.done.send(ShardDone {
@@ -666,6 +677,8 @@ impl Coordinator {
             done,
             status: Arc::clone(&self.status),
             stream: spec.stream.clone(),
+            portal: spec.portal.clone(),
+            successors: Vec::new(),
         }
     }
 }

@@ -117,6 +117,8 @@ struct Partition {
     blank_lines_reported: u64,
     /// Failed for good: not polled again.
     failed: bool,
+    /// Once finished: the partitions that continue it (see `RecordSource::successors`).
+    successors: Vec<String>,
 }
 
 impl Partition {
@@ -128,6 +130,15 @@ impl Partition {
             last_activity: now,
             blank_lines_reported: 0,
             failed: false,
+            successors: Vec::new(),
+        }
+    }
+
+    /// Its opinion as it stood before it finished: what its successors hold the watermark at.
+    fn last_watermark(&self, config: &IngestConfig) -> Opinion {
+        match self.clock.watermark(config.max_out_of_orderness) {
+            None => Opinion::Undefined,
+            Some(wm) => Opinion::At(wm),
         }
     }
 
@@ -143,7 +154,10 @@ impl Partition {
     }
 
     fn opinion(&self, config: &IngestConfig, now: Instant) -> Opinion {
-        if self.clock.finished {
+        if self.clock.finished && !self.successors.is_empty() {
+            // Until the end of this activation, when its successors are expected on the board.
+            self.last_watermark(config)
+        } else if self.clock.finished {
             Opinion::Finished
         } else if !self.source.is_replay()
             && now.duration_since(self.last_activity) >= Duration::from_millis(config.idle_timeout)
@@ -453,7 +467,10 @@ pub fn ingest<'scope>(
                 match status {
                     PollStatus::Ready => more_ready = true,
                     PollStatus::Pending => {}
-                    PollStatus::Finished => partitions[index].clock.finished = true,
+                    PollStatus::Finished => {
+                        partitions[index].clock.finished = true;
+                        partitions[index].successors = partitions[index].source.successors();
+                    }
                 }
             }
 
@@ -469,6 +486,16 @@ pub fn ingest<'scope>(
             partitions.retain(|p| {
                 if report || p.clock.finished {
                     board.report_partition(p.source.name(), p.report(&config, now, *job_watermark));
+                }
+                if p.clock.finished && !p.successors.is_empty() {
+                    // The children of a shard may reach a worker only later: until then they
+                    // hold the watermark where their parent stood (an idle partition's time at
+                    // most), so that none of their records is late for the gap.
+                    board.expect_successors(
+                        p.successors.clone(),
+                        p.last_watermark(&config),
+                        Duration::from_millis(config.idle_timeout),
+                    );
                 }
                 if p.clock.finished {
                     ended.push(PartitionCheckpoint {

@@ -644,7 +644,9 @@ fn two_processes_share_kinesis_shards_across_a_reshard() {
     assert_eq!(
         read.iter().sum::<u64>(),
         lines.len() as u64,
-        "every record read exactly once: {read:?}"
+        "every record read exactly once: {read:?}\n{}\n{}",
+        ended[0].1,
+        ended[1].1
     );
     assert!(
         read.iter().all(|&n| n > 0),
