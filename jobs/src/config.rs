@@ -831,9 +831,10 @@ pub fn load(
     section!("cluster", cluster);
     section!("metrics", metrics);
     section!("log", log);
+    section!("serving_tier", serving_tier);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log, serving_tier"
         ));
     }
     problems.extend(config.validate());
