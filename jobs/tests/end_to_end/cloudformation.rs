@@ -193,11 +193,14 @@ fn task_environment(
     Ok(environment)
 }
 
+/// A container definition (as ECS describes it) and its environment, `(name, value)` in order.
+type Container = (serde_json::Value, Vec<(String, String)>);
+
 /// The container definition of `task_definition` and its environment, as ECS would give it.
 fn container_environment(
     moto: &MotoServer,
     task_definition: &str,
-) -> Result<(serde_json::Value, Vec<(String, String)>), Box<dyn std::error::Error>> {
+) -> Result<Container, Box<dyn std::error::Error>> {
     let described = json_call(
         moto,
         "ecs",
