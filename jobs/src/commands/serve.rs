@@ -22,7 +22,9 @@
 //!   excluding it). A session is only published once it closes, so a read reaches this tier up to
 //!   one session gap (`[semantics] session_gap`) after it happened; the job itself knows it at
 //!   once. The session gives only its first and last times, so its articles' read times are spread
-//!   evenly between them in first-read order ([`session_reads`]).
+//!   evenly between them in first-read order ([`session_reads`]); a session lists at most
+//!   [`SESSION_ARTICLES_MAX`](pageflow_dataflow::features::SESSION_ARTICLES_MAX) articles, the
+//!   first ones read.
 //!
 //! Reading: the job's Kinesis consumer ([`KinesisConsumer`], one process, one worker), whose
 //! [`ShardFeed`] hands over each shard as a [`RecordSource`]; one follower thread polls them. That
