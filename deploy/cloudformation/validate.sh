@@ -71,6 +71,7 @@ BC_SKIP_MAPPING=TRUE "$VENV/bin/checkov" --quiet --compact --skip-download \
 # one cluster run different configurations.
 "$VENV/bin/python" - "${TEMPLATES[@]}" <<'PY' || fail "the task definitions TaskDefinitionP0..P2 differ (above); make the same change to each"
 import json
+import re
 import sys
 
 from cfnlint.decode import decode
@@ -98,7 +99,12 @@ for path in sys.argv[1:]:
         print(f"{path}: cannot read: {problems}")
         sys.exit(1)
     resources = template.get("Resources", {})
-    names = sorted(n for n, r in resources.items() if r.get("Type") == "AWS::ECS::TaskDefinition")
+    # The job's processes only: the serving tier's ApiTaskDefinition runs another command.
+    names = sorted(
+        n
+        for n, r in resources.items()
+        if r.get("Type") == "AWS::ECS::TaskDefinition" and re.fullmatch(r"TaskDefinitionP[0-9]+", n)
+    )
     if not names:
         continue
     reference = normalised(resources[names[0]]["Properties"])

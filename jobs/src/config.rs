@@ -104,6 +104,73 @@ pub struct JobConfig {
     pub metrics: MetricsConfig,
     /// The log's format and level.
     pub log: LogConfig,
+    /// How `pageflow serve` (the read-only serving tier) reads the features stream.
+    pub serving_tier: ServingTierConfig,
+}
+
+/// The `[serving_tier]` section: how `pageflow serve` reads the features stream
+/// (`[sinks.kinesis] stream`) it serves from (see `commands::serve`). `pageflow run` ignores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingTierConfig {
+    /// Where the stream is read from: `trim_horizon` (default: everything the stream retains, so
+    /// a new task has the last day's rankings and related lists), `latest`, `at_timestamp`.
+    pub start_position: StartPositionName,
+    /// With `at_timestamp`: ms since the epoch.
+    pub start_timestamp_ms: Option<u64>,
+    /// How often to look for new shards (also done whenever a shard closes).
+    pub discovery_interval: Millis,
+    /// The least time between two `GetRecords` calls on one shard (Kinesis allows 5 per second per
+    /// shard, shared by every polling consumer: the job's other readers and every serving task).
+    pub poll_interval: Millis,
+    /// Records per `GetRecords` call (at most 10,000).
+    pub max_records: i32,
+}
+
+impl Default for ServingTierConfig {
+    fn default() -> Self {
+        ServingTierConfig {
+            start_position: StartPositionName::TrimHorizon,
+            start_timestamp_ms: None,
+            discovery_interval: Millis::seconds(60),
+            poll_interval: Millis(1_000),
+            max_records: 10_000,
+        }
+    }
+}
+
+impl ServingTierConfig {
+    /// Checks the values `pageflow serve` needs, with the features stream's name.
+    pub fn validate(&self, features_stream: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if features_stream.trim().is_empty() {
+            problems.push(
+                "[sinks.kinesis] `stream` is empty: `pageflow serve` reads the features stream the job writes; name it (PAGEFLOW__SINKS__KINESIS__STREAM)"
+                    .to_string(),
+            );
+        }
+        if self.start_position == StartPositionName::AtTimestamp
+            && self.start_timestamp_ms.is_none()
+        {
+            problems.push(
+                "[serving_tier] start_position = \"at_timestamp\" needs `start_timestamp_ms` (ms since the epoch)"
+                    .to_string(),
+            );
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            problems.push(format!(
+                "[serving_tier] `max_records` must be between 1 and 10000, not {}",
+                self.max_records
+            ));
+        }
+        if self.poll_interval.ms() == 0 || self.discovery_interval.ms() == 0 {
+            problems.push(
+                "[serving_tier] `poll_interval` and `discovery_interval` must be positive, e.g. `1s`"
+                    .to_string(),
+            );
+        }
+        problems
+    }
 }
 
 /// The `[metrics]` section: what the job reports by itself (`GET /metrics` needs no setting).
@@ -764,9 +831,10 @@ pub fn load(
     section!("cluster", cluster);
     section!("metrics", metrics);
     section!("log", log);
+    section!("serving_tier", serving_tier);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log, serving_tier"
         ));
     }
     problems.extend(config.validate());

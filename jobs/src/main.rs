@@ -44,6 +44,16 @@ enum Command {
         #[arg(long)]
         process: Option<usize>,
     },
+    /// Serve the HTTP API from the features stream the job writes (the read-only serving tier).
+    ///
+    /// Any number of these run beside the job and scale with the API's traffic: each follows
+    /// [sinks.kinesis] stream (from [serving_tier] start_position, by default all it retains) and
+    /// answers the same routes as the job's own HTTP, with final rankings only.
+    Serve {
+        /// A TOML configuration file ([sinks.kinesis], [serve], [serving_tier], [aws]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the graph over a JSON-lines file as fast as possible, deterministically.
     ///
     /// Writes OUT/features.jsonl, OUT/dead-letter.jsonl and OUT/summary.json. The same input gives
@@ -193,6 +203,7 @@ impl Cli {
             Command::Run { config, .. }
             | Command::Replay { config, .. }
             | Command::Checkpoints { config }
+            | Command::Serve { config }
             | Command::Aws(AwsCommand::Setup { config, .. } | AwsCommand::Put { config, .. }) => {
                 config.as_deref()
             }
@@ -265,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config, process } => {
             commands::run::run(load_config_with(config.as_deref(), process)?)
         }
+        Command::Serve { config } => commands::serve::run(load_config(config.as_deref())?),
         Command::Replay {
             input,
             out,

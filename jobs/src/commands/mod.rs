@@ -10,3 +10,4 @@ pub mod checkpoints;
 pub mod generate;
 pub mod replay;
 pub mod run;
+pub mod serve;

@@ -23,6 +23,8 @@ use pageflow_tests::aws::{MotoServer, aws_env, dummy_sigv4_authorization, http_r
 use pageflow_tests::clients::{
     credentials, firehose_client, kinesis_client, lines_of, read_objects, read_stream, s3_client,
 };
+use pageflow_tests::http_get;
+use pageflow_tests::job_process::{JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 const TEMPLATE: &str = include_str!("../../../deploy/cloudformation/pageflow.yaml");
@@ -183,18 +185,30 @@ fn task_environment(
     moto: &MotoServer,
     task_definition: &str,
 ) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let (container, environment) = container_environment(moto, task_definition)?;
+    assert_eq!(
+        container["stopTimeout"], 60,
+        "ECS waits longer than checkpoint.stop_timeout (50 s) before SIGKILL"
+    );
+    Ok(environment)
+}
+
+/// A container definition (as ECS describes it) and its environment, `(name, value)` in order.
+type Container = (serde_json::Value, Vec<(String, String)>);
+
+/// The container definition of `task_definition` and its environment, as ECS would give it.
+fn container_environment(
+    moto: &MotoServer,
+    task_definition: &str,
+) -> Result<Container, Box<dyn std::error::Error>> {
     let described = json_call(
         moto,
         "ecs",
         "AmazonEC2ContainerServiceV20141113.DescribeTaskDefinition",
         &serde_json::json!({ "taskDefinition": task_definition }),
     )?;
-    let container = &described["taskDefinition"]["containerDefinitions"][0];
-    assert_eq!(
-        container["stopTimeout"], 60,
-        "ECS waits longer than checkpoint.stop_timeout (50 s) before SIGKILL"
-    );
-    Ok(container["environment"]
+    let container = described["taskDefinition"]["containerDefinitions"][0].clone();
+    let environment = container["environment"]
         .as_array()
         .ok_or("the task definition has no environment")?
         .iter()
@@ -206,7 +220,86 @@ fn task_environment(
                 entry["value"].as_str().unwrap_or_default().to_string(),
             )
         })
-        .collect())
+        .collect();
+    Ok((container, environment))
+}
+
+/// Runs `pageflow serve` with the environment of the stack's serving-tier task definition
+/// (locally: the endpoint, a loopback port, and open rankings: there is no Cognito here) and
+/// checks that it becomes ready and serves each portal's last final popular ranking of `expected`
+/// (the replay's feature lines).
+async fn serving_tier_serves_the_features_stream(
+    moto: &MotoServer,
+    task_definition: &str,
+    features_stream: &str,
+    expected: &[String],
+) -> TestResult {
+    let (container, mut env) = container_environment(moto, task_definition)?;
+    assert_eq!(container["command"], serde_json::json!(["serve"]));
+    let setting = |env: &[(String, String)], name: &str| {
+        env.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        setting(&env, "PAGEFLOW__SINKS__KINESIS__STREAM"),
+        features_stream
+    );
+    env.extend(aws_env(&moto.endpoint));
+    for (name, value) in [
+        ("PAGEFLOW__SERVE__LISTEN", "127.0.0.1:0"),
+        ("PAGEFLOW__SERVE__AUTH__RANKINGS", "open"),
+        ("PAGEFLOW__SERVING_TIER__DISCOVERY_INTERVAL", "\"1s\""),
+    ] {
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_string(), value.to_string()));
+    }
+    let mut last_popular: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for line in expected {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        if record["type"] == "popular" {
+            let portal = record["portal"].as_str().unwrap_or_default().to_string();
+            if last_popular
+                .get(&portal)
+                .is_none_or(|held| held["window_end"].as_u64() < record["window_end"].as_u64())
+            {
+                last_popular.insert(portal, record);
+            }
+        }
+    }
+    assert!(!last_popular.is_empty(), "the replay has popular rankings");
+    let mut server = JobProcess::spawn(Command::new(BIN).arg("serve").envs(env))?;
+    let addr = server.http_address(Duration::from_secs(60))?;
+    let served = poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let ready = http_get(&addr, "/readyz").is_some_and(|(status, _)| status == 200);
+        let all = last_popular.iter().all(|(portal, record)| {
+            http_get(
+                &addr,
+                &format!("/v1/portals/{portal}/popular?final=true&n=100"),
+            )
+            .and_then(|(status, body)| {
+                (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
+            })
+            .flatten()
+            .is_some_and(|body| {
+                body["window_end"] == record["window_end"] && body["items"] == record["items"]
+            })
+        });
+        (ready && all).then_some(())
+    });
+    let stderr = server.stderr();
+    server.terminate()?;
+    let stopped = server.wait_timeout(Duration::from_secs(30));
+    assert!(
+        served.is_some(),
+        "pageflow serve with the stack's environment never served the replay's rankings:\n{stderr}"
+    );
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "pageflow serve did not stop on SIGTERM: {stopped:?}\n{stderr}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,6 +534,13 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
         .map(|r| String::from_utf8_lossy(&r.data).to_string())
         .collect();
     assert_eq!(sorted(streamed), sorted(expected.clone()));
+    serving_tier_serves_the_features_stream(
+        &moto,
+        &output("ApiTaskDefinition")?,
+        &features_stream,
+        &expected,
+    )
+    .await?;
 
     // The archive in the stack's bucket, under the layers' prefixes.
     let archived = |prefix: &'static str| {

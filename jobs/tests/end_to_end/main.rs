@@ -14,3 +14,4 @@ mod cluster;
 mod dashboard;
 mod observability;
 mod recommendations;
+mod serving_tier;

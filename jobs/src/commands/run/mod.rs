@@ -25,7 +25,7 @@
 mod checkpointing;
 mod emf;
 mod personalize;
-mod serving;
+pub(crate) mod serving;
 mod sinks;
 mod sources;
 mod workers;

@@ -16,7 +16,7 @@ use pageflow_serve::{App, JobView, ServingState, app_router, serve};
 
 /// Starts serving HTTP on `[serve] listen` (when `[serve] enabled`) until `stop` is set; returns
 /// the address it listens on.
-pub(super) fn start_http(
+pub(crate) fn start_http(
     config: &JobConfig,
     runtime: &tokio::runtime::Runtime,
     serving: &Arc<ServingState>,
