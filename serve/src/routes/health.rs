@@ -49,7 +49,10 @@ pub(crate) async fn readyz(State(app): State<App>) -> Response {
 pub(crate) fn readiness_problems(loaded: bool, shards: Option<&[ShardStatus]>) -> Vec<String> {
     let mut problems = Vec::new();
     if !loaded {
-        problems.push("the job is still loading its state (restoring the checkpoint)".to_string());
+        problems.push(
+            "still loading its state (the job: restoring the checkpoint; `pageflow serve`: catching up with the features stream)"
+                .to_string(),
+        );
     }
     if let Some(shards) = shards {
         if shards.is_empty() {
