@@ -281,10 +281,13 @@ async fn firehose_under_faults(retries: SdkRetries, seed: u64) -> TestResult {
             .on(FIREHOSE_PUT_RECORD_BATCH, FAULTS)
             .starting_with(FIREHOSE_PUT_RECORD_BATCH, &OPENING),
     )?;
+    // One line per record: many entries per call, so that partial failures and per-entry
+    // retries are exercised at scale (packing is tested in `aws_sinks`).
     let sink = DeliveryStream::with_client(
         firehose_client(&proxy.endpoint(), retries.config()),
         "pageflow-processed",
-    );
+    )
+    .with_lines_per_record(1);
 
     let features = features_to_deliver();
     let mut report = Delivery::default();
