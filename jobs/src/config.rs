@@ -106,6 +106,8 @@ pub struct JobConfig {
     pub log: LogConfig,
     /// How `pageflow serve` (the read-only serving tier) reads the features stream.
     pub serving_tier: ServingTierConfig,
+    /// What `pageflow collect` listens on and collects (checked by that command only).
+    pub collect: crate::commands::collect::config::CollectConfig,
 }
 
 /// The `[serving_tier]` section: how `pageflow serve` reads the features stream
@@ -832,9 +834,10 @@ pub fn load(
     section!("metrics", metrics);
     section!("log", log);
     section!("serving_tier", serving_tier);
+    section!("collect", collect);
     for unknown in table.keys() {
         problems.push(format!(
-            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log, serving_tier"
+            "unknown section `[{unknown}]`: the sections are semantics, source, sinks, serve, runtime, aws, checkpoint, recommendations, personalize, cluster, metrics, log, serving_tier, collect"
         ));
     }
     problems.extend(config.validate());

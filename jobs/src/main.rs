@@ -54,6 +54,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Collect the portals' pageview beacons over HTTP and write them to their Kinesis streams.
+    ///
+    /// `POST /v1/collect` takes a JSON array of pageviews or one per line (at most 500 and 1 MiB),
+    /// validates each as the job does and answers once every accepted event is in its portal's
+    /// stream (partition key user_id).
+    Collect {
+        /// A TOML configuration file ([collect] with its [[collect.portals]], [aws], [log]).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the graph over a JSON-lines file as fast as possible, deterministically.
     ///
     /// Writes OUT/features.jsonl, OUT/dead-letter.jsonl and OUT/summary.json. The same input gives
@@ -207,6 +217,7 @@ impl Cli {
             | Command::Aws(AwsCommand::Setup { config, .. } | AwsCommand::Put { config, .. }) => {
                 config.as_deref()
             }
+            Command::Collect { config } => Some(config.as_path()),
             Command::Generate { .. } | Command::Bench { .. } => None,
         }
     }
@@ -277,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
             commands::run::run(load_config_with(config.as_deref(), process)?)
         }
         Command::Serve { config } => commands::serve::run(load_config(config.as_deref())?),
+        Command::Collect { config } => commands::collect::run(load_config(Some(&config))?),
         Command::Replay {
             input,
             out,

@@ -7,6 +7,7 @@ pub mod bench_cluster;
 pub mod bench_serve;
 pub mod bench_soak;
 pub mod checkpoints;
+pub mod collect;
 pub mod generate;
 pub mod replay;
 pub mod run;

@@ -1,0 +1,242 @@
+//! The collector's HTTP routes.
+//!
+//! - `POST /v1/collect`: a body of events ([`super::request`]) → 200
+//!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is in
+//!   its portal's stream; 400 when no event is valid (the same fields, plus `error`) or the body
+//!   is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
+//!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again.
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once every portal's stream has been found, else 503.
+//! - `GET /metrics`: the counters ([`super::metrics`]).
+//!
+//! Errors are `{"error": {"code", "message"}}` with a stable code, as the serving API answers them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use super::kinesis_writer::KinesisWriter;
+use super::metrics::CollectMetrics;
+use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge};
+
+/// What the routes share.
+#[derive(Debug)]
+pub struct Collector {
+    /// The portals collected here.
+    pub portals: BTreeSet<String>,
+    /// Their streams.
+    pub writer: KinesisWriter,
+    /// The counters.
+    pub metrics: Arc<CollectMetrics>,
+    /// Set once every portal's stream has been found.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The routes over `collector`.
+pub fn router(collector: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/v1/collect", post(collect))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(collector)
+}
+
+/// The answer to a request whose events were judged.
+#[derive(Serialize)]
+struct CollectAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail<'a>>,
+    accepted: usize,
+    rejected: &'a [RejectedEvent],
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// A JSON answer that must not be cached.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (
+            status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        // Only strings and integers are serialised: this cannot happen.
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail { code, message },
+        },
+    )
+}
+
+fn body_too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!(
+            "the body is larger than {MAX_BODY_BYTES} bytes (1 MiB), the most a request may carry: send the events in several requests of at most {MAX_EVENTS}"
+        ),
+    )
+}
+
+/// Reads the body, refusing it as soon as it is larger than [`MAX_BODY_BYTES`].
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(body_too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                &format!("the body could not be read ({e}); send the request again"),
+            )
+        })?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(body_too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+async fn collect(
+    State(collector): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = answer(&collector, &headers, body).await;
+    collector.metrics.record_request(response.status().as_u16());
+    response
+}
+
+async fn answer(collector: &Collector, headers: &HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(headers, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let judged = match judge(&bytes, |portal| collector.portals.contains(portal)) {
+        Ok(judged) => judged,
+        Err(problem) => {
+            let (status, code) = match problem {
+                BodyError::NoEvents => (StatusCode::BAD_REQUEST, "no_events"),
+                BodyError::TooManyEvents { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events")
+                }
+                BodyError::BrokenArray { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
+            };
+            return error(status, code, &problem.to_string());
+        }
+    };
+    for rejection in &judged.rejected {
+        collector.metrics.record_rejected(rejection.reason);
+    }
+    collector.metrics.add_accepted(judged.accepted.len() as u64);
+    if judged.accepted.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &CollectAnswer {
+                error: Some(ErrorDetail {
+                    code: "no_valid_events",
+                    message: "no event of the request is valid: see `rejected` for each one's reason, and fix them before sending them again",
+                }),
+                accepted: 0,
+                rejected: &judged.rejected,
+            },
+        );
+    }
+    match collector.writer.write(&judged.accepted).await {
+        Ok(written) => {
+            collector.metrics.add_written("kinesis", written as u64);
+            json(
+                StatusCode::OK,
+                &CollectAnswer {
+                    error: None,
+                    accepted: judged.accepted.len(),
+                    rejected: &judged.rejected,
+                },
+            )
+        }
+        Err(failure) => {
+            collector.metrics.record_write_failure();
+            tracing::warn!(
+                unwritten = failure.unwritten,
+                fatal = failure.fatal,
+                "collect: {failure}"
+            );
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kinesis_unavailable",
+                &failure.to_string(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(collector): State<Arc<Collector>>) -> Response {
+    if collector.ready.load(Ordering::SeqCst) {
+        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the portals' streams have not all been found yet: check [[collect.portals]] stream and [aws], and the log",
+        )
+    }
+}
+
+async fn metrics(State(collector): State<Arc<Collector>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        collector.metrics.render(),
+    )
+        .into_response()
+}
