@@ -11,6 +11,7 @@ mod checkpoints;
 mod cli;
 mod cloudformation;
 mod cluster;
+mod collect;
 mod dashboard;
 mod observability;
 mod recommendations;

@@ -10,6 +10,8 @@
 //! [`pageflow_dataflow::event::validate`], the job's own strict validation with its reasons
 //! (`invalid_json`, `missing_field`, `bad_pattern`, …), so one malformed event is rejected with its
 //! index while the others are accepted, and an event the collector accepts is one the job counts.
+//! Only an element whose brackets or quotes do not balance (a truncated body) cannot be told from
+//! the next one: then the array as a whole is refused (`invalid_body`).
 //! On top of that, its `portal` must be one of `[[collect.portals]]` (`unknown_portal`).
 //!
 //! An accepted event is written as the client sent it, less the whitespace between JSON tokens
