@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use pageflow_tests::aws::{MotoServer, aws_env, http_request};
 use pageflow_tests::clients::{kinesis_client, read_stream};
+use pageflow_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, Faults, KINESIS_PUT_RECORDS};
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
@@ -24,35 +25,8 @@ fn pageview(id: &str, portal: &str, user: &str) -> String {
 async fn a_mixed_batch_puts_exactly_the_accepted_events_in_order_keyed_by_user() -> TestResult {
     let moto = MotoServer::start()?;
     let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
-    for stream in ["pageviews-g1", "pageviews-ge"] {
-        kinesis
-            .create_stream()
-            .stream_name(stream)
-            .shard_count(1)
-            .send()
-            .await?;
-    }
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("collect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[collect]\nlisten = \"127.0.0.1:0\"\nspool_dir = \"{}\"\n\n\
-             [[collect.portals]]\nportal = \"g1\"\nstream = \"pageviews-g1\"\norigins = [\"https://g1.example.com\"]\n\n\
-             [[collect.portals]]\nportal = \"ge\"\nstream = \"pageviews-ge\"\norigins = [\"https://ge.example.com\"]\n\n\
-             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
-            dir.path().join("spool").display(),
-            moto.endpoint
-        ),
-    )?;
-    let mut collector = JobProcess::spawn(
-        Command::new(BIN)
-            .args(["collect", "--config"])
-            .arg(&config)
-            .envs(aws_env(&moto.endpoint)),
-    )?;
-    let address = collector.http_address(Duration::from_secs(30))?;
-    let port: u16 = address.rsplit(':').next().ok_or("no port")?.parse()?;
+    create_streams(&kinesis).await?;
+    let (_dir, collector, port) = start_collector(&moto.endpoint)?;
     let ready = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
         http_request(port, "GET", "/readyz", &[], b"")
             .ok()
@@ -178,24 +152,141 @@ async fn a_mixed_batch_puts_exactly_the_accepted_events_in_order_keyed_by_user()
     Ok(())
 }
 
-#[test]
-fn oversized_and_overfull_requests_are_413_with_an_error_code() -> TestResult {
-    // No AWS needed: the limits are checked before anything is written.
+/// Starts `pageflow collect` for portals g1 and ge (streams `pageviews-<portal>`) with the AWS APIs
+/// at `endpoint`; returns its directory (kept while it runs), the process and its port.
+fn start_collector(
+    endpoint: &str,
+) -> Result<(tempfile::TempDir, JobProcess, u16), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("collect.toml");
     std::fs::write(
         &config,
-        "[collect]\nlisten = \"127.0.0.1:0\"\n\n[[collect.portals]]\nportal = \"g1\"\nstream = \"pageviews-g1\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n",
+        format!(
+            "[collect]\nlisten = \"127.0.0.1:0\"\nspool_dir = \"{}\"\n\n\
+             [[collect.portals]]\nportal = \"g1\"\nstream = \"pageviews-g1\"\norigins = [\"https://g1.example.com\"]\n\n\
+             [[collect.portals]]\nportal = \"ge\"\nstream = \"pageviews-ge\"\norigins = [\"https://ge.example.com\"]\n\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n",
+            dir.path().join("spool").display(),
+        ),
     )?;
     let mut collector = JobProcess::spawn(
         Command::new(BIN)
             .args(["collect", "--config"])
             .arg(&config)
-            .envs(aws_env("http://127.0.0.1:9")),
+            .envs(aws_env(endpoint)),
     )?;
     let address = collector.http_address(Duration::from_secs(30))?;
     let port: u16 = address.rsplit(':').next().ok_or("no port")?.parse()?;
+    Ok((dir, collector, port))
+}
+
+async fn create_streams(kinesis: &aws_sdk_kinesis::Client) -> TestResult {
+    for stream in ["pageviews-g1", "pageviews-ge"] {
+        kinesis
+            .create_stream()
+            .stream_name(stream)
+            .shard_count(1)
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kinesis_fails_are_sent_again_until_every_event_is_in_the_stream() -> TestResult {
+    let moto = MotoServer::start()?;
+    let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    create_streams(&kinesis).await?;
+    // The first PutRecords loses some entries, the re-send of those is throttled as a whole, the
+    // next one goes through.
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        FaultPlan::new(7).starting_with(KINESIS_PUT_RECORDS, &[Fault::Partial, Fault::Throttle]),
+    )?;
+    let (_dir, _collector, port) = start_collector(&proxy.endpoint())?;
+    let ids: Vec<String> = (0..40).map(|i| format!("e-{i}")).collect();
+    let body = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| pageview(id, "g1", &format!("u-{}", i % 7)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let response = http_request(port, "POST", "/v1/collect", &[], body.as_bytes())?;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(answer["accepted"], 40);
+
+    let stats = proxy.stats().operation(KINESIS_PUT_RECORDS);
+    assert_eq!(stats.partial_calls, 1, "{stats:?}");
+    assert_eq!(stats.throttled, 1, "{stats:?}");
+    assert_eq!(
+        stats.forwarded_entries, 40,
+        "only the failed entries were sent again: {stats:?}"
+    );
+    let mut stored: Vec<String> = read_stream(&kinesis, "pageviews-g1")
+        .await?
+        .into_iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_slice(&r.data).unwrap_or_default();
+            assert_eq!(event["user_id"].as_str(), Some(r.partition_key.as_str()));
+            event["event_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    stored.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(stored, expected, "every event exactly once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_kinesis_keeps_refusing_is_answered_503_to_be_sent_again() -> TestResult {
+    let moto = MotoServer::start()?;
+    let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    create_streams(&kinesis).await?;
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        FaultPlan::new(7).on(
+            KINESIS_PUT_RECORDS,
+            Faults {
+                throttle: 1.0,
+                ..Faults::default()
+            },
+        ),
+    )?;
+    let (_dir, _collector, port) = start_collector(&proxy.endpoint())?;
+    let body = pageview("e-1", "g1", "u-1");
+    let response = http_request(port, "POST", "/v1/collect", &[], body.as_bytes())?;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(
+        response
+            .headers
+            .iter()
+            .any(|(name, value)| name == "retry-after" && value == "1"),
+        "{:?}",
+        response.headers
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(answer["error"]["code"], "kinesis_unavailable");
+    assert!(
+        proxy.stats().operation(KINESIS_PUT_RECORDS).throttled >= 2,
+        "retried before giving up"
+    );
+    let metrics = http_request(port, "GET", "/metrics", &[], b"")?.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pageflow_collect_write_failures_total 1"),
+        "{metrics}"
+    );
+    assert!(read_stream(&kinesis, "pageviews-g1").await?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn oversized_and_overfull_requests_are_413_with_an_error_code() -> TestResult {
+    // No AWS needed (nothing listens there): the limits are checked before anything is written.
+    let (_dir, _collector, port) = start_collector("http://127.0.0.1:9")?;
 
     let big = vec![b' '; 1024 * 1024 + 1];
     let response = http_request(port, "POST", "/v1/collect", &[], &big)?;

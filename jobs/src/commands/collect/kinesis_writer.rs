@@ -17,7 +17,8 @@ use pageflow_connectors::retry::Backoff;
 
 use super::request::AcceptedEvent;
 
-/// How hard one request tries: 5 attempts per entry, within about 1.5 s of backoff in all.
+/// How hard one request tries: 5 attempts per entry, within about 1.5 s of backoff in all (each
+/// attempt bounded by the client's attempt timeout, see `super::ATTEMPT_TIMEOUT`).
 pub const WRITE_POLICY: RetryPolicy = RetryPolicy {
     max_attempts: Some(5),
     backoff: Backoff {

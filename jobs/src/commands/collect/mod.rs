@@ -37,6 +37,9 @@ use kinesis_writer::{KinesisWriter, WRITE_POLICY};
 use metrics::CollectMetrics;
 use routes::{Collector, router};
 
+/// The longest one `PutRecords` call may take before it counts as failed (and is retried).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often the streams are looked for again until all are found (`/readyz`).
 const READY_RETRY: Duration = Duration::from_secs(2);
 
@@ -59,7 +62,22 @@ pub fn run(config: JobConfig) -> Result<()> {
 
 async fn serve(config: JobConfig) -> Result<()> {
     let sdk = config.aws.load().await;
-    let client = config.aws.kinesis_client(&sdk);
+    // The SDK's own retries are off: `deliver` retries (only the failed entries, within
+    // WRITE_POLICY), and an attempt that hangs is cut short, so a request is answered in seconds.
+    let client = {
+        let base = config.aws.kinesis_client(&sdk);
+        let conf = base
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_kinesis::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        aws_sdk_kinesis::Client::from_conf(conf)
+    };
     let streams: BTreeMap<String, KinesisStream> = config
         .collect
         .portals
