@@ -304,3 +304,61 @@ fn oversized_and_overfull_requests_are_413_with_an_error_code() -> TestResult {
     assert_eq!(response.status, 200);
     Ok(())
 }
+
+fn header<'a>(response: &'a pageflow_tests::aws::HttpResponse, name: &str) -> Option<&'a str> {
+    response
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn pages_may_send_only_their_own_portals_events() -> TestResult {
+    // No AWS needed (nothing listens there): nothing here is written.
+    let (_dir, _collector, port) = start_collector("http://127.0.0.1:9")?;
+    let g1_page = ("Origin", "https://g1.example.com");
+
+    let response = http_request(
+        port,
+        "OPTIONS",
+        "/v1/collect",
+        &[
+            g1_page,
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        b"",
+    )?;
+    assert_eq!(response.status, 204, "{}", response.text());
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        Some("https://g1.example.com")
+    );
+    assert_eq!(
+        header(&response, "access-control-allow-methods"),
+        Some("POST")
+    );
+
+    let evil = ("Origin", "https://evil.example.com");
+    let response = http_request(port, "OPTIONS", "/v1/collect", &[evil], b"")?;
+    assert_eq!(response.status, 403);
+    assert_eq!(header(&response, "access-control-allow-origin"), None);
+    let body = pageview("e-1", "g1", "u-1");
+    let response = http_request(port, "POST", "/v1/collect", &[evil], body.as_bytes())?;
+    assert_eq!(response.status, 403);
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(answer["error"]["code"], "origin_not_allowed");
+
+    // A g1 page sending a ge event: rejected for its origin, and the page may read why.
+    let body = pageview("e-2", "ge", "u-1");
+    let response = http_request(port, "POST", "/v1/collect", &[g1_page], body.as_bytes())?;
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        Some("https://g1.example.com")
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(answer["rejected"][0]["reason"], "origin_not_allowed");
+    Ok(())
+}

@@ -10,15 +10,17 @@
 //! - [`config`]: the `[collect]` section (listen address, portals with their streams);
 //! - [`request`]: a body split into events, each validated exactly as the job validates a record;
 //! - [`kinesis_writer`]: accepted events to their portal's stream, retrying only failed entries;
-//! - [`routes`]: `POST /v1/collect`, `/healthz`, `/readyz`, `/metrics`;
+//! - [`cors`]: which page origins may send each portal's events;
+//! - [`routes`]: `POST /v1/collect` (and its CORS preflight), `/healthz`, `/readyz`, `/metrics`;
 //! - [`metrics`]: accepted, rejected by reason, written by path.
 //!
 //! An event is acknowledged (200) only once it is in Kinesis; if Kinesis does not take it the
 //! request is answered 503 and the client sends it again. The SQS buffer and the local spool that
-//! will take events while Kinesis refuses them, their drainer, CORS and rate limits are not in
-//! this version yet (issue 14).
+//! will take events while Kinesis refuses them, their drainer and rate limits are not in this
+//! version yet (issue 14).
 
 pub mod config;
+pub mod cors;
 pub mod kinesis_writer;
 pub mod metrics;
 pub mod request;
@@ -93,6 +95,7 @@ async fn serve(config: JobConfig) -> Result<()> {
     let collector = Arc::new(Collector {
         portals: streams.keys().cloned().collect::<BTreeSet<_>>(),
         writer: KinesisWriter::new(streams, WRITE_POLICY),
+        origins: cors::Origins::from_config(&config.collect),
         metrics: Arc::new(CollectMetrics::default()),
         ready: Arc::clone(&ready),
     });

@@ -4,7 +4,9 @@
 //!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is in
 //!   its portal's stream; 400 when no event is valid (the same fields, plus `error`) or the body
 //!   is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
-//!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again.
+//!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again;
+//!   403 from a page origin no portal lists.
+//! - `OPTIONS /v1/collect`: the CORS preflight ([`super::cors`]): 204 for a listed origin, else 403.
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every portal's stream has been found, else 503.
 //! - `GET /metrics`: the counters ([`super::metrics`]).
@@ -24,6 +26,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use super::cors::{self, Origins};
 use super::kinesis_writer::KinesisWriter;
 use super::metrics::CollectMetrics;
 use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge};
@@ -35,6 +38,8 @@ pub struct Collector {
     pub portals: BTreeSet<String>,
     /// Their streams.
     pub writer: KinesisWriter,
+    /// The page origins allowed per portal.
+    pub origins: Origins,
     /// The counters.
     pub metrics: Arc<CollectMetrics>,
     /// Set once every portal's stream has been found.
@@ -44,7 +49,7 @@ pub struct Collector {
 /// The routes over `collector`.
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
-        .route("/v1/collect", post(collect))
+        .route("/v1/collect", post(collect).options(preflight))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -142,17 +147,58 @@ async fn collect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = answer(&collector, &headers, body).await;
+    let origin = cors::origin(&headers);
+    let mut response = match origin {
+        Some(origin) if !collector.origins.allowed(origin) => origin_not_allowed(origin),
+        _ => answer(&collector, &headers, origin, body).await,
+    };
+    if let Some(origin) = origin
+        && collector.origins.allowed(origin)
+    {
+        cors::allow(response.headers_mut(), origin);
+    }
     collector.metrics.record_request(response.status().as_u16());
     response
 }
 
-async fn answer(collector: &Collector, headers: &HeaderMap, body: Body) -> Response {
+fn origin_not_allowed(origin: &str) -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        cors::ORIGIN_NOT_ALLOWED,
+        &format!(
+            "pages of {origin} may not send events here: add the origin to the `origins` of its portal in [[collect.portals]]"
+        ),
+    )
+}
+
+/// The CORS preflight of `POST /v1/collect`.
+async fn preflight(State(collector): State<Arc<Collector>>, headers: HeaderMap) -> Response {
+    match cors::origin(&headers) {
+        Some(origin) if collector.origins.allowed(origin) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            cors::allow_preflight(response.headers_mut(), origin);
+            response
+        }
+        Some(origin) => origin_not_allowed(origin),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "not_a_preflight",
+            "an OPTIONS request without `Origin` is not a CORS preflight: POST the events to /v1/collect",
+        ),
+    }
+}
+
+async fn answer(
+    collector: &Collector,
+    headers: &HeaderMap,
+    origin: Option<&str>,
+    body: Body,
+) -> Response {
     let bytes = match read_body(headers, body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
-    let judged = match judge(&bytes, |portal| collector.portals.contains(portal)) {
+    let mut judged = match judge(&bytes, |portal| collector.portals.contains(portal)) {
         Ok(judged) => judged,
         Err(problem) => {
             let (status, code) = match problem {
@@ -165,6 +211,9 @@ async fn answer(collector: &Collector, headers: &HeaderMap, body: Body) -> Respo
             return error(status, code, &problem.to_string());
         }
     };
+    if let Some(origin) = origin {
+        collector.origins.restrict(&mut judged, origin);
+    }
     for rejection in &judged.rejected {
         collector.metrics.record_rejected(rejection.reason);
     }
