@@ -157,6 +157,14 @@ async fn a_mixed_batch_puts_exactly_the_accepted_events_in_order_keyed_by_user()
 fn start_collector(
     endpoint: &str,
 ) -> Result<(tempfile::TempDir, JobProcess, u16), Box<dyn std::error::Error>> {
+    start_collector_with(endpoint, &[])
+}
+
+/// [`start_collector`] with `PAGEFLOW__…` overrides in its environment.
+fn start_collector_with(
+    endpoint: &str,
+    overrides: &[(&str, &str)],
+) -> Result<(tempfile::TempDir, JobProcess, u16), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("collect.toml");
     std::fs::write(
@@ -173,7 +181,8 @@ fn start_collector(
         Command::new(BIN)
             .args(["collect", "--config"])
             .arg(&config)
-            .envs(aws_env(endpoint)),
+            .envs(aws_env(endpoint))
+            .envs(overrides.iter().copied()),
     )?;
     let address = collector.http_address(Duration::from_secs(30))?;
     let port: u16 = address.rsplit(':').next().ok_or("no port")?.parse()?;
@@ -360,5 +369,33 @@ fn pages_may_send_only_their_own_portals_events() -> TestResult {
     );
     let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
     assert_eq!(answer["rejected"][0]["reason"], "origin_not_allowed");
+    Ok(())
+}
+
+#[test]
+fn a_client_over_its_rate_limit_is_answered_429() -> TestResult {
+    // Set through the environment, as a deployment would; nothing here is written.
+    let (_dir, _collector, port) = start_collector_with(
+        "http://127.0.0.1:9",
+        &[
+            ("PAGEFLOW__COLLECT__RATE_LIMIT__ENABLED", "true"),
+            ("PAGEFLOW__COLLECT__RATE_LIMIT__PER_SECOND", "0.01"),
+            ("PAGEFLOW__COLLECT__RATE_LIMIT__BURST", "2"),
+        ],
+    )?;
+    for _ in 0..2 {
+        let response = http_request(port, "POST", "/v1/collect", &[], b"[7]")?;
+        assert_eq!(response.status, 400, "{}", response.text());
+    }
+    let response = http_request(port, "POST", "/v1/collect", &[], b"[7]")?;
+    assert_eq!(response.status, 429, "{}", response.text());
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(answer["error"]["code"], "rate_limited");
+    let wait: u64 = header(&response, "retry-after")
+        .ok_or("Retry-After")?
+        .parse()?;
+    assert!(wait >= 1, "{wait}");
+    // Health checks are never limited.
+    assert_eq!(http_request(port, "GET", "/healthz", &[], b"")?.status, 200);
     Ok(())
 }

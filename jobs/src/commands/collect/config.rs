@@ -11,6 +11,9 @@
 //! stream = "pageviews-g1"             # a Kinesis stream name or ARN
 //! origins = ["https://g1.globo.com"]  # the pages allowed to send beacons
 //! sqs_queue = "pageviews-g1-buffer"   # optional: where events go when Kinesis refuses them
+//!
+//! [collect.rate_limit]                # per client address, off by default (see client_limits)
+//! enabled = true
 //! ```
 //!
 //! The section is read with the rest of the configuration (`[aws]` says where the AWS APIs are,
@@ -22,10 +25,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use pageflow_dataflow::event::is_valid_portal;
+use pageflow_serve::rate_limit::RateLimitConfig;
 use serde::{Deserialize, Serialize};
 
 /// The `[collect]` section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectConfig {
     /// The address to serve HTTP on (`127.0.0.1:0` picks a free port, announced on start).
@@ -35,6 +39,9 @@ pub struct CollectConfig {
     /// Where events are kept on local disk when neither Kinesis nor SQS takes them (the spool;
     /// not used yet by this version of the collector).
     pub spool_dir: PathBuf,
+    /// Requests per client address (`[collect.rate_limit]`, off by default; see
+    /// `super::client_limits`).
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for CollectConfig {
@@ -43,6 +50,7 @@ impl Default for CollectConfig {
             listen: "127.0.0.1:8090".to_string(),
             portals: Vec::new(),
             spool_dir: PathBuf::from("./pageflow-data/collect-spool"),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -85,6 +93,7 @@ impl CollectConfig {
                     .to_string(),
             );
         }
+        problems.extend(super::client_limits::validate(&self.rate_limit));
         let mut seen = BTreeSet::new();
         for entry in &self.portals {
             let name = &entry.portal;
@@ -175,6 +184,10 @@ mod tests {
             listen: "localhost".to_string(),
             portals: vec![bad, portal("ge"), portal("ge")],
             spool_dir: PathBuf::new(),
+            rate_limit: RateLimitConfig {
+                per_second: 0.0,
+                ..RateLimitConfig::default()
+            },
         };
         let problems = config.validate();
         for needle in [
@@ -186,13 +199,14 @@ mod tests {
             "origin `g1.com`",
             "`sqs_queue` is empty",
             "portal `ge` is listed twice",
+            "[collect.rate_limit] `per_second`",
         ] {
             assert!(
                 problems.iter().any(|p| p.contains(needle)),
                 "{needle} in {problems:#?}"
             );
         }
-        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert_eq!(problems.len(), 9, "{problems:#?}");
     }
 
     #[test]

@@ -11,14 +11,16 @@
 //! - [`request`]: a body split into events, each validated exactly as the job validates a record;
 //! - [`kinesis_writer`]: accepted events to their portal's stream, retrying only failed entries;
 //! - [`cors`]: which page origins may send each portal's events;
+//! - [`client_limits`]: rate limits per client address, kept only as a keyed hash;
 //! - [`routes`]: `POST /v1/collect` (and its CORS preflight), `/healthz`, `/readyz`, `/metrics`;
 //! - [`metrics`]: accepted, rejected by reason, written by path.
 //!
 //! An event is acknowledged (200) only once it is in Kinesis; if Kinesis does not take it the
 //! request is answered 503 and the client sends it again. The SQS buffer and the local spool that
-//! will take events while Kinesis refuses them, their drainer and rate limits are not in this
-//! version yet (issue 14).
+//! will take events while Kinesis refuses them, and their drainer are not in this version yet
+//! (issue 14).
 
+pub mod client_limits;
 pub mod config;
 pub mod cors;
 pub mod kinesis_writer;
@@ -96,6 +98,7 @@ async fn serve(config: JobConfig) -> Result<()> {
         portals: streams.keys().cloned().collect::<BTreeSet<_>>(),
         writer: KinesisWriter::new(streams, WRITE_POLICY),
         origins: cors::Origins::from_config(&config.collect),
+        limits: client_limits::ClientLimits::new(&config.collect.rate_limit),
         metrics: Arc::new(CollectMetrics::default()),
         ready: Arc::clone(&ready),
     });
@@ -121,10 +124,13 @@ async fn serve(config: JobConfig) -> Result<()> {
     crate::say!(
         "pageflow collect: open http://{addr}/ ; POST pageviews to /v1/collect; stop with Ctrl-C"
     );
-    axum::serve(listener, router(collector))
-        .with_graceful_shutdown(stop_signal())
-        .await
-        .context("the collector's HTTP server failed")?;
+    axum::serve(
+        listener,
+        router(collector).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_signal())
+    .await
+    .context("the collector's HTTP server failed")?;
     crate::say!("pageflow collect: stopped");
     Ok(())
 }

@@ -5,7 +5,8 @@
 //!   its portal's stream; 400 when no event is valid (the same fields, plus `error`) or the body
 //!   is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
 //!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again;
-//!   403 from a page origin no portal lists.
+//!   403 from a page origin no portal lists; 429 (with `Retry-After`) when the client's address
+//!   has used up its rate limit ([`super::client_limits`]).
 //! - `OPTIONS /v1/collect`: the CORS preflight ([`super::cors`]): 204 for a listed origin, else 403.
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every portal's stream has been found, else 503.
@@ -19,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use super::client_limits::ClientLimits;
 use super::cors::{self, Origins};
 use super::kinesis_writer::KinesisWriter;
 use super::metrics::CollectMetrics;
@@ -40,6 +42,8 @@ pub struct Collector {
     pub writer: KinesisWriter,
     /// The page origins allowed per portal.
     pub origins: Origins,
+    /// The rate limits per client address.
+    pub limits: ClientLimits,
     /// The counters.
     pub metrics: Arc<CollectMetrics>,
     /// Set once every portal's stream has been found.
@@ -142,15 +146,14 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response>
     Ok(bytes)
 }
 
-async fn collect(
-    State(collector): State<Arc<Collector>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn collect(State(collector): State<Arc<Collector>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let origin = cors::origin(&headers);
-    let mut response = match origin {
-        Some(origin) if !collector.origins.allowed(origin) => origin_not_allowed(origin),
-        _ => answer(&collector, &headers, origin, body).await,
+    let mut response = match (origin, collector.limits.check(&headers, &parts.extensions)) {
+        (Some(origin), _) if !collector.origins.allowed(origin) => origin_not_allowed(origin),
+        (_, Err(retry_after_secs)) => rate_limited(retry_after_secs),
+        (_, Ok(())) => answer(&collector, &headers, origin, body).await,
     };
     if let Some(origin) = origin
         && collector.origins.allowed(origin)
@@ -158,6 +161,20 @@ async fn collect(
         cors::allow(response.headers_mut(), origin);
     }
     collector.metrics.record_request(response.status().as_u16());
+    response
+}
+
+fn rate_limited(retry_after_secs: u64) -> Response {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!(
+            "this client sent more requests than its rate limit allows: wait {retry_after_secs} s, and batch events into fewer requests"
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }
 
