@@ -54,6 +54,9 @@
 //! namespace = "Pageflow"
 //! environment = "prod"   # the `Environment` dimension
 //!
+//! [collect]              # `pageflow collect` only: listen, [[collect.portals]], spool_dir,
+//!                        # [collect.rate_limit] (see commands::collect::config)
+//!
 //! [log]                  # the tracing log on standard error
 //! format = "json"        # or "text" (the default)
 //! level = "info"         # a tracing filter, e.g. "info,pageflow=debug"; RUST_LOG wins
