@@ -5,7 +5,7 @@
 //! `Content-Type`, because `navigator.sendBeacon` sends a string as `text/plain` whatever it holds.
 //! At most [`MAX_BODY_BYTES`] and [`MAX_EVENTS`] per request.
 //!
-//! The array is split into its elements' bytes without being parsed ([`split_array`]): only the
+//! The array is split into its elements' bytes without being parsed (`split_array`): only the
 //! brackets, braces and strings are followed. Each element (or line) then goes through
 //! [`pageflow_dataflow::event::validate`], the job's own strict validation with its reasons
 //! (`invalid_json`, `missing_field`, `bad_pattern`, …), so one malformed event is rejected with its
