@@ -194,12 +194,13 @@ impl ShardLineage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
+    /// An open shard of a listing, with its parents.
+    pub(crate) fn shard(id: &str, parents: &[&str]) -> ShardInfo {
         ShardInfo {
             shard_id: id.to_string(),
             parents: parents.iter().map(|p| p.to_string()).collect(),

@@ -196,14 +196,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-
-    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
-        ShardInfo {
-            shard_id: id.to_string(),
-            parents: parents.iter().map(|p| p.to_string()).collect(),
-            closed: false,
-        }
-    }
+    use crate::kinesis::shard_discovery::tests::shard;
 
     /// Partitions finished somewhere in the test's cluster.
     #[derive(Default)]

@@ -35,6 +35,20 @@ fn free_addresses(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The configuration of process `process` of a cluster on `addresses`, one worker each.
+fn one_worker_process(process: usize, addresses: &[String]) -> timely::Config {
+    timely::Config {
+        communication: timely::CommunicationConfig::Cluster {
+            threads: 1,
+            process,
+            addresses: addresses.to_vec(),
+            report: false,
+            zerocopy: false,
+        },
+        worker: timely::WorkerConfig::default(),
+    }
+}
+
 #[test]
 fn a_checkpoint_across_two_processes_is_a_consistent_cut_of_both() {
     let addresses = free_addresses(2);
@@ -48,16 +62,7 @@ fn a_checkpoint_across_two_processes_is_a_consistent_cut_of_both() {
 
     let processes: Vec<_> = (0..2)
         .map(|process| {
-            let config = timely::Config {
-                communication: timely::CommunicationConfig::Cluster {
-                    threads: 1,
-                    process,
-                    addresses: addresses.clone(),
-                    report: false,
-                    zerocopy: false,
-                },
-                worker: timely::WorkerConfig::default(),
-            };
+            let config = one_worker_process(process, &addresses);
             let coordinator = Arc::clone(&coordinators[process]);
             let (sent, received, seen) =
                 (Arc::clone(&sent), Arc::clone(&received), Arc::clone(&seen));
@@ -219,16 +224,7 @@ fn two_idle_processes(
     let addresses = free_addresses(2);
     (0..2)
         .map(|process| {
-            let config = timely::Config {
-                communication: timely::CommunicationConfig::Cluster {
-                    threads: 1,
-                    process,
-                    addresses: addresses.clone(),
-                    report: false,
-                    zerocopy: false,
-                },
-                worker: timely::WorkerConfig::default(),
-            };
+            let config = one_worker_process(process, &addresses);
             let coordinator = Arc::clone(&coordinators[process]);
             let release = Arc::clone(release);
             std::thread::spawn(move || {

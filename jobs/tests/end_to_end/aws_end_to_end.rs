@@ -16,7 +16,7 @@ use pageflow_connectors::kinesis::kpl::{KPL_MAGIC, aggregate};
 use pageflow_tests::aws::{MotoServer, aws_env};
 use pageflow_tests::clients::{kinesis_client, lines_of, read_objects, read_stream, s3_client};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+use crate::support::{BIN, pageflow};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -37,23 +37,6 @@ fn config_toml(endpoint: &str, out: &Path) -> String {
         out.display()
     ));
     text
-}
-
-fn pageflow(args: &[&str], env: &[(String, String)]) -> Result<String, String> {
-    let output = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .map_err(|e| format!("cannot run {BIN}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).to_string() + &stderr)
-    } else {
-        Err(format!(
-            "pageflow {args:?} failed ({}):\n{stderr}",
-            output.status
-        ))
-    }
 }
 
 /// Every line of every object under `prefix` in `bucket`, as text.

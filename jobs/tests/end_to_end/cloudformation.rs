@@ -26,7 +26,7 @@ use pageflow_tests::clients::{
 use pageflow_tests::http_get;
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+use crate::support::{BIN, pageflow};
 const TEMPLATE: &str = include_str!("../../../deploy/cloudformation/pageflow.yaml");
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -75,23 +75,6 @@ fn json_call(
         return Err(format!("{target}: {} {}", response.status, response.text()).into());
     }
     Ok(serde_json::from_slice(&response.body)?)
-}
-
-fn pageflow(args: &[&str], env: &[(String, String)]) -> Result<String, String> {
-    let output = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .map_err(|e| format!("cannot run {BIN}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).to_string() + &stderr)
-    } else {
-        Err(format!(
-            "pageflow {args:?} failed ({}):\n{stderr}",
-            output.status
-        ))
-    }
 }
 
 fn sorted(mut lines: Vec<String>) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pageflow::commands::bench_cluster::records_read;
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+use crate::support::{BIN, generate_closing_sessions, pageflow_ok};
 /// How long a replay of the test input may take, the cluster's forming included.
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -458,18 +458,6 @@ fn a_killed_run_process_stops_the_cluster_and_a_restart_loses_nothing() {
 /// The portals of the Kinesis test, one stream each.
 const KINESIS_PORTALS: [&str; 3] = ["g1", "ge", "gshow"];
 
-/// Runs `pageflow args` with `env`; fails the test unless it succeeds. Its standard error.
-fn pageflow_ok(args: &[&str], env: &[(String, String)]) -> String {
-    let output = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "pageflow {args:?}:\n{stderr}");
-    stderr
-}
-
 /// Reshards every portal's stream from 2 to 4 shards and waits until each is active again.
 fn reshard_every_stream(endpoint: &str) {
     let client = pageflow_tests::clients::kinesis_client(
@@ -693,24 +681,7 @@ fn every_process_of_a_cluster_serves_the_whole_job() {
     let env = local.env();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    pageflow_ok(
-        &[
-            "generate",
-            "--events",
-            "6000",
-            "--seed",
-            "43",
-            // 50 minutes of event time over 2,000 readers: sessions close (the session gap
-            // passes) while the job runs, so articles have related lists.
-            "--rate",
-            "2",
-            "--users",
-            "2000",
-            "--out",
-            &input.to_string_lossy(),
-        ],
-        &[],
-    );
+    generate_closing_sessions(&input);
     let text = std::fs::read_to_string(&input).unwrap();
     let total = text.lines().count() as u64;
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();

@@ -16,3 +16,4 @@ mod dashboard;
 mod observability;
 mod recommendations;
 mod serving_tier;
+mod support;

@@ -21,23 +21,9 @@ use pageflow_tests::job_process::{JobProcess, poll_until};
 use serde_json::Value;
 use tower::ServiceExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
+use crate::support::{BIN, generate_closing_sessions, pageflow_ok};
 const PORTALS: [&str; 3] = ["g1", "ge", "gshow"];
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Runs `pageflow args` with `env`; fails the test unless it succeeds.
-fn pageflow_ok(args: &[&str], env: &[(String, String)]) {
-    let output = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "pageflow {args:?}:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The job: the portals' streams to the features stream, until every shard is read.
 fn job_config(dir: &Path, endpoint: &str) -> String {
@@ -182,23 +168,7 @@ fn the_serving_tier_serves_what_the_features_stream_holds() {
     let env = local.env();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    // 50 minutes of event time over 2,000 readers: sessions close and articles have related lists.
-    pageflow_ok(
-        &[
-            "generate",
-            "--events",
-            "6000",
-            "--seed",
-            "43",
-            "--rate",
-            "2",
-            "--users",
-            "2000",
-            "--out",
-            &input.to_string_lossy(),
-        ],
-        &[],
-    );
+    generate_closing_sessions(&input);
     let replay = dir.path().join("replay");
     pageflow_ok(
         &[

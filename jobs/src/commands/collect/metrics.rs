@@ -68,54 +68,77 @@ impl CollectMetrics {
     pub fn render(&self) -> String {
         let counts = self.counts();
         let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "# HELP pageflow_collect_requests_total Collect requests answered, by HTTP status.\n\
-             # TYPE pageflow_collect_requests_total counter"
+        let requests = counts
+            .requests
+            .iter()
+            .map(|(status, n)| (status.to_string(), *n));
+        family(
+            &mut text,
+            "requests_total",
+            "Collect requests answered, by HTTP status.",
+            "status",
+            requests,
         );
-        for (status, n) in &counts.requests {
-            let _ = writeln!(
-                text,
-                "pageflow_collect_requests_total{{status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            text,
-            "# HELP pageflow_collect_events_accepted_total Events that passed validation.\n\
-             # TYPE pageflow_collect_events_accepted_total counter\n\
-             pageflow_collect_events_accepted_total {}",
-            counts.accepted
+        counter(
+            &mut text,
+            "events_accepted_total",
+            "Events that passed validation.",
+            counts.accepted,
         );
-        let _ = writeln!(
-            text,
-            "# HELP pageflow_collect_events_rejected_total Events rejected, by reason.\n\
-             # TYPE pageflow_collect_events_rejected_total counter"
+        let rejected = counts
+            .rejected
+            .iter()
+            .map(|(reason, n)| (reason.to_string(), *n));
+        family(
+            &mut text,
+            "events_rejected_total",
+            "Events rejected, by reason.",
+            "reason",
+            rejected,
         );
-        for (reason, n) in &counts.rejected {
-            let _ = writeln!(
-                text,
-                "pageflow_collect_events_rejected_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            text,
-            "# HELP pageflow_collect_events_written_total Events made durable, by the path taken.\n\
-             # TYPE pageflow_collect_events_written_total counter"
+        let written = counts
+            .written
+            .iter()
+            .map(|(path, n)| (path.to_string(), *n));
+        family(
+            &mut text,
+            "events_written_total",
+            "Events made durable, by the path taken.",
+            "path",
+            written,
         );
-        for (path, n) in &counts.written {
-            let _ = writeln!(
-                text,
-                "pageflow_collect_events_written_total{{path=\"{path}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            text,
-            "# HELP pageflow_collect_write_failures_total Requests answered 503: events not written.\n\
-             # TYPE pageflow_collect_write_failures_total counter\n\
-             pageflow_collect_write_failures_total {}",
-            counts.write_failures
+        counter(
+            &mut text,
+            "write_failures_total",
+            "Requests answered 503: events not written.",
+            counts.write_failures,
         );
         text
+    }
+}
+
+/// One unlabelled counter `pageflow_collect_<name>`.
+fn counter(text: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        text,
+        "# HELP pageflow_collect_{name} {help}\n# TYPE pageflow_collect_{name} counter\npageflow_collect_{name} {value}"
+    );
+}
+
+/// A counter `pageflow_collect_<name>` with one label, one line per value.
+fn family(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(
+        text,
+        "# HELP pageflow_collect_{name} {help}\n# TYPE pageflow_collect_{name} counter"
+    );
+    for (value, n) in values {
+        let _ = writeln!(text, "pageflow_collect_{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

@@ -509,10 +509,7 @@ pub fn run(config: JobConfig) -> Result<()> {
             if processes > 1 {
                 // The other processes stop too, and say why, rather than find this one lost.
                 job.coordinator.report_failure();
-                let deadline = std::time::Instant::now() + FAILURE_TOLD_WITHIN;
-                while !job.coordinator.failure_heard() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                await_within(FAILURE_TOLD_WITHIN, || job.coordinator.failure_heard());
                 crate::cluster::leave();
             }
             // No final checkpoint (the last one is consistent, and stopping soon matters more):

@@ -299,9 +299,7 @@ impl SinkThread {
             }
         }
     }
-}
 
-impl SinkThread {
     /// Records the latencies of a ranking just made visible (`watermark`; `None` for another
     /// update): event time → visible, and arrival → visible, from when the job watermark first
     /// reached the ranking's (recorded by ingest; a watermark too old to be found is skipped).
