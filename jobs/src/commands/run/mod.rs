@@ -467,15 +467,17 @@ pub fn run(config: JobConfig) -> Result<()> {
     let budget: Duration = config.checkpoint.stop_timeout.into();
     let job = start(config)?;
     let (process, processes) = job.place();
-    if let Some(addr) = job.http_addr {
-        tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
-        if processes > 1 {
-            crate::say!(
-                "pageflow is running as process {process} of {processes}: open http://{addr}/ ; stop with Ctrl-C"
-            );
-        } else {
-            crate::say!("pageflow is running: open http://{addr}/ ; stop with Ctrl-C");
+    let place = if processes > 1 {
+        format!(" as process {process} of {processes}")
+    } else {
+        String::new()
+    };
+    match job.http_addr {
+        Some(addr) => {
+            tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
+            crate::say!("pageflow is running{place}: open http://{addr}/ ; stop with Ctrl-C");
         }
+        None => crate::say!("pageflow is running{place} (serving is off); stop with Ctrl-C"),
     }
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
