@@ -201,8 +201,26 @@ impl ClusterConfig {
         .context("cannot start the cluster's network threads")?;
         Ok((
             builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
-            Box::new(guard),
+            Box::new(NetworkThreads(Some(guard))),
         ))
+    }
+}
+
+/// Timely's network threads, joined when the workers are done. Timely's guard panics ("Send
+/// thread panic") when a send thread found its peer's connection closed, which is what a peer
+/// that ended its part first leaves behind; once this process is leaving too (see [`leave`])
+/// the threads are not joined: they end with the process, which exits next.
+struct NetworkThreads(Option<timely::communication::allocator::zero_copy::initialize::CommsGuard>);
+
+impl Drop for NetworkThreads {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.take() {
+            if is_leaving() {
+                std::mem::forget(guard);
+            } else {
+                drop(guard);
+            }
+        }
     }
 }
 

@@ -26,8 +26,13 @@ impl Write for LossyStderr {
 }
 
 /// Writes one line to standard error, as `eprintln!` does, without panicking.
+///
+/// The line is formatted first and written with one call: formatting straight into standard
+/// error writes each piece on its own, and another thread's panic message can land between them.
 pub fn say(line: fmt::Arguments<'_>) {
-    let _ = writeln!(LossyStderr, "{line}");
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = LossyStderr.write_all(text.as_bytes());
 }
 
 /// `eprintln!` that never panics: `say!("pageflow: {message}")`.
