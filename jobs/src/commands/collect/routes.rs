@@ -211,11 +211,16 @@ async fn answer(
     origin: Option<&str>,
     body: Body,
 ) -> Response {
-    let bytes = match read_body(headers, body).await {
-        Ok(bytes) => bytes,
-        Err(response) => return response,
-    };
-    let mut judged = match judge(&bytes, |portal| collector.portals.contains(portal)) {
+    match read_body(headers, body).await {
+        Ok(bytes) => accept(collector, &bytes, origin).await,
+        Err(response) => response,
+    }
+}
+
+/// Judges the events of `bytes` (a JSON array or NDJSON), writes the accepted ones durably and
+/// answers as `POST /v1/collect` does; `origin` is the sending page's, when it said one.
+pub(super) async fn accept(collector: &Collector, bytes: &[u8], origin: Option<&str>) -> Response {
+    let mut judged = match judge(bytes, |portal| collector.portals.contains(portal)) {
         Ok(judged) => judged,
         Err(problem) => {
             let (status, code) = match problem {
