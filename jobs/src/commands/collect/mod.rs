@@ -27,6 +27,7 @@ pub mod kinesis_writer;
 pub mod metrics;
 pub mod request;
 pub mod routes;
+pub mod spool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
