@@ -137,9 +137,10 @@ pub enum SpoolError {
         /// What is wrong.
         detail: String,
     },
-    /// Another collector (or another `Spool` in this process) has the directory.
+    /// The spool's directory could not be created or locked: another collector (or another
+    /// `Spool` in this process) has it, or it cannot be made.
     #[error("the local spool cannot be opened: {0}")]
-    InUse(#[source] ConnectorError),
+    Lock(#[source] ConnectorError),
     /// A portal name that could not have passed the collector's validation.
     #[error(
         "`{portal}` is not a portal name (lower-case letters, digits and `-`, at most 32, not \
@@ -177,13 +178,13 @@ pub enum SpoolError {
 
 impl SpoolError {
     /// Whether trying the same operation again may succeed: a full spool drains, a full disk or an
-    /// interrupted call may pass later; damage, a held directory and a caller's bug do not go away.
+    /// interrupted call may pass later; damage and a caller's bug do not go away.
     pub fn retryable(&self) -> bool {
         match self {
             SpoolError::Full { .. } => true,
             SpoolError::Io { source, .. } => io_error_is_transient(source),
+            SpoolError::Lock(source) => source.is_retryable(),
             SpoolError::Corrupt { .. }
-            | SpoolError::InUse(_)
             | SpoolError::InvalidPortal { .. }
             | SpoolError::RemoveTooMany { .. }
             | SpoolError::NeedsReopen { .. } => false,
@@ -292,7 +293,7 @@ impl Spool {
     ) -> Result<Spool, SpoolError> {
         let existed = dir.exists();
         let lock = DirLock::acquire(dir, &this_process("pageflow collect (its local spool)"))
-            .map_err(SpoolError::InUse)?;
+            .map_err(SpoolError::Lock)?;
         if !existed && let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }

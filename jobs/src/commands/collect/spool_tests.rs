@@ -361,8 +361,11 @@ fn a_second_spool_on_the_same_directory_is_refused() -> TestResult {
     let dir = temp.path().join("spool");
     let first = Spool::open(&dir, 1 << 20)?;
     match Spool::open(&dir, 1 << 20) {
-        Err(error @ SpoolError::InUse(_)) => assert!(!error.retryable()),
-        other => panic!("expected InUse, got {other:?}"),
+        Err(error @ SpoolError::Lock(_)) => {
+            assert!(!error.retryable());
+            assert!(error.to_string().contains("in use by"), "{error}");
+        }
+        other => panic!("expected Lock, got {other:?}"),
     }
     drop(first);
     Spool::open(&dir, 1 << 20)?;
@@ -461,4 +464,116 @@ fn a_spool_can_be_shared_between_threads() {
     fn shareable<T: Send + 'static>() {}
     shareable::<Spool>();
     shareable::<std::sync::Arc<std::sync::Mutex<Spool>>>();
+}
+
+/// Set (to the spool's directory) in the child process of the `kill -9` test.
+const CRASH_CHILD_DIR: &str = "PAGEFLOW_SPOOL_CRASH_CHILD_DIR";
+/// The number of the child's first record.
+const CRASH_CHILD_FIRST: &str = "PAGEFLOW_SPOOL_CRASH_CHILD_FIRST";
+
+/// The child of [`acknowledged_records_survive_kill_9`]: appends batches of three numbered records
+/// and drains five at a time, saying each acknowledged step on stdout, until it is killed.
+#[test]
+#[ignore = "the child process of acknowledged_records_survive_kill_9, run only by it"]
+fn crash_child() -> TestResult {
+    use std::io::Write as _;
+    let dir = PathBuf::from(std::env::var(CRASH_CHILD_DIR)?);
+    let mut next: u64 = std::env::var(CRASH_CHILD_FIRST)?.parse()?;
+    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 30, 2048)?;
+    let mut stdout = std::io::stdout();
+    for round in 0u64.. {
+        spool.append("folha", &records(next, 3, 60))?;
+        next += 3;
+        writeln!(stdout, "appended {}", next - 1)?;
+        if round % 2 == 1 {
+            let drained = spool.peek("folha", 5)?.len();
+            spool.remove_front("folha", drained)?;
+            writeln!(stdout, "removed {drained}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The process killed with SIGKILL at arbitrary points while appending and draining: each time,
+/// the spool holds every record whose append was acknowledged and none whose removal was, in
+/// order, with no gap, and the next process goes on from there.
+#[test]
+fn acknowledged_records_survive_kill_9() -> TestResult {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("spool");
+    // Records 0..removed are gone for good; removed..=appended are held.
+    let (mut removed, mut appended): (u64, Option<u64>) = (0, None);
+    for (round, kill_after) in [40usize, 157, 93, 211, 1].into_iter().enumerate() {
+        let first = appended.map_or(0, |last| last + 1);
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "commands::collect::spool::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CRASH_CHILD_DIR, &dir)
+            .env(CRASH_CHILD_FIRST, first.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("the child's stdout")?;
+        let (mut acked_last, mut acked_removed, mut steps) = (None, 0u64, 0);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(last) = line.strip_prefix("appended ") {
+                acked_last = Some(last.parse::<u64>()?);
+            } else if let Some(count) = line.strip_prefix("removed ") {
+                acked_removed += count.parse::<u64>()?;
+            } else {
+                continue;
+            }
+            steps += 1;
+            if steps == kill_after {
+                child.kill()?;
+                break;
+            }
+        }
+        let status = child.wait()?;
+        assert!(
+            !status.success(),
+            "round {round}: the child stopped by itself: {status}"
+        );
+        removed += acked_removed;
+        let acked_last = acked_last.ok_or("the child acknowledged no append")?;
+
+        let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 30, 2048)?;
+        let held = spool.peek("folha", usize::MAX)?;
+        let numbers: Vec<u64> = held
+            .iter()
+            .map(|r| r.partition_key.trim_start_matches("user-").parse())
+            .collect::<Result<_, _>>()?;
+        let (Some(&oldest), Some(&newest)) = (numbers.first(), numbers.last()) else {
+            return Err(format!("round {round}: the spool is empty").into());
+        };
+        // An unacknowledged removal (at most 5) may or may not have happened; an acknowledged one did.
+        assert!(
+            (removed..=removed + 5).contains(&oldest),
+            "round {round}: oldest {oldest}, {removed} removals acknowledged"
+        );
+        // An unacknowledged batch (3 records) may or may not be there; an acknowledged one is.
+        assert!(
+            (acked_last..=acked_last + 3).contains(&newest),
+            "round {round}: newest {newest}, {acked_last} acknowledged"
+        );
+        assert_eq!(
+            numbers,
+            (oldest..=newest).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        for (record, n) in held.iter().zip(oldest..) {
+            assert_eq!(*record, self::record(n, 60), "round {round}");
+        }
+        assert_eq!(spool.bytes(), disk_bytes(&dir)?);
+        removed = oldest;
+        appended = Some(newest);
+    }
+    Ok(())
 }
