@@ -46,6 +46,15 @@
 //! [`Spool::bytes`] is the size of every segment file on disk; an append that would take it past
 //! `max_bytes` is refused whole with [`SpoolError::Full`]. Space comes back when a segment is fully
 //! drained (its file is deleted), including the newest one, so an emptied portal holds no segment.
+//! A record takes 22 bytes more than its key and data. Records removed from a segment that still
+//! holds others keep their space until the whole segment is drained, so `max_bytes` should be
+//! several times [`SEGMENT_BYTES`] per portal that may spool at once.
+//!
+//! # Concurrency
+//!
+//! The calls are synchronous and block on the disk (`fsync`); the collector shares one spool as
+//! `Arc<Mutex<Spool>>` and calls it from `tokio::task::spawn_blocking`. Appends are therefore
+//! written one at a time, which is fine for a last resort.
 //!
 //! # Cheap reads
 //!
