@@ -12,6 +12,7 @@ mod cli;
 mod cloudformation;
 mod cluster;
 mod collect;
+mod collect_buffers;
 mod dashboard;
 mod observability;
 mod recommendations;

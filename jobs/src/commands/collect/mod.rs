@@ -9,38 +9,49 @@
 //! One concept per file:
 //! - [`config`]: the `[collect]` section (listen address, portals with their streams);
 //! - [`request`]: a body split into events, each validated exactly as the job validates a record;
-//! - [`kinesis_writer`]: accepted events to their portal's stream, retrying only failed entries;
+//! - [`delivery`]: accepted events made durable before the answer: the portal's stream, else its
+//!   SQS FIFO queue, else the local spool; a portal with events buffered keeps its order;
+//! - [`spool`]: the local spool, append-only, fsync'd and bounded;
+//! - [`drainer`]: per portal, buffered events back to Kinesis, oldest first, removed only once
+//!   written;
 //! - [`cors`]: which page origins may send each portal's events;
 //! - [`client_limits`]: rate limits per client address, kept only as a keyed hash;
 //! - [`routes`]: `POST /v1/collect` (and its CORS preflight), `/healthz`, `/readyz`, `/metrics`;
-//! - [`metrics`]: accepted, rejected by reason, written by path.
+//! - [`metrics`]: accepted, rejected by reason, written by path, drained, drain lag, spool use.
 //!
-//! An event is acknowledged (200) only once it is in Kinesis; if Kinesis does not take it the
-//! request is answered 503 and the client sends it again. The SQS buffer and the local spool that
-//! will take events while Kinesis refuses them, and their drainer are not in this version yet
-//! (issue 14).
+//! ```text
+//!   request ──► Kinesis ──(refused)──► SQS FIFO queue ──(refused)──► spool (local disk) ──(full)──► 503
+//!                  ▲                        │                            │
+//!                  └──────── drainer ◄──────┴────────────────────────────┘
+//! ```
+//!
+//! An event is acknowledged (200) only once it is durable in one of them; only when all refuse
+//! it is the request answered 503 and the client sends it again.
 
 pub mod client_limits;
 pub mod config;
 pub mod cors;
-pub mod kinesis_writer;
+pub mod delivery;
+pub mod drainer;
 pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod spool;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use pageflow_connectors::kinesis::KinesisStream;
 
 use crate::config::JobConfig;
-use kinesis_writer::{KinesisWriter, WRITE_POLICY};
+use delivery::{DurableWriter, PortalRoute};
 use metrics::CollectMetrics;
+use pageflow_connectors::sqs_buffer::SqsBuffer;
 use routes::{Collector, router};
+use spool::Spool;
 
 /// The longest one `PutRecords` call may take before it counts as failed (and is retried).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,24 +94,56 @@ async fn serve(config: JobConfig) -> Result<()> {
             .build();
         aws_sdk_kinesis::Client::from_conf(conf)
     };
-    let streams: BTreeMap<String, KinesisStream> = config
-        .collect
-        .portals
-        .iter()
-        .map(|entry| {
-            (
-                entry.portal.clone(),
-                KinesisStream::with_client(client.clone(), &entry.stream),
+    let sqs_client = config.aws.sqs_client(&sdk, ATTEMPT_TIMEOUT);
+    let spool_dir = config.collect.spool_dir.clone();
+    let spool_max = config.collect.spool_max_bytes;
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir, spool_max))
+        .await
+        .context("the spool could not be opened")?
+        .with_context(|| {
+            format!(
+                "cannot open the spool in {}: check [collect] spool_dir",
+                config.collect.spool_dir.display()
             )
-        })
-        .collect();
+        })?;
+    let metrics = Arc::new(CollectMetrics::default());
+    let mut routes = BTreeMap::new();
+    for entry in &config.collect.portals {
+        let spooled = spool.records(&entry.portal);
+        if spooled > 0 {
+            tracing::info!(
+                portal = %entry.portal,
+                events = spooled,
+                "collect: the spool holds events from before; draining them to Kinesis first"
+            );
+        }
+        metrics.set_spool(&entry.portal, spooled, spool.bytes());
+        let route = PortalRoute::new(
+            &entry.portal,
+            KinesisStream::with_client(client.clone(), &entry.stream),
+            entry
+                .sqs_queue
+                .as_deref()
+                .map(|queue| SqsBuffer::new(sqs_client.clone(), queue)),
+            spooled,
+        );
+        routes.insert(entry.portal.clone(), Arc::new(route));
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    for route in routes.values() {
+        tokio::spawn(drainer::drain(
+            Arc::clone(route),
+            Arc::clone(&spool),
+            Arc::clone(&metrics),
+        ));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let collector = Arc::new(Collector {
-        portals: streams.keys().cloned().collect::<BTreeSet<_>>(),
-        writer: KinesisWriter::new(streams, WRITE_POLICY),
+        portals: routes.keys().cloned().collect(),
+        writer: DurableWriter::new(routes, spool, Arc::clone(&metrics)),
         origins: cors::Origins::from_config(&config.collect),
         limits: client_limits::ClientLimits::new(&config.collect.rate_limit),
-        metrics: Arc::new(CollectMetrics::default()),
+        metrics,
         ready: Arc::clone(&ready),
     });
     let stream_names: Vec<String> = config

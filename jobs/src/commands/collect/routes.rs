@@ -1,10 +1,11 @@
 //! The collector's HTTP routes.
 //!
 //! - `POST /v1/collect`: a body of events ([`super::request`]) → 200
-//!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is in
-//!   its portal's stream; 400 when no event is valid (the same fields, plus `error`) or the body
-//!   is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
-//!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again;
+//!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is
+//!   durable (in its portal's stream, SQS queue or the spool: [`super::delivery`]); 400 when no
+//!   event is valid (the same fields, plus `error`) or the body is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
+//!   `Retry-After`, code `not_durable`) when an accepted event is durable nowhere (Kinesis, SQS and
+//!   the spool all refused it), so the client sends it again;
 //!   403 from a page origin no portal lists; 429 (with `Retry-After`) when the client's address
 //!   has used up its rate limit ([`super::client_limits`]).
 //! - `OPTIONS /v1/collect`: the CORS preflight ([`super::cors`]): 204 for a listed origin, else 403.
@@ -29,7 +30,7 @@ use serde::Serialize;
 
 use super::client_limits::ClientLimits;
 use super::cors::{self, Origins};
-use super::kinesis_writer::KinesisWriter;
+use super::delivery::DurableWriter;
 use super::metrics::CollectMetrics;
 use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge};
 
@@ -38,8 +39,8 @@ use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge
 pub struct Collector {
     /// The portals collected here.
     pub portals: BTreeSet<String>,
-    /// Their streams.
-    pub writer: KinesisWriter,
+    /// Their streams, buffers and spool.
+    pub writer: DurableWriter,
     /// The page origins allowed per portal.
     pub origins: Origins,
     /// The rate limits per client address.
@@ -253,28 +254,21 @@ pub(super) async fn accept(collector: &Collector, bytes: &[u8], origin: Option<&
             },
         );
     }
-    match collector.writer.write(&judged.accepted).await {
-        Ok(written) => {
-            collector.metrics.add_written("kinesis", written as u64);
-            json(
-                StatusCode::OK,
-                &CollectAnswer {
-                    error: None,
-                    accepted: judged.accepted.len(),
-                    rejected: &judged.rejected,
-                },
-            )
-        }
+    match collector.writer.store(&judged.accepted).await {
+        Ok(_) => json(
+            StatusCode::OK,
+            &CollectAnswer {
+                error: None,
+                accepted: judged.accepted.len(),
+                rejected: &judged.rejected,
+            },
+        ),
         Err(failure) => {
             collector.metrics.record_write_failure();
-            tracing::warn!(
-                unwritten = failure.unwritten,
-                fatal = failure.fatal,
-                "collect: {failure}"
-            );
+            tracing::warn!(undurable = failure.undurable, "collect: {failure}");
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "kinesis_unavailable",
+                "not_durable",
                 &failure.to_string(),
             );
             response

@@ -110,7 +110,7 @@ pub enum SpoolError {
         "the local spool is full: {used} of {max} bytes used and these records need {needed} more, so \
          they were not written (Kinesis and SQS have refused events long enough to fill it); the \
          drainer frees space as soon as Kinesis takes writes again; to hold more, raise the spool's \
-         size limit or free disk"
+         size limit (`[collect] spool_max_bytes`) or free disk"
     )]
     Full {
         /// Bytes on disk now.
