@@ -477,3 +477,105 @@ async fn a_request_durable_nowhere_is_answered_503_to_be_sent_again() -> TestRes
     assert!(read_stream(&kinesis, "pageviews-g1").await?.is_empty());
     Ok(())
 }
+
+/// Every message of `queue`, read and deleted; the event ids of their bodies.
+async fn take_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let url = sqs
+        .get_queue_url()
+        .queue_name(queue)
+        .send()
+        .await?
+        .queue_url
+        .ok_or("no queue URL")?;
+    let mut ids = Vec::new();
+    loop {
+        let output = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(3)
+            .send()
+            .await?;
+        if output.messages().is_empty() {
+            return Ok(ids);
+        }
+        for message in output.messages() {
+            let event: serde_json::Value =
+                serde_json::from_str(message.body().unwrap_or_default())?;
+            ids.push(event["event_id"].as_str().unwrap_or_default().to_string());
+            sqs.delete_message()
+                .queue_url(&url)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await?;
+        }
+    }
+}
+
+/// Told to stop (SIGTERM) with events in the spool, which is local disk, the collector moves them
+/// to the portals' SQS queues before it exits, as soon as SQS takes them (Kinesis still refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_collector_moves_its_spooled_events_to_sqs() -> TestResult {
+    let moto = MotoServer::start()?;
+    let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
+    create_streams(&kinesis).await?;
+    create_queues(&moto.endpoint).await?;
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        FaultPlan::new(17)
+            .on(KINESIS_PUT_RECORDS, throttled())
+            .on(SQS_SEND_MESSAGE_BATCH, failing()),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &proxy.endpoint(), 1 << 30)?;
+    let (mut collector, port) = spawn_collector(&config, &proxy.endpoint())?;
+    let mut readers = Readers::default();
+    for _ in 0..3 {
+        readers.send_round(port)?;
+    }
+    assert_eq!(
+        metric(
+            port,
+            "pageflow_collect_events_written_total{path=\"spool\"}"
+        )?,
+        (3 * USERS) as f64
+    );
+    // A drainer holds what it received from the queue while Kinesis refuses it; with a short
+    // visibility timeout, those messages are visible again soon after the collector exits.
+    let sqs = sqs_client(&moto.endpoint);
+    for portal in ["g1", "ge"] {
+        let url = sqs
+            .get_queue_url()
+            .queue_name(format!("pageviews-{portal}-buffer.fifo"))
+            .send()
+            .await?
+            .queue_url
+            .ok_or("no queue URL")?;
+        sqs.set_queue_attributes()
+            .queue_url(url)
+            .attributes(QueueAttributeName::VisibilityTimeout, "1")
+            .send()
+            .await?;
+    }
+    proxy.set_faults(SQS_SEND_MESSAGE_BATCH, Faults::default());
+    collector.terminate()?;
+    let status = collector
+        .wait_timeout(Duration::from_secs(40))
+        .ok_or("the collector did not stop within 40 s")?;
+    let stderr = collector.stderr();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("pageflow collect: stopped"), "{stderr}");
+    assert!(!stderr.contains("still in the spool"), "{stderr}");
+
+    let mut queued = take_all(&sqs, "pageviews-g1-buffer.fifo").await?;
+    queued.extend(take_all(&sqs, "pageviews-ge-buffer.fifo").await?);
+    queued.sort();
+    let mut sent: Vec<String> = readers.acknowledged.values().flatten().cloned().collect();
+    sent.sort();
+    assert_eq!(queued, sent, "every spooled event is in SQS, once");
+    assert!(read_stream(&kinesis, "pageviews-g1").await?.is_empty());
+    Ok(())
+}

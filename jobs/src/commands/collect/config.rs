@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:8090"          # the default
 //! spool_dir = "./pageflow-data/collect-spool"   # the last resort: local disk, fsync'd
 //! spool_max_bytes = 1073741824        # 1 GiB, the default
+//! stop_timeout = "20s"                # on SIGTERM, time to move spooled events off local disk
 //!
 //! [[collect.portals]]
 //! portal = "g1"
@@ -25,6 +26,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use pageflow_dataflow::config::Millis;
 use pageflow_dataflow::event::is_valid_portal;
 use pageflow_serve::rate_limit::RateLimitConfig;
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,9 @@ pub struct CollectConfig {
     pub spool_dir: PathBuf,
     /// The most bytes the spool may hold; beyond, requests are answered 503 (default 1 GiB).
     pub spool_max_bytes: u64,
+    /// On SIGTERM, how long the collector, once it takes no more requests, keeps moving spooled
+    /// events to Kinesis or SQS before it exits (default `20s`; keep it below ECS `stopTimeout`).
+    pub stop_timeout: Millis,
     /// Requests per client address (`[collect.rate_limit]`, off by default; see
     /// `super::client_limits`).
     pub rate_limit: RateLimitConfig,
@@ -54,6 +59,7 @@ impl Default for CollectConfig {
             portals: Vec::new(),
             spool_dir: PathBuf::from("./pageflow-data/collect-spool"),
             spool_max_bytes: 1 << 30,
+            stop_timeout: Millis::seconds(20),
             rate_limit: RateLimitConfig::default(),
         }
     }
@@ -205,6 +211,7 @@ mod tests {
             portals: vec![bad, portal("ge"), portal("ge"), standard_queue],
             spool_dir: PathBuf::new(),
             spool_max_bytes: 1000,
+            stop_timeout: Millis::seconds(20),
             rate_limit: RateLimitConfig {
                 per_second: 0.0,
                 ..RateLimitConfig::default()

@@ -1,10 +1,13 @@
 //! The drainer: a portal's buffered events back to its Kinesis stream, oldest first.
 //!
-//! One task per portal. It empties the portal's SQS queue first, then its share of the spool: the
-//! spool only takes events after SQS refused them (`super::delivery`), so everything in the queue
-//! is older. An event leaves its buffer only after Kinesis took it: a message is deleted, a spooled
-//! record removed, once `PutRecords` wrote it. A crash in between puts it in Kinesis twice, which
-//! at-least-once delivery allows (the job drops duplicates by `event_id`).
+//! One task per portal. The spool only takes events after SQS refused them (`super::delivery`), so
+//! everything in the queue is older than anything spooled. The spool is emptied first, as it is
+//! the least durable store (local disk, lost with a replaced Fargate task): straight to Kinesis
+//! when the queue holds nothing older, else to the end of the queue, behind what waits there (also
+//! when Kinesis refuses them: SQS keeps them safer than the disk). The queue is emptied into
+//! Kinesis. An event leaves a store only after the next one took it: a message is deleted, a
+//! spooled record removed, once written. A crash in between writes it twice, which at-least-once
+//! delivery allows (the job drops duplicates by `event_id`).
 //!
 //! When a batch fails, the drainer keeps it and tries again with backoff (Kinesis is throttling
 //! or down: the buffer is doing its job); an error line every try says why. When the queue is
@@ -158,6 +161,14 @@ impl Drainer {
 
     async fn round(&mut self) -> Round {
         let route = Arc::clone(&self.route);
+        if route.spooled.load(Ordering::SeqCst) > 0 {
+            match self.move_from_spool().await {
+                Round::Moved => return Round::Moved,
+                // The spool waits behind the queue: drain the queue meanwhile.
+                failed if !route.buffered_in_sqs.load(Ordering::SeqCst) => return failed,
+                _ => {}
+            }
+        }
         if route.buffered_in_sqs.load(Ordering::SeqCst)
             && let Some(sqs) = &route.sqs
         {
@@ -170,10 +181,10 @@ impl Drainer {
                     match sqs.receive(MAX_RECEIVE, SQS_WAIT).await {
                         Err(failure) => Round::Failed(failure.message),
                         Ok(found) if found.is_empty() => {
-                            self.route.buffered_in_sqs.store(false, Ordering::SeqCst);
-                            self.metrics.set_drain_lag(&self.route.portal, "sqs", 0.0);
+                            route.buffered_in_sqs.store(false, Ordering::SeqCst);
+                            self.metrics.set_drain_lag(&route.portal, "sqs", 0.0);
                             tracing::info!(
-                                portal = %self.route.portal,
+                                portal = %route.portal,
                                 "collect: the buffer queue is drained; writing to Kinesis directly again"
                             );
                             Round::Moved
@@ -185,9 +196,6 @@ impl Drainer {
                     }
                 }
             };
-        }
-        if self.route.spooled.load(Ordering::SeqCst) > 0 {
-            return self.move_from_spool().await;
         }
         Round::Idle
     }
@@ -216,7 +224,10 @@ impl Drainer {
         Round::Moved
     }
 
-    /// Writes the oldest spooled records to Kinesis, then removes them from the spool.
+    /// Moves the oldest spooled records out of the spool, then removes them: to Kinesis when the
+    /// queue holds nothing older, else (or when Kinesis refuses them) to the end of the portal's
+    /// SQS queue, behind what waits there. The spool is local disk (a replaced Fargate task loses
+    /// it), so its events leave it for whichever durable store takes them first.
     async fn move_from_spool(&mut self) -> Round {
         let spool = Arc::clone(&self.spool);
         let portal = self.route.portal.clone();
@@ -240,16 +251,41 @@ impl Drainer {
                 .set_drain_lag(&self.route.portal, "spool", age_seconds(first.arrived_ms));
         }
         let count = records.len();
-        self.put_until_written(
-            records
-                .into_iter()
-                .map(|r| OutRecord {
-                    partition_key: r.partition_key,
-                    data: r.data,
-                })
-                .collect(),
-        )
-        .await;
+        let mut rest: Vec<OutRecord> = records
+            .into_iter()
+            .map(|r| OutRecord {
+                partition_key: r.partition_key,
+                data: r.data,
+            })
+            .collect();
+        let mut reason = String::new();
+        if !self.route.buffered_in_sqs.load(Ordering::SeqCst) {
+            let delivery = self.route.kinesis.write(rest, DRAIN_POLICY).await;
+            if delivery.undeliverable.is_empty() {
+                return self.remove_spooled(count, "spool").await;
+            }
+            reason = delivery.undeliverable[0].1.clone();
+            rest = delivery.undeliverable.into_iter().map(|(r, _)| r).collect();
+        }
+        let Some(sqs) = &self.route.sqs else {
+            return Round::Failed(reason);
+        };
+        // From here the portal's events follow into the queue, behind these.
+        self.route.buffered_in_sqs.store(true, Ordering::SeqCst);
+        let delivery = sqs.send(rest, DRAIN_POLICY).await;
+        if delivery.undeliverable.is_empty() {
+            return self.remove_spooled(count, "spool_to_sqs").await;
+        }
+        Round::Failed(format!(
+            "{reason}{}{}",
+            if reason.is_empty() { "" } else { "; " },
+            delivery.undeliverable[0].1
+        ))
+    }
+
+    /// Removes the `count` oldest spooled records, which are now in Kinesis or SQS (`moved_to`
+    /// names the metric's path: `spool` when drained to Kinesis, `spool_to_sqs` when requeued).
+    async fn remove_spooled(&mut self, count: usize, moved_to: &str) -> Round {
         let spool = Arc::clone(&self.spool);
         let portal = self.route.portal.clone();
         let removed = tokio::task::spawn_blocking(move || {
@@ -263,12 +299,15 @@ impl Drainer {
             Ok(Ok((left, bytes))) => {
                 self.route.spooled.store(left, Ordering::SeqCst);
                 self.metrics.set_spool(&self.route.portal, left, bytes);
-                self.metrics.add_drained("spool", count as u64);
+                self.metrics.add_drained(moved_to, count as u64);
+                if left == 0 {
+                    self.metrics.set_drain_lag(&self.route.portal, "spool", 0.0);
+                }
                 Round::Moved
             }
-            // They are written again next round: duplicates the job drops.
+            // They are moved again next round: duplicates the job drops.
             Ok(Err(error)) => Round::Failed(format!(
-                "cannot remove drained events from the spool ({error}); they will be written to Kinesis twice"
+                "cannot remove moved events from the spool ({error}); they will be written twice"
             )),
             Err(join) => Round::Failed(format!("the spool writer failed: {join}")),
         }

@@ -9,8 +9,8 @@
 //!   `kinesis`, `sqs` (the portal's buffer queue) or `spool` (the local disk);
 //! - `pageflow_collect_write_failures_total`: requests answered 503 because some events were
 //!   durable nowhere;
-//! - `pageflow_collect_events_drained_total{path}`: buffered events moved to Kinesis, by where
-//!   they were buffered (`sqs`, `spool`);
+//! - `pageflow_collect_events_drained_total{path}`: buffered events moved on: `sqs` and `spool`
+//!   to Kinesis, `spool_to_sqs` from the spool to the end of the SQS queue;
 //! - `pageflow_collect_drain_lag_seconds{portal,path}`: how long the oldest event still buffered
 //!   has waited (0 when nothing is): the delay the buffer adds to the job's input;
 //! - `pageflow_collect_spool_events{portal}` and `pageflow_collect_spool_bytes`: what the spool

@@ -130,6 +130,7 @@ async fn serve(config: JobConfig) -> Result<()> {
         routes.insert(entry.portal.clone(), Arc::new(route));
     }
     let spool = Arc::new(Mutex::new(spool));
+    let routes_for_stop: Vec<Arc<PortalRoute>> = routes.values().cloned().collect();
     for route in routes.values() {
         tokio::spawn(drainer::drain(
             Arc::clone(route),
@@ -175,8 +176,43 @@ async fn serve(config: JobConfig) -> Result<()> {
     .with_graceful_shutdown(stop_signal())
     .await
     .context("the collector's HTTP server failed")?;
-    crate::say!("pageflow collect: stopped");
+    let left = empty_the_spool(&routes_for_stop, config.collect.stop_timeout.into()).await;
+    if left > 0 {
+        crate::say!(
+            "pageflow collect: stopped with {left} event(s) still in the spool at {}: they are moved on when a collector starts on this directory again (on storage that goes away with the task, they are lost: keep an SQS queue per portal so the spool is rarely needed)",
+            config.collect.spool_dir.display()
+        );
+    } else {
+        crate::say!("pageflow collect: stopped");
+    }
     Ok(())
+}
+
+/// Once no more requests come, waits up to `limit` for the drainers to move every spooled event
+/// to Kinesis or SQS (the spool is local disk); returns how many are left.
+async fn empty_the_spool(routes: &[Arc<PortalRoute>], limit: Duration) -> u64 {
+    let spooled = || -> u64 {
+        routes
+            .iter()
+            .map(|route| route.spooled.load(Ordering::SeqCst))
+            .sum()
+    };
+    if spooled() == 0 {
+        return 0;
+    }
+    crate::say!(
+        "pageflow collect: stopping: moving {} spooled event(s) to Kinesis or SQS (at most {} s)",
+        spooled(),
+        limit.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    while spooled() > 0 && tokio::time::Instant::now() < deadline {
+        for route in routes {
+            route.wake.notify_one();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    spooled()
 }
 
 /// Resolves on SIGINT or SIGTERM.
