@@ -12,6 +12,8 @@
 //! - [`kinesis_writer`]: accepted events to their portal's stream, retrying only failed entries;
 //! - [`cors`]: which page origins may send each portal's events;
 //! - [`client_limits`]: rate limits per client address, kept only as a keyed hash;
+//! - [`pixel`]: `GET /v1/pixel.gif?…`, one pageview from a query, for pages without JavaScript;
+//! - [`tracker`]: the browser tracker `GET /tracker.js` and its test page `GET /tracker/test.html`;
 //! - [`routes`]: `POST /v1/collect` (and its CORS preflight), `/healthz`, `/readyz`, `/metrics`;
 //! - [`metrics`]: accepted, rejected by reason, written by path.
 //!
@@ -25,8 +27,10 @@ pub mod config;
 pub mod cors;
 pub mod kinesis_writer;
 pub mod metrics;
+pub mod pixel;
 pub mod request;
 pub mod routes;
+pub mod tracker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
