@@ -166,8 +166,15 @@
     clearTimeout(retryTimer);
     retryTimer = null;
     var now = Date.now();
-    var batch = load().filter(function (item) { return sendable(item, now); }).slice(0, BATCH);
-    if (!batch.length) return;
+    var queued = load();
+    var batch = queued.filter(function (item) { return sendable(item, now); }).slice(0, BATCH);
+    if (!batch.length) {
+      // Views waiting for their backoff: come back when the first one is due.
+      var due = queued.filter(function (item) { return item.next > now; })
+        .reduce(function (first, item) { return Math.min(first, item.next); }, Infinity);
+      if (due !== Infinity) retryTimer = setTimeout(flush, due - now);
+      return;
+    }
     var ids = batch.map(function (item) { return item.e.event_id; });
     // A lease, so that another tab of the site does not send the same views meanwhile.
     update(function (items) {
@@ -256,13 +263,18 @@
       visibleSince = performance.now();
     }
   });
+  // The depth is taken at each scroll event (a later one may be higher up); storing it waits 200 ms.
   var scrollPending = false;
   window.addEventListener("scroll", function () {
-    if (!view || scrollPending) return;
+    if (!view) return;
+    var pct = scrollPct();
+    if (pct <= view.scroll_pct) return;
+    view.scroll_pct = pct;
+    if (scrollPending) return;
     scrollPending = true;
     setTimeout(function () {
       scrollPending = false;
-      measureScroll();
+      if (view) persist(false);
     }, 200);
   }, { passive: true });
   document.addEventListener("click", function () {
@@ -274,7 +286,13 @@
   window.addEventListener("pageshow", function (event) {
     if (event.persisted && consented) begin(); // back from the back-forward cache: a new view
   });
-  window.addEventListener("online", function () { backoffMs = 1000; flush(); });
+  window.addEventListener("online", function () {
+    if (!consented) return;
+    // Back online: what waited for its backoff is due now.
+    backoffMs = 1000;
+    update(function (items) { items.forEach(function (item) { item.next = 0; }); });
+    flush();
+  });
   window.addEventListener("storage", function (event) { if (event.key === QUEUE && consented) flush(); });
   setInterval(function () { if (view && document.visibilityState === "visible") persist(false); }, 15000);
 

@@ -17,3 +17,4 @@ mod observability;
 mod recommendations;
 mod serving_tier;
 mod support;
+mod tracker;
