@@ -4,7 +4,7 @@
 //!   dwell (the visible time only), scroll depth and clicks, one user id across pages, and a view
 //!   left while offline delivered exactly once when the browser is online again;
 //! - end to end: the tracker → `collect` → Kinesis → `pageflow run` (AWS source) → the viewed
-//!   article in the popular ranking over HTTP.
+//!   article in the final popular ranking over HTTP (a later pixel view closes its window).
 //!
 //! The browser side is `tests/browser/tracker.test.mjs` (node, playwright-core, Debian's
 //! chromium), installed by `scripts/browser-install.sh`; without them these tests fail saying so.
@@ -246,9 +246,37 @@ async fn an_article_viewed_in_the_browser_appears_in_the_jobs_popular_ranking() 
     .await??;
     assert_eq!(result["visit"]["article"], "tracker-e2e-article");
 
+    // A page without JavaScript (the pixel) views another article 70 s later: the job's watermark
+    // passes the end of the one-minute slide that holds the browser's view, so that window is final.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        + 70_000;
+    let pixel = http_request(
+        port,
+        "GET",
+        &format!(
+            "/v1/pixel.gif?portal=g1&user_id=pixel-reader&article_id=pixel%2Farticle&ts={later}&_=1"
+        ),
+        &[],
+        b"",
+    )?;
+    assert_eq!(pixel.status, 200, "{}", pixel.text());
+    assert!(pixel.body.starts_with(b"GIF89a"));
+    assert!(
+        pixel
+            .headers
+            .iter()
+            .any(|(name, value)| name.eq_ignore_ascii_case("cache-control") && value == "no-store"),
+        "{:?}",
+        pixel.headers
+    );
+
+    let mut last_answer = String::new();
     let ranked = poll_until(Duration::from_secs(60), Duration::from_millis(250), || {
         let response =
-            http_request(job_port, "GET", "/v1/portals/g1/popular?n=10", &[], b"").ok()?;
+            http_request(job_port, "GET", "/v1/portals/g1/popular?n=10&final=true", &[], b"").ok()?;
+        last_answer = response.text();
         let answer: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
         answer["items"]
             .as_array()?
@@ -258,8 +286,11 @@ async fn an_article_viewed_in_the_browser_appears_in_the_jobs_popular_ranking() 
     });
     let item = ranked.ok_or_else(|| {
         format!(
-            "the viewed article never appeared in /v1/portals/g1/popular:\n{}",
-            job.stderr()
+            "the viewed article never appeared in /v1/portals/g1/popular (last answer: {last_answer}):\n{}\nstatus: {}",
+            job.stderr(),
+            http_request(job_port, "GET", "/v1/status", &[], b"")
+                .map(|r| r.text())
+                .unwrap_or_default()
         )
     })?;
     assert_eq!(item["views"], 1, "{item}");
