@@ -10,7 +10,9 @@
 //   (the Page Visibility API, emulated), visible ~1 s, then left by its link (a 4th click) for
 //   page 2, which is left for about:blank; then, in two more tabs, offline: tab A is left while
 //   offline (its view stays queued), tab B's retries fail until the browser is online again, then
-//   A's view is delivered by B, and B's own view when B is left.
+//   A's view is delivered by B, and B's own view when B is left; then a page that requires consent
+//   stores and sends nothing until pageflow('consent', true), and withdrawing it deletes the
+//   tracker's cookie and storage.
 // - visit: one page of ARTICLE, visible ~1 s, then left.
 // Every wait is a condition with a bounded timeout. The last line printed is a JSON object with what
 // the Rust test checks (event ids, user id, the visible and hidden times measured here). Any
@@ -166,6 +168,39 @@ async function measure(context) {
   await waitFor("the collector to accept the two offline-test views", 15_000,
     async () => (await acceptedTotal()) >= acceptedBefore + 4);
   log("offline then online: delivered");
+
+  // Consent: nothing stored or sent before it; the view once given; everything deleted when
+  // withdrawn (and that page's view never sent).
+  await context.clearCookies();
+  const consentPage = await context.newPage();
+  const consentUrl = article => `${BASE}/tracker/test.html?portal=${PORTAL}&article=${article}&consent=required`;
+  await consentPage.goto(consentUrl("tracker-no-consent"), { waitUntil: "load" });
+  await pause(500);
+  const before = await consentPage.evaluate(() => ({ cookie: document.cookie, queue: localStorage.getItem("pageflow.queue") }));
+  if (before.cookie.includes("pageflow.uid") || before.queue !== "[]") {
+    throw new TestFailure(`without consent nothing may be stored: cookie "${before.cookie}", queue ${before.queue}`);
+  }
+  await consentPage.goto(consentUrl("tracker-consent"), { waitUntil: "load" });
+  await consentPage.evaluate(() => window.pageflow("consent", true));
+  result.consented = { article: "tracker-consent", event_id: await waitFor("the view once consent is given", 5_000, async () => {
+    const item = (await queue(consentPage)).find(i => i.e.article_id === "tracker-consent");
+    return item && item.e.event_id;
+  }) };
+  await consentPage.goto(consentUrl("tracker-withdrawn"), { waitUntil: "load" });
+  await waitFor("the consent to be remembered", 5_000, async () =>
+    (await queue(consentPage)).some(i => i.e.article_id === "tracker-withdrawn"));
+  await consentPage.evaluate(() => window.pageflow("consent", false));
+  const after = await consentPage.evaluate(() => ({ cookie: document.cookie,
+    keys: Object.keys(localStorage).filter(k => k.startsWith("pageflow.")) }));
+  if (after.cookie.includes("pageflow.uid") || after.keys.length) {
+    throw new TestFailure(`withdrawn consent must delete the tracker's storage: cookie "${after.cookie}", keys ${after.keys}`);
+  }
+  await consentPage.goto("about:blank");
+  await waitFor("the collector to accept the consented view", 15_000,
+    async () => (await acceptedTotal()) >= acceptedBefore + 5);
+  // Nothing may follow (the views without consent); there is no event to wait for, so a short pause.
+  await pause(1_000);
+  log("consent respected");
   result.accepted = (await acceptedTotal()) - acceptedBefore;
   return result;
 }

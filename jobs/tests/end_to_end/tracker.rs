@@ -2,7 +2,8 @@
 //! `pageflow collect` serves, against moto:
 //! - what the browser measured arrives in the portal's stream: one view per page view with its
 //!   dwell (the visible time only), scroll depth and clicks, one user id across pages, and a view
-//!   left while offline delivered exactly once when the browser is online again;
+//!   left while offline delivered exactly once when the browser is online again, nothing from a
+//!   page whose consent was not given or was withdrawn;
 //! - end to end: the tracker → `collect` → Kinesis → `pageflow run` (AWS source) → the viewed
 //!   article in the final popular ranking over HTTP (a later pixel view closes its window).
 //!
@@ -36,14 +37,16 @@ fn workspace_root() -> PathBuf {
 /// The browser to use, or why the test cannot run and which script installs what is missing.
 fn browser() -> Result<String, String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.to_string());
-    let install = "run `bash scripts/browser-install.sh` (scripts/test.sh does before `cargo test`)";
+    let install =
+        "run `bash scripts/browser-install.sh` (scripts/test.sh does before `cargo test`)";
     if !Path::new(&chromium).exists() {
         return Err(format!("the browser {chromium} is missing: {install}"));
     }
     if Command::new("node").arg("--version").output().is_err() {
         return Err(format!("node is not installed: {install}"));
     }
-    let playwright = workspace_root().join("tests/browser/node_modules/playwright-core/package.json");
+    let playwright =
+        workspace_root().join("tests/browser/node_modules/playwright-core/package.json");
     if !playwright.exists() {
         return Err(format!(
             "playwright-core is not installed in tests/browser: {install}"
@@ -72,8 +75,9 @@ fn run_browser(
         return Err(format!("the browser test failed:\n{stdout}\n{stderr}").into());
     }
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .map_err(|e| format!("the browser test printed no result ({e}):\n{stdout}\n{stderr}").into())
+    serde_json::from_str(last).map_err(|e| {
+        format!("the browser test printed no result ({e}):\n{stdout}\n{stderr}").into()
+    })
 }
 
 /// A port free on loopback now, so that the collector's own page origin can be configured.
@@ -154,8 +158,20 @@ async fn the_tracker_delivers_each_view_once_with_what_the_browser_measured() ->
     })
     .await??;
     let events = events_by_id(&kinesis).await?;
-    let id = |view: &str| result[view]["event_id"].as_str().unwrap_or_default().to_string();
-    let views = ["first", "second", "offline_left", "offline_sender"];
+    let id = |view: &str| {
+        result[view]["event_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let views = [
+        "first",
+        "second",
+        "offline_left",
+        "offline_sender",
+        "consented",
+    ];
+    assert_eq!(result["accepted"], views.len(), "{result}");
     let expected: Vec<String> = views.iter().map(|view| id(view)).collect();
     assert_eq!(
         events.keys().cloned().collect::<Vec<_>>(),
@@ -172,14 +188,21 @@ async fn the_tracker_delivers_each_view_once_with_what_the_browser_measured() ->
         assert_eq!(*copies, 1, "{view} delivered exactly once: {event}");
         assert_eq!(event["article_id"], result[view]["article"], "{event}");
         assert_eq!(event["portal"], "g1");
-        assert_eq!(event["user_id"], result["user_id"], "one reader on every page: {event}");
+        assert_eq!(
+            event["user_id"], result["user_id"],
+            "one reader on every page: {event}"
+        );
         assert!(
             event["url"]
                 .as_str()
                 .is_some_and(|url| url.contains("/tracker/test.html?portal=g1")),
             "{event}"
         );
-        assert!(event["ts"].as_u64().is_some_and(|ts| ts > 1_700_000_000_000));
+        assert!(
+            event["ts"]
+                .as_u64()
+                .is_some_and(|ts| ts > 1_700_000_000_000)
+        );
     }
 
     // The measured page: 3 button clicks and the link, scrolled to 75 %, the dwell its visible time.
@@ -274,8 +297,14 @@ async fn an_article_viewed_in_the_browser_appears_in_the_jobs_popular_ranking() 
 
     let mut last_answer = String::new();
     let ranked = poll_until(Duration::from_secs(60), Duration::from_millis(250), || {
-        let response =
-            http_request(job_port, "GET", "/v1/portals/g1/popular?n=10&final=true", &[], b"").ok()?;
+        let response = http_request(
+            job_port,
+            "GET",
+            "/v1/portals/g1/popular?n=10&final=true",
+            &[],
+            b"",
+        )
+        .ok()?;
         last_answer = response.text();
         let answer: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
         answer["items"]

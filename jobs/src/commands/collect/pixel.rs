@@ -126,9 +126,7 @@ pub fn pageview_from_query(
             event.insert(name.to_string(), number);
         }
     }
-    event
-        .entry("ts")
-        .or_insert_with(|| Value::from(arrival_ms));
+    event.entry("ts").or_insert_with(|| Value::from(arrival_ms));
     event
         .entry("event_id")
         .or_insert_with(|| Value::String(new_event_id()));
@@ -261,8 +259,8 @@ mod tests {
         assert_eq!(event["dwell_ms"], "4.5");
         assert_eq!(event["clicks"], -1);
         assert_eq!(event["ts"], "x");
-        let judged = super::super::request::judge(&serde_json::to_vec(&event).unwrap(), |_| true)
-            .unwrap();
+        let judged =
+            super::super::request::judge(&serde_json::to_vec(&event).unwrap(), |_| true).unwrap();
         assert!(judged.accepted.is_empty());
     }
 
