@@ -10,7 +10,7 @@
 //! - `event_id`, when absent: a new random UUID (so a browser that re-requests the image counts
 //!   twice; a page that can give an id should).
 //!
-//! The event then goes through [`super::routes::accept`], the judging and durable write of
+//! The event then goes through `routes::accept`, the judging and durable write of
 //! `POST /v1/collect`. The answer is always a 1×1 transparent GIF with `Cache-Control: no-store`
 //! (an image must not be cached, or the next view is not requested); its status says the outcome:
 //! 200 accepted, 400 rejected (the reason is in `/metrics`), 503 not durable (with `Retry-After`),
