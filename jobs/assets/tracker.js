@@ -294,7 +294,9 @@
     flush();
   });
   window.addEventListener("storage", function (event) { if (event.key === QUEUE && consented) flush(); });
-  setInterval(function () { if (view && document.visibilityState === "visible") persist(false); }, 15000);
+  // News from this tab (hidden tabs too: their timers still run at least once a minute), so that
+  // no other tab takes its open view for one whose page died.
+  setInterval(function () { if (view) persist(false); }, 15000);
 
   var queued = (window.pageflow && window.pageflow.q) || [];
   window.pageflow = function (command, value) {

@@ -102,12 +102,18 @@ function setVisibility(page, state) {
   }, state);
 }
 
-/** When the tracker's script had run, on the page's clock (the end of its response, a bound). */
-function trackerStart(page) {
-  return page.evaluate(() => {
-    const entry = performance.getEntriesByType("resource").find(e => e.name.endsWith("/tracker.js"));
-    return entry ? entry.responseEnd : 0;
-  });
+/** When the view of `eventId` began (its `ts`), on the page's clock (`performance.now()`). */
+function viewStart(page, eventId) {
+  return page.evaluate(id => {
+    const item = JSON.parse(localStorage.getItem("pageflow.queue") || "[]").find(i => i.e.event_id === id);
+    return item.e.ts - performance.timeOrigin;
+  }, eventId);
+}
+
+/** Notes in sessionStorage when the page is left (`pagehide`, after the tracker's own listener). */
+function noteLeaving(page) {
+  return page.evaluate(() => addEventListener("pagehide",
+    () => sessionStorage.setItem("test.left_at", String(performance.now()))));
 }
 
 async function measure(context) {
@@ -116,7 +122,8 @@ async function measure(context) {
   const page = await context.newPage();
   const article = "tracker-a1";
   result.first = { article, event_id: await openArticle(page, article) };
-  const start = await trackerStart(page);
+  const start = await viewStart(page, result.first.event_id);
+  await noteLeaving(page);
   await page.evaluate(() => window.scrollTo(0, 0.75 * (document.documentElement.scrollHeight - window.innerHeight)));
   for (let i = 0; i < 3; i++) await page.click("#like");
   await waitFor("the scroll depth to be measured", 5_000, async () =>
@@ -126,13 +133,14 @@ async function measure(context) {
   await pause(2_000);
   const shownAt = await setVisibility(page, "visible");
   await pause(1_000);
-  const leftAt = await page.evaluate(() => performance.now());
-  result.first.visible_ms = Math.round(hiddenAt - start + (leftAt - shownAt));
-  result.first.hidden_ms = Math.round(shownAt - hiddenAt);
-  log(`${article}: visible ${result.first.visible_ms} ms, hidden ${result.first.hidden_ms} ms; leaving by the link`);
   // A click that does not scroll the link into view (which would take the depth to 100 %).
   await Promise.all([page.waitForURL(/tracker-a1-next/),
     page.evaluate(() => document.getElementById("next").click())]);
+  const leftAt = Number(await page.evaluate(() => sessionStorage.getItem("test.left_at")));
+  if (!leftAt) throw new TestFailure("page 1 did not note when it was left (pagehide)");
+  result.first.visible_ms = Math.round(hiddenAt - start + (leftAt - shownAt));
+  result.first.hidden_ms = Math.round(shownAt - hiddenAt);
+  log(`${article}: visible ${result.first.visible_ms} ms, hidden ${result.first.hidden_ms} ms; left by the link`);
   const second = "tracker-a1-next";
   result.second = { article: second, event_id: await waitFor(`the view of ${second}`, 10_000, async () => {
     const item = (await queue(page)).find(i => i.e.article_id === second && i.open);
