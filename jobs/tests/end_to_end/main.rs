@@ -18,3 +18,4 @@ mod observability;
 mod recommendations;
 mod serving_tier;
 mod support;
+mod tracker;

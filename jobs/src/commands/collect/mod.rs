@@ -16,6 +16,8 @@
 //!   written;
 //! - [`cors`]: which page origins may send each portal's events;
 //! - [`client_limits`]: rate limits per client address, kept only as a keyed hash;
+//! - [`pixel`]: `GET /v1/pixel.gif?…`, one pageview from a query, for pages without JavaScript;
+//! - [`tracker`]: the browser tracker `GET /tracker.js` and its test page `GET /tracker/test.html`;
 //! - [`routes`]: `POST /v1/collect` (and its CORS preflight), `/healthz`, `/readyz`, `/metrics`;
 //! - [`metrics`]: accepted, rejected by reason, written by path, drained, drain lag, spool use.
 //!
@@ -34,9 +36,11 @@ pub mod cors;
 pub mod delivery;
 pub mod drainer;
 pub mod metrics;
+pub mod pixel;
 pub mod request;
 pub mod routes;
 pub mod spool;
+pub mod tracker;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,8 @@
 //!   403 from a page origin no portal lists; 429 (with `Retry-After`) when the client's address
 //!   has used up its rate limit ([`super::client_limits`]).
 //! - `OPTIONS /v1/collect`: the CORS preflight ([`super::cors`]): 204 for a listed origin, else 403.
+//! - `GET /v1/pixel.gif?…`: the same for one event given as query fields ([`super::pixel`]).
+//! - `GET /tracker.js`, `GET /tracker/test.html`: the browser tracker and its test page ([`super::tracker`]).
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every portal's stream has been found, else 503.
 //! - `GET /metrics`: the counters ([`super::metrics`]).
@@ -55,6 +57,9 @@ pub struct Collector {
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
         .route("/v1/collect", post(collect).options(preflight))
+        .route("/v1/pixel.gif", get(super::pixel::pixel))
+        .route("/tracker.js", get(super::tracker::tracker_js))
+        .route("/tracker/test.html", get(super::tracker::test_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
