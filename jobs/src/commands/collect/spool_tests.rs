@@ -58,6 +58,35 @@ enum Op {
     Reopen,
 }
 
+/// Opens the spool again after the previous one was dropped. Its directory lock (`flock`) can
+/// outlive the drop by a moment: a process another test forks in that moment shares the lock file's
+/// descriptor until it executes its program. So the lock is awaited, for at most 5 s.
+fn reopen(open: &impl Fn() -> Result<Spool, SpoolError>) -> Result<Spool, SpoolError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open() {
+            Err(SpoolError::Lock(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`Spool::open`], awaiting the lock (see [`reopen`]).
+fn open_spool(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+    reopen(&|| Spool::open(dir, max_bytes))
+}
+
+/// [`Spool::open_with_segment_bytes`], awaiting the lock (see [`reopen`]).
+fn open_spool_with_segments(
+    dir: &Path,
+    max_bytes: u64,
+    segment_bytes: u64,
+) -> Result<Spool, SpoolError> {
+    reopen(&|| Spool::open_with_segment_bytes(dir, max_bytes, segment_bytes))
+}
+
 const PORTALS: [&str; 3] = ["folha", "uol-esporte", "g1"];
 const MODEL_MAX_BYTES: u64 = 1500;
 const MODEL_SEGMENT_BYTES: u64 = 200;
@@ -160,7 +189,7 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(spool);
-                    spool = open().map_err(fail)?;
+                    spool = reopen(&open).map_err(fail)?;
                     prop_assert_eq!(spool.records_cut(), 0);
                 }
             }
@@ -175,7 +204,7 @@ fn three_records(
     dir: &Path,
 ) -> Result<(Vec<SpooledRecord>, PathBuf, u64), Box<dyn std::error::Error>> {
     let written = records(0, 3, 40);
-    let mut spool = Spool::open(dir, 1 << 20)?;
+    let mut spool = open_spool(dir, 1 << 20)?;
     spool.append("folha", &written[..2])?;
     spool.append("folha", &written[2..])?;
     drop(spool);
@@ -193,14 +222,14 @@ fn three_records(
 /// Opening after `damage` keeps exactly the first `kept` records, cutting the rest, and the spool
 /// goes on: a new record comes after them, also after another reopening, with nothing more cut.
 fn assert_recovers(dir: &Path, written: &[SpooledRecord], kept: usize, cut: u64) -> TestResult {
-    let mut spool = Spool::open(dir, 1 << 20)?;
+    let mut spool = open_spool(dir, 1 << 20)?;
     assert_eq!(spool.records_cut(), cut);
     assert_eq!(spool.records("folha"), kept as u64);
     assert_eq!(spool.peek("folha", 10)?, written[..kept].to_vec());
     let later = record(99, 7);
     spool.append("folha", std::slice::from_ref(&later))?;
     drop(spool);
-    let mut spool = Spool::open(dir, 1 << 20)?;
+    let mut spool = open_spool(dir, 1 << 20)?;
     assert_eq!(spool.records_cut(), 0);
     let mut expected = written[..kept].to_vec();
     expected.push(later);
@@ -261,13 +290,13 @@ fn a_leftover_drained_temp_file_is_ignored_and_deleted() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
     let (written, _, _) = three_records(&dir)?;
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     spool.remove_front("folha", 1)?;
     drop(spool);
     // A crash while writing the next number, before its rename.
     let leftover = dir.join("folha").join(DRAINED_TEMP);
     fs::write(&leftover, "3\n")?;
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     assert!(!leftover.exists());
     assert_eq!(spool.peek("folha", 10)?, written[1..].to_vec());
     Ok(())
@@ -278,7 +307,7 @@ fn segments_drained_before_a_crash_deleted_them_are_deleted_by_open() -> TestRes
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
     // Segments of one byte: each append starts a new one.
-    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 20, 1)?;
+    let mut spool = open_spool_with_segments(&dir, 1 << 20, 1)?;
     let written = records(0, 6, 10);
     for batch in written.chunks(2) {
         spool.append("folha", batch)?;
@@ -291,7 +320,7 @@ fn segments_drained_before_a_crash_deleted_them_are_deleted_by_open() -> TestRes
     drop(spool);
     // The crash came after the new `drained` number, before the deletion.
     fs::write(&files[0], first)?;
-    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 20, 1)?;
+    let mut spool = open_spool_with_segments(&dir, 1 << 20, 1)?;
     assert_eq!(segments(&dir, "folha")?, files[1..].to_vec());
     assert_eq!(spool.peek("folha", 10)?, written[3..].to_vec());
     assert_eq!(
@@ -306,18 +335,18 @@ fn segments_drained_before_a_crash_deleted_them_are_deleted_by_open() -> TestRes
 fn record_numbers_are_not_reused_after_a_portal_is_emptied() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     spool.append("folha", &records(0, 2, 10))?;
     spool.remove_front("folha", 2)?;
     assert!(segments(&dir, "folha")?.is_empty());
     assert_eq!(spool.bytes(), 0);
     drop(spool);
     // Were the numbers to start again at 0, `drained` (2) would hide the next records.
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     let later = records(10, 1, 10);
     spool.append("folha", &later)?;
     drop(spool);
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     assert_eq!(spool.peek("folha", 10)?, later);
     assert_eq!(spool.portals(), vec!["folha".to_string()]);
     Ok(())
@@ -328,7 +357,7 @@ fn a_full_spool_refuses_the_whole_append_and_draining_makes_room() -> TestResult
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
     let one = frame_len(&record(0, 50)) as u64;
-    let mut spool = Spool::open(&dir, 3 * one)?;
+    let mut spool = open_spool(&dir, 3 * one)?;
     spool.append("folha", &records(0, 2, 50))?;
     let before = (spool.bytes(), fs::read(&segments(&dir, "folha")?[0])?);
 
@@ -359,7 +388,7 @@ fn a_full_spool_refuses_the_whole_append_and_draining_makes_room() -> TestResult
 fn a_second_spool_on_the_same_directory_is_refused() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
-    let first = Spool::open(&dir, 1 << 20)?;
+    let first = open_spool(&dir, 1 << 20)?;
     match Spool::open(&dir, 1 << 20) {
         Err(error @ SpoolError::Lock(_)) => {
             assert!(!error.retryable());
@@ -368,7 +397,7 @@ fn a_second_spool_on_the_same_directory_is_refused() -> TestResult {
         other => panic!("expected Lock, got {other:?}"),
     }
     drop(first);
-    Spool::open(&dir, 1 << 20)?;
+    open_spool(&dir, 1 << 20)?;
     Ok(())
 }
 
@@ -376,7 +405,7 @@ fn a_second_spool_on_the_same_directory_is_refused() -> TestResult {
 fn callers_bugs_are_refused_without_touching_the_disk() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     for bad in ["../escape", "", "Folha", "-x", &"a".repeat(33)] {
         assert!(
             matches!(
@@ -408,14 +437,14 @@ fn callers_bugs_are_refused_without_touching_the_disk() -> TestResult {
 fn overlapping_segments_are_reported_as_damage() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
-    let mut spool = Spool::open(&dir, 1 << 20)?;
+    let mut spool = open_spool(&dir, 1 << 20)?;
     spool.append("folha", &records(0, 3, 5))?;
     drop(spool);
     let [segment] = segments(&dir, "folha")?
         .try_into()
         .map_err(|_| "one segment")?;
     fs::copy(&segment, dir.join("folha").join(format!("{:020}.spool", 1)))?;
-    match Spool::open(&dir, 1 << 20) {
+    match open_spool(&dir, 1 << 20) {
         Err(error @ SpoolError::Corrupt { .. }) => {
             assert!(!error.retryable());
             assert!(error.to_string().contains("move it away"), "{error}");
@@ -429,7 +458,7 @@ fn overlapping_segments_are_reported_as_damage() -> TestResult {
 fn records_of_every_size_and_key_round_trip_across_segments() -> TestResult {
     let temp = tempfile::tempdir()?;
     let dir = temp.path().join("spool");
-    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 20, 64)?;
+    let mut spool = open_spool_with_segments(&dir, 1 << 20, 64)?;
     let mut written = vec![
         SpooledRecord {
             partition_key: String::new(),
@@ -452,7 +481,7 @@ fn records_of_every_size_and_key_round_trip_across_segments() -> TestResult {
     spool.remove_front("folha", 5)?;
     assert_eq!(spool.peek("folha", 100)?, written[5..].to_vec());
     drop(spool);
-    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 20, 64)?;
+    let mut spool = open_spool_with_segments(&dir, 1 << 20, 64)?;
     assert_eq!(spool.peek("folha", 100)?, written[5..].to_vec());
     Ok(())
 }
@@ -479,7 +508,7 @@ fn crash_child() -> TestResult {
     use std::io::Write as _;
     let dir = PathBuf::from(std::env::var(CRASH_CHILD_DIR)?);
     let mut next: u64 = std::env::var(CRASH_CHILD_FIRST)?.parse()?;
-    let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 30, 2048)?;
+    let mut spool = open_spool_with_segments(&dir, 1 << 30, 2048)?;
     let mut stdout = std::io::stdout();
     for round in 0u64.. {
         spool.append("folha", &records(next, 3, 60))?;
@@ -544,7 +573,7 @@ fn acknowledged_records_survive_kill_9() -> TestResult {
         removed += acked_removed;
         let acked_last = acked_last.ok_or("the child acknowledged no append")?;
 
-        let mut spool = Spool::open_with_segment_bytes(&dir, 1 << 30, 2048)?;
+        let mut spool = open_spool_with_segments(&dir, 1 << 30, 2048)?;
         let held = spool.peek("folha", usize::MAX)?;
         let numbers: Vec<u64> = held
             .iter()
