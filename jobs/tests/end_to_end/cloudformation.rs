@@ -34,6 +34,9 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const STACK: &str = "pageflow-it";
 const ENVIRONMENT: &str = "it";
 const PORTALS: &str = "g1,ge,gshow";
+/// The pages allowed to send each portal's beacons, in the order of `PORTALS` (`|` between the
+/// origins of one portal).
+const PORTAL_ORIGINS: &str = "https://g1.example.com|https://m.g1.example.com,https://ge.example.com,https://gshow.example.com";
 
 /// The archive's layers: the delivery stream's name suffix and its key prefix in the bucket.
 const LAYERS: [(&str, &str); 3] = [
@@ -105,6 +108,7 @@ async fn deploy(
     let parameters = [
         ("Environment", environment),
         ("Portals", PORTALS),
+        ("PortalOrigins", PORTAL_ORIGINS),
         ("ClusterProcesses", processes),
         ("RunJob", "false"),
         (
