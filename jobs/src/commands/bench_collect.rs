@@ -127,7 +127,9 @@ impl CollectBenchSettings {
             ));
         }
         if self.backends.is_empty() {
-            problems.push("--backend names no backend: write `kinesis-local`, `noop` or a URL".to_string());
+            problems.push(
+                "--backend names no backend: write `kinesis-local`, `noop` or a URL".to_string(),
+            );
         }
         problems
     }
@@ -392,9 +394,10 @@ async fn create_streams(endpoint: &str) -> Result<()> {
                 .stream_name(&name)
                 .send()
                 .await;
-            let active = summary.ok().and_then(|s| s.stream_description_summary).is_some_and(
-                |s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active,
-            );
+            let active = summary
+                .ok()
+                .and_then(|s| s.stream_description_summary)
+                .is_some_and(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active);
             if active {
                 break;
             }
@@ -651,8 +654,12 @@ fn read_response(reader: &mut impl BufRead) -> Result<(u16, Vec<u8>)> {
             break;
         }
     }
-    let (status, length) = parse_response_head(&head)
-        .ok_or_else(|| anyhow!("cannot read the collector's answer: {}", String::from_utf8_lossy(&head)))?;
+    let (status, length) = parse_response_head(&head).ok_or_else(|| {
+        anyhow!(
+            "cannot read the collector's answer: {}",
+            String::from_utf8_lossy(&head)
+        )
+    })?;
     let mut body = vec![0; length];
     reader
         .read_exact(&mut body)
@@ -715,7 +722,10 @@ mod noop_kinesis {
             .unwrap_or_default();
         let operation = target.rsplit('.').next().unwrap_or_default();
         let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let name = request["StreamName"].as_str().unwrap_or("bench").to_string();
+        let name = request["StreamName"]
+            .as_str()
+            .unwrap_or("bench")
+            .to_string();
         let answer = match operation {
             "PutRecords" => {
                 let records = request["Records"].as_array().map_or(0, Vec::len);

@@ -627,7 +627,8 @@ async fn collector_takes_beacons_into_the_portal_streams(
         Some(portals[start..start + end].to_string())
     };
     for portal in PORTALS.split(',') {
-        let url = queue_url(portal).ok_or_else(|| format!("no sqs_queue for {portal}: {portals}"))?;
+        let url =
+            queue_url(portal).ok_or_else(|| format!("no sqs_queue for {portal}: {portals}"))?;
         let authorization = dummy_sigv4_authorization("sqs");
         let body = format!(
             "Action=GetQueueAttributes&Version=2012-11-05&AttributeName.1=All&QueueUrl={}",
@@ -650,7 +651,10 @@ async fn collector_takes_beacons_into_the_portal_streams(
             "KmsMasterKeyId",
             &format!("pageflow-{ENVIRONMENT}-{portal}-buffer-dlq.fifo"),
         ] {
-            assert!(text.contains(needle), "{needle} in the attributes of {url}: {text}");
+            assert!(
+                text.contains(needle),
+                "{needle} in the attributes of {url}: {text}"
+            );
         }
         assert!(
             !text.contains("<Name>ContentBasedDeduplication</Name><Value>true"),
