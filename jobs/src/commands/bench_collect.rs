@@ -193,7 +193,9 @@ pub fn run(settings: &CollectBenchSettings) -> Result<Vec<Figure>> {
         let (endpoint, _server) = start_backend(&runtime, backend)?;
         runtime.block_on(create_streams(&endpoint))?;
         let collector = start_collector(&work, &endpoint)?;
+        let cpu_before = cpu_seconds(collector.child.id());
         let result = drive_load(&collector.addr, settings)?;
+        let cpu_after = cpu_seconds(collector.child.id());
         drop(collector);
         let _ = std::fs::remove_dir_all(&work);
 
@@ -213,6 +215,23 @@ pub fn run(settings: &CollectBenchSettings) -> Result<Vec<Figure>> {
         record(format!("collect, {label}: p90"), latency.p90_ms, "ms");
         record(format!("collect, {label}: p99"), latency.p99_ms, "ms");
         record(format!("collect, {label}: max"), latency.max_ms, "ms");
+        // The collector's own CPU time over the whole run (warm-up included), per accepted event
+        // of the whole run: what one event costs it, whatever shares the cores.
+        if let (Some(before), Some(after)) = (cpu_before, cpu_after)
+            && result.accepted_all > 0
+        {
+            let per_event = (after - before) / result.accepted_all as f64;
+            record(
+                format!("collect, {label}: collector CPU per event"),
+                per_event * 1e6,
+                "µs",
+            );
+            record(
+                format!("collect, {label}: events/s per collector core"),
+                1.0 / per_event,
+                "events/s",
+            );
+        }
         if result.refused > 0 {
             record(
                 format!("collect, {label}: requests not answered 200"),
@@ -222,6 +241,23 @@ pub fn run(settings: &CollectBenchSettings) -> Result<Vec<Figure>> {
         }
     }
     Ok(figures)
+}
+
+/// CPU time the process `pid` has used, in seconds: the sum over its threads of the first field
+/// of `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU). `None` where there is no such
+/// file (not Linux, or no schedstats).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let mut nanos: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += schedstat_run_nanos(&text)?;
+    }
+    Some(nanos as f64 / 1e9)
+}
+
+/// The first field of a `schedstat` line: nanoseconds spent running.
+fn schedstat_run_nanos(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// A fresh scratch directory for one backend's collector (its config and spool).
@@ -489,6 +525,8 @@ fn start_collector(work: &Path, endpoint: &str) -> Result<RunningCollector> {
 struct LoadResult {
     /// Events the collector accepted in the measured time.
     accepted: u64,
+    /// Events the collector accepted in the whole run, warm-up included.
+    accepted_all: u64,
     /// Requests answered in the measured time.
     answered: u64,
     /// Of them, answered other than 200.
@@ -502,6 +540,7 @@ struct LoadResult {
 /// One client's counts.
 struct ClientResult {
     accepted: u64,
+    accepted_all: u64,
     answered: u64,
     refused: u64,
     latency: Histogram<u64>,
@@ -525,6 +564,7 @@ fn drive_load(addr: &str, settings: &CollectBenchSettings) -> Result<LoadResult>
     let measured_until = Instant::now();
     let mut total = LoadResult {
         accepted: 0,
+        accepted_all: 0,
         answered: 0,
         refused: 0,
         seconds: measured_until.duration_since(measure_from).as_secs_f64(),
@@ -535,6 +575,7 @@ fn drive_load(addr: &str, settings: &CollectBenchSettings) -> Result<LoadResult>
             .join()
             .map_err(|_| anyhow!("a load client panicked"))??;
         total.accepted += client.accepted;
+        total.accepted_all += client.accepted_all;
         total.answered += client.answered;
         total.refused += client.refused;
         total
@@ -561,6 +602,7 @@ fn run_client(
 ) -> Result<ClientResult> {
     let mut result = ClientResult {
         accepted: 0,
+        accepted_all: 0,
         answered: 0,
         refused: 0,
         latency: latency_histogram()?,
@@ -592,12 +634,18 @@ fn run_client(
             .context("cannot send a request to the collector")?;
         let (status, answer) = read_response(&mut reader)?;
         let elapsed = sent.elapsed();
+        let accepted = if status == 200 {
+            accepted_count(&answer).unwrap_or(0)
+        } else {
+            0
+        };
+        result.accepted_all += accepted;
         if sent < measure_from {
             continue;
         }
         result.answered += 1;
         if status == 200 {
-            result.accepted += accepted_count(&answer).unwrap_or(0);
+            result.accepted += accepted;
         } else {
             result.refused += 1;
         }
@@ -852,6 +900,19 @@ mod tests {
             ids.insert(event["event_id"].as_str().unwrap().to_string());
         }
         assert_eq!(ids.len(), 10);
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_schedstat() {
+        assert_eq!(
+            schedstat_run_nanos("123456789 2000 17\n"),
+            Some(123_456_789)
+        );
+        assert_eq!(schedstat_run_nanos(""), None);
+        // This process has used some CPU by now.
+        if let Some(seconds) = cpu_seconds(std::process::id()) {
+            assert!(seconds > 0.0);
+        }
     }
 
     #[test]
