@@ -100,7 +100,7 @@ pub fn parse_backends(text: &str) -> Result<Vec<Backend>, String> {
 /// Settings of `pageflow bench --collect`.
 #[derive(Clone, Debug)]
 pub struct CollectBenchSettings {
-    /// Seconds of measured load per backend (after [`WARM_UP`]).
+    /// Seconds of measured load per backend (after one second of warm-up, not counted).
     pub seconds: u64,
     /// Concurrent keep-alive clients.
     pub clients: u32,
