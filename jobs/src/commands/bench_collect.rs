@@ -342,8 +342,15 @@ fn start_kinesis_local() -> Result<(String, Child)> {
         .context("main.js lies in the package's directory")?;
     let plain = free_port()?;
     let tls = free_port()?;
+    // Runs main.js and exits when standard input ends: the bench holds the pipe, so a bench
+    // killed without its `Drop` does not leave the server behind.
+    const EXIT_WITH_STDIN: &str = "process.stdin.on('end', () => process.exit(0)); \
+         process.stdin.on('error', () => process.exit(0)); \
+         process.stdin.resume(); \
+         require(process.argv[1]);";
     let mut command = Command::new("node");
     command
+        .args(["-e", EXIT_WITH_STDIN])
         .arg(&main)
         .current_dir(package)
         .env("KINESIS_MOCK_PLAIN_PORT", plain.to_string())
@@ -354,17 +361,16 @@ fn start_kinesis_local() -> Result<(String, Child)> {
         .env("SHOULD_PERSIST_DATA", "false")
         .env("LOAD_DATA_IF_EXISTS", "false")
         .env("LOG_LEVEL", "ERROR")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for variable in ["CREATE_STREAM_DURATION", "UPDATE_SHARD_COUNT_DURATION"] {
         command.env(variable, "0ms");
     }
-    let child = command
+    let mut child = command
         .spawn()
         .context("cannot start kinesis-local: is `node` installed (Node.js 18 or later)?")?;
     let endpoint = format!("http://127.0.0.1:{plain}");
-    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some((200, _)) = get(&format!("127.0.0.1:{plain}"), "/healthcheck") {
