@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The dashboard in headless Chromium against a live job.
 #
-# Installs what it needs when missing (Debian's chromium package; playwright-core, pinned in
-# tests/browser/package-lock.json, with `npm ci`), starts `target/debug/pageflow run` on the
-# embedded synthetic source with one-second windows on a free loopback port, and runs
-# tests/browser/dashboard.test.mjs against it: the live lists render and change by themselves,
-# the related explorer answers, the health panel shows events per second, the operator view shows
-# the job graph with records, checkpoints and partition watermarks, a 401 is explained.
+# Installs what it needs when missing (scripts/browser-install.sh: Debian's chromium package;
+# playwright-core, pinned in tests/browser/package-lock.json, with `npm ci`), starts
+# `target/debug/pageflow run` on the embedded synthetic source with one-second windows on a free
+# loopback port, and runs tests/browser/dashboard.test.mjs against it: the live lists render and
+# change by themselves, the related explorer answers, the health panel shows events per second,
+# the operator view shows the job graph with records, checkpoints and partition watermarks, a 401
+# is explained.
 # The screenshot is kept as target/artifacts/dashboard.png (dashboard-failure.png on a failure).
 # The job is always stopped. Exits non-zero, saying why, on any failure.
 #
@@ -28,19 +29,7 @@ fail() {
 }
 
 # --- installs -----------------------------------------------------------------------------------
-if [ ! -x "$CHROMIUM" ]; then
-  echo "browser-test: installing Debian's chromium package"
-  [ "$(id -u)" = 0 ] || fail "$CHROMIUM is missing and installing it needs root: apt-get install -y --no-install-recommends chromium"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  [ -x "$CHROMIUM" ] || fail "apt-get installed chromium but $CHROMIUM is still missing"
-fi
-command -v node >/dev/null 2>&1 || fail "node is not installed (apt-get install -y nodejs npm)"
-if [ ! -f tests/browser/node_modules/playwright-core/package.json ] ||
-  [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
-  echo "browser-test: installing playwright-core (npm ci in tests/browser)"
-  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-fi
+CHROMIUM=$CHROMIUM bash scripts/browser-install.sh
 if [ ! -x "$PAGEFLOW_BIN" ]; then
   echo "browser-test: building pageflow"
   cargo build -p pageflow --locked

@@ -17,6 +17,10 @@ bash scripts/aws-local/install.sh
 # (both from PyPI into .venv-cfn). Its deployment into moto is an end-to-end test below.
 bash deploy/cloudformation/validate.sh
 
+# Chromium and playwright-core for the browser tests (the tracker's end-to-end test drives them
+# from `cargo test`; without them it fails saying to run this script).
+bash scripts/browser-install.sh
+
 # Unit, property and integration tests of every crate, doc examples included.
 cargo test --workspace --locked
 

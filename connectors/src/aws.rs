@@ -42,6 +42,25 @@ impl AwsConfig {
         aws_sdk_kinesis::Client::from_conf(builder.build())
     }
 
+    /// An SQS client for `sdk` (from [`Self::load`]) with the SDK's retries switched off and each
+    /// attempt bounded by `attempt_timeout`: the collector answers its clients within seconds, and
+    /// retries itself ([`crate::sqs_buffer::SqsBuffer::send`]).
+    pub fn sqs_client(
+        &self,
+        sdk: &aws_config::SdkConfig,
+        attempt_timeout: std::time::Duration,
+    ) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::config::Builder::from(sdk)
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build(),
+            )
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
     /// An Amazon Personalize runtime client (`GetRecommendations`) for `sdk` (from [`Self::load`]),
     /// with the SDK's retries switched off: recommendations are asked for within a budget of a
     /// few hundred milliseconds, which a second attempt cannot fit in (see

@@ -39,9 +39,9 @@ pub enum ConnectorError {
     },
     /// Another job holds the directory (see [`crate::dir_lock`]).
     #[error(
-        "`{}` is in use by {holder}: two jobs on one directory would write the same outputs and \
-         checkpoints; stop that one first, or give this one another directory (`sinks.dir`, \
-         `checkpoint.dir`)",
+        "`{}` is in use by {holder}: two processes on one directory would overwrite each other's \
+         files; stop that one first, or give this one another directory (a job's `sinks.dir` or \
+         `checkpoint.dir`, a collector's `[collect] spool_dir`)",
         dir.display()
     )]
     DirectoryInUse {

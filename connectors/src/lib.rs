@@ -14,6 +14,7 @@
 //! | [`checkpoint_store`] | incremental checkpoints ([`checkpoint_store::Checkpoints`]: immutable sorted runs shared between checkpoints, their manifest, compaction, checksums, retention, fallback to the previous good one) and the stores they live in: [`checkpoint_store::LocalDirStore`] and [`checkpoint_store::S3Store`], one file each; [`checkpoint_store::S3Lease`]: one job per S3 prefix | [`checkpoint_store::CheckpointStore`] |
 //! | [`files::retention`] | deleting the oldest closed local sink files beyond a size budget or an age, so the embedded default does not fill the disk | — |
 //! | [`dir_lock`] | [`dir_lock::DirLock`]: one job per local directory (the S3 counterpart is [`checkpoint_store::S3Lease`]) | — |
+//! | [`sqs_buffer`] | an SQS FIFO queue as the buffer in front of a Kinesis stream ([`sqs_buffer::SqsBuffer`]: `SendMessageBatch` in order per partition key, receive and delete for the drainer), used by the collector | [`batch::BatchApi`] |
 //! | [`batch`] | batched delivery with per-entry retries, shared by the Kinesis and Firehose sinks | — |
 //! | [`aws`] | AWS client configuration and the classification of SDK errors | — |
 //! | [`retry`] | the one backoff-with-jitter policy every retry uses | — |
@@ -32,6 +33,7 @@ pub mod firehose_sink;
 pub mod kinesis;
 pub mod personalize;
 pub mod retry;
+pub mod sqs_buffer;
 pub mod synthetic;
 
 pub use error::ConnectorError;

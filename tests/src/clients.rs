@@ -36,6 +36,17 @@ pub fn firehose_client(endpoint: &str, retry: RetryConfig) -> aws_sdk_firehose::
     aws_sdk_firehose::Client::from_conf(config)
 }
 
+/// An SQS client for `endpoint`.
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials())
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
 /// An S3 client for `endpoint` (path-style addressing, as local servers need).
 pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()

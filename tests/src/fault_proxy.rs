@@ -42,6 +42,10 @@ use std::time::Duration;
 pub const KINESIS_PUT_RECORDS: &str = "Kinesis_20131202.PutRecords";
 /// The Firehose `PutRecordBatch` operation, as its `X-Amz-Target` header names it.
 pub const FIREHOSE_PUT_RECORD_BATCH: &str = "Firehose_20150804.PutRecordBatch";
+/// The SQS `SendMessageBatch` operation (SQS's JSON protocol), as its `X-Amz-Target` header names it.
+pub const SQS_SEND_MESSAGE_BATCH: &str = "AmazonSQS.SendMessageBatch";
+/// The SQS `ReceiveMessage` operation.
+pub const SQS_RECEIVE_MESSAGE: &str = "AmazonSQS.ReceiveMessage";
 /// The most client connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 32;
 
@@ -201,7 +205,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream_authority: authority.to_string(),
             upstream_address,
-            plan: plan.operations,
+            plan: Mutex::new(plan.operations),
             scripts: Mutex::new(
                 plan.scripts
                     .into_iter()
@@ -233,6 +237,12 @@ impl FaultProxy {
         format!("http://{}", self.address)
     }
 
+    /// From now on, the calls of `operation` get `faults` (`Faults::default()` for none): an
+    /// outage that starts or ends while the client runs.
+    pub fn set_faults(&self, operation: &str, faults: Faults) {
+        lock(&self.shared.plan).insert(operation.to_string(), faults);
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> ProxyStats {
         lock(&self.shared.stats).clone()
@@ -257,7 +267,7 @@ impl Drop for FaultProxy {
 struct Shared {
     upstream_authority: String,
     upstream_address: SocketAddr,
-    plan: BTreeMap<String, Faults>,
+    plan: Mutex<BTreeMap<String, Faults>>,
     /// The scripted faults of the next calls, per operation.
     scripts: Mutex<BTreeMap<String, VecDeque<Fault>>>,
     random: Mutex<SplitMix64>,
@@ -310,8 +320,7 @@ impl Shared {
             .get_mut(operation)
             .and_then(VecDeque::pop_front);
         if let Some(fault) = scripted {
-            let share = self
-                .plan
+            let share = lock(&self.plan)
                 .get(operation)
                 .map_or(0.3, |faults| faults.failed_entry_share);
             return match fault {
@@ -322,7 +331,7 @@ impl Shared {
                 Fault::Partial => Decision::Forward,
             };
         }
-        let Some(faults) = self.plan.get(operation) else {
+        let Some(faults) = lock(&self.plan).get(operation).copied() else {
             return Decision::Forward;
         };
         let draw = lock(&self.random).next_f64();

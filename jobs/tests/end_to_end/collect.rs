@@ -8,14 +8,14 @@ use std::time::Duration;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use pageflow_tests::aws::{MotoServer, aws_env, http_request};
 use pageflow_tests::clients::{kinesis_client, read_stream};
-use pageflow_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, Faults, KINESIS_PUT_RECORDS};
+use pageflow_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, KINESIS_PUT_RECORDS};
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pageflow");
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn pageview(id: &str, portal: &str, user: &str) -> String {
+pub(crate) fn pageview(id: &str, portal: &str, user: &str) -> String {
     format!(
         r#"{{"event_id":"{id}","portal":"{portal}","user_id":"{user}","article_id":"a-{id}","ts":1700000000000,"dwell_ms":1500,"scroll_pct":60,"clicks":2}}"#
     )
@@ -189,7 +189,7 @@ fn start_collector_with(
     Ok((dir, collector, port))
 }
 
-async fn create_streams(kinesis: &aws_sdk_kinesis::Client) -> TestResult {
+pub(crate) async fn create_streams(kinesis: &aws_sdk_kinesis::Client) -> TestResult {
     for stream in ["pageviews-g1", "pageviews-ge"] {
         kinesis
             .create_stream()
@@ -245,50 +245,6 @@ async fn entries_kinesis_fails_are_sent_again_until_every_event_is_in_the_stream
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(stored, expected, "every event exactly once");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_kinesis_keeps_refusing_is_answered_503_to_be_sent_again() -> TestResult {
-    let moto = MotoServer::start()?;
-    let kinesis = kinesis_client(&moto.endpoint, RetryConfig::standard());
-    create_streams(&kinesis).await?;
-    let proxy = FaultProxy::start(
-        &moto.endpoint,
-        FaultPlan::new(7).on(
-            KINESIS_PUT_RECORDS,
-            Faults {
-                throttle: 1.0,
-                ..Faults::default()
-            },
-        ),
-    )?;
-    let (_dir, _collector, port) = start_collector(&proxy.endpoint())?;
-    let body = pageview("e-1", "g1", "u-1");
-    let response = http_request(port, "POST", "/v1/collect", &[], body.as_bytes())?;
-    assert_eq!(response.status, 503, "{}", response.text());
-    assert!(
-        response
-            .headers
-            .iter()
-            .any(|(name, value)| name == "retry-after" && value == "1"),
-        "{:?}",
-        response.headers
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&response.body)?;
-    assert_eq!(answer["error"]["code"], "kinesis_unavailable");
-    assert!(
-        proxy.stats().operation(KINESIS_PUT_RECORDS).throttled >= 2,
-        "retried before giving up"
-    );
-    let metrics = http_request(port, "GET", "/metrics", &[], b"")?.text();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "pageflow_collect_write_failures_total 1"),
-        "{metrics}"
-    );
-    assert!(read_stream(&kinesis, "pageviews-g1").await?.is_empty());
     Ok(())
 }
 

@@ -4,13 +4,15 @@
 //! ```toml
 //! [collect]
 //! listen = "127.0.0.1:8090"          # the default
-//! spool_dir = "./pageflow-data/collect-spool"
+//! spool_dir = "./pageflow-data/collect-spool"   # the last resort: local disk, fsync'd
+//! spool_max_bytes = 1073741824        # 1 GiB, the default
+//! stop_timeout = "20s"                # on SIGTERM, time to move spooled events off local disk
 //!
 //! [[collect.portals]]
 //! portal = "g1"
 //! stream = "pageviews-g1"             # a Kinesis stream name or ARN
 //! origins = ["https://g1.globo.com"]  # the pages allowed to send beacons
-//! sqs_queue = "pageviews-g1-buffer"   # optional: where events go when Kinesis refuses them
+//! sqs_queue = "pageviews-g1-buffer.fifo" # optional: a FIFO queue for events Kinesis refuses
 //!
 //! [collect.rate_limit]                # per client address, off by default (see client_limits)
 //! enabled = true
@@ -24,6 +26,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use pageflow_dataflow::config::Millis;
 use pageflow_dataflow::event::is_valid_portal;
 use pageflow_serve::rate_limit::RateLimitConfig;
 use serde::{Deserialize, Serialize};
@@ -36,9 +39,14 @@ pub struct CollectConfig {
     pub listen: String,
     /// The portals whose pageviews are taken, each with its stream.
     pub portals: Vec<CollectPortal>,
-    /// Where events are kept on local disk when neither Kinesis nor SQS takes them (the spool;
-    /// not used yet by this version of the collector).
+    /// Where events are kept on local disk when neither Kinesis nor SQS takes them (the spool,
+    /// see `super::spool`); one collector process per directory.
     pub spool_dir: PathBuf,
+    /// The most bytes the spool may hold; beyond, requests are answered 503 (default 1 GiB).
+    pub spool_max_bytes: u64,
+    /// On SIGTERM, how long the collector, once it takes no more requests, keeps moving spooled
+    /// events to Kinesis or SQS before it exits (default `20s`; keep it below ECS `stopTimeout`).
+    pub stop_timeout: Millis,
     /// Requests per client address (`[collect.rate_limit]`, off by default; see
     /// `super::client_limits`).
     pub rate_limit: RateLimitConfig,
@@ -50,6 +58,8 @@ impl Default for CollectConfig {
             listen: "127.0.0.1:8090".to_string(),
             portals: Vec::new(),
             spool_dir: PathBuf::from("./pageflow-data/collect-spool"),
+            spool_max_bytes: 1 << 30,
+            stop_timeout: Millis::seconds(20),
             rate_limit: RateLimitConfig::default(),
         }
     }
@@ -93,6 +103,12 @@ impl CollectConfig {
                     .to_string(),
             );
         }
+        if self.spool_max_bytes < 1 << 20 {
+            problems.push(format!(
+                "[collect] `spool_max_bytes` = {} is less than 1 MiB, one request's worth: give the spool room for the events of an SQS outage, e.g. 1073741824 (1 GiB)",
+                self.spool_max_bytes
+            ));
+        }
         problems.extend(super::client_limits::validate(&self.rate_limit));
         let mut seen = BTreeSet::new();
         for entry in &self.portals {
@@ -110,6 +126,14 @@ impl CollectConfig {
             if entry.stream.trim().is_empty() {
                 problems.push(format!(
                     "[[collect.portals]] portal `{name}`: `stream` is empty: name its Kinesis stream (or give its ARN)"
+                ));
+            }
+            if let Some(queue) = &entry.sqs_queue
+                && !queue.trim().is_empty()
+                && !queue.trim_end_matches('/').ends_with(".fifo")
+            {
+                problems.push(format!(
+                    "[[collect.portals]] portal `{name}`: sqs_queue `{queue}` is not a FIFO queue (its name must end in `.fifo`): a standard queue gives messages back in any order, and a reader's pageviews must reach Kinesis in order"
                 ));
             }
             for origin in &entry.origins {
@@ -180,10 +204,14 @@ mod tests {
         bad.stream = " ".to_string();
         bad.origins = vec!["https://g1.example.com/".to_string(), "g1.com".to_string()];
         bad.sqs_queue = Some(String::new());
+        let mut standard_queue = portal("gshow");
+        standard_queue.sqs_queue = Some("pageviews-gshow-buffer".to_string());
         let config = CollectConfig {
             listen: "localhost".to_string(),
-            portals: vec![bad, portal("ge"), portal("ge")],
+            portals: vec![bad, portal("ge"), portal("ge"), standard_queue],
             spool_dir: PathBuf::new(),
+            spool_max_bytes: 1000,
+            stop_timeout: Millis::seconds(20),
             rate_limit: RateLimitConfig {
                 per_second: 0.0,
                 ..RateLimitConfig::default()
@@ -193,6 +221,8 @@ mod tests {
         for needle in [
             "`listen`",
             "`spool_dir`",
+            "`spool_max_bytes` = 1000",
+            "is not a FIFO queue",
             "portal `G1` is not a portal name",
             "`stream` is empty",
             "origin `https://g1.example.com/`",
@@ -206,7 +236,7 @@ mod tests {
                 "{needle} in {problems:#?}"
             );
         }
-        assert_eq!(problems.len(), 9, "{problems:#?}");
+        assert_eq!(problems.len(), 11, "{problems:#?}");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The collector's HTTP routes.
 //!
 //! - `POST /v1/collect`: a body of events ([`super::request`]) → 200
-//!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is in
-//!   its portal's stream; 400 when no event is valid (the same fields, plus `error`) or the body
-//!   is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
-//!   `Retry-After`) when Kinesis did not take every accepted event, so the client sends it again;
+//!   `{"accepted": n, "rejected": [{"index", "reason", "detail"}]}` once every accepted event is
+//!   durable (in its portal's stream, SQS queue or the spool: [`super::delivery`]); 400 when no
+//!   event is valid (the same fields, plus `error`) or the body is not a list of events; 413 beyond [`MAX_BODY_BYTES`] or [`MAX_EVENTS`]; 503 (with
+//!   `Retry-After`, code `not_durable`) when an accepted event is durable nowhere (Kinesis, SQS and
+//!   the spool all refused it), so the client sends it again;
 //!   403 from a page origin no portal lists; 429 (with `Retry-After`) when the client's address
 //!   has used up its rate limit ([`super::client_limits`]).
 //! - `OPTIONS /v1/collect`: the CORS preflight ([`super::cors`]): 204 for a listed origin, else 403.
+//! - `GET /v1/pixel.gif?…`: the same for one event given as query fields ([`super::pixel`]).
+//! - `GET /tracker.js`, `GET /tracker/test.html`: the browser tracker and its test page ([`super::tracker`]).
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every portal's stream has been found, else 503.
 //! - `GET /metrics`: the counters ([`super::metrics`]).
@@ -29,7 +32,7 @@ use serde::Serialize;
 
 use super::client_limits::ClientLimits;
 use super::cors::{self, Origins};
-use super::kinesis_writer::KinesisWriter;
+use super::delivery::DurableWriter;
 use super::metrics::CollectMetrics;
 use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge};
 
@@ -38,8 +41,8 @@ use super::request::{BodyError, MAX_BODY_BYTES, MAX_EVENTS, RejectedEvent, judge
 pub struct Collector {
     /// The portals collected here.
     pub portals: BTreeSet<String>,
-    /// Their streams.
-    pub writer: KinesisWriter,
+    /// Their streams, buffers and spool.
+    pub writer: DurableWriter,
     /// The page origins allowed per portal.
     pub origins: Origins,
     /// The rate limits per client address.
@@ -54,6 +57,9 @@ pub struct Collector {
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
         .route("/v1/collect", post(collect).options(preflight))
+        .route("/v1/pixel.gif", get(super::pixel::pixel))
+        .route("/tracker.js", get(super::tracker::tracker_js))
+        .route("/tracker/test.html", get(super::tracker::test_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -253,28 +259,21 @@ pub(super) async fn accept(collector: &Collector, bytes: &[u8], origin: Option<&
             },
         );
     }
-    match collector.writer.write(&judged.accepted).await {
-        Ok(written) => {
-            collector.metrics.add_written("kinesis", written as u64);
-            json(
-                StatusCode::OK,
-                &CollectAnswer {
-                    error: None,
-                    accepted: judged.accepted.len(),
-                    rejected: &judged.rejected,
-                },
-            )
-        }
+    match collector.writer.store(&judged.accepted).await {
+        Ok(_) => json(
+            StatusCode::OK,
+            &CollectAnswer {
+                error: None,
+                accepted: judged.accepted.len(),
+                rejected: &judged.rejected,
+            },
+        ),
         Err(failure) => {
             collector.metrics.record_write_failure();
-            tracing::warn!(
-                unwritten = failure.unwritten,
-                fatal = failure.fatal,
-                "collect: {failure}"
-            );
+            tracing::warn!(undurable = failure.undurable, "collect: {failure}");
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "kinesis_unavailable",
+                "not_durable",
                 &failure.to_string(),
             );
             response
