@@ -600,6 +600,17 @@ async fn collector_takes_beacons_into_the_portal_streams(
         container["command"],
         serde_json::json!(["collect", "--config", "/dev/null"])
     );
+    assert_eq!(
+        container["stopTimeout"], 30,
+        "ECS waits longer than collect.stop_timeout before SIGKILL"
+    );
+    assert!(
+        env.contains(&(
+            "PAGEFLOW__COLLECT__STOP_TIMEOUT".to_string(),
+            "20s".to_string()
+        )),
+        "{env:?}"
+    );
     let portals = env
         .iter()
         .find(|(name, _)| name == "PAGEFLOW__COLLECT__PORTALS")
