@@ -196,6 +196,11 @@ pub fn run(settings: &CollectBenchSettings) -> Result<Vec<Figure>> {
         let cpu_before = cpu_seconds(collector.child.id());
         let result = drive_load(&collector.addr, settings)?;
         let cpu_after = cpu_seconds(collector.child.id());
+        // Where the events went: with a slow backend the collector makes them durable in its
+        // spool instead, and the figures then measure the spool, not Kinesis.
+        let paths = get(&collector.addr, "/metrics")
+            .map(|(_, body)| written_by_path(&String::from_utf8_lossy(&body)))
+            .unwrap_or_default();
         drop(collector);
         let _ = std::fs::remove_dir_all(&work);
 
@@ -232,6 +237,13 @@ pub fn run(settings: &CollectBenchSettings) -> Result<Vec<Figure>> {
                 "events/s",
             );
         }
+        for (path, events) in &paths {
+            record(
+                format!("collect, {label}: events written to {path} (whole run)"),
+                *events as f64,
+                "events",
+            );
+        }
         if result.refused > 0 {
             record(
                 format!("collect, {label}: requests not answered 200"),
@@ -258,6 +270,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// The first field of a `schedstat` line: nanoseconds spent running.
 fn schedstat_run_nanos(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
+}
+
+/// `pageflow_collect_events_written_total{path="…"}` of the collector's `/metrics`: events made
+/// durable by path (kinesis, sqs, spool), those with any.
+fn written_by_path(metrics: &str) -> Vec<(String, u64)> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("pageflow_collect_events_written_total{path=\"")?;
+            let (path, rest) = rest.split_once('"')?;
+            let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            (value > 0.0).then(|| (path.to_string(), value as u64))
+        })
+        .collect()
 }
 
 /// A fresh scratch directory for one backend's collector (its config and spool).
@@ -906,6 +932,19 @@ mod tests {
             ids.insert(event["event_id"].as_str().unwrap().to_string());
         }
         assert_eq!(ids.len(), 10);
+    }
+
+    #[test]
+    fn written_events_are_read_by_path_from_the_metrics() {
+        let metrics = "# TYPE pageflow_collect_events_written_total counter\n\
+            pageflow_collect_events_written_total{path=\"kinesis\"} 120\n\
+            pageflow_collect_events_written_total{path=\"sqs\"} 0\n\
+            pageflow_collect_events_written_total{path=\"spool\"} 7\n\
+            pageflow_collect_events_accepted_total 127\n";
+        assert_eq!(
+            written_by_path(metrics),
+            vec![("kinesis".to_string(), 120), ("spool".to_string(), 7)]
+        );
     }
 
     #[test]
