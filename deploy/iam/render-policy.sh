@@ -2,7 +2,7 @@
 # Renders one of pageflow's IAM policy templates (deploy/iam/*.json) to stdout, with the
 # placeholders replaced by real names. See deploy/iam/README.md.
 #
-#   deploy/iam/render-policy.sh [--policy task|firehose-delivery|firehose-trust] REGION ACCOUNT_ID [STREAM_PREFIX]
+#   deploy/iam/render-policy.sh [--policy task|collector|firehose-delivery|firehose-trust] REGION ACCOUNT_ID [STREAM_PREFIX]
 #
 # Names other than the region, the account and the portal-stream prefix come from the environment
 # (defaults in brackets):
@@ -19,6 +19,8 @@
 #   KMS_KEY_ID             id of the customer managed key of encrypted streams; unset = no KMS
 #                          statements []
 #   ARCHIVE_BUCKET         archive bucket (firehose-delivery only; required there) []
+#   QUEUE_PREFIX           name prefix of the collector's SQS buffer queues (collector only)
+#                                                                       [pageflow-]
 #   OMIT                   space-separated Sids of further statements to leave out []
 #
 # STREAM_PREFIX (default "pageflow-") selects the portal streams: stream/STREAM_PREFIX*.
@@ -80,6 +82,7 @@ CHECKPOINT_PREFIX="${CHECKPOINT_PREFIX:-pageflow/checkpoints}"
 PERSONALIZE_PREFIX="${PERSONALIZE_PREFIX:-}"
 KMS_KEY_ID="${KMS_KEY_ID:-}"
 ARCHIVE_BUCKET="${ARCHIVE_BUCKET:-}"
+QUEUE_PREFIX="${QUEUE_PREFIX:-pageflow-}"
 OMIT="${OMIT:-}"
 
 [[ "$REGION" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || fail "REGION '$REGION' is not a region name such as eu-west-1"
@@ -93,7 +96,7 @@ check_name() {
 }
 for variable in STREAM_PREFIX FEATURES_STREAM CONSUMER_NAME FIREHOSE_RAW FIREHOSE_PROCESSED \
     FIREHOSE_DEAD_LETTER CHECKPOINT_BUCKET CHECKPOINT_PREFIX PERSONALIZE_PREFIX KMS_KEY_ID \
-    ARCHIVE_BUCKET; do
+    ARCHIVE_BUCKET QUEUE_PREFIX; do
     check_name "$variable" "${!variable}"
 done
 [[ -n "$STREAM_PREFIX" ]] || fail "STREAM_PREFIX must not be empty (it would grant every stream of the account)"
@@ -115,6 +118,13 @@ case "$policy" in
             omitted+=" KmsDecryptPortalStreams KmsEncryptFeaturesStream KmsCheckpointObjects"
         fi
         ;;
+    collector)
+        template="$here/pageflow-collector-policy.json"
+        [[ -n "$QUEUE_PREFIX" ]] || fail "QUEUE_PREFIX must not be empty (it would grant every queue of the account)"
+        if [[ -z "$KMS_KEY_ID" ]]; then
+            omitted+=" KmsEncryptPortalStreams KmsBufferQueues"
+        fi
+        ;;
     firehose-delivery)
         template="$here/firehose-delivery-role-policy.json"
         [[ -n "$ARCHIVE_BUCKET" ]] || fail "ARCHIVE_BUCKET must be set for --policy firehose-delivery"
@@ -122,7 +132,7 @@ case "$policy" in
     firehose-trust)
         template="$here/firehose-trust-policy.json"
         ;;
-    *) fail "unknown policy '$policy' (task, firehose-delivery or firehose-trust)" ;;
+    *) fail "unknown policy '$policy' (task, collector, firehose-delivery or firehose-trust)" ;;
 esac
 
 read -r -a omitted_sids <<<"$omitted"
@@ -141,7 +151,7 @@ sed_value() {
 substitutions=()
 for placeholder in REGION ACCOUNT_ID STREAM_PREFIX FEATURES_STREAM CONSUMER_NAME FIREHOSE_RAW \
     FIREHOSE_PROCESSED FIREHOSE_DEAD_LETTER CHECKPOINT_BUCKET CHECKPOINT_PREFIX \
-    PERSONALIZE_PREFIX KMS_KEY_ID ARCHIVE_BUCKET; do
+    PERSONALIZE_PREFIX KMS_KEY_ID ARCHIVE_BUCKET QUEUE_PREFIX; do
     substitutions+=(-e "s|${placeholder}|$(sed_value "${!placeholder}")|g")
 done
 

@@ -129,7 +129,7 @@ enum Command {
         /// Only the serving layer under HTTP load (needs `wrk`) while the job ingests.
         #[arg(long)]
         serve: bool,
-        /// Serving benchmark: seconds of load per scenario.
+        /// Serving and collector benchmarks: seconds of load per scenario.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Serving benchmark: open connections.
@@ -164,6 +164,21 @@ enum Command {
         /// Cluster: files the input is split into, by reader (each is one source partition).
         #[arg(long, default_value_t = 4)]
         files: usize,
+        /// Only the collector under load: accepted events/s and latency percentiles of
+        /// `pageflow collect` on loopback (--seconds, --clients, --batch, --backend).
+        #[arg(long)]
+        collect: bool,
+        /// Collector benchmark: concurrent keep-alive clients.
+        #[arg(long, default_value_t = 16)]
+        clients: u32,
+        /// Collector benchmark: events per request.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Collector benchmark: the Kinesis behind it, comma-separated: `kinesis-local`
+        /// (the tests' emulator), `noop` (answers every PutRecords at once: the collector's own
+        /// cost), or a Kinesis endpoint URL already running.
+        #[arg(long, default_value = "kinesis-local,noop")]
+        backend: String,
     },
     /// List the job's checkpoints (newest first) with their state: committed, torn or corrupt.
     Checkpoints {
@@ -369,6 +384,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkpoints { config } => {
             let config = load_config(config.as_deref())?;
             print!("{}", commands::checkpoints::list(&config)?);
+            Ok(())
+        }
+        Command::Bench {
+            collect: true,
+            seconds,
+            clients,
+            batch,
+            backend,
+            ..
+        } => {
+            let backends = commands::bench_collect::parse_backends(&backend)
+                .map_err(|problem| anyhow::anyhow!("--backend: {problem}"))?;
+            commands::bench_collect::run(&commands::bench_collect::CollectBenchSettings {
+                seconds,
+                clients,
+                batch,
+                backends,
+            })?;
             Ok(())
         }
         Command::Bench {

@@ -194,7 +194,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 }
 
 /// Reads the job's log until it says where it serves.
-fn announced_address(stderr: std::process::ChildStderr) -> Result<String> {
+pub(super) fn announced_address(stderr: std::process::ChildStderr) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = BufReader::new(stderr).lines();
     while Instant::now() < deadline {

@@ -4,6 +4,7 @@ pub mod aws;
 pub mod bench;
 pub mod bench_checkpoints;
 pub mod bench_cluster;
+pub mod bench_collect;
 pub mod bench_serve;
 pub mod bench_soak;
 pub mod checkpoints;

@@ -34,6 +34,9 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const STACK: &str = "pageflow-it";
 const ENVIRONMENT: &str = "it";
 const PORTALS: &str = "g1,ge,gshow";
+/// The pages allowed to send each portal's beacons, in the order of `PORTALS` (`|` between the
+/// origins of one portal).
+const PORTAL_ORIGINS: &str = "https://g1.example.com|https://m.g1.example.com,https://ge.example.com,https://gshow.example.com";
 
 /// The archive's layers: the delivery stream's name suffix and its key prefix in the bucket.
 const LAYERS: [(&str, &str); 3] = [
@@ -105,6 +108,7 @@ async fn deploy(
     let parameters = [
         ("Environment", environment),
         ("Portals", PORTALS),
+        ("PortalOrigins", PORTAL_ORIGINS),
         ("ClusterProcesses", processes),
         ("RunJob", "false"),
         (
@@ -572,6 +576,162 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
             .any(|o| o.key().is_some_and(|k| k.ends_with("/MANIFEST.json"))),
         "a committed checkpoint under s3://{bucket}/{checkpoint_prefix}/: {:?}",
         listed.contents()
+    );
+    collector_takes_beacons_into_the_portal_streams(
+        &moto,
+        &kinesis,
+        &output("CollectorTaskDefinition")?,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `pageflow collect` with the environment of the stack's collector task definition
+/// (locally: the endpoint, a loopback port and a spool directory that exists here), checks that
+/// each portal's SQS buffer is a KMS-encrypted FIFO queue with a dead-letter queue, and that a
+/// beacon from a second origin of g1 lands in the stack's g1 stream.
+async fn collector_takes_beacons_into_the_portal_streams(
+    moto: &MotoServer,
+    kinesis: &aws_sdk_kinesis::Client,
+    task_definition: &str,
+) -> TestResult {
+    let (container, mut env) = container_environment(moto, task_definition)?;
+    assert_eq!(
+        container["command"],
+        serde_json::json!(["collect", "--config", "/dev/null"])
+    );
+    assert_eq!(
+        container["stopTimeout"], 30,
+        "ECS waits longer than collect.stop_timeout before SIGKILL"
+    );
+    assert!(
+        env.contains(&(
+            "PAGEFLOW__COLLECT__STOP_TIMEOUT".to_string(),
+            "20s".to_string()
+        )),
+        "{env:?}"
+    );
+    let portals = env
+        .iter()
+        .find(|(name, _)| name == "PAGEFLOW__COLLECT__PORTALS")
+        .map(|(_, value)| value.clone())
+        .ok_or("the collector's task definition sets no PAGEFLOW__COLLECT__PORTALS")?;
+    for portal in PORTALS.split(',') {
+        for needle in [
+            format!("portal=\"{portal}\",stream=\"pageflow-{ENVIRONMENT}-pageviews-{portal}\""),
+            format!("pageflow-{ENVIRONMENT}-{portal}-buffer.fifo\"}}"),
+        ] {
+            assert!(portals.contains(&needle), "{needle} in {portals}");
+        }
+    }
+    assert!(
+        portals.contains(r#"origins=["https://g1.example.com","https://m.g1.example.com"]"#),
+        "g1's two origins: {portals}"
+    );
+
+    // Each buffer: FIFO, encrypted with the stack's key, dead letters after 10 receives.
+    let queue_url = |portal: &str| {
+        let start = portals
+            .find(&format!("portal=\"{portal}\""))
+            .and_then(|at| portals[at..].find("sqs_queue=\"").map(|q| at + q + 11))?;
+        let end = portals[start..].find('"')?;
+        Some(portals[start..start + end].to_string())
+    };
+    for portal in PORTALS.split(',') {
+        let url =
+            queue_url(portal).ok_or_else(|| format!("no sqs_queue for {portal}: {portals}"))?;
+        let authorization = dummy_sigv4_authorization("sqs");
+        let body = format!(
+            "Action=GetQueueAttributes&Version=2012-11-05&AttributeName.1=All&QueueUrl={}",
+            url.replace(':', "%3A").replace('/', "%2F")
+        );
+        let answer = http_request(
+            moto.port(),
+            "POST",
+            "/",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &authorization),
+            ],
+            body.as_bytes(),
+        )?;
+        let text = answer.text();
+        assert_eq!(answer.status, 200, "GetQueueAttributes {url}: {text}");
+        for needle in [
+            "FifoQueue",
+            "KmsMasterKeyId",
+            &format!("pageflow-{ENVIRONMENT}-{portal}-buffer-dlq.fifo"),
+        ] {
+            assert!(
+                text.contains(needle),
+                "{needle} in the attributes of {url}: {text}"
+            );
+        }
+        assert!(
+            !text.contains("<Name>ContentBasedDeduplication</Name><Value>true"),
+            "the collector sets the deduplication id: {text}"
+        );
+    }
+
+    let dir = tempfile::tempdir()?;
+    env.extend(aws_env(&moto.endpoint));
+    for (name, value) in [
+        ("PAGEFLOW__COLLECT__LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "PAGEFLOW__COLLECT__SPOOL_DIR",
+            dir.path().join("spool").to_string_lossy().to_string(),
+        ),
+    ] {
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_string(), value));
+    }
+    let mut collector = JobProcess::spawn(
+        Command::new(BIN)
+            .args(["collect", "--config", "/dev/null"])
+            .envs(env),
+    )?;
+    let addr = collector.http_address(Duration::from_secs(60))?;
+    let ready = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        http_get(&addr, "/readyz").and_then(|(status, _)| (status == 200).then_some(()))
+    });
+    assert!(
+        ready.is_some(),
+        "the collector never found the stack's streams:\n{}",
+        collector.stderr()
+    );
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no port in {addr}"))?;
+    let beacon = r#"[{"event_id":"stack-beacon-1","portal":"g1","user_id":"u-stack","article_id":"g1/politica/stack","ts":1795435200000}]"#;
+    let answer = http_request(
+        port,
+        "POST",
+        "/v1/collect",
+        &[
+            ("Content-Type", "text/plain"),
+            ("Origin", "https://m.g1.example.com"),
+        ],
+        beacon.as_bytes(),
+    )?;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let accepted: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    assert_eq!(accepted["accepted"], 1, "{accepted}");
+    let stream = format!("pageflow-{ENVIRONMENT}-pageviews-g1");
+    let written = read_stream(kinesis, &stream).await?;
+    assert!(
+        written
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.data).contains("stack-beacon-1")),
+        "the beacon in {stream}"
+    );
+    collector.terminate()?;
+    let stopped = collector.wait_timeout(Duration::from_secs(30));
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "pageflow collect did not stop on SIGTERM: {stopped:?}\n{}",
+        collector.stderr()
     );
     Ok(())
 }
