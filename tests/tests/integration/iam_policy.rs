@@ -10,6 +10,9 @@
 //!   `SubscribeToShard`, a stream ARN for `RegisterStreamConsumer`, and so on.
 //! - **Renderable.** Every placeholder is one `deploy/iam/render-policy.sh` replaces, and the
 //!   templates keep the line layout the script's statement filter relies on.
+//! - **The collector's policy** (`pageflow-collector-policy.json`) is held to the same: the
+//!   collector's code, its SQS buffer and the Kinesis sink it writes with must be allowed by it
+//!   (the SQS buffer is left out of the task policy's check: only the collector runs it).
 //! - **Enough for the code.** Every `.rs` file under `connectors/src/` (recursively, so files added
 //!   later are covered) is scanned for AWS SDK fluent calls (`.get_records()`, `.put_record_batch()`
 //!   …), outside comments, string literals and `#[cfg(test)]` items. Each call that
@@ -26,6 +29,8 @@ type TestResult = Result<(), Box<dyn Error>>;
 
 /// The policy of the ECS task role.
 const TASK_POLICY: &str = "deploy/iam/pageflow-task-policy.json";
+/// The policy of the collector's ECS task role (`pageflow collect`).
+const COLLECTOR_POLICY: &str = "deploy/iam/pageflow-collector-policy.json";
 /// The policy of the role the Firehose delivery streams assume to write the archive bucket.
 const FIREHOSE_DELIVERY_POLICY: &str = "deploy/iam/firehose-delivery-role-policy.json";
 /// Who may assume that role.
@@ -34,6 +39,28 @@ const FIREHOSE_TRUST_POLICY: &str = "deploy/iam/firehose-trust-policy.json";
 const RENDER_SCRIPT: &str = "deploy/iam/render-policy.sh";
 /// Scanned for SDK calls.
 const CONNECTOR_SOURCES: &str = "connectors/src";
+
+/// Sources only the collector runs (its SQS buffer): held to the collector's policy, not the
+/// job's task policy.
+const COLLECTOR_ONLY_SOURCES: &[&str] = &["connectors/src/sqs_buffer.rs"];
+
+/// Every source of the collector's AWS calls: its own code, its SQS buffer and the Kinesis sink
+/// it writes the portal streams with.
+const COLLECTOR_SOURCES: &[&str] = &[
+    "jobs/src/commands/collect",
+    "connectors/src/sqs_buffer.rs",
+    "connectors/src/kinesis/sink.rs",
+];
+
+/// SDK calls the collector is known to make (a broken scan fails on them).
+const KNOWN_COLLECTOR_CALLS: &[&str] = &[
+    "put_records",             // kinesis/sink.rs
+    "describe_stream_summary", // collect/mod.rs
+    "send_message_batch",      // sqs_buffer.rs
+    "receive_message",         // sqs_buffer.rs
+    "delete_message_batch",    // sqs_buffer.rs
+    "get_queue_url",           // sqs_buffer.rs
+];
 
 /// SDK calls the connectors are known to make; if the scan stops finding one of them, the scan is
 /// broken (or the code moved away from the SDK, and this list should say so).
@@ -97,6 +124,27 @@ const SDK_OPERATIONS: &[(&str, &str, &[&str])] = &[
     ),
     // Kinesis Data Streams: writing.
     ("aws_sdk_kinesis", "put_records", &["kinesis:PutRecords"]),
+    // SQS: the collector's buffer queues.
+    ("aws_sdk_sqs", "send_message_batch", &["sqs:SendMessage"]),
+    ("aws_sdk_sqs", "send_message", &["sqs:SendMessage"]),
+    ("aws_sdk_sqs", "receive_message", &["sqs:ReceiveMessage"]),
+    (
+        "aws_sdk_sqs",
+        "delete_message_batch",
+        &["sqs:DeleteMessage"],
+    ),
+    ("aws_sdk_sqs", "delete_message", &["sqs:DeleteMessage"]),
+    ("aws_sdk_sqs", "get_queue_url", &["sqs:GetQueueUrl"]),
+    (
+        "aws_sdk_sqs",
+        "get_queue_attributes",
+        &["sqs:GetQueueAttributes"],
+    ),
+    (
+        "aws_sdk_sqs",
+        "change_message_visibility",
+        &["sqs:ChangeMessageVisibility"],
+    ),
     ("aws_sdk_kinesis", "put_record", &["kinesis:PutRecord"]),
     // Kinesis Data Streams: administration, never the job's business.
     (
@@ -186,6 +234,7 @@ const SDK_OPERATIONS: &[(&str, &str, &[&str])] = &[
 /// Resource types, as far as these policies need to tell them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ResourceType {
+    SqsQueue,
     KinesisStream,
     KinesisConsumer,
     FirehoseDeliveryStream,
@@ -248,6 +297,12 @@ const ACTION_RESOURCES: &[(&str, &[ResourceType])] = &[
     ("personalize:PutEvents", &[PersonalizeEventTracker]),
     ("personalize:PutItems", &[PersonalizeDataset]),
     ("personalize:PutUsers", &[PersonalizeDataset]),
+    ("sqs:SendMessage", &[SqsQueue]),
+    ("sqs:ReceiveMessage", &[SqsQueue]),
+    ("sqs:DeleteMessage", &[SqsQueue]),
+    ("sqs:GetQueueAttributes", &[SqsQueue]),
+    ("sqs:GetQueueUrl", &[SqsQueue]),
+    ("sqs:ChangeMessageVisibility", &[SqsQueue]),
     ("kms:Decrypt", &[KmsKey]),
     ("kms:GenerateDataKey", &[KmsKey]),
     ("logs:PutLogEvents", &[LogStream]),
@@ -269,6 +324,7 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
     ("PERSONALIZE_PREFIX", "pageflow-"),
     ("KMS_KEY_ID", "1234abcd-12ab-34cd-56ef-1234567890ab"),
     ("ARCHIVE_BUCKET", "pageflow-archive"),
+    ("QUEUE_PREFIX", "pageflow-prod-"),
 ];
 
 /// Statements of the task policy the render script leaves out when their feature is not
@@ -285,7 +341,7 @@ const OPTIONAL_TASK_STATEMENTS: &[&str] = &[
 
 #[test]
 fn policy_documents_are_well_formed() -> TestResult {
-    for path in [TASK_POLICY, FIREHOSE_DELIVERY_POLICY] {
+    for path in [TASK_POLICY, COLLECTOR_POLICY, FIREHOSE_DELIVERY_POLICY] {
         let template = read(path)?;
         let policy: Value = serde_json::from_str(&template)
             .map_err(|e| format!("{path} is not valid JSON: {e}"))?;
@@ -302,7 +358,12 @@ fn policy_documents_are_well_formed() -> TestResult {
 #[test]
 fn templates_are_what_the_render_script_expects() -> TestResult {
     let script = read(RENDER_SCRIPT)?;
-    for path in [TASK_POLICY, FIREHOSE_DELIVERY_POLICY, FIREHOSE_TRUST_POLICY] {
+    for path in [
+        TASK_POLICY,
+        COLLECTOR_POLICY,
+        FIREHOSE_DELIVERY_POLICY,
+        FIREHOSE_TRUST_POLICY,
+    ] {
         let template = read(path)?;
         let policy: Value = serde_json::from_str(&template)?;
 
@@ -365,31 +426,70 @@ fn every_aws_operation_the_connectors_call_is_allowed_by_the_task_policy() -> Te
     let mut files = Vec::new();
     rust_files(&root.join(CONNECTOR_SOURCES), &mut files)?;
     assert!(!files.is_empty(), "no Rust files under {CONNECTOR_SOURCES}");
+    files.retain(|file| {
+        !COLLECTOR_ONLY_SOURCES
+            .iter()
+            .any(|only| file.ends_with(only))
+    });
+    let calls = scan(&root, &files, KNOWN_CALLS, CONNECTOR_SOURCES)?;
+    assert_allowed(TASK_POLICY, &calls, "the connectors")
+}
 
+#[test]
+fn every_aws_operation_the_collector_calls_is_allowed_by_the_collector_policy() -> TestResult {
+    let root = workspace_root()?;
+    let mut files = Vec::new();
+    for source in COLLECTOR_SOURCES {
+        let path = root.join(source);
+        if path.is_dir() {
+            rust_files(&path, &mut files)?;
+        } else {
+            files.push(path);
+        }
+    }
+    let calls = scan(
+        &root,
+        &files,
+        KNOWN_COLLECTOR_CALLS,
+        "the collector's sources",
+    )?;
+    assert_allowed(COLLECTOR_POLICY, &calls, "the collector")
+}
+
+/// The SDK calls of `files`, checking that the scan finds each of `known`.
+fn scan(
+    root: &Path,
+    files: &[PathBuf],
+    known: &[&str],
+    what: &str,
+) -> Result<Vec<SdkCall>, Box<dyn Error>> {
     let mut calls = Vec::new();
-    for file in &files {
+    for file in files {
         let source = std::fs::read_to_string(file)?;
         let shown = file
-            .strip_prefix(&root)
+            .strip_prefix(root)
             .unwrap_or(file)
             .display()
             .to_string();
         calls.extend(sdk_calls(&shown, &source));
     }
-
     let found: BTreeSet<&str> = calls.iter().map(|c| c.method.as_str()).collect();
-    for known in KNOWN_CALLS {
+    for call in known {
         assert!(
-            found.contains(known),
-            "the scan of {CONNECTOR_SOURCES} no longer finds `.{known}()`: either the scan broke \
-             or the call is gone (then update KNOWN_CALLS); found: {found:?}"
+            found.contains(call),
+            "the scan of {what} no longer finds `.{call}()`: either the scan broke or the call is \
+             gone (then update the list of known calls); found: {found:?}"
         );
     }
+    Ok(calls)
+}
 
-    let policy: Value = serde_json::from_str(&read(TASK_POLICY)?)?;
-    let granted = allowed_actions(TASK_POLICY, &policy)?;
+/// Every action `calls` need is granted by the policy at `path`.
+fn assert_allowed(path: &str, calls: &[SdkCall], who: &str) -> TestResult {
+    let policy: Value = serde_json::from_str(&read(path)?)?;
+    let granted = allowed_actions(path, &policy)?;
     let mut missing = Vec::new();
-    for call in &calls {
+    for call in calls {
         for action in &call.actions {
             match granted.get(&action.to_ascii_lowercase()) {
                 Some(sid) => println!(
@@ -405,8 +505,8 @@ fn every_aws_operation_the_connectors_call_is_allowed_by_the_task_policy() -> Te
     }
     assert!(
         missing.is_empty(),
-        "{TASK_POLICY} does not allow what the connectors call (add each action to the statement \
-         of its feature, scoped to its resources, and say why in deploy/iam/README.md):\n  {}",
+        "{path} does not allow what {who} calls (add each action to the statement of its \
+         feature, scoped to its resources, and say why in deploy/iam/README.md):\n  {}",
         missing.join("\n  ")
     );
     Ok(())
@@ -723,6 +823,7 @@ impl<'a> Arn<'a> {
             PersonalizeEventTracker => regional("personalize") && named(r, "event-tracker/"),
             PersonalizeDataset => regional("personalize") && named(r, "dataset/"),
             KmsKey => regional("kms") && named(r, "key/"),
+            SqsQueue => regional("sqs") && named(r, "") && !r.contains('/'),
             LogStream => regional("logs") && named(r, "log-group:") && r.contains(":log-stream:"),
         }
     }
