@@ -79,7 +79,7 @@ impl std::str::FromStr for Date {
 }
 
 fn days_in_month(year: u16, month: u8) -> u8 {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
     match month {
         2 if leap => 29,
         2 => 28,
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_order_is_hour_then_portal_then_name() {
-        let mut objects = vec![
+        let mut objects = [
             object("portal=g1/date=2026-12-08/hour=00/a"),
             object("portal=ge/date=2026-12-07/hour=23/a"),
             object("portal=g1/date=2026-12-07/hour=23/b"),
