@@ -164,8 +164,17 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// Checks that the range is not empty: `--from-date` on or before `--to-date`.
+    /// Checks that `--portal` can name a partition and that the range is not empty
+    /// (`--from-date` on or before `--to-date`).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(portal) = &self.portal
+            && !pageflow_dataflow::event::is_valid_portal(portal)
+        {
+            return Err(format!(
+                "--portal `{portal}` is not a portal name: 1 to 32 lowercase letters (a-z), digits \
+                 or hyphens, not starting with a hyphen, as in the archive's portal=<name>/"
+            ));
+        }
         if let (Some(from), Some(to)) = (self.from_date, self.to_date)
             && from > to
         {
@@ -299,6 +308,12 @@ mod tests {
             error.contains("--from-date 2026-12-08 is after --to-date 2026-12-07"),
             "{error}"
         );
+        let path = Filters {
+            portal: Some("../g1".to_string()),
+            ..Filters::default()
+        };
+        let error = path.validate().err().unwrap_or_default();
+        assert!(error.contains("`../g1` is not a portal name"), "{error}");
         Ok(())
     }
 }
