@@ -90,6 +90,39 @@ enum Command {
         #[arg(long)]
         process: Option<usize>,
     },
+    /// Run the graph over the raw archive, hour by hour, as replay runs it over a file.
+    ///
+    /// Reads raw/portal=*/date=*/hour=*/ of a local archive or an S3 prefix in event-time order
+    /// (date, hour; within an hour by portal, then file name, then line) and writes
+    /// OUT/features.jsonl, OUT/dead-letter.jsonl and OUT/summary.json as replay does: the features
+    /// of `pageflow replay` over the same records in that order, byte for byte, and, since the raw
+    /// layer holds the events the job counted, the original run's features. The archive holds
+    /// each hour portal by portal, so max_out_of_orderness is raised to at least 1h (which changes
+    /// when results are final, not what they are). See README "Backfill from the archive".
+    Backfill {
+        /// The archive: a directory holding raw/ (or a sinks directory holding archive/raw/), or
+        /// s3://BUCKET/PREFIX where PREFIX holds raw/ ([aws] of --config for the endpoint).
+        #[arg(long)]
+        from: String,
+        /// The directory to write results to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this portal's events.
+        #[arg(long)]
+        portal: Option<String>,
+        /// Only hours on or after this UTC date (YYYY-MM-DD).
+        #[arg(long)]
+        from_date: Option<commands::backfill::layout::Date>,
+        /// Only hours on or before this UTC date (YYYY-MM-DD, inclusive).
+        #[arg(long)]
+        to_date: Option<commands::backfill::layout::Date>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// A TOML configuration file; only its [semantics] and [aws] sections are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Write synthetic pageviews (news traffic with sessions, topics and spikes) as JSON lines.
     Generate {
         /// How many lines to write.
@@ -227,6 +260,7 @@ impl Cli {
         match &self.command {
             Command::Run { config, .. }
             | Command::Replay { config, .. }
+            | Command::Backfill { config, .. }
             | Command::Checkpoints { config }
             | Command::Serve { config }
             | Command::Aws(AwsCommand::Setup { config, .. } | AwsCommand::Put { config, .. }) => {
@@ -332,6 +366,35 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary =
                 commands::replay::run(&input, &out, workers, &config.semantics, &cluster)?;
+            // A closed standard output (`| head`) loses the summary; it must not panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&summary)?
+            );
+            Ok(())
+        }
+        Command::Backfill {
+            from,
+            out,
+            portal,
+            from_date,
+            to_date,
+            workers,
+            config,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let options = commands::backfill::BackfillOptions {
+                from,
+                out,
+                filters: commands::backfill::layout::Filters {
+                    portal,
+                    from_date,
+                    to_date,
+                },
+                workers,
+            };
+            let summary = commands::backfill::run(&options, &config)?;
             // A closed standard output (`| head`) loses the summary; it must not panic.
             let _ = writeln!(
                 std::io::stdout(),

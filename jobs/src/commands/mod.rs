@@ -1,6 +1,7 @@
 //! The subcommands of the `pageflow` binary.
 
 pub mod aws;
+pub mod backfill;
 pub mod bench;
 pub mod bench_checkpoints;
 pub mod bench_cluster;

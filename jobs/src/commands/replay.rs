@@ -149,7 +149,8 @@ pub fn run(
     Ok(summary)
 }
 
-fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Result<()> {
+/// Writes `lines` to `path`, each followed by a line break (also `pageflow backfill`'s outputs).
+pub(crate) fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut writer = BufWriter::new(file);
     for line in lines {

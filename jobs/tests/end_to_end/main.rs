@@ -7,6 +7,7 @@
 
 mod auth;
 mod aws_end_to_end;
+mod backfill;
 mod checkpoints;
 mod cli;
 mod cloudformation;
