@@ -27,13 +27,13 @@ use pageflow_tests::http_get;
 use pageflow_tests::job_process::{JobProcess, poll_until};
 
 use crate::support::{BIN, pageflow};
-const TEMPLATE: &str = include_str!("../../../deploy/cloudformation/pageflow.yaml");
+pub(crate) const TEMPLATE: &str = include_str!("../../../deploy/cloudformation/pageflow.yaml");
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const STACK: &str = "pageflow-it";
 const ENVIRONMENT: &str = "it";
-const PORTALS: &str = "g1,ge,gshow";
+pub(crate) const PORTALS: &str = "g1,ge,gshow";
 /// The pages allowed to send each portal's beacons, in the order of `PORTALS` (`|` between the
 /// origins of one portal).
 const PORTAL_ORIGINS: &str = "https://g1.example.com|https://m.g1.example.com,https://ge.example.com,https://gshow.example.com";
@@ -45,7 +45,7 @@ const LAYERS: [(&str, &str); 3] = [
     ("dead-letter", "dead-letter/"),
 ];
 
-fn cloudformation_client(endpoint: &str) -> aws_sdk_cloudformation::Client {
+pub(crate) fn cloudformation_client(endpoint: &str) -> aws_sdk_cloudformation::Client {
     let config = aws_sdk_cloudformation::Config::builder()
         .behavior_version(aws_sdk_cloudformation::config::BehaviorVersion::latest())
         .region(aws_sdk_cloudformation::config::Region::new("us-east-1"))
@@ -56,7 +56,7 @@ fn cloudformation_client(endpoint: &str) -> aws_sdk_cloudformation::Client {
 }
 
 /// A JSON 1.1 call to moto (for the services the workspace has no SDK crate of: ACM, ECS).
-fn json_call(
+pub(crate) fn json_call(
     moto: &MotoServer,
     service: &str,
     target: &str,
@@ -94,6 +94,18 @@ async fn deploy(
     environment: &str,
     processes: &str,
 ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
+    deploy_with(moto, cloudformation, stack, environment, processes, &[]).await
+}
+
+/// [`deploy`] with `more` parameters than those every deployment needs.
+pub(crate) async fn deploy_with(
+    moto: &MotoServer,
+    cloudformation: &aws_sdk_cloudformation::Client,
+    stack: &str,
+    environment: &str,
+    processes: &str,
+    more: &[Parameter],
+) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
     // The HTTPS listener needs a certificate that exists (moto checks ACM).
     let certificate = json_call(
         moto,
@@ -124,6 +136,7 @@ async fn deploy(
             .parameter_value(value)
             .build()
     })
+    .chain(more.iter().cloned())
     .collect();
     cloudformation
         .create_stack()

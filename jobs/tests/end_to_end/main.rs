@@ -11,6 +11,7 @@ mod backfill;
 mod checkpoints;
 mod cli;
 mod cloudformation;
+mod cloudformation_lake;
 mod cluster;
 mod collect;
 mod collect_buffers;
