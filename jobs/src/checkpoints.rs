@@ -550,6 +550,24 @@ impl CheckpointDriver {
         }
     }
 
+    /// The newest checkpoint committed so far by this driver's writer (in a cluster, for a
+    /// process other than 0: whose part this process wrote), if any. The curated lake makes its
+    /// pending files visible up to it.
+    pub fn last_committed(&self) -> Option<u64> {
+        let outcomes = self
+            .progress
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Committed(id) => Some(*id),
+                Outcome::Failed(..) => None,
+            })
+            .max()
+    }
+
     /// Waits until checkpoint `id` is committed or failed, at most `timeout`; `None` on timeout
     /// or when the dataflow ended first.
     pub fn wait_for(&self, id: u64, timeout: Duration) -> Option<Outcome> {

@@ -13,6 +13,8 @@
 //! kind = "local"         # or "aws": features to Kinesis, archive through Firehose
 //! dir = "./pageflow-data"
 //!
+//! curated = true         # the Parquet lake under dir/curated/ (default: local sinks only)
+//!
 //! [sinks.retention]      # local sinks: the archive and features files are kept within both
 //! max_bytes = "4GiB"     # oldest closed files go first; the file being written never does
 //! max_age = "7d"
@@ -570,6 +572,17 @@ pub struct SinksConfig {
     pub max_batch_delay: Millis,
     /// Local: how much of the output stays on disk.
     pub retention: RetentionSection,
+    /// Write the curated lake (Parquet tables of the final results) under `<dir>/curated/`
+    /// (`pageflow replay`: under `OUT/curated/`). Unset: on for local sinks, off for AWS sinks
+    /// (see `pageflow_connectors::curated` and the README, "The lake: curated Parquet").
+    pub curated: Option<bool>,
+}
+
+impl SinksConfig {
+    /// Whether the curated lake is written: `curated`, or by default for local sinks only.
+    pub fn curated_enabled(&self) -> bool {
+        self.curated.unwrap_or(self.kind == SinksKind::Local)
+    }
 }
 
 impl Default for SinksConfig {
@@ -582,6 +595,7 @@ impl Default for SinksConfig {
             firehose: FirehoseSection::default(),
             max_batch_delay: Millis(500),
             retention: RetentionSection::default(),
+            curated: None,
         }
     }
 }

@@ -179,6 +179,10 @@ impl CuratedCommitter {
                 self.commit_pending(&dir)?;
             }
         }
+        // Nothing pending: the empty directories go too (removing a directory that is not
+        // empty fails, and is left alone).
+        let _ = fs::remove_dir(self.pending_root());
+        let _ = fs::remove_dir(self.root.join(PENDING_DIR));
         Ok(())
     }
 

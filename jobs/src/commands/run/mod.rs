@@ -19,10 +19,11 @@
 //!
 //! The job's parts, one module each, in the order [`start_with`] assembles them:
 //! `personalize` and `serving` (HTTP), `emf` (CloudWatch's metrics as log lines), `checkpointing` (restore and the checkpoint driver),
-//! `sinks` (the sink thread and the outputs), `sources` (resumed from the checkpoint) and
+//! `sinks` (the sink thread and the outputs), `curated` (the curated lake's two-phase commit), `sources` (resumed from the checkpoint) and
 //! `workers` (the timely workers running the graph).
 
 mod checkpointing;
+mod curated;
 mod emf;
 mod personalize;
 pub(crate) mod serving;
@@ -344,6 +345,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         }),
         personalize: personalize_feed.clone(),
         reads_from_every_process: cluster.is_cluster(),
+        curated: open_curated(&config, restored.as_ref().map(|r| r.id), &cluster)?,
     }
     .spawn()?;
 
@@ -400,6 +402,33 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         processes: cluster.processes(),
         emf,
     })
+}
+
+/// The curated lake's writer, when `[sinks] curated` is on: under `<sinks.dir>/curated/` (per
+/// process in a cluster), recovered to the checkpoint `restored`. Finished hours are compacted
+/// once the watermark is a session gap past their end (most of their sessions have closed).
+fn open_curated(
+    config: &JobConfig,
+    restored: Option<u64>,
+    cluster: &crate::cluster::ClusterConfig,
+) -> Result<Option<self::curated::CuratedSink>> {
+    if !config.sinks.curated_enabled() {
+        return Ok(None);
+    }
+    let writer = if cluster.is_cluster() {
+        format!("p{}", cluster.process)
+    } else {
+        "w0".to_string()
+    };
+    // Without checkpoints nothing is restored: pending files of an earlier run are deleted.
+    let restored = restored.filter(|_| config.checkpoint.enabled);
+    Ok(Some(self::curated::CuratedSink::open(
+        &config.sinks.dir,
+        &writer,
+        restored,
+        config.semantics.session_gap.ms(),
+        config.checkpoint.stop_timeout.into(),
+    )?))
 }
 
 /// The configuration as this process of a cluster runs it: its local sinks write under
