@@ -10,6 +10,7 @@ mod aws_end_to_end;
 mod checkpoints;
 mod cli;
 mod cloudformation;
+mod curated;
 mod cluster;
 mod collect;
 mod collect_buffers;
