@@ -220,6 +220,36 @@ fn wait_for(limit: Duration, mut found: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The checkpoint ids with pre-committed files under `pending` (`_pending/w0/c<id>/…`, a file
+/// fully written: not a temporary).
+fn pending_ids(pending: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(pending.join("w0"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| any_file(&entry.path(), &|n| n.ends_with(".parquet") && !n.starts_with(".tmp-")))
+        .filter_map(|entry| entry.file_name().to_string_lossy().strip_prefix('c')?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The newest checkpoint the job's log says it committed.
+fn last_committed(stderr: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .filter(|line| line.contains("checkpoint committed"))
+        .filter_map(|line| {
+            line.split("checkpoint=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
 /// Whether any file under `dir` has a name for which `pick` holds.
 fn any_file(dir: &Path, pick: &dyn Fn(&str) -> bool) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
@@ -272,19 +302,33 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
     let lake = data.join("curated");
     let pending = lake.join("_pending");
 
-    // Killed first while a checkpoint's files are pending (pre-committed, maybe not committed),
-    // then once some are visible and more are pending.
-    let mut job = start()?;
-    let caught = wait_for(RUN_LIMIT, || any_file(&pending, &|n| n.ends_with(".parquet")));
-    job.kill();
-    assert!(caught, "no pending file before the run ended:\n{}", job.stderr());
-    let mut job = start()?;
-    let caught = wait_for(RUN_LIMIT, || {
-        any_file(&lake.join("pageviews"), &|n| n.ends_with(".parquet"))
-            && any_file(&pending, &|n| n.ends_with(".parquet"))
-    });
-    job.kill();
-    assert!(caught, "no visible and pending files together:\n{}", job.stderr());
+    // Killed, once a checkpoint is committed, while a later checkpoint's files are pre-committed
+    // but it is not committed yet (its files must go: the restarted run writes their rows
+    // again), until that happened twice; kills that land just after the commit test the other
+    // side (the commit completed at restart).
+    let mut uncommitted_kills = 0;
+    for attempt in 0..12 {
+        let mut job = start()?;
+        // After this run committed a checkpoint (so that the restart restores one).
+        let caught = wait_for(RUN_LIMIT, || {
+            let committed = last_committed(&job.stderr());
+            committed.is_some() && pending_ids(&pending).last().is_some_and(|&id| Some(id) > committed)
+        });
+        job.kill();
+        let stderr = job.stderr();
+        assert!(caught, "attempt {attempt}: no pending checkpoint files while running:\n{stderr}");
+        let committed = last_committed(&stderr);
+        if pending_ids(&pending).iter().any(|&id| Some(id) > committed) {
+            uncommitted_kills += 1;
+            if uncommitted_kills == 2 {
+                break;
+            }
+        }
+    }
+    assert!(
+        uncommitted_kills > 0,
+        "no kill landed between a pre-commit and its checkpoint's commit"
+    );
 
     let mut job = start()?;
     let status = job.wait_timeout(RUN_LIMIT);
