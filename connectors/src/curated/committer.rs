@@ -146,9 +146,10 @@ impl CuratedCommitter {
                     what: "encode",
                     message: e.to_string(),
                 })?;
-            let path = pending
-                .join(partition.dir())
-                .join(part_name(&partition, checkpoint, &self.writer));
+            let path =
+                pending
+                    .join(partition.dir())
+                    .join(part_name(&partition, checkpoint, &self.writer));
             done.bytes += parquet_file::write_atomically(&path, partition.table, &[batch])?;
             done.files += 1;
             done.rows += rows.row_count();
@@ -332,7 +333,10 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, ConnectorEr
             path: dir.to_path_buf(),
             source,
         })?;
-        found.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+        found.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
     }
     found.sort();
     Ok(found)

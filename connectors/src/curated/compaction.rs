@@ -153,7 +153,10 @@ pub fn hours_to_compact(root: &Path, writer: &str) -> Result<BTreeSet<Partition>
                     if writer_of(&name) != Some(writer) {
                         continue;
                     }
-                    let relative = Path::new(table.name()).join(&portal).join(&date).join(&name);
+                    let relative = Path::new(table.name())
+                        .join(&portal)
+                        .join(&date)
+                        .join(&name);
                     if let Some(hour) = partition_of(&relative) {
                         *counts.entry(hour).or_default() += 1;
                     }
@@ -214,7 +217,13 @@ mod tests {
                 hour: 29,
             })
         );
-        assert_eq!(writer_of("part-05-c00000000000000000003-w0.parquet"), Some("w0"));
-        assert_eq!(writer_of("part-05-compacted-c00000000000000000003-p1.parquet"), Some("p1"));
+        assert_eq!(
+            writer_of("part-05-c00000000000000000003-w0.parquet"),
+            Some("w0")
+        );
+        assert_eq!(
+            writer_of("part-05-compacted-c00000000000000000003-p1.parquet"),
+            Some("p1")
+        );
     }
 }

@@ -112,11 +112,12 @@ impl PartitionedRows {
     pub fn add_features(&mut self, features: &[Feature]) {
         for feature in features {
             let (table, rows) = match feature {
-                Feature::Session(f) => (
-                    CuratedTable::Sessions,
-                    TableRows::Sessions(vec![f.clone()]),
-                ),
-                Feature::Popular(f) => (CuratedTable::Popular, TableRows::Rankings(vec![f.clone()])),
+                Feature::Session(f) => {
+                    (CuratedTable::Sessions, TableRows::Sessions(vec![f.clone()]))
+                }
+                Feature::Popular(f) => {
+                    (CuratedTable::Popular, TableRows::Rankings(vec![f.clone()]))
+                }
                 Feature::Trending(f) => {
                     (CuratedTable::Trending, TableRows::Rankings(vec![f.clone()]))
                 }
@@ -258,7 +259,7 @@ fn session_columns(rows: &[SessionFeature]) -> Vec<ArrayRef> {
 
 fn ranking_columns(rows: &[RankingFeature]) -> Vec<ArrayRef> {
     let mut rows: Vec<&RankingFeature> = rows.iter().collect();
-    rows.sort_by(|a, b| a.window_end.cmp(&b.window_end));
+    rows.sort_by_key(|r| r.window_end);
     let items: Vec<(&RankingFeature, usize)> = rows
         .iter()
         .flat_map(|r| (0..r.items.len()).map(move |i| (*r, i)))

@@ -119,7 +119,9 @@ impl CuratedTable {
         match self {
             CuratedTable::Pageviews => &["portal", "article_id", "device"],
             CuratedTable::Sessions => &["portal"],
-            CuratedTable::Popular | CuratedTable::Trending => &["feature_id", "portal", "article_id"],
+            CuratedTable::Popular | CuratedTable::Trending => {
+                &["feature_id", "portal", "article_id"]
+            }
             CuratedTable::Related => &["portal", "article_id", "related_article_id"],
         }
     }

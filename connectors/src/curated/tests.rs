@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StringArray};
-use parquet::file::reader::{FileReader, SerializedFileReader};
 use pageflow_dataflow::event::{CompactEvent, DetailedEvent, Event, PageviewDetails};
 use pageflow_dataflow::features::{Feature, RankedItem, RankingKind};
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use proptest::prelude::*;
 
 use super::committer::PENDING_DIR;
@@ -177,7 +177,10 @@ fn a_restart_commits_the_restored_checkpoints_files_and_deletes_later_ones() {
     lake.precommit(2, 0).unwrap();
     lake.add_pageviews(&[event("c", 1)]);
     lake.precommit(3, 0).unwrap();
-    assert!(visible_files(&root).is_empty(), "nothing visible before a commit");
+    assert!(
+        visible_files(&root).is_empty(),
+        "nothing visible before a commit"
+    );
     // A crash in the middle of a write leaves a temporary.
     std::fs::write(root.join("pageviews").join(".tmp-half.parquet"), b"PAR1").ok();
     std::fs::create_dir_all(root.join("pageviews")).unwrap();
@@ -189,7 +192,9 @@ fn a_restart_commits_the_restored_checkpoints_files_and_deletes_later_ones() {
     let ids: Vec<String> = visible_event_ids(&root).into_keys().collect();
     assert_eq!(ids, vec!["a", "b"]);
     assert!(
-        !all_files(&root).iter().any(|f| f.contains(".tmp-") || f.contains(PENDING_DIR)),
+        !all_files(&root)
+            .iter()
+            .any(|f| f.contains(".tmp-") || f.contains(PENDING_DIR)),
         "{:?}",
         all_files(&root)
     );
@@ -207,7 +212,10 @@ fn committing_again_is_harmless_and_an_interrupted_commit_completes() {
     lake.add_pageviews(&[event("a", 0), event("b", 1), event("c", 2)]);
     lake.precommit(7, 0).unwrap();
     // A commit interrupted after moving one of the three files.
-    let pending = root.join(PENDING_DIR).join(WRITER).join(format!("c{:020}", 7));
+    let pending = root
+        .join(PENDING_DIR)
+        .join(WRITER)
+        .join(format!("c{:020}", 7));
     let mut moved = all_files(&pending);
     moved.sort();
     let first = PathBuf::from(&moved[0]);
@@ -239,7 +247,11 @@ fn compaction_makes_one_file_per_finished_hour_with_every_row_once() {
     // The hour ends at base + 1 h: the next checkpoint compacts it, but it is not committed yet.
     lake.add_pageviews(&[event("d", 1)]);
     lake.precommit(4, base + MILLIS_PER_HOUR).unwrap();
-    assert_eq!(visible_files(&root).len(), 3, "nothing changes before the commit");
+    assert_eq!(
+        visible_files(&root).len(),
+        3,
+        "nothing changes before the commit"
+    );
     drop(lake);
     // Restart from checkpoint 3: the compaction is dropped, the small files stay.
     let mut lake = CuratedCommitter::open(&root, WRITER, Some(3), compaction).unwrap();
@@ -248,10 +260,17 @@ fn compaction_makes_one_file_per_finished_hour_with_every_row_once() {
     lake.precommit(4, base + MILLIS_PER_HOUR).unwrap();
     lake.commit_through(4).unwrap();
     let files = visible_files(&root);
-    assert_eq!(files.len(), 2, "hour 0 compacted into one file, hour 1: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "hour 0 compacted into one file, hour 1: {files:?}"
+    );
     assert!(files[0].to_string_lossy().contains("-compacted-"));
     let ids = visible_event_ids(&root);
-    assert_eq!(ids.keys().cloned().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+    assert_eq!(
+        ids.keys().cloned().collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
     assert!(ids.values().all(|n| *n == 1));
 }
 

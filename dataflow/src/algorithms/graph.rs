@@ -133,17 +133,11 @@ pub fn build<'scope>(
     let (dead_letters, kept): (
         StreamVec<'scope, u64, DeadLetter>,
         StreamVec<'scope, u64, Kept>,
-    ) = rest.ok_err(|record| match record {
-        NotAnEvent::DeadLetter(letter) => Ok(letter),
-        NotAnEvent::Kept(kept) => Err(kept),
-    });
+    ) = rest.ok_err(split_dead_letters);
     let (raw, detailed): (
         StreamVec<'scope, u64, RawValid>,
         StreamVec<'scope, u64, DetailedEvent>,
-    ) = kept.ok_err(|record| match record {
-        Kept::Raw(raw) => Ok(raw),
-        Kept::Detailed(event) => Err(event),
-    });
+    ) = kept.ok_err(split_raw);
 
     // With `keep_pageviews`, ingest emits every on-time event with its optional fields (and
     // `events` is empty): those are de-duplicated, emitted as pageviews and passed on as plain
@@ -292,5 +286,29 @@ fn split_events(record: Ingested) -> Result<CompactEvent, NotAnEvent> {
         Ingested::DeadLetter(letter) => Err(NotAnEvent::DeadLetter(letter)),
         Ingested::Raw(raw) => Err(NotAnEvent::Kept(Kept::Raw(raw))),
         Ingested::Detailed(event) => Err(NotAnEvent::Kept(Kept::Detailed(event))),
+    }
+}
+
+/// Takes the dead letters out of what is not an event.
+#[allow(
+    clippy::result_large_err,
+    reason = "the record moves into one of two streams; no error is propagated"
+)]
+fn split_dead_letters(record: NotAnEvent) -> Result<DeadLetter, Kept> {
+    match record {
+        NotAnEvent::DeadLetter(letter) => Ok(letter),
+        NotAnEvent::Kept(kept) => Err(kept),
+    }
+}
+
+/// Splits what ingest kept on request into raw records and events with their optional fields.
+#[allow(
+    clippy::result_large_err,
+    reason = "the record moves into one of two streams; no error is propagated"
+)]
+fn split_raw(record: Kept) -> Result<RawValid, DetailedEvent> {
+    match record {
+        Kept::Raw(raw) => Ok(raw),
+        Kept::Detailed(event) => Err(event),
     }
 }

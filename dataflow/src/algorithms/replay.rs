@@ -234,9 +234,9 @@ fn run(
     output
         .dead_letters
         .sort_by(|a, b| position_key(a).cmp(&position_key(b)));
-    output.pageviews.sort_by(|a, b| {
-        (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id))
-    });
+    output
+        .pageviews
+        .sort_by(|a, b| (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id)));
     let mut snapshot = stats.snapshot();
     snapshot.features = if as_lines {
         output.feature_lines.len()

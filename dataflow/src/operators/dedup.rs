@@ -333,8 +333,7 @@ where
         stats: Arc<JobStats>,
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, D> {
-        let route =
-            Exchange::new(|event: &D| u64::from(key_group(dedup_route(event.event_id()))));
+        let route = Exchange::new(|event: &D| u64::from(key_group(dedup_route(event.event_id()))));
         let state = states.attach("dedup", DedupState::new(window, slide));
         self.unary_frontier(route, "Deduplicate", move |_capability, _info| {
             move |(input, frontier), output| {

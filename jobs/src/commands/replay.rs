@@ -108,13 +108,7 @@ pub fn replay_file_in_cluster(
     // Replay writes no checkpoints: every process starts from empty state.
     let communication = cluster.connect(threads, crate::cluster::Agreement::default())?;
     let started = Instant::now();
-    let output = replay_lines_in(
-        config,
-        sources_by_worker,
-        &reading,
-        options,
-        communication,
-    )?;
+    let output = replay_lines_in(config, sources_by_worker, &reading, options, communication)?;
     let elapsed = started.elapsed();
     let summary = ReplaySummary {
         input: input.to_path_buf(),

@@ -122,7 +122,9 @@ fn documented_schemas() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
 /// Rows each table should have, from the replay's `features.jsonl` and `summary.json`.
 fn job_counts(out: &Path) -> Result<Vec<(&'static str, u64)>, Box<dyn std::error::Error>> {
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
-    let accepted = summary["accepted"].as_u64().ok_or("summary.json has no accepted count")?;
+    let accepted = summary["accepted"]
+        .as_u64()
+        .ok_or("summary.json has no accepted count")?;
     let (mut sessions, mut popular, mut trending, mut related) = (0, 0, 0, 0);
     for line in std::fs::read_to_string(out.join("features.jsonl"))?.lines() {
         let feature: Value = serde_json::from_str(line)?;
@@ -153,7 +155,15 @@ fn the_replay_lake_has_the_documented_schemas_the_jobs_counts_and_recomputes_pop
     let out = dir.path().join("replay");
     let (input_arg, out_arg) = (input.to_string_lossy(), out.to_string_lossy());
     pageflow_ok(
-        &["replay", "--input", &input_arg, "--out", &out_arg, "--workers", "2"],
+        &[
+            "replay",
+            "--input",
+            &input_arg,
+            "--out",
+            &out_arg,
+            "--workers",
+            "2",
+        ],
         &[],
     );
     let semantics = SemanticsConfig::default();
@@ -172,14 +182,23 @@ fn the_replay_lake_has_the_documented_schemas_the_jobs_counts_and_recomputes_pop
             .as_array()
             .ok_or(format!("no schema for {table}: {report}"))?
             .iter()
-            .map(|c| (c[0].as_str().unwrap_or("").into(), c[1].as_str().unwrap_or("").into()))
+            .map(|c| {
+                (
+                    c[0].as_str().unwrap_or("").into(),
+                    c[1].as_str().unwrap_or("").into(),
+                )
+            })
             .collect();
         let want: Vec<(String, String)> = columns
             .iter()
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         assert_eq!(got, want, "the columns of {table}");
-        for (column, logical) in report["timestamps"][table].as_object().into_iter().flatten() {
+        for (column, logical) in report["timestamps"][table]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
             let logical = logical.as_str().unwrap_or("");
             assert!(
                 logical.contains("isAdjustedToUTC=1") && logical.contains("MILLIS=MilliSeconds"),
@@ -187,11 +206,22 @@ fn the_replay_lake_has_the_documented_schemas_the_jobs_counts_and_recomputes_pop
             );
         }
     }
-    assert_eq!(report["versions"], serde_json::json!(["1"]), "schema version metadata");
+    assert_eq!(
+        report["versions"],
+        serde_json::json!(["1"]),
+        "schema version metadata"
+    );
 
     for (table, count) in job_counts(&out)? {
-        assert!(count > 0, "the replay has no {table} rows: a weak comparison");
-        assert_eq!(report["rows"][table].as_u64(), Some(count), "rows of {table}");
+        assert!(
+            count > 0,
+            "the replay has no {table} rows: a weak comparison"
+        );
+        assert_eq!(
+            report["rows"][table].as_u64(),
+            Some(count),
+            "rows of {table}"
+        );
     }
 
     // SQL over the pageviews gives the job's popular windows, item for item.
@@ -227,8 +257,19 @@ fn pending_ids(pending: &Path) -> Vec<u64> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| any_file(&entry.path(), &|n| n.ends_with(".parquet") && !n.starts_with(".tmp-")))
-        .filter_map(|entry| entry.file_name().to_string_lossy().strip_prefix('c')?.parse().ok())
+        .filter(|entry| {
+            any_file(&entry.path(), &|n| {
+                n.ends_with(".parquet") && !n.starts_with(".tmp-")
+            })
+        })
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix('c')?
+                .parse()
+                .ok()
+        })
         .collect();
     ids.sort_unstable();
     ids
@@ -252,14 +293,18 @@ fn last_committed(stderr: &str) -> Option<u64> {
 
 /// Whether any file under `dir` has a name for which `pick` holds.
 fn any_file(dir: &Path, pick: &dyn Fn(&str) -> bool) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            any_file(&path, pick)
-        } else {
-            pick(&entry.file_name().to_string_lossy())
-        }
-    })
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                any_file(&path, pick)
+            } else {
+                pick(&entry.file_name().to_string_lossy())
+            }
+        })
 }
 
 #[test]
@@ -268,12 +313,20 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
     let input = dir.path().join("events.jsonl");
     let input_arg = input.to_string_lossy().into_owned();
     pageflow_ok(
-        &["generate", "--events", "40000", "--seed", "29", "--out", &input_arg],
+        &[
+            "generate", "--events", "40000", "--seed", "29", "--out", &input_arg,
+        ],
         &[],
     );
     let replay = dir.path().join("replay");
     pageflow_ok(
-        &["replay", "--input", &input_arg, "--out", &replay.to_string_lossy()],
+        &[
+            "replay",
+            "--input",
+            &input_arg,
+            "--out",
+            &replay.to_string_lossy(),
+        ],
         &[],
     );
 
@@ -312,11 +365,17 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
         // After this run committed a checkpoint (so that the restart restores one).
         let caught = wait_for(RUN_LIMIT, || {
             let committed = last_committed(&job.stderr());
-            committed.is_some() && pending_ids(&pending).last().is_some_and(|&id| Some(id) > committed)
+            committed.is_some()
+                && pending_ids(&pending)
+                    .last()
+                    .is_some_and(|&id| Some(id) > committed)
         });
         job.kill();
         let stderr = job.stderr();
-        assert!(caught, "attempt {attempt}: no pending checkpoint files while running:\n{stderr}");
+        assert!(
+            caught,
+            "attempt {attempt}: no pending checkpoint files while running:\n{stderr}"
+        );
         let committed = last_committed(&stderr);
         if pending_ids(&pending).iter().any(|&id| Some(id) > committed) {
             uncommitted_kills += 1;
@@ -359,7 +418,10 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
     )?;
     for table in ["pageviews", "sessions", "popular", "trending", "related"] {
         let counts = &report[table];
-        assert!(counts["expected"].as_u64() > Some(0), "no {table} rows: {report}");
+        assert!(
+            counts["expected"].as_u64() > Some(0),
+            "no {table} rows: {report}"
+        );
         assert_eq!(
             (counts["missing"].as_u64(), counts["extra"].as_u64()),
             (Some(0), Some(0)),

@@ -49,8 +49,9 @@ impl CuratedSink {
         stop_timeout: Duration,
     ) -> Result<Self> {
         let root = sinks_dir.join(CURATED_DIR);
-        let lake = CuratedCommitter::open(&root, writer, restored, Compaction::after(compact_after_ms))
-            .with_context(|| format!("cannot open the curated lake in {}", root.display()))?;
+        let lake =
+            CuratedCommitter::open(&root, writer, restored, Compaction::after(compact_after_ms))
+                .with_context(|| format!("cannot open the curated lake in {}", root.display()))?;
         Ok(CuratedSink {
             lake,
             committed: restored,
