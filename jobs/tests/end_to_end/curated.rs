@@ -1,7 +1,8 @@
 //! The curated lake, end to end: `pageflow replay` and `pageflow run` write Parquet tables that
 //! DuckDB (from PyPI, `scripts/duckdb/install.sh`) reads with the documented schemas, with the
 //! job's counts, and from which SQL recomputes the job's `popular` windows; a `run` killed with
-//! SIGKILL mid-way and restarted leaves the same rows as an uninterrupted replay, each once.
+//! SIGKILL mid-way and restarted leaves the same rows as an uninterrupted replay, each once, with
+//! the finished hours compacted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -312,9 +313,11 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("events.jsonl");
     let input_arg = input.to_string_lossy().into_owned();
+    // 40,000 events over 2.2 hours of event time: the first hours finish (the watermark passes
+    // their end plus the session gap) while the job runs, so they get compacted.
     pageflow_ok(
         &[
-            "generate", "--events", "40000", "--seed", "29", "--out", &input_arg,
+            "generate", "--events", "40000", "--seed", "29", "--rate", "5", "--out", &input_arg,
         ],
         &[],
     );
@@ -406,6 +409,12 @@ fn a_run_killed_twice_and_restarted_has_every_row_of_the_replay_once() -> TestRe
     assert!(
         !any_file(&lake, &|n| n.starts_with(".tmp-")) && !any_file(&pending, &|_| true),
         "temporaries or pending files left in {}",
+        lake.display()
+    );
+
+    assert!(
+        any_file(&lake, &|n| n.contains("-compacted-")),
+        "no finished hour was compacted in {}",
         lake.display()
     );
 
