@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pageflow_dataflow::event::DetailedEvent;
 use pageflow_dataflow::features::Feature;
@@ -33,6 +34,7 @@ use pageflow_dataflow::features::Feature;
 use super::compaction::{self, Compaction};
 use super::parquet_file::{self, TEMP_PREFIX};
 use super::rows::{Partition, PartitionedRows};
+use crate::checkpoint_store::{CheckpointStore, StoreError};
 use crate::error::ConnectorError;
 
 /// The directory under `curated/` that holds pre-committed files.
@@ -67,9 +69,29 @@ pub struct CuratedCommitter {
     /// Hours this writer has committed files to since it started (or found several of its own
     /// files in at start): the candidates for compaction.
     hours: BTreeSet<Partition>,
+    /// Where committed files are also published (AWS mode: the archive bucket's `curated/`
+    /// prefix), keyed by their path under `curated/`.
+    mirror: Option<Arc<dyn CheckpointStore>>,
 }
 
 impl CuratedCommitter {
+    /// Like [`CuratedCommitter::open`], also publishing every committed file to `mirror` (AWS
+    /// mode: an [`crate::checkpoint_store::S3Store`] on the archive bucket's `curated/` prefix),
+    /// under the same path. A file is uploaded from its pending copy *before* it is renamed
+    /// locally, and a compaction's replaced objects are deleted before the compacted one is
+    /// uploaded: the pending file survives a crash until its upload has succeeded, and recovery
+    /// uploads it again (the keys are deterministic, so a second upload is the same object).
+    /// Objects of checkpoints that never commit are never uploaded.
+    pub fn open_with_mirror(
+        root: &Path,
+        writer: &str,
+        restored: Option<u64>,
+        compaction: Compaction,
+        mirror: Arc<dyn CheckpointStore>,
+    ) -> Result<Self, ConnectorError> {
+        Self::open_inner(root, writer, restored, compaction, Some(mirror))
+    }
+
     /// Opens the lake at `root` for `writer` after a (re)start from checkpoint `restored`
     /// (`None`: no checkpoint, the job starts from scratch): finishes the commit of every
     /// pending checkpoint up to `restored`, deletes the pending files of later ones (their rows
@@ -79,6 +101,16 @@ impl CuratedCommitter {
         writer: &str,
         restored: Option<u64>,
         compaction: Compaction,
+    ) -> Result<Self, ConnectorError> {
+        Self::open_inner(root, writer, restored, compaction, None)
+    }
+
+    fn open_inner(
+        root: &Path,
+        writer: &str,
+        restored: Option<u64>,
+        compaction: Compaction,
+        mirror: Option<Arc<dyn CheckpointStore>>,
     ) -> Result<Self, ConnectorError> {
         fs::create_dir_all(root).map_err(|source| ConnectorError::CreateDir {
             path: root.to_path_buf(),
@@ -90,6 +122,7 @@ impl CuratedCommitter {
             rows: PartitionedRows::default(),
             compaction,
             hours: BTreeSet::new(),
+            mirror,
         };
         delete_temporaries(root)?;
         for (id, dir) in committer.pending_checkpoints()? {
@@ -233,7 +266,9 @@ impl CuratedCommitter {
         for relative in files.iter().filter(|f| is_sidecar(f)) {
             let parquet = sidecar_target(relative);
             let target_dir = self.root.join(relative.parent().unwrap_or(Path::new("")));
+            let partition_dir = relative.parent().unwrap_or(Path::new(""));
             for replaced in read_replaced(&dir.join(relative))? {
+                self.unpublish(&partition_dir.join(&replaced))?;
                 remove_file(&target_dir.join(replaced))?;
             }
             self.rename_visible(dir, &parquet, &mut synced)?;
@@ -258,6 +293,9 @@ impl CuratedCommitter {
     ) -> Result<(), ConnectorError> {
         let from = dir.join(relative);
         let to = self.root.join(relative);
+        if from.exists() {
+            self.publish_copy(relative, &from)?;
+        }
         let target_dir = to.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&target_dir).map_err(|source| ConnectorError::CreateDir {
             path: target_dir.clone(),
@@ -276,6 +314,58 @@ impl CuratedCommitter {
         }
         synced.insert(target_dir);
         Ok(())
+    }
+}
+
+impl CuratedCommitter {
+    /// Uploads `local` to the mirror under `relative` (nothing without a mirror).
+    fn publish_copy(&self, relative: &Path, local: &Path) -> Result<(), ConnectorError> {
+        let Some(mirror) = &self.mirror else {
+            return Ok(());
+        };
+        let bytes = fs::read(local).map_err(|source| ConnectorError::Open {
+            path: local.to_path_buf(),
+            source,
+        })?;
+        let key = mirror_key(relative);
+        mirror
+            .put(&key, &bytes, false)
+            .map_err(|error| mirror_error(mirror.as_ref(), "uploading", &key, &error))
+    }
+
+    /// Deletes `relative` from the mirror (nothing without a mirror; a missing object is fine).
+    fn unpublish(&self, relative: &Path) -> Result<(), ConnectorError> {
+        let Some(mirror) = &self.mirror else {
+            return Ok(());
+        };
+        let key = mirror_key(relative);
+        mirror
+            .delete(std::slice::from_ref(&key))
+            .map_err(|error| mirror_error(mirror.as_ref(), "deleting", &key, &error))
+    }
+}
+
+/// The mirror's key of a path under `curated/` (always `/`-separated).
+fn mirror_key(relative: &Path) -> String {
+    relative
+        .iter()
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn mirror_error(
+    mirror: &dyn CheckpointStore,
+    what: &str,
+    key: &str,
+    error: &StoreError,
+) -> ConnectorError {
+    ConnectorError::Aws {
+        what: format!("{what} the curated file `{key}` in {}", mirror.location()),
+        message: format!(
+            "{error}; the pending file stays and is published again at the next commit or start"
+        ),
+        retryable: error.is_retryable(),
     }
 }
 

@@ -16,6 +16,7 @@ use super::committer::PENDING_DIR;
 use super::parquet_file::{read_batches, write_atomically};
 use super::rows::MILLIS_PER_HOUR;
 use super::*;
+use crate::checkpoint_store::{CheckpointStore, LocalDirStore};
 
 const WRITER: &str = "w0";
 
@@ -291,7 +292,15 @@ proptest! {
         let root = dir.path().join("curated");
         let compaction = Compaction::after(0);
         let base = 1_795_435_200_000u64;
-        let mut lake = CuratedCommitter::open(&root, WRITER, None, compaction).unwrap();
+        // Committed files are also published to a mirror (an S3 prefix in AWS mode; a local
+        // store here), which must end up holding exactly the visible files.
+        let mirror: Arc<dyn CheckpointStore> =
+            Arc::new(LocalDirStore::new(&dir.path().join("mirror")).unwrap());
+        let open = |restored| {
+            CuratedCommitter::open_with_mirror(&root, WRITER, restored, compaction, Arc::clone(&mirror))
+                .unwrap()
+        };
+        let mut lake = open(None);
         let committed_upto = committed_upto.min(batches.len());
         let mut expected = Vec::new();
         for (index, hours) in batches.iter().enumerate() {
@@ -312,8 +321,15 @@ proptest! {
         drop(lake);
         let restored = (committed_upto + restored_extra).min(batches.len());
         let restored_id = (restored > 0).then_some(restored as u64);
-        let lake = CuratedCommitter::open(&root, WRITER, restored_id, compaction).unwrap();
+        let lake = open(restored_id);
         drop(lake);
+        let mut published = mirror.list("").unwrap();
+        published.sort();
+        let visible: Vec<String> = visible_files(&root)
+            .iter()
+            .map(|f| f.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+            .collect();
+        prop_assert_eq!(published, visible);
         let mut want: BTreeMap<String, usize> = BTreeMap::new();
         for ids in &expected[..restored] {
             for id in ids {
