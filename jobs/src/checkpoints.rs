@@ -81,8 +81,12 @@ pub fn open_store(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> Resu
     Ok(Checkpoints::new(store, settings.keep))
 }
 
-/// The S3 client of the checkpoint store (path-style addressing with a custom endpoint).
-fn s3_client(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+/// The S3 client of the checkpoint store and the curated lake's uploads (path-style addressing
+/// with a custom endpoint).
+pub(crate) fn s3_client(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> aws_sdk_s3::Client {
     let sdk = runtime.block_on(config.aws.load());
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)

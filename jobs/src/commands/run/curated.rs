@@ -6,13 +6,17 @@
 //! makes them visible once the writer reports N (or a later checkpoint) committed. At start, the
 //! pending files of checkpoints up to the one restored are committed and later ones deleted
 //! (see `pageflow_connectors::curated::committer`): after a crash every row is in the lake
-//! exactly once. Without checkpoints there is nothing to recover to: the rows are written every
+//! exactly once. In AWS mode the committed files are also uploaded to the archive bucket's
+//! `curated/` prefix, each from its pending copy before the local rename (so a crash before the
+//! upload leaves the pending file, uploaded again at the next start). Without checkpoints there is nothing to recover to: the rows are written every
 //! [`PUBLISH_INTERVAL_WITHOUT_CHECKPOINTS`] and at the end.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pageflow_connectors::checkpoint_store::CheckpointStore;
 use pageflow_connectors::curated::{CURATED_DIR, Compaction, CuratedCommitter};
 use pageflow_dataflow::event::DetailedEvent;
 use pageflow_dataflow::features::Feature;
@@ -40,18 +44,25 @@ pub struct CuratedSink {
 impl CuratedSink {
     /// Opens the lake under `sinks_dir` for `writer` after a start from checkpoint `restored`
     /// (recovering the pending files of earlier runs). Finished hours are compacted once the
-    /// watermark is `compact_after_ms` past their end.
+    /// watermark is `compact_after_ms` past their end. With a `mirror` (AWS mode: the archive
+    /// bucket's `curated/` prefix), every committed file is uploaded there too.
     pub fn open(
         sinks_dir: &Path,
         writer: &str,
         restored: Option<u64>,
         compact_after_ms: u64,
         stop_timeout: Duration,
+        mirror: Option<Arc<dyn CheckpointStore>>,
     ) -> Result<Self> {
         let root = sinks_dir.join(CURATED_DIR);
-        let lake =
-            CuratedCommitter::open(&root, writer, restored, Compaction::after(compact_after_ms))
-                .with_context(|| format!("cannot open the curated lake in {}", root.display()))?;
+        let compaction = Compaction::after(compact_after_ms);
+        let lake = match mirror {
+            Some(mirror) => {
+                CuratedCommitter::open_with_mirror(&root, writer, restored, compaction, mirror)
+            }
+            None => CuratedCommitter::open(&root, writer, restored, compaction),
+        }
+        .with_context(|| format!("cannot open the curated lake in {}", root.display()))?;
         Ok(CuratedSink {
             lake,
             committed: restored,

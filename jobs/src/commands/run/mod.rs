@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::checkpoint_store::S3Lease;
+use pageflow_connectors::checkpoint_store::{CheckpointStore, S3Lease, S3Store};
+use pageflow_connectors::curated::CURATED_DIR;
 use pageflow_connectors::dir_lock::{DirLock, this_process};
 use pageflow_connectors::kinesis::consumer::KinesisConsumer;
 use pageflow_connectors::personalize::EventForwarder;
@@ -55,7 +56,7 @@ use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
 use self::sources::{Sources, worker_sources};
 use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
-use crate::config::{CheckpointStoreKind, JobConfig};
+use crate::config::{CheckpointStoreKind, JobConfig, SinksKind};
 use pageflow_metrics::Metrics;
 use pageflow_serve::{JobView, ServingState};
 
@@ -345,7 +346,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         }),
         personalize: personalize_feed.clone(),
         reads_from_every_process: cluster.is_cluster(),
-        curated: open_curated(&config, restored.as_ref().map(|r| r.id), &cluster)?,
+        curated: open_curated(&config, &runtime, restored.as_ref().map(|r| r.id), &cluster)?,
     }
     .spawn()?;
 
@@ -405,10 +406,12 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
 }
 
 /// The curated lake's writer, when `[sinks] curated` is on: under `<sinks.dir>/curated/` (per
-/// process in a cluster), recovered to the checkpoint `restored`. Finished hours are compacted
-/// once the watermark is a session gap past their end (most of their sessions have closed).
+/// process in a cluster), recovered to the checkpoint `restored`; in AWS mode also uploaded to
+/// `s3://<bucket>/<prefix>/curated/`. Finished hours are compacted once the watermark is a
+/// session gap past their end (most of their sessions have closed).
 fn open_curated(
     config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
     restored: Option<u64>,
     cluster: &crate::cluster::ClusterConfig,
 ) -> Result<Option<self::curated::CuratedSink>> {
@@ -422,12 +425,29 @@ fn open_curated(
     };
     // Without checkpoints nothing is restored: pending files of an earlier run are deleted.
     let restored = restored.filter(|_| config.checkpoint.enabled);
+    let section = config.sinks.curated_section();
+    let mirror: Option<Arc<dyn CheckpointStore>> =
+        (config.sinks.kind == SinksKind::Aws && !section.bucket.trim().is_empty()).then(|| {
+            let prefix = section.prefix.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                CURATED_DIR.to_string()
+            } else {
+                format!("{prefix}/{CURATED_DIR}")
+            };
+            Arc::new(S3Store::new(
+                crate::checkpoints::s3_client(config, runtime),
+                &section.bucket,
+                &prefix,
+                runtime.handle().clone(),
+            )) as Arc<dyn CheckpointStore>
+        });
     Ok(Some(self::curated::CuratedSink::open(
         &config.sinks.dir,
         &writer,
         restored,
         config.semantics.session_gap.ms(),
         config.checkpoint.stop_timeout.into(),
+        mirror,
     )?))
 }
 
