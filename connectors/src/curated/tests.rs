@@ -295,7 +295,7 @@ proptest! {
         // Committed files are also published to a mirror (an S3 prefix in AWS mode; a local
         // store here), which must end up holding exactly the visible files.
         let mirror: Arc<dyn CheckpointStore> =
-            Arc::new(LocalDirStore::new(&dir.path().join("mirror")).unwrap());
+            Arc::new(LocalDirStore::new(dir.path().join("mirror")).unwrap());
         let open = |restored| {
             CuratedCommitter::open_with_mirror(&root, WRITER, restored, compaction, Arc::clone(&mirror))
                 .unwrap()
