@@ -13,6 +13,10 @@ fi
 # tests start; does nothing when it is already installed.
 bash scripts/aws-local/install.sh
 
+# DuckDB (from PyPI into .venv-duckdb), which the curated lake's end-to-end test reads the
+# Parquet files with; does nothing when it is already installed.
+bash scripts/duckdb/install.sh
+
 # The CloudFormation template (deploy/cloudformation/): cfn-lint clean and no failed checkov check
 # (both from PyPI into .venv-cfn). Its deployment into moto is an end-to-end test below.
 bash deploy/cloudformation/validate.sh

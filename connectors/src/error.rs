@@ -194,6 +194,21 @@ pub enum ConnectorError {
         /// Whether trying again later may work.
         retryable: bool,
     },
+    /// A curated Parquet file could not be encoded or read back: a bug in pageflow (encoding) or a
+    /// damaged file (reading), which no retry fixes.
+    #[error(
+        "cannot {what} the curated Parquet file `{}`: {message}; if the file is damaged, move it \
+         away (its rows come back when the input is replayed), otherwise report this as a bug",
+        path.display()
+    )]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// `encode` or `read`.
+        what: &'static str,
+        /// The Parquet or Arrow library's message.
+        message: String,
+    },
     /// A configuration has problems; all of them are listed.
     #[error("invalid {what} configuration: {}", problems.join("; "))]
     InvalidConfig {
@@ -217,6 +232,7 @@ impl ConnectorError {
             | ConnectorError::CreateDir { source, .. }
             | ConnectorError::Write { source, .. } => io_error_is_transient(source),
             ConnectorError::Closed { .. }
+            | ConnectorError::Parquet { .. }
             | ConnectorError::InvalidConfig { .. }
             | ConnectorError::NotAFile { .. }
             | ConnectorError::DirectoryInUse { .. }

@@ -12,6 +12,7 @@
 //! | [`synthetic`] | [`SyntheticTraffic`], a seeded generator of realistic news-portal traffic, split by concern (config, catalogue, spikes, sessions, malformed records, JSON output), and [`SyntheticSource`], the same traffic as a (paced or as-fast-as-possible) partition | `RecordSource` |
 //! | [`personalize`] | Amazon Personalize: a recommender (`GetRecommendations` within a time budget, behind a circuit breaker) and an event forwarder (`PutEvents` in batches of up to 10, paced, retried, never blocking the caller) | — |
 //! | [`checkpoint_store`] | incremental checkpoints ([`checkpoint_store::Checkpoints`]: immutable sorted runs shared between checkpoints, their manifest, compaction, checksums, retention, fallback to the previous good one) and the stores they live in: [`checkpoint_store::LocalDirStore`] and [`checkpoint_store::S3Store`], one file each; [`checkpoint_store::S3Lease`]: one job per S3 prefix | [`checkpoint_store::CheckpointStore`] |
+//! | [`curated`] | the curated lake: Parquet tables of final results (`pageviews`, `sessions`, `popular`, `trending`, `related`), written with a two-phase commit tied to checkpoints and compacted per hour | — |
 //! | [`files::retention`] | deleting the oldest closed local sink files beyond a size budget or an age, so the embedded default does not fill the disk | — |
 //! | [`dir_lock`] | [`dir_lock::DirLock`]: one job per local directory (the S3 counterpart is [`checkpoint_store::S3Lease`]) | — |
 //! | [`sqs_buffer`] | an SQS FIFO queue as the buffer in front of a Kinesis stream ([`sqs_buffer::SqsBuffer`]: `SendMessageBatch` in order per partition key, receive and delete for the drainer), used by the collector | [`batch::BatchApi`] |
@@ -26,6 +27,7 @@
 pub mod aws;
 pub mod batch;
 pub mod checkpoint_store;
+pub mod curated;
 pub mod dir_lock;
 pub mod error;
 pub mod files;

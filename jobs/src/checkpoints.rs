@@ -81,8 +81,12 @@ pub fn open_store(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> Resu
     Ok(Checkpoints::new(store, settings.keep))
 }
 
-/// The S3 client of the checkpoint store (path-style addressing with a custom endpoint).
-fn s3_client(config: &JobConfig, runtime: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+/// The S3 client of the checkpoint store and the curated lake's uploads (path-style addressing
+/// with a custom endpoint).
+pub(crate) fn s3_client(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> aws_sdk_s3::Client {
     let sdk = runtime.block_on(config.aws.load());
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
@@ -548,6 +552,24 @@ impl CheckpointDriver {
                 "the checkpoint writer has stopped".into(),
             ));
         }
+    }
+
+    /// The newest checkpoint committed so far by this driver's writer (in a cluster, for a
+    /// process other than 0: whose part this process wrote), if any. The curated lake makes its
+    /// pending files visible up to it.
+    pub fn last_committed(&self) -> Option<u64> {
+        let outcomes = self
+            .progress
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Committed(id) => Some(*id),
+                Outcome::Failed(..) => None,
+            })
+            .max()
     }
 
     /// Waits until checkpoint `id` is committed or failed, at most `timeout`; `None` on timeout

@@ -13,6 +13,12 @@
 //! kind = "local"         # or "aws": features to Kinesis, archive through Firehose
 //! dir = "./pageflow-data"
 //!
+//! curated = true         # the Parquet lake under dir/curated/ (default: on for local sinks)
+//!
+//! [sinks.curated]        # instead of `curated = …`: AWS mode also uploads the committed files
+//! bucket = "my-archive"  # to s3://bucket/<prefix>curated/… (on by default once a bucket is set)
+//! prefix = "lake"       # (optional)
+//!
 //! [sinks.retention]      # local sinks: the archive and features files are kept within both
 //! max_bytes = "4GiB"     # oldest closed files go first; the file being written never does
 //! max_age = "7d"
@@ -570,6 +576,58 @@ pub struct SinksConfig {
     pub max_batch_delay: Millis,
     /// Local: how much of the output stays on disk.
     pub retention: RetentionSection,
+    /// The curated lake (Parquet tables of the final results) under `<dir>/curated/`
+    /// (`pageflow replay`: under `OUT/curated/`): `curated = true|false`, or a `[sinks.curated]`
+    /// section (see [`CuratedSection`], `pageflow_connectors::curated` and the README, "The lake:
+    /// curated Parquet"). Unset: on for local sinks, and for AWS sinks when a bucket is named.
+    pub curated: Option<CuratedSetting>,
+}
+
+/// `[sinks] curated = true|false`, or the `[sinks.curated]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CuratedSetting {
+    /// On or off, with the defaults of [`CuratedSection`].
+    Switch(bool),
+    /// The whole section.
+    Section(CuratedSection),
+}
+
+/// The `[sinks.curated]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CuratedSection {
+    /// Write the lake; unset: on for local sinks, and for AWS sinks when `bucket` is set.
+    pub enabled: Option<bool>,
+    /// AWS mode: the bucket the committed files are also uploaded to (the archive bucket), under
+    /// `<prefix>curated/`.
+    pub bucket: String,
+    /// AWS mode: the key prefix before `curated/` (e.g. `lake`: `s3://bucket/lake/curated/…`).
+    pub prefix: String,
+}
+
+impl SinksConfig {
+    /// The `[sinks.curated]` settings, whichever way they were written.
+    pub fn curated_section(&self) -> CuratedSection {
+        match &self.curated {
+            None => CuratedSection::default(),
+            Some(CuratedSetting::Switch(on)) => CuratedSection {
+                enabled: Some(*on),
+                ..CuratedSection::default()
+            },
+            Some(CuratedSetting::Section(section)) => section.clone(),
+        }
+    }
+
+    /// Whether the curated lake is written: as set, or by default for local sinks, and for AWS
+    /// sinks with a bucket to upload to.
+    pub fn curated_enabled(&self) -> bool {
+        let section = self.curated_section();
+        section.enabled.unwrap_or(match self.kind {
+            SinksKind::Local => true,
+            SinksKind::Aws => !section.bucket.trim().is_empty(),
+        })
+    }
 }
 
 impl Default for SinksConfig {
@@ -582,6 +640,7 @@ impl Default for SinksConfig {
             firehose: FirehoseSection::default(),
             max_batch_delay: Millis(500),
             retention: RetentionSection::default(),
+            curated: None,
         }
     }
 }
@@ -996,6 +1055,15 @@ impl JobConfig {
                 }
             }
             SourceKind::Kinesis => problems.extend(self.source.kinesis.validate()),
+        }
+        if self.sinks.kind == SinksKind::Aws
+            && self.sinks.curated_enabled()
+            && self.sinks.curated_section().bucket.trim().is_empty()
+        {
+            problems.push(
+                "[sinks.curated] is on in AWS mode but `bucket` is empty: name the archive bucket the curated files go to, or set [sinks] curated = false"
+                    .to_string(),
+            );
         }
         if self.sinks.kind == SinksKind::Aws {
             if self.sinks.kinesis.stream.trim().is_empty() {
@@ -1496,5 +1564,41 @@ roll_interval = "1s"
                 "{needle}: {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn the_curated_lake_is_a_switch_or_a_section_and_needs_a_bucket_in_aws_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_text = |text: &str| {
+            let path = dir.path().join("curated.toml");
+            std::fs::write(&path, text).unwrap();
+            load(Some(&path), Vec::new())
+        };
+        let config = load_text("[sinks]\nkind = \"local\"\n").unwrap();
+        assert!(
+            config.sinks.curated_enabled(),
+            "on by default for local sinks"
+        );
+        let config = load_text("[sinks]\ncurated = false\n").unwrap();
+        assert!(!config.sinks.curated_enabled());
+        let config =
+            load_text("[sinks.curated]\nbucket = \"archive\"\nprefix = \"lake\"\n").unwrap();
+        assert!(config.sinks.curated_enabled());
+        assert_eq!(config.sinks.curated_section().prefix, "lake");
+        let aws = "[sinks]\nkind = \"aws\"\n[sinks.kinesis]\nstream = \"f\"\n[sinks.firehose]\nraw = \"r\"\nprocessed = \"p\"\ndead_letter = \"d\"\n";
+        let config = load_text(aws).unwrap();
+        assert!(
+            !config.sinks.curated_enabled(),
+            "off in AWS mode without a bucket"
+        );
+        let problems =
+            load_text(&aws.replace("[sinks.kinesis]", "curated = true\n[sinks.kinesis]"))
+                .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("[sinks.curated]") && p.contains("bucket")),
+            "{problems:?}"
+        );
     }
 }

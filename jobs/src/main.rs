@@ -67,7 +67,8 @@ enum Command {
     /// Run the graph over a JSON-lines file as fast as possible, deterministically.
     ///
     /// Writes OUT/features.jsonl, OUT/dead-letter.jsonl and OUT/summary.json. The same input gives
-    /// the same files byte for byte, whatever the number of workers.
+    /// the same files byte for byte, whatever the number of workers. With [sinks] curated (the
+    /// default), also the curated Parquet tables under OUT/curated/.
     Replay {
         /// The pageviews, one JSON object per line.
         #[arg(long)]
@@ -78,7 +79,8 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// A TOML configuration file; only its [semantics] and [cluster] sections are used.
+        /// A TOML configuration file; only its [semantics] and [cluster] sections, and [sinks]
+        /// curated (false: no OUT/curated/), are used.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Run as one of several processes of one dataflow: every process's host:port, the same
@@ -364,8 +366,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 cluster
             };
-            let summary =
-                commands::replay::run(&input, &out, workers, &config.semantics, &cluster)?;
+            let summary = commands::replay::run(
+                &input,
+                &out,
+                workers,
+                &config.semantics,
+                &cluster,
+                config.sinks.curated_enabled(),
+            )?;
             // A closed standard output (`| head`) loses the summary; it must not panic.
             let _ = writeln!(
                 std::io::stdout(),

@@ -11,6 +11,10 @@
 //!                                                                                                 features ◄─────────┘
 //! ```
 //!
+//! With [`GraphOptions::keep_pageviews`] (the curated lake), the events carry their optional fields
+//! (`url`, `referrer`, `device`) up to de-duplication, and the accepted ones also go out as
+//! `pageviews`.
+//!
 //! Routing (by key group, so that a checkpoint restores onto any number of workers): events by
 //! `event_id` (dedup), then by `(portal, user_id)` (sessions and the pairs they form), pairs by
 //! the pair, events by `(portal, article_id)` (window statistics), co-occurrence changes by article
@@ -26,7 +30,7 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::checkpoint::OperatorStates;
 use crate::config::SemanticsConfig;
-use crate::event::{CompactEvent, DeadLetter};
+use crate::event::{CompactEvent, DeadLetter, DetailedEvent};
 use crate::features::Feature;
 use crate::live::LiveUpdate;
 use crate::operators::cooccurrence::PairCount;
@@ -47,6 +51,9 @@ use crate::watermark_exchange::BoardPublisher;
 pub struct GraphOptions {
     /// Emit every valid record's bytes for the `raw/` archive.
     pub keep_raw: bool,
+    /// Emit the counted events with their optional fields on [`GraphOutputs::pageviews`] (the
+    /// curated lake's `pageviews` table). Off, the graph is the same as without it.
+    pub keep_pageviews: bool,
     /// Preview the windows still filling at this processing-time interval (the live view);
     /// `None` for replays, which only need final results.
     pub live_interval: Option<std::time::Duration>,
@@ -66,6 +73,7 @@ impl Default for GraphOptions {
     fn default() -> Self {
         GraphOptions {
             keep_raw: false,
+            keep_pageviews: false,
             live_interval: None,
             watermark_alignment: Some(DEFAULT_WATERMARK_ALIGNMENT_MS),
             end_on_source_failure: false,
@@ -86,6 +94,9 @@ pub struct GraphOutputs<'scope> {
     pub raw: StreamVec<'scope, u64, RawValid>,
     /// The counted events (valid, on time, de-duplicated).
     pub accepted: StreamVec<'scope, u64, CompactEvent>,
+    /// The counted events with their optional fields (empty unless
+    /// [`GraphOptions::keep_pageviews`]).
+    pub pageviews: StreamVec<'scope, u64, DetailedEvent>,
 }
 
 /// Builds the job on this worker, reading `sources`. Every operator declares its state in
@@ -104,6 +115,7 @@ pub fn build<'scope>(
     let slide = config.slide.ms();
     let mut ingest_config = IngestConfig::new(config);
     ingest_config.keep_raw = options.keep_raw;
+    ingest_config.keep_details = options.keep_pageviews;
     ingest_config.alignment = options.watermark_alignment;
     ingest_config.end_on_failure = options.end_on_source_failure;
     let ingested = ingest(
@@ -118,15 +130,31 @@ pub fn build<'scope>(
         StreamVec<'scope, u64, CompactEvent>,
         StreamVec<'scope, u64, NotAnEvent>,
     ) = ingested.ok_err(split_events);
-    let (dead_letters, raw): (
+    let (dead_letters, kept): (
         StreamVec<'scope, u64, DeadLetter>,
+        StreamVec<'scope, u64, Kept>,
+    ) = rest.ok_err(split_dead_letters);
+    let (raw, detailed): (
         StreamVec<'scope, u64, RawValid>,
-    ) = rest.ok_err(|record| match record {
-        NotAnEvent::DeadLetter(letter) => Ok(letter),
-        NotAnEvent::Raw(raw) => Err(raw),
-    });
+        StreamVec<'scope, u64, DetailedEvent>,
+    ) = kept.ok_err(split_raw);
 
-    let accepted = events.deduplicate(config.dedup_window.ms(), slide, Arc::clone(&stats), states);
+    // With `keep_pageviews`, ingest emits every on-time event with its optional fields (and
+    // `events` is empty): those are de-duplicated, emitted as pageviews and passed on as plain
+    // events. Without, `detailed` is empty and the graph is what it always was.
+    let (accepted, pageviews) = if options.keep_pageviews {
+        let pageviews: StreamVec<'scope, u64, DetailedEvent> =
+            detailed.deduplicate(config.dedup_window.ms(), slide, Arc::clone(&stats), states);
+        let accepted = pageviews
+            .clone()
+            .map(|detailed| detailed.event)
+            .concat(events);
+        (accepted, pageviews)
+    } else {
+        let accepted =
+            events.deduplicate(config.dedup_window.ms(), slide, Arc::clone(&stats), states);
+        (accepted, detailed)
+    };
     let horizon = accepted.clone().event_horizon(slide, states);
 
     let (sessions, pairs): (
@@ -229,6 +257,7 @@ pub fn build<'scope>(
         dead_letters,
         raw,
         accepted,
+        pageviews,
     }
 }
 
@@ -236,7 +265,14 @@ pub fn build<'scope>(
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum NotAnEvent {
     DeadLetter(DeadLetter),
+    Kept(Kept),
+}
+
+/// What ingest emits only when asked: raw records, events with their optional fields.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Kept {
     Raw(RawValid),
+    Detailed(DetailedEvent),
 }
 
 /// Takes the events out of ingest's output (timely's `ok_err` splits by `Result`).
@@ -248,6 +284,31 @@ fn split_events(record: Ingested) -> Result<CompactEvent, NotAnEvent> {
     match record {
         Ingested::Event(event) => Ok(event),
         Ingested::DeadLetter(letter) => Err(NotAnEvent::DeadLetter(letter)),
-        Ingested::Raw(raw) => Err(NotAnEvent::Raw(raw)),
+        Ingested::Raw(raw) => Err(NotAnEvent::Kept(Kept::Raw(raw))),
+        Ingested::Detailed(event) => Err(NotAnEvent::Kept(Kept::Detailed(event))),
+    }
+}
+
+/// Takes the dead letters out of what is not an event.
+#[allow(
+    clippy::result_large_err,
+    reason = "the record moves into one of two streams; no error is propagated"
+)]
+fn split_dead_letters(record: NotAnEvent) -> Result<DeadLetter, Kept> {
+    match record {
+        NotAnEvent::DeadLetter(letter) => Ok(letter),
+        NotAnEvent::Kept(kept) => Err(kept),
+    }
+}
+
+/// Splits what ingest kept on request into raw records and events with their optional fields.
+#[allow(
+    clippy::result_large_err,
+    reason = "the record moves into one of two streams; no error is propagated"
+)]
+fn split_raw(record: Kept) -> Result<RawValid, DetailedEvent> {
+    match record {
+        Kept::Raw(raw) => Ok(raw),
+        Kept::Detailed(event) => Err(event),
     }
 }

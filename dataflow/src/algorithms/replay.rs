@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::config::SemanticsConfig;
-use crate::event::DeadLetter;
+use crate::event::{DeadLetter, DetailedEvent};
 use crate::features::{Feature, sort_features};
 use crate::operators::ingest::RawValid;
 use crate::source::SourcesByWorker;
@@ -29,7 +29,8 @@ use super::graph::{GraphOptions, build};
 /// Everything a finite run produced.
 #[derive(Debug, Default)]
 pub struct ReplayOutput {
-    /// Features in canonical order ([`replay`]; empty from [`replay_lines`]).
+    /// Features in canonical order ([`replay`]; from [`replay_lines`] only with
+    /// [`GraphOptions::keep_pageviews`], for the curated lake, and otherwise empty).
     pub features: Vec<Feature>,
     /// Features as JSON lines in canonical order ([`replay_lines`]; empty from [`replay`]).
     pub feature_lines: Vec<String>,
@@ -37,6 +38,9 @@ pub struct ReplayOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Valid records as received (when asked for), in no particular order.
     pub raw: Vec<RawValid>,
+    /// The counted events with their optional fields (with [`GraphOptions::keep_pageviews`]),
+    /// by `(ts, event_id)`.
+    pub pageviews: Vec<DetailedEvent>,
     /// Counters.
     pub stats: StatsSnapshot,
 }
@@ -177,6 +181,9 @@ fn run(
                 &Default::default(),
             );
             if as_lines {
+                if options.keep_pageviews {
+                    collect(outputs.features.clone(), &sink, |out| &mut out.features);
+                }
                 let lines = Arc::clone(&lines_sink);
                 outputs
                     .features
@@ -199,6 +206,7 @@ fn run(
             }
             collect(outputs.dead_letters, &sink, |out| &mut out.dead_letters);
             collect(outputs.raw, &sink, |out| &mut out.raw);
+            collect(outputs.pageviews, &sink, |out| &mut out.pageviews);
         });
         exchange.install(worker);
     })
@@ -226,8 +234,15 @@ fn run(
     output
         .dead_letters
         .sort_by(|a, b| position_key(a).cmp(&position_key(b)));
+    output
+        .pageviews
+        .sort_by(|a, b| (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id)));
     let mut snapshot = stats.snapshot();
-    snapshot.features = (output.features.len() + output.feature_lines.len()) as u64;
+    snapshot.features = if as_lines {
+        output.feature_lines.len()
+    } else {
+        output.features.len()
+    } as u64;
     output.stats = snapshot;
     Ok(output)
 }
@@ -320,5 +335,35 @@ mod tests {
             ..SemanticsConfig::default()
         };
         same_as_the_oracle(&generated(4_000, 4 * 3_600_000, 9), &config);
+    }
+
+    #[test]
+    fn keeping_pageviews_changes_no_feature_and_yields_each_counted_event_once() {
+        let records = generated(3_000, 6 * 3_600_000, 5);
+        let config = SemanticsConfig::default();
+        let plain = replay_lines(
+            &config,
+            one_partition(&records, 2),
+            &GraphOptions::default(),
+        )
+        .unwrap();
+        assert!(plain.pageviews.is_empty() && plain.features.is_empty());
+        let options = GraphOptions {
+            keep_pageviews: true,
+            ..GraphOptions::default()
+        };
+        let kept = replay_lines(&config, one_partition(&records, 2), &options).unwrap();
+        assert_eq!(kept.feature_lines, plain.feature_lines);
+        let as_lines: Vec<String> = kept.features.iter().map(Feature::to_json).collect();
+        assert_eq!(as_lines, kept.feature_lines, "the same features as records");
+        assert_eq!(kept.stats, plain.stats);
+        assert_eq!(kept.pageviews.len() as u64, plain.stats.accepted);
+        let mut ids: Vec<(&str, u64)> = kept
+            .pageviews
+            .iter()
+            .map(|p| (p.event.event_id.as_str(), p.event.ts))
+            .collect();
+        ids.dedup();
+        assert_eq!(ids.len(), kept.pageviews.len(), "no event twice");
     }
 }

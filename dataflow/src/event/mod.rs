@@ -9,6 +9,7 @@
 //! [`CompactEvent`] is how it travels through the dataflow (portal and article interned, user and
 //! event ids inline, nothing allocated for typical ids).
 
+mod details;
 mod portal_name;
 mod validate;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intern::{Article, Portal};
 
+pub use details::{DetailedEvent, PageviewDetails};
 pub use portal_name::{MAX_PORTAL_CHARS, is_valid_portal};
 pub use validate::{Invalid, MAX_RECORD_BYTES, Pageview, validate};
 

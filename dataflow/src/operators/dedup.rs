@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use timely::ExchangeData;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -38,7 +39,7 @@ use crate::checkpoint::parts::BucketParts;
 use crate::checkpoint::{
     ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, StateSize, key_group,
 };
-use crate::event::CompactEvent;
+use crate::event::{CompactEvent, DetailedEvent};
 use crate::ids::FastMap;
 use crate::stats::JobStats;
 
@@ -281,8 +282,35 @@ impl Checkpointed for DedupState {
     }
 }
 
-/// De-duplicates a stream of on-time events.
-pub trait Deduplicate<'scope> {
+/// What de-duplication needs of a record: its `event_id` and `ts`.
+pub trait DedupKey {
+    /// The beacon's id.
+    fn event_id(&self) -> &str;
+    /// Its event time.
+    fn ts(&self) -> u64;
+}
+
+impl DedupKey for CompactEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn ts(&self) -> u64 {
+        self.ts
+    }
+}
+
+impl DedupKey for DetailedEvent {
+    fn event_id(&self) -> &str {
+        &self.event.event_id
+    }
+    fn ts(&self) -> u64 {
+        self.event.ts
+    }
+}
+
+/// De-duplicates a stream of on-time events (plain, or with their optional fields for the
+/// curated lake: the same decisions either way).
+pub trait Deduplicate<'scope, D> {
     /// Drops duplicates (counted in `stats.duplicates`) and passes accepted events on. The
     /// remembered ids are checkpointed under `"dedup"` in `states`.
     fn deduplicate(
@@ -291,27 +319,28 @@ pub trait Deduplicate<'scope> {
         slide: u64,
         stats: Arc<JobStats>,
         states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, CompactEvent>;
+    ) -> StreamVec<'scope, u64, D>;
 }
 
-impl<'scope> Deduplicate<'scope> for StreamVec<'scope, u64, CompactEvent> {
+impl<'scope, D> Deduplicate<'scope, D> for StreamVec<'scope, u64, D>
+where
+    D: DedupKey + ExchangeData,
+{
     fn deduplicate(
         self,
         window: u64,
         slide: u64,
         stats: Arc<JobStats>,
         states: &OperatorStates,
-    ) -> StreamVec<'scope, u64, CompactEvent> {
-        let route = Exchange::new(|event: &CompactEvent| {
-            u64::from(key_group(dedup_route(&event.event_id)))
-        });
+    ) -> StreamVec<'scope, u64, D> {
+        let route = Exchange::new(|event: &D| u64::from(key_group(dedup_route(event.event_id()))));
         let state = states.attach("dedup", DedupState::new(window, slide));
         self.unary_frontier(route, "Deduplicate", move |_capability, _info| {
             move |(input, frontier), output| {
                 let mut state = state.borrow_mut();
                 input.for_each(|cap, data| {
                     let before = data.len();
-                    data.retain(|event| state.accept(&event.event_id, event.ts));
+                    data.retain(|event| state.accept(event.event_id(), event.ts()));
                     let dropped = (before - data.len()) as u64;
                     if dropped > 0 {
                         stats.duplicates.fetch_add(dropped, Ordering::Relaxed);

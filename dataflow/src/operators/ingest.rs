@@ -29,7 +29,9 @@ use crate::checkpoint::{
     ChangeWriter, CheckpointError, Checkpointed, Entry, OperatorStates, PartitionCheckpoint,
     Placement, StateSize,
 };
-use crate::event::{CompactEvent, DeadLetter, RawRecord, Reason, validate};
+use crate::event::{
+    CompactEvent, DeadLetter, DetailedEvent, PageviewDetails, RawRecord, Reason, validate,
+};
 use crate::ids::FastMap;
 use crate::source::{PollStatus, RecordSource, WorkerSources};
 use crate::stats::JobStats;
@@ -41,6 +43,9 @@ use crate::watermark_exchange::BoardPublisher;
 pub enum Ingested {
     /// A valid, on-time event (possibly a duplicate, decided downstream).
     Event(CompactEvent),
+    /// The same with its optional fields, instead of [`Ingested::Event`] when
+    /// [`IngestConfig::keep_details`] asks for them (the curated `pageviews` table).
+    Detailed(DetailedEvent),
     /// A record that will not be counted, with its reason.
     DeadLetter(DeadLetter),
     /// A valid record's bytes as received, for the `raw/` archive (only when asked for).
@@ -69,6 +74,8 @@ pub struct IngestConfig {
     pub slide: u64,
     /// Emit [`Ingested::Raw`] for every valid record.
     pub keep_raw: bool,
+    /// Emit on-time events as [`Ingested::Detailed`] (with `url`, `referrer`, `device`).
+    pub keep_details: bool,
     /// Records polled from one partition per activation.
     pub batch: usize,
     /// How long to wait before polling again when every partition is caught up.
@@ -96,6 +103,7 @@ impl IngestConfig {
             idle_timeout: semantics.idle_timeout.ms(),
             slide: semantics.slide.ms(),
             keep_raw: false,
+            keep_details: false,
             batch: 4096,
             poll_interval: Duration::from_millis(5),
             alignment: None,
@@ -451,6 +459,11 @@ pub fn ingest<'scope>(
                         letter.portal = Some(view.portal.to_string());
                         letter.ts = Some(view.ts);
                         out.push(Ingested::DeadLetter(letter));
+                    } else if config.keep_details {
+                        out.push(Ingested::Detailed(DetailedEvent {
+                            event: CompactEvent::from(&view),
+                            details: PageviewDetails::from_valid_record(&record.bytes),
+                        }));
                     } else {
                         out.push(Ingested::Event(CompactEvent::from(&view)));
                     }

@@ -121,6 +121,8 @@ fn whole_job(
     config.source.paths = vec![input.to_path_buf()];
     config.sinks.dir = out;
     config.sinks.archive = false;
+    // The curated lake is measured apart (README, "The lake"); numbers stay comparable.
+    config.sinks.curated = Some(crate::config::CuratedSetting::Switch(false));
     config.serve.enabled = false;
     config.runtime.workers = 2;
     config.checkpoint.enabled = checkpoints.is_some();

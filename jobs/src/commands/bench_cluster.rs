@@ -321,7 +321,7 @@ fn run_config(files: &[PathBuf], data: &Path, shape: Shape, addresses: &[String]
     let paths: Vec<String> = files.iter().map(|p| format!("'{}'", p.display())).collect();
     let mut text = format!(
         "[source]\nkind = \"files\"\npaths = [{}]\n\n\
-         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\n\n\
+         [sinks]\nkind = \"local\"\ndir = '{}'\narchive = false\ncurated = false\n\n\
          [sinks.retention]\nenabled = false\n\n\
          [serve]\nenabled = false\n\n\
          [runtime]\nworkers = {}\n\n\

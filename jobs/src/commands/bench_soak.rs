@@ -335,6 +335,8 @@ fn job_config(settings: &SoakSettings, dir: &Path) -> JobConfig {
     config.source.limit = None;
     config.sinks.dir = dir.to_path_buf();
     config.sinks.archive = settings.archive;
+    // The curated lake is measured apart (README, "The lake"); numbers stay comparable.
+    config.sinks.curated = Some(crate::config::CuratedSetting::Switch(false));
     config.serve.enabled = false;
     config.runtime.workers = settings.workers;
     config.checkpoint.enabled = true;

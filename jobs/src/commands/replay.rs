@@ -3,7 +3,9 @@
 //! The file is one partition (read by the worker [`placement`](pageflow_dataflow::placement)
 //! gives it, processed by all), only event time moves the watermark, and the run ends as
 //! `SEMANTICS.md` "End of a replay" says. Writes `features.jsonl` (canonical order),
-//! `dead-letter.jsonl` (input order) and `summary.json`.
+//! `dead-letter.jsonl` (input order) and `summary.json`, and with `[sinks] curated` (the default)
+//! the curated lake under `curated/` (replaced as a whole: the tables of this input only; see
+//! [`write_curated`]).
 //!
 //! With `[cluster]` (`--addresses`, `--process`), each process runs `workers` threads of one
 //! dataflow and writes what its own workers emitted under `OUT/process-<i>/`: the union of the
@@ -16,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use pageflow_connectors::JsonLinesFile;
+use pageflow_connectors::curated::{CURATED_DIR, Compaction, CuratedCommitter};
 use pageflow_dataflow::algorithms::graph::GraphOptions;
 use pageflow_dataflow::algorithms::replay::{ReplayOutput, replay_lines, replay_lines_in};
 use pageflow_dataflow::config::SemanticsConfig;
@@ -50,6 +53,16 @@ pub fn replay_file(
     workers: usize,
     config: &SemanticsConfig,
 ) -> Result<(ReplayOutput, ReplaySummary)> {
+    replay_file_with(input, workers, config, &GraphOptions::default())
+}
+
+/// [`replay_file`] with graph options (`keep_pageviews` for the curated lake).
+pub fn replay_file_with(
+    input: &Path,
+    workers: usize,
+    config: &SemanticsConfig,
+    options: &GraphOptions,
+) -> Result<(ReplayOutput, ReplaySummary)> {
     let workers = workers.max(1);
     let file =
         JsonLinesFile::open(input).with_context(|| format!("cannot replay {}", input.display()))?;
@@ -58,7 +71,7 @@ pub fn replay_file(
     let owner = pageflow_dataflow::placement::assign_partition(RecordSource::name(&file), workers);
     sources_by_worker[owner].push(Box::new(file));
     let started = Instant::now();
-    let output = replay_lines(config, sources_by_worker, &GraphOptions::default())?;
+    let output = replay_lines(config, sources_by_worker, options)?;
     let elapsed = started.elapsed();
     let summary = ReplaySummary {
         input: input.to_path_buf(),
@@ -78,6 +91,7 @@ pub fn replay_file_in_cluster(
     threads: usize,
     config: &SemanticsConfig,
     cluster: &ClusterConfig,
+    options: &GraphOptions,
 ) -> Result<(ReplayOutput, ReplaySummary)> {
     let threads = threads.max(1);
     let workers = threads * cluster.processes();
@@ -94,13 +108,7 @@ pub fn replay_file_in_cluster(
     // Replay writes no checkpoints: every process starts from empty state.
     let communication = cluster.connect(threads, crate::cluster::Agreement::default())?;
     let started = Instant::now();
-    let output = replay_lines_in(
-        config,
-        sources_by_worker,
-        &reading,
-        &GraphOptions::default(),
-        communication,
-    )?;
+    let output = replay_lines_in(config, sources_by_worker, &reading, options, communication)?;
     let elapsed = started.elapsed();
     let summary = ReplaySummary {
         input: input.to_path_buf(),
@@ -113,18 +121,24 @@ pub fn replay_file_in_cluster(
     Ok((output, summary))
 }
 
-/// `pageflow replay --input FILE --out DIR [--addresses A,B --process I]`.
+/// `pageflow replay --input FILE --out DIR [--addresses A,B --process I]`; `curated` also writes
+/// the curated lake under `OUT/curated/`.
 pub fn run(
     input: &Path,
     out: &Path,
     workers: usize,
     config: &SemanticsConfig,
     cluster: &ClusterConfig,
+    curated: bool,
 ) -> Result<ReplaySummary> {
-    let (output, summary) = if cluster.is_cluster() {
-        replay_file_in_cluster(input, workers, config, cluster)?
+    let options = GraphOptions {
+        keep_pageviews: curated,
+        ..GraphOptions::default()
+    };
+    let (mut output, summary) = if cluster.is_cluster() {
+        replay_file_in_cluster(input, workers, config, cluster, &options)?
     } else {
-        replay_file(input, workers, config)?
+        replay_file_with(input, workers, config, &options)?
     };
     let out = if cluster.is_cluster() {
         out.join(format!("process-{}", cluster.process))
@@ -136,17 +150,49 @@ pub fn run(
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
     write_lines(
         &out.join("features.jsonl"),
-        output.feature_lines.into_iter(),
+        std::mem::take(&mut output.feature_lines).into_iter(),
     )?;
     write_lines(
         &out.join("dead-letter.jsonl"),
         output.dead_letters.iter().map(|d| d.to_json()),
     )?;
+    if curated {
+        let writer = if cluster.is_cluster() {
+            format!("p{}", cluster.process)
+        } else {
+            "w0".to_string()
+        };
+        write_curated(&out.join(CURATED_DIR), &writer, &mut output)?;
+    }
     let summary_path = out.join("summary.json");
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(&summary_path, text + "\n")
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     Ok(summary)
+}
+
+/// Writes the replay's curated lake at `root`: whatever an earlier replay left there is removed
+/// first (the tables hold this input's rows only, each once), then every hour of every table is
+/// written as one file, atomically.
+pub fn write_curated(root: &Path, writer: &str, output: &mut ReplayOutput) -> Result<()> {
+    match std::fs::remove_dir_all(root) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| {
+                format!(
+                    "cannot remove the previous replay's curated tables in {}",
+                    root.display()
+                )
+            });
+        }
+    }
+    let mut lake = CuratedCommitter::open(root, writer, None, Compaction::OFF)?;
+    lake.add_features(&std::mem::take(&mut output.features));
+    lake.add_pageviews(&std::mem::take(&mut output.pageviews));
+    // One commit at the end, under id 0: the replay has no checkpoints to tie it to.
+    lake.publish(0, u64::MAX)?;
+    Ok(())
 }
 
 /// Writes `lines` to `path`, each followed by a line break (also `pageflow backfill`'s outputs).

@@ -15,6 +15,7 @@ mod cloudformation_lake;
 mod cluster;
 mod collect;
 mod collect_buffers;
+mod curated;
 mod dashboard;
 mod observability;
 mod recommendations;

@@ -9,6 +9,7 @@
 mod aws_sink_faults;
 mod aws_sinks;
 mod checkpoint_store;
+mod curated_s3;
 mod iam_policy;
 mod kinesis_consumer;
 mod kinesis_local;

@@ -221,7 +221,13 @@ pub fn run(options: &BackfillOptions, config: &JobConfig) -> Result<BackfillSumm
     // The worker the job's placement gives it, as replay does (the results do not depend on it).
     let owner = pageflow_dataflow::placement::assign_partition(source.name(), workers);
     sources_by_worker[owner].push(Box::new(source));
-    let output = replay_lines(&semantics, sources_by_worker, &GraphOptions::default())
+    // With `[sinks] curated` (the default), the curated lake is rebuilt from the archive too.
+    let curated = config.sinks.curated_enabled();
+    let graph = GraphOptions {
+        keep_pageviews: curated,
+        ..GraphOptions::default()
+    };
+    let mut output = replay_lines(&semantics, sources_by_worker, &graph)
         .with_context(|| format!("the backfill from {} failed", location.raw_display()))?;
     let elapsed = started.elapsed();
     let summary = BackfillSummary {
@@ -237,11 +243,25 @@ pub fn run(options: &BackfillOptions, config: &JobConfig) -> Result<BackfillSumm
         elapsed_ms: elapsed.as_millis() as u64,
         events_per_second: output.stats.records as f64 / elapsed.as_secs_f64().max(1e-9),
     };
+    if curated {
+        std::fs::create_dir_all(&options.out).with_context(|| {
+            format!(
+                "cannot create the output directory {}",
+                options.out.display()
+            )
+        })?;
+        super::replay::write_curated(
+            &options.out.join(pageflow_connectors::curated::CURATED_DIR),
+            "w0",
+            &mut output,
+        )?;
+    }
     write_outputs(&options.out, output, &summary)?;
     Ok(summary)
 }
 
-/// Writes `features.jsonl`, `dead-letter.jsonl` and `summary.json` under `out`, as replay does.
+/// Writes `features.jsonl`, `dead-letter.jsonl` and `summary.json` under `out`, as replay does
+/// (the curated lake, when on, is written before: it takes the features out of `output`).
 fn write_outputs(
     out: &Path,
     output: pageflow_dataflow::algorithms::replay::ReplayOutput,

@@ -19,10 +19,11 @@
 //!
 //! The job's parts, one module each, in the order [`start_with`] assembles them:
 //! `personalize` and `serving` (HTTP), `emf` (CloudWatch's metrics as log lines), `checkpointing` (restore and the checkpoint driver),
-//! `sinks` (the sink thread and the outputs), `sources` (resumed from the checkpoint) and
+//! `sinks` (the sink thread and the outputs), `curated` (the curated lake's two-phase commit), `sources` (resumed from the checkpoint) and
 //! `workers` (the timely workers running the graph).
 
 mod checkpointing;
+mod curated;
 mod emf;
 mod personalize;
 pub(crate) mod serving;
@@ -36,7 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use pageflow_connectors::checkpoint_store::S3Lease;
+use pageflow_connectors::checkpoint_store::{CheckpointStore, S3Lease, S3Store};
+use pageflow_connectors::curated::CURATED_DIR;
 use pageflow_connectors::dir_lock::{DirLock, this_process};
 use pageflow_connectors::kinesis::consumer::KinesisConsumer;
 use pageflow_connectors::personalize::EventForwarder;
@@ -54,7 +56,7 @@ use self::sinks::{CheckpointParts, SinkThread, job_outputs, sink_channel};
 use self::sources::{Sources, worker_sources};
 use self::workers::{WorkerContext, start_workers, watermark_boards};
 use crate::checkpoints::{CheckpointDriver, PartsInbox};
-use crate::config::{CheckpointStoreKind, JobConfig};
+use crate::config::{CheckpointStoreKind, JobConfig, SinksKind};
 use pageflow_metrics::Metrics;
 use pageflow_serve::{JobView, ServingState};
 
@@ -344,6 +346,7 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         }),
         personalize: personalize_feed.clone(),
         reads_from_every_process: cluster.is_cluster(),
+        curated: open_curated(&config, &runtime, restored.as_ref().map(|r| r.id), &cluster)?,
     }
     .spawn()?;
 
@@ -400,6 +403,52 @@ pub fn start_with(config: JobConfig, hooks: RunHooks) -> Result<RunningJob> {
         processes: cluster.processes(),
         emf,
     })
+}
+
+/// The curated lake's writer, when `[sinks] curated` is on: under `<sinks.dir>/curated/` (per
+/// process in a cluster), recovered to the checkpoint `restored`; in AWS mode also uploaded to
+/// `s3://<bucket>/<prefix>/curated/`. Finished hours are compacted once the watermark is a
+/// session gap past their end (most of their sessions have closed).
+fn open_curated(
+    config: &JobConfig,
+    runtime: &tokio::runtime::Runtime,
+    restored: Option<u64>,
+    cluster: &crate::cluster::ClusterConfig,
+) -> Result<Option<self::curated::CuratedSink>> {
+    if !config.sinks.curated_enabled() {
+        return Ok(None);
+    }
+    let writer = if cluster.is_cluster() {
+        format!("p{}", cluster.process)
+    } else {
+        "w0".to_string()
+    };
+    // Without checkpoints nothing is restored: pending files of an earlier run are deleted.
+    let restored = restored.filter(|_| config.checkpoint.enabled);
+    let section = config.sinks.curated_section();
+    let mirror: Option<Arc<dyn CheckpointStore>> =
+        (config.sinks.kind == SinksKind::Aws && !section.bucket.trim().is_empty()).then(|| {
+            let prefix = section.prefix.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                CURATED_DIR.to_string()
+            } else {
+                format!("{prefix}/{CURATED_DIR}")
+            };
+            Arc::new(S3Store::new(
+                crate::checkpoints::s3_client(config, runtime),
+                &section.bucket,
+                &prefix,
+                runtime.handle().clone(),
+            )) as Arc<dyn CheckpointStore>
+        });
+    Ok(Some(self::curated::CuratedSink::open(
+        &config.sinks.dir,
+        &writer,
+        restored,
+        config.semantics.session_gap.ms(),
+        config.checkpoint.stop_timeout.into(),
+        mirror,
+    )?))
 }
 
 /// The configuration as this process of a cluster runs it: its local sinks write under

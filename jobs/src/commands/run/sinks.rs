@@ -5,6 +5,8 @@
 //!
 //! - writes features, dead letters and the raw archive to the [`JobOutputs`] (local files, or
 //!   Kinesis + Firehose: [`job_outputs`]);
+//! - hands final features and counted events to the curated lake ([`CuratedSink`]), which
+//!   pre-commits them at each checkpoint and makes them visible once it is committed;
 //! - applies rankings and related lists to the serving state (recording their event → visible and
 //!   arrival → visible latencies), and records readers' recent articles (and offers them to
 //!   Personalize, when configured);
@@ -27,7 +29,7 @@ use anyhow::{Context, Result};
 use pageflow_connectors::firehose_sink::FirehoseArchive;
 use pageflow_connectors::kinesis::sink::KinesisStream;
 use pageflow_dataflow::checkpoint::{ChangeWriter, WorkerCheckpoint};
-use pageflow_dataflow::event::{CompactEvent, DeadLetter, Reason};
+use pageflow_dataflow::event::{CompactEvent, DeadLetter, DetailedEvent, Reason};
 use pageflow_dataflow::features::Feature;
 use pageflow_dataflow::live::LiveUpdate;
 use pageflow_dataflow::operators::ingest::RawValid;
@@ -37,6 +39,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 
+use super::curated::CuratedSink;
 use super::personalize::PersonalizeFeed;
 use crate::checkpoints::{CheckpointDriver, PartsInbox, ToWrite};
 use crate::config::{JobConfig, SinksKind};
@@ -63,6 +66,8 @@ pub enum SinkMessage {
     /// The events every process counted (a cluster): readers' recent articles, which every
     /// process serves.
     Reads(Vec<CompactEvent>),
+    /// The counted events with their optional fields, for the curated lake's `pageviews`.
+    Pageviews(Vec<DetailedEvent>),
     /// One worker's part of a checkpoint: everything sent before it belongs to the checkpoint.
     Checkpoint(WorkerCheckpoint),
 }
@@ -193,6 +198,8 @@ pub(super) struct SinkThread {
     /// Readers' recent articles come from every process ([`SinkMessage::Reads`]), not from
     /// this process's counted events (a cluster).
     pub reads_from_every_process: bool,
+    /// The curated lake, when `[sinks] curated` is on.
+    pub curated: Option<CuratedSink>,
 }
 
 impl SinkThread {
@@ -217,6 +224,9 @@ impl SinkThread {
                 Ok(_) if after_final => {}
                 Ok(SinkMessage::Features(features)) => {
                     self.outputs.features(&features)?;
+                    if let Some(curated) = &mut self.curated {
+                        curated.features(&features);
+                    }
                     // Counted once written (handed to the AWS sink's batch, in AWS mode), with
                     // their event → feature latency.
                     for feature in &features {
@@ -234,17 +244,30 @@ impl SinkThread {
                 }
                 Ok(SinkMessage::Accepted(events)) => self.accepted(&events),
                 Ok(SinkMessage::Reads(events)) => self.record_reads(&events),
+                Ok(SinkMessage::Pageviews(events)) => {
+                    if let Some(curated) = &mut self.curated {
+                        curated.pageviews(&events);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 // Every worker has finished: the input has ended.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.outputs.tick()?;
+            if let Some(curated) = &mut self.curated {
+                let driver = self.checkpoints.as_ref().map(|c| &*c.driver);
+                curated.tick(driver, self.stats.watermark_ms.load(Ordering::Relaxed))?;
+            }
             if last_mirror.elapsed() >= Duration::from_millis(500) {
                 mirror_stats(&self.stats, &mut mirrored, &self.metrics, &self.serving);
                 last_mirror = Instant::now();
             }
         }
         self.outputs.flush()?;
+        if let Some(curated) = &mut self.curated {
+            let driver = self.checkpoints.as_ref().map(|c| &*c.driver);
+            curated.finish(driver, self.stats.watermark_ms.load(Ordering::Relaxed))?;
+        }
         mirror_stats(&self.stats, &mut mirrored, &self.metrics, &self.serving);
         Ok(())
     }
@@ -266,6 +289,11 @@ impl SinkThread {
         };
         // Everything before the checkpoint is delivered before it may be committed.
         self.outputs.flush()?;
+        let watermark_ms = self.stats.watermark_ms.load(Ordering::Relaxed);
+        // The curated rows before it are pre-committed (pending files of this checkpoint).
+        if let Some(curated) = &mut self.curated {
+            curated.precommit(parts.id, watermark_ms)?;
+        }
         let is_final = parts.is_final;
         let mut changes = Vec::new();
         if *saves_serving {
@@ -277,7 +305,7 @@ impl SinkThread {
         driver.write(ToWrite {
             parts,
             serving: changes,
-            watermark_ms: self.stats.watermark_ms.load(Ordering::Relaxed),
+            watermark_ms,
         });
         Ok(is_final)
     }

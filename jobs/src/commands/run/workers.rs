@@ -105,6 +105,7 @@ pub(super) fn start_workers(
     let semantics = config.semantics.clone();
     let options = GraphOptions {
         keep_raw: config.sinks.archive,
+        keep_pageviews: config.sinks.curated_enabled(),
         live_interval: Some(config.serve.live_interval.into()),
         watermark_alignment: (config.runtime.watermark_alignment.ms() > 0)
             .then_some(config.runtime.watermark_alignment.ms()),
@@ -161,6 +162,7 @@ pub(super) fn start_workers(
                         SinkMessage::DeadLetters,
                     );
                     forward(outputs.raw, sender.clone(), SinkMessage::Raw);
+                    forward(outputs.pageviews, sender.clone(), SinkMessage::Pageviews);
                     if processes > 1 {
                         // Every process serves the whole job.
                         forward_to_every_process(
