@@ -601,14 +601,18 @@ async fn the_stack_deployed_into_moto_runs_the_job_in_aws_mode() -> TestResult {
     let curated_keys: Vec<&str> = curated.contents().iter().filter_map(|o| o.key()).collect();
     for table in ["pageviews", "sessions", "popular"] {
         assert!(
-            curated_keys.iter().any(|key| key.starts_with(&format!("curated/{table}/portal="))
-                && key.contains("/date=")
-                && key.ends_with(".parquet")),
+            curated_keys
+                .iter()
+                .any(|key| key.starts_with(&format!("curated/{table}/portal="))
+                    && key.contains("/date=")
+                    && key.ends_with(".parquet")),
             "curated {table} files in s3://{bucket}/curated/: {curated_keys:?}"
         );
     }
     assert!(
-        !curated_keys.iter().any(|key| key.contains("_pending") || key.contains(".tmp")),
+        !curated_keys
+            .iter()
+            .any(|key| key.contains("_pending") || key.contains(".tmp")),
         "only committed files are uploaded: {curated_keys:?}"
     );
     collector_takes_beacons_into_the_portal_streams(
