@@ -382,7 +382,15 @@ pub struct CheckpointDriver {
     progress: Arc<Progress>,
     /// The store (shared with the writer), for waiting on its background compaction.
     store: Checkpoints,
+    /// Whether this process only writes parts (a process of a cluster other than 0).
+    writes_parts_only: bool,
+    /// For such a process: the newest checkpoint seen committed by process 0, and when the store
+    /// was last asked.
+    seen_committed: Arc<Mutex<(Option<u64>, Option<Instant>)>>,
 }
+
+/// How often a process of a cluster other than 0 asks the store whether process 0 committed.
+const COMMIT_LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the driver, its timer and its writer share about checkpoints under way.
 #[derive(Debug, Default)]
@@ -466,6 +474,8 @@ impl CheckpointDriver {
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::default(),
             store: checkpoints.clone(),
+            writes_parts_only: cluster.is_some_and(|cluster| cluster.process != 0),
+            seen_committed: Arc::default(),
         };
         {
             let progress = Arc::clone(&driver.progress);
@@ -570,6 +580,62 @@ impl CheckpointDriver {
                 Outcome::Failed(..) => None,
             })
             .max()
+    }
+
+    /// The newest checkpoint the *job* has committed, as far as this process knows: for one
+    /// process or process 0, [`Self::last_committed`]; for another process of a cluster, the
+    /// newest checkpoint it wrote its part of whose manifest process 0 has put in the store (asked
+    /// at most every [`COMMIT_LOOKUP_INTERVAL`]). What becomes visible outside the job on a
+    /// checkpoint (the curated lake's files) waits for this, so that a crash between a part and
+    /// the commit never shows a row the restored job produces again.
+    pub fn committed_by_the_job(&self) -> Option<u64> {
+        if !self.writes_parts_only {
+            return self.last_committed();
+        }
+        let mut seen = self
+            .seen_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let written = self.last_committed();
+        if written <= seen.0
+            || seen
+                .1
+                .is_some_and(|at| at.elapsed() < COMMIT_LOOKUP_INTERVAL)
+        {
+            return seen.0;
+        }
+        seen.1 = Some(Instant::now());
+        let mut parts: Vec<u64> = self
+            .progress
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Committed(id) if Some(*id) > seen.0 => Some(*id),
+                _ => None,
+            })
+            .collect();
+        parts.sort_unstable();
+        // Newest first: once one is committed, so are the earlier ones (or they failed, and the
+        // newer one covers their rows).
+        for id in parts.into_iter().rev() {
+            match self.store.is_committed(id) {
+                Ok(true) => {
+                    seen.0 = Some(id);
+                    break;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(
+                        checkpoint = id,
+                        "cannot tell whether process 0 committed: {error}"
+                    );
+                    break;
+                }
+            }
+        }
+        seen.0
     }
 
     /// Waits until checkpoint `id` is committed or failed, at most `timeout`; `None` on timeout
@@ -1084,10 +1150,17 @@ mod tests {
         second
             .write(to_write(parts(2, b"c", b"2", true)))
             .expect("process 1 writes its part");
+        // What process 1 asks before its curated files of 2 become visible.
+        assert!(!second_store.is_committed(2).expect("asks the store"));
         let written = first
             .write(to_write(parts(2, b"a", b"2", true)))
             .expect("process 0 commits");
         assert!(written.bytes_written > 0);
+        assert!(second_store.is_committed(2).expect("asks the store"));
+        assert!(
+            !second_store.is_committed(1).expect("asks the store"),
+            "1 never committed"
+        );
         let (manifest, entries) = latest(&second_store);
         assert_eq!((manifest.id, manifest.processes), (2, 2));
         assert_eq!(

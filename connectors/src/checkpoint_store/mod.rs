@@ -1314,6 +1314,13 @@ impl Checkpoints {
         Ok(self.scan()?.max_id().map_or(1, |id| id.saturating_add(1)))
     }
 
+    /// Whether checkpoint `id` has been committed: its manifest, the commit point, is in the
+    /// store. One small read, for a process of a cluster to learn that process 0 committed a
+    /// checkpoint it wrote a part of (the manifest itself is checked when it is loaded).
+    pub fn is_committed(&self, id: u64) -> Result<bool, CheckpointError> {
+        Ok(self.store.get(&manifest_key(id))?.is_some())
+    }
+
     /// Loads the newest good checkpoint, trying them newest first.
     ///
     /// A checkpoint with no manifest (a torn write), a manifest that does not parse or does not

@@ -3,7 +3,8 @@
 //! The sink thread hands every final feature and counted event to the [`CuratedSink`]. With
 //! checkpoints on, when every worker's part of checkpoint N is in, the sink pre-commits the rows
 //! buffered so far (pending files of N, fsync'd) before it hands N to the checkpoint writer; it
-//! makes them visible once the writer reports N (or a later checkpoint) committed. At start, the
+//! makes them visible once the job has committed N or a later checkpoint (in a cluster, a process
+//! other than 0 learns that from the store: `CheckpointDriver::committed_by_the_job`). At start, the
 //! pending files of checkpoints up to the one restored are committed and later ones deleted
 //! (see `pageflow_connectors::curated::committer`): after a crash every row is in the lake
 //! exactly once. In AWS mode the committed files are also uploaded to the archive bucket's
@@ -120,6 +121,15 @@ impl CuratedSink {
             Some(driver) => {
                 if self.precommitted > self.committed {
                     driver.finish(self.stop_timeout);
+                    // In a cluster, a process other than 0 has written its parts; process 0
+                    // commits them. Until the store shows it has, the files stay pending (a
+                    // restart from that checkpoint commits them).
+                    let deadline = Instant::now() + self.stop_timeout;
+                    while driver.committed_by_the_job() < self.precommitted
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
                 self.commit_committed(driver)?;
                 let left = self.lake.buffered_rows();
@@ -136,7 +146,7 @@ impl CuratedSink {
     }
 
     fn commit_committed(&mut self, driver: &CheckpointDriver) -> Result<()> {
-        if let Some(id) = driver.last_committed()
+        if let Some(id) = driver.committed_by_the_job()
             && Some(id) > self.committed
         {
             self.lake.commit_through(id)?;
