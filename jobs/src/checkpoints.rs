@@ -585,7 +585,7 @@ impl CheckpointDriver {
     /// The newest checkpoint the *job* has committed, as far as this process knows: for one
     /// process or process 0, [`Self::last_committed`]; for another process of a cluster, the
     /// newest checkpoint it wrote its part of whose manifest process 0 has put in the store (asked
-    /// at most every [`COMMIT_LOOKUP_INTERVAL`]). What becomes visible outside the job on a
+    /// at most once a second). What becomes visible outside the job on a
     /// checkpoint (the curated lake's files) waits for this, so that a crash between a part and
     /// the commit never shows a row the restored job produces again.
     pub fn committed_by_the_job(&self) -> Option<u64> {
