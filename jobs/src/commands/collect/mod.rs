@@ -170,6 +170,7 @@ async fn serve(config: JobConfig) -> Result<()> {
         portals = config.collect.portals.len(),
         "collecting on http://{addr}/"
     );
+    let stopped = stop_signal().context("cannot listen for SIGTERM and SIGINT")?;
     crate::say!(
         "pageflow collect: open http://{addr}/ ; POST pageviews to /v1/collect; stop with Ctrl-C"
     );
@@ -177,7 +178,7 @@ async fn serve(config: JobConfig) -> Result<()> {
         listener,
         router(collector).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(stop_signal())
+    .with_graceful_shutdown(stopped)
     .await
     .context("the collector's HTTP server failed")?;
     let left = empty_the_spool(&routes_for_stop, config.collect.stop_timeout.into()).await;
@@ -219,20 +220,18 @@ async fn empty_the_spool(routes: &[Arc<PortalRoute>], limit: Duration) -> u64 {
     spooled()
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGINT or SIGTERM. The signals are caught from the call on (not from the first
+/// poll), so one sent as soon as the collector says it runs stops it cleanly.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
+    })
 }
 
 /// Describes every stream until each has answered once, then marks the collector ready.

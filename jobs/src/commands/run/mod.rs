@@ -521,6 +521,19 @@ pub fn run(config: JobConfig) -> Result<()> {
     } else {
         String::new()
     };
+    // The signals are caught before the job says it is running: a SIGTERM sent as soon as it
+    // says so (an orchestrator, a test) must stop it cleanly, not kill it outright. (During the
+    // start, Ctrl-C still ends the process at once, e.g. while it waits for its peers.)
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut terminate, mut interrupt) = {
+        let _entered = signals.enter();
+        (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        )
+    };
     match job.http_addr {
         Some(addr) => {
             tracing::info!("serving rankings on http://{addr}/ (metrics at /metrics)");
@@ -528,12 +541,7 @@ pub fn run(config: JobConfig) -> Result<()> {
         }
         None => crate::say!("pageflow is running{place} (serving is off); stop with Ctrl-C"),
     }
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let wake = signals.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let news = async {
             loop {
                 if let Some(failure) = job.source_failure() {
@@ -549,7 +557,7 @@ pub fn run(config: JobConfig) -> Result<()> {
             }
         };
         let wake = tokio::select! {
-            _ = tokio::signal::ctrl_c() => Wake::Signalled,
+            _ = interrupt.recv() => Wake::Signalled,
             _ = terminate.recv() => Wake::Signalled,
             wake = news => wake,
         };
