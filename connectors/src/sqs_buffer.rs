@@ -89,22 +89,21 @@ impl SqsBuffer {
                     .send()
                     .await
                 {
-                    Ok(output) => output.queue_url().map(str::to_string).ok_or_else(|| {
-                        CallFailure {
-                            message: format!("SQS gave no URL for queue {}", self.queue),
-                            retryable: true,
-                        }
-                    }),
-                    Err(error) => {
-                        let (message, retryable) = classify(&error);
-                        Err(CallFailure {
-                            message: format!(
-                                "cannot find SQS queue {}: {message}; check [[collect.portals]] sqs_queue and the queue's region",
-                                self.queue
-                            ),
-                            retryable,
-                        })
+                    Ok(output) => {
+                        output
+                            .queue_url()
+                            .map(str::to_string)
+                            .ok_or_else(|| CallFailure {
+                                message: format!("SQS gave no URL for queue {}", self.queue),
+                                retryable: true,
+                            })
                     }
+                    Err(error) => Err(sdk_failure(
+                        "find",
+                        &self.queue,
+                        "; check [[collect.portals]] sqs_queue and the queue's region",
+                        &error,
+                    )),
                 }
             })
             .await
@@ -135,13 +134,7 @@ impl SqsBuffer {
             .message_attribute_names(PARTITION_KEY_ATTRIBUTE)
             .send()
             .await
-            .map_err(|error| {
-                let (message, retryable) = classify(&error);
-                CallFailure {
-                    message: format!("cannot receive from SQS queue {}: {message}", self.queue),
-                    retryable,
-                }
-            })?;
+            .map_err(|error| sdk_failure("receive from", &self.queue, "", &error))?;
         let mut received = Vec::new();
         for message in output.messages() {
             let (Some(body), Some(receipt)) = (message.body(), message.receipt_handle()) else {
@@ -191,10 +184,7 @@ impl SqsBuffer {
                         .build()
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| CallFailure {
-                    message: format!("invalid delete entry: {error}"),
-                    retryable: false,
-                })?;
+                .map_err(|error| invalid("delete entry", error))?;
             let output = self
                 .client
                 .delete_message_batch()
@@ -203,14 +193,7 @@ impl SqsBuffer {
                 .send()
                 .await
                 .map_err(|error| {
-                    let (message, retryable) = classify(&error);
-                    CallFailure {
-                        message: format!(
-                            "cannot delete drained messages from SQS queue {}: {message}",
-                            self.queue
-                        ),
-                        retryable,
-                    }
+                    sdk_failure("delete drained messages from", &self.queue, "", &error)
                 })?;
             if let Some(failed) = output.failed().first() {
                 return Err(CallFailure {
@@ -226,6 +209,33 @@ impl SqsBuffer {
             }
         }
         Ok(())
+    }
+}
+
+/// A failed SDK call of `queue`: what was being done, the SDK's reason, and whether a retry may
+/// help (see [`classify`]).
+fn sdk_failure<E, R>(
+    doing: &str,
+    queue: &str,
+    hint: &str,
+    error: &aws_sdk_sqs::error::SdkError<E, R>,
+) -> CallFailure
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let (message, retryable) = classify(error);
+    CallFailure {
+        message: format!("cannot {doing} SQS queue {queue}: {message}{hint}"),
+        retryable,
+    }
+}
+
+/// A request this code built wrongly (a missing required field): no retry can help.
+fn invalid(what: &str, error: impl std::fmt::Display) -> CallFailure {
+    CallFailure {
+        message: format!("invalid {what}: {error}"),
+        retryable: false,
     }
 }
 
@@ -295,10 +305,7 @@ impl BatchApi for SqsBuffer {
                 .data_type("String")
                 .string_value(&record.partition_key)
                 .build()
-                .map_err(|error| CallFailure {
-                    message: format!("invalid message attribute: {error}"),
-                    retryable: false,
-                })?;
+                .map_err(|error| invalid("message attribute", error))?;
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(body)
@@ -306,10 +313,7 @@ impl BatchApi for SqsBuffer {
                 .message_deduplication_id(deduplication_id(record))
                 .message_attributes(PARTITION_KEY_ATTRIBUTE, key)
                 .build()
-                .map_err(|error| CallFailure {
-                    message: format!("invalid SQS entry: {error}"),
-                    retryable: false,
-                })?;
+                .map_err(|error| invalid("SQS entry", error))?;
             entries.push(entry);
         }
         let output = self
@@ -319,10 +323,7 @@ impl BatchApi for SqsBuffer {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|error| {
-                let (message, retryable) = classify(&error);
-                CallFailure { message, retryable }
-            })?;
+            .map_err(|error| sdk_failure("send to", &self.queue, "", &error))?;
         // SQS answers successes and failures in two lists, by entry id.
         let mut outcomes = vec![
             EntryOutcome::Failed {

@@ -478,18 +478,26 @@ async fn a_request_durable_nowhere_is_answered_503_to_be_sent_again() -> TestRes
     Ok(())
 }
 
-/// Every message of `queue`, read and deleted; the event ids of their bodies.
-async fn take_all(
+/// The URL of the queue named `queue`.
+async fn queue_url(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let url = sqs
+) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(sqs
         .get_queue_url()
         .queue_name(queue)
         .send()
         .await?
         .queue_url
-        .ok_or("no queue URL")?;
+        .ok_or("no queue URL")?)
+}
+
+/// Every message of `queue`, read and deleted; the event ids of their bodies.
+async fn take_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let url = queue_url(sqs, queue).await?;
     let mut ids = Vec::new();
     loop {
         let output = sqs
@@ -547,13 +555,7 @@ async fn a_stopping_collector_moves_its_spooled_events_to_sqs() -> TestResult {
     // visibility timeout, those messages are visible again soon after the collector exits.
     let sqs = sqs_client(&moto.endpoint);
     for portal in ["g1", "ge"] {
-        let url = sqs
-            .get_queue_url()
-            .queue_name(format!("pageviews-{portal}-buffer.fifo"))
-            .send()
-            .await?
-            .queue_url
-            .ok_or("no queue URL")?;
+        let url = queue_url(&sqs, &format!("pageviews-{portal}-buffer.fifo")).await?;
         sqs.set_queue_attributes()
             .queue_url(url)
             .attributes(QueueAttributeName::VisibilityTimeout, "1")

@@ -275,10 +275,8 @@ impl DurableWriter {
                 arrived_ms,
             })
             .collect();
-        let spool = Arc::clone(&self.spool);
         let portal = route.portal.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+        let appended = on_spool(&self.spool, move |spool| {
             spool
                 .append(&portal, &spooled)
                 .map(|()| (spool.records(&portal), spool.bytes()))
@@ -312,4 +310,19 @@ impl DurableWriter {
             }),
         }
     }
+}
+
+/// Runs `work` on the shared spool on a blocking thread (its writes fsync, which must not stall
+/// the async workers).
+pub(super) async fn on_spool<T: Send + 'static>(
+    spool: &Arc<Mutex<Spool>>,
+    work: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<Result<T, SpoolError>, tokio::task::JoinError> {
+    let spool = Arc::clone(spool);
+    tokio::task::spawn_blocking(move || {
+        // The spool's own recovery makes a poisoned lock harmless: its state is on disk.
+        let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+        work(&mut spool)
+    })
+    .await
 }

@@ -28,7 +28,7 @@ use pageflow_connectors::retry::{Backoff, Jitter};
 use pageflow_connectors::sqs_buffer::{BufferedRecord, MAX_RECEIVE, SqsBuffer};
 use pageflow_dataflow::clock::unix_now_ms;
 
-use super::delivery::PortalRoute;
+use super::delivery::{PortalRoute, on_spool};
 use super::metrics::CollectMetrics;
 use super::spool::Spool;
 
@@ -229,13 +229,8 @@ impl Drainer {
     /// SQS queue, behind what waits there. The spool is local disk (a replaced Fargate task loses
     /// it), so its events leave it for whichever durable store takes them first.
     async fn move_from_spool(&mut self) -> Round {
-        let spool = Arc::clone(&self.spool);
         let portal = self.route.portal.clone();
-        let peeked = tokio::task::spawn_blocking(move || {
-            let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
-            spool.peek(&portal, SPOOL_BATCH)
-        })
-        .await;
+        let peeked = on_spool(&self.spool, move |spool| spool.peek(&portal, SPOOL_BATCH)).await;
         let records = match peeked {
             Ok(Ok(records)) => records,
             Ok(Err(error)) => return Round::Failed(format!("cannot read the spool: {error}")),
@@ -286,10 +281,8 @@ impl Drainer {
     /// Removes the `count` oldest spooled records, which are now in Kinesis or SQS (`moved_to`
     /// names the metric's path: `spool` when drained to Kinesis, `spool_to_sqs` when requeued).
     async fn remove_spooled(&mut self, count: usize, moved_to: &str) -> Round {
-        let spool = Arc::clone(&self.spool);
         let portal = self.route.portal.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+        let removed = on_spool(&self.spool, move |spool| {
             spool
                 .remove_front(&portal, count)
                 .map(|()| (spool.records(&portal), spool.bytes()))
